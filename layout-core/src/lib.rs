@@ -1,0 +1,89 @@
+//! Layout-version feature gating for storage services.
+//!
+//! A service keeps state on disk; a new release changes that layout. `layout-core` lets
+//! the service declare its layout features in a checked catalog, know its software layout
+//! version (SLV) and the metadata layout version on disk (MLV), refuse to start when the
+//! disk is newer than the software, and run *pre-finalized* (new binary, old layout,
+//! downgrade still possible) until an operator finalizes, feature by feature, durably.
+//!
+//! ```
+//! use layout_core::{
+//!     FileStorage, LayoutError, LayoutFeature, LayoutVersionManager, ManagerOptions, StartIntent,
+//! };
+//!
+//! #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]
+//! pub enum OmFeature {
+//!     #[layout(version = 0, description = "Initial layout")]
+//!     InitialVersion,
+//!     #[layout(version = 1, description = "Buckets carry a storage layout")]
+//!     BucketLayoutSupport,
+//!     #[layout(version = 2, description = "Multi-tenancy tables")]
+//!     MultiTenancy,
+//! }
+//!
+//! let dir = tempfile::tempdir()?;
+//! // First start of a fresh install, pinned to the old layout (as after an upgrade).
+//! let opts = ManagerOptions::default()
+//!     .with_start_intent(StartIntent::Init)
+//!     .with_initial_layout_version(0);
+//! let lvm = LayoutVersionManager::<OmFeature>::open(FileStorage::new(dir.path()), opts)?;
+//! assert!(lvm.needs_finalization());
+//! assert_eq!(lvm.unfinalized_features(), [OmFeature::BucketLayoutSupport, OmFeature::MultiTenancy]);
+//! assert!(matches!(
+//!     lvm.check_allowed(OmFeature::MultiTenancy),
+//!     Err(LayoutError::NotFinalized { .. })
+//! ));
+//!
+//! // Finalize feature by feature: each step is durable before it is visible.
+//! for feature in lvm.unfinalized_features() {
+//!     lvm.finalize_step(feature)?;
+//! }
+//! assert!(lvm.is_allowed(OmFeature::MultiTenancy));
+//! drop(lvm);
+//!
+//! // A restart reads the finalized layout back.
+//! let lvm = LayoutVersionManager::<OmFeature>::open(FileStorage::new(dir.path()), ManagerOptions::default())?;
+//! assert_eq!(lvm.metadata_layout_version(), 2);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Map
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`feature`] | the [`LayoutFeature`] trait and the catalog checks |
+//! | [`manager`] | [`LayoutVersionManager`], the MLV/SLV gate |
+//! | [`options`] | [`ManagerOptions`] and [`StartIntent`] |
+//! | [`state`] | [`LayoutState`], what is persisted |
+//! | [`storage`] | the [`LayoutStorage`] trait, [`FileStorage`] (the `VERSION` file), [`MemoryStorage`] |
+//! | [`error`] | [`LayoutError`] |
+
+// Generated code names `::layout_core::...`; this makes those paths resolve here too.
+#[allow(unused_extern_crates)]
+extern crate self as layout_core;
+
+pub mod error;
+pub mod feature;
+pub mod manager;
+pub mod options;
+pub mod state;
+pub mod storage;
+
+pub use error::LayoutError;
+pub use feature::{validate_catalog, CatalogError, LayoutFeature};
+pub use manager::{FeatureInfo, FeatureStatus, LayoutVersionManager, StepOutcome};
+pub use options::{ManagerOptions, StartIntent};
+pub use state::{FinalizationRecord, HistoryEntry, LayoutState, FORMAT_VERSION};
+pub use storage::{
+    Damage, FileStorage, InjectedFailure, LayoutStorage, MemoryStorage, StorageError,
+    VERSION_FILE_NAME,
+};
+
+/// `#[derive(LayoutFeature)]`: implements [`LayoutFeature`] for a catalog enum and checks
+/// the catalog at compile time. See the trait for the attribute syntax.
+#[cfg(feature = "macros")]
+pub use layout_macros::LayoutFeature;
+
+/// Items the generated code names. Not public API.
+#[doc(hidden)]
+pub mod __private {}

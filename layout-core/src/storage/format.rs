@@ -1,0 +1,473 @@
+//! The text format of the `VERSION` file.
+//!
+//! ```text
+//! # layout-core VERSION file: the on-disk layout of one component.
+//! # Do not edit by hand: the checksum line guards every byte above it.
+//! format.version=1
+//! component=OzoneManager
+//! layout.version=2
+//! layout.feature=MultiTenancy
+//! first.upgrade.version=2
+//! checksum=crc32:1c291ca3
+//! ```
+//!
+//! Lines are `key=value`; lines starting with `#` are comments. Values escape `\`,
+//! control characters and newlines (`\\`, `\n`, `\r`, `\t`, `\xHH`). Optional keys:
+//! `finalization.client`, `finalization.target`, `finalization.started.ms`,
+//! `finalization.finished.ms`, `history.N.{at.ms,client,event,from,to,detail}`,
+//! `prepare.index`. Keys this release does not know are kept, in order, and written
+//! back. The last line is `checksum=crc32:XXXXXXXX` (eight lowercase hex digits): the
+//! CRC-32 of every byte before that line. The file ends with a newline.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fmt::Write as _;
+
+use crate::state::{FinalizationRecord, HistoryEntry, LayoutState, FORMAT_VERSION};
+
+const CHECKSUM_KEY: &str = "checksum";
+const CHECKSUM_PREFIX: &str = "checksum=crc32:";
+
+const HEADER: &str = "# layout-core VERSION file: the on-disk layout of one component.\n\
+                      # Do not edit by hand: the checksum line guards every byte above it.\n";
+
+/// What is wrong with a damaged VERSION file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Damage {
+    /// The file is empty.
+    Empty,
+    /// The file is not valid UTF-8.
+    NotUtf8,
+    /// The file does not end with a newline (it was truncated).
+    NoFinalNewline,
+    /// No checksum line ends the file (truncated, or a line was appended after it).
+    MissingChecksum,
+    /// The checksum line is not `checksum=crc32:` and eight lowercase hex digits.
+    MalformedChecksum,
+    /// The checksum does not match the content (torn write, bit rot, hand edit).
+    ChecksumMismatch {
+        /// The checksum the file records.
+        recorded: u32,
+        /// The checksum of its content.
+        computed: u32,
+    },
+    /// A line is neither a comment nor `key=value`.
+    MalformedLine {
+        /// 1-based line number.
+        line: usize,
+    },
+    /// A key appears twice.
+    DuplicateKey {
+        /// The key.
+        key: String,
+    },
+    /// A required key is absent.
+    MissingKey {
+        /// The key.
+        key: &'static str,
+    },
+    /// A value cannot be parsed or unescaped.
+    BadValue {
+        /// The key.
+        key: String,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+impl fmt::Display for Damage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => f.write_str("the file is empty"),
+            Self::NotUtf8 => f.write_str("the file is not UTF-8 text"),
+            Self::NoFinalNewline => {
+                f.write_str("the file does not end with a newline (truncated?)")
+            }
+            Self::MissingChecksum => {
+                f.write_str("the last line is not a checksum line (truncated, or appended to?)")
+            }
+            Self::MalformedChecksum => f.write_str("the checksum line is malformed"),
+            Self::ChecksumMismatch { recorded, computed } => write!(
+                f,
+                "checksum mismatch: the file records crc32:{recorded:08x} but its content \
+                 hashes to crc32:{computed:08x} (torn write, bit rot or a hand edit)"
+            ),
+            Self::MalformedLine { line } => {
+                write!(f, "line {line} is neither a comment nor key=value")
+            }
+            Self::DuplicateKey { key } => write!(f, "key {key:?} appears twice"),
+            Self::MissingKey { key } => write!(f, "required key {key:?} is missing"),
+            Self::BadValue { key, reason } => {
+                write!(f, "the value of {key:?} is invalid: {reason}")
+            }
+        }
+    }
+}
+
+/// Why a VERSION file could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The file is damaged.
+    Damaged(Damage),
+    /// The file is intact but written in another format version.
+    UnsupportedFormat(u32),
+}
+
+impl From<Damage> for DecodeError {
+    fn from(damage: Damage) -> Self {
+        Self::Damaged(damage)
+    }
+}
+
+/// Encodes `state` as the text of a VERSION file (checksum line included).
+pub fn encode(state: &LayoutState) -> String {
+    let mut out = String::from(HEADER);
+    let mut put = |key: &str, value: &str| {
+        out.push_str(key);
+        out.push('=');
+        escape_into(value, &mut out);
+        out.push('\n');
+    };
+    put("format.version", &state.format_version.to_string());
+    put("component", &state.component);
+    put("layout.version", &state.layout_version.to_string());
+    put("layout.feature", &state.layout_feature);
+    put(
+        "first.upgrade.version",
+        &state.first_upgrade_version.to_string(),
+    );
+    if let Some(record) = &state.finalization {
+        put("finalization.client", &record.client_id);
+        put("finalization.target", &record.target_version.to_string());
+        put("finalization.started.ms", &record.started_at_ms.to_string());
+        if let Some(finished) = record.finished_at_ms {
+            put("finalization.finished.ms", &finished.to_string());
+        }
+    }
+    for (i, entry) in state.history.iter().enumerate() {
+        put(&format!("history.{i}.at.ms"), &entry.at_ms.to_string());
+        put(&format!("history.{i}.client"), &entry.client_id);
+        put(&format!("history.{i}.event"), &entry.event);
+        put(
+            &format!("history.{i}.from"),
+            &entry.from_version.to_string(),
+        );
+        put(&format!("history.{i}.to"), &entry.to_version.to_string());
+        put(&format!("history.{i}.detail"), &entry.detail);
+    }
+    if let Some(index) = state.prepare_index {
+        put("prepare.index", &index.to_string());
+    }
+    for (key, value) in &state.extra {
+        put(key, value);
+    }
+    let checksum = crc32fast::hash(out.as_bytes());
+    let _ = writeln!(out, "{CHECKSUM_PREFIX}{checksum:08x}");
+    out
+}
+
+/// Decodes the bytes of a VERSION file.
+pub fn decode(bytes: &[u8]) -> Result<LayoutState, DecodeError> {
+    if bytes.is_empty() {
+        return Err(Damage::Empty.into());
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| Damage::NotUtf8)?;
+    let body = text.strip_suffix('\n').ok_or(Damage::NoFinalNewline)?;
+    let checksum_start = body.rfind('\n').map_or(0, |i| i + 1);
+    let checksum_line = &body[checksum_start..];
+    if !checksum_line.starts_with(CHECKSUM_KEY) {
+        return Err(Damage::MissingChecksum.into());
+    }
+    let recorded = parse_checksum(checksum_line).ok_or(Damage::MalformedChecksum)?;
+    let covered = &text[..checksum_start];
+    let computed = crc32fast::hash(covered.as_bytes());
+    if recorded != computed {
+        return Err(Damage::ChecksumMismatch { recorded, computed }.into());
+    }
+
+    let mut map = BTreeMap::new();
+    for (n, line) in covered.lines().enumerate() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, raw) = line
+            .split_once('=')
+            .ok_or(Damage::MalformedLine { line: n + 1 })?;
+        if !is_valid_key(key) || key == CHECKSUM_KEY {
+            return Err(Damage::MalformedLine { line: n + 1 }.into());
+        }
+        let value = unescape(raw).ok_or_else(|| Damage::BadValue {
+            key: key.to_owned(),
+            reason: "bad escape sequence",
+        })?;
+        if map.insert(key.to_owned(), value).is_some() {
+            return Err(Damage::DuplicateKey {
+                key: key.to_owned(),
+            }
+            .into());
+        }
+    }
+    Fields { map }.into_state()
+}
+
+struct Fields {
+    map: BTreeMap<String, String>,
+}
+
+impl Fields {
+    fn take(&mut self, key: &'static str) -> Result<String, Damage> {
+        self.map.remove(key).ok_or(Damage::MissingKey { key })
+    }
+
+    fn take_num<T: std::str::FromStr>(&mut self, key: &'static str) -> Result<T, Damage> {
+        let value = self.take(key)?;
+        parse_num(key, &value)
+    }
+
+    fn take_opt_num<T: std::str::FromStr>(
+        &mut self,
+        key: &'static str,
+    ) -> Result<Option<T>, Damage> {
+        match self.map.remove(key) {
+            None => Ok(None),
+            Some(value) => parse_num(key, &value).map(Some),
+        }
+    }
+
+    fn into_state(mut self) -> Result<LayoutState, DecodeError> {
+        let format_version: u32 = self.take_num("format.version")?;
+        if format_version != FORMAT_VERSION {
+            return Err(DecodeError::UnsupportedFormat(format_version));
+        }
+        let component = self.take("component")?;
+        let layout_version = self.take_num("layout.version")?;
+        let layout_feature = self.take("layout.feature")?;
+        let first_upgrade_version = self.take_num("first.upgrade.version")?;
+        let finalization = match self.map.remove("finalization.client") {
+            None => None,
+            Some(client_id) => Some(FinalizationRecord {
+                client_id,
+                target_version: self.take_num("finalization.target")?,
+                started_at_ms: self.take_num("finalization.started.ms")?,
+                finished_at_ms: self.take_opt_num("finalization.finished.ms")?,
+            }),
+        };
+        let mut history = Vec::new();
+        loop {
+            let i = history.len();
+            let Some(at) = self.map.remove(&format!("history.{i}.at.ms")) else {
+                break;
+            };
+            let mut field = |name: &str| {
+                let key = format!("history.{i}.{name}");
+                self.map
+                    .remove(&key)
+                    .ok_or(Damage::MissingKey { key: "history.N.*" })
+            };
+            let client_id = field("client")?;
+            let event = field("event")?;
+            let from = field("from")?;
+            let to = field("to")?;
+            let detail = field("detail")?;
+            history.push(HistoryEntry {
+                at_ms: parse_num("history.N.at.ms", &at)?,
+                client_id,
+                event,
+                from_version: parse_num("history.N.from", &from)?,
+                to_version: parse_num("history.N.to", &to)?,
+                detail,
+            });
+        }
+        let prepare_index = self.take_opt_num("prepare.index")?;
+        // A known field left over from an incomplete record (history.3 without
+        // history.2, a finalization field without its client) is damage; a key this
+        // release does not know at all was written by a newer release and is kept.
+        if let Some(key) = self.map.keys().find(|k| is_orphaned_known_key(k)) {
+            return Err(Damage::BadValue {
+                key: key.clone(),
+                reason: "belongs to an incomplete record",
+            }
+            .into());
+        }
+        Ok(LayoutState {
+            format_version,
+            component,
+            layout_version,
+            layout_feature,
+            first_upgrade_version,
+            finalization,
+            history,
+            prepare_index,
+            extra: self.map,
+        })
+    }
+}
+
+fn is_orphaned_known_key(key: &str) -> bool {
+    const FINALIZATION: [&str; 3] = [
+        "finalization.target",
+        "finalization.started.ms",
+        "finalization.finished.ms",
+    ];
+    const HISTORY: [&str; 6] = ["at.ms", "client", "event", "from", "to", "detail"];
+    if FINALIZATION.contains(&key) {
+        return true;
+    }
+    key.strip_prefix("history.")
+        .and_then(|rest| rest.split_once('.'))
+        .is_some_and(|(n, field)| {
+            !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && HISTORY.contains(&field)
+        })
+}
+
+fn parse_num<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, Damage> {
+    // Only canonical decimal: no sign, no leading zeros, so one state has one encoding.
+    let canonical = !value.is_empty()
+        && value.bytes().all(|b| b.is_ascii_digit())
+        && (value == "0" || !value.starts_with('0'));
+    if !canonical {
+        return Err(Damage::BadValue {
+            key: key.to_owned(),
+            reason: "not a canonical decimal number",
+        });
+    }
+    value.parse().map_err(|_| Damage::BadValue {
+        key: key.to_owned(),
+        reason: "number out of range",
+    })
+}
+
+fn parse_checksum(line: &str) -> Option<u32> {
+    let hex = line.strip_prefix(CHECKSUM_PREFIX)?;
+    let lower_hex = hex.len() == 8 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !lower_hex {
+        return None;
+    }
+    u32::from_str_radix(hex, 16).ok()
+}
+
+/// Whether `key` may appear in a VERSION file: ASCII letters, digits, `.`, `_`, `-`.
+pub fn is_valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn escape_into(value: &str, out: &mut String) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+fn unescape(raw: &str) -> Option<String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars();
+    while let Some(c) = chars.next() {
+        if (c as u32) < 0x20 || c as u32 == 0x7f {
+            return None; // raw control characters are never written
+        }
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next()? {
+            '\\' => out.push('\\'),
+            'n' => out.push('\n'),
+            'r' => out.push('\r'),
+            't' => out.push('\t'),
+            'x' => {
+                let hi = chars.next()?;
+                let lo = chars.next()?;
+                let hex: String = [hi, lo].iter().collect();
+                if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                    return None;
+                }
+                let code = u8::from_str_radix(&hex, 16).ok()?;
+                if code >= 0x20 && code != 0x7f {
+                    return None; // only control characters are written as \xHH
+                }
+                out.push(char::from(code));
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full_state() -> LayoutState {
+        let mut state = LayoutState::new("Om\nManager=x\\y", 2, "MultiTenancy");
+        state.first_upgrade_version = 3;
+        state.finalization = Some(FinalizationRecord {
+            client_id: "admin\t1".into(),
+            target_version: 3,
+            started_at_ms: 1_700_000_000_000,
+            finished_at_ms: Some(1_700_000_000_500),
+        });
+        state
+            .history
+            .push(HistoryEntry::new(1, "a", "finalized", 0, 1, "x\u{1}y"));
+        state.history.push(HistoryEntry::new(
+            2,
+            "b",
+            "override",
+            1,
+            1,
+            "reason: ünïcode",
+        ));
+        state.prepare_index = Some(42);
+        state.extra.insert("newer.release.key".into(), "v=1".into());
+        state
+    }
+
+    #[test]
+    fn round_trips_every_field() {
+        let state = full_state();
+        let text = encode(&state);
+        assert_eq!(decode(text.as_bytes()), Ok(state));
+    }
+
+    #[test]
+    fn one_state_has_one_encoding() {
+        let text = encode(&full_state());
+        let again = encode(&decode(text.as_bytes()).expect("decodes"));
+        assert_eq!(text, again);
+    }
+
+    #[test]
+    fn rejects_non_canonical_numbers_and_escapes() {
+        assert!(parse_num::<u32>("k", "01").is_err());
+        assert!(parse_num::<u32>("k", "+1").is_err());
+        assert!(parse_num::<u32>("k", "").is_err());
+        assert!(parse_num::<u32>("k", "4294967296").is_err());
+        assert_eq!(unescape("\\x41"), None);
+        assert_eq!(unescape("\\q"), None);
+        assert_eq!(unescape("a\\"), None);
+        assert_eq!(unescape("\\x0a").as_deref(), Some("\n"));
+    }
+
+    #[test]
+    fn another_format_version_is_not_damage() {
+        let mut state = full_state();
+        state.format_version = 2;
+        let text = encode(&state);
+        assert_eq!(
+            decode(text.as_bytes()),
+            Err(DecodeError::UnsupportedFormat(2))
+        );
+    }
+}

@@ -1,0 +1,6 @@
+use layout_core::LayoutFeature;
+
+#[derive(LayoutFeature)]
+enum Catalog {}
+
+fn main() {}

@@ -1,0 +1,11 @@
+use layout_core::LayoutFeature;
+
+#[derive(LayoutFeature)]
+enum Catalog {
+    #[layout(version = 0, description = "Initial layout")]
+    Initial,
+    /// Buckets carry a storage layout.
+    Buckets,
+}
+
+fn main() {}

@@ -1,0 +1,13 @@
+use layout_core::LayoutFeature;
+
+#[derive(LayoutFeature)]
+enum Catalog {
+    #[layout(version = 0, description = "Initial layout")]
+    Initial,
+    #[layout(version = 1)]
+    Buckets,
+    #[layout(deprecated, version = 2)]
+    Tenants,
+}
+
+fn main() {}

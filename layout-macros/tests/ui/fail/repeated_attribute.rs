@@ -1,0 +1,12 @@
+use layout_core::LayoutFeature;
+
+#[derive(LayoutFeature)]
+enum Catalog {
+    #[layout(version = 0, description = "Initial layout")]
+    Initial,
+    #[layout(version = 1)]
+    #[layout(description = "Buckets carry a storage layout")]
+    Buckets,
+}
+
+fn main() {}

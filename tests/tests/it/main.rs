@@ -1,0 +1,10 @@
+//! Integration tests of the layout workspace, through the public API.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+mod catalogs;
+mod concurrency;
+mod damaged_file;
+mod fixtures;
+mod manager_model;
+mod startup;
+mod steps;
