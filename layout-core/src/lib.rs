@@ -84,6 +84,8 @@ pub use storage::{
 #[cfg(feature = "macros")]
 pub use layout_macros::LayoutFeature;
 
-/// Items the generated code names. Not public API.
+/// Items the generated code names. Not public API: no stability promise.
 #[doc(hidden)]
-pub mod __private {}
+pub mod __private {
+    pub use inventory;
+}
