@@ -5,14 +5,18 @@
 //! 1. The old release (SLV 1) installs an object manager and writes its `VERSION` file.
 //! 2. The new release (SLV 3) starts on that disk: pre-finalized, new APIs closed.
 //! 3. The old release could still start (downgrade is possible while pre-finalized).
-//! 4. The operator finalizes, feature by feature; each step is durable before it is seen.
+//! 4. The operator finalizes, feature by feature, watching progress; each step runs the
+//!    feature's finalize action, then is stored durably, then is visible.
 //! 5. The old release is now refused: the disk is newer than its software.
 
 use std::error::Error;
 use std::fs;
+use std::sync::Arc;
+use std::time::Duration;
 
 use layout_core::{
-    FeatureStatus, FileStorage, LayoutFeature, LayoutVersionManager, ManagerOptions, StartIntent,
+    ActionContext, ActionError, ActionRegistry, FeatureStatus, FileStorage, FinalizationStatus,
+    LayoutFeature, LayoutVersionManager, ManagerOptions, StartIntent, UpgradeFinalizer,
 };
 
 /// The object manager's layout catalog: one entry per backward-incompatible change.
@@ -29,6 +33,39 @@ enum OmFeature {
 }
 
 type Manager = LayoutVersionManager<OmFeature>;
+
+/// The object manager itself (a real one would hold its database here).
+struct ObjectManager;
+
+/// Multi-tenancy's finalize action: create the tenant tables, in batches, reporting progress.
+fn create_tenant_tables(
+    _om: &ObjectManager,
+    ctx: &ActionContext<'_, OmFeature>,
+) -> Result<(), ActionError> {
+    const BATCHES: u64 = 4;
+    for batch in 1..=BATCHES {
+        ctx.check_cancelled()?;
+        std::thread::sleep(Duration::from_millis(40)); // the work of one batch
+        ctx.report_progress(batch, Some(BATCHES));
+    }
+    ctx.message("tenant tables created");
+    Ok(())
+}
+
+/// The upgrade actions of the new release.
+fn actions() -> Result<ActionRegistry<OmFeature, ObjectManager>, Box<dyn Error>> {
+    Ok(ActionRegistry::builder()
+        .validate_in_prefinalize(OmFeature::MultiTenancy, |_om, _ctx| {
+            // e.g. check that the configuration names a tenant directory
+            Ok(())
+        })
+        .on_first_upgrade_start(OmFeature::SnapshotDiff, |_om, ctx| {
+            ctx.message("created the (still unused) snapshot-diff directory");
+            Ok(())
+        })
+        .on_finalize(OmFeature::MultiTenancy, create_tenant_tables)
+        .build()?)
+}
 
 fn main() -> Result<(), Box<dyn Error>> {
     let dir = tempfile::tempdir()?;
@@ -51,13 +88,23 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     // 2. The new release starts on the old layout: pre-finalized.
     println!("\n== 2. The new release (SLV 3) starts on the old layout");
-    let new = Manager::open(FileStorage::new(&om_dir), ManagerOptions::default())?;
+    let new = Arc::new(Manager::open(
+        FileStorage::new(&om_dir),
+        ManagerOptions::default().with_start_intent(StartIntent::Upgrade),
+    )?);
+    let finalizer = UpgradeFinalizer::new(Arc::clone(&new), actions()?);
+    let ran = finalizer.run_prefinalize_actions(&ObjectManager)?;
+    println!(
+        "start-up actions: validated {:?}, first-upgrade actions ran for {:?}",
+        ran.validated, ran.first_upgrade
+    );
     print_status(&new);
     print_features(&new);
     match new.check_operation_allowed("CreateTenant", OmFeature::MultiTenancy) {
         Ok(()) => println!("unexpected: CreateTenant was allowed"),
         Err(refused) => println!("CreateTenant is refused:\n    {refused}"),
     }
+    drop(finalizer);
     drop(new);
 
     // 3. While pre-finalized, the old release can still start: a downgrade is possible.
@@ -68,19 +115,56 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     // 4. The operator finalizes, feature by feature.
     println!("\n== 4. The operator finalizes");
-    let new = Manager::open(FileStorage::new(&om_dir), ManagerOptions::default())?;
-    for feature in new.unfinalized_features() {
-        new.finalize_step(feature)?;
-        println!(
-            "finalized {:<20} MLV is now {}",
-            feature.name(),
-            new.metadata_layout_version()
-        );
+    let new = Arc::new(Manager::open(
+        FileStorage::new(&om_dir),
+        ManagerOptions::default(),
+    )?);
+    let finalizer = Arc::new(UpgradeFinalizer::new(Arc::clone(&new), actions()?));
+    finalizer.run_prefinalize_actions(&ObjectManager)?;
+    let plan = finalizer.dry_run(None, &ObjectManager)?;
+    println!(
+        "dry run: finalize layout versions {} -> {}:",
+        plan.from_version, plan.target_version
+    );
+    for step in &plan.steps {
+        let action = step.action.as_deref().unwrap_or("(no finalize action)");
+        println!("    {:<20} {action}", step.feature.name());
     }
+    let handle = finalizer.start_finalize(None, "operator".into(), Arc::new(ObjectManager));
+    loop {
+        let done = handle.is_finished();
+        let status = finalizer.report_status(Some("operator"), false)?;
+        if let Some(p) = &status.progress {
+            let units = p
+                .total
+                .map_or(String::new(), |t| format!(", {}/{t}", p.done));
+            println!(
+                "    [{}] feature {}/{}: {}{units}",
+                status.status,
+                p.feature_index,
+                p.feature_count,
+                p.feature.name()
+            );
+        }
+        for message in status.messages {
+            println!("    message: {message}");
+        }
+        if done {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let outcome = handle.join()?;
+    println!("finalized {:?}", outcome.finalized());
+    assert_eq!(
+        finalizer.report_status(None, false)?.status,
+        FinalizationStatus::FinalizationDone
+    );
     print_status(&new);
     print_features(&new);
     new.check_operation_allowed("CreateTenant", OmFeature::MultiTenancy)?;
     println!("CreateTenant is allowed now.");
+    drop(finalizer);
     drop(new);
 
     // 5. The old release is refused: the disk is newer than its software.

@@ -56,24 +56,41 @@
 //! | [`options`] | [`ManagerOptions`] and [`StartIntent`] |
 //! | [`state`] | [`LayoutState`], what is persisted |
 //! | [`storage`] | the [`LayoutStorage`] trait, [`FileStorage`] (the `VERSION` file), [`MemoryStorage`] |
+//! | [`action`] | upgrade actions: [`Phase`], [`ActionContext`], [`ActionRegistry`] |
+//! | [`finalizer`] | [`UpgradeFinalizer`]: start-up actions, finalization, status, policy |
+//! | [`clock`] | injectable time: [`SystemClock`], [`ManualClock`] |
 //! | [`error`] | [`LayoutError`] |
 
 // Generated code names `::layout_core::...`; this makes those paths resolve here too.
 #[allow(unused_extern_crates)]
 extern crate self as layout_core;
 
+pub mod action;
+pub mod clock;
 pub mod error;
 pub mod feature;
+pub mod finalizer;
 pub mod manager;
 pub mod options;
 pub mod state;
 pub mod storage;
 
+pub use action::{
+    Action, ActionContext, ActionError, ActionOrigin, ActionRegistry, ActionRegistryBuilder, Phase,
+    ProgressSink, RegisteredAction, RegistryError, RegistryProblem,
+};
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::LayoutError;
 pub use feature::{validate_catalog, CatalogError, LayoutFeature};
+pub use finalizer::{
+    condition, ConditionCheck, ConditionFailure, ConditionOverride, DryRun, FinalizationStatus,
+    FinalizeCondition, FinalizeError, FinalizeGate, FinalizeHandle, FinalizeOutcome,
+    FinalizePolicy, FinalizeRequest, FnCondition, PlannedStep, PrefinalizeError, PrefinalizeReport,
+    Progress, StatusReport, UpgradeFinalizer, AUTO_FINALIZE_CLIENT, FAILPOINTS,
+};
 pub use manager::{FeatureInfo, FeatureStatus, LayoutVersionManager, StepOutcome};
 pub use options::{ManagerOptions, StartIntent};
-pub use state::{FinalizationRecord, HistoryEntry, LayoutState, FORMAT_VERSION};
+pub use state::{FinalizationRecord, HistoryEntry, LayoutState, VetoRecord, FORMAT_VERSION};
 pub use storage::{
     Damage, FileStorage, InjectedFailure, LayoutStorage, MemoryStorage, StorageError,
     VERSION_FILE_NAME,
@@ -84,8 +101,14 @@ pub use storage::{
 #[cfg(feature = "macros")]
 pub use layout_macros::LayoutFeature;
 
+/// `#[upgrade_action(F::X, phase = ...)]`: registers a function as an upgrade action; see
+/// [`ActionRegistryBuilder::with_registered`].
+#[cfg(feature = "macros")]
+pub use layout_macros::upgrade_action;
+
 /// Items the generated code names. Not public API: no stability promise.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::action::{into_action_result, ActionFnPtr, ActionSubmission};
     pub use inventory;
 }

@@ -12,6 +12,10 @@ use crate::options::{ManagerOptions, StartIntent};
 use crate::state::LayoutState;
 use crate::storage::LayoutStorage;
 
+/// The failpoint between storing a new MLV and publishing it (see
+/// [`FAILPOINTS`](crate::FAILPOINTS)).
+pub(crate) const FAILPOINT_AFTER_PERSIST: &str = "finalize::after_persist";
+
 /// Knows a component's software layout version (SLV) and the metadata layout version on
 /// disk (MLV), gates features on the MLV, and advances the MLV one feature at a time,
 /// durably.
@@ -394,6 +398,8 @@ impl<F: LayoutFeature> LayoutVersionManager<F> {
         feature.name().clone_into(&mut next.layout_feature);
         self.storage.store(&next)?;
         *durable = next;
+        // The new MLV is durable and not yet visible: a crash here must recover to it.
+        fail::fail_point!(FAILPOINT_AFTER_PERSIST);
         self.mlv.store(version, Ordering::Release);
         tracing::info!(
             component = %self.component,

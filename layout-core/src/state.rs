@@ -32,6 +32,8 @@ pub struct LayoutState {
     pub history: Vec<HistoryEntry>,
     /// The log index of the last completed prepare, while the component is prepared.
     pub prepare_index: Option<u64>,
+    /// An operator's veto on automatic finalization ("preserve downgrade").
+    pub veto: Option<VetoRecord>,
     /// Keys this release does not know (written by a newer release), preserved verbatim.
     pub extra: BTreeMap<String, String>,
 }
@@ -55,8 +57,46 @@ impl LayoutState {
             finalization: None,
             history: Vec::new(),
             prepare_index: None,
+            veto: None,
             extra: BTreeMap::new(),
         }
+    }
+}
+
+/// An operator's veto on automatic finalization: keeps the component pre-finalized (and
+/// so downgradable) until it is lifted or expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VetoRecord {
+    /// Why (shown in status).
+    pub reason: String,
+    /// Who set it.
+    pub client_id: String,
+    /// When it was set, in milliseconds since the Unix epoch.
+    pub set_at_ms: u64,
+    /// When it lapses by itself, if ever.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl VetoRecord {
+    /// A veto.
+    pub fn new(
+        reason: impl Into<String>,
+        client_id: impl Into<String>,
+        set_at_ms: u64,
+        expires_at_ms: Option<u64>,
+    ) -> Self {
+        Self {
+            reason: reason.into(),
+            client_id: client_id.into(),
+            set_at_ms,
+            expires_at_ms,
+        }
+    }
+
+    /// Whether the veto is in force at `now_ms`.
+    pub fn is_active_at(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_none_or(|expiry| now_ms < expiry)
     }
 }
 

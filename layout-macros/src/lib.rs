@@ -7,9 +7,11 @@
 //! | macro | module |
 //! |---|---|
 //! | `#[derive(LayoutFeature)]` | `feature` |
+//! | `#[upgrade_action]` | `upgrade_action` |
 
 mod ctxt;
 mod feature;
+mod upgrade_action;
 
 use proc_macro::TokenStream;
 use syn::{parse_macro_input, DeriveInput};
@@ -74,4 +76,47 @@ use syn::{parse_macro_input, DeriveInput};
 pub fn derive_layout_feature(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
     feature::expand(&input).into()
+}
+
+/// Registers a function as an upgrade action of a layout feature, for the component type
+/// of its first argument.
+///
+/// ```
+/// use layout_core::{upgrade_action, ActionContext, ActionError, ActionRegistry, LayoutFeature, Phase};
+///
+/// #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]
+/// enum OmFeature {
+///     #[layout(version = 0, description = "Initial layout")]
+///     Initial,
+///     #[layout(version = 1, description = "Multi-tenancy tables")]
+///     MultiTenancy,
+/// }
+/// struct OzoneManager;
+///
+/// #[upgrade_action(OmFeature::MultiTenancy, phase = OnFinalize)]
+/// fn create_tenant_tables(
+///     _om: &OzoneManager,
+///     _ctx: &ActionContext<'_, OmFeature>,
+/// ) -> Result<(), ActionError> {
+///     Ok(())
+/// }
+///
+/// let registry = ActionRegistry::<OmFeature, OzoneManager>::builder().with_registered().build()?;
+/// registry.expect(&[(OmFeature::MultiTenancy, Phase::OnFinalize)])?;
+/// assert_eq!(registry.get(OmFeature::MultiTenancy, Phase::OnFinalize).unwrap().name(), "create_tenant_tables");
+/// # Ok::<(), layout_core::RegistryError>(())
+/// ```
+///
+/// Arguments: the feature as `Catalog::Feature`, `phase = ValidateInPrefinalize |
+/// OnFirstUpgradeStart | OnFinalize`, and optionally `name = "..."` (default: the
+/// function's name). The function takes `(&Component, &ActionContext<'_, Catalog>)` and
+/// returns `Result<(), E>` with `E: Into<ActionError>`.
+///
+/// The action is submitted to an inventory that
+/// `ActionRegistryBuilder::with_registered` reads. A module that nothing references may
+/// not be linked, and its actions then never reach the registry: call
+/// `ActionRegistry::expect` at start-up to catch that.
+#[proc_macro_attribute]
+pub fn upgrade_action(attr: TokenStream, item: TokenStream) -> TokenStream {
+    upgrade_action::expand(attr.into(), item.into()).into()
 }

@@ -15,7 +15,7 @@
 //! control characters and newlines (`\\`, `\n`, `\r`, `\t`, `\xHH`). Optional keys:
 //! `finalization.client`, `finalization.target`, `finalization.started.ms`,
 //! `finalization.finished.ms`, `history.N.{at.ms,client,event,from,to,detail}`,
-//! `prepare.index`. Keys this release does not know are kept, in order, and written
+//! `prepare.index`, `veto.{reason,client,at.ms,expires.ms}`. Keys this release does not know are kept, in order, and written
 //! back. The last line is `checksum=crc32:XXXXXXXX` (eight lowercase hex digits): the
 //! CRC-32 of every byte before that line. The file ends with a newline.
 
@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fmt::Write as _;
 
-use crate::state::{FinalizationRecord, HistoryEntry, LayoutState, FORMAT_VERSION};
+use crate::state::{FinalizationRecord, HistoryEntry, LayoutState, VetoRecord, FORMAT_VERSION};
 
 const CHECKSUM_KEY: &str = "checksum";
 const CHECKSUM_PREFIX: &str = "checksum=crc32:";
@@ -159,6 +159,14 @@ pub fn encode(state: &LayoutState) -> String {
     if let Some(index) = state.prepare_index {
         put("prepare.index", &index.to_string());
     }
+    if let Some(veto) = &state.veto {
+        put("veto.reason", &veto.reason);
+        put("veto.client", &veto.client_id);
+        put("veto.at.ms", &veto.set_at_ms.to_string());
+        if let Some(expiry) = veto.expires_at_ms {
+            put("veto.expires.ms", &expiry.to_string());
+        }
+    }
     for (key, value) in &state.extra {
         put(key, value);
     }
@@ -280,6 +288,15 @@ impl Fields {
             });
         }
         let prepare_index = self.take_opt_num("prepare.index")?;
+        let veto = match self.map.remove("veto.reason") {
+            None => None,
+            Some(reason) => Some(VetoRecord {
+                reason,
+                client_id: self.take("veto.client")?,
+                set_at_ms: self.take_num("veto.at.ms")?,
+                expires_at_ms: self.take_opt_num("veto.expires.ms")?,
+            }),
+        };
         // A known field left over from an incomplete record (history.3 without
         // history.2, a finalization field without its client) is damage; a key this
         // release does not know at all was written by a newer release and is kept.
@@ -299,16 +316,20 @@ impl Fields {
             finalization,
             history,
             prepare_index,
+            veto,
             extra: self.map,
         })
     }
 }
 
 fn is_orphaned_known_key(key: &str) -> bool {
-    const FINALIZATION: [&str; 3] = [
+    const FINALIZATION: [&str; 6] = [
         "finalization.target",
         "finalization.started.ms",
         "finalization.finished.ms",
+        "veto.client",
+        "veto.at.ms",
+        "veto.expires.ms",
     ];
     const HISTORY: [&str; 6] = ["at.ms", "client", "event", "from", "to", "detail"];
     if FINALIZATION.contains(&key) {
@@ -430,6 +451,12 @@ mod tests {
             "reason: ünïcode",
         ));
         state.prepare_index = Some(42);
+        state.veto = Some(VetoRecord::new(
+            "keep downgrade\npossible",
+            "ops",
+            7,
+            Some(9),
+        ));
         state.extra.insert("newer.release.key".into(), "v=1".into());
         state
     }

@@ -1,9 +1,11 @@
 //! Integration tests of the layout workspace, through the public API.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+mod actions;
 mod catalogs;
 mod concurrency;
 mod damaged_file;
+mod finalizer;
 mod fixtures;
 mod manager_model;
 mod startup;

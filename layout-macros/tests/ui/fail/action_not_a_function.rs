@@ -1,0 +1,16 @@
+use layout_core::{upgrade_action, LayoutFeature};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]
+enum OmFeature {
+    #[layout(version = 0, description = "Initial layout")]
+    Initial,
+    #[layout(version = 1, description = "Multi-tenancy tables")]
+    MultiTenancy,
+}
+
+struct Om;
+
+#[upgrade_action(OmFeature::MultiTenancy, phase = OnFinalize)]
+struct NotAFunction;
+
+fn main() {}
