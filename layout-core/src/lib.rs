@@ -58,6 +58,7 @@
 //! | [`storage`] | the [`LayoutStorage`] trait, [`FileStorage`] (the `VERSION` file), [`MemoryStorage`] |
 //! | [`action`] | upgrade actions: [`Phase`], [`ActionContext`], [`ActionRegistry`] |
 //! | [`finalizer`] | [`UpgradeFinalizer`]: start-up actions, finalization, status, policy |
+//! | [`prepare`] | [`PrepareController`]: the write gate, prepare and cancel-prepare, the marker |
 //! | [`clock`] | injectable time: [`SystemClock`], [`ManualClock`] |
 //! | [`error`] | [`LayoutError`] |
 
@@ -72,6 +73,7 @@ pub mod feature;
 pub mod finalizer;
 pub mod manager;
 pub mod options;
+pub mod prepare;
 pub mod state;
 pub mod storage;
 
@@ -90,6 +92,11 @@ pub use finalizer::{
 };
 pub use manager::{FeatureInfo, FeatureStatus, LayoutVersionManager, StepOutcome};
 pub use options::{ManagerOptions, StartIntent};
+pub use prepare::{
+    MarkerProblem, Preparable, PrepareController, PrepareError, PrepareOptions, PrepareState,
+    PrepareStep, PrepareStepError, WritePermit, WriteRejected, REQUEST_CANCEL_PREPARE,
+    REQUEST_PREPARE,
+};
 pub use state::{FinalizationRecord, HistoryEntry, LayoutState, VetoRecord, FORMAT_VERSION};
 pub use storage::{
     Damage, FileStorage, InjectedFailure, LayoutStorage, MemoryStorage, StorageError,

@@ -8,5 +8,6 @@ mod damaged_file;
 mod finalizer;
 mod fixtures;
 mod manager_model;
+mod prepare;
 mod startup;
 mod steps;
