@@ -59,6 +59,7 @@
 //! | [`action`] | upgrade actions: [`Phase`], [`ActionContext`], [`ActionRegistry`] |
 //! | [`finalizer`] | [`UpgradeFinalizer`]: start-up actions, finalization, status, policy |
 //! | [`prepare`] | [`PrepareController`]: the write gate, prepare and cancel-prepare, the marker |
+//! | `admin` | the admin API and [`AdminService`](crate::admin::AdminService) (feature `admin`); its HTTP endpoint and client (feature `admin-http`) |
 //! | [`clock`] | injectable time: [`SystemClock`], [`ManualClock`] |
 //! | [`error`] | [`LayoutError`] |
 
@@ -67,6 +68,8 @@
 extern crate self as layout_core;
 
 pub mod action;
+#[cfg(feature = "admin")]
+pub mod admin;
 pub mod clock;
 pub mod error;
 pub mod feature;

@@ -114,6 +114,18 @@ pub enum DecodeError {
     UnsupportedFormat(u32),
 }
 
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Damaged(damage) => write!(f, "damaged: {damage}"),
+            Self::UnsupportedFormat(found) => write!(
+                f,
+                "written in file format {found}; this release reads only format {FORMAT_VERSION}"
+            ),
+        }
+    }
+}
+
 impl From<Damage> for DecodeError {
     fn from(damage: Damage) -> Self {
         Self::Damaged(damage)
@@ -217,6 +229,231 @@ pub fn decode(bytes: &[u8]) -> Result<LayoutState, DecodeError> {
         }
     }
     Fields { map }.into_state()
+}
+
+/// Where in a VERSION file something is: a 1-based line and, when known, a byte offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Location {
+    /// 1-based line number.
+    pub line: usize,
+    /// 0-based byte offset into the file, when the problem is at one byte.
+    pub byte: Option<usize>,
+}
+
+/// What one line of a VERSION file is, as [`inspect`] read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LineKind {
+    /// Empty.
+    Blank,
+    /// A `#` comment.
+    Comment,
+    /// `key=value`.
+    Field {
+        /// The key.
+        key: String,
+        /// The unescaped value (`None` when its escapes are bad).
+        value: Option<String>,
+        /// What the key means to this release (`None`: unknown, kept for a newer one).
+        meaning: Option<&'static str>,
+    },
+    /// The checksum line.
+    Checksum {
+        /// The checksum it records, if well-formed.
+        recorded: Option<u32>,
+    },
+    /// Neither a comment nor `key=value`.
+    Malformed,
+}
+
+/// One line of a VERSION file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InspectedLine {
+    /// 1-based line number.
+    pub number: usize,
+    /// The line's text (invalid UTF-8 replaced).
+    pub text: String,
+    /// What it is.
+    pub kind: LineKind,
+}
+
+/// A VERSION file explained, damaged or not: its lines, its checksum, and what the
+/// strict reader makes of it (with where the damage is). For `layoutctl inspect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Inspection {
+    /// The file's size in bytes.
+    pub size: usize,
+    /// Every line.
+    pub lines: Vec<InspectedLine>,
+    /// The checksum recorded on the last line, if there is a well-formed one.
+    pub recorded_checksum: Option<u32>,
+    /// The CRC-32 of everything before the last line.
+    pub computed_checksum: u32,
+    /// What the strict reader makes of the file.
+    pub result: Result<LayoutState, DecodeError>,
+    /// Where the damage is, when the file is damaged and it can be pinned down.
+    pub damage_location: Option<Location>,
+}
+
+/// Reads `bytes` as a VERSION file leniently, line by line, and strictly (as the
+/// manager does), and explains both. Never fails: a damaged file is what it explains.
+///
+/// ```
+/// use layout_core::storage::format::{encode, inspect};
+/// use layout_core::{Damage, LayoutState};
+///
+/// let mut text = encode(&LayoutState::new("om", 1, "BucketLayoutSupport")).into_bytes();
+/// assert!(inspect(&text).result.is_ok());
+/// let at = text.iter().position(|&b| b == b'1').unwrap();
+/// text[at] = b'2'; // a hand edit
+/// let report = inspect(&text);
+/// assert!(matches!(report.result, Err(layout_core::storage::format::DecodeError::Damaged(Damage::ChecksumMismatch { .. }))));
+/// assert_eq!(report.damage_location.map(|l| l.line), Some(report.lines.len()));
+/// ```
+pub fn inspect(bytes: &[u8]) -> Inspection {
+    let text = String::from_utf8_lossy(bytes);
+    let mut lines = Vec::new();
+    let body = text.strip_suffix('\n').unwrap_or(&text);
+    let line_count = if bytes.is_empty() {
+        0
+    } else {
+        body.split('\n').count()
+    };
+    let mut recorded_checksum = None;
+    for (i, line) in body.split('\n').enumerate().take(line_count) {
+        let kind = if line.is_empty() {
+            LineKind::Blank
+        } else if line.starts_with('#') {
+            LineKind::Comment
+        } else if i + 1 == line_count && line.starts_with(CHECKSUM_KEY) {
+            recorded_checksum = parse_checksum(line);
+            LineKind::Checksum {
+                recorded: recorded_checksum,
+            }
+        } else if let Some((key, raw)) = line.split_once('=').filter(|(k, _)| is_valid_key(k)) {
+            LineKind::Field {
+                key: key.to_owned(),
+                value: unescape(raw),
+                meaning: key_meaning(key),
+            }
+        } else {
+            LineKind::Malformed
+        };
+        lines.push(InspectedLine {
+            number: i + 1,
+            text: line.to_owned(),
+            kind,
+        });
+    }
+    let covered = bytes
+        .strip_suffix(b"\n")
+        .unwrap_or(bytes)
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(&bytes[..0], |i| &bytes[..=i]);
+    let result = decode(bytes);
+    let damage_location = match &result {
+        Err(DecodeError::Damaged(damage)) => locate(bytes, &lines, damage),
+        _ => None,
+    };
+    Inspection {
+        size: bytes.len(),
+        lines,
+        recorded_checksum,
+        computed_checksum: crc32fast::hash(covered),
+        result,
+        damage_location,
+    }
+}
+
+fn locate(bytes: &[u8], lines: &[InspectedLine], damage: &Damage) -> Option<Location> {
+    let at_line = |line: usize| Some(Location { line, byte: None });
+    let line_of_key = |key: &str, nth: usize| {
+        lines
+            .iter()
+            .filter(|l| matches!(&l.kind, LineKind::Field { key: k, .. } if k == key))
+            .nth(nth)
+            .map(|l| Location {
+                line: l.number,
+                byte: None,
+            })
+    };
+    match damage {
+        Damage::Empty | Damage::MissingKey { .. } => None,
+        Damage::NotUtf8 => {
+            let valid = std::str::from_utf8(bytes).err()?.valid_up_to();
+            // A few hundred bytes at most: no need for a faster count.
+            #[allow(clippy::naive_bytecount)]
+            let line = bytes[..valid].iter().filter(|&&b| b == b'\n').count() + 1;
+            Some(Location {
+                line,
+                byte: Some(valid),
+            })
+        }
+        Damage::NoFinalNewline
+        | Damage::MissingChecksum
+        | Damage::MalformedChecksum
+        | Damage::ChecksumMismatch { .. } => at_line(lines.len().max(1)),
+        Damage::MalformedLine { line } => at_line(*line),
+        Damage::DuplicateKey { key } => line_of_key(key, 1),
+        Damage::BadValue { key, .. } => line_of_key(key, 0).or_else(|| {
+            // Generic history keys (`history.N.at.ms`) name the field, not the entry.
+            let field = key.strip_prefix("history.N.")?;
+            lines.iter().find_map(|l| match &l.kind {
+                LineKind::Field { key: k, value, .. }
+                    if k.starts_with("history.") && k.ends_with(field) && {
+                        let v = value.as_deref().unwrap_or("");
+                        parse_num::<u64>(k, v).is_err()
+                    } =>
+                {
+                    at_line(l.number)
+                }
+                _ => None,
+            })
+        }),
+    }
+}
+
+/// What a key means, for [`inspect`]; `None` for keys this release does not know.
+fn key_meaning(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "format.version" => "version of this file's format",
+        "component" => "the component this state belongs to",
+        "layout.version" => "metadata layout version (MLV): the highest finalized layout feature",
+        "layout.feature" => "the name of the layout feature at the MLV",
+        "first.upgrade.version" => {
+            "first-upgrade actions have run for every feature up to this version"
+        }
+        "finalization.client" => "the client the last finalization is bound to",
+        "finalization.target" => "the layout version the last finalization moves towards",
+        "finalization.started.ms" => "when the last finalization started (ms since the epoch)",
+        "finalization.finished.ms" => "when the last finalization finished (ms since the epoch)",
+        "prepare.index" => {
+            "prepared at this log index: writes and finalize are refused until prepare is cancelled"
+        }
+        "veto.reason" => "why automatic finalization is vetoed",
+        "veto.client" => "who vetoed automatic finalization",
+        "veto.at.ms" => "when the veto was set (ms since the epoch)",
+        "veto.expires.ms" => "when the veto lapses (ms since the epoch)",
+        _ => {
+            let (_, field) = key
+                .strip_prefix("history.")?
+                .split_once('.')
+                .filter(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))?;
+            match field {
+                "at.ms" => "history: when (ms since the epoch)",
+                "client" => "history: who",
+                "event" => "history: what happened",
+                "from" => "history: the MLV before",
+                "to" => "history: the MLV after",
+                "detail" => "history: details (features, override reasons)",
+                _ => return None,
+            }
+        }
+    })
 }
 
 struct Fields {

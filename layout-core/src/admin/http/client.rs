@@ -1,0 +1,248 @@
+//! A blocking client of the admin endpoint.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::admin::types::{
+    AdminError, ErrorCode, ErrorResponse, FeaturesResponse, FinalizationStatusParams,
+    FinalizationStatusResponse, FinalizeParams, FinalizeResponse, PrepareParams, PrepareResponse,
+    StatusResponse,
+};
+
+/// How long one call may take by default (prepare waits for the component's log, so
+/// this is generous).
+pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A blocking client of the admin endpoint ([`AdminServer`](super::AdminServer)).
+pub struct AdminClient {
+    agent: ureq::Agent,
+    base: String,
+    bearer: String,
+}
+
+/// A failed admin call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The endpoint is not an `http://host:port` address.
+    #[error("invalid admin endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint {
+        /// The endpoint given.
+        endpoint: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The endpoint could not be reached, or the exchange broke or timed out.
+    #[error("cannot reach the admin endpoint {endpoint}: {source}")]
+    Transport {
+        /// The endpoint.
+        endpoint: String,
+        /// The cause.
+        #[source]
+        source: ureq::Error,
+    },
+    /// The endpoint answered with an error.
+    #[error("the admin endpoint refused the request (HTTP {status}): {error}")]
+    Api {
+        /// The HTTP status.
+        status: u16,
+        /// The error it sent.
+        error: AdminError,
+    },
+    /// The answer could not be understood.
+    #[error("the admin endpoint {endpoint} sent an answer that cannot be read (HTTP {status}): {reason}")]
+    Decode {
+        /// The endpoint.
+        endpoint: String,
+        /// The HTTP status.
+        status: u16,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl ClientError {
+    /// The error code the endpoint sent, if it answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Api { error, .. } => Some(error.code()),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status, if the endpoint answered.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            Self::Api { status, .. } | Self::Decode { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+impl AdminClient {
+    /// A client of the endpoint at `endpoint` (`http://127.0.0.1:9868`, or just
+    /// `127.0.0.1:9868`), presenting `token`. Plain HTTP only: TLS is left to a proxy.
+    pub fn new(endpoint: &str, token: impl Into<String>) -> Result<Self, ClientError> {
+        let invalid = |reason: &str| ClientError::InvalidEndpoint {
+            endpoint: endpoint.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let trimmed = endpoint.trim().trim_end_matches('/');
+        let authority = match trimmed.split_once("://") {
+            Some(("http", rest)) => rest,
+            Some((scheme, _)) => {
+                return Err(invalid(&format!(
+                    "scheme {scheme:?} is not supported; the endpoint speaks plain http (TLS is \
+                     left to a proxy or an SSH tunnel)"
+                )))
+            }
+            None => trimmed,
+        };
+        if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
+            return Err(invalid("expected http://host:port"));
+        }
+        let token = token.into();
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid(
+                "the token is empty or holds characters other than visible ASCII",
+            ));
+        }
+        Ok(Self {
+            agent: agent(DEFAULT_CLIENT_TIMEOUT),
+            base: format!("http://{authority}"),
+            bearer: format!("Bearer {token}"),
+        })
+    }
+
+    /// Sets how long one call may take (default [`DEFAULT_CLIENT_TIMEOUT`]).
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.agent = agent(timeout);
+        self
+    }
+
+    /// The endpoint's base URL.
+    pub fn endpoint(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET /v1/status`.
+    pub fn status(&self) -> Result<StatusResponse, ClientError> {
+        self.get("status")
+    }
+
+    /// `GET /v1/features`.
+    pub fn features(&self) -> Result<FeaturesResponse, ClientError> {
+        self.get("features")
+    }
+
+    /// `GET /v1/finalization-status`: read-only, drains nothing.
+    pub fn finalization_status(&self) -> Result<FinalizationStatusResponse, ClientError> {
+        self.get("finalization-status")
+    }
+
+    /// `POST /v1/finalization-status`: as a client, draining its messages.
+    pub fn finalization_status_as(
+        &self,
+        params: &FinalizationStatusParams,
+    ) -> Result<FinalizationStatusResponse, ClientError> {
+        self.post("finalization-status", params)
+    }
+
+    /// `POST /v1/finalize`.
+    pub fn finalize(&self, params: &FinalizeParams) -> Result<FinalizeResponse, ClientError> {
+        self.post("finalize", params)
+    }
+
+    /// `POST /v1/prepare`.
+    pub fn prepare(&self, params: &PrepareParams) -> Result<PrepareResponse, ClientError> {
+        self.post("prepare", params)
+    }
+
+    /// `POST /v1/cancel-prepare`.
+    pub fn cancel_prepare(&self, params: &PrepareParams) -> Result<PrepareResponse, ClientError> {
+        self.post("cancel-prepare", params)
+    }
+
+    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let url = format!("{}/v1/{path}", self.base);
+        let response = self
+            .agent
+            .get(&url)
+            .header("Authorization", &self.bearer)
+            .call();
+        self.read(response)
+    }
+
+    fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}/v1/{path}", self.base);
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
+            endpoint: self.base.clone(),
+            status: 0,
+            reason: format!("cannot encode the request: {e}"),
+        })?;
+        let response = self
+            .agent
+            .post(&url)
+            .header("Authorization", &self.bearer)
+            .header("Content-Type", "application/json")
+            .send(&body[..]);
+        self.read(response)
+    }
+
+    fn read<T: DeserializeOwned>(
+        &self,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<T, ClientError> {
+        let transport = |source| ClientError::Transport {
+            endpoint: self.base.clone(),
+            source,
+        };
+        let mut response = response.map_err(transport)?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().map_err(transport)?;
+        if (200..300).contains(&status) {
+            return serde_json::from_str(&text).map_err(|e| ClientError::Decode {
+                endpoint: self.base.clone(),
+                status,
+                reason: e.to_string(),
+            });
+        }
+        let error = match serde_json::from_str::<ErrorResponse>(&text) {
+            Ok(body) => AdminError::from(body),
+            Err(_) => AdminError::new(
+                ErrorCode::Unknown,
+                format!(
+                    "HTTP {status} without an error body: {}",
+                    text.chars().take(200).collect::<String>()
+                ),
+            ),
+        };
+        Err(ClientError::Api { status, error })
+    }
+}
+
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .max_redirects(0)
+        .timeout_global(Some(timeout))
+        .build()
+        .into()
+}
+
+impl fmt::Debug for AdminClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminClient")
+            .field("endpoint", &self.base)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,32 @@
+//! The admin API (feature `admin`): what an operator asks of a component, transport-free.
+//!
+//! | operation | request | response |
+//! |---|---|---|
+//! | status | none | [`StatusResponse`]: MLV, SLV, finalization status and progress, prepare state, features |
+//! | features | none | [`FeaturesResponse`] |
+//! | finalize | [`FinalizeParams`]: client id, takeover, target feature, dry run, overrides with reasons | [`FinalizeResponse`] |
+//! | finalization status | none (read-only), or [`FinalizationStatusParams`] (drains a client's messages) | [`FinalizationStatusResponse`] |
+//! | prepare | [`PrepareParams`] | [`PrepareResponse`] |
+//! | cancel-prepare | [`PrepareParams`] | [`PrepareResponse`] |
+//!
+//! [`AdminService`] serves them for one component. Errors are [`AdminError`]s: a
+//! machine-readable [`ErrorCode`] (with its HTTP status) and a message. Every request
+//! body carries [`API_VERSION`].
+//!
+//! With the `admin-http` feature, [`http`] serves the service over HTTP/JSON on
+//! loopback with a bearer token, and [`http::AdminClient`] calls it; the `cli` feature
+//! builds `layoutctl` on that client.
+
+mod service;
+mod types;
+
+#[cfg(feature = "admin-http")]
+pub mod http;
+
+pub use service::{AdminService, DEFAULT_FINALIZE_START_WAIT};
+pub use types::{
+    AdminError, ConditionView, DryRunView, ErrorBody, ErrorCode, ErrorResponse, FeatureView,
+    FeaturesResponse, FinalizationStatusParams, FinalizationStatusResponse, FinalizeParams,
+    FinalizeResponse, OverrideParams, PlannedStepView, PrepareParams, PrepareResponse,
+    ProgressView, StatusResponse, VetoView, API_VERSION,
+};

@@ -1,0 +1,550 @@
+//! `layoutctl`: drive a component's layout upgrade from a terminal.
+//!
+//! Talks to the component's admin endpoint (feature `admin-http`) with a bearer token,
+//! and reads `VERSION` files offline (`inspect`). See `docs/cli.md` for the reference
+//! and the exit codes.
+
+mod inspect;
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use layout_core::admin::http::{AdminClient, BearerToken, ClientError, DEFAULT_ADMIN_PORT};
+use layout_core::admin::{
+    ErrorCode, FeatureView, FinalizationStatusParams, FinalizationStatusResponse, FinalizeParams,
+    FinalizeResponse, PrepareParams, PrepareResponse, StatusResponse,
+};
+use serde::Serialize;
+
+/// Exit codes (documented in `docs/cli.md`).
+mod exit {
+    /// Success.
+    pub(crate) const OK: u8 = 0;
+    /// The operation was refused or failed (conflict, prepared, failing conditions,
+    /// a failed finalization or prepare).
+    pub(crate) const REFUSED: u8 = 1;
+    /// Usage: bad command line, or the endpoint rejected the request as malformed.
+    pub(crate) const USAGE: u8 = 2;
+    /// The endpoint could not be reached, timed out, or refused the token.
+    pub(crate) const CONNECTION: u8 = 3;
+    /// `inspect`: the VERSION file is damaged or unreadable by this release.
+    pub(crate) const DAMAGED: u8 = 4;
+    /// `inspect`: there is no VERSION file.
+    pub(crate) const MISSING: u8 = 5;
+}
+
+const TOKEN_ENV: &str = "LAYOUTCTL_TOKEN";
+const TOKEN_FILE_ENV: &str = "LAYOUTCTL_TOKEN_FILE";
+
+#[derive(Parser)]
+#[command(
+    name = "layoutctl",
+    version,
+    about = "Drive a component's layout upgrade: status, finalize, prepare, inspect",
+    after_help = "Exit codes: 0 ok, 1 refused or failed, 2 usage, 3 connection or \
+                  authentication, 4 damaged VERSION file, 5 no VERSION file.\n\
+                  The token comes from --token, --token-file, $LAYOUTCTL_TOKEN or \
+                  $LAYOUTCTL_TOKEN_FILE, in that order."
+)]
+struct Cli {
+    /// The component's admin endpoint.
+    #[arg(
+        long,
+        global = true,
+        env = "LAYOUTCTL_ENDPOINT",
+        default_value_t = format!("http://127.0.0.1:{DEFAULT_ADMIN_PORT}")
+    )]
+    endpoint: String,
+    /// The bearer token (visible in the process list: prefer --token-file or the
+    /// environment).
+    #[arg(long, global = true)]
+    token: Option<String>,
+    /// A file holding the bearer token.
+    #[arg(long, global = true, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// Who is asking (recorded in the finalization history).
+    #[arg(long, global = true, env = "LAYOUTCTL_CLIENT_ID")]
+    client_id: Option<String>,
+    /// How long one call to the endpoint may take, in seconds.
+    #[arg(long, global = true, default_value_t = 180, value_name = "SECONDS")]
+    timeout: u64,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// MLV, SLV, finalization status, prepare state and features.
+    Status,
+    /// The catalog's features and whether each is finalized.
+    Features,
+    /// Finalize the component (in the background), or plan it with --dry-run.
+    Finalize {
+        /// Finalize up to this feature (default: the software layout version).
+        #[arg(long, value_name = "FEATURE")]
+        to: Option<String>,
+        /// Only show what would run and the conditions' results.
+        #[arg(long)]
+        dry_run: bool,
+        /// Take over an unfinished finalization bound to another client.
+        #[arg(long)]
+        takeover: bool,
+        /// Override a failing finalize condition (repeatable; needs --reason).
+        #[arg(long = "override", value_name = "CONDITION", requires = "reason")]
+        overrides: Vec<String>,
+        /// Why the conditions are overridden (recorded in the history).
+        #[arg(long, value_name = "TEXT", requires = "overrides")]
+        reason: Option<String>,
+        /// Follow the finalization until it ends, with a progress bar.
+        #[arg(long, conflicts_with = "dry_run")]
+        watch: bool,
+        /// How often --watch asks for the status, in milliseconds.
+        #[arg(long, default_value_t = 200, hide = true)]
+        interval_ms: u64,
+    },
+    /// The finalization status and progress (read-only).
+    FinalizationStatus,
+    /// Prepare the component: gate writes, flush, snapshot, purge the log.
+    Prepare,
+    /// Cancel prepare: accept writes again.
+    CancelPrepare,
+    /// Explain a VERSION file offline, damaged or not.
+    Inspect {
+        /// The component's directory (holding VERSION), or the VERSION file itself.
+        #[arg(long, value_name = "PATH")]
+        dir: PathBuf,
+    },
+}
+
+/// A failure: what to print and the exit code.
+struct Failure {
+    code: u8,
+    message: String,
+    error_code: Option<ErrorCode>,
+    http_status: Option<u16>,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            error_code: None,
+            http_status: None,
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(err: ClientError) -> Self {
+        let code = match &err {
+            ClientError::InvalidEndpoint { .. } => exit::USAGE,
+            ClientError::Api { status, .. } => match status {
+                401 | 408 => exit::CONNECTION,
+                400 | 404 | 405 | 413 | 431 => exit::USAGE,
+                _ => exit::REFUSED,
+            },
+            _ => exit::CONNECTION,
+        };
+        Self {
+            code,
+            error_code: err.code(),
+            http_status: err.http_status(),
+            message: err.to_string(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    let json = cli.json;
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            if json {
+                #[derive(Serialize)]
+                struct JsonFailure<'a> {
+                    error: &'a str,
+                    code: Option<ErrorCode>,
+                    http_status: Option<u16>,
+                    exit_code: u8,
+                }
+                print_json(&JsonFailure {
+                    error: &failure.message,
+                    code: failure.error_code,
+                    http_status: failure.http_status,
+                    exit_code: failure.code,
+                });
+            } else {
+                eprintln!("layoutctl: error: {}", failure.message);
+            }
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<u8, Failure> {
+    if let Command::Inspect { dir } = &cli.command {
+        return Ok(inspect::run(dir, cli.json));
+    }
+    let token = token(&cli)?;
+    let client = AdminClient::new(&cli.endpoint, token.expose())?
+        .with_timeout(Duration::from_secs(cli.timeout.max(1)));
+    let client_id = cli.client_id.clone().unwrap_or_else(default_client_id);
+    let json = cli.json;
+    match cli.command {
+        Command::Status => {
+            let status = client.status()?;
+            if json {
+                print_json(&status);
+            } else {
+                print_status(&status);
+            }
+        }
+        Command::Features => {
+            let features = client.features()?;
+            if json {
+                print_json(&features);
+            } else {
+                print_features(&features.features);
+            }
+        }
+        Command::FinalizationStatus => {
+            let status = client.finalization_status()?;
+            if json {
+                print_json(&status);
+            } else {
+                print_finalization(&status);
+            }
+        }
+        Command::Prepare => {
+            let state = client.prepare(&PrepareParams::new(Some(client_id)))?;
+            if json {
+                print_json(&state);
+            } else {
+                print_prepare(&state);
+            }
+        }
+        Command::CancelPrepare => {
+            let state = client.cancel_prepare(&PrepareParams::new(Some(client_id)))?;
+            if json {
+                print_json(&state);
+            } else {
+                print_prepare(&state);
+            }
+        }
+        Command::Finalize {
+            to,
+            dry_run,
+            takeover,
+            overrides,
+            reason,
+            watch,
+            interval_ms,
+        } => {
+            let mut params = FinalizeParams::new(client_id.clone())
+                .with_takeover(takeover)
+                .with_dry_run(dry_run);
+            if let Some(to) = to {
+                params = params.with_target(to);
+            }
+            let reason = reason.unwrap_or_default();
+            for condition in overrides {
+                params = params.with_override(condition, reason.clone());
+            }
+            let response = client.finalize(&params)?;
+            if watch {
+                return watch_finalization(
+                    &client,
+                    &client_id,
+                    &response,
+                    json,
+                    Duration::from_millis(interval_ms.max(10)),
+                );
+            }
+            if json {
+                print_json(&response);
+            } else {
+                print_finalize(&response);
+            }
+        }
+        Command::Inspect { .. } => unreachable!("handled above"),
+    }
+    Ok(exit::OK)
+}
+
+fn token(cli: &Cli) -> Result<BearerToken, Failure> {
+    let auth = |e: &dyn std::fmt::Display| Failure::new(exit::CONNECTION, e.to_string());
+    if let Some(token) = &cli.token {
+        return BearerToken::new(token.clone()).map_err(|e| auth(&e));
+    }
+    if let Some(path) = &cli.token_file {
+        return BearerToken::from_file(path).map_err(|e| auth(&e));
+    }
+    if let Ok(token) = std::env::var(TOKEN_ENV) {
+        return BearerToken::new(token).map_err(|e| auth(&e));
+    }
+    if let Some(path) = std::env::var_os(TOKEN_FILE_ENV) {
+        return BearerToken::from_file(Path::new(&path)).map_err(|e| auth(&e));
+    }
+    Err(Failure::new(
+        exit::CONNECTION,
+        format!(
+            "no admin token: pass --token-file PATH (or --token), or set ${TOKEN_ENV} or \
+             ${TOKEN_FILE_ENV}"
+        ),
+    ))
+}
+
+fn default_client_id() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned());
+    format!("layoutctl:{user}")
+}
+
+fn print_json<T: Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("layoutctl: cannot encode JSON: {e}"),
+    }
+}
+
+fn print_status(s: &StatusResponse) {
+    println!("component      {} (catalog {})", s.component, s.catalog);
+    println!(
+        "MLV            {} ({})",
+        s.metadata_layout_version, s.metadata_layout_feature
+    );
+    println!(
+        "SLV            {} ({})",
+        s.software_layout_version, s.software_layout_feature
+    );
+    let stage = if s.needs_finalization {
+        "pre-finalized (downgrade still possible)"
+    } else {
+        "finalized"
+    };
+    println!("layout         {stage}");
+    println!("finalization   {}", s.finalization.status);
+    if let Some(p) = &s.finalization.progress {
+        println!(
+            "progress       feature {} of {}: {} ({} done)",
+            p.feature_index, p.feature_count, p.feature, p.done
+        );
+    }
+    if let Some(e) = &s.finalization.last_error {
+        println!("last error     {e}");
+    }
+    print_prepare_line(&s.prepare);
+    println!("features:");
+    print_features(&s.features);
+}
+
+fn print_features(features: &[FeatureView]) {
+    let width = features.iter().map(|f| f.name.len()).max().unwrap_or(0);
+    for f in features {
+        let deprecated = if f.deprecated { " (deprecated)" } else { "" };
+        println!(
+            "  {:>3}  {:<width$}  {:<15}  {}{deprecated}",
+            f.version, f.name, f.status, f.description
+        );
+    }
+}
+
+fn print_finalization(s: &FinalizationStatusResponse) {
+    println!("status         {}", s.status);
+    println!(
+        "MLV / SLV      {} / {}",
+        s.metadata_layout_version, s.software_layout_version
+    );
+    if let Some(target) = s.target_version {
+        println!("target         {target}");
+    }
+    if let Some(client) = &s.client_id {
+        println!("client         {client}");
+    }
+    if let Some(p) = &s.progress {
+        let total = p.total.map(|t| format!(" of {t}")).unwrap_or_default();
+        println!(
+            "progress       feature {} of {}: {} (action {}, {}{total} done, {} ms)",
+            p.feature_index,
+            p.feature_count,
+            p.feature,
+            p.action.as_deref().unwrap_or("none"),
+            p.done,
+            p.elapsed_ms
+        );
+    }
+    if let Some(e) = &s.last_error {
+        println!("last error     {e}");
+    }
+    if let Some(v) = &s.veto {
+        let state = if s.veto_active { "active" } else { "expired" };
+        println!("veto           {state}: {} (by {})", v.reason, v.client_id);
+    }
+    for m in &s.messages {
+        println!("message        {m}");
+    }
+}
+
+fn print_prepare_line(p: &PrepareResponse) {
+    match (p.supported, p.index) {
+        (false, _) => println!("prepare        not supported by this component"),
+        (true, Some(index)) => println!("prepare        {} at index {index}", p.state),
+        (true, None) => println!("prepare        {}", p.state),
+    }
+}
+
+fn print_prepare(p: &PrepareResponse) {
+    match p.index {
+        Some(index) => println!(
+            "prepared at log index {index} ({}): writes and finalize are refused until \
+             cancel-prepare",
+            p.state
+        ),
+        None => println!("{}: the component accepts writes", p.state),
+    }
+}
+
+fn print_finalize(r: &FinalizeResponse) {
+    match r {
+        FinalizeResponse::Started {
+            client_id,
+            target_version,
+            ..
+        } => println!(
+            "finalization started by {client_id} towards layout version {target_version}; \
+             follow it with `layoutctl finalization-status` (or finalize --watch)"
+        ),
+        FinalizeResponse::AlreadyFinalized {
+            metadata_layout_version,
+            ..
+        } => println!("already finalized: metadata layout version {metadata_layout_version}"),
+        FinalizeResponse::Done {
+            finalized,
+            metadata_layout_version,
+            ..
+        } => println!(
+            "finalized {}; metadata layout version is now {metadata_layout_version}",
+            finalized.join(", ")
+        ),
+        FinalizeResponse::DryRun { plan, .. } => {
+            println!(
+                "dry run: would finalize from layout version {} to {}",
+                plan.from_version, plan.target_version
+            );
+            for step in &plan.steps {
+                println!(
+                    "  {:>3}  {}  (action: {})",
+                    step.version,
+                    step.feature,
+                    step.action.as_deref().unwrap_or("none")
+                );
+            }
+            for c in &plan.conditions {
+                match &c.reason {
+                    None => println!("  condition {}: passes", c.name),
+                    Some(reason) => println!("  condition {}: FAILS: {reason}", c.name),
+                }
+            }
+            if let Some(blocked) = &plan.blocked_by {
+                println!("  blocked: {blocked}");
+            }
+        }
+        _ => println!("{r:?}"),
+    }
+}
+
+/// Follows a finalization to its end; exit 0 when the MLV reached the target.
+fn watch_finalization(
+    client: &AdminClient,
+    client_id: &str,
+    started: &FinalizeResponse,
+    json: bool,
+    interval: Duration,
+) -> Result<u8, Failure> {
+    let bar = if json || !std::io::stderr().is_terminal() {
+        ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden())
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} features  {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let target = match started {
+        FinalizeResponse::Started { target_version, .. } => Some(*target_version),
+        _ => None,
+    };
+    let params = FinalizationStatusParams::new(Some(client_id.to_owned()));
+    let mut messages = Vec::new();
+    let last = loop {
+        let status = client.finalization_status_as(&params)?;
+        for m in &status.messages {
+            if json {
+                messages.push(m.clone());
+            } else {
+                bar.suspend(|| println!("{m}"));
+            }
+        }
+        if let Some(p) = &status.progress {
+            bar.set_length(p.feature_count as u64);
+            bar.set_position(p.feature_index.saturating_sub(1) as u64);
+            let units = match p.total {
+                Some(total) => format!(" {}/{total}", p.done),
+                None if p.done > 0 => format!(" {}", p.done),
+                None => String::new(),
+            };
+            bar.set_message(format!("{}{units}", p.feature));
+        }
+        if !status.running {
+            break status;
+        }
+        std::thread::sleep(interval);
+    };
+    bar.finish_and_clear();
+    let reached = target.is_none_or(|t| last.metadata_layout_version >= t);
+    let ok = reached && last.last_error.is_none();
+    if json {
+        #[derive(Serialize)]
+        struct Watched {
+            ok: bool,
+            finalization: FinalizationStatusResponse,
+        }
+        let mut finalization = last;
+        finalization.messages = messages;
+        print_json(&Watched { ok, finalization });
+    } else {
+        let mut shown = last.clone();
+        shown.messages.clear();
+        print_finalization(&shown);
+        if let FinalizeResponse::Done { .. } | FinalizeResponse::AlreadyFinalized { .. } = started {
+            print_finalize(started);
+        }
+        if !ok {
+            eprintln!(
+                "layoutctl: error: finalization did not complete: {}",
+                last.last_error
+                    .as_deref()
+                    .unwrap_or("it stopped before reaching the target")
+            );
+        }
+    }
+    Ok(if ok { exit::OK } else { exit::REFUSED })
+}

@@ -1,0 +1,387 @@
+//! The endpoint with the blocking client and raw sockets: every error status.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use layout_core::admin::http::{AdminClient, ClientError};
+use layout_core::admin::{
+    ErrorCode, FinalizationStatusParams, FinalizeParams, FinalizeResponse, PrepareParams,
+};
+
+use crate::support::{error_code, raw, read_answer, request, Fixture, OmFeature, Start, TOKEN};
+
+fn api_code(err: &ClientError) -> (u16, ErrorCode) {
+    (err.http_status().unwrap(), err.code().unwrap())
+}
+
+#[test]
+fn the_client_reads_status_and_features_and_finalizes() {
+    let fx = Fixture::start();
+    let client = fx.client();
+    let status = client.status().unwrap();
+    assert_eq!(status.api_version, 1);
+    assert_eq!(status.component, "OmFeature");
+    assert_eq!(
+        (
+            status.metadata_layout_version,
+            status.software_layout_version
+        ),
+        (1, 3)
+    );
+    assert!(status.needs_finalization);
+    assert_eq!(status.finalization.status, "FINALIZATION_REQUIRED");
+    assert_eq!(status.prepare.state, "NOT_PREPARED");
+    assert_eq!(status.features.len(), 4);
+    assert_eq!(
+        client.features().unwrap().features[2].status,
+        "not-finalized"
+    );
+
+    let plan = client
+        .finalize(&FinalizeParams::new("ops").with_dry_run(true))
+        .unwrap();
+    let FinalizeResponse::DryRun { plan, .. } = plan else {
+        panic!("{plan:?}")
+    };
+    assert_eq!(plan.steps.len(), 2);
+    assert_eq!(
+        plan.steps[0].action.as_deref(),
+        Some("migrate-MultiTenancy")
+    );
+    assert!(plan.conditions[0].passed);
+    assert_eq!(
+        client.status().unwrap().metadata_layout_version,
+        1,
+        "dry run"
+    );
+
+    let done = fx
+        .finalize(&FinalizeParams::new("ops").with_target("MultiTenancy"))
+        .unwrap();
+    assert!(
+        matches!(&done, FinalizeResponse::Done { finalized, metadata_layout_version: 2, .. } if finalized == &["MultiTenancy"]),
+        "{done:?}"
+    );
+    let status = client
+        .finalization_status_as(&FinalizationStatusParams::new(Some("ops".into())))
+        .unwrap();
+    assert_eq!(status.metadata_layout_version, 2);
+    assert!(status.messages.iter().any(|m| m == "MultiTenancy migrated"));
+    // Read-only status drains nothing and needs no client.
+    assert!(client.finalization_status().unwrap().messages.is_empty());
+}
+
+#[test]
+fn a_missing_or_wrong_token_is_401() {
+    let fx = Fixture::start();
+    let wrong = AdminClient::new(&fx.url(), "x".repeat(TOKEN.len())).unwrap();
+    let err = wrong.status().unwrap_err();
+    assert_eq!(api_code(&err), (401, ErrorCode::Unauthorized));
+
+    let (status, body) = raw(
+        fx.addr,
+        b"GET /v1/status HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    );
+    assert_eq!((status, error_code(&body).as_str()), (401, "unauthorized"));
+    let basic = format!("GET /v1/status HTTP/1.1\r\nAuthorization: Basic {TOKEN}\r\n\r\n");
+    assert_eq!(raw(fx.addr, basic.as_bytes()).0, 401);
+    // The token is checked before the route: an unknown path without it is 401 too.
+    assert_eq!(raw(fx.addr, b"GET /nope HTTP/1.1\r\n\r\n").0, 401);
+}
+
+#[test]
+fn an_unknown_path_is_404_and_a_wrong_method_is_405() {
+    let fx = Fixture::start();
+    let (status, body) = raw(fx.addr, &request("GET", "/v1/nothing-here", b""));
+    assert_eq!((status, error_code(&body).as_str()), (404, "not-found"));
+    let (status, body) = raw(fx.addr, &request("GET", "/v2/status", b""));
+    assert_eq!((status, error_code(&body).as_str()), (404, "not-found"));
+
+    let mut stream = TcpStream::connect(fx.addr).unwrap();
+    stream
+        .write_all(&request("GET", "/v1/finalize", b""))
+        .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 405 "), "{answer}");
+    assert!(answer.contains("\r\nAllow: POST\r\n"), "{answer}");
+    for (method, path) in [
+        ("DELETE", "/v1/status"),
+        ("POST", "/v1/status"),
+        ("PUT", "/v1/prepare"),
+    ] {
+        let (status, body) = raw(fx.addr, &request(method, path, b"{}"));
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (405, "method-not-allowed")
+        );
+    }
+}
+
+#[test]
+fn malformed_requests_are_400() {
+    let fx = Fixture::start();
+    for body in [
+        &b"{not json"[..],
+        b"{\"api_version\":1}",
+        b"{\"api_version\":1,\"client_id\":\"ops\",\"takeover\":\"yes\"}",
+        b"{\"api_version\":1,\"client_id\":\"ops\",\"bogus\":true}",
+    ] {
+        let (status, body) = raw(fx.addr, &request("POST", "/v1/finalize", body));
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (400, "bad-request"),
+            "{body}"
+        );
+    }
+    let client = fx.client();
+    let mut params = FinalizeParams::new("ops");
+    params.api_version = 2;
+    assert_eq!(
+        api_code(&client.finalize(&params).unwrap_err()),
+        (400, ErrorCode::UnsupportedApiVersion)
+    );
+    let err = client
+        .finalize(&FinalizeParams::new("ops").with_target("Teleportation"))
+        .unwrap_err();
+    assert_eq!(api_code(&err), (400, ErrorCode::InvalidArgument));
+    assert!(
+        err.to_string().contains("MultiTenancy"),
+        "lists the features: {err}"
+    );
+    assert_eq!(
+        api_code(&client.finalize(&FinalizeParams::new("  ")).unwrap_err()),
+        (400, ErrorCode::InvalidArgument)
+    );
+    let err = client
+        .finalize(&FinalizeParams::new("ops").with_override("no-such-check", "because"))
+        .unwrap_err();
+    assert_eq!(api_code(&err), (400, ErrorCode::InvalidArgument));
+}
+
+#[test]
+fn a_body_or_head_too_large_is_refused() {
+    let fx = Fixture::start();
+    let client = fx.client();
+    let huge = FinalizeParams::new("ops").with_override("no-open-containers", "x".repeat(80_000));
+    let err = client.finalize(&huge).unwrap_err();
+    assert_eq!(api_code(&err), (413, ErrorCode::PayloadTooLarge));
+
+    let announced = format!(
+        "POST /v1/finalize HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: \
+         99999999999999999999999\r\n\r\n"
+    );
+    let (status, body) = raw(fx.addr, announced.as_bytes());
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (413, "payload-too-large")
+    );
+
+    let mut head = request("GET", "/v1/status", b"");
+    head.truncate(head.len() - 2);
+    head.extend_from_slice(format!("X-Padding: {}\r\n\r\n", "p".repeat(20_000)).as_bytes());
+    let (status, body) = raw(fx.addr, &head);
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (431, "headers-too-large")
+    );
+}
+
+#[test]
+fn a_finalization_already_running_is_409() {
+    let fx = Fixture::start();
+    let client = fx.client();
+    fx.node.hold.arm();
+    let started = client.finalize(&FinalizeParams::new("ops")).unwrap();
+    assert!(
+        matches!(
+            started,
+            FinalizeResponse::Started {
+                target_version: 3,
+                ..
+            }
+        ),
+        "{started:?}"
+    );
+    let err = client.finalize(&FinalizeParams::new("other")).unwrap_err();
+    assert_eq!(api_code(&err), (409, ErrorCode::FinalizationInProgress));
+    assert!(err.to_string().contains("ops"), "names the holder: {err}");
+    // Another client may not read the holder's messages without takeover.
+    let err = client
+        .finalization_status_as(&FinalizationStatusParams::new(Some("other".into())))
+        .unwrap_err();
+    assert_eq!(api_code(&err), (409, ErrorCode::OwnedByAnotherClient));
+    // Nor prepare while it runs.
+    let err = client.prepare(&PrepareParams::default()).unwrap_err();
+    assert_eq!(api_code(&err), (409, ErrorCode::FinalizationInProgress));
+    let running = client.finalization_status().unwrap();
+    assert!(running.running);
+    assert_eq!(running.client_id.as_deref(), Some("ops"));
+
+    fx.node.hold.release();
+    let outcome = fx.service.join_finalization().unwrap().unwrap();
+    assert!(
+        matches!(
+            outcome,
+            FinalizeResponse::Done {
+                metadata_layout_version: 3,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn an_unfinished_finalization_of_another_client_is_409_until_takeover() {
+    let fx = Fixture::start();
+    let client = fx.client();
+    *fx.node.fail_feature.lock() = Some(OmFeature::SnapshotDiff);
+    let err = fx.finalize(&FinalizeParams::new("alice")).unwrap_err();
+    assert_eq!(api_code(&err), (500, ErrorCode::FinalizationFailed));
+    assert!(err.to_string().contains("SnapshotDiff"), "{err}");
+    assert_eq!(client.status().unwrap().metadata_layout_version, 2);
+
+    *fx.node.fail_feature.lock() = None;
+    let err = client.finalize(&FinalizeParams::new("bob")).unwrap_err();
+    assert_eq!(api_code(&err), (409, ErrorCode::OwnedByAnotherClient));
+    let done = fx
+        .finalize(&FinalizeParams::new("bob").with_takeover(true))
+        .unwrap();
+    assert!(
+        matches!(
+            done,
+            FinalizeResponse::Done {
+                metadata_layout_version: 3,
+                ..
+            }
+        ),
+        "{done:?}"
+    );
+}
+
+#[test]
+fn finalize_while_prepared_is_409_and_prepare_errors_are_reported() {
+    let fx = Fixture::start();
+    let client = fx.client();
+    fx.node.put(&fx.prepare).unwrap();
+    let prepared = client.prepare(&PrepareParams::default()).unwrap();
+    assert_eq!(
+        (prepared.state.as_str(), prepared.index),
+        ("PREPARE_COMPLETED", Some(1))
+    );
+    assert!(fx.node.put(&fx.prepare).unwrap_err().contains("PutKey"));
+    let err = client.finalize(&FinalizeParams::new("ops")).unwrap_err();
+    assert_eq!(api_code(&err), (409, ErrorCode::Prepared));
+    let plan = client
+        .finalize(&FinalizeParams::new("ops").with_dry_run(true))
+        .unwrap();
+    let FinalizeResponse::DryRun { plan, .. } = plan else {
+        panic!()
+    };
+    assert!(plan.blocked_by.unwrap().contains("prepared"));
+
+    let cancelled = client.cancel_prepare(&PrepareParams::default()).unwrap();
+    assert_eq!(
+        (cancelled.state.as_str(), cancelled.index),
+        ("NOT_PREPARED", None)
+    );
+
+    fx.node.fail_snapshot.store(true, Ordering::SeqCst);
+    let err = client.prepare(&PrepareParams::default()).unwrap_err();
+    assert_eq!(api_code(&err), (500, ErrorCode::PrepareFailed));
+    assert!(err.to_string().contains("step snapshot"), "{err}");
+    fx.node.fail_snapshot.store(false, Ordering::SeqCst);
+    assert_eq!(fx.node.put(&fx.prepare).unwrap(), 2, "still writable");
+
+    fx.node.stuck.store(true, Ordering::SeqCst);
+    let err = client.prepare(&PrepareParams::default()).unwrap_err();
+    assert_eq!(api_code(&err), (503, ErrorCode::PrepareTimeout));
+    assert_eq!(client.status().unwrap().prepare.state, "NOT_PREPARED");
+}
+
+#[test]
+fn failing_conditions_are_409_and_an_override_with_a_reason_passes() {
+    let fx = Fixture::start();
+    let client = fx.client();
+    fx.node.open_containers.store(2, Ordering::SeqCst);
+    let err = client.finalize(&FinalizeParams::new("ops")).unwrap_err();
+    assert_eq!(api_code(&err), (409, ErrorCode::ConditionsFailed));
+    assert!(err.to_string().contains("2 containers are open"), "{err}");
+    let err = client
+        .finalize(&FinalizeParams::new("ops").with_override("no-open-containers", " "))
+        .unwrap_err();
+    assert_eq!(api_code(&err), (400, ErrorCode::InvalidArgument));
+    let done = fx
+        .finalize(&FinalizeParams::new("ops").with_override("no-open-containers", "OPS-1: stuck"))
+        .unwrap();
+    assert!(matches!(done, FinalizeResponse::Done { .. }), "{done:?}");
+    let text = String::from_utf8(fx.version_bytes()).unwrap();
+    assert!(
+        text.contains("OPS-1: stuck"),
+        "the override is in the history"
+    );
+}
+
+#[test]
+fn a_target_beyond_the_software_is_409() {
+    let fx = Fixture::start_with(&Start {
+        software_layout_version: Some(2),
+        ..Start::default()
+    });
+    let err = fx
+        .client()
+        .finalize(&FinalizeParams::new("ops").with_target("SnapshotDiff"))
+        .unwrap_err();
+    assert_eq!(api_code(&err), (409, ErrorCode::BeyondSoftware));
+}
+
+#[test]
+fn a_client_that_sends_nothing_gets_408_and_does_not_hold_the_endpoint() {
+    let fx = Fixture::start();
+    let mut idle = TcpStream::connect(fx.addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    idle.write_all(b"GET /v1/sta").unwrap();
+    // Meanwhile others are served.
+    assert_eq!(fx.client().status().unwrap().metadata_layout_version, 1);
+    let (status, body) = read_answer(&mut idle);
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (408, "request-timeout")
+    );
+}
+
+#[test]
+fn beyond_the_connection_limit_the_endpoint_answers_503() {
+    let fx = Fixture::start_with(&Start {
+        max_connections: 1,
+        request_timeout: Duration::from_secs(30),
+        ..Start::default()
+    });
+    let holder = TcpStream::connect(fx.addr).unwrap();
+    let err = fx.client().status().unwrap_err();
+    assert_eq!(api_code(&err), (503, ErrorCode::Busy));
+    drop(holder);
+}
+
+#[test]
+fn shutdown_stops_the_endpoint() {
+    let mut fx = Fixture::start();
+    fx.server.take().unwrap().shutdown();
+    let err = fx.client().status().unwrap_err();
+    assert!(matches!(err, ClientError::Transport { .. }), "{err:?}");
+}
+
+#[test]
+fn the_token_and_endpoint_are_checked() {
+    use layout_core::admin::http::{BearerToken, HttpConfig};
+    assert!(HttpConfig::new("short").is_err());
+    assert!(HttpConfig::new("sixteen chars no").is_err(), "spaces");
+    assert!(format!("{:?}", BearerToken::new(TOKEN).unwrap()).contains("redacted"));
+    assert!(AdminClient::new("https://127.0.0.1:1", TOKEN).is_err());
+    assert!(AdminClient::new("http://127.0.0.1:1/x", TOKEN).is_err());
+    assert!(AdminClient::new("127.0.0.1:1", TOKEN).is_ok());
+}
