@@ -379,6 +379,9 @@ impl<F: LayoutFeature> LayoutVersionManager<F> {
         let mut durable = self.durable.lock();
         let mlv = durable.layout_version;
         if version <= mlv {
+            // What is durable may not have been published yet, if a previous step was
+            // interrupted between the two (a panic in that window): publish it now.
+            self.mlv.fetch_max(mlv, Ordering::Release);
             return Ok(StepOutcome::AlreadyFinalized {
                 metadata_layout_version: mlv,
             });
