@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use layout_core::admin::{FinalizeParams, FinalizeResponse};
+use layout_core::admin::{ErrorCode, FinalizeParams, FinalizeResponse, PrepareParams};
 
 use crate::support::{error_code, raw, request, Fixture, TOKEN};
 
@@ -104,6 +104,7 @@ fn a_thousand_malformed_bodies_change_nothing() {
         "/v1/cancel-prepare",
         "/v1/finalization-status",
     ];
+    let mut sent = 0;
     for i in 0..1_000 {
         let body = malformed_body(&mut rng, i);
         let path = paths[i % paths.len()];
@@ -118,6 +119,7 @@ fn a_thousand_malformed_bodies_change_nothing() {
         if valid_elsewhere || valid_status {
             continue;
         }
+        sent += 1;
         let (status, answer) = raw(fx.addr, &request("POST", path, &body));
         let code = error_code(&answer);
         assert!(
@@ -130,8 +132,13 @@ fn a_thousand_malformed_bodies_change_nothing() {
             String::from_utf8_lossy(&body)
         );
     }
+    assert!(
+        sent >= 990,
+        "only {sent} of 1,000 bodies were malformed for their path"
+    );
     assert_eq!(fx.version_bytes(), before, "VERSION changed");
     still_serves(&fx);
+    still_changes_state(&fx);
 }
 
 #[test]
@@ -156,59 +163,7 @@ fn wrong_tokens_of_the_right_length_and_broken_heads_are_refused() {
             (401, "unauthorized")
         );
     }
-    let cases: Vec<(Vec<u8>, u16)> = vec![
-        // No Authorization at all, an empty one, another scheme, two of them.
-        (b"POST /v1/finalize HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}".to_vec(), 401),
-        (b"GET /v1/status HTTP/1.1\r\nAuthorization: Bearer\r\n\r\n".to_vec(), 401),
-        (b"GET /v1/status HTTP/1.1\r\nAuthorization: Bearer \r\n\r\n".to_vec(), 401),
-        (
-            format!("GET /v1/status HTTP/1.1\r\nAuthorization: Basic {TOKEN}\r\n\r\n").into_bytes(),
-            401,
-        ),
-        (
-            format!(
-                "GET /v1/status HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
-            )
-            .into_bytes(),
-            401,
-        ),
-        // Missing or broken framing headers.
-        (
-            format!("POST /v1/finalize HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n").into_bytes(),
-            400,
-        ),
-        (
-            format!(
-                "POST /v1/finalize HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: ten\r\n\r\n"
-            )
-            .into_bytes(),
-            400,
-        ),
-        (
-            format!(
-                "POST /v1/finalize HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{{}}"
-            )
-            .into_bytes(),
-            400,
-        ),
-        (
-            format!(
-                "POST /v1/finalize HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
-            )
-            .into_bytes(),
-            400,
-        ),
-        // Broken request lines and headers.
-        (b"\r\n\r\n".to_vec(), 400),
-        (b"GET\r\n\r\n".to_vec(), 400),
-        (b"get /v1/status HTTP/1.1\r\n\r\n".to_vec(), 400),
-        (b"GET /v1/status HTTP/2.0\r\n\r\n".to_vec(), 400),
-        (b"GET http://x/v1/status HTTP/1.1\r\n\r\n".to_vec(), 400),
-        (b"GET /v1/status HTTP/1.1\r\nno colon here\r\n\r\n".to_vec(), 400),
-        (b"GET /v1/status HTTP/1.1\r\n folded: header\r\n\r\n".to_vec(), 400),
-        (b"GET /v1/\xff\xfe HTTP/1.1\r\n\r\n".to_vec(), 400),
-    ];
-    for (bytes, expected) in &cases {
+    for (bytes, expected) in &broken_heads() {
         let (status, answer) = raw(fx.addr, bytes);
         assert_eq!(
             status,
@@ -242,6 +197,7 @@ fn wrong_tokens_of_the_right_length_and_broken_heads_are_refused() {
 
     assert_eq!(fx.version_bytes(), before, "VERSION changed");
     still_serves(&fx);
+    still_changes_state(&fx);
 }
 
 #[test]
@@ -308,7 +264,64 @@ fn slow_clients_are_cut_off_by_the_request_timeout() {
     assert_eq!(fx.version_bytes(), before, "VERSION changed");
 }
 
-/// Valid requests still succeed, including one that changes state.
+/// Heads with a missing, empty, foreign or doubled token, broken framing, broken
+/// request lines and headers, and the status each must get.
+fn broken_heads() -> Vec<(Vec<u8>, u16)> {
+    vec![
+        // No Authorization at all, an empty one, another scheme, two of them.
+        (b"POST /v1/finalize HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}".to_vec(), 401),
+        (b"GET /v1/status HTTP/1.1\r\nAuthorization: Bearer\r\n\r\n".to_vec(), 401),
+        (b"GET /v1/status HTTP/1.1\r\nAuthorization: Bearer \r\n\r\n".to_vec(), 401),
+        (
+            format!("GET /v1/status HTTP/1.1\r\nAuthorization: Basic {TOKEN}\r\n\r\n").into_bytes(),
+            401,
+        ),
+        (
+            format!(
+                "GET /v1/status HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+            )
+            .into_bytes(),
+            401,
+        ),
+        // Missing or broken framing headers.
+        (
+            format!("POST /v1/finalize HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n").into_bytes(),
+            400,
+        ),
+        (
+            format!(
+                "POST /v1/finalize HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: ten\r\n\r\n"
+            )
+            .into_bytes(),
+            400,
+        ),
+        (
+            format!(
+                "POST /v1/finalize HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{{}}"
+            )
+            .into_bytes(),
+            400,
+        ),
+        (
+            format!(
+                "POST /v1/finalize HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n"
+            )
+            .into_bytes(),
+            400,
+        ),
+        // Broken request lines and headers.
+        (b"\r\n\r\n".to_vec(), 400),
+        (b"GET\r\n\r\n".to_vec(), 400),
+        (b"get /v1/status HTTP/1.1\r\n\r\n".to_vec(), 400),
+        (b"GET /v1/status HTTP/2.0\r\n\r\n".to_vec(), 400),
+        (b"GET http://x/v1/status HTTP/1.1\r\n\r\n".to_vec(), 400),
+        (b"GET /v1/status HTTP/1.1\r\nno colon here\r\n\r\n".to_vec(), 400),
+        (b"GET /v1/status HTTP/1.1\r\n folded: header\r\n\r\n".to_vec(), 400),
+        (b"GET /v1/\xff\xfe HTTP/1.1\r\n\r\n".to_vec(), 400),
+    ]
+}
+
+/// Valid read requests still succeed.
 fn still_serves(fx: &Fixture) {
     let client = fx.client();
     assert_eq!(client.status().unwrap().metadata_layout_version, 1);
@@ -318,4 +331,25 @@ fn still_serves(fx: &Fixture) {
         .finalize(&FinalizeParams::new("ops").with_dry_run(true))
         .unwrap();
     assert!(matches!(plan, FinalizeResponse::DryRun { .. }));
+}
+
+/// A valid request that changes state still succeeds (after the VERSION checks).
+fn still_changes_state(fx: &Fixture) {
+    let client = fx.client();
+    let prepared = client.prepare(&PrepareParams::default()).unwrap();
+    assert_eq!(prepared.state, "PREPARE_COMPLETED");
+    let done = fx.finalize(&FinalizeParams::new("ops"));
+    assert_eq!(done.unwrap_err().code(), Some(ErrorCode::Prepared));
+    client.cancel_prepare(&PrepareParams::default()).unwrap();
+    let done = fx.finalize(&FinalizeParams::new("ops")).unwrap();
+    assert!(
+        matches!(
+            done,
+            FinalizeResponse::Done {
+                metadata_layout_version: 3,
+                ..
+            }
+        ),
+        "{done:?}"
+    );
 }

@@ -10,6 +10,8 @@ use layout_core::admin::{
     ErrorCode, FinalizationStatusParams, FinalizeParams, FinalizeResponse, PrepareParams,
 };
 
+use layout_core::StartIntent;
+
 use crate::support::{error_code, raw, read_answer, request, Fixture, OmFeature, Start, TOKEN};
 
 fn api_code(err: &ClientError) -> (u16, ErrorCode) {
@@ -71,6 +73,58 @@ fn the_client_reads_status_and_features_and_finalizes() {
     assert!(status.messages.iter().any(|m| m == "MultiTenancy migrated"));
     // Read-only status drains nothing and needs no client.
     assert!(client.finalization_status().unwrap().messages.is_empty());
+}
+
+#[test]
+fn prepare_restart_with_the_new_release_finalize_and_status_through_the_client() {
+    let fx = Fixture::start_with(&Start {
+        software_layout_version: Some(1),
+        ..Start::default()
+    });
+    fx.node.put(&fx.prepare).unwrap();
+    let prepared = fx.client().prepare(&PrepareParams::default()).unwrap();
+    assert_eq!(prepared.index, Some(1));
+
+    // The same binary restarts prepared: writes and finalize stay refused.
+    let fx = fx.restart(&Start {
+        software_layout_version: Some(1),
+        intent: StartIntent::Normal,
+        ..Start::default()
+    });
+    let status = fx.client().status().unwrap();
+    assert_eq!(
+        (status.prepare.state.as_str(), status.prepare.index),
+        ("PREPARE_COMPLETED", Some(1))
+    );
+    assert!(fx.node.put(&fx.prepare).is_err());
+
+    // The new release starts with the Upgrade intent: prepare is cancelled locally.
+    let fx = fx.restart(&Start {
+        software_layout_version: None,
+        intent: StartIntent::Upgrade,
+        ..Start::default()
+    });
+    let client = fx.client();
+    let status = client.status().unwrap();
+    assert_eq!(status.prepare.state, "NOT_PREPARED");
+    assert_eq!(
+        (
+            status.metadata_layout_version,
+            status.software_layout_version
+        ),
+        (1, 3)
+    );
+    assert_eq!(fx.node.put(&fx.prepare).unwrap(), 2);
+
+    let done = fx.finalize(&FinalizeParams::new("ops")).unwrap();
+    assert!(
+        matches!(&done, FinalizeResponse::Done { finalized, metadata_layout_version: 3, .. } if finalized.len() == 2),
+        "{done:?}"
+    );
+    let status = client.status().unwrap();
+    assert_eq!(status.metadata_layout_version, 3);
+    assert_eq!(status.finalization.status, "FINALIZATION_DONE");
+    assert!(!status.needs_finalization);
 }
 
 #[test]
