@@ -90,6 +90,12 @@
 //! it. Failpoints are process-global: put the tests that use them in a test binary of
 //! their own and run it with cargo-nextest (one process per test).
 
+/// The chapter "Testing your upgrades" (`docs/testing-upgrades.md`): its examples are
+/// compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/testing-upgrades.md")]
+mod testing_upgrades_chapter {}
+
 pub mod catalog_lock;
 pub mod cluster;
 pub mod component;
