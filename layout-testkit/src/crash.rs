@@ -535,6 +535,69 @@ impl ChildProcess {
         })
     }
 
+    /// Waits until the child has reported more than `index` steps and returns step
+    /// `index` (0-based, in report order). Steps are kept, so a caller that follows a
+    /// child's replies keeps its own cursor and asks for each next index in turn.
+    ///
+    /// `bound` is a safety bound for a hung child. Errors as in
+    /// [`wait_for_step`](Self::wait_for_step).
+    pub fn next_step(&mut self, index: usize, bound: Duration) -> Result<String, CrashError> {
+        let deadline = Instant::now() + bound;
+        loop {
+            {
+                let out = lock(&self.output);
+                if let Some(step) = out.steps.get(index) {
+                    return Ok(step.clone());
+                }
+                if out.stdout_closed {
+                    break;
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(()) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(self.timeout(format!("report step number {}", index + 1), bound));
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    if !lock(&self.output).stdout_closed {
+                        break;
+                    }
+                }
+            }
+        }
+        let status = self.reap(deadline)?;
+        let ran_no_test = lock(&self.output).stdout.contains("running 0 tests");
+        Err(CrashError::ExitedEarly {
+            step: format!("number {}", index + 1),
+            status,
+            ran_no_test,
+            child: Box::new(self.report()),
+        })
+    }
+
+    /// Writes `line` and a line break to the child's stdin and flushes it: a command for
+    /// a child that reads its stdin line by line (as the
+    /// [`MiniCluster`](crate::MiniCluster)'s child nodes do). Line breaks inside `line`
+    /// become spaces. An error when the child is gone.
+    pub fn send_line(&mut self, line: &str) -> Result<(), CrashError> {
+        let line = line.replace(['\n', '\r'], " ");
+        let stdin = self.stdin.as_mut().ok_or_else(|| CrashError::Io {
+            role: self.role.clone(),
+            operation: "write to stdin",
+            source: io::Error::other("the child's stdin is closed"),
+        })?;
+        stdin
+            .write_all(line.as_bytes())
+            .and_then(|()| stdin.write_all(b"\n"))
+            .and_then(|()| stdin.flush())
+            .map_err(|source| CrashError::Io {
+                role: self.role.clone(),
+                operation: "write to stdin",
+                source,
+            })
+    }
+
     /// Kills the child: SIGKILL on Unix, so nothing in it runs after this (no
     /// destructor, no flush). Does nothing if it has already been waited for.
     pub fn kill(&mut self) -> Result<(), CrashError> {

@@ -1,41 +1,132 @@
 //! Test kit for `layout-core`: the tools a component's tests (and this workspace's own)
-//! use to show that layout upgrades are safe.
+//! use to show that layout upgrades are safe (DESIGN section 11).
 //!
-//! Crash safety is shown by crashing. [`crash`] re-runs the current test binary as a
-//! child process in a chosen role, follows the steps the child reports, SIGKILLs it at a
-//! chosen step and kills it on drop, so a test can reopen what a real `kill -9` left on
-//! disk:
+//! - [`MiniCluster`]: N components of one or more kinds, each in its own directory with
+//!   its own layout version manager, pinned to an MLV and capped at an SLV (the "binary"
+//!   it runs), in this process or each in a child process that a test can SIGKILL.
+//!   Restart a node with another SLV (upgrade or downgrade its binary) and keep its
+//!   directory; finalize one node or all. The component implements [`TestComponent`].
+//! - [`UpgradeTest`]: the seed's stages in order, with a callback at each: the old
+//!   version, this version pre-finalized, the old version again (downgraded), this
+//!   version finalized; then the old version must be refused.
+//! - [`CrashMatrix`]: a scenario once per failpoint of the finalizer (and per pass of
+//!   each), crashing there, restarting, finishing and checking invariants; the report
+//!   says which failpoint broke which invariant.
+//! - [`MixedVersionTest`]: seeded random mixed-version plans (start version, order of
+//!   upgrades, restarts and kills, downgrade or not, crashes, hooks); a seed replays
+//!   exactly.
+//! - [`assert_catalog_locked`]: a checked-in lock file of a catalog, so removing,
+//!   renaming, renumbering or reordering a feature fails a test.
+//! - [`crash`]: the child-process crash harness under all of it.
 //!
-//! ```no_run
-//! use std::time::Duration;
-//! use layout_testkit::{block_until_killed, child_role, report_step, ChildCommand};
-//!
-//! // In a test file, this function carries `#[test]`.
-//! fn killed_while_finalizing() {
-//!     if child_role().is_some() {
-//!         // ... open the component, start finalizing ...
-//!         report_step("persisted");
-//!         block_until_killed();
-//!     }
-//!     let mut child = ChildCommand::new(layout_testkit::test_name!(), "finalizer")
-//!         .spawn()
-//!         .unwrap();
-//!     child.wait_for_step("persisted", Duration::from_secs(60)).unwrap();
-//!     child.kill().unwrap();
-//!     // ... reopen and check the recovered state ...
-//! }
-//! # fn main() { killed_while_finalizing() }
 //! ```
+//! use layout_core::{ActionRegistry, LayoutFeature, RegistryError};
+//! use layout_testkit::{HookResult, Kind, MiniCluster, NodeContext, TestComponent, UpgradeTest};
+//!
+//! #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]
+//! enum Feature {
+//!     #[layout(version = 0, description = "Initial layout")]
+//!     Initial,
+//!     #[layout(version = 1, description = "An index file")]
+//!     Index,
+//! }
+//!
+//! struct Service {
+//!     dir: std::path::PathBuf,
+//! }
+//!
+//! impl TestComponent for Service {
+//!     type Feature = Feature;
+//!     fn open(ctx: &NodeContext<Feature>) -> HookResult<Self> {
+//!         Ok(Service { dir: ctx.data_dir().to_owned() })
+//!     }
+//!     fn actions(_: &NodeContext<Feature>) -> Result<ActionRegistry<Feature, Self>, RegistryError> {
+//!         ActionRegistry::builder()
+//!             .on_finalize(Feature::Index, |s: &Service, _ctx| Ok(std::fs::write(s.dir.join("index"), b"")?))
+//!             .build()
+//!     }
+//! }
+//!
+//! let report = UpgradeTest::new(
+//!     MiniCluster::builder().kind(Kind::<Service>::new("svc").nodes(3).software_layout_version(0)),
+//! )
+//! .with_old_version_downgraded(|cluster| {
+//!     for node in cluster.nodes_of::<Service>() {
+//!         assert!(!node.data_dir().join("index").exists(), "written before finalization");
+//!     }
+//!     Ok(())
+//! })
+//! .with_this_version_finalized(|cluster| {
+//!     for node in cluster.nodes_of::<Service>() {
+//!         assert!(node.data_dir().join("index").exists());
+//!     }
+//!     Ok(())
+//! })
+//! .run()?;
+//! println!("{}", report.log.join("\n"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The chapter "Testing your upgrades" (`docs/testing-upgrades.md`) walks through a
+//! complete example.
 //!
 //! # Map
 //!
 //! | module | holds |
 //! |---|---|
+//! | [`component`] | [`TestComponent`], [`NodeContext`], [`PrepareOutcome`] |
+//! | [`cluster`] | [`MiniCluster`], [`Kind`], [`Node`], [`ClusterNode`], [`run_as_child_node`] |
+//! | [`upgrade_test`] | [`UpgradeTest`], [`Stage`] |
+//! | [`crash_matrix`] | [`CrashMatrix`], [`CrashMatrixReport`] |
+//! | [`plan`] | [`MixedVersionTest`], [`Plan`], [`PlanRng`] |
+//! | [`inject`] | crash injection at failpoints: [`CrashPoint`], [`Injection`], [`expected_hits`] |
+//! | [`catalog_lock`] | [`CatalogLock`], [`assert_catalog_locked`] |
 //! | [`crash`] | the child-process crash harness: [`ChildCommand`], [`ChildProcess`], [`child_role`], [`report_step`], [`block_until_killed`], [`test_name!`] |
+//!
+//! # Features
+//!
+//! `failpoints`: crash injection at the finalizer's failpoints (enables
+//! `layout-core/failpoints`); the crash matrix and crashes in mixed-version plans need
+//! it. Failpoints are process-global: put the tests that use them in a test binary of
+//! their own and run it with cargo-nextest (one process per test).
 
+/// The chapter "Testing your upgrades" (`docs/testing-upgrades.md`): its examples are
+/// compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/testing-upgrades.md")]
+mod testing_upgrades_chapter {}
+
+pub mod catalog_lock;
+pub mod cluster;
+pub mod component;
 pub mod crash;
+pub mod crash_matrix;
+pub mod inject;
+pub mod plan;
+pub mod upgrade_test;
 
+pub use catalog_lock::{
+    assert_catalog_locked, check_catalog_lock, CatalogLock, CatalogLockError, LockChange,
+    LockCheck, LockVerdict, LockedFeature, UPDATE_ENV,
+};
+pub use cluster::{
+    run_as_child_node, ClusterError, ClusterNode, FinalizeRun, FinalizeSummary, Kind, KindInfo,
+    MiniCluster, MiniClusterBuilder, Node, NodeStatus, RunOutcome, StartOptions, StorageKind,
+    NODE_ROLE, TESTKIT_CLIENT,
+};
+pub use component::{HookError, HookResult, NodeContext, PrepareOutcome, TestComponent};
 pub use crash::{
     block_until_killed, child_role, report_step, ChildCommand, ChildOutput, ChildProcess,
     ChildReport, CrashError, CHILD_ROLE_ENV, ORPHANED_EXIT_CODE, STEP_MARKER,
 };
+pub use crash_matrix::{
+    CrashCase, CrashMatrix, CrashMatrixError, CrashMatrixReport, Violation,
+    INVARIANT_CRASH_POINT_REACHED, INVARIANT_FINALIZATION_COMPLETES,
+    INVARIANT_MLV_NEVER_GOES_BACKWARDS, INVARIANT_RESTARTS,
+};
+pub use inject::{expected_hits, failpoints_enabled, CrashPoint, Injection};
+pub use plan::{
+    failpoints_crashed, HookContext, MixedVersionTest, Plan, PlanFailure, PlanReport, PlanRng,
+    PlanStep, SEED_ENV,
+};
+pub use upgrade_test::{Stage, StageFailure, UpgradeReport, UpgradeTest, UpgradeTestError};
