@@ -61,6 +61,8 @@
 //! | [`prepare`] | [`PrepareController`]: the write gate, prepare and cancel-prepare, the marker |
 //! | `admin` | the admin API and [`AdminService`](crate::admin::AdminService) (feature `admin`); its HTTP endpoint and client (feature `admin-http`) |
 //! | [`clock`] | injectable time: [`SystemClock`], [`ManualClock`] |
+//! | [`gate`] | [`LayoutAware`] and `#[disallowed_until]`: APIs closed until their feature is finalized |
+//! | [`factory`] | [`LayoutVersionInstanceFactory`]: request handlers per layout version, `#[belongs_to_layout_version]` |
 //! | [`error`] | [`LayoutError`] |
 
 // Generated code names `::layout_core::...`; this makes those paths resolve here too.
@@ -72,8 +74,10 @@ pub mod action;
 pub mod admin;
 pub mod clock;
 pub mod error;
+pub mod factory;
 pub mod feature;
 pub mod finalizer;
+pub mod gate;
 pub mod manager;
 pub mod options;
 pub mod prepare;
@@ -86,6 +90,9 @@ pub use action::{
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::LayoutError;
+pub use factory::{
+    FactoryError, LayoutVersionInstanceFactory, RegistrationProblem, SkippedRegistration, Slot,
+};
 pub use feature::{validate_catalog, CatalogError, LayoutFeature};
 pub use finalizer::{
     condition, ConditionCheck, ConditionFailure, ConditionOverride, DryRun, FinalizationStatus,
@@ -93,6 +100,7 @@ pub use finalizer::{
     FinalizePolicy, FinalizeRequest, FnCondition, PlannedStep, PrefinalizeError, PrefinalizeReport,
     Progress, StatusReport, UpgradeFinalizer, AUTO_FINALIZE_CLIENT, FAILPOINTS,
 };
+pub use gate::LayoutAware;
 pub use manager::{FeatureInfo, FeatureStatus, LayoutVersionManager, StepOutcome};
 pub use options::{ManagerOptions, StartIntent};
 pub use prepare::{
@@ -116,9 +124,25 @@ pub use layout_macros::LayoutFeature;
 #[cfg(feature = "macros")]
 pub use layout_macros::upgrade_action;
 
+/// `#[disallowed_until(F::X)]`: closes a function until layout feature `X` is finalized;
+/// see [`gate`].
+#[cfg(feature = "macros")]
+pub use layout_macros::disallowed_until;
+
+/// `#[belongs_to_layout_version(F::X, key = "..")]`: registers a request handler for
+/// [`LayoutVersionInstanceFactory::from_registry`].
+#[cfg(feature = "macros")]
+pub use layout_macros::belongs_to_layout_version;
+
 /// Items the generated code names. Not public API: no stability promise.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::action::{into_action_result, ActionFnPtr, ActionSubmission};
+    pub use crate::factory::registration::{
+        construct_handler, FeatureRef, HandlerRegistration, RegistrableHandler,
+    };
+    pub use crate::gate::support::{
+        closed, manager_of, refuse, self_manager, AnyFeature, Closed, FeatureOf, GatedReturn,
+    };
     pub use inventory;
 }

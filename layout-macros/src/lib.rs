@@ -8,8 +8,13 @@
 //! |---|---|
 //! | `#[derive(LayoutFeature)]` | `feature` |
 //! | `#[upgrade_action]` | `upgrade_action` |
+//! | `#[disallowed_until]` | `disallowed_until` |
+//! | `#[belongs_to_layout_version]` | `belongs_to` |
 
+mod attr_args;
+mod belongs_to;
 mod ctxt;
+mod disallowed_until;
 mod feature;
 mod upgrade_action;
 
@@ -119,4 +124,110 @@ pub fn derive_layout_feature(input: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn upgrade_action(attr: TokenStream, item: TokenStream) -> TokenStream {
     upgrade_action::expand(attr.into(), item.into()).into()
+}
+
+/// Closes a function until a layout feature is finalized: before that, it returns
+/// `Err(LayoutError::NotFinalized { .. })` converted into its error type.
+///
+/// ```
+/// use layout_core::{disallowed_until, LayoutAware, LayoutError, LayoutFeature, LayoutVersionManager};
+///
+/// #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]
+/// enum OmFeature {
+///     #[layout(version = 0, description = "Initial layout")]
+///     InitialVersion,
+///     #[layout(version = 1, description = "Multi-tenancy tables")]
+///     MultiTenancy,
+/// }
+///
+/// struct OzoneManager {
+///     lvm: LayoutVersionManager<OmFeature>,
+/// }
+///
+/// impl LayoutAware<OmFeature> for OzoneManager {
+///     fn layout_manager(&self) -> &LayoutVersionManager<OmFeature> {
+///         &self.lvm
+///     }
+/// }
+///
+/// impl OzoneManager {
+///     #[disallowed_until(OmFeature::MultiTenancy)]
+///     pub fn create_tenant(&self, name: &str) -> Result<String, LayoutError> {
+///         Ok(name.to_owned())
+///     }
+///
+///     #[disallowed_until(OmFeature::MultiTenancy, manager = lvm, operation = "CreateTenant")]
+///     pub fn create_tenant_with(lvm: &LayoutVersionManager<OmFeature>, name: &str) -> Result<String, LayoutError> {
+///         Ok(name.to_owned())
+///     }
+/// }
+/// ```
+///
+/// # Arguments
+///
+/// - the layout feature, as a path to a catalog variant (`OmFeature::MultiTenancy`);
+/// - `manager = <expression>` (optional): the manager to check against, evaluated at the
+///   start of each call, in the function's scope (so it may use the arguments). Anything
+///   `LayoutAware` works: the manager, a reference, an `Arc`, a component. Required for
+///   functions without `self`; for methods, the default is `LayoutAware` on `self`;
+/// - `operation = "Name"` (optional): the operation named in the refusal; default: the
+///   function's name.
+///
+/// # What it generates
+///
+/// The check becomes the function's first statement: one atomic load of the metadata
+/// layout version and a compare; the refusal is built out of line. On `async fn`, it runs
+/// on the future's first poll. The body is left untouched. There is no fallback: a
+/// function whose manager cannot be found does not compile.
+///
+/// # Compile errors
+///
+/// Each points at your token: a return type other than a `Result` whose error implements
+/// `From<LayoutError>` (aliases such as `OmResult<T>` are fine), a function without `self`
+/// and without `manager =`, a feature that is not a variant of a layout catalog, a
+/// `const fn`, a declaration without a body, an item that is not a function, and unknown,
+/// repeated or malformed arguments.
+#[proc_macro_attribute]
+pub fn disallowed_until(attr: TokenStream, item: TokenStream) -> TokenStream {
+    disallowed_until::expand(attr.into(), item.into()).into()
+}
+
+/// Registers `impl Handler for T` as the handler of a request key from a layout feature on,
+/// for `LayoutVersionInstanceFactory::from_registry`.
+///
+/// ```
+/// use layout_core::{belongs_to_layout_version, LayoutFeature};
+///
+/// #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]
+/// enum OmFeature {
+///     #[layout(version = 0, description = "Initial layout")]
+///     InitialVersion,
+///     #[layout(version = 1, description = "Multi-tenancy tables")]
+///     MultiTenancy,
+/// }
+///
+/// trait RequestHandler: Send + Sync {
+///     fn handle(&self) -> u32;
+/// }
+///
+/// #[derive(Default)]
+/// struct CreateTenant;
+///
+/// #[belongs_to_layout_version(OmFeature::MultiTenancy, key = "CreateTenant")]
+/// impl RequestHandler for CreateTenant {
+///     fn handle(&self) -> u32 {
+///         1
+///     }
+/// }
+/// ```
+///
+/// Arguments: the layout feature (a catalog variant) and `key = "..."`, the request key.
+/// The impl must implement a dyn-compatible trait for one concrete type (no generics) that
+/// implements `Default`; the factory's instance type is then `Box<dyn Handler>`. The
+/// registration goes through `inventory`: a crate that nothing references is not linked
+/// and its registrations vanish, so check them at start-up with
+/// `LayoutVersionInstanceFactory::expect`.
+#[proc_macro_attribute]
+pub fn belongs_to_layout_version(attr: TokenStream, item: TokenStream) -> TokenStream {
+    belongs_to::expand(attr.into(), item.into()).into()
 }

@@ -1,0 +1,509 @@
+//! Layout-versioned instances: one implementation per request key and layout version,
+//! the one in use chosen by the metadata layout version (MLV).
+//!
+//! A request handler whose behaviour changes with the on-disk layout gets a new version
+//! registered under the feature that introduces the change. While the component runs
+//! pre-finalized, the old handler keeps serving (so a downgrade stays possible); the moment
+//! the feature is finalized, the new one does.
+//!
+//! ```
+//! use layout_core::{
+//!     FactoryError, LayoutFeature, LayoutVersionInstanceFactory, LayoutVersionManager,
+//!     ManagerOptions, MemoryStorage, StartIntent,
+//! };
+//!
+//! #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]
+//! enum OmFeature {
+//!     #[layout(version = 0, description = "Initial layout")]
+//!     InitialVersion,
+//!     #[layout(version = 1, description = "Buckets carry a storage layout")]
+//!     BucketLayoutSupport,
+//!     #[layout(version = 2, description = "Multi-tenancy tables")]
+//!     MultiTenancy,
+//! }
+//!
+//! let opts = ManagerOptions::default()
+//!     .with_start_intent(StartIntent::Init)
+//!     .with_initial_layout_version(0);
+//! let lvm = LayoutVersionManager::<OmFeature>::open(MemoryStorage::new(), opts)?;
+//!
+//! let mut factory = LayoutVersionInstanceFactory::new(&lvm);
+//! factory.register("CreateBucket", OmFeature::InitialVersion, "create bucket v0")?;
+//! factory.register("CreateBucket", OmFeature::BucketLayoutSupport, "create bucket v1")?;
+//! factory.register("CreateTenant", OmFeature::MultiTenancy, "create tenant v2")?;
+//!
+//! assert_eq!(*factory.get(&lvm, &"CreateBucket")?, "create bucket v0");
+//! assert!(matches!(
+//!     factory.get(&lvm, &"CreateTenant"),
+//!     Err(FactoryError::NotSupportedBeforeFinalization { feature: OmFeature::MultiTenancy, .. })
+//! ));
+//!
+//! lvm.finalize_step(OmFeature::BucketLayoutSupport)?;
+//! // No listener, no lag: the next call reads the new MLV.
+//! assert_eq!(*factory.get(&lvm, &"CreateBucket")?, "create bucket v1");
+//!
+//! // Hot paths resolve the key once; each call is then an array index.
+//! let slot = factory.slot("CreateBucket").expect("registered above");
+//! assert_eq!(*factory.get_slot(&lvm, slot)?, "create bucket v1");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Cost
+//!
+//! Registration precomputes, per key, the instance serving each MLV from 0 to the software
+//! layout version (SLV). [`get_slot`](LayoutVersionInstanceFactory::get_slot) is then one
+//! atomic load of the MLV and one array index; [`get`](LayoutVersionInstanceFactory::get)
+//! adds one hash-map lookup of the key. Neither takes a lock nor allocates, and both read
+//! the MLV on every call, so an instance never lags behind a finalization.
+//!
+//! The key map hashes with `rustc-hash`'s `FxHasher` (deterministic, a few nanoseconds for a
+//! short key) instead of the standard `SipHash`, which costs more than the rest of `get`.
+//! Randomized hashing protects a map whose *contents* an attacker chooses; this map holds
+//! only the keys the program registered, so a lookup of an attacker's key costs at most
+//! the longest probe sequence among those keys, whatever the key.
+//!
+//! # Registered with an attribute
+//!
+//! Handlers can register themselves with `#[belongs_to_layout_version(F::X, key = "..")]`
+//! on `impl Handler for T`; [`LayoutVersionInstanceFactory::from_registry`] collects them.
+//! See there for the linking pitfall and the start-up guard,
+//! [`expect`](LayoutVersionInstanceFactory::expect).
+
+pub(crate) mod registration;
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use rustc_hash::FxBuildHasher;
+
+use crate::feature::LayoutFeature;
+use crate::manager::LayoutVersionManager;
+
+pub use registration::{RegistrationProblem, SkippedRegistration};
+
+/// Marks a table cell whose MLV no instance of the key serves.
+const NONE: usize = usize::MAX;
+
+/// Gives each factory an identity, so a [`Slot`] of another factory is refused.
+static NEXT_FACTORY_ID: AtomicU32 = AtomicU32::new(0);
+
+/// Instances of `V` per key `K` and layout feature of catalog `F`; serves, per key, the
+/// instance of the highest layout version at or below the MLV.
+///
+/// The seed's rules hold: an instance above the software layout version cannot be
+/// registered, nor a second one for the same (key, version); a key whose lowest version is
+/// above the MLV is "not supported before finalization" of that version's feature.
+///
+/// `K` is the request key (a request type name, an enum of request types); it is cloned
+/// into errors. The factory has no interior mutability: build it at start-up, then share
+/// it (`&`, `Arc`) between threads; reads need no lock.
+pub struct LayoutVersionInstanceFactory<F: LayoutFeature, K, V> {
+    id: u32,
+    software_layout_version: u32,
+    /// `software_layout_version + 1`: the number of MLVs a key's table row covers.
+    width: usize,
+    /// Key -> the first table cell of its row (its slot's base).
+    index: HashMap<K, usize, FxBuildHasher>,
+    /// One row per key, in registration order.
+    rows: Vec<Row<F, K>>,
+    /// Every instance, in registration order.
+    values: Vec<V>,
+    /// `rows.len() * width` cells: for (row, MLV), the index in `values` of the instance
+    /// serving it, or [`NONE`].
+    table: Vec<usize>,
+    /// Registrations `from_registry` left out because they are above the SLV.
+    skipped: Vec<SkippedRegistration<F>>,
+}
+
+/// One key's instances, ascending by layout version.
+struct Row<F, K> {
+    key: K,
+    features: Vec<F>,
+    /// Parallel to `features`: the index of each instance in `values`.
+    instances: Vec<usize>,
+}
+
+/// A key resolved once with [`LayoutVersionInstanceFactory::slot`], for
+/// [`get_slot`](LayoutVersionInstanceFactory::get_slot) on hot paths.
+///
+/// Valid for the factory that issued it, for the factory's whole life (registering more
+/// instances does not move it); another factory refuses it with
+/// [`FactoryError::ForeignSlot`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Slot {
+    factory: u32,
+    base: usize,
+}
+
+/// An error of a [`LayoutVersionInstanceFactory`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FactoryError<F: LayoutFeature, K: fmt::Debug> {
+    /// The instance's feature is above the factory's software layout version.
+    #[error(
+        "cannot register {key:?} for layout feature {} (layout version {}): it is above the \
+         software layout version {software_layout_version}",
+        .feature.name(),
+        .feature.layout_version()
+    )]
+    AboveSoftwareLayoutVersion {
+        /// The key.
+        key: K,
+        /// The feature of the refused instance.
+        feature: F,
+        /// The factory's SLV.
+        software_layout_version: u32,
+    },
+
+    /// The key already has an instance for this layout version.
+    #[error(
+        "{key:?} already has an instance for layout feature {} (layout version {}); each \
+         (key, layout version) is registered once",
+        .feature.name(),
+        .feature.layout_version()
+    )]
+    DuplicateVersion {
+        /// The key.
+        key: K,
+        /// The feature registered twice.
+        feature: F,
+    },
+
+    /// No instance is registered for the key.
+    #[error("no instance is registered for {key:?}")]
+    UnknownKey {
+        /// The key asked for.
+        key: K,
+    },
+
+    /// The key's lowest version is above the MLV: the request exists only in a layout that
+    /// is not finalized yet.
+    #[error(
+        "{key:?} is not supported before finalization of {} (layout version {}); the current \
+         metadata layout version is {metadata_layout_version}. Finalize the upgrade to use it",
+        .feature.name(),
+        .feature.layout_version()
+    )]
+    NotSupportedBeforeFinalization {
+        /// The key asked for.
+        key: K,
+        /// The key's lowest feature: the one to finalize.
+        feature: F,
+        /// The MLV read by this call.
+        metadata_layout_version: u32,
+    },
+
+    /// The slot was issued by another factory.
+    #[error(
+        "slot {slot:?} was issued by another factory; resolve slots with this factory's `slot`"
+    )]
+    ForeignSlot {
+        /// The slot.
+        slot: Slot,
+    },
+
+    /// Registrations collected by [`LayoutVersionInstanceFactory::from_registry`] are
+    /// inconsistent; every problem is listed.
+    #[error("{}", registration::problems_message(.problems))]
+    Registry {
+        /// Every problem found, in a stable order.
+        problems: Vec<RegistrationProblem>,
+    },
+
+    /// Instances expected by [`LayoutVersionInstanceFactory::expect`] are not registered.
+    #[error("{}", registration::missing_message(.missing))]
+    Missing {
+        /// Every expected (key, feature) not registered.
+        missing: Vec<(K, F)>,
+    },
+}
+
+impl<F, K, V> LayoutVersionInstanceFactory<F, K, V>
+where
+    F: LayoutFeature,
+    K: Hash + Eq + Clone + fmt::Debug,
+{
+    /// An empty factory for `manager`'s catalog, accepting instances up to its software
+    /// layout version.
+    pub fn new(manager: &LayoutVersionManager<F>) -> Self {
+        let software_layout_version = manager.software_layout_version();
+        Self {
+            id: NEXT_FACTORY_ID.fetch_add(1, Ordering::Relaxed),
+            software_layout_version,
+            width: index_of(software_layout_version).saturating_add(1),
+            index: HashMap::default(),
+            rows: Vec::new(),
+            values: Vec::new(),
+            table: Vec::new(),
+            skipped: Vec::new(),
+        }
+    }
+
+    /// Registers `value` as the instance of `key` from layout feature `feature` on.
+    ///
+    /// Refused, leaving the factory unchanged: a feature above the software layout version
+    /// ([`FactoryError::AboveSoftwareLayoutVersion`]) and a second instance for the same
+    /// key and version ([`FactoryError::DuplicateVersion`]).
+    pub fn register(&mut self, key: K, feature: F, value: V) -> Result<(), FactoryError<F, K>> {
+        let version = feature.layout_version();
+        if version > self.software_layout_version {
+            return Err(FactoryError::AboveSoftwareLayoutVersion {
+                key,
+                feature,
+                software_layout_version: self.software_layout_version,
+            });
+        }
+        let base = if let Some(&base) = self.index.get(&key) {
+            base
+        } else {
+            let base = self.table.len();
+            self.table.resize(base + self.width, NONE);
+            self.rows.push(Row {
+                key: key.clone(),
+                features: Vec::new(),
+                instances: Vec::new(),
+            });
+            self.index.insert(key.clone(), base);
+            base
+        };
+        let row_index = base / self.width;
+        let Some(row) = self.rows.get_mut(row_index) else {
+            // Unreachable: every base in `index` has its row.
+            return Err(FactoryError::UnknownKey { key });
+        };
+        let Err(position) = row.features.binary_search(&feature) else {
+            return Err(FactoryError::DuplicateVersion { key, feature });
+        };
+        row.features.insert(position, feature);
+        row.instances.insert(position, self.values.len());
+        self.values.push(value);
+
+        // Recompute the row: MLV m is served by the highest version <= m.
+        let cells = &mut self.table[base..base + self.width];
+        let mut serving = NONE;
+        let mut next = row.features.iter().zip(&row.instances).peekable();
+        for (mlv, cell) in cells.iter_mut().enumerate() {
+            while let Some((_, &instance)) =
+                next.next_if(|(f, _)| index_of(f.layout_version()) <= mlv)
+            {
+                serving = instance;
+            }
+            *cell = serving;
+        }
+        Ok(())
+    }
+
+    /// The instance of `key` for the current MLV: the one registered with the highest
+    /// layout version at or below it.
+    ///
+    /// Reads the MLV on every call (no listener, no lag); takes no lock and allocates
+    /// nothing on success. Errors: [`FactoryError::UnknownKey`], and
+    /// [`FactoryError::NotSupportedBeforeFinalization`] when every instance of the key is
+    /// above the MLV.
+    #[inline]
+    pub fn get(
+        &self,
+        manager: &LayoutVersionManager<F>,
+        key: &K,
+    ) -> Result<&V, FactoryError<F, K>> {
+        match self.index.get(key) {
+            Some(&base) => self.serve(manager, base),
+            None => Err(FactoryError::UnknownKey { key: key.clone() }),
+        }
+    }
+
+    /// Resolves `key` once, for [`get_slot`](Self::get_slot). `None` when no instance is
+    /// registered for it. Looks up by any borrowed form (`&str` for `String` keys).
+    pub fn slot<Q>(&self, key: &Q) -> Option<Slot>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.index.get(key).map(|&base| Slot {
+            factory: self.id,
+            base,
+        })
+    }
+
+    /// The instance of the slot's key for the current MLV, as [`get`](Self::get) answers,
+    /// with an array index instead of a key lookup.
+    #[inline]
+    pub fn get_slot(
+        &self,
+        manager: &LayoutVersionManager<F>,
+        slot: Slot,
+    ) -> Result<&V, FactoryError<F, K>> {
+        if slot.factory != self.id {
+            return Err(FactoryError::ForeignSlot { slot });
+        }
+        self.serve(manager, slot.base)
+    }
+
+    /// The instance of the row starting at table cell `base`, for the current MLV.
+    #[inline]
+    fn serve(
+        &self,
+        manager: &LayoutVersionManager<F>,
+        base: usize,
+    ) -> Result<&V, FactoryError<F, K>> {
+        let mlv = manager.metadata_layout_version();
+        let cell = base.wrapping_add(index_of(mlv.min(self.software_layout_version)));
+        match self.table.get(cell).and_then(|&i| self.values.get(i)) {
+            Some(value) => Ok(value),
+            None => Err(self.not_served(base, mlv)),
+        }
+    }
+
+    /// The refusal of a row that has no instance at or below `mlv`.
+    #[cold]
+    #[inline(never)]
+    fn not_served(&self, base: usize, mlv: u32) -> FactoryError<F, K> {
+        let row = self.rows.get(base / self.width);
+        match row.and_then(|row| Some((&row.key, *row.features.first()?))) {
+            Some((key, feature)) => FactoryError::NotSupportedBeforeFinalization {
+                key: key.clone(),
+                feature,
+                metadata_layout_version: mlv,
+            },
+            // Unreachable: every row of this factory has an instance.
+            None => FactoryError::ForeignSlot {
+                slot: Slot {
+                    factory: self.id,
+                    base,
+                },
+            },
+        }
+    }
+
+    /// The features (layout versions) registered for `key`, ascending; empty when none.
+    pub fn versions<Q>(&self, key: &Q) -> &[F]
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.index
+            .get(key)
+            .and_then(|&base| self.rows.get(base / self.width))
+            .map_or(&[], |row| row.features.as_slice())
+    }
+
+    /// Every key, in the order of their first registration.
+    pub fn keys(&self) -> impl ExactSizeIterator<Item = &K> + '_ {
+        self.rows.iter().map(|row| &row.key)
+    }
+
+    /// The number of instances registered (over all keys and versions).
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether no instance is registered.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The highest layout version this factory accepts: its manager's SLV.
+    pub fn software_layout_version(&self) -> u32 {
+        self.software_layout_version
+    }
+
+    /// Registrations that [`from_registry`](LayoutVersionInstanceFactory::from_registry)
+    /// left out because their feature is above the software layout version (a capped
+    /// SLV), in a stable order. Empty for a factory built with [`register`](Self::register).
+    pub fn skipped(&self) -> &[SkippedRegistration<F>] {
+        &self.skipped
+    }
+
+    /// The start-up guard: `Ok` when every expected (key, feature) has an instance, else
+    /// [`FactoryError::Missing`] listing every one that does not.
+    ///
+    /// Expectations above the software layout version are not checked: this binary cannot
+    /// serve them (a capped SLV).
+    ///
+    /// Call it in a test or at start-up, with the list exported by the crate that defines
+    /// the handlers: that one line both links the crate (see
+    /// [`from_registry`](LayoutVersionInstanceFactory::from_registry)) and checks that its
+    /// registrations arrived.
+    ///
+    /// ```
+    /// # use layout_core::{LayoutFeature, LayoutVersionInstanceFactory, LayoutVersionManager, ManagerOptions, MemoryStorage, StartIntent};
+    /// # #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]
+    /// # pub enum OmFeature {
+    /// #     #[layout(version = 0, description = "Initial layout")]
+    /// #     InitialVersion,
+    /// #     #[layout(version = 1, description = "Multi-tenancy tables")]
+    /// #     MultiTenancy,
+    /// # }
+    /// /// Stands for the crate that defines (and registers) the handlers.
+    /// mod om_handlers {
+    ///     use super::OmFeature;
+    ///     pub const HANDLERS: &[(&str, OmFeature)] =
+    ///         &[("CreateKey", OmFeature::InitialVersion), ("CreateKey", OmFeature::MultiTenancy)];
+    /// }
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let opts = ManagerOptions::default().with_start_intent(StartIntent::Init);
+    /// # let lvm = LayoutVersionManager::<OmFeature>::open(MemoryStorage::new(), opts)?;
+    /// let mut factory = LayoutVersionInstanceFactory::new(&lvm);
+    /// factory.register("CreateKey", OmFeature::InitialVersion, "v0")?;
+    /// assert!(factory.expect(om_handlers::HANDLERS).is_err()); // v1 is missing
+    /// factory.register("CreateKey", OmFeature::MultiTenancy, "v1")?;
+    /// factory.expect(om_handlers::HANDLERS)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn expect(&self, expected: &[(K, F)]) -> Result<(), FactoryError<F, K>> {
+        let missing: Vec<(K, F)> = expected
+            .iter()
+            .filter(|(key, feature)| {
+                feature.layout_version() <= self.software_layout_version
+                    && !self.versions(key).contains(feature)
+            })
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(FactoryError::Missing { missing })
+        }
+    }
+}
+
+impl<F, K, V> fmt::Debug for LayoutVersionInstanceFactory<F, K, V>
+where
+    F: LayoutFeature,
+    K: fmt::Debug,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Versions<'a, F>(&'a [F]);
+        impl<F: LayoutFeature> fmt::Debug for Versions<'_, F> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_list()
+                    .entries(self.0.iter().map(|feature| feature.name()))
+                    .finish()
+            }
+        }
+        f.debug_struct("LayoutVersionInstanceFactory")
+            .field("catalog", &F::CATALOG_NAME)
+            .field("software_layout_version", &self.software_layout_version)
+            .field(
+                "instances",
+                &self
+                    .rows
+                    .iter()
+                    .map(|row| (&row.key, Versions(&row.features)))
+                    .collect::<Vec<_>>(),
+            )
+            .field("skipped", &self.skipped.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A layout version as an index; lossless wherever `usize` has 32 bits or more.
+#[inline]
+fn index_of(version: u32) -> usize {
+    usize::try_from(version).unwrap_or(usize::MAX)
+}
