@@ -63,6 +63,7 @@
 //! | [`clock`] | injectable time: [`SystemClock`], [`ManualClock`] |
 //! | [`gate`] | [`LayoutAware`] and `#[disallowed_until]`: APIs closed until their feature is finalized |
 //! | [`factory`] | [`LayoutVersionInstanceFactory`]: request handlers per layout version, `#[belongs_to_layout_version]` |
+//! | [`migration`] | migrating state forward: versioned documents, background migrations with dual-write, side-by-side copies |
 //! | [`error`] | [`LayoutError`] |
 
 // Generated code names `::layout_core::...`; this makes those paths resolve here too.
@@ -79,6 +80,7 @@ pub mod feature;
 pub mod finalizer;
 pub mod gate;
 pub mod manager;
+pub mod migration;
 pub mod options;
 pub mod prepare;
 pub mod state;

@@ -10,6 +10,13 @@ mod finalizer;
 mod fixtures;
 mod gate;
 mod manager_model;
+mod migration_background;
+#[cfg(feature = "redb")]
+mod migration_crash;
+mod migration_document;
+mod migration_side_by_side;
+mod migration_table;
 mod prepare;
+mod seeded;
 mod startup;
 mod steps;

@@ -1,0 +1,46 @@
+//! Migrating state forward: versioned documents, online background migrations,
+//! side-by-side copies.
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`document`] | versioned JSON documents: [`DocumentMigrator`] with a checked chain of [`DocumentMigration`]s, the [`DocumentStore`] trait, [`FileDocumentStore`], [`MemoryDocumentStore`] |
+//! | [`background`] | [`BackgroundMigration`] over [`MigrationSource`] / [`MigrationSink`]: batches, checkpoints, progress, throttling, pause/resume/cancel, and [`DualWrite`] for the write path |
+//! | [`table`] | [`MigratingTable`]: the contract for requests while a table migrates, over a [`MigratingStore`] |
+//! | [`memory`] | [`MemoryMigrationStore`], an in-memory [`MigratingStore`] |
+//! | `redb_store` | `RedbMigrationStore`, a [`MigratingStore`] on redb (cargo feature `redb`) |
+//! | [`side_by_side`] | [`SideBySideMigration`]: copy entities from an old deployment to a new one, in pages, idempotent, continuous |
+//!
+//! The developer's guide is `docs/migrations.md`.
+
+pub mod background;
+pub mod document;
+pub mod memory;
+#[cfg(feature = "redb")]
+pub mod redb_store;
+pub mod side_by_side;
+pub mod table;
+
+pub use background::{
+    BackgroundMigration, BackgroundMigrationBuilder, BatchCopy, BatchEvent, BatchHook, BatchWrite,
+    BoxError, Checkpoint, ClockSleeper, DualWrite, MigrationControl, MigrationError,
+    MigrationProgress, MigrationReport, MigrationSink, MigrationSource, MigrationState, Row,
+    RowTransform, Sleeper, ThreadSleeper, WriteScope, WriteTarget, DEFAULT_BATCH_SIZE,
+};
+pub use document::{
+    AppliedStep, CasOutcome, ChainError, ChainProblem, DocumentError, DocumentMigration,
+    DocumentMigrator, DocumentMigratorBuilder, DocumentStore, DocumentStoreError,
+    FileDocumentStore, LoadOutcome, LoadedDocument, MemoryDocumentStore, Migrated, Revision,
+    StepError, StoredDocument,
+};
+pub use memory::MemoryMigrationStore;
+#[cfg(feature = "redb")]
+pub use redb_store::RedbMigrationStore;
+pub use side_by_side::{
+    Cursor, Entity, EntityDestination, EntityFailure, EntitySource, EntityStamp, MemoryEntityStore,
+    Page, PageRequest, SideBySideBuilder, SideBySideError, SideBySideMigration, SideBySideReport,
+    SkipRule, StopReason, StopSignal, MAX_FAILURES_KEPT,
+};
+pub use table::{
+    KeyView, LiveWrite, MigratingStore, MigratingTable, NewEntry, NotMigratedPolicy, ScanView,
+    SearchResult, TableError,
+};
