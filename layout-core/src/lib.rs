@@ -61,6 +61,7 @@
 //! | [`prepare`] | [`PrepareController`]: the write gate, prepare and cancel-prepare, the marker |
 //! | `admin` | the admin API and [`AdminService`](crate::admin::AdminService) (feature `admin`); its HTTP endpoint and client (feature `admin-http`) |
 //! | [`clock`] | injectable time: [`SystemClock`], [`ManualClock`] |
+//! | [`cluster`] | cluster-wide finalization: coordinator, members, cluster stores (embedded, etcd), store moves |
 //! | [`gate`] | [`LayoutAware`] and `#[disallowed_until]`: APIs closed until their feature is finalized |
 //! | [`factory`] | [`LayoutVersionInstanceFactory`]: request handlers per layout version, `#[belongs_to_layout_version]` |
 //! | [`migration`] | migrating state forward: versioned documents, background migrations with dual-write, side-by-side copies |
@@ -74,6 +75,7 @@ pub mod action;
 #[cfg(feature = "admin")]
 pub mod admin;
 pub mod clock;
+pub mod cluster;
 pub mod error;
 pub mod factory;
 pub mod feature;

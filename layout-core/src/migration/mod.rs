@@ -20,6 +20,9 @@ pub mod redb_store;
 pub mod side_by_side;
 pub mod table;
 
+/// The [`DocumentStore`] on etcd (feature `etcd`); it lives with the etcd cluster store.
+#[cfg(feature = "etcd")]
+pub use crate::cluster::EtcdDocumentStore;
 pub use background::{
     BackgroundMigration, BackgroundMigrationBuilder, BatchCopy, BatchEvent, BatchHook, BatchWrite,
     BoxError, Checkpoint, ClockSleeper, DualWrite, MigrationControl, MigrationError,

@@ -3,6 +3,9 @@
 
 mod actions;
 mod catalogs;
+mod cluster;
+#[path = "../cluster_common/mod.rs"]
+mod cluster_common;
 mod concurrency;
 mod damaged_file;
 mod factory;

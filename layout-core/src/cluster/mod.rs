@@ -1,0 +1,78 @@
+//! Cluster-wide finalization: a coordinator and its members agree on the layout.
+//!
+//! One node finalizing alone is not enough: a cluster must never let an old binary in
+//! after the layout moved, must not finalize while a member cannot follow, and must bring
+//! late members along. A [`Coordinator`] (think SCM) and its [`Member`]s (datanodes)
+//! exchange `(SLV, MLV)` at registration and in heartbeats ([`MemberReport`],
+//! [`CoordinatorAnswer`]); the cluster state of each component kind lives in a
+//! [`ClusterStore`]: the [`EmbeddedStore`] by default, etcd (feature `etcd`) beyond one
+//! machine, and a [`MovingStore`] moves a live cluster from one store to another.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use layout_core::cluster::{ClusterError, Coordinator, CoordinatorOptions, EmbeddedStore, MemberReport, Refusal, HeartbeatError};
+//!
+//! let coordinator = Coordinator::open(Arc::new(EmbeddedStore::in_memory()), CoordinatorOptions::default())?;
+//! // Three datanodes on layout 1; dn3 still runs the old release (SLV 1).
+//! coordinator.register(&MemberReport::new("datanode", "dn1", 2, 1))?;
+//! coordinator.register(&MemberReport::new("datanode", "dn2", 2, 1))?;
+//! coordinator.register(&MemberReport::new("datanode", "dn3", 1, 1))?;
+//!
+//! // Finalizing to 2 is refused, naming the blocker.
+//! let err = coordinator.finalize("datanode", Some(2), "ops").unwrap_err();
+//! assert!(matches!(&err, ClusterError::Blocked { blockers, .. } if blockers[0].member_id == "dn3"));
+//!
+//! // Upgrade dn3 (rolling upgrade: accepted while pre-finalized), then finalize.
+//! coordinator.register(&MemberReport::new("datanode", "dn3", 2, 1))?;
+//! coordinator.finalize("datanode", Some(2), "ops")?;
+//!
+//! // Members are told to finalize; an old binary is refused from now on.
+//! let answer = coordinator.heartbeat(&MemberReport::new("datanode", "dn1", 2, 1))?;
+//! assert!(answer.instruction.is_some());
+//! let refused = coordinator.register(&MemberReport::new("datanode", "dn4", 1, 1)).unwrap_err();
+//! assert!(matches!(refused, HeartbeatError::Refused(Refusal::SoftwareBelowCluster { .. })));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Map
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`protocol`] | [`MemberReport`], [`CoordinatorAnswer`], [`Instruction`], [`Refusal`], [`HeartbeatError`] |
+//! | [`state`] | [`KindState`], what a store keeps per component kind: members, exclusions, [`Checkpoint`]s, audit |
+//! | [`coordinator`] | [`Coordinator`]: registration, heartbeats, finalization, exclusion, status |
+//! | [`member`] | [`Member`] and [`LocalLayout`] (a component's own layout) |
+//! | [`link`] | [`CoordinatorLink`]: in process, or [`CoordinatorServer`] / [`TcpLink`] on loopback |
+//! | [`store`] | [`ClusterStore`], [`EmbeddedStore`], `EtcdStore` and `EtcdDocumentStore` (feature `etcd`), [`MovingStore`] |
+//!
+//! See `docs/cluster-upgrade.md` for the operator's runbook.
+
+pub mod coordinator;
+pub mod link;
+pub mod member;
+pub mod protocol;
+pub mod state;
+pub mod store;
+
+pub use coordinator::{
+    Blocker, ClusterError, ClusterFinalizeOutcome, ClusterStatus, Coordinator, CoordinatorOptions,
+    MemberStatus,
+};
+pub use link::{CoordinatorLink, CoordinatorServer, TcpLink};
+pub use member::{
+    BeyondSoftware, FinalizerLayout, LocalError, LocalLayout, Member, MemberError, MemberStep,
+};
+pub use protocol::{
+    CoordinatorAnswer, FinalizationProgress, HeartbeatError, Instruction, MemberReport, Refusal,
+    PROTOCOL_VERSION,
+};
+pub use state::{
+    AuditEntry, Checkpoint, ClusterFinalization, Exclusion, KindState, MemberRecord,
+    CLUSTER_STATE_FORMAT,
+};
+pub use store::{
+    CasOutcome, ClusterStore, EmbeddedStore, FinalizerClaim, MovePhase, MoveReport, MovingStore,
+    StoreError, Versioned,
+};
+#[cfg(feature = "etcd")]
+pub use store::{EtcdDocumentStore, EtcdOptions, EtcdStore};
