@@ -17,6 +17,7 @@
 //! ratio (the two alternate pair by pair; the median per-pair ratio), as the finalize
 //! bench does.
 
+use layout_benches::{in_turn, report_interleaved};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -100,41 +101,25 @@ fn mini_cluster(root: PathBuf) -> MiniCluster {
 /// Times `pairs` interleaved pairs (the order alternates) and prints the median, lowest
 /// and highest per-pair ratio, `mini_cluster` / baseline.
 fn interleaved_ratio(pairs: usize) {
-    let mut ratios: Vec<f64> = (0..pairs)
-        .map(|i| {
-            let (base_root, cluster_root) = (temp_root(), temp_root());
-            let time_baseline = || {
-                let start = Instant::now();
-                let managers = bare_managers(base_root.path());
-                let elapsed = start.elapsed();
-                drop(managers);
-                elapsed
-            };
-            let time_cluster = || {
-                let start = Instant::now();
-                let cluster = mini_cluster(cluster_root.path().to_owned());
-                let elapsed = start.elapsed();
-                drop(cluster);
-                elapsed
-            };
-            let (b, c) = if i % 2 == 0 {
-                let b = time_baseline();
-                (b, time_cluster())
-            } else {
-                let c = time_cluster();
-                (time_baseline(), c)
-            };
-            c.as_secs_f64() / b.as_secs_f64()
-        })
-        .collect();
-    ratios.sort_by(f64::total_cmp);
-    println!(
-        "cluster_3_nodes: interleaved mini_cluster / baseline_bare_managers: median {:.2}x \
-         over {pairs} pairs (lowest {:.2}x, highest {:.2}x)",
-        ratios[pairs / 2],
-        ratios[0],
-        ratios[pairs - 1]
-    );
+    let label = "cluster_3_nodes: mini_cluster / baseline_bare_managers";
+    report_interleaved(label, pairs, |i| {
+        let (base_root, cluster_root) = (temp_root(), temp_root());
+        let time_baseline = || {
+            let start = Instant::now();
+            let managers = bare_managers(base_root.path());
+            let elapsed = start.elapsed();
+            drop(managers);
+            elapsed.as_secs_f64()
+        };
+        let time_cluster = || {
+            let start = Instant::now();
+            let cluster = mini_cluster(cluster_root.path().to_owned());
+            let elapsed = start.elapsed();
+            drop(cluster);
+            elapsed.as_secs_f64()
+        };
+        in_turn(i, time_baseline, time_cluster)
+    });
 }
 
 fn cluster_3_nodes(c: &mut Criterion) {

@@ -17,6 +17,7 @@
 //! *interleaved*: batches of the ungated and the gated loop alternate, pair by pair, and
 //! the median of the per-pair ratios is printed. That is the figure to judge the target by.
 
+use layout_benches::{in_turn, interleave_wanted, report_interleaved};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -184,21 +185,9 @@ fn disallowed_until(c: &mut Criterion) {
     }
 }
 
-/// Whether this run measures (`cargo bench` passes `--bench`; criterion's test mode does
-/// not) and its filter, if any, names `group`.
-fn interleave_wanted(group: &str) -> bool {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    args.iter().any(|arg| arg == "--bench")
-        && args
-            .iter()
-            .filter(|arg| !arg.starts_with('-'))
-            .all(|filter| filter.contains(group))
-}
-
 /// Times 101 pairs of 200 runs of `baseline` and of `subject` (the order alternates) and
 /// prints the median, lowest and highest ratio subject / baseline.
 fn interleaved(label: &str, baseline: &dyn Fn() -> u64, subject: &dyn Fn() -> u64) {
-    const PAIRS: usize = 101;
     let time = |f: &dyn Fn() -> u64| {
         black_box(f());
         let start = Instant::now();
@@ -207,24 +196,9 @@ fn interleaved(label: &str, baseline: &dyn Fn() -> u64, subject: &dyn Fn() -> u6
         }
         start.elapsed().as_secs_f64()
     };
-    let mut ratios: Vec<f64> = (0..PAIRS)
-        .map(|i| {
-            if i % 2 == 0 {
-                let b = time(baseline);
-                time(subject) / b
-            } else {
-                let x = time(subject);
-                x / time(baseline)
-            }
-        })
-        .collect();
-    ratios.sort_by(f64::total_cmp);
-    println!(
-        "{label}: interleaved median {:.2}x over {PAIRS} pairs (lowest {:.2}x, highest {:.2}x)",
-        ratios[PAIRS / 2],
-        ratios[0],
-        ratios[PAIRS - 1]
-    );
+    report_interleaved(label, 101, |i| {
+        in_turn(i, || time(baseline), || time(subject))
+    });
 }
 
 criterion_group!(benches, disallowed_until);

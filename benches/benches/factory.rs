@@ -22,6 +22,7 @@
 //! *interleaved*: batches of the baseline and of the subject alternate, pair by pair, and
 //! the median of the per-pair ratios is printed. That is the figure to judge targets by.
 
+use layout_benches::{in_turn, interleave_wanted, report_interleaved};
 use std::cmp::{Ordering as CmpOrdering, Reverse};
 use std::collections::{BinaryHeap, HashMap};
 use std::hint::black_box;
@@ -536,17 +537,6 @@ fn factory(c: &mut Criterion) {
     interleaved_ratios(&s);
 }
 
-/// Whether this run measures (`cargo bench` passes `--bench`; criterion's test mode does
-/// not) and its filter, if any, names `group`.
-fn interleave_wanted(group: &str) -> bool {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    args.iter().any(|arg| arg == "--bench")
-        && args
-            .iter()
-            .filter(|arg| !arg.starts_with('-'))
-            .all(|filter| filter.contains(group))
-}
-
 const PAIRS: usize = 101;
 const BATCH: usize = 100;
 
@@ -572,24 +562,9 @@ fn interleaved(
         }
         start.elapsed().as_secs_f64()
     };
-    let mut ratios: Vec<f64> = (0..PAIRS)
-        .map(|i| {
-            if i % 2 == 0 {
-                let b = time(baseline);
-                time(subject) / b
-            } else {
-                let x = time(subject);
-                x / time(baseline)
-            }
-        })
-        .collect();
-    ratios.sort_by(f64::total_cmp);
-    println!(
-        "{label}: interleaved median {:.2}x over {PAIRS} pairs (lowest {:.2}x, highest {:.2}x)",
-        ratios[PAIRS / 2],
-        ratios[0],
-        ratios[PAIRS - 1]
-    );
+    report_interleaved(label, PAIRS, |i| {
+        in_turn(i, || time(baseline), || time(subject))
+    });
 }
 
 fn dispatch_hand_written_by_kind(s: &Setup) {

@@ -20,6 +20,7 @@
 //! group therefore also prints an interleaved ratio: baseline and finalizer alternate,
 //! pair by pair, and the median of the per-pair ratios is reported.
 
+use layout_benches::{in_turn, report_interleaved};
 use std::fs::{self, File};
 use std::io::Write as _;
 use std::path::Path;
@@ -379,38 +380,22 @@ fn baseline(dir: &Path, texts: &[String]) {
 /// Times `pairs` interleaved pairs (baseline, finalizer; the order alternates) and prints
 /// the median, lowest and highest of the per-pair ratios finalizer / baseline.
 fn interleaved_ratio(n: u32, initial: &str, texts: &[String], pairs: usize) {
-    let mut ratios: Vec<f64> = (0..pairs)
-        .map(|i| {
-            let dir = baseline_setup(initial);
-            let fresh = fresh(None);
-            let time_baseline = || {
-                let start = Instant::now();
-                baseline(dir.path(), texts);
-                start.elapsed()
-            };
-            let time_finalizer = || {
-                let start = Instant::now();
-                finalize(&fresh, n);
-                start.elapsed()
-            };
-            let (b, f) = if i % 2 == 0 {
-                let b = time_baseline();
-                (b, time_finalizer())
-            } else {
-                let f = time_finalizer();
-                (time_baseline(), f)
-            };
-            f.as_secs_f64() / b.as_secs_f64()
-        })
-        .collect();
-    ratios.sort_by(f64::total_cmp);
-    println!(
-        "finalize_n{n}: interleaved upgrade_finalizer / baseline_atomic_replace: median \
-         {:.2}x over {pairs} pairs (lowest {:.2}x, highest {:.2}x)",
-        ratios[pairs / 2],
-        ratios[0],
-        ratios[pairs - 1]
-    );
+    let label = format!("finalize_n{n}: upgrade_finalizer / baseline_atomic_replace");
+    report_interleaved(&label, pairs, |i| {
+        let dir = baseline_setup(initial);
+        let fresh = fresh(None);
+        let time_baseline = || {
+            let start = Instant::now();
+            baseline(dir.path(), texts);
+            start.elapsed().as_secs_f64()
+        };
+        let time_finalizer = || {
+            let start = Instant::now();
+            finalize(&fresh, n);
+            start.elapsed().as_secs_f64()
+        };
+        in_turn(i, time_baseline, time_finalizer)
+    });
 }
 
 /// An atomic replace of the VERSION file in `dir`, by hand.
