@@ -67,6 +67,11 @@
 //! | [`migration`] | migrating state forward: versioned documents, background migrations with dual-write, side-by-side copies |
 //! | [`error`] | [`LayoutError`] |
 
+/// The project's README: its Rust example is compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+mod readme {}
+
 // Generated code names `::layout_core::...`; this makes those paths resolve here too.
 #[allow(unused_extern_crates)]
 extern crate self as layout_core;
