@@ -1,0 +1,4 @@
+//! Tests of the kvstore example service, through its public API.
+
+mod basic;
+mod support;
