@@ -58,6 +58,6 @@ pub use feature::KvFeature;
 pub use http::{MAX_CONNECTIONS, MAX_HEAD_BYTES};
 pub use node::{AdminConfig, KvNode, KvNodeConfig};
 pub use store::{
-    actions, KvEntry, KvItem, KvOptions, KvStatus, KvStore, MigrationFigures, DB_FILE_NAME,
-    MAX_KEY_BYTES, MAX_LIST_ITEMS, SNAPSHOT_DIR,
+    actions, IndexBatchHook, KvEntry, KvItem, KvOptions, KvStatus, KvStore, MigrationFigures,
+    DB_FILE_NAME, MAX_KEY_BYTES, MAX_LIST_ITEMS, SNAPSHOT_DIR,
 };

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use layout_core::migration::{BackgroundMigration, DualWrite, MigrationState};
+use layout_core::migration::{BackgroundMigration, BatchEvent, DualWrite, MigrationState};
 use layout_core::{
     disallowed_until, ActionContext, ActionError, ActionRegistry, Clock, LayoutAware,
     LayoutFeature, LayoutVersionManager, Preparable, PrepareController, PrepareOptions,
@@ -70,7 +70,13 @@ pub struct KvOptions {
     pub request_timeout: Duration,
     /// How long prepare waits for the log to be applied and flushed (default 60 s).
     pub prepare_timeout: Duration,
+    /// Called at each step of the value-index migration (in the migration's thread,
+    /// after a batch commits, outside any lock): for tests that write while it runs.
+    pub index_batch_hook: Option<IndexBatchHook>,
 }
+
+/// A hook on the value-index migration; see [`KvOptions::index_batch_hook`].
+pub type IndexBatchHook = Arc<dyn Fn(&BatchEvent) + Send + Sync>;
 
 impl Default for KvOptions {
     fn default() -> Self {
@@ -81,6 +87,7 @@ impl Default for KvOptions {
             max_body_bytes: 1 << 20,
             request_timeout: Duration::from_secs(10),
             prepare_timeout: Duration::from_secs(60),
+            index_batch_hook: None,
         }
     }
 }
@@ -104,6 +111,13 @@ impl KvOptions {
     #[must_use]
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Sets [`index_batch_hook`](Self::index_batch_hook).
+    #[must_use]
+    pub fn with_index_batch_hook(mut self, hook: IndexBatchHook) -> Self {
+        self.index_batch_hook = Some(hook);
         self
     }
 
@@ -304,7 +318,14 @@ impl Engine {
                 store.clone(),
             )
             .batch_size(options.migration_batch.max(1))
-            .clock(Arc::clone(&options.clock))
+            .clock(Arc::clone(&options.clock));
+            let migration = match &options.index_batch_hook {
+                Some(hook) => {
+                    let hook = Arc::clone(hook);
+                    migration.on_batch(move |event| hook(event))
+                }
+                None => migration,
+            }
             .open()?;
             let routing = migration.dual_write(Arc::clone(&lvm), KvFeature::ValueIndex);
             Some(IndexMigration {
