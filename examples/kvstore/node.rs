@@ -36,7 +36,6 @@ impl fmt::Debug for AdminConfig {
 
 /// How to start a [`KvNode`].
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct KvNodeConfig {
     /// The node's directory: the layout state in `dir/layout`, the data in `dir/data`.
     pub dir: PathBuf,

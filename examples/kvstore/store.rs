@@ -56,7 +56,6 @@ pub const MAX_LIST_ITEMS: usize = 10_000;
 
 /// Options of [`KvStore::open`].
 #[derive(Clone)]
-#[non_exhaustive]
 pub struct KvOptions {
     /// Where the HTTP API listens (default `127.0.0.1:0`: loopback, an ephemeral port).
     pub listen: SocketAddr,
