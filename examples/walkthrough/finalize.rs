@@ -103,6 +103,10 @@ pub(super) fn watch(
         std::thread::sleep(POLL);
     };
     bar.finish();
+    if !bar.is_hidden() {
+        // The finished bar stays on screen; the story continues on the next line.
+        n.raw("")?;
+    }
     Ok(Watched { last, messages })
 }
 
