@@ -119,6 +119,18 @@ impl<'a> Story<'a> {
              release must keep serving.",
         )?;
         let node = self.start(OLD, StartIntent::Init, "kv-1 old")?;
+        let (text, version) = self.version_file()?;
+        self.n
+            .say("the VERSION file it wrote (kv-1/layout/VERSION):")?;
+        self.n.quote(text.trim_end())?;
+        self.n.check_eq(
+            "VERSION records layout version 0 (Initial)",
+            &(Some("0"), Some("Initial")),
+            &(
+                version.get("layout.version").map(String::as_str),
+                version.get("layout.feature").map(String::as_str),
+            ),
+        )?;
         let keys = self.options.initial_keys;
         for i in 0..keys {
             let value = ["plan=free", "plan=pro", "plan=team"][i % 3];
@@ -450,10 +462,11 @@ impl<'a> Story<'a> {
             Stage::OldRefused,
             "The disk now holds layout version 4, which the old release cannot read. If an \
              operator starts it anyway, the framework refuses at start-up, naming both \
-             versions, before the store opens a single table. The new release restarts \
-             normally.",
+             versions, before the store is opened, and changes nothing. The new release \
+             restarts normally.",
         )?;
         self.stop(new)?;
+        let (before, _) = self.version_file()?;
         match KvNode::start(self.config(OLD, StartIntent::Normal)) {
             Ok(node) => {
                 let _ = node.shutdown();
@@ -487,6 +500,14 @@ impl<'a> Story<'a> {
                 )?;
             }
         }
+        let (after, _) = self.version_file()?;
+        self.n.check(
+            "the refused start changed nothing: VERSION is the same, byte for byte",
+            before == after,
+            format_args!("{} bytes, unchanged", before.len()),
+            format_args!("{} bytes, changed", after.len()),
+        )?;
+        self.show_history()?;
         let new = self.start(KvFeature::latest(), StartIntent::Normal, "kv-1 new")?;
         self.check_all_served(
             &new,
@@ -676,6 +697,64 @@ impl<'a> Story<'a> {
             &expected,
             &status.encoding.as_str(),
         )
+    }
+
+    /// The finalization history in the `VERSION` file, printed and checked.
+    fn show_history(&mut self) -> Told {
+        let (_, version) = self.version_file()?;
+        let history: Vec<String> = (0..)
+            .map_while(|i| {
+                let field = |name: &str| version.get(&format!("history.{i}.{name}")).cloned();
+                Some(format!(
+                    "{} {} (layout version {} -> {}) by {}",
+                    field("event")?,
+                    field("detail").unwrap_or_default(),
+                    field("from")?,
+                    field("to")?,
+                    field("client")?
+                ))
+            })
+            .collect();
+        self.n.say(format_args!(
+            "the VERSION file says layout.version={}, layout.feature={}, with this history:",
+            version.get("layout.version").map_or("?", String::as_str),
+            version.get("layout.feature").map_or("?", String::as_str),
+        ))?;
+        self.n.quote(history.join("\n"))?;
+        let expected: Vec<String> = KvFeature::ALL
+            .iter()
+            .filter(|f| f.layout_version() > 0)
+            .map(|f| {
+                format!(
+                    "finalized {} (layout version {} -> {}) by {OPERATOR}",
+                    f.name(),
+                    f.layout_version() - 1,
+                    f.layout_version()
+                )
+            })
+            .collect();
+        self.n.check_eq(
+            "the history records who finalized each feature, one step at a time",
+            &expected,
+            &history,
+        )
+    }
+
+    /// The node's `VERSION` file: its text and its `key=value` lines.
+    fn version_file(&self) -> Told<(String, BTreeMap<String, String>)> {
+        let path = self
+            .node_dir
+            .join("layout")
+            .join(layout_core::VERSION_FILE_NAME);
+        let text = std::fs::read_to_string(&path)
+            .map_err(self.n.failed(format_args!("reading {}", path.display())))?;
+        let fields = text
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Ok((text, fields))
     }
 
     fn keys_with_value(&self, value: &str) -> Vec<String> {
