@@ -302,8 +302,10 @@ impl<'a> Story<'a> {
             .admin
             .finalize(&FinalizeParams::new(OPERATOR))
             .map_err(self.n.failed("finalize"))?;
-        self.n
-            .say(format_args!("finalize: {}", finalize_answer(&answer)))?;
+        self.n.say(format_args!(
+            "finalize (the admin call `layoutctl finalize --watch` makes, then follows): {}",
+            finalize_answer(&answer)
+        ))?;
         let Watched { last, messages } = watch(
             &mut self.n,
             &new.admin,
@@ -608,7 +610,7 @@ impl<'a> Story<'a> {
             .prepare(&PrepareParams::new(Some(OPERATOR.to_owned())))
             .map_err(self.n.failed("prepare"))?;
         self.n.say(format_args!(
-            "layoutctl prepare on {}: {} at index {}",
+            "prepare on {} (the admin call `layoutctl prepare` makes): {} at index {}",
             running.label,
             state.state,
             state
