@@ -1,1 +1,3 @@
 //! Shared code of the runnable examples.
+
+pub mod workload;
