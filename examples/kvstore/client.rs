@@ -1,0 +1,277 @@
+//! [`KvClient`]: a blocking client of the kvstore's HTTP API (ureq).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::store::{KvItem, KvStatus};
+
+/// How long one call may take by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An error of a [`KvClient`] call.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The call needs a layout feature that is not finalized (HTTP 403).
+    #[error("layout feature {feature} is not finalized: {message}")]
+    NotFinalized {
+        /// The feature's name.
+        feature: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The store is prepared: writes are refused (HTTP 503, kind `prepared`).
+    #[error("the store is prepared: {message}")]
+    Prepared {
+        /// The server's message.
+        message: String,
+    },
+    /// Any other error status, with the body as sent.
+    #[error("HTTP {code}: {body}")]
+    Status {
+        /// The HTTP status.
+        code: u16,
+        /// The response body.
+        body: String,
+    },
+    /// The request could not be sent or the answer read or decoded.
+    #[error("transport: {0}")]
+    Transport(String),
+}
+
+impl ClientError {
+    /// The error kind the server sent (`bad_request`, `not_found`, ...), for
+    /// [`ClientError::Status`].
+    pub fn kind(&self) -> Option<String> {
+        match self {
+            Self::NotFinalized { .. } => Some("not_finalized".into()),
+            Self::Prepared { .. } => Some("prepared".into()),
+            Self::Status { body, .. } => serde_json::from_str::<Value>(body)
+                .ok()
+                .and_then(|v| v["error"]["kind"].as_str().map(str::to_owned)),
+            Self::Transport(_) => None,
+        }
+    }
+}
+
+/// A blocking client of one kvstore's HTTP API.
+#[derive(Debug, Clone)]
+pub struct KvClient {
+    agent: ureq::Agent,
+    base: String,
+}
+
+/// Percent-encodes `s` for a path segment or a query value.
+pub fn encode_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct Applied {
+    applied_index: u64,
+}
+
+#[derive(Deserialize)]
+struct Deleted {
+    deleted: bool,
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    value: String,
+}
+
+#[derive(Deserialize)]
+struct Items {
+    items: Vec<KvItem>,
+}
+
+#[derive(Deserialize)]
+struct Keys {
+    keys: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Swapped {
+    swapped: bool,
+}
+
+impl KvClient {
+    /// A client of the kvstore at `addr`.
+    pub fn new(addr: SocketAddr) -> KvClient {
+        Self::with_timeout(addr, DEFAULT_TIMEOUT)
+    }
+
+    /// A client of the kvstore at `addr` whose calls time out after `timeout`.
+    pub fn with_timeout(addr: SocketAddr, timeout: Duration) -> KvClient {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .proxy(None)
+            .max_redirects(0)
+            .timeout_global(Some(timeout))
+            .build()
+            .into();
+        KvClient {
+            agent,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    /// Stores `value` under `key`; returns the write's applied index.
+    pub fn put(&self, key: &str, value: &str) -> Result<u64, ClientError> {
+        let body = json!({ "value": value });
+        let r: Applied = self.send(
+            "PUT",
+            &format!("/kv/{}", encode_component(key)),
+            Some(&body),
+        )?;
+        Ok(r.applied_index)
+    }
+
+    /// Stores `value` under `key` until `ttl` passes (needs `ExpiringValues`).
+    pub fn put_with_ttl(&self, key: &str, value: &str, ttl: Duration) -> Result<u64, ClientError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let body = json!({ "value": value, "ttl_ms": ttl_ms });
+        let r: Applied = self.send(
+            "PUT",
+            &format!("/kv/{}", encode_component(key)),
+            Some(&body),
+        )?;
+        Ok(r.applied_index)
+    }
+
+    /// The live value of `key`; `None` when absent or expired.
+    pub fn get(&self, key: &str) -> Result<Option<String>, ClientError> {
+        match self.send::<Entry>("GET", &format!("/kv/{}", encode_component(key)), None) {
+            Ok(e) => Ok(Some(e.value)),
+            Err(ClientError::Status { code: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes `key`; whether a live value was deleted.
+    pub fn delete(&self, key: &str) -> Result<bool, ClientError> {
+        let r: Deleted = self.send("DELETE", &format!("/kv/{}", encode_component(key)), None)?;
+        Ok(r.deleted)
+    }
+
+    /// The live items whose key starts with `prefix`, in key order.
+    pub fn list(&self, prefix: &str) -> Result<Vec<(String, String)>, ClientError> {
+        let r: Items = self.send(
+            "GET",
+            &format!("/kv?prefix={}", encode_component(prefix)),
+            None,
+        )?;
+        Ok(r.items.into_iter().map(|i| (i.key, i.value)).collect())
+    }
+
+    /// The keys holding `value` (needs `ValueIndex`).
+    pub fn find_by_value(&self, value: &str) -> Result<Vec<String>, ClientError> {
+        let r: Keys = self.send(
+            "GET",
+            &format!("/by-value?value={}", encode_component(value)),
+            None,
+        )?;
+        Ok(r.keys)
+    }
+
+    /// Sets `key` to `new` if its value is `expected` (`None`: absent); whether it
+    /// swapped (needs `CompareAndSwap`).
+    pub fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        new: &str,
+    ) -> Result<bool, ClientError> {
+        let body = json!({ "expected": expected, "value": new });
+        let r: Swapped = self.send(
+            "POST",
+            &format!("/cas/{}", encode_component(key)),
+            Some(&body),
+        )?;
+        Ok(r.swapped)
+    }
+
+    /// The store's status.
+    pub fn status(&self) -> Result<KvStatus, ClientError> {
+        self.send("GET", "/status", None)
+    }
+
+    /// Sends a raw request (method, path with query, body) and returns the status and
+    /// the body: for tests of error paths.
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<(u16, String), ClientError> {
+        let url = format!("{}{path}", self.base);
+        let transport = |e: ureq::Error| ClientError::Transport(e.to_string());
+        let response = match (method, body) {
+            ("GET", _) => self.agent.get(&url).call(),
+            ("DELETE", _) => self.agent.delete(&url).call(),
+            ("PUT", b) => self
+                .agent
+                .put(&url)
+                .header("Content-Type", "application/json")
+                .send(b.unwrap_or_default()),
+            ("POST", b) => self
+                .agent
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .send(b.unwrap_or_default()),
+            (m, _) => return Err(ClientError::Transport(format!("unsupported method {m}"))),
+        };
+        let mut response = response.map_err(transport)?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().map_err(transport)?;
+        Ok((status, text))
+    }
+
+    fn send<T: for<'de> Deserialize<'de>>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<T, ClientError> {
+        let bytes = body.map(Value::to_string);
+        let (status, text) = self.raw(method, path, bytes.as_deref().map(str::as_bytes))?;
+        if (200..300).contains(&status) {
+            return serde_json::from_str(&text).map_err(|e| {
+                ClientError::Transport(format!("cannot decode the answer: {e}: {text}"))
+            });
+        }
+        let parsed: Option<Value> = serde_json::from_str(&text).ok();
+        let error = parsed.as_ref().map(|v| &v["error"]);
+        let kind = error.and_then(|e| e["kind"].as_str());
+        let message = error
+            .and_then(|e| e["message"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        Err(match kind {
+            Some("not_finalized") => ClientError::NotFinalized {
+                feature: error
+                    .and_then(|e| e["feature"].as_str())
+                    .unwrap_or_default()
+                    .to_owned(),
+                message,
+            },
+            Some("prepared") => ClientError::Prepared { message },
+            _ => ClientError::Status {
+                code: status,
+                body: text,
+            },
+        })
+    }
+}

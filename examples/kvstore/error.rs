@@ -1,0 +1,168 @@
+//! The kvstore's errors.
+
+use std::io;
+use std::path::PathBuf;
+
+use layout_core::admin::http::HttpError;
+use layout_core::migration::MigrationError;
+use layout_core::{LayoutError, PrefinalizeError, PrepareError, RegistryError, WriteRejected};
+
+use super::feature::KvFeature;
+
+/// An error of the kvstore engine, its HTTP server or its node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KvError {
+    /// A layout error: most often an API or option whose feature is not finalized yet.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+
+    /// A write refused because the store is prepared (its write gate is up).
+    #[error(transparent)]
+    Prepared(#[from] WriteRejected),
+
+    /// The request is malformed.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+
+    /// A record in table `kv` could not be decoded.
+    #[error("key {key:?}: cannot decode its value record: {reason}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The redb database failed.
+    #[error("database {path}: {context}: {source}")]
+    Database {
+        /// The database file.
+        path: PathBuf,
+        /// What was being done.
+        context: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<redb::Error>,
+    },
+
+    /// A file operation failed.
+    #[error("{context} {path}: {source}")]
+    Io {
+        /// What was being done.
+        context: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The value-index migration failed.
+    #[error(transparent)]
+    Migration(Box<MigrationError>),
+
+    /// Prepare or cancel-prepare failed, or the prepare marker found at start-up is bad.
+    #[error(transparent)]
+    Prepare(Box<PrepareError>),
+
+    /// The upgrade actions could not be registered.
+    #[error(transparent)]
+    Registry(Box<RegistryError>),
+
+    /// A start-up action failed; the node refuses to start.
+    #[error(transparent)]
+    Prefinalize(Box<PrefinalizeError<KvFeature>>),
+
+    /// The admin endpoint could not start.
+    #[error("admin endpoint: {0}")]
+    Admin(Box<HttpError>),
+
+    /// The cluster coordinator or membership failed.
+    #[error("cluster: {0}")]
+    Cluster(String),
+
+    /// The HTTP server could not start.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl KvError {
+    pub(crate) fn db<'a, E: Into<redb::Error>>(
+        path: &'a std::path::Path,
+        context: &'static str,
+    ) -> impl FnOnce(E) -> KvError + 'a {
+        move |e| KvError::Database {
+            path: path.to_owned(),
+            context,
+            source: Box::new(e.into()),
+        }
+    }
+
+    /// The name of the layout feature that refused the request, when it was refused
+    /// because that feature is not finalized.
+    pub fn not_finalized_feature(&self) -> Option<&'static str> {
+        match self {
+            Self::Layout(LayoutError::NotFinalized { feature, .. }) => Some(feature),
+            _ => None,
+        }
+    }
+
+    /// The error kind sent over HTTP (`not_finalized`, `prepared`, `bad_request`,
+    /// `corrupt`, `internal`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Layout(LayoutError::NotFinalized { .. }) => "not_finalized",
+            Self::Prepared(_) => "prepared",
+            Self::BadRequest(_) => "bad_request",
+            Self::Corrupt { .. } => "corrupt",
+            _ => "internal",
+        }
+    }
+
+    /// The HTTP status for this error.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Self::Layout(LayoutError::NotFinalized { .. }) => 403,
+            Self::Prepared(_) => 503,
+            Self::BadRequest(_) => 400,
+            _ => 500,
+        }
+    }
+}
+
+impl From<MigrationError> for KvError {
+    fn from(e: MigrationError) -> Self {
+        Self::Migration(Box::new(e))
+    }
+}
+
+impl From<PrepareError> for KvError {
+    fn from(e: PrepareError) -> Self {
+        Self::Prepare(Box::new(e))
+    }
+}
+
+impl From<RegistryError> for KvError {
+    fn from(e: RegistryError) -> Self {
+        Self::Registry(Box::new(e))
+    }
+}
+
+impl From<PrefinalizeError<KvFeature>> for KvError {
+    fn from(e: PrefinalizeError<KvFeature>) -> Self {
+        Self::Prefinalize(Box::new(e))
+    }
+}
+
+impl From<HttpError> for KvError {
+    fn from(e: HttpError) -> Self {
+        Self::Admin(Box::new(e))
+    }
+}

@@ -1,0 +1,1105 @@
+//! The engine: table `kv` and its companions in one redb database, the write path (op
+//! log, applied index, dual-write to the value index), the read path (TTL, encodings),
+//! [`Preparable`], and [`KvStore`] around it with its HTTP server.
+
+use std::fmt;
+use std::fs;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use layout_core::migration::{BackgroundMigration, BatchEvent, DualWrite, MigrationState};
+use layout_core::{
+    disallowed_until, ActionContext, ActionError, ActionRegistry, Clock, LayoutAware,
+    LayoutFeature, LayoutVersionManager, Preparable, PrepareController, PrepareOptions,
+    PrepareStepError, RegistryError, StartIntent, SystemClock,
+};
+use parking_lot::Mutex;
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+};
+use serde::{Deserialize, Serialize};
+
+use super::codec::{decode_any, Codecs};
+use super::error::KvError;
+use super::feature::KvFeature;
+use super::http::HttpServer;
+use super::index::{index_key, IndexStore, INDEX, INDEX_TOMBSTONES};
+
+/// Table `kv`: key -> (modified ms, value record).
+pub(crate) const KV: TableDefinition<'static, &'static [u8], (u64, &'static [u8])> =
+    TableDefinition::new("kv");
+/// Table `kv_expiry` (`ExpiringValues`): key -> expires-at ms.
+pub(crate) const EXPIRY: TableDefinition<'static, &'static [u8], u64> =
+    TableDefinition::new("kv_expiry");
+/// Table `kv_meta`: counters (applied index, last snapshot index, log purged through).
+const META: TableDefinition<'static, &'static str, u64> = TableDefinition::new("kv_meta");
+/// Table `kv_oplog`: applied index -> the write (JSON), until purged by prepare.
+const OPLOG: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new("kv_oplog");
+
+const META_APPLIED: &str = "applied_index";
+const META_SNAPSHOT: &str = "last_snapshot_index";
+const META_PURGED: &str = "log_purged_through";
+
+/// The database file in the data directory.
+pub const DB_FILE_NAME: &str = "kv.redb";
+/// The directory of snapshots in the data directory.
+pub const SNAPSHOT_DIR: &str = "snapshots";
+/// The longest key accepted, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// The most items one list answers.
+pub const MAX_LIST_ITEMS: usize = 10_000;
+
+/// Options of [`KvStore::open`].
+#[derive(Clone)]
+pub struct KvOptions {
+    /// Where the HTTP API listens (default `127.0.0.1:0`: loopback, an ephemeral port).
+    pub listen: SocketAddr,
+    /// Keys per batch of the value-index migration (default 10,000).
+    pub migration_batch: usize,
+    /// The clock TTLs are measured with (default: the system clock).
+    pub clock: Arc<dyn Clock>,
+    /// The largest request body accepted, in bytes (default 1 MiB).
+    pub max_body_bytes: usize,
+    /// How long a client may take to send a whole request (default 10 s).
+    pub request_timeout: Duration,
+    /// How long prepare waits for the log to be applied and flushed (default 60 s).
+    pub prepare_timeout: Duration,
+    /// Called at each step of the value-index migration (in the migration's thread,
+    /// after a batch commits, outside any lock): for tests that write while it runs.
+    pub index_batch_hook: Option<IndexBatchHook>,
+}
+
+/// A hook on the value-index migration; see [`KvOptions::index_batch_hook`].
+pub type IndexBatchHook = Arc<dyn Fn(&BatchEvent) + Send + Sync>;
+
+impl Default for KvOptions {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            migration_batch: layout_core::migration::DEFAULT_BATCH_SIZE,
+            clock: Arc::new(SystemClock),
+            max_body_bytes: 1 << 20,
+            request_timeout: Duration::from_secs(10),
+            prepare_timeout: Duration::from_secs(60),
+            index_batch_hook: None,
+        }
+    }
+}
+
+impl KvOptions {
+    /// Sets [`listen`](Self::listen).
+    #[must_use]
+    pub fn with_listen(mut self, listen: SocketAddr) -> Self {
+        self.listen = listen;
+        self
+    }
+
+    /// Sets [`migration_batch`](Self::migration_batch).
+    #[must_use]
+    pub fn with_migration_batch(mut self, batch: usize) -> Self {
+        self.migration_batch = batch.max(1);
+        self
+    }
+
+    /// Sets [`clock`](Self::clock).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Sets [`index_batch_hook`](Self::index_batch_hook).
+    #[must_use]
+    pub fn with_index_batch_hook(mut self, hook: IndexBatchHook) -> Self {
+        self.index_batch_hook = Some(hook);
+        self
+    }
+
+    /// Sets [`max_body_bytes`](Self::max_body_bytes).
+    #[must_use]
+    pub fn with_max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+}
+
+impl fmt::Debug for KvOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KvOptions")
+            .field("listen", &self.listen)
+            .field("migration_batch", &self.migration_batch)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("request_timeout", &self.request_timeout)
+            .field("prepare_timeout", &self.prepare_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Figures of the value-index migration (`ValueIndex`'s `OnFinalize` action).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationFigures {
+    /// `not started`, `running`, `paused`, `interrupted` or `complete`.
+    pub state: String,
+    /// Rows of `kv` done (over all runs).
+    pub rows_done: u64,
+    /// Rows in `kv` when the current run started, when known.
+    pub rows_total: Option<u64>,
+    /// Batches committed (over all runs).
+    pub batches: u64,
+    /// Runs started (1 + resumes).
+    pub runs: u32,
+    /// From the first batch to completion (or to now), on the store's clock, in ms.
+    pub elapsed_ms: u64,
+    /// Whether the copy is complete.
+    pub complete: bool,
+}
+
+impl MigrationFigures {
+    /// [`elapsed_ms`](Self::elapsed_ms) as a duration.
+    pub fn elapsed(&self) -> Duration {
+        Duration::from_millis(self.elapsed_ms)
+    }
+}
+
+/// What `GET /status` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvStatus {
+    /// The software layout version.
+    pub slv: u32,
+    /// The metadata layout version.
+    pub mlv: u32,
+    /// Whether MLV < SLV.
+    pub pre_finalized: bool,
+    /// Whether the write gate is up (preparing or prepared).
+    pub prepared: bool,
+    /// The prepare index, when prepared.
+    #[serde(default)]
+    pub prepare_index: Option<u64>,
+    /// Rows in table `kv` (expired ones included until overwritten or deleted).
+    pub keys: u64,
+    /// The last applied write's index.
+    #[serde(default)]
+    pub applied_index: u64,
+    /// The value encoding puts write now (`v0-json` or `v3-compact`).
+    #[serde(default)]
+    pub encoding: String,
+    /// The value-index migration, when the software knows `ValueIndex`.
+    #[serde(default)]
+    pub index_migration: Option<MigrationFigures>,
+}
+
+/// A key and its value, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvItem {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: String,
+}
+
+/// A value read, with its expiry if it has one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvEntry {
+    /// The key.
+    pub key: String,
+    /// The value.
+    pub value: String,
+    /// When it expires (ms since the epoch, on the store's clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+}
+
+/// One write, as applied and logged in `kv_oplog`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Op {
+    Put {
+        key: String,
+        value: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at_ms: Option<u64>,
+    },
+    Delete {
+        key: String,
+    },
+}
+
+/// The value-index migration of this process.
+struct IndexMigration {
+    store: Arc<IndexStore>,
+    migration: BackgroundMigration,
+    routing: DualWrite<KvFeature>,
+}
+
+/// The engine: the database and the write/read paths.
+pub(crate) struct Engine {
+    lvm: Arc<LayoutVersionManager<KvFeature>>,
+    db: Arc<Database>,
+    path: PathBuf,
+    dir: PathBuf,
+    codecs: Codecs,
+    clock: Arc<dyn Clock>,
+    write_lock: Mutex<()>,
+    applied: AtomicU64,
+    last_snapshot: AtomicU64,
+    index: Option<IndexMigration>,
+}
+
+/// The engine and its prepare controller: what the HTTP server and actions use.
+pub(crate) struct Shared {
+    pub(crate) engine: Engine,
+    pub(crate) prepare: Arc<PrepareController>,
+}
+
+impl LayoutAware<KvFeature> for Shared {
+    fn layout_manager(&self) -> &LayoutVersionManager<KvFeature> {
+        &self.engine.lvm
+    }
+}
+
+fn read_meta(
+    table: &impl ReadableTable<&'static str, u64>,
+    key: &str,
+) -> Result<u64, redb::StorageError> {
+    Ok(table.get(key)?.map_or(0, |g| g.value()))
+}
+
+impl Engine {
+    fn open(
+        lvm: Arc<LayoutVersionManager<KvFeature>>,
+        dir: &Path,
+        options: &KvOptions,
+    ) -> Result<Self, KvError> {
+        fs::create_dir_all(dir).map_err(|source| KvError::Io {
+            context: "cannot create the data directory",
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join(DB_FILE_NAME);
+        let db = Arc::new(Database::create(&path).map_err(KvError::db(&path, "open"))?);
+        let (applied, snapshot) = {
+            let txn = db
+                .begin_write()
+                .map_err(KvError::db(&path, "begin write"))?;
+            let values = {
+                txn.open_table(KV).map_err(KvError::db(&path, "open kv"))?;
+                txn.open_table(OPLOG)
+                    .map_err(KvError::db(&path, "open kv_oplog"))?;
+                let meta = txn
+                    .open_table(META)
+                    .map_err(KvError::db(&path, "open kv_meta"))?;
+                (
+                    read_meta(&meta, META_APPLIED).map_err(KvError::db(&path, "read kv_meta"))?,
+                    read_meta(&meta, META_SNAPSHOT).map_err(KvError::db(&path, "read kv_meta"))?,
+                )
+            };
+            txn.commit().map_err(KvError::db(&path, "commit"))?;
+            values
+        };
+        let codecs = Codecs::new(&lvm).map_err(|reason| KvError::Corrupt {
+            key: String::new(),
+            reason: format!("cannot build the value codecs: {reason}"),
+        })?;
+        let index = if lvm.software_layout_version() >= KvFeature::ValueIndex.layout_version() {
+            let store = Arc::new(IndexStore {
+                db: Arc::clone(&db),
+                path: path.clone(),
+                software_layout_version: lvm.software_layout_version(),
+            });
+            let migration = BackgroundMigration::builder(
+                super::index::MIGRATION_NAME,
+                store.clone(),
+                store.clone(),
+            )
+            .batch_size(options.migration_batch.max(1))
+            .clock(Arc::clone(&options.clock));
+            let migration = match &options.index_batch_hook {
+                Some(hook) => {
+                    let hook = Arc::clone(hook);
+                    migration.on_batch(move |event| hook(event))
+                }
+                None => migration,
+            }
+            .open()?;
+            let routing = migration.dual_write(Arc::clone(&lvm), KvFeature::ValueIndex);
+            Some(IndexMigration {
+                store,
+                migration,
+                routing,
+            })
+        } else {
+            None
+        };
+        Ok(Self {
+            lvm,
+            db,
+            path,
+            dir: dir.to_owned(),
+            codecs,
+            clock: Arc::clone(&options.clock),
+            write_lock: Mutex::new(()),
+            applied: AtomicU64::new(applied),
+            last_snapshot: AtomicU64::new(snapshot),
+            index,
+        })
+    }
+
+    fn db_err<'a, E: Into<redb::Error>>(
+        &'a self,
+        context: &'static str,
+    ) -> impl FnOnce(E) -> KvError + 'a {
+        KvError::db(&self.path, context)
+    }
+
+    fn slv(&self) -> u32 {
+        self.lvm.software_layout_version()
+    }
+
+    fn ttl_on(&self) -> bool {
+        self.lvm.is_allowed(KvFeature::ExpiringValues)
+    }
+
+    /// Applies `op` in one transaction: the row, its expiry, its index entries, the op
+    /// log and the applied index. The caller holds the write lock and a write permit.
+    fn apply(&self, op: &Op) -> Result<(u64, bool), KvError> {
+        let scope = self.index.as_ref().map(|i| i.routing.begin());
+        let write_index = scope
+            .as_ref()
+            .is_some_and(layout_core::migration::WriteScope::writes_new);
+        let tombstone = scope
+            .as_ref()
+            .is_some_and(layout_core::migration::WriteScope::needs_tombstone);
+        let now = self.clock.now_ms();
+        let txn = self.db.begin_write().map_err(self.db_err("begin write"))?;
+        let (index, existed) = {
+            let mut kv = txn.open_table(KV).map_err(self.db_err("open kv"))?;
+            let key = match op {
+                Op::Put { key, .. } | Op::Delete { key } => key.as_str(),
+            };
+            let previous = match op {
+                Op::Put { value, .. } => {
+                    let record = self.codecs.for_put(&self.lvm).encode(value);
+                    kv.insert(key.as_bytes(), (now, record.as_slice()))
+                        .map_err(self.db_err("insert kv"))?
+                        .map(|g| g.value().1.to_vec())
+                }
+                Op::Delete { .. } => kv
+                    .remove(key.as_bytes())
+                    .map_err(self.db_err("remove kv"))?
+                    .map(|g| g.value().1.to_vec()),
+            };
+            if write_index {
+                let mut idx = txn.open_table(INDEX).map_err(self.db_err("open index"))?;
+                if let Some(old) = &previous {
+                    let old_value =
+                        decode_any(old, self.slv()).map_err(|reason| KvError::Corrupt {
+                            key: key.to_owned(),
+                            reason,
+                        })?;
+                    let entry = index_key(&old_value, key);
+                    idx.remove(entry.as_slice())
+                        .map_err(self.db_err("remove index entry"))?;
+                    if tombstone {
+                        let mut tombs = txn
+                            .open_table(INDEX_TOMBSTONES)
+                            .map_err(self.db_err("open tombstones"))?;
+                        tombs
+                            .insert(entry.as_slice(), ())
+                            .map_err(self.db_err("insert tombstone"))?;
+                    }
+                }
+                if let Op::Put { value, .. } = op {
+                    idx.insert(index_key(value, key).as_slice(), ())
+                        .map_err(self.db_err("insert index entry"))?;
+                }
+            }
+            if self.ttl_on() {
+                let mut expiry = txn
+                    .open_table(EXPIRY)
+                    .map_err(self.db_err("open kv_expiry"))?;
+                match op {
+                    Op::Put {
+                        expires_at_ms: Some(at),
+                        ..
+                    } => {
+                        expiry
+                            .insert(key.as_bytes(), *at)
+                            .map_err(self.db_err("insert kv_expiry"))?;
+                    }
+                    _ => {
+                        expiry
+                            .remove(key.as_bytes())
+                            .map_err(self.db_err("remove kv_expiry"))?;
+                    }
+                }
+            }
+            let mut meta = txn.open_table(META).map_err(self.db_err("open kv_meta"))?;
+            let index = read_meta(&meta, META_APPLIED).map_err(self.db_err("read kv_meta"))? + 1;
+            meta.insert(META_APPLIED, index)
+                .map_err(self.db_err("write kv_meta"))?;
+            let mut log = txn
+                .open_table(OPLOG)
+                .map_err(self.db_err("open kv_oplog"))?;
+            let entry = serde_json::to_vec(op).map_err(|e| KvError::BadRequest(e.to_string()))?;
+            log.insert(index, entry.as_slice())
+                .map_err(self.db_err("append kv_oplog"))?;
+            (index, previous.is_some())
+        };
+        txn.commit().map_err(self.db_err("commit"))?;
+        self.applied.store(index, Ordering::SeqCst);
+        Ok((index, existed))
+    }
+
+    /// The live value of `key` (expired values are absent), read in `txn`.
+    fn read_entry(
+        &self,
+        txn: &redb::ReadTransaction,
+        key: &str,
+    ) -> Result<Option<KvEntry>, KvError> {
+        let kv = txn.open_table(KV).map_err(self.db_err("open kv"))?;
+        let Some(record) = kv
+            .get(key.as_bytes())
+            .map_err(self.db_err("read kv"))?
+            .map(|g| g.value().1.to_vec())
+        else {
+            return Ok(None);
+        };
+        let expires_at_ms = self.expiry_of(txn, key)?;
+        if expires_at_ms.is_some_and(|at| at <= self.clock.now_ms()) {
+            return Ok(None);
+        }
+        let value = self
+            .codecs
+            .for_get(&self.lvm)
+            .decode(&record)
+            .map_err(|reason| KvError::Corrupt {
+                key: key.to_owned(),
+                reason,
+            })?;
+        Ok(Some(KvEntry {
+            key: key.to_owned(),
+            value,
+            expires_at_ms,
+        }))
+    }
+
+    fn expiry_of(&self, txn: &redb::ReadTransaction, key: &str) -> Result<Option<u64>, KvError> {
+        if !self.ttl_on() {
+            return Ok(None);
+        }
+        match txn.open_table(EXPIRY) {
+            Ok(t) => Ok(t
+                .get(key.as_bytes())
+                .map_err(self.db_err("read kv_expiry"))?
+                .map(|g| g.value())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(self.db_err("open kv_expiry")(e)),
+        }
+    }
+
+    fn get(&self, key: &str) -> Result<Option<KvEntry>, KvError> {
+        let txn = self.db.begin_read().map_err(self.db_err("begin read"))?;
+        self.read_entry(&txn, key)
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<KvItem>, KvError> {
+        let txn = self.db.begin_read().map_err(self.db_err("begin read"))?;
+        let kv = txn.open_table(KV).map_err(self.db_err("open kv"))?;
+        let mut keys = Vec::new();
+        for item in kv
+            .range::<&[u8]>((Bound::Included(prefix.as_bytes()), Bound::Unbounded))
+            .map_err(self.db_err("range kv"))?
+        {
+            let (k, _) = item.map_err(self.db_err("read kv"))?;
+            let key = k.value();
+            if !key.starts_with(prefix.as_bytes()) || keys.len() >= MAX_LIST_ITEMS {
+                break;
+            }
+            keys.push(String::from_utf8_lossy(key).into_owned());
+        }
+        drop(kv);
+        let mut items = Vec::with_capacity(keys.len());
+        for key in keys {
+            if let Some(entry) = self.read_entry(&txn, &key)? {
+                items.push(KvItem {
+                    key: entry.key,
+                    value: entry.value,
+                });
+            }
+        }
+        Ok(items)
+    }
+
+    fn find_by_value(&self, value: &str) -> Result<Vec<String>, KvError> {
+        let txn = self.db.begin_read().map_err(self.db_err("begin read"))?;
+        let idx = match txn.open_table(INDEX) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.db_err("open index")(e)),
+        };
+        let prefix = index_key(value, "");
+        let mut keys = Vec::new();
+        for item in idx
+            .range::<&[u8]>((Bound::Included(prefix.as_slice()), Bound::Unbounded))
+            .map_err(self.db_err("range index"))?
+        {
+            let (k, _) = item.map_err(self.db_err("read index"))?;
+            let Some(key) = k.value().strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            if keys.len() >= MAX_LIST_ITEMS {
+                break;
+            }
+            keys.push(String::from_utf8_lossy(key).into_owned());
+        }
+        drop(idx);
+        let mut live = Vec::with_capacity(keys.len());
+        for key in keys {
+            if self.read_entry(&txn, &key)?.is_some() {
+                live.push(key);
+            }
+        }
+        Ok(live)
+    }
+
+    fn key_count(&self) -> Result<u64, KvError> {
+        let txn = self.db.begin_read().map_err(self.db_err("begin read"))?;
+        let kv = txn.open_table(KV).map_err(self.db_err("open kv"))?;
+        kv.len().map_err(self.db_err("count kv"))
+    }
+
+    fn index_figures(&self) -> Option<MigrationFigures> {
+        let index = self.index.as_ref()?;
+        let progress = index.migration.progress();
+        let checkpoint = layout_core::migration::MigrationSink::load_checkpoint(&*index.store)
+            .ok()
+            .flatten();
+        let elapsed_ms = checkpoint.as_ref().map_or(0, |c| {
+            c.completed_ms
+                .unwrap_or_else(|| self.clock.now_ms())
+                .saturating_sub(c.started_ms)
+        });
+        let complete =
+            index.migration.is_complete() || checkpoint.as_ref().is_some_and(|c| c.complete);
+        Some(MigrationFigures {
+            state: if complete {
+                MigrationState::Complete.as_str().to_owned()
+            } else {
+                progress.state.as_str().to_owned()
+            },
+            rows_done: checkpoint.as_ref().map_or(progress.done, |c| c.done),
+            rows_total: progress.total,
+            batches: checkpoint.as_ref().map_or(progress.batches, |c| c.batches),
+            runs: progress.runs,
+            elapsed_ms,
+            complete,
+        })
+    }
+
+    /// Creates table `kv_expiry` (the `ExpiringValues` first-upgrade action).
+    fn create_expiry_table(&self) -> Result<(), KvError> {
+        let txn = self.db.begin_write().map_err(self.db_err("begin write"))?;
+        txn.open_table(EXPIRY)
+            .map_err(self.db_err("create kv_expiry"))?;
+        txn.commit().map_err(self.db_err("commit"))
+    }
+
+    fn has_table(&self, name: &str) -> Result<bool, KvError> {
+        let txn = self.db.begin_read().map_err(self.db_err("begin read"))?;
+        let tables = txn.list_tables().map_err(self.db_err("list tables"))?;
+        let found = tables.into_iter().any(|t| t.name() == name);
+        Ok(found)
+    }
+
+    fn write_snapshot(&self) -> Result<u64, KvError> {
+        let snapshot_dir = self.dir.join(SNAPSHOT_DIR);
+        let io = |context: &'static str, path: &Path| {
+            let path = path.to_owned();
+            move |source| KvError::Io {
+                context,
+                path,
+                source,
+            }
+        };
+        fs::create_dir_all(&snapshot_dir).map_err(io("cannot create", &snapshot_dir))?;
+        let txn = self.db.begin_read().map_err(self.db_err("begin read"))?;
+        let index = {
+            let meta = txn.open_table(META).map_err(self.db_err("open kv_meta"))?;
+            read_meta(&meta, META_APPLIED).map_err(self.db_err("read kv_meta"))?
+        };
+        let final_path = snapshot_dir.join(format!("snapshot-{index:020}.jsonl"));
+        let tmp_path = snapshot_dir.join(format!(".snapshot-{index:020}.tmp"));
+        {
+            let file = fs::File::create(&tmp_path).map_err(io("cannot create", &tmp_path))?;
+            let mut out = std::io::BufWriter::new(file);
+            let header = serde_json::json!({"snapshot_index": index, "layout_version": self.lvm.metadata_layout_version()});
+            writeln!(out, "{header}").map_err(io("cannot write", &tmp_path))?;
+            let kv = txn.open_table(KV).map_err(self.db_err("open kv"))?;
+            for item in kv.iter().map_err(self.db_err("iterate kv"))? {
+                let (k, v) = item.map_err(self.db_err("read kv"))?;
+                let (ms, record) = v.value();
+                let key = String::from_utf8_lossy(k.value()).into_owned();
+                let expires_at_ms = self.expiry_of(&txn, &key)?;
+                let value = decode_any(record, self.slv()).map_err(|reason| KvError::Corrupt {
+                    key: key.clone(),
+                    reason,
+                })?;
+                let line = serde_json::json!({"key": key, "value": value, "modified_ms": ms, "expires_at_ms": expires_at_ms});
+                writeln!(out, "{line}").map_err(io("cannot write", &tmp_path))?;
+            }
+            let file = out.into_inner().map_err(|e| KvError::Io {
+                context: "cannot write",
+                path: tmp_path.clone(),
+                source: e.into_error(),
+            })?;
+            file.sync_all().map_err(io("cannot fsync", &tmp_path))?;
+        }
+        fs::rename(&tmp_path, &final_path).map_err(io("cannot rename", &tmp_path))?;
+        if let Ok(d) = fs::File::open(&snapshot_dir) {
+            // Best effort: make the rename durable.
+            let _ = d.sync_all();
+        }
+        drop(txn);
+        let txn = self.db.begin_write().map_err(self.db_err("begin write"))?;
+        {
+            let mut meta = txn.open_table(META).map_err(self.db_err("open kv_meta"))?;
+            meta.insert(META_SNAPSHOT, index)
+                .map_err(self.db_err("write kv_meta"))?;
+        }
+        txn.commit().map_err(self.db_err("commit"))?;
+        self.last_snapshot.store(index, Ordering::SeqCst);
+        Ok(index)
+    }
+
+    fn purge(&self, through: u64) -> Result<(), KvError> {
+        let txn = self.db.begin_write().map_err(self.db_err("begin write"))?;
+        {
+            let mut log = txn
+                .open_table(OPLOG)
+                .map_err(self.db_err("open kv_oplog"))?;
+            log.retain_in(..=through, |_, _| false)
+                .map_err(self.db_err("purge kv_oplog"))?;
+            let mut meta = txn.open_table(META).map_err(self.db_err("open kv_meta"))?;
+            meta.insert(META_PURGED, through)
+                .map_err(self.db_err("write kv_meta"))?;
+        }
+        txn.commit().map_err(self.db_err("commit"))
+    }
+
+    fn oplog_bounds(&self) -> Result<(u64, Option<u64>), KvError> {
+        let txn = self.db.begin_read().map_err(self.db_err("begin read"))?;
+        let log = txn
+            .open_table(OPLOG)
+            .map_err(self.db_err("open kv_oplog"))?;
+        let len = log.len().map_err(self.db_err("count kv_oplog"))?;
+        let first = log
+            .first()
+            .map_err(self.db_err("read kv_oplog"))?
+            .map(|(k, _)| k.value());
+        Ok((len, first))
+    }
+}
+
+impl Preparable for Engine {
+    fn applied_index(&self) -> u64 {
+        self.applied.load(Ordering::SeqCst)
+    }
+
+    fn flush(&self) -> Result<u64, PrepareStepError> {
+        // Every write commits durably; an empty durable commit makes sure nothing is
+        // pending, under the write lock so the index read is the one made durable.
+        let _w = self.write_lock.lock();
+        let commit = || -> Result<(), KvError> {
+            let txn = self.db.begin_write().map_err(self.db_err("begin write"))?;
+            txn.commit().map_err(self.db_err("commit"))
+        };
+        commit().map_err(|e| PrepareStepError::with_source("cannot flush the kvstore", e))?;
+        Ok(self.applied_index())
+    }
+
+    fn snapshot(&self, _index: u64) -> Result<u64, PrepareStepError> {
+        self.write_snapshot()
+            .map_err(|e| PrepareStepError::with_source("cannot snapshot the kvstore", e))
+    }
+
+    fn last_snapshot_index(&self) -> u64 {
+        self.last_snapshot.load(Ordering::SeqCst)
+    }
+
+    fn purge_log(&self, index: u64) -> Result<(), PrepareStepError> {
+        self.purge(index)
+            .map_err(|e| PrepareStepError::with_source("cannot purge the kvstore op log", e))
+    }
+}
+
+impl Preparable for Shared {
+    fn applied_index(&self) -> u64 {
+        self.engine.applied_index()
+    }
+    fn flush(&self) -> Result<u64, PrepareStepError> {
+        self.engine.flush()
+    }
+    fn snapshot(&self, index: u64) -> Result<u64, PrepareStepError> {
+        self.engine.snapshot(index)
+    }
+    fn last_snapshot_index(&self) -> u64 {
+        self.engine.last_snapshot_index()
+    }
+    fn purge_log(&self, index: u64) -> Result<(), PrepareStepError> {
+        self.engine.purge_log(index)
+    }
+}
+
+/// Checks a key from a request.
+fn check_key(key: &str) -> Result<(), KvError> {
+    if key.is_empty() {
+        return Err(KvError::BadRequest("the key is empty".into()));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(KvError::BadRequest(format!(
+            "the key is {} bytes long; at most {MAX_KEY_BYTES} are allowed",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+impl Shared {
+    fn write(&self, request: &'static str, op: &Op) -> Result<(u64, bool), KvError> {
+        let _permit = self.prepare.begin_write(request)?;
+        let _w = self.engine.write_lock.lock();
+        self.engine.apply(op)
+    }
+
+    pub(crate) fn put(&self, key: &str, value: &str) -> Result<u64, KvError> {
+        check_key(key)?;
+        let op = Op::Put {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            expires_at_ms: None,
+        };
+        Ok(self.write("Put", &op)?.0)
+    }
+
+    #[disallowed_until(KvFeature::ExpiringValues)]
+    pub(crate) fn put_with_ttl(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: Duration,
+    ) -> Result<u64, KvError> {
+        check_key(key)?;
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        let op = Op::Put {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            expires_at_ms: Some(self.engine.clock.now_ms().saturating_add(ttl_ms)),
+        };
+        Ok(self.write("PutWithTtl", &op)?.0)
+    }
+
+    pub(crate) fn delete(&self, key: &str) -> Result<(bool, u64), KvError> {
+        check_key(key)?;
+        let _permit = self.prepare.begin_write("Delete")?;
+        let _w = self.engine.write_lock.lock();
+        // An expired value counts as absent.
+        let live = self.engine.get(key)?.is_some();
+        let (index, _) = self.engine.apply(&Op::Delete {
+            key: key.to_owned(),
+        })?;
+        Ok((live, index))
+    }
+
+    #[disallowed_until(KvFeature::CompareAndSwap)]
+    pub(crate) fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        new: &str,
+    ) -> Result<(bool, Option<u64>), KvError> {
+        check_key(key)?;
+        let _permit = self.prepare.begin_write("CompareAndSwap")?;
+        let _w = self.engine.write_lock.lock();
+        let current = self.engine.get(key)?;
+        if current.as_ref().map(|e| e.value.as_str()) != expected {
+            return Ok((false, None));
+        }
+        let (index, _) = self.engine.apply(&Op::Put {
+            key: key.to_owned(),
+            value: new.to_owned(),
+            expires_at_ms: None,
+        })?;
+        Ok((true, Some(index)))
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Result<Option<KvEntry>, KvError> {
+        check_key(key)?;
+        self.engine.get(key)
+    }
+
+    pub(crate) fn list(&self, prefix: &str) -> Result<Vec<KvItem>, KvError> {
+        self.engine.list(prefix)
+    }
+
+    #[disallowed_until(KvFeature::ValueIndex)]
+    pub(crate) fn find_by_value(&self, value: &str) -> Result<Vec<String>, KvError> {
+        self.engine.find_by_value(value)
+    }
+
+    pub(crate) fn status(&self) -> Result<KvStatus, KvError> {
+        let lvm = &self.engine.lvm;
+        let state = self.prepare.state();
+        Ok(KvStatus {
+            slv: lvm.software_layout_version(),
+            mlv: lvm.metadata_layout_version(),
+            pre_finalized: lvm.needs_finalization(),
+            prepared: self.prepare.is_gate_enabled(),
+            prepare_index: state.index(),
+            keys: self.engine.key_count()?,
+            applied_index: self.engine.applied_index(),
+            encoding: self.engine.codecs.for_put(lvm).name().to_owned(),
+            index_migration: self.engine.index_figures(),
+        })
+    }
+}
+
+/// The kvstore: the engine, its prepare controller and its HTTP server.
+///
+/// Opened from a [`LayoutVersionManager`] that is already open (the node or the test kit
+/// owns it); serves HTTP from `open` until dropped.
+pub struct KvStore {
+    shared: Arc<Shared>,
+    http: Mutex<Option<HttpServer>>,
+    http_addr: SocketAddr,
+}
+
+impl KvStore {
+    /// Opens the store in `data_dir` (created if absent) and starts its HTTP server.
+    ///
+    /// Restores the prepare state from the marker (a bad marker refuses the start; an
+    /// `Upgrade` or `Downgrade` start intent cancels prepare).
+    // By value: the agreed signature (the options may hold more owned state later).
+    #[allow(clippy::needless_pass_by_value)]
+    pub fn open(
+        manager: Arc<LayoutVersionManager<KvFeature>>,
+        data_dir: &Path,
+        options: KvOptions,
+    ) -> Result<KvStore, KvError> {
+        let engine = Engine::open(Arc::clone(&manager), data_dir, &options)?;
+        let prepare = Arc::new(PrepareController::restore(
+            manager,
+            &engine,
+            PrepareOptions::default().with_timeout(options.prepare_timeout),
+        )?);
+        let shared = Arc::new(Shared { engine, prepare });
+        let http = HttpServer::start(Arc::clone(&shared), &options)?;
+        let http_addr = http.local_addr();
+        Ok(KvStore {
+            shared,
+            http: Mutex::new(Some(http)),
+            http_addr,
+        })
+    }
+
+    /// Where the HTTP API listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The layout version manager.
+    pub fn manager(&self) -> &Arc<LayoutVersionManager<KvFeature>> {
+        &self.shared.engine.lvm
+    }
+
+    /// The prepare controller (the write gate).
+    pub fn prepare_controller(&self) -> &Arc<PrepareController> {
+        &self.shared.prepare
+    }
+
+    /// The store as a [`Preparable`], for [`PrepareController::prepare`] and the admin
+    /// service.
+    pub fn preparable(&self) -> Arc<dyn Preparable> {
+        Arc::clone(&self.shared) as Arc<dyn Preparable>
+    }
+
+    /// Prepares the store: closes the write gate, flushes, snapshots to `snapshots/`,
+    /// purges the op log, persists the marker. Returns the prepare index.
+    pub fn prepare(&self) -> Result<u64, KvError> {
+        Ok(self.shared.prepare.prepare(&*self.shared)?)
+    }
+
+    /// Cancels a prepare: the write gate opens.
+    pub fn cancel_prepare(&self) -> Result<(), KvError> {
+        Ok(self.shared.prepare.cancel_prepare()?)
+    }
+
+    /// The value-index migration's figures, when the software knows `ValueIndex`.
+    pub fn index_migration(&self) -> Option<MigrationFigures> {
+        self.shared.engine.index_figures()
+    }
+
+    /// Stores `value` under `key`; returns the write's applied index.
+    pub fn put(&self, key: &str, value: &str) -> Result<u64, KvError> {
+        self.shared.put(key, value)
+    }
+
+    /// Stores `value` under `key` until `ttl` passes (needs `ExpiringValues`).
+    pub fn put_with_ttl(&self, key: &str, value: &str, ttl: Duration) -> Result<u64, KvError> {
+        self.shared.put_with_ttl(key, value, ttl)
+    }
+
+    /// The live value of `key`.
+    pub fn get(&self, key: &str) -> Result<Option<KvEntry>, KvError> {
+        self.shared.get(key)
+    }
+
+    /// Deletes `key`; `(whether a live value was deleted, applied index)`.
+    pub fn delete(&self, key: &str) -> Result<(bool, u64), KvError> {
+        self.shared.delete(key)
+    }
+
+    /// The live items whose key starts with `prefix`, in key order (at most
+    /// [`MAX_LIST_ITEMS`]).
+    pub fn list(&self, prefix: &str) -> Result<Vec<KvItem>, KvError> {
+        self.shared.list(prefix)
+    }
+
+    /// The keys holding `value` (needs `ValueIndex`).
+    pub fn find_by_value(&self, value: &str) -> Result<Vec<String>, KvError> {
+        self.shared.find_by_value(value)
+    }
+
+    /// Sets `key` to `new` if its live value is `expected` (`None`: absent); needs
+    /// `CompareAndSwap`. Returns whether it swapped, and the write's index if it did.
+    pub fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        new: &str,
+    ) -> Result<(bool, Option<u64>), KvError> {
+        self.shared.compare_and_swap(key, expected, new)
+    }
+
+    /// The status `GET /status` answers.
+    pub fn status(&self) -> Result<KvStatus, KvError> {
+        self.shared.status()
+    }
+
+    /// The last applied write's index.
+    pub fn applied_index(&self) -> u64 {
+        self.shared.engine.applied_index()
+    }
+
+    /// Op log entries kept (not yet purged) and the first one's index.
+    pub fn op_log(&self) -> Result<(u64, Option<u64>), KvError> {
+        self.shared.engine.oplog_bounds()
+    }
+
+    /// Whether table `name` exists in the database (for checks of the on-disk layout).
+    pub fn has_table(&self, name: &str) -> Result<bool, KvError> {
+        self.shared.engine.has_table(name)
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> &Path {
+        &self.shared.engine.path
+    }
+
+    /// The raw value record of `key` in table `kv` (to check its encoding).
+    pub fn raw_record(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        let engine = &self.shared.engine;
+        let txn = engine
+            .db
+            .begin_read()
+            .map_err(engine.db_err("begin read"))?;
+        let kv = txn.open_table(KV).map_err(engine.db_err("open kv"))?;
+        Ok(kv
+            .get(key.as_bytes())
+            .map_err(engine.db_err("read kv"))?
+            .map(|g| g.value().1.to_vec()))
+    }
+
+    /// Stops the HTTP server (waits for the requests being served). Idempotent; also
+    /// done on drop.
+    pub fn stop_http(&self) {
+        if let Some(server) = self.http.lock().take() {
+            server.shutdown();
+        }
+    }
+
+    fn index_migration_run(&self, ctx: &ActionContext<'_, KvFeature>) -> Result<(), ActionError> {
+        match &self.shared.engine.index {
+            Some(index) => index.migration.run_as_action(ctx),
+            None => Err(ActionError::new(
+                "the value-index migration is not available in this software",
+            )),
+        }
+    }
+
+    fn reset_index_after_downgrade(
+        &self,
+        _ctx: &ActionContext<'_, KvFeature>,
+    ) -> Result<(), ActionError> {
+        let lvm = &self.shared.engine.lvm;
+        if lvm.start_intent() != StartIntent::Upgrade || lvm.is_allowed(KvFeature::ValueIndex) {
+            return Ok(());
+        }
+        if let Some(index) = &self.shared.engine.index {
+            if index.migration.is_started() {
+                tracing::info!(
+                    "value-index migration started before a downgrade; starting it over"
+                );
+                index
+                    .migration
+                    .reset()
+                    .map_err(|e| ActionError::with_source("cannot reset the value index", e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for KvStore {
+    fn drop(&mut self) {
+        self.stop_http();
+    }
+}
+
+impl fmt::Debug for KvStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KvStore")
+            .field("db", &self.shared.engine.path)
+            .field("http_addr", &self.http_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The kvstore's upgrade actions:
+///
+/// | feature | phase | action |
+/// |---|---|---|
+/// | `ExpiringValues` | `OnFirstUpgradeStart` | create table `kv_expiry` (old software ignores it) |
+/// | `ValueIndex` | `ValidateInPrefinalize` | after a downgrade (start intent `Upgrade`), start the index migration over |
+/// | `ValueIndex` | `OnFinalize` | fill `kv_by_value` with the background migration |
+pub fn actions() -> Result<ActionRegistry<KvFeature, KvStore>, RegistryError> {
+    ActionRegistry::<KvFeature, KvStore>::builder()
+        .on_first_upgrade_start(KvFeature::ExpiringValues, |store: &KvStore, _ctx| {
+            store
+                .shared
+                .engine
+                .create_expiry_table()
+                .map_err(|e| ActionError::with_source("cannot create table kv_expiry", e))
+        })
+        .validate_in_prefinalize(KvFeature::ValueIndex, |store: &KvStore, ctx| {
+            store.reset_index_after_downgrade(ctx)
+        })
+        .on_finalize(KvFeature::ValueIndex, |store: &KvStore, ctx| {
+            store.index_migration_run(ctx)
+        })
+        .build()
+}

@@ -1,0 +1,8 @@
+//! Tests of the kvstore example service, through its public API.
+
+mod basic;
+mod errors;
+mod features;
+mod layoutctl;
+mod prepare;
+mod support;
