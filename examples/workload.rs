@@ -508,13 +508,16 @@ fn check_key(
     report: &mut CheckReport,
 ) -> Option<Discrepancy> {
     let states = acceptable(ops);
-    if let Some(state) = states.iter().find(|s| s.value.as_deref() == found) {
-        if state.by.as_ref().is_some_and(|op| !op.is_acknowledged()) {
+    let in_doubt = |s: &Expected| s.by.as_ref().is_some_and(|op| !op.is_acknowledged());
+    let matching: Vec<&Expected> = states
+        .iter()
+        .filter(|s| s.value.as_deref() == found)
+        .collect();
+    if !matching.is_empty() {
+        // Applied only when nothing but an in-doubt operation explains what was found.
+        if matching.iter().all(|s| in_doubt(s)) {
             report.in_doubt_applied += 1;
-        } else if states
-            .iter()
-            .any(|s| s.by.as_ref().is_some_and(|op| !op.is_acknowledged()))
-        {
+        } else if states.iter().any(in_doubt) {
             report.in_doubt_not_applied += 1;
         }
         return None;
@@ -1092,6 +1095,26 @@ mod tests {
         // But not something else, and not the state before the last acknowledged write.
         let failure = fails(&r, &[("t/k1", "a"), ("t/k3", "d")]);
         assert!(failure.has(|d| matches!(d, Discrepancy::Superseded { key, .. } if key == "t/k1")));
+    }
+
+    #[test]
+    fn an_in_doubt_write_counts_as_applied_only_when_nothing_else_explains_the_state() {
+        let r = Recorder::new("");
+        r.begin_put("k", "maybe").in_doubt("timeout");
+        r.begin_delete("k").in_doubt("timeout");
+        // Absent: the put may never have happened, so nothing in doubt is known applied.
+        let report = r.check_listing(&Expectations::new(), listing(&[])).unwrap();
+        assert_eq!(
+            (report.in_doubt_applied, report.in_doubt_not_applied),
+            (0, 1)
+        );
+        let report = r
+            .check_listing(&Expectations::new(), listing(&[("k", "maybe")]))
+            .unwrap();
+        assert_eq!(
+            (report.in_doubt_applied, report.in_doubt_not_applied),
+            (1, 0)
+        );
     }
 
     #[test]
