@@ -8,18 +8,21 @@
 //! | phase | software | what happens |
 //! |---|---|---|
 //! | `old version` | SLV 0 | ingest |
-//! | `prepared` | SLV 0, prepared | every write is refused (`prepared`), none acknowledged |
+//! | `prepared` | before each binary swap | every write is refused (`prepared`), none acknowledged |
 //! | `pre-finalized` | SLV 4 (binary swap), MLV 0 | the new APIs are refused |
-//! | `downgraded` | SLV 0 | the old software reads everything, then writes |
+//! | `downgraded` | SLV 0, MLV 0 | the old software reads everything, then writes |
 //! | `upgraded again` | SLV 4, MLV 0 | |
 //! | `finalizing (killed before the index migration)` | SLV 4 | SIGKILL at `finalize::before_action` of `ValueIndex` |
 //! | `restarted after the first kill` | SLV 4, MLV 1 | |
 //! | `finalizing (killed after the index migration)` | SLV 4 | SIGKILL at `finalize::after_action` of `ValueIndex` |
 //! | `restarted after the second kill` | SLV 4, MLV 1 | |
+//! | `finalizing` | SLV 4 | the finalization resumed and completed |
 //! | `finalized` | SLV 4, MLV 4 | the new APIs work, the value index covers every key |
 //!
 //! then the old software is refused on the finalized disk, and the checker compares the
-//! final listing (and a `get` of every key) with the recorded history.
+//! final listing (and a `get` of every key) with the recorded history. Before and after
+//! every restart the listing is checked too (the workload paused), so a write lost by
+//! one binary is caught at the stage that lost it.
 //!
 //! # Why the `MiniCluster` is driven directly, not through `UpgradeTest`
 //!
