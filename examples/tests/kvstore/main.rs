@@ -1,6 +1,7 @@
 //! Tests of the kvstore example service, through its public API.
 
 mod basic;
+mod cluster;
 mod errors;
 mod features;
 mod layoutctl;
