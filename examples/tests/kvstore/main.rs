@@ -3,6 +3,8 @@
 mod basic;
 mod cluster;
 mod errors;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod features;
 mod layoutctl;
 mod prepare;
