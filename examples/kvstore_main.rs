@@ -7,15 +7,25 @@
 //!
 //! Prints its addresses, then serves until stdin closes (or the process is stopped;
 //! redb commits are durable, so a kill loses no acknowledged write).
+//!
+//! Cluster mode (see docs/kvstore.md, "Run a 3-node cluster"):
+//!
+//! ```text
+//! kvstore --dir /tmp/kv0 --node-id kv0 --coordinator --cluster-dir /tmp/kv-cluster --coordinator-port 9870
+//! kvstore --dir /tmp/kv1 --node-id kv1 --join 127.0.0.1:9870
+//! ```
 
 use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use layout_core::{LayoutFeature, StartIntent};
-use layout_examples::kvstore::{KvFeature, KvNode, KvNodeConfig};
+use layout_examples::kvstore::{
+    ClusterConfig, ClusterStoreConfig, KvFeature, KvNode, KvNodeConfig,
+};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Intent {
@@ -48,6 +58,98 @@ struct Args {
     /// Why it starts.
     #[arg(long, value_enum, default_value = "normal")]
     intent: Intent,
+    /// The layout version a fresh install starts at (default: the software version). A
+    /// new member of a pre-finalized cluster needs the cluster's version.
+    #[arg(long)]
+    initial_version: Option<String>,
+    /// Run the cluster coordinator in this node (members join it with `--join`).
+    #[arg(long, conflicts_with = "join")]
+    coordinator: bool,
+    /// Where the coordinator keeps the cluster state: `embedded` (a file in
+    /// `--cluster-dir`) or `etcd:URL[,URL...]` (needs the `etcd` feature).
+    #[arg(long, default_value = "embedded", requires = "coordinator")]
+    cluster_store: String,
+    /// The embedded cluster store's directory (coordinator).
+    #[arg(long, requires = "coordinator")]
+    cluster_dir: Option<PathBuf>,
+    /// The etcd key prefix of this cluster (`--cluster-store etcd:...`).
+    #[arg(long, default_value = "/kvstore/cluster", requires = "coordinator")]
+    etcd_prefix: String,
+    /// The loopback port the coordinator serves members on (0: any; printed).
+    #[arg(long, default_value_t = 0, requires = "coordinator")]
+    coordinator_port: u16,
+    /// Join the cluster whose coordinator serves members at this address, as a member.
+    #[arg(long)]
+    join: Option<SocketAddr>,
+    /// This node's id in the cluster, stable across restarts.
+    #[arg(long)]
+    node_id: Option<String>,
+    /// How often a member heartbeats, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    heartbeat_ms: u64,
+}
+
+fn cluster_config(args: &Args) -> Result<Option<ClusterConfig>, String> {
+    if !args.coordinator && args.join.is_none() {
+        return Ok(None);
+    }
+    let node_id = args
+        .node_id
+        .clone()
+        .ok_or("--coordinator and --join need --node-id (stable across restarts)")?;
+    let config = match args.join {
+        Some(coordinator) => ClusterConfig::member(node_id, coordinator),
+        None => ClusterConfig::coordinator(node_id, cluster_store(args)?)
+            .with_coordinator_port(args.coordinator_port),
+    };
+    Ok(Some(config.with_heartbeat_interval(Duration::from_millis(
+        args.heartbeat_ms.max(1),
+    ))))
+}
+
+fn cluster_store(args: &Args) -> Result<ClusterStoreConfig, String> {
+    match args.cluster_store.as_str() {
+        "embedded" => {
+            let dir = args
+                .cluster_dir
+                .clone()
+                .ok_or("--cluster-store embedded needs --cluster-dir")?;
+            Ok(ClusterStoreConfig::Embedded { dir })
+        }
+        other => match other.strip_prefix("etcd:") {
+            Some(endpoints) => etcd_store(endpoints, &args.etcd_prefix),
+            None => Err(format!(
+                "--cluster-store {other:?}: expected `embedded` or `etcd:URL[,URL...]`"
+            )),
+        },
+    }
+}
+
+#[cfg(feature = "etcd")]
+fn etcd_store(endpoints: &str, prefix: &str) -> Result<ClusterStoreConfig, String> {
+    let endpoints: Vec<String> = endpoints
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if endpoints.is_empty() {
+        return Err("--cluster-store etcd: needs at least one endpoint URL".to_owned());
+    }
+    Ok(ClusterStoreConfig::Etcd {
+        endpoints,
+        prefix: prefix.to_owned(),
+    })
+}
+
+#[cfg(not(feature = "etcd"))]
+fn etcd_store(_endpoints: &str, _prefix: &str) -> Result<ClusterStoreConfig, String> {
+    Err(
+        "--cluster-store etcd:... needs a kvstore built with the `etcd` feature \
+         (cargo run -p layout-examples --features etcd --example kvstore); \
+         the embedded store needs nothing extra"
+            .to_owned(),
+    )
 }
 
 fn feature(name: &str) -> Result<KvFeature, String> {
@@ -77,6 +179,12 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             Intent::Downgrade => StartIntent::Downgrade,
         })
         .with_listen(args.listen);
+    if let Some(initial) = &args.initial_version {
+        config = config.with_initial_version(feature(initial)?);
+    }
+    if let Some(cluster) = cluster_config(args)? {
+        config = config.with_cluster(cluster);
+    }
     if let Some(listen) = args.admin_listen {
         let token = match (&args.admin_token_file, &args.admin_token) {
             (Some(path), _) => std::fs::read_to_string(path)
@@ -94,6 +202,14 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     println!("http {}", node.http_addr());
     if let Some(admin) = node.admin_addr() {
         println!("admin {admin}");
+    }
+    if let Some(members) = node.coordinator_addr() {
+        let role = if node.coordinator().is_some() {
+            "coordinator"
+        } else {
+            "member of"
+        };
+        println!("cluster {role} {members}");
     }
     println!(
         "slv {} mlv {}",

@@ -7,6 +7,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use layout_core::LayoutFeature;
+
+use super::cluster::{KvClusterFinalize, KvClusterStatus};
+use super::feature::KvFeature;
 use super::store::{KvItem, KvStatus};
 
 /// How long one call may take by default.
@@ -206,6 +210,42 @@ impl KvClient {
     /// The store's status.
     pub fn status(&self) -> Result<KvStatus, ClientError> {
         self.send("GET", "/status", None)
+    }
+
+    /// The cluster's state (`GET /cluster/status`; the coordinator node only, elsewhere
+    /// HTTP 404 with kind `not_coordinator`).
+    pub fn cluster_status(&self) -> Result<KvClusterStatus, ClientError> {
+        self.send("GET", "/cluster/status", None)
+    }
+
+    /// Finalizes the cluster to `target` (default: the coordinator's software version)
+    /// for `client_id` (`POST /cluster/finalize`; the coordinator node only). Refused
+    /// while a member runs older software: HTTP 409, kind `blocked`, the message and
+    /// `blockers` naming each.
+    pub fn cluster_finalize(
+        &self,
+        client_id: &str,
+        target: Option<KvFeature>,
+    ) -> Result<KvClusterFinalize, ClientError> {
+        let body = json!({
+            "client_id": client_id,
+            "target": target.map(LayoutFeature::layout_version),
+        });
+        self.send("POST", "/cluster/finalize", Some(&body))
+    }
+
+    /// What a cluster finalization to `target` would meet now: the resolved target and
+    /// the blocking members (`POST /cluster/finalize` with `dry_run`). Changes nothing.
+    pub fn cluster_dry_run(
+        &self,
+        target: Option<KvFeature>,
+    ) -> Result<KvClusterFinalize, ClientError> {
+        let body = json!({
+            "client_id": "dry-run",
+            "target": target.map(LayoutFeature::layout_version),
+            "dry_run": true,
+        });
+        self.send("POST", "/cluster/finalize", Some(&body))
     }
 
     /// Sends a raw request (method, path with query, body) and returns the status and

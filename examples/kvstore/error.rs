@@ -4,6 +4,7 @@ use std::io;
 use std::path::PathBuf;
 
 use layout_core::admin::http::HttpError;
+use layout_core::cluster::{ClusterError, MemberError, Refusal};
 use layout_core::migration::MigrationError;
 use layout_core::{LayoutError, PrefinalizeError, PrepareError, RegistryError, WriteRejected};
 
@@ -82,6 +83,34 @@ pub enum KvError {
     #[error("cluster: {0}")]
     Cluster(String),
 
+    /// This member's registration or heartbeat failed: the coordinator refused it (see
+    /// [`KvError::cluster_refusal`]), could not be reached, or the finalization it asked
+    /// for failed.
+    #[error("kvstore member {member_id} (coordinator at {coordinator}): {source}")]
+    ClusterMember {
+        /// This node's member id.
+        member_id: String,
+        /// The coordinator's member address.
+        coordinator: std::net::SocketAddr,
+        /// The cause.
+        #[source]
+        source: Box<MemberError>,
+    },
+
+    /// The coordinator this node runs refused or failed: it could not open its store,
+    /// its software is too old for the cluster, a finalization is blocked.
+    #[error("kvstore cluster coordinator: {0}")]
+    ClusterCoordinator(Box<ClusterError>),
+
+    /// A cluster operation on a node that does not run the coordinator.
+    #[error("{operation}: this node does not run the cluster coordinator ({role}); ask the coordinator node")]
+    NotCoordinator {
+        /// What was asked.
+        operation: &'static str,
+        /// What this node is (`a single node`, `member ... of the cluster at ...`).
+        role: String,
+    },
+
     /// The HTTP server could not start.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -94,6 +123,22 @@ pub enum KvError {
 }
 
 impl KvError {
+    /// The coordinator's refusal of this node, when that is what this is.
+    pub fn cluster_refusal(&self) -> Option<&Refusal> {
+        match self {
+            Self::ClusterMember { source, .. } => source.refusal(),
+            _ => None,
+        }
+    }
+
+    /// The coordinator's error, when that is what this is.
+    pub fn cluster_error(&self) -> Option<&ClusterError> {
+        match self {
+            Self::ClusterCoordinator(e) => Some(e),
+            _ => None,
+        }
+    }
+
     pub(crate) fn db<'a, E: Into<redb::Error>>(
         path: &'a std::path::Path,
         context: &'static str,

@@ -207,6 +207,7 @@ fn reason(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         408 => "Request Timeout",
         411 => "Length Required",
         413 => "Payload Too Large",
@@ -482,6 +483,20 @@ fn route_inner(shared: &Shared, request: &Request) -> Result<Response, Response>
                 Err(e) => e.into(),
             },
             _ => method_not_allowed(method, path),
+        });
+    }
+    if let Some(rest) = path.strip_prefix("/cluster/") {
+        let routes = shared.cluster.lock().clone();
+        return Ok(match routes {
+            Some(routes) => {
+                let (status, body) = routes.route(method, rest, &request.body);
+                Response { status, body }
+            }
+            None => Response::error(
+                404,
+                "not_coordinator",
+                "this node does not run the cluster coordinator; ask the coordinator node",
+            ),
         });
     }
     if let Some(raw) = path.strip_prefix("/cas/") {

@@ -42,6 +42,7 @@
 //! ```
 
 mod client;
+pub mod cluster;
 pub mod codec;
 mod component;
 mod error;
@@ -52,6 +53,10 @@ mod node;
 mod store;
 
 pub use client::{encode_component, ClientError, KvClient, DEFAULT_TIMEOUT};
+pub use cluster::{
+    ClusterConfig, ClusterRole, ClusterStoreConfig, KvClusterBlocker, KvClusterFinalize,
+    KvClusterMember, KvClusterStatus, CLUSTER_CONDITION, CLUSTER_KIND,
+};
 pub use component::NOT_PREPARED_CONDITION;
 pub use error::KvError;
 pub use feature::KvFeature;

@@ -13,6 +13,9 @@ use layout_core::{
     UpgradeFinalizer, VERSION_FILE_NAME,
 };
 
+use layout_core::cluster::{ClusterFinalizeOutcome, ClusterStatus, Coordinator, MemberStep};
+
+use super::cluster::{with_cluster_condition, ClusterConfig, ClusterRuntime, CLUSTER_KIND};
 use super::error::KvError;
 use super::feature::KvFeature;
 use super::store::{actions, KvOptions, KvStore, DB_FILE_NAME};
@@ -52,6 +55,9 @@ pub struct KvNodeConfig {
     pub initial_version: Option<KvFeature>,
     /// Store options (its `listen` is replaced by [`listen`](Self::listen)).
     pub store: KvOptions,
+    /// Cluster mode: this node runs the coordinator or is a member (default `None`: a
+    /// single node). See [`ClusterConfig`].
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl KvNodeConfig {
@@ -66,6 +72,7 @@ impl KvNodeConfig {
             admin: None,
             initial_version: None,
             store: KvOptions::default(),
+            cluster: None,
         }
     }
 
@@ -113,6 +120,13 @@ impl KvNodeConfig {
         self.store = options;
         self
     }
+
+    /// Runs the node in a cluster: as its coordinator or as a member.
+    #[must_use]
+    pub fn with_cluster(mut self, cluster: ClusterConfig) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
 }
 
 impl Default for KvNodeConfig {
@@ -129,6 +143,8 @@ pub struct KvNode {
     store: Arc<KvStore>,
     finalizer: Arc<UpgradeFinalizer<KvFeature, KvStore>>,
     admin: Option<(Arc<AdminService>, AdminServer)>,
+    cluster: Option<ClusterRuntime>,
+    cluster_id: Option<String>,
     dir: PathBuf,
 }
 
@@ -169,22 +185,34 @@ impl KvNode {
             &config.dir.join("data"),
             store_options,
         )?);
-        let finalizer = Arc::new(
-            UpgradeFinalizer::new(Arc::clone(&manager), actions()?)
-                .with_gate(Arc::clone(store.prepare_controller()) as _),
-        );
+        let mut finalizer = UpgradeFinalizer::new(Arc::clone(&manager), actions()?)
+            .with_gate(Arc::clone(store.prepare_controller()) as _);
+        if let Some(cluster) = &config.cluster {
+            finalizer = with_cluster_condition(finalizer, &cluster.role);
+        }
+        let finalizer = Arc::new(finalizer);
         finalizer.run_prefinalize_actions(&store)?;
-        let admin = match &config.admin {
-            Some(admin) => {
-                let service = Arc::new(
-                    AdminService::new(Arc::clone(&finalizer), Arc::clone(&store))
-                        .with_prepare(Arc::clone(store.prepare_controller()), store.preparable()),
-                );
-                let http = HttpConfig::new(admin.token.clone())?.with_bind_addr(admin.listen);
-                let server = AdminServer::start(Arc::clone(&service), http)?;
-                Some((service, server))
-            }
+        let cluster = match &config.cluster {
+            Some(cluster) => match ClusterRuntime::start(cluster, &finalizer, &store) {
+                Ok(runtime) => Some(runtime),
+                Err(e) => {
+                    store.clear_cluster_routes();
+                    store.stop_http();
+                    return Err(e);
+                }
+            },
             None => None,
+        };
+        let admin = match Self::start_admin(&config, &finalizer, &store) {
+            Ok(admin) => admin,
+            Err(e) => {
+                if let Some(cluster) = cluster {
+                    cluster.stop();
+                }
+                store.clear_cluster_routes();
+                store.stop_http();
+                return Err(e);
+            }
         };
         tracing::info!(
             dir = %config.dir.display(),
@@ -198,7 +226,28 @@ impl KvNode {
             store,
             finalizer,
             admin,
+            cluster,
+            cluster_id: config.cluster.map(|c| c.node_id),
             dir: config.dir,
+        })
+    }
+
+    fn start_admin(
+        config: &KvNodeConfig,
+        finalizer: &Arc<UpgradeFinalizer<KvFeature, KvStore>>,
+        store: &Arc<KvStore>,
+    ) -> Result<Option<(Arc<AdminService>, AdminServer)>, KvError> {
+        Ok(match &config.admin {
+            Some(admin) => {
+                let service = Arc::new(
+                    AdminService::new(Arc::clone(finalizer), Arc::clone(store))
+                        .with_prepare(Arc::clone(store.prepare_controller()), store.preparable()),
+                );
+                let http = HttpConfig::new(admin.token.clone())?.with_bind_addr(admin.listen);
+                let server = AdminServer::start(Arc::clone(&service), http)?;
+                Some((service, server))
+            }
+            None => None,
         })
     }
 
@@ -237,17 +286,101 @@ impl KvNode {
         self.store.prepare()
     }
 
-    /// Stops the admin endpoint and the HTTP server, waits for a finalization started
-    /// through the admin endpoint, and closes the store.
-    pub fn shutdown(self) -> Result<(), KvError> {
-        if let Some((service, server)) = self.admin {
+    /// The coordinator, when this node runs it.
+    pub fn coordinator(&self) -> Option<&Arc<Coordinator>> {
+        self.cluster.as_ref().and_then(ClusterRuntime::coordinator)
+    }
+
+    /// The coordinator's member address: the one this node serves (coordinator) or the
+    /// one it joined (member); `None` for a single node.
+    pub fn coordinator_addr(&self) -> Option<SocketAddr> {
+        self.cluster.as_ref().map(ClusterRuntime::coordinator_addr)
+    }
+
+    /// This node's id in the cluster, if it is in one.
+    pub fn cluster_node_id(&self) -> Option<&str> {
+        self.cluster_id.as_deref()
+    }
+
+    /// A member's heartbeat, now, following the answer (finalizing when told to), as
+    /// the background heartbeat does every interval. `Ok(None)` on a node that is not a
+    /// member.
+    pub fn cluster_heartbeat(&self) -> Result<Option<MemberStep>, KvError> {
+        self.cluster
+            .as_ref()
+            .and_then(ClusterRuntime::heartbeat)
+            .transpose()
+    }
+
+    /// The cluster's state (coordinator node only).
+    pub fn cluster_status(&self) -> Result<ClusterStatus, KvError> {
+        self.require_coordinator("cluster status")?
+            .status(CLUSTER_KIND)
+            .map_err(|e| KvError::ClusterCoordinator(Box::new(e)))
+    }
+
+    /// Finalizes the cluster to `target` (default: this node's software version) for
+    /// `client_id` (coordinator node only): refused, listing the blockers, while a member
+    /// runs older software; otherwise this node finalizes, the cluster's version moves,
+    /// and members finalize on their next heartbeat.
+    pub fn cluster_finalize(
+        &self,
+        target: Option<KvFeature>,
+        client_id: &str,
+    ) -> Result<ClusterFinalizeOutcome, KvError> {
+        self.require_coordinator("cluster finalize")?
+            .finalize(
+                CLUSTER_KIND,
+                target.map(LayoutFeature::layout_version),
+                client_id,
+            )
+            .map_err(|e| KvError::ClusterCoordinator(Box::new(e)))
+    }
+
+    fn require_coordinator(&self, operation: &'static str) -> Result<&Arc<Coordinator>, KvError> {
+        match &self.cluster {
+            Some(ClusterRuntime::Coordinator { coordinator, .. }) => Ok(coordinator),
+            Some(runtime) => Err(KvError::NotCoordinator {
+                operation,
+                role: format!(
+                    "member {} of the cluster coordinated at {}",
+                    self.cluster_id.as_deref().unwrap_or_default(),
+                    runtime.coordinator_addr()
+                ),
+            }),
+            None => Err(KvError::NotCoordinator {
+                operation,
+                role: "a single node".to_owned(),
+            }),
+        }
+    }
+
+    /// Stops the cluster part (a member's heartbeats, waiting for a finalization they
+    /// run; the coordinator's member server), the admin endpoint and the HTTP server,
+    /// waits for a finalization started through the admin endpoint, and closes the store.
+    pub fn shutdown(mut self) -> Result<(), KvError> {
+        self.stop();
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        if let Some(cluster) = self.cluster.take() {
+            cluster.stop();
+        }
+        self.store.clear_cluster_routes();
+        if let Some((service, server)) = self.admin.take() {
             server.shutdown();
             if let Some(Err(e)) = service.join_finalization() {
                 tracing::warn!(error = %e, "the finalization started by the admin endpoint failed");
             }
         }
         self.store.stop_http();
-        Ok(())
+    }
+}
+
+impl Drop for KvNode {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

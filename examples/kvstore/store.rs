@@ -24,6 +24,7 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::cluster::ClusterRoutes;
 use super::codec::{decode_any, Codecs};
 use super::error::KvError;
 use super::feature::KvFeature;
@@ -254,6 +255,8 @@ pub(crate) struct Engine {
 pub(crate) struct Shared {
     pub(crate) engine: Engine,
     pub(crate) prepare: Arc<PrepareController>,
+    /// The `/cluster/...` routes, on a node that runs the cluster coordinator.
+    pub(crate) cluster: Mutex<Option<Arc<dyn ClusterRoutes>>>,
 }
 
 impl LayoutAware<KvFeature> for Shared {
@@ -896,7 +899,11 @@ impl KvStore {
             &engine,
             PrepareOptions::default().with_timeout(options.prepare_timeout),
         )?);
-        let shared = Arc::new(Shared { engine, prepare });
+        let shared = Arc::new(Shared {
+            engine,
+            prepare,
+            cluster: Mutex::new(None),
+        });
         let http = HttpServer::start(Arc::clone(&shared), &options)?;
         let http_addr = http.local_addr();
         Ok(KvStore {
@@ -1022,6 +1029,16 @@ impl KvStore {
             .get(key.as_bytes())
             .map_err(engine.db_err("read kv"))?
             .map(|g| g.value().1.to_vec()))
+    }
+
+    /// Serves `routes` under `/cluster/` (the coordinator node).
+    pub(crate) fn set_cluster_routes(&self, routes: Arc<dyn ClusterRoutes>) {
+        *self.shared.cluster.lock() = Some(routes);
+    }
+
+    /// Stops serving `/cluster/` (breaks the coordinator's reference back to the store).
+    pub(crate) fn clear_cluster_routes(&self) {
+        self.shared.cluster.lock().take();
     }
 
     /// Stops the HTTP server (waits for the requests being served). Idempotent; also

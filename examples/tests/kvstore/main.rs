@@ -1,7 +1,10 @@
 //! Tests of the kvstore example service, through its public API.
 
 mod basic;
+mod cluster;
 mod errors;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod features;
 mod layoutctl;
 mod prepare;

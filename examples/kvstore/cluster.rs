@@ -1,0 +1,715 @@
+//! Cluster mode: a kvstore node runs the cluster coordinator or is a member of one, with
+//! `layout_core::cluster` doing the coordination (DESIGN.md section 9).
+//!
+//! - The **coordinator node** serves its own data like any node, and also runs a
+//!   [`Coordinator`] over a [`ClusterStore`] (the embedded store in a directory by
+//!   default; etcd with the `etcd` feature), served to member processes by a
+//!   [`CoordinatorServer`] on a loopback port. Its own layout takes part in the cluster:
+//!   it finalizes first. Operators finalize the cluster through the coordinator node's
+//!   HTTP API: `GET /cluster/status`, `POST /cluster/finalize`.
+//! - A **member node** registers with the coordinator at start-up (through a [`TcpLink`])
+//!   reporting its `(SLV, MLV)`, and heartbeats from a background thread. When the
+//!   coordinator answers "finalize to V", the member finalizes its own node through its
+//!   own [`UpgradeFinalizer`] (so its `OnFinalize` actions — the value-index migration —
+//!   run), in the heartbeat thread, or during start-up for a member that comes back late.
+//!
+//! In cluster mode a node's own finalizer refuses a local finalization (condition
+//! [`CLUSTER_CONDITION`]): finalizing one node alone would put it ahead of the cluster
+//! (the coordinator refuses such a member). Only the cluster's instruction passes it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use layout_core::cluster::{
+    BeyondSoftware, Blocker, ClusterError, ClusterFinalizeOutcome, ClusterStatus, ClusterStore,
+    Coordinator, CoordinatorOptions, CoordinatorServer, EmbeddedStore, LocalError, LocalLayout,
+    Member, MemberError, MemberStep, TcpLink,
+};
+use layout_core::{
+    condition, FinalizeRequest, LayoutFeature, LayoutVersionManager, UpgradeFinalizer,
+};
+use parking_lot::{Condvar, Mutex};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::error::KvError;
+use super::feature::KvFeature;
+use super::store::KvStore;
+
+/// The component kind under which kvstore nodes are kept in the cluster store.
+pub const CLUSTER_KIND: &str = "kvstore";
+
+/// The finalize condition every node of a cluster has: a local finalization (the admin
+/// endpoint, `layoutctl finalize`) is refused; only the cluster's instruction passes it.
+pub const CLUSTER_CONDITION: &str = "kvstore-cluster-finalization";
+
+/// The file of the embedded cluster store, in [`ClusterStoreConfig::Embedded`]'s `dir`.
+pub const CLUSTER_STATE_FILE: &str = "cluster-state";
+
+/// Where the coordinator keeps the cluster state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClusterStoreConfig {
+    /// The embedded store: one file ([`CLUSTER_STATE_FILE`]) in `dir`, locked by the
+    /// coordinator's process. Needs no extra tool.
+    Embedded {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// etcd (feature `etcd`): the cluster state under `prefix` on `endpoints`.
+    #[cfg(feature = "etcd")]
+    Etcd {
+        /// The etcd client URLs (`http://127.0.0.1:2379`).
+        endpoints: Vec<String>,
+        /// The key prefix of this cluster (`/kvstore/my-cluster`).
+        prefix: String,
+    },
+}
+
+impl ClusterStoreConfig {
+    fn open(&self) -> Result<Arc<dyn ClusterStore>, KvError> {
+        match self {
+            Self::Embedded { dir } => {
+                let store = EmbeddedStore::open(dir.join(CLUSTER_STATE_FILE))
+                    .map_err(|e| KvError::ClusterCoordinator(Box::new(e.into())))?;
+                Ok(Arc::new(store))
+            }
+            #[cfg(feature = "etcd")]
+            Self::Etcd { endpoints, prefix } => {
+                let options =
+                    layout_core::cluster::EtcdOptions::new(endpoints.iter().cloned(), prefix);
+                let store = layout_core::cluster::EtcdStore::connect(options)
+                    .map_err(|e| KvError::ClusterCoordinator(Box::new(e.into())))?;
+                Ok(Arc::new(store))
+            }
+        }
+    }
+}
+
+/// The part a node plays in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClusterRole {
+    /// This node runs the coordinator, keeping the cluster state in `store` and serving
+    /// members on 127.0.0.1:`port` (0: any free port; see
+    /// [`KvNode::coordinator_addr`](super::KvNode::coordinator_addr)).
+    Coordinator {
+        /// Where the cluster state lives.
+        store: ClusterStoreConfig,
+        /// The loopback port members connect to.
+        port: u16,
+    },
+    /// This node is a member of the cluster whose coordinator serves members at
+    /// `coordinator`.
+    Member {
+        /// The coordinator's member address (`127.0.0.1:PORT`).
+        coordinator: SocketAddr,
+    },
+}
+
+/// A node's cluster configuration ([`KvNodeConfig::cluster`](super::KvNodeConfig::cluster)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Coordinator or member.
+    pub role: ClusterRole,
+    /// This node's id, stable across restarts: its member id, or the coordinator's id.
+    pub node_id: String,
+    /// How often a member heartbeats. Default: 2 s.
+    pub heartbeat_interval: Duration,
+    /// How long a member stays live after a heartbeat (the coordinator's setting).
+    /// Default: 10 s.
+    pub member_lease_ttl: Duration,
+}
+
+impl ClusterConfig {
+    /// This node, `node_id`, runs the coordinator with its state in `store`, serving
+    /// members on an ephemeral loopback port.
+    pub fn coordinator(node_id: impl Into<String>, store: ClusterStoreConfig) -> Self {
+        Self {
+            role: ClusterRole::Coordinator { store, port: 0 },
+            node_id: node_id.into(),
+            heartbeat_interval: Duration::from_secs(2),
+            member_lease_ttl: Duration::from_secs(10),
+        }
+    }
+
+    /// This node, `node_id`, is a member of the cluster whose coordinator serves members
+    /// at `coordinator`.
+    pub fn member(node_id: impl Into<String>, coordinator: SocketAddr) -> Self {
+        Self {
+            role: ClusterRole::Member { coordinator },
+            node_id: node_id.into(),
+            heartbeat_interval: Duration::from_secs(2),
+            member_lease_ttl: Duration::from_secs(10),
+        }
+    }
+
+    /// Serves members on 127.0.0.1:`port` (coordinator only; a member ignores it).
+    #[must_use]
+    pub fn with_coordinator_port(mut self, port: u16) -> Self {
+        if let ClusterRole::Coordinator { port: p, .. } = &mut self.role {
+            *p = port;
+        }
+        self
+    }
+
+    /// Sets how often a member heartbeats.
+    #[must_use]
+    pub fn with_heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = interval;
+        self
+    }
+
+    /// Sets how long a member stays live after a heartbeat (coordinator).
+    #[must_use]
+    pub fn with_member_lease_ttl(mut self, ttl: Duration) -> Self {
+        self.member_lease_ttl = ttl;
+        self
+    }
+}
+
+/// A kvstore node's layout as the cluster sees it: finalized through the node's own
+/// [`UpgradeFinalizer`] (its actions run), with the cluster's override of
+/// [`CLUSTER_CONDITION`].
+struct NodeLayout {
+    finalizer: Arc<UpgradeFinalizer<KvFeature, KvStore>>,
+    store: Arc<KvStore>,
+}
+
+impl LocalLayout for NodeLayout {
+    fn software_layout_version(&self) -> u32 {
+        self.finalizer.layout_manager().software_layout_version()
+    }
+
+    fn metadata_layout_version(&self) -> u32 {
+        self.finalizer.layout_manager().metadata_layout_version()
+    }
+
+    fn finalize_to(&self, version: u32, client_id: &str) -> Result<u32, LocalError> {
+        let manager = self.finalizer.layout_manager();
+        if manager.metadata_layout_version() >= version {
+            return Ok(manager.metadata_layout_version());
+        }
+        let slv = manager.software_layout_version();
+        let target = KvFeature::from_layout_version(version)
+            .filter(|f| f.layout_version() <= slv)
+            .ok_or_else(|| {
+                Box::new(BeyondSoftware {
+                    catalog: KvFeature::CATALOG_NAME,
+                    requested: version,
+                    software_layout_version: slv,
+                }) as LocalError
+            })?;
+        let request = FinalizeRequest::new(client_id)
+            .with_target(target)
+            .with_takeover(true)
+            .with_override(
+                CLUSTER_CONDITION,
+                format!("cluster finalization to layout version {version} ({client_id})"),
+            );
+        let outcome = self.finalizer.finalize_with(request, &self.store)?;
+        Ok(outcome.metadata_layout_version())
+    }
+}
+
+/// Adds [`CLUSTER_CONDITION`] to a cluster node's finalizer.
+pub(crate) fn with_cluster_condition(
+    finalizer: UpgradeFinalizer<KvFeature, KvStore>,
+    role: &ClusterRole,
+) -> UpgradeFinalizer<KvFeature, KvStore> {
+    let reason = match role {
+        ClusterRole::Coordinator { .. } => "this node runs the kvstore cluster's coordinator: \
+             finalize the whole cluster with POST /cluster/finalize on this node's HTTP API \
+             (it finalizes this node first, then every member)"
+            .to_owned(),
+        ClusterRole::Member { coordinator } => format!(
+            "this node is a member of the kvstore cluster coordinated at {coordinator}: \
+             finalize the whole cluster with POST /cluster/finalize on the coordinator node's \
+             HTTP API; this node finalizes when the coordinator tells it to"
+        ),
+    };
+    finalizer.with_condition(condition(CLUSTER_CONDITION, move |_: &KvStore| {
+        Err(reason.clone())
+    }))
+}
+
+/// A node's running cluster part.
+pub(crate) enum ClusterRuntime {
+    Coordinator {
+        coordinator: Arc<Coordinator>,
+        server: CoordinatorServer,
+    },
+    Member(MemberRuntime),
+}
+
+pub(crate) struct MemberRuntime {
+    member: Arc<Mutex<Member>>,
+    link: Arc<TcpLink>,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ClusterRuntime {
+    /// Starts the node's cluster part: opens the coordinator (catching its own layout
+    /// up with the cluster) and serves it, or registers the member (following the
+    /// answer: a late member finalizes here) and starts its heartbeats.
+    pub(crate) fn start(
+        config: &ClusterConfig,
+        finalizer: &Arc<UpgradeFinalizer<KvFeature, KvStore>>,
+        store: &Arc<KvStore>,
+    ) -> Result<Self, KvError> {
+        let layout: Arc<dyn LocalLayout> = Arc::new(NodeLayout {
+            finalizer: Arc::clone(finalizer),
+            store: Arc::clone(store),
+        });
+        match &config.role {
+            ClusterRole::Coordinator {
+                store: store_config,
+                port,
+            } => {
+                let options = CoordinatorOptions::default()
+                    .with_coordinator_id(config.node_id.clone())
+                    .with_member_lease_ttl(config.member_lease_ttl)
+                    .with_local(CLUSTER_KIND, layout);
+                let coordinator = Arc::new(
+                    Coordinator::open(store_config.open()?, options)
+                        .map_err(|e| KvError::ClusterCoordinator(Box::new(e)))?,
+                );
+                let server = CoordinatorServer::bind_loopback(Arc::clone(&coordinator), *port)
+                    .map_err(|source| KvError::Listen {
+                        addr: SocketAddr::from(([127, 0, 0, 1], *port)),
+                        source,
+                    })?;
+                store.set_cluster_routes(Arc::new(CoordinatorRoutes {
+                    coordinator: Arc::clone(&coordinator),
+                    manager: Arc::clone(store.manager()),
+                }));
+                tracing::info!(id = %config.node_id, members = %server.local_addr(), "kvstore cluster coordinator started");
+                Ok(Self::Coordinator {
+                    coordinator,
+                    server,
+                })
+            }
+            ClusterRole::Member { coordinator } => {
+                let link = Arc::new(TcpLink::new(*coordinator));
+                let mut member = Member::new(CLUSTER_KIND, config.node_id.clone(), layout);
+                let registered = member
+                    .register(&*link)
+                    .map_err(|e| member_error(&config.node_id, *coordinator, e))?;
+                tracing::info!(
+                    id = %config.node_id,
+                    coordinator = %coordinator,
+                    cluster_layout_version = registered.answer.cluster_layout_version,
+                    finalized_to = ?registered.finalized_to,
+                    "kvstore member registered"
+                );
+                let member = Arc::new(Mutex::new(member));
+                let stop = Arc::new((Mutex::new(false), Condvar::new()));
+                let thread = {
+                    let member = Arc::clone(&member);
+                    let link = Arc::clone(&link);
+                    let stop = Arc::clone(&stop);
+                    let interval = config.heartbeat_interval;
+                    std::thread::Builder::new()
+                        .name(format!("kvstore-heartbeat-{}", config.node_id))
+                        .spawn(move || heartbeat_loop(&member, &link, &stop, interval))
+                        .map_err(|e| {
+                            KvError::Cluster(format!("cannot start the heartbeat thread: {e}"))
+                        })?
+                };
+                Ok(Self::Member(MemberRuntime {
+                    member,
+                    link,
+                    stop,
+                    thread: Some(thread),
+                }))
+            }
+        }
+    }
+
+    pub(crate) fn coordinator(&self) -> Option<&Arc<Coordinator>> {
+        match self {
+            Self::Coordinator { coordinator, .. } => Some(coordinator),
+            Self::Member(_) => None,
+        }
+    }
+
+    pub(crate) fn coordinator_addr(&self) -> SocketAddr {
+        match self {
+            Self::Coordinator { server, .. } => server.local_addr(),
+            Self::Member(m) => m.link.addr(),
+        }
+    }
+
+    /// A member's heartbeat, now (following the answer).
+    pub(crate) fn heartbeat(&self) -> Option<Result<MemberStep, KvError>> {
+        let Self::Member(m) = self else { return None };
+        let mut member = m.member.lock();
+        let id = member.member_id().to_owned();
+        Some(
+            member
+                .heartbeat(&*m.link)
+                .map_err(|e| member_error(&id, m.link.addr(), e)),
+        )
+    }
+
+    /// Stops the heartbeats (waiting for one in flight, and a finalization it runs), or
+    /// stops serving members.
+    pub(crate) fn stop(self) {
+        match self {
+            Self::Coordinator { server, .. } => drop(server),
+            Self::Member(mut m) => {
+                *m.stop.0.lock() = true;
+                m.stop.1.notify_all();
+                if let Some(thread) = m.thread.take() {
+                    let _ = thread.join();
+                }
+            }
+        }
+    }
+}
+
+fn member_error(member_id: &str, coordinator: SocketAddr, e: MemberError) -> KvError {
+    KvError::ClusterMember {
+        member_id: member_id.to_owned(),
+        coordinator,
+        source: Box::new(e),
+    }
+}
+
+fn heartbeat_loop(
+    member: &Mutex<Member>,
+    link: &TcpLink,
+    stop: &(Mutex<bool>, Condvar),
+    interval: Duration,
+) {
+    loop {
+        {
+            let mut stopped = stop.0.lock();
+            if !*stopped {
+                let _ = stop.1.wait_for(&mut stopped, interval);
+            }
+            if *stopped {
+                return;
+            }
+        }
+        let mut member = member.lock();
+        match member.heartbeat(link) {
+            Ok(beat) => {
+                if let Some(mlv) = beat.finalized_to {
+                    tracing::info!(
+                        member = member.member_id(),
+                        mlv,
+                        "finalized as the coordinator instructed"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(member = member.member_id(), error = %e, "kvstore heartbeat failed; retrying at the next interval");
+            }
+        }
+    }
+}
+
+impl fmt::Debug for ClusterRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Coordinator { server, .. } => f
+                .debug_struct("Coordinator")
+                .field("members", &server.local_addr())
+                .finish_non_exhaustive(),
+            Self::Member(m) => f
+                .debug_struct("Member")
+                .field("coordinator", &m.link.addr())
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The coordinator node's HTTP routes and their JSON.
+
+/// A member in [`KvClusterStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvClusterMember {
+    /// The member's id.
+    pub member_id: String,
+    /// Its SLV, as last reported.
+    pub software_layout_version: u32,
+    /// Its MLV, as last reported.
+    pub metadata_layout_version: u32,
+    /// Whether its lease is current.
+    pub live: bool,
+    /// The operator's exclusion reason, if excluded.
+    pub excluded: Option<String>,
+}
+
+/// `GET /cluster/status` on the coordinator node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvClusterStatus {
+    /// The component kind ([`CLUSTER_KIND`]).
+    pub kind: String,
+    /// The coordinator's id.
+    pub coordinator_id: String,
+    /// The cluster's finalized layout version (the cluster MLV).
+    pub cluster_layout_version: u32,
+    /// The coordinator node's own SLV.
+    pub coordinator_software_layout_version: u32,
+    /// The coordinator node's own MLV.
+    pub coordinator_metadata_layout_version: u32,
+    /// The target of the finalization in progress or the last one.
+    pub target: Option<u32>,
+    /// Its checkpoint (`started`, `coordinator finalized`, `members finalized`,
+    /// `complete`).
+    pub checkpoint: Option<String>,
+    /// Whether the last finalization is complete (or none ever ran).
+    pub complete: bool,
+    /// Every member, sorted by id.
+    pub members: Vec<KvClusterMember>,
+}
+
+impl KvClusterStatus {
+    /// A member by id.
+    pub fn member(&self, member_id: &str) -> Option<&KvClusterMember> {
+        self.members.iter().find(|m| m.member_id == member_id)
+    }
+
+    fn of(status: &ClusterStatus, coordinator: &Coordinator, local: (u32, u32)) -> Self {
+        Self {
+            kind: status.kind.clone(),
+            coordinator_id: coordinator.coordinator_id().to_owned(),
+            cluster_layout_version: status.cluster_layout_version,
+            coordinator_software_layout_version: local.0,
+            coordinator_metadata_layout_version: local.1,
+            target: status.finalization.as_ref().map(|f| f.target),
+            checkpoint: status.checkpoint().map(|c| c.to_string()),
+            complete: status.is_complete(),
+            members: status
+                .members
+                .iter()
+                .map(|m| KvClusterMember {
+                    member_id: m.member_id.clone(),
+                    software_layout_version: m.software_layout_version,
+                    metadata_layout_version: m.metadata_layout_version,
+                    live: m.live,
+                    excluded: m.excluded.as_ref().map(|x| x.reason.clone()),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A member that blocks a cluster finalization.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvClusterBlocker {
+    /// The member.
+    pub member_id: String,
+    /// Its SLV (below the target).
+    pub software_layout_version: u32,
+    /// Whether it is live.
+    pub live: bool,
+}
+
+impl From<&Blocker> for KvClusterBlocker {
+    fn from(b: &Blocker) -> Self {
+        Self {
+            member_id: b.member_id.clone(),
+            software_layout_version: b.software_layout_version,
+            live: b.live,
+        }
+    }
+}
+
+/// `POST /cluster/finalize` on the coordinator node: what the finalization did (or, for
+/// a dry run, would meet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvClusterFinalize {
+    /// Whether this was a dry run (nothing changed).
+    pub dry_run: bool,
+    /// `finalized` (this call finalized the coordinator and raised the cluster's
+    /// version), `already_finalized`, or `dry_run`.
+    pub outcome: String,
+    /// The target.
+    pub target: u32,
+    /// The cluster's finalized version after the call.
+    pub cluster_layout_version: u32,
+    /// The checkpoint reached.
+    pub checkpoint: Option<String>,
+    /// Members still to finalize (they do on their next heartbeat, or when they start).
+    pub pending_members: Vec<String>,
+    /// Dry run: the members that would block the target (empty: it would go ahead).
+    pub blockers: Vec<KvClusterBlocker>,
+}
+
+/// The body of `POST /cluster/finalize`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FinalizeBody {
+    client_id: String,
+    #[serde(default)]
+    target: Option<u32>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// The `/cluster/...` routes of a node's HTTP API.
+pub(crate) trait ClusterRoutes: Send + Sync {
+    /// Answers `method` on `/cluster/{path}`: status and JSON body.
+    fn route(&self, method: &str, path: &str, body: &[u8]) -> (u16, Value);
+}
+
+struct CoordinatorRoutes {
+    coordinator: Arc<Coordinator>,
+    manager: Arc<LayoutVersionManager<KvFeature>>,
+}
+
+fn error(status: u16, kind: &str, message: &str) -> (u16, Value) {
+    (status, json!({"error": {"kind": kind, "message": message}}))
+}
+
+fn cluster_error(e: &ClusterError) -> (u16, Value) {
+    let message = e.to_string();
+    match e {
+        ClusterError::Blocked { blockers, .. } => {
+            let blockers: Vec<KvClusterBlocker> = blockers.iter().map(Into::into).collect();
+            (
+                409,
+                json!({"error": {"kind": "blocked", "message": message, "blockers": blockers}}),
+            )
+        }
+        ClusterError::InProgress { .. } | ClusterError::DifferentTargetInProgress { .. } => {
+            error(409, "in_progress", &message)
+        }
+        ClusterError::CoordinatorSoftwareTooOld { .. } => {
+            error(409, "coordinator_software_too_old", &message)
+        }
+        ClusterError::LocalFinalize { .. } => error(500, "local_finalize", &message),
+        _ => {
+            tracing::warn!(error = %message, "cluster request failed");
+            error(500, "cluster", &message)
+        }
+    }
+}
+
+fn checkpoint_of(coordinator: &Coordinator) -> Option<String> {
+    coordinator
+        .status(CLUSTER_KIND)
+        .ok()
+        .and_then(|s| s.checkpoint())
+        .map(|c| c.to_string())
+}
+
+impl CoordinatorRoutes {
+    fn local(&self) -> (u32, u32) {
+        (
+            self.manager.software_layout_version(),
+            self.manager.metadata_layout_version(),
+        )
+    }
+
+    fn finalize(&self, body: &[u8]) -> (u16, Value) {
+        let body: FinalizeBody = match serde_json::from_slice(body) {
+            Ok(b) => b,
+            Err(e) => return error(400, "bad_request", &format!("malformed JSON body: {e}")),
+        };
+        if body.client_id.trim().is_empty() {
+            return error(400, "bad_request", "client_id must not be empty");
+        }
+        let c = &self.coordinator;
+        if body.dry_run {
+            return match c.dry_run(CLUSTER_KIND, body.target) {
+                Ok((target, blockers)) => {
+                    let cluster = c
+                        .status(CLUSTER_KIND)
+                        .map_or(0, |s| s.cluster_layout_version);
+                    answer(&KvClusterFinalize {
+                        dry_run: true,
+                        outcome: "dry_run".to_owned(),
+                        target,
+                        cluster_layout_version: cluster,
+                        checkpoint: checkpoint_of(c),
+                        pending_members: Vec::new(),
+                        blockers: blockers.iter().map(Into::into).collect(),
+                    })
+                }
+                Err(e) => cluster_error(&e),
+            };
+        }
+        match c.finalize(CLUSTER_KIND, body.target, &body.client_id) {
+            Ok(ClusterFinalizeOutcome::Finalized {
+                target,
+                checkpoint,
+                pending_members,
+            }) => answer(&KvClusterFinalize {
+                dry_run: false,
+                outcome: "finalized".to_owned(),
+                target,
+                cluster_layout_version: target,
+                checkpoint: Some(checkpoint.to_string()),
+                pending_members,
+                blockers: Vec::new(),
+            }),
+            Ok(ClusterFinalizeOutcome::AlreadyFinalized {
+                cluster_layout_version,
+            }) => answer(&KvClusterFinalize {
+                dry_run: false,
+                outcome: "already_finalized".to_owned(),
+                target: cluster_layout_version,
+                cluster_layout_version,
+                checkpoint: checkpoint_of(c),
+                pending_members: c
+                    .status(CLUSTER_KIND)
+                    .map(|s| {
+                        s.members
+                            .iter()
+                            .filter(|m| {
+                                m.excluded.is_none()
+                                    && m.metadata_layout_version < cluster_layout_version
+                            })
+                            .map(|m| m.member_id.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                blockers: Vec::new(),
+            }),
+            Err(e) => cluster_error(&e),
+        }
+    }
+}
+
+fn answer<T: Serialize>(value: &T) -> (u16, Value) {
+    match serde_json::to_value(value) {
+        Ok(v) => (200, v),
+        Err(e) => error(500, "internal", &format!("cannot encode the answer: {e}")),
+    }
+}
+
+impl ClusterRoutes for CoordinatorRoutes {
+    fn route(&self, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+        match (method, path) {
+            ("GET", "status") => match self.coordinator.status(CLUSTER_KIND) {
+                Ok(status) => answer(&KvClusterStatus::of(
+                    &status,
+                    &self.coordinator,
+                    self.local(),
+                )),
+                Err(e) => cluster_error(&e),
+            },
+            ("POST", "finalize") => self.finalize(body),
+            (_, "status" | "finalize") => error(
+                405,
+                "method_not_allowed",
+                &format!("{method} is not allowed on \"/cluster/{path}\""),
+            ),
+            _ => error(
+                404,
+                "not_found",
+                &format!("no such path \"/cluster/{path}\""),
+            ),
+        }
+    }
+}
