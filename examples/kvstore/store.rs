@@ -15,7 +15,7 @@ use std::time::Duration;
 use layout_core::migration::{BackgroundMigration, BatchEvent, DualWrite, MigrationState};
 use layout_core::{
     disallowed_until, ActionContext, ActionError, ActionRegistry, Clock, LayoutAware,
-    LayoutFeature, LayoutVersionManager, Preparable, PrepareController, PrepareOptions,
+    LayoutFeature, LayoutVersionManager, Phase, Preparable, PrepareController, PrepareOptions,
     PrepareStepError, RegistryError, StartIntent, SystemClock,
 };
 use parking_lot::Mutex;
@@ -1105,18 +1105,29 @@ impl fmt::Debug for KvStore {
 /// | `ValueIndex` | `OnFinalize` | fill `kv_by_value` with the background migration |
 pub fn actions() -> Result<ActionRegistry<KvFeature, KvStore>, RegistryError> {
     ActionRegistry::<KvFeature, KvStore>::builder()
-        .on_first_upgrade_start(KvFeature::ExpiringValues, |store: &KvStore, _ctx| {
-            store
-                .shared
-                .engine
-                .create_expiry_table()
-                .map_err(|e| ActionError::with_source("cannot create table kv_expiry", e))
-        })
-        .validate_in_prefinalize(KvFeature::ValueIndex, |store: &KvStore, ctx| {
-            store.reset_index_after_downgrade(ctx)
-        })
-        .on_finalize(KvFeature::ValueIndex, |store: &KvStore, ctx| {
-            store.index_migration_run(ctx)
-        })
+        .action(
+            KvFeature::ExpiringValues,
+            Phase::OnFirstUpgradeStart,
+            "create-expiry-table",
+            |store: &KvStore, _ctx| {
+                store
+                    .shared
+                    .engine
+                    .create_expiry_table()
+                    .map_err(|e| ActionError::with_source("cannot create table kv_expiry", e))
+            },
+        )
+        .action(
+            KvFeature::ValueIndex,
+            Phase::ValidateInPrefinalize,
+            "reset-value-index-after-downgrade",
+            |store: &KvStore, ctx| store.reset_index_after_downgrade(ctx),
+        )
+        .action(
+            KvFeature::ValueIndex,
+            Phase::OnFinalize,
+            "fill-value-index",
+            |store: &KvStore, ctx| store.index_migration_run(ctx),
+        )
         .build()
 }
