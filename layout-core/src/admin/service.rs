@@ -498,10 +498,23 @@ impl<F: LayoutFeature, C: Send + Sync + 'static> Backend for Typed<F, C> {
         client: Option<&str>,
         takeover: bool,
     ) -> Result<FinalizationStatusResponse, AdminError> {
-        self.finalizer
+        let mut view = self
+            .finalizer
             .report_status(client, takeover)
             .map(status_view)
-            .map_err(|e| finalize_error(&e))
+            .map_err(|e| finalize_error(&e))?;
+        // A finalization answered `Started` is running from the caller's point of view
+        // until its thread ends, including while its conditions are still being checked
+        // (before the finalizer's own status says so): a watcher must not stop there.
+        if self
+            .running
+            .lock()
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
+        {
+            view.running = true;
+        }
+        Ok(view)
     }
 
     fn finalize(

@@ -133,3 +133,58 @@ fn request_types_round_trip_and_refuse_unknown_fields() {
         "\"finalization-in-progress\""
     );
 }
+
+/// A finalization answered `Started` while its conditions are still being checked is
+/// reported running, so `layoutctl finalize --watch` follows it instead of stopping at
+/// once and calling it failed.
+#[test]
+fn a_started_finalization_is_running_while_its_conditions_are_checked() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use layout_core::condition;
+    use parking_lot::Mutex;
+
+    let opts = ManagerOptions::default()
+        .with_start_intent(StartIntent::Init)
+        .with_initial_layout_version(0);
+    let lvm =
+        Arc::new(LayoutVersionManager::<OmFeature>::open(MemoryStorage::new(), opts).unwrap());
+    let (entered_tx, entered) = mpsc::channel::<()>();
+    let (release, released_rx) = mpsc::channel::<()>();
+    let gate = Mutex::new((entered_tx, released_rx));
+    // A slow pre-flight check: it tells the test it is running, then waits to be released.
+    let finalizer = UpgradeFinalizer::new(lvm, ActionRegistry::<OmFeature, ()>::empty())
+        .with_condition(condition("slow-check", move |(): &()| {
+            let gate = gate.lock();
+            gate.0.send(()).map_err(|e| e.to_string())?;
+            gate.1.recv().map_err(|e| e.to_string())?;
+            Ok(())
+        }));
+    let admin = AdminService::new(Arc::new(finalizer), Arc::new(()))
+        .with_finalize_start_wait(Duration::ZERO);
+
+    let started = admin.finalize(&FinalizeParams::new("ops")).unwrap();
+    assert!(
+        matches!(started, FinalizeResponse::Started { .. }),
+        "{started:?}"
+    );
+    entered
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the condition runs");
+    let during = admin
+        .finalization_status(Some(&FinalizationStatusParams::new(Some("ops".into()))))
+        .unwrap();
+    assert!(
+        during.running,
+        "running while its conditions are checked: {during:?}"
+    );
+    assert_eq!(during.metadata_layout_version, 0);
+
+    release.send(()).unwrap();
+    let done = admin.join_finalization().unwrap().unwrap();
+    assert!(matches!(done, FinalizeResponse::Done { .. }), "{done:?}");
+    let after = admin.finalization_status(None).unwrap();
+    assert!(!after.running, "{after:?}");
+    assert_eq!(after.metadata_layout_version, after.software_layout_version);
+}
