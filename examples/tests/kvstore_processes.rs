@@ -176,10 +176,16 @@ impl Kv {
     /// Starts `kvstore` with `args` and waits until it prints its addresses; panics, with
     /// its exit status and stderr, when it exits first.
     fn start(name: &str, args: &[&str]) -> Kv {
+        Self::start_with_stdin(name, args, Stdio::piped())
+    }
+
+    /// [`Kv::start`] with `stdin` as the process's standard input (a pipe kept open by
+    /// [`Kv::start`]; `/dev/null` as a service manager or a script's `&` gives it).
+    fn start_with_stdin(name: &str, args: &[&str], stdin: Stdio) -> Kv {
         let mut child = Command::new(kvstore_bin())
             .args(args)
             .env_remove("KVSTORE_ADMIN_TOKEN")
-            .stdin(Stdio::piped())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -530,6 +536,33 @@ fn an_operator_upgrades_a_single_node_with_the_real_binaries() {
         Some("green")
     );
     again.stop();
+}
+
+#[test]
+fn kvstore_keeps_serving_when_its_stdin_is_not_a_pipe() {
+    // A script's `kvstore ... &` (docs/kvstore.md's cluster recipe) or a service manager
+    // starts it with stdin on /dev/null: it must serve until it is stopped, not exit at
+    // the first read of its stdin.
+    let scratch = Scratch::new();
+    let dir = scratch.path("node");
+    let mut kv = Kv::start_with_stdin("node", &["--dir", &dir], Stdio::null());
+    let client = kv.client();
+    for i in 0..20 {
+        client
+            .put(&format!("k{i}"), "v")
+            .unwrap_or_else(|e| panic!("put {i} on a kvstore whose stdin is /dev/null: {e}"));
+    }
+    assert_eq!(client.get("k19").expect("get").as_deref(), Some("v"));
+    assert!(
+        kv.child.try_wait().expect("try_wait").is_none(),
+        "kvstore with stdin on /dev/null exited instead of serving; stderr:\n{}",
+        kv.stderr_text()
+    );
+    // Stopped as a service manager stops it; its acknowledged writes are durable.
+    kv.kill();
+    let kv = Kv::start("node again", &["--dir", &dir]);
+    assert_eq!(kv.client().get("k19").expect("get").as_deref(), Some("v"));
+    kv.stop();
 }
 
 #[test]
