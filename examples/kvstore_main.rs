@@ -28,6 +28,9 @@ use layout_examples::kvstore::{
     ClusterConfig, ClusterStoreConfig, KvFeature, KvNode, KvNodeConfig,
 };
 
+/// The environment variable holding the admin token when no flag gives it.
+const ADMIN_TOKEN_ENV: &str = "KVSTORE_ADMIN_TOKEN";
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Intent {
     Normal,
@@ -50,8 +53,9 @@ struct Args {
     /// A file holding the admin bearer token.
     #[arg(long, conflicts_with = "admin_token")]
     admin_token_file: Option<PathBuf>,
-    /// The admin bearer token.
-    #[arg(long, env = "KVSTORE_ADMIN_TOKEN", hide_env_values = true)]
+    /// The admin bearer token (on the command line it shows in the process list). Without
+    /// it or `--admin-token-file`, `$KVSTORE_ADMIN_TOKEN`.
+    #[arg(long)]
     admin_token: Option<String>,
     /// The software version this binary plays: a feature name or a layout version.
     #[arg(long, default_value = "CompareAndSwap")]
@@ -193,9 +197,13 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 .trim()
                 .to_owned(),
             (None, Some(token)) => token.clone(),
-            (None, None) => {
-                return Err("--admin-listen needs --admin-token-file or KVSTORE_ADMIN_TOKEN".into())
-            }
+            // The environment is a fallback, not a third flag: a token exported in the
+            // shell or the unit must not make `--admin-token-file` a usage error.
+            (None, None) => std::env::var(ADMIN_TOKEN_ENV).map_err(|_| {
+                format!(
+                    "--admin-listen needs --admin-token-file, --admin-token or {ADMIN_TOKEN_ENV}"
+                )
+            })?,
         };
         config = config.with_admin(listen, token);
     }

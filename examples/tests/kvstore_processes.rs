@@ -182,9 +182,18 @@ impl Kv {
     /// [`Kv::start`] with `stdin` as the process's standard input (a pipe kept open by
     /// [`Kv::start`]; `/dev/null` as a service manager or a script's `&` gives it).
     fn start_with_stdin(name: &str, args: &[&str], stdin: Stdio) -> Kv {
-        let mut child = Command::new(kvstore_bin())
+        Self::start_with(name, args, stdin, None)
+    }
+
+    /// [`Kv::start_with_stdin`] with `$KVSTORE_ADMIN_TOKEN` set to `env_token` (else unset).
+    fn start_with(name: &str, args: &[&str], stdin: Stdio, env_token: Option<&str>) -> Kv {
+        let mut command = Command::new(kvstore_bin());
+        match env_token {
+            Some(token) => command.env("KVSTORE_ADMIN_TOKEN", token),
+            None => command.env_remove("KVSTORE_ADMIN_TOKEN"),
+        };
+        let mut child = command
             .args(args)
-            .env_remove("KVSTORE_ADMIN_TOKEN")
             .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -602,6 +611,63 @@ fn layoutctl_refuses_a_wrong_admin_token_with_exit_code_3() {
     assert!(!status.prepared, "{status:?}");
     kv.client().put("k", "v").expect("put");
     kv.stop();
+}
+
+#[test]
+fn kvstore_takes_its_admin_token_from_the_file_or_from_the_environment() {
+    let scratch = Scratch::new();
+    let token = scratch.token();
+    let env_token_file = scratch.dir.path().join("env-token");
+    let env_token = "kvstore-environment-token-0123456789";
+    std::fs::write(&env_token_file, env_token).expect("write");
+
+    // `$KVSTORE_ADMIN_TOKEN` alone.
+    let kv = Kv::start_with(
+        "env",
+        &[
+            "--dir",
+            &scratch.path("env"),
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        Stdio::piped(),
+        Some(env_token),
+    );
+    layoutctl_json(&kv.endpoint(), &env_token_file, &["status"]);
+    kv.stop();
+
+    // `--admin-token-file` with `$KVSTORE_ADMIN_TOKEN` also set (a shell profile, a
+    // unit's environment): the command line wins.
+    let kv = Kv::start_with(
+        "file and env",
+        &[
+            "--dir",
+            &scratch.path("both"),
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--admin-token-file",
+            &token,
+        ],
+        Stdio::piped(),
+        Some(env_token),
+    );
+    layoutctl_json(&kv.endpoint(), &scratch.token_file, &["status"]);
+    let refused = layoutctl(&kv.endpoint(), &env_token_file, &["status"]);
+    assert_eq!(refused.status.code(), Some(3), "{}", show(&refused));
+    kv.stop();
+
+    // Both on the command line: ambiguous, refused as usage.
+    let both = kvstore_refused(&[
+        "--dir",
+        &scratch.path("ambiguous"),
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--admin-token-file",
+        &token,
+        "--admin-token",
+        env_token,
+    ]);
+    assert_eq!(both.status.code(), Some(2), "{}", show(&both));
 }
 
 #[test]
