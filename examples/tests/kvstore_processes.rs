@@ -516,6 +516,20 @@ fn an_operator_upgrades_a_single_node_with_the_real_binaries() {
         show(&text)
     );
 
+    // Pre-finalized, the old release still runs (downgrade) and reads what the new one
+    // wrote; then the new one again.
+    new.stop();
+    let downgraded = start("old, downgraded", &node_args("Initial", "downgrade"));
+    assert_eq!((downgraded.slv, downgraded.mlv), (0, 0));
+    let client = downgraded.client();
+    assert_eq!(client.get("grass").expect("get").as_deref(), Some("green"));
+    client.put("pear", "red").expect("the old release writes");
+    downgraded.stop();
+    let new = start("new again", &node_args("CompareAndSwap", "upgrade"));
+    assert_eq!((new.slv, new.mlv), (4, 0));
+    let client = new.client();
+    let endpoint = new.endpoint();
+
     layoutctl_ok(&endpoint, &scratch.token_file, &["finalize", "--watch"]);
     let after = layoutctl_json(&endpoint, &scratch.token_file, &["status"]);
     assert_eq!(after["metadata_layout_version"], 4, "{after}");
@@ -528,7 +542,7 @@ fn an_operator_upgrades_a_single_node_with_the_real_binaries() {
         client
             .find_by_value("red")
             .expect("by-value once finalized"),
-        ["apple", "cherry"]
+        ["apple", "cherry", "pear"]
     );
     new.stop();
 
@@ -538,7 +552,7 @@ fn an_operator_upgrades_a_single_node_with_the_real_binaries() {
     assert_old_release_refused(&args, Path::new(&dir));
 
     // The new release still serves the data.
-    let again = start("new again", &node_args("CompareAndSwap", "normal"));
+    let again = start("new, finalized", &node_args("CompareAndSwap", "normal"));
     assert_eq!((again.slv, again.mlv), (4, 4));
     assert_eq!(
         again.client().get("grass").expect("get").as_deref(),
