@@ -5,8 +5,9 @@
 //!     --admin-listen 127.0.0.1:9868 --admin-token-file /tmp/kv-token
 //! ```
 //!
-//! Prints its addresses, then serves until stdin closes (or the process is stopped;
-//! redb commits are durable, so a kill loses no acknowledged write).
+//! Prints its addresses, then serves until it is stopped (Ctrl-C, SIGTERM, a kill: redb
+//! commits are durable, so a kill loses no acknowledged write) or, when its stdin is a
+//! pipe, until that pipe closes (a clean stop, for a supervising process or a test).
 //!
 //! Cluster mode (see docs/kvstore.md, "Run a 3-node cluster"):
 //!
@@ -26,6 +27,9 @@ use layout_core::{LayoutFeature, StartIntent};
 use layout_examples::kvstore::{
     ClusterConfig, ClusterStoreConfig, KvFeature, KvNode, KvNodeConfig,
 };
+
+/// The environment variable holding the admin token when no flag gives it.
+const ADMIN_TOKEN_ENV: &str = "KVSTORE_ADMIN_TOKEN";
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Intent {
@@ -49,8 +53,9 @@ struct Args {
     /// A file holding the admin bearer token.
     #[arg(long, conflicts_with = "admin_token")]
     admin_token_file: Option<PathBuf>,
-    /// The admin bearer token.
-    #[arg(long, env = "KVSTORE_ADMIN_TOKEN", hide_env_values = true)]
+    /// The admin bearer token (on the command line it shows in the process list). Without
+    /// it or `--admin-token-file`, `$KVSTORE_ADMIN_TOKEN`.
+    #[arg(long)]
     admin_token: Option<String>,
     /// The software version this binary plays: a feature name or a layout version.
     #[arg(long, default_value = "CompareAndSwap")]
@@ -192,9 +197,13 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 .trim()
                 .to_owned(),
             (None, Some(token)) => token.clone(),
-            (None, None) => {
-                return Err("--admin-listen needs --admin-token-file or KVSTORE_ADMIN_TOKEN".into())
-            }
+            // The environment is a fallback, not a third flag: a token exported in the
+            // shell or the unit must not make `--admin-token-file` a usage error.
+            (None, None) => std::env::var(ADMIN_TOKEN_ENV).map_err(|_| {
+                format!(
+                    "--admin-listen needs --admin-token-file, --admin-token or {ADMIN_TOKEN_ENV}"
+                )
+            })?,
         };
         config = config.with_admin(listen, token);
     }
@@ -216,11 +225,41 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         node.manager().software_layout_version(),
         node.manager().metadata_layout_version()
     );
-    // Serve until stdin closes.
-    let mut sink = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut sink);
+    serve_until_stopped();
     node.shutdown()?;
     Ok(())
+}
+
+/// Returns when a supervising process closes this one's stdin pipe (a clean stop), and
+/// never otherwise: stdin on a terminal, `/dev/null` (a service manager, or a script's
+/// `kvstore ... &`) or a file is no stop signal, so the node serves until it is killed
+/// (redb commits are durable). Reading a terminal from the background would stop the
+/// whole process (SIGTTIN), and `/dev/null` ends at once.
+fn serve_until_stopped() {
+    if stdin_is_a_pipe() {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+        return;
+    }
+    loop {
+        std::thread::park();
+    }
+}
+
+#[cfg(unix)]
+fn stdin_is_a_pipe() -> bool {
+    use std::os::fd::AsFd as _;
+    use std::os::unix::fs::FileTypeExt as _;
+    std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|fd| std::fs::File::from(fd).metadata())
+        .is_ok_and(|m| m.file_type().is_fifo() || m.file_type().is_socket())
+}
+
+#[cfg(not(unix))]
+fn stdin_is_a_pipe() -> bool {
+    true
 }
 
 fn main() -> ExitCode {
