@@ -376,8 +376,9 @@ const ROTATION: u32 = 26;
 
 /// The hasher of the key index: what `Hash` writes, folded into one word. The seed is
 /// applied by [`place`].
-#[derive(Default)]
-struct KeyHasher {
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct KeyHasher {
     state: u64,
 }
 
@@ -459,9 +460,24 @@ impl Hasher for KeyHasher {
         self.write_usize(i.cast_unsigned());
     }
 
+    /// The state mixed by a multiply (the key index itself uses the state, see [`place`]).
     #[inline]
     fn finish(&self) -> u64 {
-        self.state
+        folded_multiply(self.state, 0x9e37_79b9_7f4a_7c15)
+    }
+}
+
+/// [`KeyHasher`] as a `BuildHasher`: a `HashMap` hashing keys as the key index does. For
+/// the benchmark's classic factory, which must use the same hash.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KeyBuildHasher;
+
+impl std::hash::BuildHasher for KeyBuildHasher {
+    type Hasher = KeyHasher;
+
+    fn build_hasher(&self) -> KeyHasher {
+        KeyHasher::default()
     }
 }
 

@@ -84,7 +84,7 @@
 //! See there for the linking pitfall and the start-up guard,
 //! [`expect`](LayoutVersionInstanceFactory::expect).
 
-mod key_index;
+pub(crate) mod key_index;
 pub(crate) mod registration;
 
 use std::borrow::Borrow;
