@@ -1,21 +1,22 @@
 //! The factory's key index: a small open-addressing table that maps each registered key to
-//! its row, built so that a lookup of a registered key is one hash, one mask and one key
+//! its row, built so that a lookup of a registered key is one hash, one index and one key
 //! comparison.
 //!
 //! The keys are known when the table is built (registration happens at start-up), so the
-//! table chooses its hash seed: among a few deterministic seeds it takes the one that puts
-//! the most keys in their home cell, usually every key. A lookup hashes the key once, looks
-//! at the home cell and compares the key there; only a key displaced by a collision the
-//! seeds could not avoid probes further, and never more than the longest displacement among
-//! the registered keys ([`KeyIndex::max_probe`]).
+//! table chooses its hash seed: among a few fixed seeds and two table sizes it takes the
+//! first that puts every key in its home cell, else the one with the shortest longest
+//! displacement. A lookup hashes the key once (a multiply by the seed, whose top bits are
+//! the home cell) and compares the key there; only a key displaced by a collision the seeds
+//! could not avoid is looked for further, on a cold path, and never more than
+//! [`KeyIndex::max_probe`] cells away.
 //!
 //! The hash ([`KeyHasher`]) is made for what keys hash: a short string (a request name) is
-//! folded from at most two 8-byte loads and its length, an integer or a field-less enum is
-//! one word, and the seed enters in one final multiply. It is not a general-purpose hash:
-//! it does not need to be. The table holds only the keys the program registered, and a
-//! lookup of any other key (whatever an attacker sends) costs at most `max_probe + 1`
-//! comparisons. Correctness never rests on the hash: every hit is confirmed with the key's
-//! own `Eq`.
+//! mixed from its length and two 8-byte loads, an integer or a field-less enum is one word.
+//! It is not a general-purpose hash and needs not be: the table holds only the keys the
+//! program registered, and a lookup of any other key (whatever an attacker sends) costs at
+//! most `max_probe + 1` comparisons. Correctness never rests on the hash: every hit is
+//! confirmed by comparing the key (a string of up to 16 bytes by its length and the two
+//! words, which are all of it; any other key with its `Eq`).
 
 use std::any::Any;
 use std::borrow::{Borrow, Cow};
