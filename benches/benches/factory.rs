@@ -13,9 +13,11 @@
 //!   with a `&str` key (target 2x);
 //! - `factory_vs_classic_1_thread` / `_2_threads`: the classic design of the seed, built
 //!   here (a read-write lock around a hash map of one priority queue per key; the queue's
-//!   top is the instance in use), with the same hasher (`rustc-hash`), against `get_slot`
-//!   and `get` (target: at least 5x faster). With 2 threads, a second thread runs the same
-//!   lookups on the same structure during the whole measurement.
+//!   top is the instance in use), with the same hash as the factory's key index
+//!   (`KeyBuildHasher`, which the classic map also finds faster than `rustc-hash`'s
+//!   `FxHasher`), against `get_slot` and `get` (target: at least 5x faster). With 2
+//!   threads, a second thread runs the same lookups on the same structure during the whole
+//!   measurement.
 //!
 //! Criterion measures one function after the other; on a shared machine a burst of load
 //! lands on one side only. Under `cargo bench`, each comparison is therefore also measured
@@ -32,12 +34,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use layout_core::__private::KeyBuildHasher;
 use layout_core::{
     LayoutFeature, LayoutVersionInstanceFactory, LayoutVersionManager, ManagerOptions,
     MemoryStorage, Slot, StartIntent,
 };
 use parking_lot::RwLock;
-use rustc_hash::FxBuildHasher;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]
 enum BenchFeature {
@@ -186,7 +188,7 @@ impl HandWritten {
 /// The seed's design: under a read-write lock, per key a min-heap holding every instance
 /// above the MLV plus the one in use (at its top). `get` peeks; a finalize listener pops.
 struct Classic {
-    instances: RwLock<HashMap<&'static str, BinaryHeap<Reverse<Entry>>, FxBuildHasher>>,
+    instances: RwLock<HashMap<&'static str, BinaryHeap<Reverse<Entry>>, KeyBuildHasher>>,
 }
 
 struct Entry {
@@ -213,7 +215,7 @@ impl Ord for Entry {
 
 impl Classic {
     fn new(lvm: &LayoutVersionManager<BenchFeature>) -> Self {
-        let mut map: HashMap<_, BinaryHeap<Reverse<Entry>>, FxBuildHasher> = HashMap::default();
+        let mut map: HashMap<_, BinaryHeap<Reverse<Entry>>, KeyBuildHasher> = HashMap::default();
         for (kind, (key, features)) in KINDS.iter().enumerate() {
             let heap = map.entry(*key).or_default();
             for &feature in *features {

@@ -143,10 +143,11 @@ pub use layout_macros::disallowed_until;
 #[cfg(feature = "macros")]
 pub use layout_macros::belongs_to_layout_version;
 
-/// Items the generated code names. Not public API: no stability promise.
+/// Items the generated code (and the benchmarks) name. Not public API: no stability promise.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::action::{into_action_result, ActionFnPtr, ActionSubmission};
+    pub use crate::factory::key_index::{KeyBuildHasher, KeyHasher};
     pub use crate::factory::registration::{
         construct_handler, FeatureRef, HandlerRegistration, RegistrableHandler,
     };

@@ -53,14 +53,29 @@
 //! Registration precomputes, per key, the instance serving each MLV from 0 to the software
 //! layout version (SLV). [`get_slot`](LayoutVersionInstanceFactory::get_slot) is then one
 //! atomic load of the MLV and one array index; [`get`](LayoutVersionInstanceFactory::get)
-//! adds one hash-map lookup of the key. Neither takes a lock nor allocates, and both read
-//! the MLV on every call, so an instance never lags behind a finalization.
+//! adds one lookup of the key in the factory's own key index. Neither takes a lock nor
+//! allocates, and both read the MLV on every call, so an instance never lags behind a
+//! finalization.
 //!
-//! The key map hashes with `rustc-hash`'s `FxHasher` (deterministic, a few nanoseconds for a
-//! short key) instead of the standard `SipHash`, which costs more than the rest of `get`.
-//! Randomized hashing protects a map whose *contents* an attacker chooses; this map holds
-//! only the keys the program registered, so a lookup of an attacker's key costs at most
-//! the longest probe sequence among those keys, whatever the key.
+//! The key index is an open-addressing table built for the registered keys: registration
+//! chooses its hash seed so that each key lands in a cell of its own (if a few seeds cannot
+//! avoid a collision, the displaced keys probe the next cells, and the others are still
+//! found at home). A lookup is then one hash, one index and one comparison:
+//!
+//! - a string key (`&'static str`, `String`, `Box<str>`, `Arc<str>`, `Rc<str>`,
+//!   `Cow<'static, str>`) is hashed from its length and two 8-byte loads of its text, and
+//!   compared by the same three words, in registers: no call to `memcmp`, no hash of every
+//!   byte. The words cover a key of up to 16 bytes entirely; a longer one is also compared
+//!   with `==`. The key's address plays no part, so a key decoded from a request is found
+//!   as fast as the literal it was registered with.
+//! - any other key (an enum of request types, an integer) is hashed through its `Hash`
+//!   into one word and compared with its `Eq`: for a field-less enum, one multiply and a
+//!   byte comparison.
+//!
+//! The hash is not randomized, and needs not be: the table holds only the keys the program
+//! registered, and a lookup of any other key (whatever an attacker sends) costs at most the
+//! longest probe among them (none in the usual case). Correctness never rests on the hash:
+//! every hit is confirmed by comparing the key.
 //!
 //! # Registered with an attribute
 //!
@@ -69,15 +84,15 @@
 //! See there for the linking pitfall and the start-up guard,
 //! [`expect`](LayoutVersionInstanceFactory::expect).
 
+pub(crate) mod key_index;
 pub(crate) mod registration;
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use rustc_hash::FxBuildHasher;
+use key_index::KeyIndex;
 
 use crate::feature::LayoutFeature;
 use crate::manager::LayoutVersionManager;
@@ -98,15 +113,19 @@ static NEXT_FACTORY_ID: AtomicU32 = AtomicU32::new(0);
 /// above the MLV is "not supported before finalization" of that version's feature.
 ///
 /// `K` is the request key (a request type name, an enum of request types); it is cloned
-/// into errors. The factory has no interior mutability: build it at start-up, then share
-/// it (`&`, `Arc`) between threads; reads need no lock.
+/// into errors, and owns its data (`'static`: a string literal, a `String`, an enum), which
+/// lets [`get`](Self::get) recognise string keys and compare them without `memcmp` (see
+/// [the cost](crate::factory#cost)).
+///
+/// The factory has no interior mutability: build it at start-up, then share it (`&`,
+/// `Arc`) between threads; reads need no lock.
 pub struct LayoutVersionInstanceFactory<F: LayoutFeature, K, V> {
     id: u32,
     software_layout_version: u32,
     /// `software_layout_version + 1`: the number of MLVs a key's table row covers.
     width: usize,
     /// Key -> the first table cell of its row (its slot's base).
-    index: HashMap<K, usize, FxBuildHasher>,
+    index: KeyIndex<K>,
     /// One row per key, in registration order.
     rows: Vec<Row<F, K>>,
     /// Every instance, in registration order.
@@ -224,7 +243,7 @@ pub enum FactoryError<F: LayoutFeature, K: fmt::Debug> {
 impl<F, K, V> LayoutVersionInstanceFactory<F, K, V>
 where
     F: LayoutFeature,
-    K: Hash + Eq + Clone + fmt::Debug,
+    K: Hash + Eq + Clone + fmt::Debug + 'static,
 {
     /// An empty factory for `manager`'s catalog, accepting instances up to its software
     /// layout version.
@@ -234,7 +253,7 @@ where
             id: NEXT_FACTORY_ID.fetch_add(1, Ordering::Relaxed),
             software_layout_version,
             width: index_of(software_layout_version).saturating_add(1),
-            index: HashMap::default(),
+            index: KeyIndex::new(),
             rows: Vec::new(),
             values: Vec::new(),
             table: Vec::new(),
@@ -256,7 +275,7 @@ where
                 software_layout_version: self.software_layout_version,
             });
         }
-        let base = if let Some(&base) = self.index.get(&key) {
+        let base = if let Some(base) = self.index.get(&key) {
             base
         } else {
             let base = self.table.len();
@@ -309,8 +328,23 @@ where
         manager: &LayoutVersionManager<F>,
         key: &K,
     ) -> Result<&V, FactoryError<F, K>> {
-        match self.index.get(key) {
-            Some(&base) => self.serve(manager, base),
+        match self.index.get_at_home(key) {
+            Some(base) => self.serve(manager, base),
+            None => self.get_away_from_home(manager, key),
+        }
+    }
+
+    /// [`get`](Self::get) of a key not in its home cell of the key index: a key displaced
+    /// by a collision, or an unknown one.
+    #[cold]
+    #[inline(never)]
+    fn get_away_from_home(
+        &self,
+        manager: &LayoutVersionManager<F>,
+        key: &K,
+    ) -> Result<&V, FactoryError<F, K>> {
+        match self.index.probe(key) {
+            Some(base) => self.serve(manager, base),
             None => Err(FactoryError::UnknownKey { key: key.clone() }),
         }
     }
@@ -322,7 +356,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.index.get(key).map(|&base| Slot {
+        self.index.find(key).map(|base| Slot {
             factory: self.id,
             base,
         })
@@ -385,8 +419,8 @@ where
         Q: Hash + Eq + ?Sized,
     {
         self.index
-            .get(key)
-            .and_then(|&base| self.rows.get(base / self.width))
+            .find(key)
+            .and_then(|base| self.rows.get(base / self.width))
             .map_or(&[], |row| row.features.as_slice())
     }
 

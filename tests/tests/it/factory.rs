@@ -222,6 +222,62 @@ fn string_keys_are_resolved_from_borrowed_str() {
 }
 
 #[test]
+fn get_finds_every_registered_key_of_any_length_and_type_and_no_other() {
+    let lvm = Om::open(MemoryStorage::new(), init_at(0)).unwrap();
+    // Short names, names sharing their first and last eight bytes (only the middle
+    // differs), names longer than 16 bytes, and the empty name; 290 of them, so some
+    // collide in the key index whatever its seed.
+    let mut names: Vec<String> = vec![String::new()];
+    names.extend((0..100).map(|i| format!("K{i}")));
+    names.extend((0..90).map(|i| format!("CreateKe{}yInBucket", char::from(b'!' + i))));
+    names.extend((0..99).map(|i| format!("CreateMultipartUploadPart{i}")));
+    let mut by_string = LayoutVersionInstanceFactory::new(&lvm);
+    let mut by_str = LayoutVersionInstanceFactory::new(&lvm);
+    let mut by_boxed = LayoutVersionInstanceFactory::new(&lvm);
+    let mut by_number = LayoutVersionInstanceFactory::new(&lvm);
+    for (i, name) in names.iter().enumerate() {
+        let feature = OmFeature::InitialVersion;
+        by_string.register(name.clone(), feature, i).unwrap();
+        let leaked: &'static str = Box::leak(name.clone().into_boxed_str());
+        by_str.register(leaked, feature, i).unwrap();
+        by_boxed
+            .register(Box::<str>::from(name.as_str()), feature, i)
+            .unwrap();
+        by_number.register(i as u64 * 4096, feature, i).unwrap();
+    }
+    for (i, name) in names.iter().enumerate() {
+        // Copies: the lookup never relies on the key's address.
+        let copy = name.clone();
+        assert_eq!(*by_string.get(&lvm, &copy).unwrap(), i, "{name:?}");
+        let leaked_copy: &'static str = Box::leak(copy.clone().into_boxed_str());
+        assert_eq!(*by_str.get(&lvm, &leaked_copy).unwrap(), i, "{name:?}");
+        assert_eq!(*by_boxed.get(&lvm, &copy.clone().into()).unwrap(), i);
+        assert_eq!(*by_number.get(&lvm, &(i as u64 * 4096)).unwrap(), i);
+        assert_eq!(
+            by_string.versions(name.as_str()),
+            [OmFeature::InitialVersion]
+        );
+    }
+    for unknown in [
+        "K100",
+        "CreateKe~yInBucket",
+        "CreateMultipartUploadPart99",
+        "k1",
+        " ",
+    ] {
+        assert!(matches!(
+            by_string.get(&lvm, &unknown.to_owned()),
+            Err(FactoryError::UnknownKey { .. })
+        ));
+        assert!(matches!(
+            by_str.get(&lvm, &unknown),
+            Err(FactoryError::UnknownKey { .. })
+        ));
+    }
+    assert!(by_number.get(&lvm, &1).is_err());
+}
+
+#[test]
 fn while_8_threads_get_during_finalization_none_sees_an_older_instance_after_a_newer_one() {
     const THREADS: usize = 8;
     const GETS_AFTER: usize = 2_000;
