@@ -26,7 +26,10 @@ const MAX_ATTEMPTS: u32 = 64;
 #[non_exhaustive]
 pub struct CoordinatorOptions {
     /// This coordinator's id (recorded in checkpoints and the audit trail, and the holder
-    /// name of the finalizer claim). Default: `coordinator`.
+    /// name of the finalizer claim). Keep it across restarts and unique per coordinator:
+    /// a coordinator restarted with the same id takes back a finalizer claim its previous
+    /// run left behind at once, while other ids wait for it to lapse. Default:
+    /// `coordinator`.
     pub coordinator_id: String,
     /// How long a member stays live after a heartbeat. Default: 10 s.
     pub member_lease_ttl: Duration,

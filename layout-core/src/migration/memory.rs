@@ -37,6 +37,53 @@ struct Inner {
     batch_writes: u64,
 }
 
+impl Inner {
+    fn old_row(&self, key: &[u8]) -> Option<Row> {
+        self.old.get(key).map(|v| row(key, v))
+    }
+
+    fn new_entry(&self, key: &[u8]) -> NewEntry {
+        match self.new.get(key) {
+            Some(v) => NewEntry::Row(row(key, v)),
+            None if self.tombstones.contains(key) => NewEntry::Tombstone,
+            None => NewEntry::Absent,
+        }
+    }
+
+    /// Applies a live write (see [`MigratingStore::apply`]).
+    fn apply(&mut self, write: &LiveWrite) {
+        match write {
+            LiveWrite::Put { old, new } => {
+                if let Some(r) = old {
+                    self.old
+                        .insert(r.key.clone(), (r.value.clone(), r.modified_ms));
+                }
+                if let Some(r) = new {
+                    self.tombstones.remove(&r.key);
+                    self.new
+                        .insert(r.key.clone(), (r.value.clone(), r.modified_ms));
+                }
+            }
+            LiveWrite::Delete {
+                key,
+                old,
+                new,
+                tombstone,
+            } => {
+                if *old {
+                    self.old.remove(key);
+                }
+                if *new {
+                    self.new.remove(key);
+                    if *tombstone {
+                        self.tombstones.insert(key.clone());
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn row(key: &[u8], (value, modified_ms): &(Vec<u8>, u64)) -> Row {
     Row {
         key: key.to_vec(),
@@ -176,14 +223,9 @@ impl MigrationSink for MemoryMigrationStore {
 impl MigratingStore for MemoryMigrationStore {
     fn view(&self, key: &[u8]) -> Result<KeyView, MigrationError> {
         let inner = self.inner.lock();
-        let new = match inner.new.get(key) {
-            Some(v) => NewEntry::Row(row(key, v)),
-            None if inner.tombstones.contains(key) => NewEntry::Tombstone,
-            None => NewEntry::Absent,
-        };
         Ok(KeyView {
-            old: inner.old.get(key).map(|v| row(key, v)),
-            new,
+            old: inner.old_row(key),
+            new: inner.new_entry(key),
             checkpoint: inner.checkpoint.clone(),
         })
     }
@@ -204,39 +246,22 @@ impl MigratingStore for MemoryMigrationStore {
     }
 
     fn apply(&self, write: &LiveWrite) -> Result<(), MigrationError> {
-        let mut inner = self.inner.lock();
-        match write {
-            LiveWrite::Put { old, new } => {
-                if let Some(r) = old {
-                    inner
-                        .old
-                        .insert(r.key.clone(), (r.value.clone(), r.modified_ms));
-                }
-                if let Some(r) = new {
-                    inner.tombstones.remove(&r.key);
-                    inner
-                        .new
-                        .insert(r.key.clone(), (r.value.clone(), r.modified_ms));
-                }
-            }
-            LiveWrite::Delete {
-                key,
-                old,
-                new,
-                tombstone,
-            } => {
-                if *old {
-                    inner.old.remove(key);
-                }
-                if *new {
-                    inner.new.remove(key);
-                    if *tombstone {
-                        inner.tombstones.insert(key.clone());
-                    }
-                }
-            }
-        }
+        self.inner.lock().apply(write);
         Ok(())
+    }
+
+    fn apply_if_unchanged(
+        &self,
+        key: &[u8],
+        expected: &KeyView,
+        write: &LiveWrite,
+    ) -> Result<bool, MigrationError> {
+        let mut inner = self.inner.lock();
+        if inner.old_row(key) != expected.old || inner.new_entry(key) != expected.new {
+            return Ok(false);
+        }
+        inner.apply(write);
+        Ok(true)
     }
 
     fn clear(&self, old: bool, new: bool) -> Result<(), MigrationError> {

@@ -156,6 +156,64 @@ impl RedbMigrationStore {
         }
     }
 
+    /// Applies a live write inside `txn` (see [`MigratingStore::apply`]).
+    fn apply_in(
+        &self,
+        txn: &redb::WriteTransaction,
+        write: &LiveWrite,
+    ) -> Result<(), MigrationError> {
+        match write {
+            LiveWrite::Put { old, new } => {
+                if let Some(r) = old {
+                    let mut t = txn
+                        .open_table(self.old_def())
+                        .map_err(self.err("open old table"))?;
+                    t.insert(r.key.as_slice(), (r.modified_ms, r.value.as_slice()))
+                        .map_err(self.err("insert"))?;
+                }
+                if let Some(r) = new {
+                    let mut t = txn
+                        .open_table(self.new_def())
+                        .map_err(self.err("open new table"))?;
+                    t.insert(r.key.as_slice(), (r.modified_ms, r.value.as_slice()))
+                        .map_err(self.err("insert"))?;
+                    let mut tomb = txn
+                        .open_table(self.tomb_def())
+                        .map_err(self.err("open tombstones"))?;
+                    tomb.remove(r.key.as_slice())
+                        .map_err(self.err("remove tombstone"))?;
+                }
+            }
+            LiveWrite::Delete {
+                key,
+                old,
+                new,
+                tombstone,
+            } => {
+                if *old {
+                    let mut t = txn
+                        .open_table(self.old_def())
+                        .map_err(self.err("open old table"))?;
+                    t.remove(key.as_slice()).map_err(self.err("delete"))?;
+                }
+                if *new {
+                    let mut t = txn
+                        .open_table(self.new_def())
+                        .map_err(self.err("open new table"))?;
+                    t.remove(key.as_slice()).map_err(self.err("delete"))?;
+                    if *tombstone {
+                        let mut tomb = txn
+                            .open_table(self.tomb_def())
+                            .map_err(self.err("open tombstones"))?;
+                        tomb.insert(key.as_slice(), ())
+                            .map_err(self.err("insert tombstone"))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn all(&self, def: RowDef<'_>) -> Result<Vec<Row>, MigrationError> {
         let txn = self.db.begin_read().map_err(self.err("begin read"))?;
         let table = match txn.open_table(def) {
@@ -547,56 +605,53 @@ impl MigratingStore for RedbMigrationStore {
 
     fn apply(&self, write: &LiveWrite) -> Result<(), MigrationError> {
         let txn = self.db.begin_write().map_err(self.err("begin write"))?;
-        match write {
-            LiveWrite::Put { old, new } => {
-                if let Some(r) = old {
-                    let mut t = txn
-                        .open_table(self.old_def())
-                        .map_err(self.err("open old table"))?;
-                    t.insert(r.key.as_slice(), (r.modified_ms, r.value.as_slice()))
-                        .map_err(self.err("insert"))?;
-                }
-                if let Some(r) = new {
-                    let mut t = txn
-                        .open_table(self.new_def())
-                        .map_err(self.err("open new table"))?;
-                    t.insert(r.key.as_slice(), (r.modified_ms, r.value.as_slice()))
-                        .map_err(self.err("insert"))?;
-                    let mut tomb = txn
-                        .open_table(self.tomb_def())
-                        .map_err(self.err("open tombstones"))?;
-                    tomb.remove(r.key.as_slice())
-                        .map_err(self.err("remove tombstone"))?;
-                }
-            }
-            LiveWrite::Delete {
-                key,
-                old,
-                new,
-                tombstone,
-            } => {
-                if *old {
-                    let mut t = txn
-                        .open_table(self.old_def())
-                        .map_err(self.err("open old table"))?;
-                    t.remove(key.as_slice()).map_err(self.err("delete"))?;
-                }
-                if *new {
-                    let mut t = txn
-                        .open_table(self.new_def())
-                        .map_err(self.err("open new table"))?;
-                    t.remove(key.as_slice()).map_err(self.err("delete"))?;
-                    if *tombstone {
-                        let mut tomb = txn
-                            .open_table(self.tomb_def())
-                            .map_err(self.err("open tombstones"))?;
-                        tomb.insert(key.as_slice(), ())
-                            .map_err(self.err("insert tombstone"))?;
-                    }
-                }
-            }
-        }
+        self.apply_in(&txn, write)?;
         txn.commit().map_err(self.err("commit"))
+    }
+
+    fn apply_if_unchanged(
+        &self,
+        key: &[u8],
+        expected: &KeyView,
+        write: &LiveWrite,
+    ) -> Result<bool, MigrationError> {
+        // redb has one writer at a time: reading the key in the write transaction makes
+        // the comparison and the write one atomic step.
+        let txn = self.db.begin_write().map_err(self.err("begin write"))?;
+        let (old, new) = {
+            let old_table = txn
+                .open_table(self.old_def())
+                .map_err(self.err("open old table"))?;
+            let new_table = txn
+                .open_table(self.new_def())
+                .map_err(self.err("open new table"))?;
+            let tombstones = txn
+                .open_table(self.tomb_def())
+                .map_err(self.err("open tombstones"))?;
+            let old = old_table
+                .get(key)
+                .map_err(self.err("read"))?
+                .map(|g| to_row(key, g.value()));
+            let new = match new_table.get(key).map_err(self.err("read"))? {
+                Some(g) => NewEntry::Row(to_row(key, g.value())),
+                None if tombstones
+                    .get(key)
+                    .map_err(self.err("read tombstone"))?
+                    .is_some() =>
+                {
+                    NewEntry::Tombstone
+                }
+                None => NewEntry::Absent,
+            };
+            (old, new)
+        };
+        if old != expected.old || new != expected.new {
+            txn.abort().map_err(self.err("abort"))?;
+            return Ok(false);
+        }
+        self.apply_in(&txn, write)?;
+        txn.commit().map_err(self.err("commit"))?;
+        Ok(true)
     }
 
     fn clear(&self, old: bool, new: bool) -> Result<(), MigrationError> {

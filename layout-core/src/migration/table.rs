@@ -16,13 +16,16 @@
 //!
 //! No write is lost and no deleted or updated row comes back with its old value: see
 //! [`background`](super::background#why-concurrent-writes-never-go-stale).
+//!
+//! [`MigratingTable::update`] is atomic against every other writer of its key, the
+//! copier included: a compare-and-swap loop over [`MigratingStore::apply_if_unchanged`].
 
 use std::fmt;
 use std::sync::Arc;
 
 use super::background::{
     printable, BackgroundMigration, Checkpoint, DualWrite, MigrationError, MigrationSink,
-    MigrationSource, Row, RowTransform, WriteTarget,
+    MigrationSource, Row, RowTransform, WriteScope, WriteTarget,
 };
 use super::document::StepError;
 use crate::feature::LayoutFeature;
@@ -100,6 +103,30 @@ pub trait MigratingStore: MigrationSource + MigrationSink {
     /// Applies a write atomically (both tables in one step), and atomically with respect
     /// to [`MigrationSink::write_batch`].
     fn apply(&self, write: &LiveWrite) -> Result<(), MigrationError>;
+
+    /// Applies `write` only if `key`'s entries are still those of `expected`: its old
+    /// row and its new-table entry ([`KeyView::old`], [`KeyView::new`]; the checkpoint is
+    /// not compared, see below). The comparison and the write are one atomic step, with
+    /// respect to [`apply`](Self::apply), [`clear`](Self::clear),
+    /// [`MigrationSink::write_batch`] and other calls of this method. `Ok(false)`: an
+    /// entry differed and nothing was written.
+    ///
+    /// This is the compare-and-swap that makes [`MigratingTable::update`] atomic. The
+    /// checkpoint is left out of the comparison on purpose: it moves with every batch,
+    /// and a batch that does not write a key (it holds no such row, or the key already
+    /// has a row or a tombstone in the new table) does not change the value a read of
+    /// that key returns; a batch that copies the key changes its new-table entry, which
+    /// is compared.
+    ///
+    /// There is no default: a default made of [`view`](Self::view) and
+    /// [`apply`](Self::apply) would not be atomic, and would bring back lost updates
+    /// silently.
+    fn apply_if_unchanged(
+        &self,
+        key: &[u8],
+        expected: &KeyView,
+        write: &LiveWrite,
+    ) -> Result<bool, MigrationError>;
 
     /// Deletes everything in the chosen tables, and the tombstones. If a migration is
     /// under way (a checkpoint exists and is not complete), in the same step it is marked
@@ -253,21 +280,31 @@ impl<F: LayoutFeature> MigratingTable<F> {
     pub fn get(&self, key: &[u8]) -> Result<Option<Row>, TableError> {
         let scope = self.routing.begin();
         let view = self.store.view(key)?;
+        self.read(&scope, key, &view)
+    }
+
+    /// The value of `key` in `view`, as a request routed by `scope` sees it.
+    fn read(
+        &self,
+        scope: &WriteScope<'_>,
+        key: &[u8],
+        view: &KeyView,
+    ) -> Result<Option<Row>, TableError> {
         match scope.target() {
-            WriteTarget::OldOnly => view.old.map_or(Ok(None), |row| self.to_new(row)),
-            WriteTarget::NewOnly => Ok(match view.new {
-                NewEntry::Row(row) => Some(row),
+            WriteTarget::OldOnly => view.old.clone().map_or(Ok(None), |row| self.to_new(row)),
+            WriteTarget::NewOnly => Ok(match &view.new {
+                NewEntry::Row(row) => Some(row.clone()),
                 NewEntry::Tombstone | NewEntry::Absent => None,
             }),
-            WriteTarget::Both => match view.new {
-                NewEntry::Row(row) => Ok(Some(row)),
+            WriteTarget::Both => match &view.new {
+                NewEntry::Row(row) => Ok(Some(row.clone())),
                 NewEntry::Tombstone => Ok(None),
                 NewEntry::Absent if view.checkpoint.as_ref().is_some_and(|c| c.covers(key)) => {
                     Ok(None)
                 }
-                NewEntry::Absent => match (view.old, self.policy) {
+                NewEntry::Absent => match (&view.old, self.policy) {
                     (None, _) => Ok(None),
-                    (Some(row), NotMigratedPolicy::ServeFromOld) => self.to_new(row),
+                    (Some(row), NotMigratedPolicy::ServeFromOld) => self.to_new(row.clone()),
                     (Some(_), NotMigratedPolicy::RetryableError) => {
                         Err(TableError::NotYetMigrated {
                             key: printable(key),
@@ -282,43 +319,101 @@ impl<F: LayoutFeature> MigratingTable<F> {
     /// Adds or replaces a row (in the new format; its timestamp is kept as given).
     pub fn put(&self, row: Row) -> Result<(), TableError> {
         let scope = self.routing.begin();
-        let old = if scope.writes_old() {
-            self.to_old(row.clone())?
-        } else {
-            None
-        };
-        let new = scope.writes_new().then_some(row);
-        self.store.apply(&LiveWrite::Put { old, new })?;
+        let write = self.put_write(&scope, row)?;
+        self.store.apply(&write)?;
         Ok(())
     }
 
     /// Deletes a key (whether or not it is migrated).
     pub fn delete(&self, key: &[u8]) -> Result<(), TableError> {
         let scope = self.routing.begin();
-        self.store.apply(&LiveWrite::Delete {
-            key: key.to_vec(),
-            old: scope.writes_old(),
-            new: scope.writes_new(),
-            tombstone: scope.needs_tombstone(),
-        })?;
+        self.store.apply(&delete_write(&scope, key))?;
         Ok(())
     }
 
+    /// The write that stores `row` (new format) where `scope` routes it.
+    fn put_write(&self, scope: &WriteScope<'_>, row: Row) -> Result<LiveWrite, TableError> {
+        let old = if scope.writes_old() {
+            self.to_old(row.clone())?
+        } else {
+            None
+        };
+        let new = scope.writes_new().then_some(row);
+        Ok(LiveWrite::Put { old, new })
+    }
+
     /// Reads a key, changes it with `change` (`None` in, the key is absent; `None` out,
-    /// delete it) and writes it back. Not atomic with respect to other writers of the
-    /// same key. A key not yet migrated is served as [`get`](Self::get) serves it.
+    /// delete it) and writes the result back, atomically with respect to every other
+    /// writer of the key: [`put`](Self::put), [`delete`](Self::delete), other updates
+    /// (through this table or another one over the same store) and the migration's
+    /// copier. A key not yet migrated is served as [`get`](Self::get) serves it.
+    ///
+    /// It is a compare-and-swap loop: the write is applied only if the key's entries in
+    /// both tables are still the ones `change` saw
+    /// ([`MigratingStore::apply_if_unchanged`]); otherwise it reads again and calls
+    /// `change` again. So `change` may run more than once and should be a function of
+    /// its input (no side effects that must happen once). Writes to other keys never
+    /// make it retry, and no lock is held while `change` runs.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use layout_core::migration::{BackgroundMigration, MemoryMigrationStore, MigratingTable, Row};
+    /// # use layout_core::{LayoutFeature, LayoutVersionManager, ManagerOptions, MemoryStorage, StartIntent};
+    /// # #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]
+    /// # enum Feature {
+    /// #     #[layout(version = 0, description = "Initial layout")]
+    /// #     Initial,
+    /// #     #[layout(version = 1, description = "Counters in the v2 table")]
+    /// #     CountersV2,
+    /// # }
+    /// # let opts = ManagerOptions::default().with_start_intent(StartIntent::Init).with_initial_layout_version(0);
+    /// # let lvm = Arc::new(LayoutVersionManager::<Feature>::open(MemoryStorage::new(), opts)?);
+    /// # let store = Arc::new(MemoryMigrationStore::new());
+    /// # let migration = BackgroundMigration::builder("counters-v2", store.clone(), store.clone()).open()?;
+    /// let table = MigratingTable::new(store.clone(), &migration, lvm, Feature::CountersV2);
+    /// let increment = |row: Option<Row>| {
+    ///     let n: u64 = row.map_or(0, |r| String::from_utf8_lossy(&r.value).parse().unwrap_or(0));
+    ///     Some(Row::new(*b"hits", (n + 1).to_string(), 0))
+    /// };
+    /// table.update(b"hits", increment)?;
+    /// table.update(b"hits", increment)?;
+    /// assert_eq!(table.get(b"hits")?.map(|r| r.value), Some(b"2".to_vec()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn update(
         &self,
         key: &[u8],
-        change: impl FnOnce(Option<Row>) -> Option<Row>,
+        mut change: impl FnMut(Option<Row>) -> Option<Row>,
     ) -> Result<(), TableError> {
-        let current = self.get(key)?;
-        match change(current) {
-            Some(mut row) => {
-                key.clone_into(&mut row.key);
-                self.put(row)
+        let mut attempt = 0u64;
+        loop {
+            attempt += 1;
+            // One routing decision for the read and the write.
+            let scope = self.routing.begin();
+            let view = self.store.view(key)?;
+            let current = self.read(&scope, key, &view)?;
+            let write = match change(current) {
+                Some(mut row) => {
+                    key.clone_into(&mut row.key);
+                    self.put_write(&scope, row)?
+                }
+                None => delete_write(&scope, key),
+            };
+            if self.store.apply_if_unchanged(key, &view, &write)? {
+                if attempt > 1 {
+                    tracing::trace!(
+                        target: "layout_core::migration",
+                        migration = %self.migration,
+                        key = %printable(key),
+                        attempt,
+                        "update applied after the key changed under it"
+                    );
+                }
+                return Ok(());
             }
-            None => self.delete(key),
+            // The key changed since it was read: release the routing decision (a
+            // migration may be waiting to switch) and read again.
+            drop(scope);
         }
     }
 
@@ -383,6 +478,16 @@ impl<F: LayoutFeature> MigratingTable<F> {
 
     fn to_old(&self, row: Row) -> Result<Option<Row>, TableError> {
         convert(self.backport.as_ref(), row, "backport")
+    }
+}
+
+/// The write that deletes `key` where `scope` routes it.
+fn delete_write(scope: &WriteScope<'_>, key: &[u8]) -> LiveWrite {
+    LiveWrite::Delete {
+        key: key.to_vec(),
+        old: scope.writes_old(),
+        new: scope.writes_new(),
+        tombstone: scope.needs_tombstone(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The cluster against a real etcd (Debian's `etcd-server`) started by the tests on
 //! loopback: the member-process scenarios of `cluster_common`, lease expiry, the single
-//! finalizer under a race, live moves of a cluster's state between stores, and the
+//! finalizer under a race, a coordinator restarted with the same id taking its finalizer
+//! claim back, live moves of a cluster's state between stores, and the
 //! document-migration race on the etcd document store.
 //!
 //! Fails (never skips) when `etcd` is missing: `scripts/test` installs it.
@@ -10,6 +11,7 @@
 mod cluster_common;
 mod documents;
 mod moves;
+mod restart;
 mod server;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use layout_core::cluster::{
     Checkpoint, ClusterError, ClusterFinalizeOutcome, ClusterStore, Coordinator,
-    CoordinatorOptions, EmbeddedStore, HeartbeatError, Instruction, KindState, Member,
-    MemberReport, MovePhase, MovingStore, Refusal,
+    CoordinatorOptions, EmbeddedStore, FinalizerClaim, HeartbeatError, Instruction, KindState,
+    Member, MemberReport, MovePhase, MovingStore, Refusal,
 };
 use layout_core::{LayoutVersionManager, ManagerOptions, ManualClock, MemoryStorage, StartIntent};
 use layout_testkit::crash::child_role;
@@ -358,6 +358,75 @@ fn the_embedded_store_keeps_only_state_and_membership_across_a_restart() {
             .member("dn1")
             .unwrap()
             .live
+    );
+}
+
+/// The coordinator's own layout, dying (a panic) inside its finalization.
+struct DyingLayout(Arc<LayoutVersionManager<DnFeature>>);
+
+impl layout_core::cluster::LocalLayout for DyingLayout {
+    fn software_layout_version(&self) -> u32 {
+        self.0.software_layout_version()
+    }
+    fn metadata_layout_version(&self) -> u32 {
+        self.0.metadata_layout_version()
+    }
+    fn finalize_to(
+        &self,
+        _version: u32,
+        _client_id: &str,
+    ) -> Result<u32, layout_core::cluster::LocalError> {
+        panic!("the coordinator dies in the middle of its finalization");
+    }
+}
+
+#[test]
+fn on_the_embedded_store_a_coordinator_restarted_with_the_same_id_takes_its_claim_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster-state");
+    let store = Arc::new(EmbeddedStore::open(&path).unwrap());
+    let lvm = layout(NEW);
+    let options = |id: &str| CoordinatorOptions::default().with_coordinator_id(id);
+    let dying = Coordinator::open(
+        store.clone(),
+        options("c1").with_local(KIND, Arc::new(DyingLayout(Arc::clone(&lvm)))),
+    )
+    .unwrap();
+    // It dies holding the claim, at `started`: nothing released it.
+    let died = std::thread::scope(|s| s.spawn(|| dying.finalize(KIND, Some(NEW), "ops")).join());
+    assert!(died.is_err());
+    drop(dying);
+    let other = Coordinator::open(store.clone(), options("c2")).unwrap();
+    assert!(matches!(
+        other.finalize(KIND, None, "ops"),
+        Err(ClusterError::InProgress { holder, .. }) if holder == "c1"
+    ));
+    // c1 again (the same id) resumes at once.
+    let restarted =
+        Coordinator::open(store.clone(), options("c1").with_local(KIND, lvm.clone())).unwrap();
+    let outcome = restarted.finalize(KIND, None, "ops").unwrap();
+    assert!(
+        matches!(
+            outcome,
+            ClusterFinalizeOutcome::Finalized { target: NEW, .. }
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(lvm.metadata_layout_version(), NEW);
+    // A claim lives in the store's process only: after a process restart nothing lingers.
+    assert_eq!(
+        store
+            .claim_finalizer(KIND, "c1", Duration::from_secs(600))
+            .unwrap(),
+        FinalizerClaim::Claimed
+    );
+    drop((other, restarted, store));
+    let reopened = EmbeddedStore::open(&path).unwrap();
+    assert_eq!(
+        reopened
+            .claim_finalizer(KIND, "c2", Duration::from_secs(600))
+            .unwrap(),
+        FinalizerClaim::Claimed
     );
 }
 

@@ -261,6 +261,173 @@ fn concurrent_requests_during_a_redb_migration_lose_nothing_and_resurrect_nothin
     assert_eq!(store.tombstone_count().unwrap(), 0);
 }
 
+/// The counter of a row in the new format (`new:N`); an absent row counts 0.
+fn count_of(row: Option<&Row>) -> u64 {
+    row.map_or(0, |r| {
+        let text = String::from_utf8_lossy(&r.value);
+        text.strip_prefix("new:").unwrap_or(&text).parse().unwrap()
+    })
+}
+
+/// A thread that increments the `hot` keys in turn (starting at `first`) until `stop`,
+/// counting each update that returned `Ok` per key and in `ops`.
+fn incrementer(
+    first: usize,
+    table: &Arc<MigratingTable<MigFeature>>,
+    hot: &[Vec<u8>],
+    ops: &Arc<AtomicU64>,
+    stop: &Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<u64>> {
+    let (table, hot, ops, stop) = (
+        Arc::clone(table),
+        hot.to_vec(),
+        Arc::clone(ops),
+        Arc::clone(stop),
+    );
+    std::thread::spawn(move || {
+        let mut done = vec![0u64; hot.len()];
+        let mut serial = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            serial += 1;
+            let i = (usize::try_from(serial).unwrap() + first) % hot.len();
+            table
+                .update(&hot[i], |row| {
+                    let next = count_of(row.as_ref()) + 1;
+                    Some(Row::new(Vec::new(), format!("new:{next}"), serial))
+                })
+                .unwrap();
+            done[i] += 1;
+            ops.fetch_add(1, Ordering::SeqCst);
+        }
+        done
+    })
+}
+
+/// `THREADS` threads increment a few hot keys with `update(k, |v| v + 1)` before the
+/// migration starts, while it runs as the feature's `OnFinalize` action (the copier
+/// reaching the hot keys in between), and after the feature is finalized. The hot keys
+/// lie at the start, the middle and the end of the old table, and one is not in it at
+/// all. Every update that returned `Ok` must be counted: a lost update (two threads
+/// reading the same value) would leave a key short.
+#[allow(clippy::needless_pass_by_value)]
+fn concurrent_increments(store: Arc<dyn MigratingStore>, rows: u32, ops_per_batch: u64) {
+    const THREADS: usize = 4;
+    let lvm = prefinalized();
+    let ops = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ops_in_hook, stop_in_hook) = (Arc::clone(&ops), Arc::clone(&stop));
+    let migration = BackgroundMigration::builder("counters-v2", store.clone(), store.clone())
+        .batch_size(20)
+        .transform(upgrade_value)
+        .on_batch(move |e| {
+            // Increments between every two batches (counted, never timed).
+            if let BatchEvent::BatchStarted { .. } = e {
+                let target = ops_in_hook.load(Ordering::SeqCst) + ops_per_batch;
+                while ops_in_hook.load(Ordering::SeqCst) < target
+                    && !stop_in_hook.load(Ordering::SeqCst)
+                {
+                    std::thread::yield_now();
+                }
+            }
+        })
+        .open()
+        .unwrap();
+    let table = Arc::new(
+        MigratingTable::new(
+            store.clone(),
+            &migration,
+            Arc::clone(&lvm),
+            MigFeature::UsersV2,
+        )
+        .with_backport(downgrade_value),
+    );
+    let hot: Vec<Vec<u8>> = vec![
+        key(1),
+        key(rows / 2),
+        key(rows - 2),
+        b"user-not-in-the-old-table".to_vec(),
+    ];
+    let service = Arc::new(Service { migration });
+    let registry = ActionRegistry::<MigFeature, Service>::builder()
+        .on_finalize(MigFeature::UsersV2, |s: &Service, ctx| {
+            s.migration.run_as_action(ctx)
+        })
+        .build()
+        .unwrap();
+    let finalizer = Arc::new(UpgradeFinalizer::new(Arc::clone(&lvm), registry));
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| incrementer(t, &table, &hot, &ops, &stop))
+        .collect();
+    // Some increments before the migration starts (old table only).
+    while ops.load(Ordering::SeqCst) < ops_per_batch {
+        std::thread::yield_now();
+    }
+    let outcome = finalizer
+        .start_finalize(None, "admin".into(), Arc::clone(&service))
+        .join();
+    assert!(outcome.is_ok(), "{outcome:?}");
+    assert_eq!(table.routing().target(), WriteTarget::NewOnly);
+    // More increments on the finalized layout.
+    let after = ops.load(Ordering::SeqCst) + 4 * ops_per_batch;
+    while ops.load(Ordering::SeqCst) < after {
+        std::thread::yield_now();
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut expected = vec![0u64; hot.len()];
+    for worker in workers {
+        for (total, done) in expected.iter_mut().zip(worker.join().unwrap()) {
+            *total += done;
+        }
+    }
+    let found: Vec<u64> = hot
+        .iter()
+        .map(|k| count_of(table.get(k).unwrap().as_ref()))
+        .collect();
+    assert_eq!(
+        found, expected,
+        "counts of the hot keys vs. updates that returned Ok"
+    );
+    // The other keys came through the migration untouched.
+    assert_eq!(
+        table.get(&key(3)).unwrap().map(|r| r.value),
+        Some(b"new:0".to_vec())
+    );
+}
+
+/// `rows` old rows, each a counter at 0.
+fn zero_counters(rows: u32) -> impl Iterator<Item = Row> {
+    old_rows(rows).map(|mut r| {
+        r.value = b"0".to_vec();
+        r
+    })
+}
+
+#[test]
+fn concurrent_updates_of_the_same_keys_lose_no_increment_before_during_and_after_a_migration() {
+    let store = Arc::new(MemoryMigrationStore::new());
+    for r in zero_counters(400) {
+        store.insert_old(r);
+    }
+    concurrent_increments(store, 400, 200);
+}
+
+#[cfg(feature = "redb")]
+#[test]
+fn concurrent_updates_of_the_same_keys_lose_no_increment_during_a_redb_migration() {
+    use layout_core::migration::redb_store::redb;
+    use layout_core::migration::RedbMigrationStore;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Arc::new(redb::Database::create(dir.path().join("counters.redb")).unwrap());
+    let store = Arc::new(RedbMigrationStore::new(
+        db,
+        "counters-v2",
+        "counters",
+        "counters_v2",
+    ));
+    store.insert_old_rows(zero_counters(200)).unwrap();
+    concurrent_increments(store, 200, 30);
+}
+
 /// A source that runs a closure right after it reads batch `at`: the closure's writes
 /// land between the copier's read of a batch and its write.
 struct RacingSource {

@@ -68,10 +68,18 @@ struct Claim {
 /// - `P/live/<kind>/<member>`: a key attached to a lease of the member lease TTL, kept
 ///   alive by each heartbeat the coordinator receives: when the member dies, the lease
 ///   expires and the key vanishes;
-/// - `P/finalizer/<kind>`: the single active finalizer, created only if absent (a
-///   transaction on its `create_revision`), attached to a lease that a task keeps alive
-///   while it is held: if the coordinator's process dies, the claim lapses and another
-///   coordinator can take over.
+/// - `P/finalizer/<kind>`: the single active finalizer, its value the holder's
+///   coordinator id, created only if absent (a transaction on its `create_revision`),
+///   attached to a lease that a task keeps alive while it is held: if the coordinator's
+///   process dies, the claim lapses and another coordinator can take over. The same
+///   coordinator id, restarted, does not wait for that: its claim finds its own id in the
+///   key and replaces it, moving it to a new lease, in a transaction comparing the value
+///   (the owner) and the `mod_revision` it read; the stale lease is then revoked. Any
+///   other id is refused until the holder releases or its lease lapses. So give every
+///   coordinator its own id ([`CoordinatorOptions::with_coordinator_id`]): two live
+///   processes under one id would take the claim from each other.
+///
+/// [`CoordinatorOptions::with_coordinator_id`]: crate::cluster::CoordinatorOptions::with_coordinator_id
 ///
 /// It owns a tokio runtime (one worker thread) and blocks the caller on each request, so
 /// callers need no async runtime. Do not call it from inside an async task (blocking
@@ -229,6 +237,92 @@ fn encode(location: &str, state: &KindState) -> Result<Vec<u8>, StoreError> {
 
 fn revision_of(value: i64) -> u64 {
     u64::try_from(value).unwrap_or_default()
+}
+
+/// How many transactions a claim tries before it reports the key as held: each retry
+/// means the key changed between two transactions (another claimant, a lease lapsing).
+const CLAIM_ATTEMPTS: usize = 4;
+
+/// What [`claim_txn`] found.
+enum ClaimAttempt {
+    /// The key was absent; it is ours now.
+    Created,
+    /// The key held our own id (a claim of a previous run of this coordinator, its lease
+    /// not yet lapsed); it is ours now, on the new lease.
+    TookBack {
+        /// The lease the key was on.
+        stale_lease: i64,
+    },
+    /// Another coordinator holds it.
+    Held {
+        /// Its id.
+        holder: String,
+    },
+}
+
+/// Claims the finalizer key for `holder` on `lease`: creates it if absent; if it records
+/// `holder` itself, replaces it (moving it to `lease`) in a transaction comparing the
+/// owner and the `mod_revision` seen; otherwise reports the holder.
+async fn claim_txn(
+    mut c: Client,
+    key: String,
+    holder: String,
+    lease: i64,
+) -> Result<ClaimAttempt, etcd_client::Error> {
+    let put = || {
+        TxnOp::put(
+            key.clone(),
+            holder.clone(),
+            Some(PutOptions::new().with_lease(lease)),
+        )
+    };
+    // First: only if absent.
+    let mut when = vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0)];
+    let mut stale_lease = None;
+    let mut seen = String::new();
+    for _ in 0..CLAIM_ATTEMPTS {
+        let txn = Txn::new()
+            .when(when.clone())
+            .and_then([put()])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let resp = c.txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(stale_lease.map_or(ClaimAttempt::Created, |stale_lease| {
+                ClaimAttempt::TookBack { stale_lease }
+            }));
+        }
+        let current = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(get) => get.kvs().first().map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.value()).into_owned(),
+                    kv.mod_revision(),
+                    kv.lease(),
+                )
+            }),
+            _ => None,
+        });
+        match current {
+            // It vanished between the compare and the get (its lease lapsed): again.
+            None => {
+                when = vec![Compare::create_revision(key.clone(), CompareOp::Equal, 0)];
+                stale_lease = None;
+                seen.clear();
+            }
+            // Our own claim from a previous run: take it back if it is still that one.
+            Some((owner, mod_revision, lease_of_key)) if owner == holder => {
+                when = vec![
+                    Compare::value(key.clone(), CompareOp::Equal, holder.clone()),
+                    Compare::mod_revision(key.clone(), CompareOp::Equal, mod_revision),
+                ];
+                stale_lease = Some(lease_of_key);
+                seen.clone_from(&holder);
+            }
+            Some((owner, _, _)) => return Ok(ClaimAttempt::Held { holder: owner }),
+        }
+    }
+    // The key kept changing: report it held (by whoever was seen last); the caller may
+    // try again.
+    Ok(ClaimAttempt::Held { holder: seen })
 }
 
 impl ClusterStore for EtcdStore {
@@ -389,37 +483,28 @@ impl ClusterStore for EtcdStore {
         }
         let key = self.finalizer_key(kind);
         let lease = self.grant(ttl)?;
-        let value = holder.to_owned();
-        let current: Option<String> = self.run("claim the finalizer", |mut c| {
-            let key = key.clone();
-            async move {
-                let txn = Txn::new()
-                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(
-                        key.clone(),
-                        value,
-                        Some(PutOptions::new().with_lease(lease)),
-                    )])
-                    .or_else([TxnOp::get(key, None)]);
-                let resp = c.txn(txn).await?;
-                if resp.succeeded() {
-                    return Ok(None);
-                }
-                let holder = resp.op_responses().into_iter().find_map(|r| match r {
-                    TxnOpResponse::Get(get) => get
-                        .kvs()
-                        .first()
-                        .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
-                    _ => None,
-                });
-                // The key vanished between the compare and the get: report it held by
-                // nobody in particular; the caller retries.
-                Ok(Some(holder.unwrap_or_default()))
-            }
+        let attempt = self.run("claim the finalizer", |c| {
+            claim_txn(c, key.clone(), holder.to_owned(), lease)
         })?;
-        if let Some(holder) = current {
-            let _ = self.revoke(lease);
-            return Ok(FinalizerClaim::HeldBy { holder });
+        let replaced = match attempt {
+            ClaimAttempt::Created => None,
+            ClaimAttempt::TookBack { stale_lease } => Some(stale_lease),
+            ClaimAttempt::Held { holder } => {
+                let _ = self.revoke(lease);
+                return Ok(FinalizerClaim::HeldBy { holder });
+            }
+        };
+        if let Some(stale) = replaced.filter(|&stale| stale != 0 && stale != lease) {
+            // The key is on the new lease now: revoking the stale one deletes nothing,
+            // and stops a keeper that may still renew it.
+            tracing::info!(
+                target: "layout_core::cluster",
+                kind,
+                holder,
+                stale_lease = stale,
+                "took back this coordinator's own finalizer claim from a previous run"
+            );
+            let _ = self.revoke(stale);
         }
         // Keep the claim's lease alive while it is held (and the process lives).
         let interval = (ttl / 3).max(Duration::from_millis(200));
@@ -449,7 +534,7 @@ impl ClusterStore for EtcdStore {
                 operation: "claim the finalizer",
                 message: "the store is closed".to_owned(),
             })?;
-        self.claims.lock().insert(
+        let previous = self.claims.lock().insert(
             kind.to_owned(),
             Claim {
                 holder: holder.to_owned(),
@@ -457,6 +542,9 @@ impl ClusterStore for EtcdStore {
                 keeper,
             },
         );
+        if let Some(previous) = previous {
+            previous.keeper.abort();
+        }
         Ok(FinalizerClaim::Claimed)
     }
 

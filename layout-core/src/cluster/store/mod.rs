@@ -66,7 +66,8 @@ pub enum FinalizerClaim {
 ///   member live for `ttl`; a member not marked again within it is no longer in
 ///   [`live_members`](Self::live_members) (on etcd, a leased key that vanishes).
 /// - [`claim_finalizer`](Self::claim_finalizer) elects the single active finalizer of a
-///   kind: at most one holder at a time, across every process sharing the store.
+///   kind: at most one holder id at a time, across every process sharing the store; the
+///   holder's own id, restarted, takes its claim back without waiting for it to lapse.
 pub trait ClusterStore: Send + Sync + fmt::Debug {
     /// Where the state lives, for messages (a path, `etcd http://127.0.0.1:2379 /prefix`).
     fn location(&self) -> String;
@@ -95,8 +96,10 @@ pub trait ClusterStore: Send + Sync + fmt::Debug {
     fn live_members(&self, kind: &str) -> Result<BTreeSet<String>, StoreError>;
 
     /// Claims the single active finalizer of `kind` for `holder`. A holder that claims
-    /// again keeps it. On a shared store the claim is leased for `ttl` and kept alive
-    /// while the process lives.
+    /// again keeps it, also after a restart: a claim left by an earlier run of the same
+    /// holder id (its process died before releasing it) is taken back at once, while any
+    /// other holder is refused until it is released or lapses. On a shared store the
+    /// claim is leased for `ttl` and kept alive while the process lives.
     fn claim_finalizer(
         &self,
         kind: &str,

@@ -1,0 +1,173 @@
+//! A coordinator killed in the middle of a finalization and restarted with the same id
+//! takes its etcd finalizer claim back at once, while a coordinator with another id is
+//! refused: the killed run's claim is still alive (its lease is far longer than the test),
+//! so what the restarted coordinator shows is the takeover, not an expiry.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use layout_core::cluster::{
+    Checkpoint, ClusterError, ClusterFinalizeOutcome, ClusterStore, Coordinator,
+    CoordinatorOptions, EtcdOptions, EtcdStore, FinalizerClaim, LocalError, LocalLayout,
+};
+use layout_core::LayoutVersionManager;
+use layout_testkit::crash::{block_until_killed, child_role, report_step, ChildCommand};
+use parking_lot::Mutex;
+
+use crate::cluster_common::{self as common, DnFeature, BOUND, KIND, NEW};
+use crate::server;
+
+const ENDPOINT_ENV: &str = "LAYOUT_ETCD_RESTART_ENDPOINT";
+const PREFIX_ENV: &str = "LAYOUT_ETCD_RESTART_PREFIX";
+const DIR_ENV: &str = "LAYOUT_ETCD_RESTART_DIR";
+
+/// The finalizer claim's lease: far beyond the test, so the killed run's claim is alive
+/// throughout (a claim that lapsed would prove nothing).
+const CLAIM_TTL: Duration = Duration::from_secs(600);
+
+fn options(id: &str) -> CoordinatorOptions {
+    CoordinatorOptions::default()
+        .with_coordinator_id(id)
+        .with_finalizer_lease_ttl(CLAIM_TTL)
+}
+
+/// The coordinator's own layout in the killed run: it reports, then hangs until killed,
+/// so the process dies holding the finalizer claim, at checkpoint `started`.
+struct HangingLayout(Arc<LayoutVersionManager<DnFeature>>);
+
+impl LocalLayout for HangingLayout {
+    fn software_layout_version(&self) -> u32 {
+        self.0.software_layout_version()
+    }
+    fn metadata_layout_version(&self) -> u32 {
+        self.0.metadata_layout_version()
+    }
+    fn finalize_to(&self, _version: u32, _client_id: &str) -> Result<u32, LocalError> {
+        report_step("in-local-finalize");
+        block_until_killed();
+    }
+}
+
+/// The restarted coordinator's layout: while it finalizes (holding the claim), it asks
+/// the coordinator with another id to finalize too, and keeps the answer.
+struct ProbingLayout {
+    lvm: Arc<LayoutVersionManager<DnFeature>>,
+    other: Arc<Coordinator>,
+    answer: Mutex<Option<Result<ClusterFinalizeOutcome, ClusterError>>>,
+}
+
+impl LocalLayout for ProbingLayout {
+    fn software_layout_version(&self) -> u32 {
+        self.lvm.software_layout_version()
+    }
+    fn metadata_layout_version(&self) -> u32 {
+        self.lvm.metadata_layout_version()
+    }
+    fn finalize_to(&self, version: u32, client_id: &str) -> Result<u32, LocalError> {
+        *self.answer.lock() = Some(self.other.finalize(KIND, None, "ops"));
+        LocalLayout::finalize_to(&*self.lvm, version, client_id)
+    }
+}
+
+/// The killed run: coordinator `c1` starts a finalization and hangs in its own layout's.
+fn coordinator_child() {
+    let env = |name| std::env::var(name).unwrap();
+    let store = EtcdStore::connect(EtcdOptions::new([env(ENDPOINT_ENV)], env(PREFIX_ENV))).unwrap();
+    let local = HangingLayout(common::open_layout(Path::new(&env(DIR_ENV)), NEW));
+    let c1 = Coordinator::open(
+        Arc::new(store),
+        options("c1").with_local(KIND, Arc::new(local)),
+    )
+    .unwrap();
+    let result = c1.finalize(KIND, Some(NEW), "ops");
+    report_step(format!("finalize returned {result:?}"));
+}
+
+fn in_progress_holder(result: Result<ClusterFinalizeOutcome, ClusterError>) -> String {
+    match result {
+        Err(ClusterError::InProgress { holder, .. }) => holder,
+        other => panic!("expected InProgress, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_coordinator_restarted_with_the_same_id_takes_its_claim_back_at_once_another_id_is_refused() {
+    if child_role().is_some() {
+        coordinator_child();
+        return;
+    }
+    let prefix = server::prefix("restart-same-id");
+    let dir = tempfile::tempdir().unwrap();
+    let layout_dir = dir.path().join("c1");
+    let mut child = ChildCommand::new(layout_testkit::test_name!(), "coordinator-c1")
+        .env(ENDPOINT_ENV, server::shared().endpoint())
+        .env(PREFIX_ENV, &prefix)
+        .env(DIR_ENV, &layout_dir)
+        .spawn()
+        .unwrap();
+    child.wait_for_step("in-local-finalize", BOUND).unwrap();
+    child.kill().unwrap();
+    child.wait(BOUND).unwrap();
+
+    // c1 died holding the claim, at `started`; its lease has minutes left.
+    let other_store: Arc<dyn ClusterStore> = Arc::new(server::shared().store(&prefix));
+    let c2 = Arc::new(Coordinator::open(Arc::clone(&other_store), options("c2")).unwrap());
+    assert_eq!(in_progress_holder(c2.finalize(KIND, None, "ops")), "c1");
+    let status = c2.status(KIND).unwrap();
+    let finalization = status.finalization.expect("a finalization in progress");
+    assert_eq!(
+        (
+            finalization.checkpoint,
+            finalization.coordinator_id.as_str()
+        ),
+        (Checkpoint::Started, "c1")
+    );
+
+    // c1 restarted (a new process would open a new store): it takes its claim back and
+    // resumes, while c2, asked in the middle, is still refused.
+    let local = Arc::new(ProbingLayout {
+        lvm: common::open_layout(&layout_dir, NEW),
+        other: Arc::clone(&c2),
+        answer: Mutex::new(None),
+    });
+    let c1 = Coordinator::open(
+        Arc::new(server::shared().store(&prefix)),
+        options("c1").with_local(KIND, local.clone()),
+    )
+    .unwrap();
+    let outcome = c1.finalize(KIND, None, "ops").unwrap();
+    assert!(
+        matches!(
+            outcome,
+            ClusterFinalizeOutcome::Finalized { target: NEW, .. }
+        ),
+        "{outcome:?}"
+    );
+    let answer = local.answer.lock().take().expect("c2 was asked");
+    assert_eq!(in_progress_holder(answer), "c1");
+    let status = c1.status(KIND).unwrap();
+    assert_eq!(status.cluster_layout_version, NEW);
+    let started = status
+        .audit
+        .iter()
+        .filter(|a| a.event == "finalization-started")
+        .count();
+    assert_eq!(started, 1, "resumed, not started again: {:?}", status.audit);
+
+    // The restarted run released its claim: another id may claim now.
+    assert_eq!(
+        other_store.claim_finalizer(KIND, "c2", CLAIM_TTL).unwrap(),
+        FinalizerClaim::Claimed
+    );
+    assert_eq!(
+        server::shared()
+            .store(&prefix)
+            .claim_finalizer(KIND, "c3", CLAIM_TTL)
+            .unwrap(),
+        FinalizerClaim::HeldBy {
+            holder: "c2".to_owned()
+        }
+    );
+    other_store.release_finalizer(KIND, "c2").unwrap();
+}
