@@ -7,6 +7,12 @@
 //! write removed it. Each batch and its checkpoint (table `kv_migrations`) are one redb
 //! write transaction, and the component's own writes are redb write transactions too,
 //! so a batch never interleaves with a write.
+//!
+//! Each batch, and each write that maintains the index (dual writes while the migration
+//! runs, every write after), also records in `kv_meta` the applied index the index is in
+//! step with (`index_synced_through`). An older release knows nothing of it, so after it
+//! wrote `kv` the store's applied index is above the watermark, and the next start of a
+//! release that maintains the index starts the migration over (see `Engine::open`).
 
 use std::ops::Bound;
 use std::path::PathBuf;
@@ -19,7 +25,7 @@ use layout_core::migration::{
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::codec::decode_any;
-use super::store::KV;
+use super::store::{KV, META, META_APPLIED, META_INDEX_SYNCED};
 
 /// The index table: index key -> ().
 pub(crate) const INDEX: TableDefinition<'static, &'static [u8], ()> =
@@ -127,6 +133,20 @@ impl IndexStore {
             .transpose()
     }
 
+    /// Records in `txn` that the index follows `kv` through the applied index (see
+    /// [`META_INDEX_SYNCED`]): a batch commits with the rows it read, under redb's single
+    /// writer, so every write applied so far is in what it copied or already dual-written.
+    fn mark_synced(&self, txn: &redb::WriteTransaction) -> Result<(), MigrationError> {
+        let mut meta = txn.open_table(META).map_err(self.err("open kv_meta"))?;
+        let applied = meta
+            .get(META_APPLIED)
+            .map_err(self.err("read kv_meta"))?
+            .map_or(0, |g| g.value());
+        meta.insert(META_INDEX_SYNCED, applied)
+            .map_err(self.err("write kv_meta"))?;
+        Ok(())
+    }
+
     fn store_checkpoint(
         &self,
         txn: &redb::WriteTransaction,
@@ -208,6 +228,7 @@ impl MigrationSink for IndexStore {
             rows.iter().map(|r| (r.key.as_slice(), r.value.as_slice())),
         )?;
         self.store_checkpoint(&txn, next)?;
+        self.mark_synced(&txn)?;
         txn.commit().map_err(self.err("commit"))?;
         Ok(BatchWrite::Written { rows: written })
     }
@@ -253,6 +274,7 @@ impl MigrationSink for IndexStore {
         let last_key = batch.last().map(|(k, _)| k.as_slice());
         let next = expected.after_batch(batch.len(), last_key, limit, now_ms);
         self.store_checkpoint(&txn, &next)?;
+        self.mark_synced(&txn)?;
         txn.commit().map_err(self.err("commit"))?;
         Ok(Some(BatchCopy::Copied { next, written }))
     }

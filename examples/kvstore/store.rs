@@ -16,7 +16,7 @@ use layout_core::migration::{BackgroundMigration, BatchEvent, DualWrite, Migrati
 use layout_core::{
     disallowed_until, ActionContext, ActionError, ActionRegistry, Clock, LayoutAware,
     LayoutFeature, LayoutVersionManager, Phase, Preparable, PrepareController, PrepareOptions,
-    PrepareStepError, RegistryError, StartIntent, SystemClock,
+    PrepareStepError, RegistryError, SystemClock,
 };
 use parking_lot::Mutex;
 use redb::{
@@ -37,12 +37,19 @@ pub(crate) const KV: TableDefinition<'static, &'static [u8], (u64, &'static [u8]
 /// Table `kv_expiry` (`ExpiringValues`): key -> expires-at ms.
 pub(crate) const EXPIRY: TableDefinition<'static, &'static [u8], u64> =
     TableDefinition::new("kv_expiry");
-/// Table `kv_meta`: counters (applied index, last snapshot index, log purged through).
-const META: TableDefinition<'static, &'static str, u64> = TableDefinition::new("kv_meta");
+/// Table `kv_meta`: counters (applied index, last snapshot index, log purged through,
+/// value index synced through).
+pub(crate) const META: TableDefinition<'static, &'static str, u64> =
+    TableDefinition::new("kv_meta");
 /// Table `kv_oplog`: applied index -> the write (JSON), until purged by prepare.
 const OPLOG: TableDefinition<'static, u64, &'static [u8]> = TableDefinition::new("kv_oplog");
 
-const META_APPLIED: &str = "applied_index";
+pub(crate) const META_APPLIED: &str = "applied_index";
+/// The applied index through which `kv_by_value` follows `kv`: written, in the same
+/// transaction, by every write that maintains the index and by every batch of its
+/// migration. Software without `ValueIndex` (an older release) never writes it, so an
+/// applied index above it means someone wrote `kv` without maintaining the index.
+pub(crate) const META_INDEX_SYNCED: &str = "index_synced_through";
 const META_SNAPSHOT: &str = "last_snapshot_index";
 const META_PURGED: &str = "log_purged_through";
 
@@ -272,6 +279,34 @@ fn read_meta(
     Ok(table.get(key)?.map_or(0, |g| g.value()))
 }
 
+/// Starts the value-index migration over when software that does not maintain the index
+/// (an older release, after a downgrade in the middle of the migration) wrote `kv` since
+/// the index was last in step with it: its applied index is above the index's
+/// [`META_INDEX_SYNCED`] watermark. The partial index may then hold entries of values
+/// since overwritten or deleted and miss keys written before the migration's cursor.
+///
+/// Runs in [`Engine::open`], before the HTTP server starts, so no dual write can move
+/// the watermark first. Once `ValueIndex` is finalized no older release can start, so
+/// the index is never reset then.
+fn reset_stale_index(
+    lvm: &LayoutVersionManager<KvFeature>,
+    migration: &BackgroundMigration,
+    applied: u64,
+    index_synced: u64,
+) -> Result<(), KvError> {
+    if !migration.is_started() || lvm.is_allowed(KvFeature::ValueIndex) || applied <= index_synced {
+        return Ok(());
+    }
+    tracing::warn!(
+        applied_index = applied,
+        index_synced_through = index_synced,
+        "value-index migration: kv was written without maintaining the index (an older \
+         release ran after the migration started); starting the migration over"
+    );
+    migration.reset()?;
+    Ok(())
+}
+
 impl Engine {
     fn open(
         lvm: Arc<LayoutVersionManager<KvFeature>>,
@@ -285,7 +320,7 @@ impl Engine {
         })?;
         let path = dir.join(DB_FILE_NAME);
         let db = Arc::new(Database::create(&path).map_err(KvError::db(&path, "open"))?);
-        let (applied, snapshot) = {
+        let (applied, snapshot, index_synced) = {
             let txn = db
                 .begin_write()
                 .map_err(KvError::db(&path, "begin write"))?;
@@ -296,9 +331,11 @@ impl Engine {
                 let meta = txn
                     .open_table(META)
                     .map_err(KvError::db(&path, "open kv_meta"))?;
+                let read = |key| read_meta(&meta, key).map_err(KvError::db(&path, "read kv_meta"));
                 (
-                    read_meta(&meta, META_APPLIED).map_err(KvError::db(&path, "read kv_meta"))?,
-                    read_meta(&meta, META_SNAPSHOT).map_err(KvError::db(&path, "read kv_meta"))?,
+                    read(META_APPLIED)?,
+                    read(META_SNAPSHOT)?,
+                    read(META_INDEX_SYNCED)?,
                 )
             };
             txn.commit().map_err(KvError::db(&path, "commit"))?;
@@ -329,6 +366,7 @@ impl Engine {
                 None => migration,
             }
             .open()?;
+            reset_stale_index(&lvm, &migration, applied, index_synced)?;
             let routing = migration.dual_write(Arc::clone(&lvm), KvFeature::ValueIndex);
             Some(IndexMigration {
                 store,
@@ -445,6 +483,11 @@ impl Engine {
             let index = read_meta(&meta, META_APPLIED).map_err(self.db_err("read kv_meta"))? + 1;
             meta.insert(META_APPLIED, index)
                 .map_err(self.db_err("write kv_meta"))?;
+            if write_index {
+                // This write kept the index in step: it is synced through `index`.
+                meta.insert(META_INDEX_SYNCED, index)
+                    .map_err(self.db_err("write kv_meta"))?;
+            }
             let mut log = txn
                 .open_table(OPLOG)
                 .map_err(self.db_err("open kv_oplog"))?;
@@ -568,6 +611,35 @@ impl Engine {
             }
         }
         Ok(live)
+    }
+
+    fn index_entries(&self) -> Result<Vec<(String, String)>, KvError> {
+        let txn = self.db.begin_read().map_err(self.db_err("begin read"))?;
+        let idx = match txn.open_table(INDEX) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(self.db_err("open index")(e)),
+        };
+        let mut entries = Vec::new();
+        for item in idx.iter().map_err(self.db_err("iterate index"))? {
+            let (k, _) = item.map_err(self.db_err("read index"))?;
+            let entry = k.value();
+            let corrupt = || KvError::Corrupt {
+                key: String::from_utf8_lossy(entry).into_owned(),
+                reason: "malformed value-index entry".to_owned(),
+            };
+            let (len, rest) = entry.split_first_chunk::<4>().ok_or_else(corrupt)?;
+            let len = usize::try_from(u32::from_be_bytes(*len)).map_err(|_| corrupt())?;
+            if rest.len() < len {
+                return Err(corrupt());
+            }
+            let (value, key) = rest.split_at(len);
+            entries.push((
+                String::from_utf8_lossy(value).into_owned(),
+                String::from_utf8_lossy(key).into_owned(),
+            ));
+        }
+        Ok(entries)
     }
 
     fn key_count(&self) -> Result<u64, KvError> {
@@ -1031,6 +1103,14 @@ impl KvStore {
             .map(|g| g.value().1.to_vec()))
     }
 
+    /// Every entry of the value index `kv_by_value` as `(value, key)`, in index order,
+    /// whether or not the key is still live (for checks of the index against the data;
+    /// [`find_by_value`](Self::find_by_value) hides entries of deleted or expired keys).
+    /// Empty when the table does not exist.
+    pub fn index_entries(&self) -> Result<Vec<(String, String)>, KvError> {
+        self.shared.engine.index_entries()
+    }
+
     /// Serves `routes` under `/cluster/` (the coordinator node).
     pub(crate) fn set_cluster_routes(&self, routes: Arc<dyn ClusterRoutes>) {
         *self.shared.cluster.lock() = Some(routes);
@@ -1057,28 +1137,6 @@ impl KvStore {
             )),
         }
     }
-
-    fn reset_index_after_downgrade(
-        &self,
-        _ctx: &ActionContext<'_, KvFeature>,
-    ) -> Result<(), ActionError> {
-        let lvm = &self.shared.engine.lvm;
-        if lvm.start_intent() != StartIntent::Upgrade || lvm.is_allowed(KvFeature::ValueIndex) {
-            return Ok(());
-        }
-        if let Some(index) = &self.shared.engine.index {
-            if index.migration.is_started() {
-                tracing::info!(
-                    "value-index migration started before a downgrade; starting it over"
-                );
-                index
-                    .migration
-                    .reset()
-                    .map_err(|e| ActionError::with_source("cannot reset the value index", e))?;
-            }
-        }
-        Ok(())
-    }
 }
 
 impl Drop for KvStore {
@@ -1101,7 +1159,6 @@ impl fmt::Debug for KvStore {
 /// | feature | phase | action |
 /// |---|---|---|
 /// | `ExpiringValues` | `OnFirstUpgradeStart` | create table `kv_expiry` (old software ignores it) |
-/// | `ValueIndex` | `ValidateInPrefinalize` | after a downgrade (start intent `Upgrade`), start the index migration over |
 /// | `ValueIndex` | `OnFinalize` | fill `kv_by_value` with the background migration |
 pub fn actions() -> Result<ActionRegistry<KvFeature, KvStore>, RegistryError> {
     ActionRegistry::<KvFeature, KvStore>::builder()
@@ -1116,12 +1173,6 @@ pub fn actions() -> Result<ActionRegistry<KvFeature, KvStore>, RegistryError> {
                     .create_expiry_table()
                     .map_err(|e| ActionError::with_source("cannot create table kv_expiry", e))
             },
-        )
-        .action(
-            KvFeature::ValueIndex,
-            Phase::ValidateInPrefinalize,
-            "reset-value-index-after-downgrade",
-            |store: &KvStore, ctx| store.reset_index_after_downgrade(ctx),
         )
         .action(
             KvFeature::ValueIndex,

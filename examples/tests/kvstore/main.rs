@@ -6,6 +6,7 @@ mod errors;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod features;
+mod index_recovery;
 mod layoutctl;
 mod prepare;
 mod support;
