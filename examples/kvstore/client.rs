@@ -41,14 +41,26 @@ pub enum ClientError {
         /// The response body.
         body: String,
     },
-    /// The request could not be sent or the answer read or decoded.
+    /// No connection could be opened to the server (refused, unreachable, the connect
+    /// timed out): the request was never sent, so it certainly had no effect.
+    #[error("cannot reach the kvstore at {addr}: {message}")]
+    Unreachable {
+        /// The address tried.
+        addr: SocketAddr,
+        /// What the connection attempt met.
+        message: String,
+    },
+    /// The request was sent (or may have been) but no usable answer came back: the
+    /// connection was cut mid-request, the call timed out, or the answer could not be
+    /// read or decoded. A write's outcome is unknown: it may have been applied.
     #[error("transport: {0}")]
     Transport(String),
 }
 
 impl ClientError {
     /// The error kind the server sent (`bad_request`, `not_found`, ...), for
-    /// [`ClientError::Status`].
+    /// [`ClientError::Status`]; `None` for [`ClientError::Unreachable`] and
+    /// [`ClientError::Transport`], where the server sent nothing.
     pub fn kind(&self) -> Option<String> {
         match self {
             Self::NotFinalized { .. } => Some("not_finalized".into()),
@@ -56,7 +68,7 @@ impl ClientError {
             Self::Status { body, .. } => serde_json::from_str::<Value>(body)
                 .ok()
                 .and_then(|v| v["error"]["kind"].as_str().map(str::to_owned)),
-            Self::Transport(_) => None,
+            Self::Unreachable { .. } | Self::Transport(_) => None,
         }
     }
 }
@@ -65,7 +77,26 @@ impl ClientError {
 #[derive(Debug, Clone)]
 pub struct KvClient {
     agent: ureq::Agent,
+    addr: SocketAddr,
     base: String,
+}
+
+/// Whether `e` means the connection could not be opened, so nothing was sent.
+fn is_unreachable(e: &ureq::Error) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            ErrorKind::ConnectionRefused
+                | ErrorKind::AddrNotAvailable
+                | ErrorKind::HostUnreachable
+                | ErrorKind::NetworkUnreachable
+        ),
+        ureq::Error::Timeout(ureq::Timeout::Resolve | ureq::Timeout::Connect)
+        | ureq::Error::HostNotFound
+        | ureq::Error::ConnectionFailed => true,
+        _ => false,
+    }
 }
 
 /// Percent-encodes `s` for a path segment or a query value.
@@ -89,6 +120,7 @@ struct Applied {
 #[derive(Deserialize)]
 struct Deleted {
     deleted: bool,
+    applied_index: u64,
 }
 
 #[derive(Deserialize)]
@@ -128,6 +160,7 @@ impl KvClient {
             .into();
         KvClient {
             agent,
+            addr,
             base: format!("http://{addr}"),
         }
     }
@@ -166,8 +199,14 @@ impl KvClient {
 
     /// Deletes `key`; whether a live value was deleted.
     pub fn delete(&self, key: &str) -> Result<bool, ClientError> {
+        Ok(self.delete_with_index(key)?.0)
+    }
+
+    /// Deletes `key`; whether a live value was deleted, and the delete's applied index
+    /// (every delete is a write with its own index, even of an absent key).
+    pub fn delete_with_index(&self, key: &str) -> Result<(bool, u64), ClientError> {
         let r: Deleted = self.send("DELETE", &format!("/kv/{}", encode_component(key)), None)?;
-        Ok(r.deleted)
+        Ok((r.deleted, r.applied_index))
     }
 
     /// The live items whose key starts with `prefix`, in key order.
@@ -258,6 +297,16 @@ impl KvClient {
     ) -> Result<(u16, String), ClientError> {
         let url = format!("{}{path}", self.base);
         let transport = |e: ureq::Error| ClientError::Transport(e.to_string());
+        let call_failed = |e: ureq::Error| {
+            if is_unreachable(&e) {
+                ClientError::Unreachable {
+                    addr: self.addr,
+                    message: e.to_string(),
+                }
+            } else {
+                ClientError::Transport(e.to_string())
+            }
+        };
         let response = match (method, body) {
             ("GET", _) => self.agent.get(&url).call(),
             ("DELETE", _) => self.agent.delete(&url).call(),
@@ -273,7 +322,7 @@ impl KvClient {
                 .send(b.unwrap_or_default()),
             (m, _) => return Err(ClientError::Transport(format!("unsupported method {m}"))),
         };
-        let mut response = response.map_err(transport)?;
+        let mut response = response.map_err(call_failed)?;
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().map_err(transport)?;
         Ok((status, text))

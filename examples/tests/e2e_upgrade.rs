@@ -335,7 +335,7 @@ fn client_thread(t: usize, recorder: &Recorder, shared: &Shared) {
         let result = if i.is_multiple_of(7) && i > 2 {
             let key = format!("{PREFIX}t{t}/k{}", i - 2);
             let pending = recorder.begin_delete(&key);
-            let result = kv.delete(&key).map(|_| None);
+            let result = kv.delete_with_index(&key).map(|(_, index)| Some(index));
             (pending, result)
         } else {
             let key = if i.is_multiple_of(5) && i > 3 {
@@ -348,13 +348,16 @@ fn client_thread(t: usize, recorder: &Recorder, shared: &Shared) {
             let result = kv.put(&key, &value).map(Some);
             (pending, result)
         };
-        let transport = matches!(result.1, Err(ClientError::Transport(_)));
+        let transport = matches!(
+            result.1,
+            Err(ClientError::Transport(_) | ClientError::Unreachable { .. })
+        );
         match result {
             (pending, Ok(index)) => pending.acknowledged(index),
             (pending, Err(ClientError::Prepared { message })) => pending.refused(message),
             // The connection was never made: the request was not received, so the
             // write cannot have been applied (the checker fails if its value shows up).
-            (pending, Err(ClientError::Transport(e))) if e.contains("Connection refused") => {
+            (pending, Err(e @ ClientError::Unreachable { .. })) => {
                 pending.refused(format!("not sent: {e}"));
             }
             (pending, Err(ClientError::Transport(e))) => {

@@ -651,10 +651,11 @@ impl<'a> Story<'a> {
     }
 
     fn delete(&mut self, running: &Running, key: &str) -> Told {
-        let deleted = running
+        let (deleted, index) = running
             .kv
-            .delete(key)
+            .delete_with_index(key)
             .map_err(self.n.failed(format_args!("delete {key}")))?;
+        self.last_applied = self.last_applied.max(index);
         let existed = self.model.remove(key).is_some();
         if deleted != existed {
             self.n.check_eq(

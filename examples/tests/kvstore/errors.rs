@@ -105,10 +105,61 @@ fn huge_bodies_and_heads_are_refused_before_they_are_read() {
 }
 
 #[test]
-fn a_stopped_server_is_a_transport_error() {
+fn a_stopped_server_is_unreachable_not_in_doubt() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = node(dir.path(), KvFeature::latest(), StartIntent::Normal);
-    let client = KvClient::with_timeout(node.http_addr(), Duration::from_secs(5));
+    let addr = node.http_addr();
+    let client = KvClient::with_timeout(addr, Duration::from_secs(5));
     node.shutdown().expect("shutdown");
-    assert!(matches!(client.get("a"), Err(ClientError::Transport(_))));
+    match client.put("a", "never sent") {
+        Err(ClientError::Unreachable { addr: a, message }) => {
+            assert_eq!(a, addr);
+            assert!(!message.is_empty());
+        }
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+    assert_eq!(
+        client.get("a").map_err(|e| e.kind()),
+        Err(None),
+        "no kind: the server sent nothing"
+    );
+}
+
+#[test]
+fn a_connection_cut_mid_request_is_a_transport_error() {
+    // A server that reads the request and closes without answering: the request was
+    // sent, its outcome is unknown.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 1024];
+        let _ = std::io::Read::read(&mut stream, &mut buf);
+        drop(stream);
+    });
+    let client = KvClient::with_timeout(addr, Duration::from_secs(5));
+    let result = client.delete_with_index("a");
+    server.join().expect("server thread");
+    assert!(
+        matches!(result, Err(ClientError::Transport(_))),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn delete_with_index_reports_the_delete_s_applied_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = node(dir.path(), KvFeature::latest(), StartIntent::Normal);
+    let client = KvClient::new(node.http_addr());
+    let put = client.put("a", "1").expect("put");
+    assert_eq!(
+        client.delete_with_index("a").expect("delete"),
+        (true, put + 1)
+    );
+    assert_eq!(
+        client.delete_with_index("a").expect("delete again"),
+        (false, put + 2)
+    );
+    assert_eq!(client.status().expect("status").applied_index, put + 2);
+    node.shutdown().expect("shutdown");
 }
