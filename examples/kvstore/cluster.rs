@@ -229,13 +229,13 @@ pub(crate) fn with_cluster_condition(
 ) -> UpgradeFinalizer<KvFeature, KvStore> {
     let reason = match role {
         ClusterRole::Coordinator { .. } => "this node runs the kvstore cluster's coordinator: \
-             finalize the whole cluster with POST /cluster/finalize on this node's HTTP API \
-             (it finalizes this node first, then every member)"
+             finalize the whole cluster with POST /cluster/finalize on this node's HTTP API, \
+             with this node's admin token (it finalizes this node first, then every member)"
             .to_owned(),
         ClusterRole::Member { coordinator } => format!(
             "this node is a member of the kvstore cluster coordinated at {coordinator}: \
              finalize the whole cluster with POST /cluster/finalize on the coordinator node's \
-             HTTP API; this node finalizes when the coordinator tells it to"
+             HTTP API, with its admin token; this node finalizes when the coordinator tells it to"
         ),
     };
     finalizer.with_condition(condition(CLUSTER_CONDITION, move |_: &KvStore| {
