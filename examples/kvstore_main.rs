@@ -12,9 +12,14 @@
 //! Cluster mode (see docs/kvstore.md, "Run a 3-node cluster"):
 //!
 //! ```text
-//! kvstore --dir /tmp/kv0 --node-id kv0 --coordinator --cluster-dir /tmp/kv-cluster --coordinator-port 9870
+//! kvstore --dir /tmp/kv0 --node-id kv0 --coordinator --cluster-dir /tmp/kv-cluster --coordinator-port 9870 \
+//!     --admin-listen 127.0.0.1:9868 --admin-token-file /tmp/kv-token
 //! kvstore --dir /tmp/kv1 --node-id kv1 --join 127.0.0.1:9870
 //! ```
+//!
+//! The coordinator node's admin token guards `POST /cluster/finalize` and
+//! `GET /cluster/status` (`Authorization: Bearer <token>`); a coordinator without one
+//! refuses `POST /cluster/finalize` (403).
 
 use std::io::Read as _;
 use std::net::SocketAddr;
@@ -67,7 +72,9 @@ struct Args {
     /// new member of a pre-finalized cluster needs the cluster's version.
     #[arg(long)]
     initial_version: Option<String>,
-    /// Run the cluster coordinator in this node (members join it with `--join`).
+    /// Run the cluster coordinator in this node (members join it with `--join`). Give it
+    /// an admin token (`--admin-listen` with a token): the token guards
+    /// `/cluster/finalize`, which is refused without one.
     #[arg(long, conflicts_with = "join")]
     coordinator: bool,
     /// Where the coordinator keeps the cluster state: `embedded` (a file in
@@ -206,6 +213,13 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             })?,
         };
         config = config.with_admin(listen, token);
+    }
+    if args.coordinator && args.admin_listen.is_none() {
+        eprintln!(
+            "kvstore: warning: this coordinator node has no admin token, so it refuses \
+             POST /cluster/finalize (403); start it with --admin-listen and a token to \
+             finalize the cluster"
+        );
     }
     let node = KvNode::start(config)?;
     println!("http {}", node.http_addr());

@@ -79,6 +79,17 @@ pub struct KvClient {
     agent: ureq::Agent,
     addr: SocketAddr,
     base: String,
+    token: Option<Token>,
+}
+
+/// The bearer token a [`KvClient`] sends; its `Debug` does not show it.
+#[derive(Clone)]
+struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
 }
 
 /// Whether `e` means the connection could not be opened, so nothing was sent.
@@ -162,7 +173,18 @@ impl KvClient {
             agent,
             addr,
             base: format!("http://{addr}"),
+            token: None,
         }
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every call: the node's admin token,
+    /// which the coordinator node's `/cluster/...` routes require
+    /// ([`cluster_finalize`](Self::cluster_finalize), [`cluster_dry_run`](Self::cluster_dry_run),
+    /// [`cluster_status`](Self::cluster_status)). The data routes ignore it.
+    #[must_use]
+    pub fn with_token(mut self, token: impl Into<String>) -> KvClient {
+        self.token = Some(Token(token.into()));
+        self
     }
 
     /// Stores `value` under `key`; returns the write's applied index.
@@ -252,7 +274,9 @@ impl KvClient {
     }
 
     /// The cluster's state (`GET /cluster/status`; the coordinator node only, elsewhere
-    /// HTTP 404 with kind `not_coordinator`).
+    /// HTTP 404 with kind `not_coordinator`). Needs the node's admin token
+    /// ([`with_token`](Self::with_token)) when it has one: HTTP 401, kind `unauthorized`,
+    /// without it.
     pub fn cluster_status(&self) -> Result<KvClusterStatus, ClientError> {
         self.send("GET", "/cluster/status", None)
     }
@@ -260,7 +284,9 @@ impl KvClient {
     /// Finalizes the cluster to `target` (default: the coordinator's software version)
     /// for `client_id` (`POST /cluster/finalize`; the coordinator node only). Refused
     /// while a member runs older software: HTTP 409, kind `blocked`, the message and
-    /// `blockers` naming each.
+    /// `blockers` naming each. Needs the node's admin token ([`with_token`](Self::with_token)):
+    /// HTTP 401, kind `unauthorized`, without it or with a wrong one; HTTP 403, kind
+    /// `forbidden`, on a coordinator node that has no admin token.
     pub fn cluster_finalize(
         &self,
         client_id: &str,
@@ -275,6 +301,7 @@ impl KvClient {
 
     /// What a cluster finalization to `target` would meet now: the resolved target and
     /// the blocking members (`POST /cluster/finalize` with `dry_run`). Changes nothing.
+    /// Needs the token as [`cluster_finalize`](Self::cluster_finalize) does.
     pub fn cluster_dry_run(
         &self,
         target: Option<KvFeature>,
@@ -308,16 +335,14 @@ impl KvClient {
             }
         };
         let response = match (method, body) {
-            ("GET", _) => self.agent.get(&url).call(),
-            ("DELETE", _) => self.agent.delete(&url).call(),
+            ("GET", _) => self.authorized(self.agent.get(&url)).call(),
+            ("DELETE", _) => self.authorized(self.agent.delete(&url)).call(),
             ("PUT", b) => self
-                .agent
-                .put(&url)
+                .authorized(self.agent.put(&url))
                 .header("Content-Type", "application/json")
                 .send(b.unwrap_or_default()),
             ("POST", b) => self
-                .agent
-                .post(&url)
+                .authorized(self.agent.post(&url))
                 .header("Content-Type", "application/json")
                 .send(b.unwrap_or_default()),
             (m, _) => return Err(ClientError::Transport(format!("unsupported method {m}"))),
@@ -326,6 +351,14 @@ impl KvClient {
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().map_err(transport)?;
         Ok((status, text))
+    }
+
+    /// Adds the bearer token, if any.
+    fn authorized<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(Token(token)) => request.header("Authorization", format!("Bearer {token}")),
+            None => request,
+        }
     }
 
     fn send<T: for<'de> Deserialize<'de>>(

@@ -6,7 +6,12 @@
 //!   default; etcd with the `etcd` feature), served to member processes by a
 //!   [`CoordinatorServer`] on a loopback port. Its own layout takes part in the cluster:
 //!   it finalizes first. Operators finalize the cluster through the coordinator node's
-//!   HTTP API: `GET /cluster/status`, `POST /cluster/finalize`.
+//!   HTTP API: `GET /cluster/status`, `POST /cluster/finalize`. These routes are guarded
+//!   by the node's admin token ([`KvNodeConfig::with_admin`](super::KvNodeConfig::with_admin)):
+//!   with one, every `/cluster/...` request needs `Authorization: Bearer <token>` (401
+//!   `unauthorized` otherwise, compared as the admin endpoint does); without one,
+//!   `POST /cluster/finalize` is refused (403 `forbidden`) and only the read-only
+//!   `GET /cluster/status` is served.
 //! - A **member node** registers with the coordinator at start-up (through a [`TcpLink`])
 //!   reporting its `(SLV, MLV)`, and heartbeats from a background thread. When the
 //!   coordinator answers "finalize to V", the member finalizes its own node through its
@@ -24,6 +29,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use layout_core::admin::http::{bearer_credentials, BearerToken};
 use layout_core::cluster::{
     BeyondSoftware, Blocker, ClusterError, ClusterFinalizeOutcome, ClusterStatus, ClusterStore,
     Coordinator, CoordinatorOptions, CoordinatorServer, EmbeddedStore, LocalError, LocalLayout,
@@ -223,13 +229,13 @@ pub(crate) fn with_cluster_condition(
 ) -> UpgradeFinalizer<KvFeature, KvStore> {
     let reason = match role {
         ClusterRole::Coordinator { .. } => "this node runs the kvstore cluster's coordinator: \
-             finalize the whole cluster with POST /cluster/finalize on this node's HTTP API \
-             (it finalizes this node first, then every member)"
+             finalize the whole cluster with POST /cluster/finalize on this node's HTTP API, \
+             with this node's admin token (it finalizes this node first, then every member)"
             .to_owned(),
         ClusterRole::Member { coordinator } => format!(
             "this node is a member of the kvstore cluster coordinated at {coordinator}: \
              finalize the whole cluster with POST /cluster/finalize on the coordinator node's \
-             HTTP API; this node finalizes when the coordinator tells it to"
+             HTTP API, with its admin token; this node finalizes when the coordinator tells it to"
         ),
     };
     finalizer.with_condition(condition(CLUSTER_CONDITION, move |_: &KvStore| {
@@ -257,10 +263,14 @@ impl ClusterRuntime {
     /// Starts the node's cluster part: opens the coordinator (catching its own layout
     /// up with the cluster) and serves it, or registers the member (following the
     /// answer: a late member finalizes here) and starts its heartbeats.
+    ///
+    /// `admin_token` guards the coordinator node's `/cluster/...` routes (see the module
+    /// docs); without it, `POST /cluster/finalize` is refused.
     pub(crate) fn start(
         config: &ClusterConfig,
         finalizer: &Arc<UpgradeFinalizer<KvFeature, KvStore>>,
         store: &Arc<KvStore>,
+        admin_token: Option<&BearerToken>,
     ) -> Result<Self, KvError> {
         let layout: Arc<dyn LocalLayout> = Arc::new(NodeLayout {
             finalizer: Arc::clone(finalizer),
@@ -284,9 +294,16 @@ impl ClusterRuntime {
                         addr: SocketAddr::from(([127, 0, 0, 1], *port)),
                         source,
                     })?;
+                if admin_token.is_none() {
+                    tracing::warn!(
+                        id = %config.node_id,
+                        "this coordinator node has no admin token: POST /cluster/finalize is refused (403); configure an admin token to finalize the cluster"
+                    );
+                }
                 store.set_cluster_routes(Arc::new(CoordinatorRoutes {
                     coordinator: Arc::clone(&coordinator),
                     manager: Arc::clone(store.manager()),
+                    admin_token: admin_token.cloned(),
                 }));
                 tracing::info!(id = %config.node_id, members = %server.local_addr(), "kvstore cluster coordinator started");
                 Ok(Self::Coordinator {
@@ -558,13 +575,60 @@ struct FinalizeBody {
 
 /// The `/cluster/...` routes of a node's HTTP API.
 pub(crate) trait ClusterRoutes: Send + Sync {
-    /// Answers `method` on `/cluster/{path}`: status and JSON body.
-    fn route(&self, method: &str, path: &str, body: &[u8]) -> (u16, Value);
+    /// Answers `method` on `/cluster/{path}`, sent with the `Authorization` header values
+    /// `authorization` (every one, in order): status and JSON body.
+    fn route(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: &[String],
+        body: &[u8],
+    ) -> (u16, Value);
 }
 
 struct CoordinatorRoutes {
     coordinator: Arc<Coordinator>,
     manager: Arc<LayoutVersionManager<KvFeature>>,
+    /// The node's admin token: required on every `/cluster/...` request when set; when
+    /// `None`, `POST /cluster/finalize` is refused.
+    admin_token: Option<BearerToken>,
+}
+
+/// The answer to `POST /cluster/finalize` on a coordinator node without an admin token.
+const NO_ADMIN_TOKEN: &str = "this coordinator node has no admin token, so it does not \
+     finalize the cluster over HTTP (anyone reaching the data port could otherwise make \
+     downgrade impossible): restart it with an admin token (--admin-listen with \
+     --admin-token-file, --admin-token or $KVSTORE_ADMIN_TOKEN; in Rust \
+     KvNodeConfig::with_admin) and send Authorization: Bearer <token>";
+
+/// Checks the `Authorization` header values of a `/cluster/...` request against the
+/// node's admin token, as the admin endpoint does: exactly one header, the Bearer scheme,
+/// the token compared in constant time ([`BearerToken::matches`]). Anything else is 401
+/// `unauthorized`.
+fn authorize(token: &BearerToken, authorization: &[String]) -> Result<(), (u16, Value)> {
+    let unauthorized = |message: &str| error(401, "unauthorized", message);
+    let value =
+        match authorization {
+            [value] => value,
+            [] => return Err(unauthorized(
+                "a bearer token is required: send Authorization: Bearer <the node's admin token>",
+            )),
+            _ => {
+                return Err(unauthorized(
+                    "send exactly one Authorization header, not several",
+                ))
+            }
+        };
+    let Some(presented) = bearer_credentials(value) else {
+        return Err(unauthorized(
+            "the Authorization header must use the Bearer scheme",
+        ));
+    };
+    if token.matches(presented) {
+        Ok(())
+    } else {
+        Err(unauthorized("the bearer token is wrong"))
+    }
 }
 
 fn error(status: u16, kind: &str, message: &str) -> (u16, Value) {
@@ -689,7 +753,18 @@ fn answer<T: Serialize>(value: &T) -> (u16, Value) {
 }
 
 impl ClusterRoutes for CoordinatorRoutes {
-    fn route(&self, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
+    fn route(
+        &self,
+        method: &str,
+        path: &str,
+        authorization: &[String],
+        body: &[u8],
+    ) -> (u16, Value) {
+        if let Some(token) = &self.admin_token {
+            if let Err(refused) = authorize(token, authorization) {
+                return refused;
+            }
+        }
         match (method, path) {
             ("GET", "status") => match self.coordinator.status(CLUSTER_KIND) {
                 Ok(status) => answer(&KvClusterStatus::of(
@@ -699,6 +774,9 @@ impl ClusterRoutes for CoordinatorRoutes {
                 )),
                 Err(e) => cluster_error(&e),
             },
+            ("POST", "finalize") if self.admin_token.is_none() => {
+                error(403, "forbidden", NO_ADMIN_TOKEN)
+            }
             ("POST", "finalize") => self.finalize(body),
             (_, "status" | "finalize") => error(
                 405,

@@ -142,6 +142,9 @@ struct Request {
     method: String,
     path: String,
     query: String,
+    /// The values of every `Authorization` header, in order (checked only by the
+    /// `/cluster/...` routes).
+    authorization: Vec<String>,
     body: Vec<u8>,
 }
 
@@ -204,6 +207,7 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -219,8 +223,13 @@ fn reason(status: u16) -> &'static str {
 
 fn respond(stream: &mut TcpStream, status: u16, body: &Value) -> io::Result<()> {
     let body = body.to_string();
+    let challenge = if status == 401 {
+        "WWW-Authenticate: Bearer\r\n"
+    } else {
+        ""
+    };
     let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{challenge}Connection: close\r\n\r\n",
         reason(status),
         body.len()
     );
@@ -331,6 +340,7 @@ fn read_request(
         ));
     }
     let mut content_length: Option<usize> = None;
+    let mut authorization = Vec::new();
     for line in lines {
         let Some((name, value)) = line.split_once(':') else {
             return Err(Response::error(400, "bad_request", "malformed header line"));
@@ -348,6 +358,8 @@ fn read_request(
                 ));
             }
             content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("authorization") {
+            authorization.push(value.to_owned());
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(Response::error(
                 411,
@@ -380,6 +392,7 @@ fn read_request(
         method: method.to_owned(),
         path: path.to_owned(),
         query: query.to_owned(),
+        authorization,
         body,
     }))
 }
@@ -489,7 +502,8 @@ fn route_inner(shared: &Shared, request: &Request) -> Result<Response, Response>
         let routes = shared.cluster.lock().clone();
         return Ok(match routes {
             Some(routes) => {
-                let (status, body) = routes.route(method, rest, &request.body);
+                let (status, body) =
+                    routes.route(method, rest, &request.authorization, &request.body);
                 Response { status, body }
             }
             None => Response::error(

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use layout_core::admin::http::{AdminServer, HttpConfig};
+use layout_core::admin::http::{AdminServer, BearerToken, HttpConfig};
 use layout_core::admin::AdminService;
 use layout_core::{
     FileStorage, LayoutFeature, LayoutVersionManager, ManagerOptions, StartIntent,
@@ -25,7 +25,8 @@ use super::store::{actions, KvOptions, KvStore, DB_FILE_NAME};
 pub struct AdminConfig {
     /// Where it listens (loopback unless told otherwise).
     pub listen: SocketAddr,
-    /// The bearer token clients (`layoutctl --token`) present.
+    /// The bearer token clients (`layoutctl --token`) present; on a coordinator node it
+    /// also guards the `/cluster/...` routes of the HTTP API.
     pub token: String,
 }
 
@@ -49,7 +50,8 @@ pub struct KvNodeConfig {
     pub intent: StartIntent,
     /// Where the HTTP API listens.
     pub listen: SocketAddr,
-    /// The admin endpoint, if any.
+    /// The admin endpoint, if any. A coordinator node needs it: its token guards
+    /// `/cluster/...`, and without it `POST /cluster/finalize` is refused (403).
     pub admin: Option<AdminConfig>,
     /// The layout version a fresh install starts at (default: the software version).
     pub initial_version: Option<KvFeature>,
@@ -158,6 +160,12 @@ impl KvNode {
     /// Starts the node: opens the manager (refusing a disk newer than the software),
     /// the store, runs the start-up actions, serves HTTP and the admin endpoint.
     pub fn start(config: KvNodeConfig) -> Result<KvNode, KvError> {
+        // Checked before anything starts: a bad token must not leave a half-started node.
+        let admin_token = config
+            .admin
+            .as_ref()
+            .map(|admin| BearerToken::new(admin.token.clone()))
+            .transpose()?;
         let layout_dir = config.dir.join("layout");
         std::fs::create_dir_all(&layout_dir).map_err(|source| KvError::Io {
             context: "cannot create the layout directory",
@@ -193,14 +201,16 @@ impl KvNode {
         let finalizer = Arc::new(finalizer);
         finalizer.run_prefinalize_actions(&store)?;
         let cluster = match &config.cluster {
-            Some(cluster) => match ClusterRuntime::start(cluster, &finalizer, &store) {
-                Ok(runtime) => Some(runtime),
-                Err(e) => {
-                    store.clear_cluster_routes();
-                    store.stop_http();
-                    return Err(e);
+            Some(cluster) => {
+                match ClusterRuntime::start(cluster, &finalizer, &store, admin_token.as_ref()) {
+                    Ok(runtime) => Some(runtime),
+                    Err(e) => {
+                        store.clear_cluster_routes();
+                        store.stop_http();
+                        return Err(e);
+                    }
                 }
-            },
+            }
             None => None,
         };
         let admin = match Self::start_admin(&config, &finalizer, &store) {

@@ -294,6 +294,12 @@ impl Kv {
         KvClient::with_timeout(self.http, Duration::from_secs(30))
     }
 
+    /// A client presenting the admin token (every node here has `TOKEN`), as the
+    /// coordinator's `/cluster/...` routes require.
+    fn operator(&self) -> KvClient {
+        self.client().with_token(TOKEN)
+    }
+
     fn endpoint(&self) -> String {
         format!(
             "http://{}",
@@ -778,7 +784,7 @@ impl NodeArgs<'_> {
 /// `POST /cluster/finalize`: the status and the JSON answer.
 fn cluster_finalize(coordinator: &Kv) -> (u16, Value) {
     let (code, body) = coordinator
-        .client()
+        .operator()
         .raw(
             "POST",
             "/cluster/finalize",
@@ -816,7 +822,7 @@ fn assert_blocked_by(coordinator: &Kv, old: &[&str]) {
 /// Waits until the coordinator sees `id` registered with software `slv`.
 fn await_member(coordinator: &Kv, id: &str, slv: u32) {
     poll_until(&format!("{id} registered with SLV {slv}"), || {
-        let status = coordinator.client().cluster_status().ok()?;
+        let status = coordinator.operator().cluster_status().ok()?;
         status
             .members
             .iter()
@@ -933,13 +939,25 @@ fn a_three_process_cluster_rolls_to_the_new_release_and_finalizes_through_the_co
     );
     assert_not_finalized(kv2.client().find_by_value("shared"), "ValueIndex");
 
+    // Without the admin token the data port does not finalize the cluster.
+    let (code, body) = kv0
+        .client()
+        .raw(
+            "POST",
+            "/cluster/finalize",
+            Some(br#"{"client_id": "intruder"}"#),
+        )
+        .expect("POST /cluster/finalize without a token");
+    assert_eq!(code, 401, "{body}");
+    assert_eq!(status(&kv0).mlv, 0, "nothing finalized without the token");
+
     // Everyone runs the new release: the cluster finalizes.
     let (code, answer) = cluster_finalize(&kv0);
     assert_eq!(code, 200, "{answer}");
     assert_eq!(answer["outcome"], "finalized", "{answer}");
     assert_eq!(answer["target"], 4, "{answer}");
     poll_until("the cluster's finalization complete", || {
-        let status = kv0.client().cluster_status().ok()?;
+        let status = kv0.operator().cluster_status().ok()?;
         (status.complete && status.cluster_layout_version == 4).then_some(())
     });
     for (kv, id) in [(&kv0, "kv0"), (&kv1, "kv1"), (&kv2, "kv2")] {

@@ -15,6 +15,8 @@ use layout_examples::kvstore::{
     KvNodeConfig, CLUSTER_CONDITION,
 };
 
+use crate::support::TOKEN;
+
 /// A safety bound on waiting for background heartbeats (never a timing assert).
 const BOUND: Duration = Duration::from_secs(60);
 /// Heartbeats in tests: frequent, so waits are short.
@@ -67,8 +69,18 @@ fn start_coordinator(dirs: &Dirs, software: KvFeature, intent: StartIntent, port
     let cluster = ClusterConfig::coordinator("kv0", dirs.cluster_store())
         .with_coordinator_port(port)
         .with_heartbeat_interval(HEARTBEAT);
-    KvNode::start(config(&dirs.node("kv0"), software, intent).with_cluster(cluster))
-        .expect("the coordinator node starts")
+    KvNode::start(
+        config(&dirs.node("kv0"), software, intent)
+            .with_cluster(cluster)
+            .with_admin("127.0.0.1:0".parse().expect("addr"), TOKEN),
+    )
+    .expect("the coordinator node starts")
+}
+
+/// A client of the coordinator node `kv0` presenting its admin token, as the
+/// `/cluster/...` routes require.
+fn operator(kv0: &KvNode) -> KvClient {
+    KvClient::new(kv0.http_addr()).with_token(TOKEN)
 }
 
 fn try_start_member(
@@ -188,9 +200,7 @@ fn rolling_upgrade_then_cluster_finalization_finalizes_every_node() {
     for (node, id) in [(&kv0, "kv0"), (&kv1, "kv1"), (&kv2, "kv2")] {
         write_data(node, id, 0, N / 2);
     }
-    let status = KvClient::new(kv0.http_addr())
-        .cluster_status()
-        .expect("cluster status");
+    let status = operator(&kv0).cluster_status().expect("cluster status");
     assert_eq!(status.cluster_layout_version, 0);
     assert_eq!(status.members.len(), 2);
     assert!(status
@@ -201,7 +211,7 @@ fn rolling_upgrade_then_cluster_finalization_finalizes_every_node() {
     // The coordinator first: it restarts with the new software on the same member port.
     kv0.shutdown().expect("shutdown");
     let kv0 = start_coordinator(&dirs, new, StartIntent::Upgrade, members_at.port());
-    let coordinator = KvClient::new(kv0.http_addr());
+    let coordinator = operator(&kv0);
     assert_blocked_by(&coordinator, &["kv1", "kv2"], &[]);
 
     // kv1: the older cluster accepts the upgraded member while pre-finalized.
@@ -411,7 +421,7 @@ fn cluster_operations_need_the_coordinator_node() {
         .expect("a single node finalizes");
 
     // Malformed cluster requests on the coordinator.
-    let client = KvClient::new(kv0.http_addr());
+    let client = operator(&kv0);
     let (code, body) = client
         .raw("POST", "/cluster/finalize", Some(b"{\"nope\": 1}"))
         .expect("answer");
@@ -427,6 +437,266 @@ fn cluster_operations_need_the_coordinator_node() {
     let (code, _) = client.raw("GET", "/cluster/other", None).expect("answer");
     assert_eq!(code, 404);
     for node in [single, kv1, kv0] {
+        node.shutdown().expect("shutdown");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The coordinator node's `/cluster/...` routes are guarded by its admin token.
+
+/// Sends one raw HTTP request to `addr` (`head_lines`: extra header lines, each ending
+/// in CRLF) and returns the status, the head and the JSON body: for headers `KvClient`
+/// never sends.
+fn raw_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    head_lines: &[u8],
+    body: &[u8],
+) -> (u16, String, serde_json::Value) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(head_lines);
+    request.extend_from_slice(b"\r\n");
+    request.extend_from_slice(body);
+    stream.write_all(&request).expect("send");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read the answer");
+    let answer = String::from_utf8(answer).expect("UTF-8 answer");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{body:?}: {e}"));
+    (status, head.to_owned(), body)
+}
+
+/// Every node of `nodes` still at layout version 0, and the cluster's version 0.
+fn assert_nothing_finalized(nodes: &[&KvNode]) {
+    for node in nodes {
+        assert_eq!(
+            node.manager().metadata_layout_version(),
+            0,
+            "{:?} finalized",
+            node.cluster_node_id()
+        );
+    }
+    let status = nodes[0].cluster_status().expect("cluster status");
+    assert_eq!(status.cluster_layout_version, 0);
+    assert!(status.finalization.is_none(), "{status:?}");
+}
+
+fn assert_unauthorized<T: std::fmt::Debug>(result: Result<T, ClientError>, what: &str) {
+    match result {
+        Err(e @ ClientError::Status { code: 401, .. }) => {
+            assert_eq!(e.kind().as_deref(), Some("unauthorized"), "{what}: {e}");
+        }
+        other => panic!("{what}: expected 401 unauthorized, got {other:?}"),
+    }
+}
+
+#[test]
+fn cluster_finalization_needs_the_coordinator_nodes_admin_token() {
+    let dirs = Dirs::new();
+    let new = KvFeature::latest();
+    let kv0 = start_coordinator(&dirs, new, StartIntent::Normal, 0);
+    let members_at = kv0.coordinator_addr().expect("member address");
+    let kv1 = start_member(&dirs, "kv1", members_at, new, StartIntent::Normal);
+    let at = kv0.http_addr();
+
+    // No token, a wrong token of the same length, shorter, longer: 401, nothing done.
+    let same_length = format!("{}X", &TOKEN[..TOKEN.len() - 1]);
+    assert_eq!(same_length.len(), TOKEN.len());
+    assert_ne!(same_length, TOKEN);
+    let wrong = [
+        None,
+        Some(same_length),
+        Some(TOKEN[..TOKEN.len() - 1].to_owned()),
+        Some(format!("{TOKEN}0")),
+        Some("short".to_owned()),
+    ];
+    for token in wrong {
+        let client = match &token {
+            Some(t) => KvClient::new(at).with_token(t.clone()),
+            None => KvClient::new(at),
+        };
+        let what = format!("token {token:?}");
+        assert_unauthorized(client.cluster_finalize("intruder", None), &what);
+        assert_unauthorized(client.cluster_dry_run(None), &what);
+        assert_unauthorized(client.cluster_status(), &what);
+        assert_nothing_finalized(&[&kv0, &kv1]);
+    }
+    // The 401 asks for a bearer token, like the admin endpoint's.
+    let (code, head, body) = raw_request(
+        at,
+        "POST",
+        "/cluster/finalize",
+        b"",
+        br#"{"client_id": "intruder"}"#,
+    );
+    assert_eq!(code, 401, "{body}");
+    assert!(head.contains("WWW-Authenticate: Bearer"), "{head}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Bearer")),
+        "{body}"
+    );
+    // The data API needs no token.
+    KvClient::new(at)
+        .put("k", "v")
+        .expect("data without a token");
+    assert_nothing_finalized(&[&kv0, &kv1]);
+
+    // The right token finalizes the cluster.
+    let operator = operator(&kv0);
+    assert_eq!(
+        operator.cluster_dry_run(None).expect("dry run").target,
+        new.layout_version()
+    );
+    let outcome = operator
+        .cluster_finalize("ops", None)
+        .expect("the operator finalizes");
+    assert_eq!(outcome.outcome, "finalized");
+    assert_eq!(
+        kv0.manager().metadata_layout_version(),
+        new.layout_version()
+    );
+    wait_until("kv1 finalized on its heartbeat", || {
+        operator.cluster_status().is_ok_and(|s| s.complete)
+    });
+    assert_eq!(
+        kv1.manager().metadata_layout_version(),
+        new.layout_version()
+    );
+    for node in [kv1, kv0] {
+        node.shutdown().expect("shutdown");
+    }
+}
+
+#[test]
+fn malformed_authorization_headers_are_refused_with_401_not_an_error() {
+    let dirs = Dirs::new();
+    let kv0 = start_coordinator(&dirs, KvFeature::latest(), StartIntent::Normal, 0);
+    let members_at = kv0.coordinator_addr().expect("member address");
+    let kv1 = start_member(
+        &dirs,
+        "kv1",
+        members_at,
+        KvFeature::latest(),
+        StartIntent::Normal,
+    );
+    let right = format!("Authorization: Bearer {TOKEN}\r\n");
+    let long = format!("Authorization: Bearer {}\r\n", "t".repeat(10_000));
+    let malformed: Vec<Vec<u8>> = vec![
+        b"Authorization:\r\n".to_vec(),
+        b"Authorization: Bearer\r\n".to_vec(),
+        b"Authorization: Bearer \r\n".to_vec(),
+        format!("Authorization: {TOKEN}\r\n").into_bytes(),
+        format!("Authorization: Basic {TOKEN}\r\n").into_bytes(),
+        format!("Authorization: Bearer {TOKEN} {TOKEN}\r\n").into_bytes(),
+        format!("Authorization: Bearer {TOKEN}\u{e9}\r\n").into_bytes(),
+        "Authorization: Bearer t\u{f6}k\u{e9}n-\u{1f511}-0123456789\r\n"
+            .as_bytes()
+            .to_vec(),
+        long.into_bytes(),
+        // Two headers, even both right, are ambiguous.
+        format!("{right}{right}").into_bytes(),
+    ];
+    for header in &malformed {
+        let what = String::from_utf8_lossy(header);
+        for (method, path) in [("POST", "/cluster/finalize"), ("GET", "/cluster/status")] {
+            let (code, _, body) = raw_request(
+                kv0.http_addr(),
+                method,
+                path,
+                header,
+                br#"{"client_id": "intruder"}"#,
+            );
+            assert_eq!(code, 401, "{method} {path} with {what:?}: {body}");
+            assert_eq!(body["error"]["kind"], "unauthorized", "{what:?}: {body}");
+        }
+    }
+    // A head that is not UTF-8 is a bad request, refused before any route.
+    let (code, _, body) = raw_request(
+        kv0.http_addr(),
+        "POST",
+        "/cluster/finalize",
+        b"Authorization: Bearer \xff\xfe\r\n",
+        br#"{"client_id": "intruder"}"#,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert_nothing_finalized(&[&kv0, &kv1]);
+    // The scheme's case does not matter; the right token passes.
+    let (code, _, body) = raw_request(
+        kv0.http_addr(),
+        "POST",
+        "/cluster/finalize",
+        format!("authorization: bearer {TOKEN}\r\n").as_bytes(),
+        br#"{"client_id": "ops", "dry_run": true}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["outcome"], "dry_run", "{body}");
+    for node in [kv1, kv0] {
+        node.shutdown().expect("shutdown");
+    }
+}
+
+#[test]
+fn a_coordinator_without_an_admin_token_refuses_to_finalize_the_cluster_over_http() {
+    let dirs = Dirs::new();
+    let new = KvFeature::latest();
+    let cluster =
+        ClusterConfig::coordinator("kv0", dirs.cluster_store()).with_heartbeat_interval(HEARTBEAT);
+    let kv0 =
+        KvNode::start(config(&dirs.node("kv0"), new, StartIntent::Normal).with_cluster(cluster))
+            .expect("a coordinator node without an admin token starts");
+    let members_at = kv0.coordinator_addr().expect("member address");
+    let kv1 = start_member(&dirs, "kv1", members_at, new, StartIntent::Normal);
+
+    for client in [
+        KvClient::new(kv0.http_addr()),
+        KvClient::new(kv0.http_addr()).with_token(TOKEN),
+    ] {
+        for result in [
+            client.cluster_finalize("ops", None),
+            client.cluster_dry_run(None),
+        ] {
+            let e = result.expect_err("no admin token: no cluster finalization over HTTP");
+            assert!(matches!(e, ClientError::Status { code: 403, .. }), "{e}");
+            assert_eq!(e.kind().as_deref(), Some("forbidden"), "{e}");
+            assert!(e.to_string().contains("admin token"), "{e}");
+        }
+        assert_nothing_finalized(&[&kv0, &kv1]);
+        // The read-only status stays open: there is no token to check it against.
+        let status = client.cluster_status().expect("status without a token");
+        assert_eq!(status.cluster_layout_version, 0);
+        assert!(status.member("kv1").is_some());
+    }
+    assert_nothing_finalized(&[&kv0, &kv1]);
+    assert_eq!(kv1.manager().metadata_layout_version(), 0);
+
+    // The in-process API (the code that started the node) still finalizes.
+    kv0.cluster_finalize(None, "ops")
+        .expect("the embedding program finalizes");
+    wait_until("kv1 finalized on its heartbeat", || {
+        kv0.cluster_status().is_ok_and(|s| s.is_complete())
+    });
+    assert_eq!(
+        kv1.manager().metadata_layout_version(),
+        new.layout_version()
+    );
+    for node in [kv1, kv0] {
         node.shutdown().expect("shutdown");
     }
 }

@@ -14,6 +14,7 @@ use layout_examples::kvstore::{
 };
 
 use crate::cluster::wait_until;
+use crate::support::TOKEN;
 
 /// Attempts with fresh ports when a port was taken between choosing and binding it.
 const ATTEMPTS: usize = 5;
@@ -133,7 +134,8 @@ fn a_cluster_on_etcd_refuses_while_a_member_is_old_then_finalizes_every_node() {
     };
     let kv0 = KvNode::start(
         node("kv0", new, StartIntent::Normal)
-            .with_cluster(ClusterConfig::coordinator("kv0", store)),
+            .with_cluster(ClusterConfig::coordinator("kv0", store))
+            .with_admin("127.0.0.1:0".parse().expect("addr"), TOKEN),
     )
     .expect("the coordinator node starts on etcd");
     let members_at = kv0.coordinator_addr().expect("member address");
@@ -154,7 +156,7 @@ fn a_cluster_on_etcd_refuses_while_a_member_is_old_then_finalizes_every_node() {
             .expect("put");
     }
 
-    let coordinator = KvClient::new(kv0.http_addr());
+    let coordinator = KvClient::new(kv0.http_addr()).with_token(TOKEN);
     let e = coordinator
         .cluster_finalize("ops", None)
         .expect_err("kv2 is old");

@@ -108,6 +108,85 @@ impl BearerToken {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether `presented` is this token, compared with [`token_matches`]: the time it
+    /// takes tells nothing about how much of it matched or how long the token is.
+    ///
+    /// ```
+    /// use layout_core::admin::http::BearerToken;
+    ///
+    /// let token = BearerToken::new("correct-horse-battery-staple")?;
+    /// assert!(token.matches("correct-horse-battery-staple"));
+    /// assert!(!token.matches("correct-horse-battery-stapl"));
+    /// # Ok::<(), layout_core::admin::http::HttpError>(())
+    /// ```
+    pub fn matches(&self, presented: &str) -> bool {
+        token_matches(presented.as_bytes(), self.0.as_bytes())
+    }
+
+    /// Whether the value of an `Authorization` header, `Bearer <token>`, carries this
+    /// token: [`bearer_credentials`], then [`matches`](Self::matches). Any other scheme,
+    /// or no token, does not authorize.
+    ///
+    /// ```
+    /// use layout_core::admin::http::BearerToken;
+    ///
+    /// let token = BearerToken::new("correct-horse-battery-staple")?;
+    /// assert!(token.authorizes("Bearer correct-horse-battery-staple"));
+    /// assert!(!token.authorizes("Basic correct-horse-battery-staple"));
+    /// assert!(!token.authorizes("Bearer"));
+    /// # Ok::<(), layout_core::admin::http::HttpError>(())
+    /// ```
+    pub fn authorizes(&self, authorization: &str) -> bool {
+        bearer_credentials(authorization).is_some_and(|presented| self.matches(presented))
+    }
+}
+
+/// The token of an `Authorization` header value using the Bearer scheme (the scheme's
+/// case does not matter; whitespace around the token is trimmed), or `None` for another
+/// scheme or a value without a space after the scheme. The token itself is not checked:
+/// compare it with [`token_matches`] or [`BearerToken::matches`].
+///
+/// ```
+/// use layout_core::admin::http::bearer_credentials;
+///
+/// assert_eq!(bearer_credentials("Bearer abc"), Some("abc"));
+/// assert_eq!(bearer_credentials("bearer  abc "), Some("abc"));
+/// assert_eq!(bearer_credentials("Basic abc"), None);
+/// assert_eq!(bearer_credentials("Bearer"), None);
+/// ```
+pub fn bearer_credentials(authorization: &str) -> Option<&str> {
+    match authorization.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => Some(rest.trim()),
+        _ => None,
+    }
+}
+
+/// Whether a presented token equals the configured one, compared without leaking,
+/// through timing, how much of it matched or how long it is. The admin endpoint checks
+/// its bearer token with it; a component that guards routes of its own with the same
+/// token should too (or use [`BearerToken::matches`]).
+///
+/// A byte-wise constant-time compare still answers early when the lengths differ, which
+/// tells a caller the token's length. So both tokens are first reduced to a digest keyed
+/// with fresh random keys (std's `RandomState`, keys unknown to the caller) and the
+/// digests are compared in constant time: how long that takes does not depend on how the
+/// presented token relates to the configured one. Only when the digests agree (for a
+/// wrong token, with probability about 2^-64) are the bytes compared.
+///
+/// ```
+/// use layout_core::admin::http::token_matches;
+///
+/// assert!(token_matches(b"s3cret-token-value", b"s3cret-token-value"));
+/// assert!(!token_matches(b"s3cret-token-valuE", b"s3cret-token-value"));
+/// assert!(!token_matches(b"", b"s3cret-token-value"));
+/// ```
+pub fn token_matches(presented: &[u8], expected: &[u8]) -> bool {
+    use std::hash::{BuildHasher, RandomState};
+    use subtle::ConstantTimeEq;
+    let keys = RandomState::new();
+    let digests_agree = keys.hash_one(presented).ct_eq(&keys.hash_one(expected));
+    bool::from(digests_agree) && bool::from(presented.ct_eq(expected))
 }
 
 impl fmt::Debug for BearerToken {
@@ -239,4 +318,59 @@ pub enum HttpError {
     /// Starting the acceptor thread failed.
     #[error("cannot start the admin endpoint's thread: {0}")]
     Spawn(#[source] io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{bearer_credentials, token_matches, BearerToken};
+
+    #[test]
+    fn only_the_exact_token_matches() {
+        let token = b"s3cret-token-value";
+        assert!(token_matches(token, token));
+        assert!(!token_matches(b"s3cret-token-valuE", token));
+        assert!(!token_matches(b"s3cret-token-valu", token));
+        assert!(!token_matches(b"s3cret-token-value-and-more", token));
+        assert!(!token_matches(b"", token));
+    }
+
+    #[test]
+    fn a_bearer_token_matches_only_itself() {
+        let token = BearerToken::new("s3cret-token-value").expect("valid token");
+        assert!(token.matches("s3cret-token-value"));
+        assert!(!token.matches("s3cret-token-valuE"));
+        assert!(!token.matches("s3cret-token-valu"));
+        assert!(!token.matches("s3cret-token-value-and-more"));
+        assert!(!token.matches(""));
+    }
+
+    #[test]
+    fn only_a_bearer_header_with_the_token_authorizes() {
+        let token = BearerToken::new("s3cret-token-value").expect("valid token");
+        assert!(token.authorizes("Bearer s3cret-token-value"));
+        assert!(token.authorizes("bEARER   s3cret-token-value  "));
+        for value in [
+            "",
+            "Bearer",
+            "Bearer ",
+            "Bearer s3cret-token-valuE",
+            "Bearer s3cret-token-valu",
+            "Basic s3cret-token-value",
+            "s3cret-token-value",
+            "Bearer s3cret-token-value extra",
+        ] {
+            assert!(!token.authorizes(value), "{value:?} must not authorize");
+        }
+    }
+
+    #[test]
+    fn bearer_credentials_takes_the_token_of_the_bearer_scheme_only() {
+        assert_eq!(bearer_credentials("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_credentials("BEARER abc"), Some("abc"));
+        assert_eq!(bearer_credentials("Bearer  abc "), Some("abc"));
+        assert_eq!(bearer_credentials("Bearer "), Some(""));
+        assert_eq!(bearer_credentials("Bearer"), None);
+        assert_eq!(bearer_credentials("Token abc"), None);
+        assert_eq!(bearer_credentials(""), None);
+    }
 }

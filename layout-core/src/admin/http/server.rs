@@ -15,14 +15,12 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use super::{bearer_credentials, token_matches, HttpConfig, HttpError};
+use crate::admin::types::{AdminError, ErrorCode};
+use crate::admin::AdminService;
 use parking_lot::{Condvar, Mutex};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use subtle::ConstantTimeEq;
-
-use super::{HttpConfig, HttpError};
-use crate::admin::types::{AdminError, ErrorCode};
-use crate::admin::AdminService;
 
 const MAX_HEADERS: usize = 64;
 /// After the response, how long unread input is drained so closing does not reset the
@@ -470,35 +468,16 @@ fn authorized(head: &Head, token: &str) -> Result<(), AdminError> {
             "a bearer token is required: send Authorization: Bearer <token>",
         ));
     };
-    let presented = match value.split_once(' ') {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
-        _ => {
-            return Err(unauthorized(
-                "the Authorization header must use the Bearer scheme",
-            ))
-        }
+    let Some(presented) = bearer_credentials(value) else {
+        return Err(unauthorized(
+            "the Authorization header must use the Bearer scheme",
+        ));
     };
     if token_matches(presented.as_bytes(), token.as_bytes()) {
         Ok(())
     } else {
         Err(unauthorized("the bearer token is wrong"))
     }
-}
-
-/// Compares a presented token with the configured one without leaking, through timing,
-/// how much of it matched or how long it is.
-///
-/// A byte-wise constant-time compare still answers early when the lengths differ, which
-/// tells a caller the token's length. So both tokens are first reduced to a digest keyed
-/// with fresh random keys (std's `RandomState`, keys unknown to the caller) and the digests are
-/// compared in constant time: how long that takes does not depend on how the presented
-/// token relates to the configured one. Only when the digests agree (for a wrong token,
-/// with probability about 2^-64) are the bytes compared.
-fn token_matches(presented: &[u8], expected: &[u8]) -> bool {
-    use std::hash::{BuildHasher, RandomState};
-    let keys = RandomState::new();
-    let digests_agree = keys.hash_one(presented).ct_eq(&keys.hash_one(expected));
-    bool::from(digests_agree) && bool::from(presented.ct_eq(expected))
 }
 
 fn content_length(head: &Head) -> Result<usize, AdminError> {
@@ -656,20 +635,5 @@ fn dispatch(service: &AdminService, route: Route, is_post: bool, body: &[u8]) ->
         Route::CancelPrepare => {
             reply(parse(body, "cancel-prepare").and_then(|p| service.cancel_prepare(&p)))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::token_matches;
-
-    #[test]
-    fn only_the_exact_token_matches() {
-        let token = b"s3cret-token-value";
-        assert!(token_matches(token, token));
-        assert!(!token_matches(b"s3cret-token-valuE", token));
-        assert!(!token_matches(b"s3cret-token-valu", token));
-        assert!(!token_matches(b"s3cret-token-value-and-more", token));
-        assert!(!token_matches(b"", token));
     }
 }
