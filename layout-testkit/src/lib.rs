@@ -18,6 +18,8 @@
 //! - [`assert_catalog_locked`]: a checked-in lock file of a catalog, so removing,
 //!   renaming, renumbering or reordering a feature fails a test.
 //! - [`crash`]: the child-process crash harness under all of it.
+//! - `etcd` (feature `etcd`): a real etcd server on loopback for tests of the cluster
+//!   store.
 //!
 //! ```
 //! use layout_core::{ActionRegistry, LayoutFeature, RegistryError};
@@ -101,6 +103,8 @@ pub mod cluster;
 pub mod component;
 pub mod crash;
 pub mod crash_matrix;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod inject;
 pub mod plan;
 pub mod upgrade_test;

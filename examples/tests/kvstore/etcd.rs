@@ -2,124 +2,20 @@
 //! test on free loopback ports (Debian's `etcd-server`, as in the layout-core etcd tests).
 //! Fails, naming the cause, when `etcd` is missing.
 
-use std::io::Read as _;
-use std::net::{Ipv4Addr, TcpListener};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use layout_core::cluster::{ClusterStore, EtcdOptions, EtcdStore};
 use layout_core::{LayoutFeature, StartIntent};
 use layout_examples::kvstore::{
     ClusterConfig, ClusterStoreConfig, KvClient, KvFeature, KvNode, KvNodeConfig,
 };
+use layout_testkit::etcd::EtcdServer;
 
 use crate::cluster::wait_until;
 use crate::support::TOKEN;
 
-/// Attempts with fresh ports when a port was taken between choosing and binding it.
-const ATTEMPTS: usize = 5;
-
-/// A single-member etcd; killed when its shell's stdin closes (on drop, or when this
-/// process dies), so it never outlives the test.
-struct Etcd {
-    shell: Child,
-    stdin: Option<ChildStdin>,
-    endpoint: String,
-    dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-impl Etcd {
-    fn start() -> Self {
-        let version = Command::new("etcd").arg("--version").output();
-        assert!(
-            version.as_ref().is_ok_and(|o| o.status.success()),
-            "this test needs the `etcd` binary (Debian's etcd-server): {version:?}"
-        );
-        let mut last_log = String::new();
-        for _ in 0..ATTEMPTS {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let client = format!("http://127.0.0.1:{}", free_port());
-            let peer = format!("http://127.0.0.1:{}", free_port());
-            let mut shell = Command::new("sh")
-                .arg("-c")
-                .arg(r#"log="$1"; shift; etcd "$@" >"$log" 2>&1 & pid=$!; read -r _; kill -9 "$pid"; wait "$pid""#)
-                .arg("sh")
-                .arg(dir.path().join("etcd.log"))
-                .args(["--name", "kvstore-test"])
-                .arg("--data-dir")
-                .arg(dir.path().join("data"))
-                .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
-                .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
-                .args(["--initial-cluster", &format!("kvstore-test={peer}")])
-                .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("sh starts");
-            let stdin = shell.stdin.take();
-            let mut etcd = Self {
-                shell,
-                stdin,
-                endpoint: client,
-                dir,
-            };
-            if etcd.wait_ready() {
-                return etcd;
-            }
-            last_log = etcd.log();
-        }
-        panic!("etcd did not start after {ATTEMPTS} attempts; its last log:\n{last_log}");
-    }
-
-    /// Waits (bounded) until etcd answers; `false` if it exited (a port was taken).
-    fn wait_ready(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(_)) = self.shell.try_wait() {
-                return false;
-            }
-            let options = EtcdOptions::new([self.endpoint.clone()], "/kvstore-probe")
-                .with_timeout(Duration::from_secs(2));
-            if EtcdStore::connect(options).and_then(|s| s.kinds()).is_ok() {
-                return true;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcd at {} did not answer; its log:\n{}",
-                self.endpoint,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn log(&self) -> String {
-        let mut text = String::new();
-        if let Ok(mut f) = std::fs::File::open(self.dir.path().join("etcd.log")) {
-            let _ = f.read_to_string(&mut text);
-        }
-        text
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        drop(self.stdin.take());
-        let _ = self.shell.wait();
-    }
-}
-
 #[test]
 fn a_cluster_on_etcd_refuses_while_a_member_is_old_then_finalizes_every_node() {
-    let etcd = Etcd::start();
+    let etcd = EtcdServer::start().expect("etcd starts");
     let root = tempfile::tempdir().expect("tempdir");
     let new = KvFeature::latest();
     let node = |id: &str, software: KvFeature, intent: StartIntent| {
@@ -129,7 +25,7 @@ fn a_cluster_on_etcd_refuses_while_a_member_is_old_then_finalizes_every_node() {
             .with_initial_version(KvFeature::Initial)
     };
     let store = ClusterStoreConfig::Etcd {
-        endpoints: vec![etcd.endpoint.clone()],
+        endpoints: vec![etcd.endpoint().to_owned()],
         prefix: format!("/kvstore-tests/{}/etcd", std::process::id()),
     };
     let kv0 = KvNode::start(

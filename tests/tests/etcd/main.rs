@@ -72,7 +72,7 @@ fn five_member_processes_an_exclusion_survives_a_coordinator_restart() {
 
 #[test]
 fn a_member_lease_expires_on_etcd_when_it_stops_heartbeating_and_its_membership_stays() {
-    let store = Arc::new(server::shared().store(&server::prefix("lease-expiry")));
+    let store = Arc::new(server::store(&server::prefix("lease-expiry")));
     let coordinator = Coordinator::open(
         store.clone(),
         CoordinatorOptions::default().with_member_lease_ttl(LEASE),
@@ -164,7 +164,7 @@ fn two_coordinators_released_together_exactly_one_finalizes_twenty_times() {
         let coordinators: Vec<Arc<Coordinator>> = ["c1", "c2"]
             .into_iter()
             .map(|id| {
-                let store = Arc::new(server::shared().store(&prefix));
+                let store = Arc::new(server::store(&prefix));
                 let options = CoordinatorOptions::default()
                     .with_coordinator_id(id)
                     .with_local(KIND, local.clone());

@@ -169,11 +169,11 @@ fn move_live_cluster(
 #[test]
 fn a_live_cluster_moves_from_one_etcd_server_to_another() {
     let prefix = server::prefix("move-etcd");
-    let second = EtcdServer::start();
+    let second = EtcdServer::start().unwrap();
     assert_ne!(second.endpoint(), server::shared().endpoint());
-    let old = Arc::new(server::shared().store(&prefix));
-    let new = Arc::new(second.store(&prefix));
-    move_live_cluster(old, new, || Arc::new(second.store(&prefix)));
+    let old = Arc::new(server::store(&prefix));
+    let new = Arc::new(second.store(&prefix).unwrap());
+    move_live_cluster(old, new, || Arc::new(second.store(&prefix).unwrap()));
 }
 
 #[test]
@@ -181,6 +181,6 @@ fn a_live_cluster_moves_from_the_embedded_store_to_etcd() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = server::prefix("move-embedded");
     let old = Arc::new(EmbeddedStore::open(dir.path().join("cluster-state")).unwrap());
-    let new = Arc::new(server::shared().store(&prefix));
-    move_live_cluster(old, new, || Arc::new(server::shared().store(&prefix)));
+    let new = Arc::new(server::store(&prefix));
+    move_live_cluster(old, new, || Arc::new(server::store(&prefix)));
 }

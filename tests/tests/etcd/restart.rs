@@ -111,7 +111,7 @@ fn a_coordinator_restarted_with_the_same_id_takes_its_claim_back_at_once_another
     child.wait(BOUND).unwrap();
 
     // c1 died holding the claim, at `started`; its lease has minutes left.
-    let other_store: Arc<dyn ClusterStore> = Arc::new(server::shared().store(&prefix));
+    let other_store: Arc<dyn ClusterStore> = Arc::new(server::store(&prefix));
     let c2 = Arc::new(Coordinator::open(Arc::clone(&other_store), options("c2")).unwrap());
     assert_eq!(in_progress_holder(c2.finalize(KIND, None, "ops")), "c1");
     let status = c2.status(KIND).unwrap();
@@ -132,7 +132,7 @@ fn a_coordinator_restarted_with_the_same_id_takes_its_claim_back_at_once_another
         answer: Mutex::new(None),
     });
     let c1 = Coordinator::open(
-        Arc::new(server::shared().store(&prefix)),
+        Arc::new(server::store(&prefix)),
         options("c1").with_local(KIND, local.clone()),
     )
     .unwrap();
@@ -161,8 +161,7 @@ fn a_coordinator_restarted_with_the_same_id_takes_its_claim_back_at_once_another
         FinalizerClaim::Claimed
     );
     assert_eq!(
-        server::shared()
-            .store(&prefix)
+        server::store(&prefix)
             .claim_finalizer(KIND, "c3", CLAIM_TTL)
             .unwrap(),
         FinalizerClaim::HeldBy {
