@@ -118,6 +118,54 @@ impl RedbMigrationStore {
         })
     }
 
+    /// This migration's checkpoint in `table` (the checkpoints table of a read or a write
+    /// transaction).
+    fn checkpoint_in(
+        &self,
+        table: &impl ReadableTable<&'static str, &'static [u8]>,
+    ) -> Result<Option<Checkpoint>, MigrationError> {
+        table
+            .get(self.migration.as_str())
+            .map_err(self.err("read checkpoint"))?
+            .map(|g| self.decode(g.value()))
+            .transpose()
+    }
+
+    /// What `key` holds in the old table and in the new one (a row, a tombstone or
+    /// nothing), in the tables of a read or a write transaction; a table that does not
+    /// exist yet is `None`.
+    fn entries_in(
+        &self,
+        key: &[u8],
+        old: Option<&impl ReadableTable<&'static [u8], (u64, &'static [u8])>>,
+        new: Option<&impl ReadableTable<&'static [u8], (u64, &'static [u8])>>,
+        tombstones: Option<&impl ReadableTable<&'static [u8], ()>>,
+    ) -> Result<(Option<Row>, NewEntry), MigrationError> {
+        let old = match old {
+            Some(t) => t
+                .get(key)
+                .map_err(self.err("read"))?
+                .map(|g| to_row(key, g.value())),
+            None => None,
+        };
+        if let Some(row) = match new {
+            Some(t) => t.get(key).map_err(self.err("read"))?,
+            None => None,
+        } {
+            return Ok((old, NewEntry::Row(to_row(key, row.value()))));
+        }
+        let tombstone = match tombstones {
+            Some(t) => t.get(key).map_err(self.err("read tombstone"))?.is_some(),
+            None => false,
+        };
+        let new = if tombstone {
+            NewEntry::Tombstone
+        } else {
+            NewEntry::Absent
+        };
+        Ok((old, new))
+    }
+
     /// Adds rows to the old table in one transaction (as the old software wrote them).
     pub fn insert_old_rows(
         &self,
@@ -230,6 +278,15 @@ impl RedbMigrationStore {
     }
 }
 
+/// A table of a read transaction, or `None` when it does not exist yet (nothing written).
+fn existing<T>(opened: Result<T, redb::TableError>) -> Result<Option<T>, redb::TableError> {
+    match opened {
+        Ok(table) => Ok(Some(table)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 fn to_row(key: &[u8], (modified_ms, value): (u64, &[u8])) -> Row {
     Row {
         key: key.to_vec(),
@@ -316,15 +373,10 @@ impl MigrationSink for RedbMigrationStore {
 
     fn load_checkpoint(&self) -> Result<Option<Checkpoint>, MigrationError> {
         let txn = self.db.begin_read().map_err(self.err("begin read"))?;
-        let table = match txn.open_table(CHECKPOINTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(self.err("open checkpoints")(e)),
-        };
-        let stored = table
-            .get(self.migration.as_str())
-            .map_err(self.err("read checkpoint"))?;
-        stored.map(|g| self.decode(g.value())).transpose()
+        match existing(txn.open_table(CHECKPOINTS)).map_err(self.err("open checkpoints"))? {
+            Some(table) => self.checkpoint_in(&table),
+            None => Ok(None),
+        }
     }
 
     fn write_batch(
@@ -338,11 +390,7 @@ impl MigrationSink for RedbMigrationStore {
             let mut checkpoints = txn
                 .open_table(CHECKPOINTS)
                 .map_err(self.err("open checkpoints"))?;
-            let current = checkpoints
-                .get(self.migration.as_str())
-                .map_err(self.err("read checkpoint"))?
-                .map(|g| self.decode(g.value()))
-                .transpose()?;
+            let current = self.checkpoint_in(&checkpoints)?;
             if current.as_ref() != expected {
                 drop(checkpoints);
                 txn.abort().map_err(self.err("abort"))?;
@@ -405,11 +453,7 @@ impl MigrationSink for RedbMigrationStore {
             let mut checkpoints = txn
                 .open_table(CHECKPOINTS)
                 .map_err(self.err("open checkpoints"))?;
-            let current = checkpoints
-                .get(self.migration.as_str())
-                .map_err(self.err("read checkpoint"))?
-                .map(|g| self.decode(g.value()))
-                .transpose()?;
+            let current = self.checkpoint_in(&checkpoints)?;
             if current.as_ref() != Some(expected) {
                 drop(checkpoints);
                 txn.abort().map_err(self.err("abort"))?;
@@ -515,40 +559,23 @@ impl MigrationSink for RedbMigrationStore {
 impl MigratingStore for RedbMigrationStore {
     fn view(&self, key: &[u8]) -> Result<KeyView, MigrationError> {
         let txn = self.db.begin_read().map_err(self.err("begin read"))?;
-        let get_row = |def: RowDef<'_>| -> Result<Option<Row>, MigrationError> {
-            match txn.open_table(def) {
-                Ok(t) => Ok(t
-                    .get(key)
-                    .map_err(self.err("read"))?
-                    .map(|g| to_row(key, g.value()))),
-                Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-                Err(e) => Err(self.err("open table")(e)),
-            }
-        };
-        let old = get_row(self.old_def())?;
-        let new = if let Some(row) = get_row(self.new_def())? {
-            NewEntry::Row(row)
-        } else {
-            let tombstone = match txn.open_table(self.tomb_def()) {
-                Ok(t) => t.get(key).map_err(self.err("read tombstone"))?.is_some(),
-                Err(redb::TableError::TableDoesNotExist(_)) => false,
-                Err(e) => return Err(self.err("open tombstones")(e)),
+        let (old, new) = self.entries_in(
+            key,
+            existing(txn.open_table(self.old_def()))
+                .map_err(self.err("open old table"))?
+                .as_ref(),
+            existing(txn.open_table(self.new_def()))
+                .map_err(self.err("open new table"))?
+                .as_ref(),
+            existing(txn.open_table(self.tomb_def()))
+                .map_err(self.err("open tombstones"))?
+                .as_ref(),
+        )?;
+        let checkpoint =
+            match existing(txn.open_table(CHECKPOINTS)).map_err(self.err("open checkpoints"))? {
+                Some(t) => self.checkpoint_in(&t)?,
+                None => None,
             };
-            if tombstone {
-                NewEntry::Tombstone
-            } else {
-                NewEntry::Absent
-            }
-        };
-        let checkpoint = match txn.open_table(CHECKPOINTS) {
-            Ok(t) => t
-                .get(self.migration.as_str())
-                .map_err(self.err("read checkpoint"))?
-                .map(|g| self.decode(g.value()))
-                .transpose()?,
-            Err(redb::TableError::TableDoesNotExist(_)) => None,
-            Err(e) => return Err(self.err("open checkpoints")(e)),
-        };
         Ok(KeyView {
             old,
             new,
@@ -586,15 +613,11 @@ impl MigratingStore for RedbMigrationStore {
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(self.err("open tombstones")(e)),
         }
-        let checkpoint = match txn.open_table(CHECKPOINTS) {
-            Ok(t) => t
-                .get(self.migration.as_str())
-                .map_err(self.err("read checkpoint"))?
-                .map(|g| self.decode(g.value()))
-                .transpose()?,
-            Err(redb::TableError::TableDoesNotExist(_)) => None,
-            Err(e) => return Err(self.err("open checkpoints")(e)),
-        };
+        let checkpoint =
+            match existing(txn.open_table(CHECKPOINTS)).map_err(self.err("open checkpoints"))? {
+                Some(t) => self.checkpoint_in(&t)?,
+                None => None,
+            };
         Ok(ScanView {
             old,
             new,
@@ -618,33 +641,21 @@ impl MigratingStore for RedbMigrationStore {
         // redb has one writer at a time: reading the key in the write transaction makes
         // the comparison and the write one atomic step.
         let txn = self.db.begin_write().map_err(self.err("begin write"))?;
-        let (old, new) = {
-            let old_table = txn
-                .open_table(self.old_def())
-                .map_err(self.err("open old table"))?;
-            let new_table = txn
-                .open_table(self.new_def())
-                .map_err(self.err("open new table"))?;
-            let tombstones = txn
-                .open_table(self.tomb_def())
-                .map_err(self.err("open tombstones"))?;
-            let old = old_table
-                .get(key)
-                .map_err(self.err("read"))?
-                .map(|g| to_row(key, g.value()));
-            let new = match new_table.get(key).map_err(self.err("read"))? {
-                Some(g) => NewEntry::Row(to_row(key, g.value())),
-                None if tombstones
-                    .get(key)
-                    .map_err(self.err("read tombstone"))?
-                    .is_some() =>
-                {
-                    NewEntry::Tombstone
-                }
-                None => NewEntry::Absent,
-            };
-            (old, new)
-        };
+        let (old, new) = self.entries_in(
+            key,
+            Some(
+                &txn.open_table(self.old_def())
+                    .map_err(self.err("open old table"))?,
+            ),
+            Some(
+                &txn.open_table(self.new_def())
+                    .map_err(self.err("open new table"))?,
+            ),
+            Some(
+                &txn.open_table(self.tomb_def())
+                    .map_err(self.err("open tombstones"))?,
+            ),
+        )?;
         if old != expected.old || new != expected.new {
             txn.abort().map_err(self.err("abort"))?;
             return Ok(false);
@@ -670,11 +681,7 @@ impl MigratingStore for RedbMigrationStore {
             let mut checkpoints = txn
                 .open_table(CHECKPOINTS)
                 .map_err(self.err("open checkpoints"))?;
-            let current = checkpoints
-                .get(self.migration.as_str())
-                .map_err(self.err("read checkpoint"))?
-                .map(|g| self.decode(g.value()))
-                .transpose()?;
+            let current = self.checkpoint_in(&checkpoints)?;
             if let Some(mut cp) = current.filter(|c| !c.complete) {
                 cp.complete = true;
                 cp.epoch += 1;
