@@ -10,7 +10,7 @@ use layout_core::migration::{
     BackgroundMigration, BatchEvent, MemoryMigrationStore, MigratingStore, MigratingTable,
     MigrationError, MigrationSource, NotMigratedPolicy, Row, StepError, TableError, WriteTarget,
 };
-use layout_core::{ActionRegistry, UpgradeFinalizer};
+use layout_core::{ActionRegistry, LayoutVersionManager, UpgradeFinalizer};
 use parking_lot::Mutex;
 
 use crate::migration_background::{key, old_rows, prefinalized, upgrade_value, MigFeature};
@@ -35,6 +35,49 @@ struct Service {
 
 type Model = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
+/// A migration of `store` to `upgrade_value` in batches of `batch_size`, each batch waiting
+/// until the workload has done `ops_per_batch` more operations (counted in `ops`, never
+/// timed) or `stop` is set, so the workload overlaps the whole copy.
+fn paced_migration(
+    name: &str,
+    store: &Arc<dyn MigratingStore>,
+    batch_size: usize,
+    ops_per_batch: u64,
+    ops: &Arc<AtomicU64>,
+    stop: &Arc<AtomicBool>,
+) -> BackgroundMigration {
+    let (ops, stop) = (Arc::clone(ops), Arc::clone(stop));
+    BackgroundMigration::builder(name, store.clone(), store.clone())
+        .batch_size(batch_size)
+        .transform(upgrade_value)
+        .on_batch(move |e| {
+            if let BatchEvent::BatchStarted { .. } = e {
+                let target = ops.load(Ordering::SeqCst) + ops_per_batch;
+                while ops.load(Ordering::SeqCst) < target && !stop.load(Ordering::SeqCst) {
+                    std::thread::yield_now();
+                }
+            }
+        })
+        .open()
+        .unwrap()
+}
+
+/// The service holding `migration` and a finalizer that runs it as `UsersV2`'s
+/// `OnFinalize` action.
+fn finalizing(
+    lvm: &Arc<LayoutVersionManager<MigFeature>>,
+    migration: BackgroundMigration,
+) -> (Arc<Service>, Arc<UpgradeFinalizer<MigFeature, Service>>) {
+    let registry = ActionRegistry::<MigFeature, Service>::builder()
+        .on_finalize(MigFeature::UsersV2, |s: &Service, ctx| {
+            s.migration.run_as_action(ctx)
+        })
+        .build()
+        .unwrap();
+    let finalizer = Arc::new(UpgradeFinalizer::new(Arc::clone(lvm), registry));
+    (Arc::new(Service { migration }), finalizer)
+}
+
 /// Counts of what a worker did while the migration ran.
 #[derive(Default, Debug)]
 struct Counts {
@@ -56,23 +99,7 @@ fn concurrent_workload(store: Arc<dyn MigratingStore>, rows: u32, policy: NotMig
     let lvm = prefinalized();
     let ops = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let (ops_in_hook, stop_in_hook) = (Arc::clone(&ops), Arc::clone(&stop));
-    let migration = BackgroundMigration::builder("users-v2", store.clone(), store.clone())
-        .batch_size(50)
-        .transform(upgrade_value)
-        .on_batch(move |e| {
-            // At least OPS_PER_BATCH operations between two batches.
-            if let BatchEvent::BatchStarted { .. } = e {
-                let target = ops_in_hook.load(Ordering::SeqCst) + OPS_PER_BATCH;
-                while ops_in_hook.load(Ordering::SeqCst) < target
-                    && !stop_in_hook.load(Ordering::SeqCst)
-                {
-                    std::thread::yield_now();
-                }
-            }
-        })
-        .open()
-        .unwrap();
+    let migration = paced_migration("users-v2", &store, 50, OPS_PER_BATCH, &ops, &stop);
     let table = Arc::new(
         MigratingTable::new(
             store.clone(),
@@ -83,14 +110,7 @@ fn concurrent_workload(store: Arc<dyn MigratingStore>, rows: u32, policy: NotMig
         .with_backport(downgrade_value)
         .with_policy(policy),
     );
-    let service = Arc::new(Service { migration });
-    let registry = ActionRegistry::<MigFeature, Service>::builder()
-        .on_finalize(MigFeature::UsersV2, |s: &Service, ctx| {
-            s.migration.run_as_action(ctx)
-        })
-        .build()
-        .unwrap();
-    let finalizer = Arc::new(UpgradeFinalizer::new(Arc::clone(&lvm), registry));
+    let (service, finalizer) = finalizing(&lvm, migration);
     let mut seeds = Rng::from_env(0x5eed_7ab1e);
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| {
@@ -315,23 +335,7 @@ fn concurrent_increments(store: Arc<dyn MigratingStore>, rows: u32, ops_per_batc
     let lvm = prefinalized();
     let ops = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let (ops_in_hook, stop_in_hook) = (Arc::clone(&ops), Arc::clone(&stop));
-    let migration = BackgroundMigration::builder("counters-v2", store.clone(), store.clone())
-        .batch_size(20)
-        .transform(upgrade_value)
-        .on_batch(move |e| {
-            // Increments between every two batches (counted, never timed).
-            if let BatchEvent::BatchStarted { .. } = e {
-                let target = ops_in_hook.load(Ordering::SeqCst) + ops_per_batch;
-                while ops_in_hook.load(Ordering::SeqCst) < target
-                    && !stop_in_hook.load(Ordering::SeqCst)
-                {
-                    std::thread::yield_now();
-                }
-            }
-        })
-        .open()
-        .unwrap();
+    let migration = paced_migration("counters-v2", &store, 20, ops_per_batch, &ops, &stop);
     let table = Arc::new(
         MigratingTable::new(
             store.clone(),
@@ -347,14 +351,7 @@ fn concurrent_increments(store: Arc<dyn MigratingStore>, rows: u32, ops_per_batc
         key(rows - 2),
         b"user-not-in-the-old-table".to_vec(),
     ];
-    let service = Arc::new(Service { migration });
-    let registry = ActionRegistry::<MigFeature, Service>::builder()
-        .on_finalize(MigFeature::UsersV2, |s: &Service, ctx| {
-            s.migration.run_as_action(ctx)
-        })
-        .build()
-        .unwrap();
-    let finalizer = Arc::new(UpgradeFinalizer::new(Arc::clone(&lvm), registry));
+    let (service, finalizer) = finalizing(&lvm, migration);
     let workers: Vec<_> = (0..THREADS)
         .map(|t| incrementer(t, &table, &hot, &ops, &stop))
         .collect();
