@@ -349,7 +349,9 @@ fn status_view<F: LayoutFeature>(report: StatusReport<F>) -> FinalizationStatusR
     FinalizationStatusResponse {
         api_version: API_VERSION,
         status: report.status.as_str().to_owned(),
-        running: report.status.is_running(),
+        // The run, not the status: a finalization answered `Started` is still checking its
+        // conditions before the status says so, and a watcher must not stop there.
+        running: report.running,
         metadata_layout_version: report.metadata_layout_version,
         software_layout_version: report.software_layout_version,
         target_version: report.target_version,
@@ -454,7 +456,7 @@ impl<F: LayoutFeature, C: Send + Sync + 'static> Typed<F, C> {
     fn is_running(&self) -> bool {
         self.finalizer
             .report_status(None, false)
-            .is_ok_and(|s| s.status.is_running())
+            .is_ok_and(|s| s.running)
     }
 }
 
@@ -498,23 +500,10 @@ impl<F: LayoutFeature, C: Send + Sync + 'static> Backend for Typed<F, C> {
         client: Option<&str>,
         takeover: bool,
     ) -> Result<FinalizationStatusResponse, AdminError> {
-        let mut view = self
-            .finalizer
+        self.finalizer
             .report_status(client, takeover)
             .map(status_view)
-            .map_err(|e| finalize_error(&e))?;
-        // A finalization answered `Started` is running from the caller's point of view
-        // until its thread ends, including while its conditions are still being checked
-        // (before the finalizer's own status says so): a watcher must not stop there.
-        if self
-            .running
-            .lock()
-            .as_ref()
-            .is_some_and(|h| !h.is_finished())
-        {
-            view.running = true;
-        }
-        Ok(view)
+            .map_err(|e| finalize_error(&e))
     }
 
     fn finalize(

@@ -542,6 +542,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
         }
         Ok(StatusReport {
             status: shared.status,
+            running: self.running.load(Ordering::Acquire),
             metadata_layout_version: self.lvm.metadata_layout_version(),
             software_layout_version: self.lvm.software_layout_version(),
             target_version: shared.target,

@@ -75,6 +75,10 @@ pub struct Progress<F> {
 pub struct StatusReport<F> {
     /// The status.
     pub status: FinalizationStatus,
+    /// Whether a finalization run holds the finalizer now, from its pre-flight checks to
+    /// its end. The status turns to `StartingFinalization` only once the checks passed, so
+    /// a watcher of a run it started follows this rather than the status.
+    pub running: bool,
     /// The MLV now.
     pub metadata_layout_version: u32,
     /// The SLV.
