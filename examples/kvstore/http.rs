@@ -128,7 +128,11 @@ fn accept_loop(
         let spawned = std::thread::Builder::new()
             .name("kvstore-http-conn".into())
             .spawn(move || {
+                // Locals drop in reverse order: the store is let go before the connection
+                // counts as done, so once `shutdown` returns no connection thread holds
+                // the database (whose lock a restart in this process needs).
                 let _guard = guard;
+                let shared = shared;
                 serve(stream, &shared, &limits);
             });
         if let Err(e) = spawned {

@@ -439,3 +439,45 @@ fn the_token_and_endpoint_are_checked() {
     assert!(AdminClient::new("http://127.0.0.1:1/x", TOKEN).is_err());
     assert!(AdminClient::new("127.0.0.1:1", TOKEN).is_ok());
 }
+
+/// Once `shutdown` returns, no worker of the server holds the service any more, so a
+/// component restarted in the same process can reopen what its service held (a database
+/// with an exclusive lock, say) at once. Each round serves requests and stops; the
+/// workers' last act used to be announcing they were done while still holding it.
+#[test]
+fn after_shutdown_no_worker_holds_the_service() {
+    use std::sync::Arc;
+
+    use layout_core::admin::http::{AdminServer, HttpConfig};
+    use layout_core::admin::AdminService;
+    use layout_core::{
+        ActionRegistry, LayoutVersionManager, ManagerOptions, MemoryStorage, UpgradeFinalizer,
+    };
+
+    for round in 0..100 {
+        let opts = ManagerOptions::default()
+            .with_start_intent(StartIntent::Init)
+            .with_initial_layout_version(0);
+        let lvm =
+            Arc::new(LayoutVersionManager::<OmFeature>::open(MemoryStorage::new(), opts).unwrap());
+        let finalizer = UpgradeFinalizer::new(lvm, ActionRegistry::<OmFeature, ()>::empty());
+        let service = Arc::new(AdminService::new(Arc::new(finalizer), Arc::new(())));
+        let config = HttpConfig::new(TOKEN)
+            .unwrap()
+            .with_bind_addr("127.0.0.1:0".parse().unwrap());
+        let server = AdminServer::start(Arc::clone(&service), config).unwrap();
+        let status = raw(
+            server.local_addr(),
+            format!("GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n")
+                .as_bytes(),
+        )
+        .0;
+        assert_eq!(status, 200, "round {round}");
+        server.shutdown();
+        assert_eq!(
+            Arc::strong_count(&service),
+            1,
+            "round {round}: a worker still holds the service after shutdown returned"
+        );
+    }
+}

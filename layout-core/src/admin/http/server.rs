@@ -43,14 +43,21 @@ struct Shared {
     service: Arc<AdminService>,
     config: HttpConfig,
     stopping: AtomicBool,
+    activity: Arc<Activity>,
+}
+
+/// The connections being served, apart from [`Shared`] so a worker can report itself done
+/// after it has dropped everything else.
+#[derive(Default)]
+struct Activity {
     active: Mutex<usize>,
     idle: Condvar,
 }
 
 /// Decrements the active connection count when a worker ends (also on panic).
-struct Active<'a>(&'a Shared);
+struct Active(Arc<Activity>);
 
-impl Drop for Active<'_> {
+impl Drop for Active {
     fn drop(&mut self) {
         let mut active = self.0.active.lock();
         *active = active.saturating_sub(1);
@@ -76,8 +83,7 @@ impl AdminServer {
             service,
             config,
             stopping: AtomicBool::new(false),
-            active: Mutex::new(0),
-            idle: Condvar::new(),
+            activity: Arc::default(),
         });
         let acceptor = {
             let shared = Arc::clone(&shared);
@@ -126,9 +132,9 @@ impl AdminServer {
         };
         let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
         let _ = acceptor.join();
-        let mut active = self.shared.active.lock();
+        let mut active = self.shared.activity.active.lock();
         while *active > 0 {
-            self.shared.idle.wait(&mut active);
+            self.shared.activity.idle.wait(&mut active);
         }
         tracing::info!(addr = %self.addr, "admin endpoint stopped");
     }
@@ -144,7 +150,7 @@ impl fmt::Debug for AdminServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AdminServer")
             .field("addr", &self.addr)
-            .field("active", &*self.shared.active.lock())
+            .field("active", &*self.shared.activity.active.lock())
             .finish_non_exhaustive()
     }
 }
@@ -164,7 +170,7 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
             }
         };
         {
-            let mut active = shared.active.lock();
+            let mut active = shared.activity.active.lock();
             if *active >= shared.config.max_connections {
                 drop(active);
                 let mut stream = stream;
@@ -182,12 +188,16 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
         let spawned = thread::Builder::new()
             .name("layout-admin-http".to_owned())
             .spawn(move || {
-                let _active = Active(&worker);
+                // Locals drop in reverse order: the worker lets go of the service before
+                // it reports itself done, so once `shutdown` returns nothing here holds
+                // the service (or what it holds: a database's lock, say).
+                let _active = Active(Arc::clone(&worker.activity));
+                let worker = worker;
                 serve_connection(&worker, stream);
             });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "admin endpoint: cannot start a worker");
-            let mut active = shared.active.lock();
+            let mut active = shared.activity.active.lock();
             *active = active.saturating_sub(1);
         }
     }
