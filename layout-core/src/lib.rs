@@ -86,6 +86,8 @@ pub mod factory;
 pub mod feature;
 pub mod finalizer;
 pub mod gate;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod manager;
 pub mod migration;
 pub mod options;

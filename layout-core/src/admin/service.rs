@@ -367,6 +367,7 @@ fn status_view<F: LayoutFeature>(report: StatusReport<F>) -> FinalizationStatusR
             elapsed_ms: u64::try_from(p.elapsed.as_millis()).unwrap_or(u64::MAX),
         }),
         last_error: report.last_error,
+        failures: report.failures,
         messages: report.messages,
         veto: report.veto.map(|v| VetoView {
             reason: v.reason,

@@ -237,6 +237,9 @@ pub struct FinalizationStatusResponse {
     pub progress: Option<ProgressView>,
     /// Why the last finalization failed, if it did.
     pub last_error: Option<String>,
+    /// How many finalization runs ended in an error since the component started.
+    #[serde(default)]
+    pub failures: u64,
     /// Messages for the asking client, each delivered once (empty when read-only).
     pub messages: Vec<String>,
     /// The veto on automatic finalization, if set.

@@ -131,6 +131,8 @@ struct Shared<F> {
     target: Option<u32>,
     progress: Option<Progress<F>>,
     last_error: Option<String>,
+    /// Finalization runs that ended in an error since this finalizer was built.
+    failures: u64,
     messages: VecDeque<String>,
 }
 
@@ -232,6 +234,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
                 client: unfinished.map(|r| r.client_id),
                 progress: None,
                 last_error: None,
+                failures: 0,
                 messages: VecDeque::new(),
             }),
             lvm,
@@ -549,6 +552,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
             client_id: shared.client.clone(),
             progress,
             last_error: shared.last_error.clone(),
+            failures: shared.failures,
             messages,
             veto: state.veto,
             veto_active,
@@ -724,6 +728,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
             }
             Err(err) => {
                 shared.last_error = Some(err.to_string());
+                shared.failures += 1;
                 if shared.status.is_running() {
                     shared.status = FinalizationStatus::FinalizationRequired;
                 }

@@ -91,6 +91,9 @@ pub struct StatusReport<F> {
     pub progress: Option<Progress<F>>,
     /// The error that ended the last finalization, if it failed.
     pub last_error: Option<String>,
+    /// How many finalization runs ended in an error (a failed action, a refused
+    /// pre-flight, a storage error) since the finalizer was built.
+    pub failures: u64,
     /// Messages for the reporting client, each delivered once (empty for a read-only
     /// report).
     pub messages: Vec<String>,

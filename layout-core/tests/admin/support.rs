@@ -168,6 +168,7 @@ pub(crate) struct Start {
     pub(crate) intent: StartIntent,
     pub(crate) request_timeout: Duration,
     pub(crate) max_connections: usize,
+    pub(crate) max_concurrent_requests: usize,
 }
 
 impl Default for Start {
@@ -177,6 +178,7 @@ impl Default for Start {
             intent: StartIntent::Init,
             request_timeout: Duration::from_millis(500),
             max_connections: 16,
+            max_concurrent_requests: 16,
         }
     }
 }
@@ -232,7 +234,8 @@ impl Fixture {
             .unwrap()
             .with_bind_addr("127.0.0.1:0".parse().unwrap())
             .with_request_timeout(start.request_timeout)
-            .with_max_connections(start.max_connections);
+            .with_max_connections(start.max_connections)
+            .with_max_concurrent_requests(start.max_concurrent_requests);
         let server = AdminServer::start(Arc::clone(&service), config).unwrap();
         let addr = server.local_addr();
         Self {
@@ -361,10 +364,46 @@ pub(crate) fn raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     read_answer(&mut stream)
 }
 
-/// Reads a whole answer (the server closes after it).
+/// Like [`raw`], but `None` when the server closed the connection without an answer.
+pub(crate) fn raw_or_closed(addr: SocketAddr, request: &[u8]) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let _ = stream.write_all(request);
+    let mut first = [0u8; 1];
+    match stream.read(&mut first) {
+        Ok(1) => {}
+        _ => return None,
+    }
+    Some(read_answer_from(&mut stream, vec![first[0]]))
+}
+
+/// Reads one answer: its head, then as many body bytes as its `Content-Length` says
+/// (the server keeps the connection open for the next request), or up to the end of the
+/// stream when the server closes it.
 pub(crate) fn read_answer(stream: &mut TcpStream) -> (u16, String) {
-    let mut answer = Vec::new();
-    let _ = stream.read_to_end(&mut answer);
+    read_answer_from(stream, Vec::new())
+}
+
+fn read_answer_from(stream: &mut TcpStream, mut answer: Vec<u8>) -> (u16, String) {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if length.is_some_and(|n| answer.len() >= end + 4 + n) {
+                break;
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+        }
+    }
     let text = String::from_utf8_lossy(&answer).into_owned();
     let status = text
         .strip_prefix("HTTP/1.1 ")
@@ -376,6 +415,12 @@ pub(crate) fn read_answer(stream: &mut TcpStream) -> (u16, String) {
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Whether the server closed `stream` without answering (EOF or a reset).
+pub(crate) fn closed_without_answer(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(stream.read(&mut buf), Ok(0) | Err(_))
 }
 
 /// A request with the fixture's token.

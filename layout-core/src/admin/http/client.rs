@@ -11,6 +11,7 @@ use crate::admin::types::{
     FinalizationStatusResponse, FinalizeParams, FinalizeResponse, PrepareParams, PrepareResponse,
     StatusResponse,
 };
+use crate::http::ClientConfig;
 
 /// How long one call may take by default (prepare waits for the component's log, so
 /// this is generous).
@@ -19,6 +20,7 @@ pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(180);
 /// A blocking client of the admin endpoint ([`AdminServer`](super::AdminServer)).
 pub struct AdminClient {
     agent: ureq::Agent,
+    config: ClientConfig,
     base: String,
     bearer: String,
 }
@@ -27,7 +29,8 @@ pub struct AdminClient {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
-    /// The endpoint is not an `http://host:port` address.
+    /// The endpoint is not an `http://host:port` (or, with TLS, `https://host:port`)
+    /// address.
     #[error("invalid admin endpoint {endpoint:?}: {reason}")]
     InvalidEndpoint {
         /// The endpoint given.
@@ -84,26 +87,26 @@ impl ClientError {
 
 impl AdminClient {
     /// A client of the endpoint at `endpoint` (`http://127.0.0.1:9868`, or just
-    /// `127.0.0.1:9868`), presenting `token`. Plain HTTP only: TLS is left to a proxy.
+    /// `127.0.0.1:9868`), presenting `token`, over plain HTTP with
+    /// [`DEFAULT_CLIENT_TIMEOUT`]. For TLS, see [`with_config`](Self::with_config).
     pub fn new(endpoint: &str, token: impl Into<String>) -> Result<Self, ClientError> {
+        Self::with_config(endpoint, token, ClientConfig::new(DEFAULT_CLIENT_TIMEOUT))
+    }
+
+    /// A client of the endpoint at `endpoint` with `config` (timeout; with the `tls`
+    /// feature, the CA to trust and a client certificate for mTLS).
+    pub fn with_config(
+        endpoint: &str,
+        token: impl Into<String>,
+        config: ClientConfig,
+    ) -> Result<Self, ClientError> {
         let invalid = |reason: &str| ClientError::InvalidEndpoint {
             endpoint: endpoint.to_owned(),
             reason: reason.to_owned(),
         };
-        let trimmed = endpoint.trim().trim_end_matches('/');
-        let authority = match trimmed.split_once("://") {
-            Some(("http", rest)) => rest,
-            Some((scheme, _)) => {
-                return Err(invalid(&format!(
-                    "scheme {scheme:?} is not supported; the endpoint speaks plain http (TLS is \
-                     left to a proxy or an SSH tunnel)"
-                )))
-            }
-            None => trimmed,
-        };
-        if authority.is_empty() || authority.contains(['/', '?', '#', '@', ' ']) {
-            return Err(invalid("expected http://host:port"));
-        }
+        let base = config
+            .base_url(endpoint)
+            .map_err(|reason| invalid(&reason))?;
         let token = token.into();
         if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(invalid(
@@ -111,8 +114,9 @@ impl AdminClient {
             ));
         }
         Ok(Self {
-            agent: agent(DEFAULT_CLIENT_TIMEOUT),
-            base: format!("http://{authority}"),
+            agent: config.agent(),
+            config,
+            base,
             bearer: format!("Bearer {token}"),
         })
     }
@@ -120,7 +124,8 @@ impl AdminClient {
     /// Sets how long one call may take (default [`DEFAULT_CLIENT_TIMEOUT`]).
     #[must_use]
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.agent = agent(timeout);
+        self.config = self.config.with_timeout(timeout);
+        self.agent = self.config.agent();
         self
     }
 
@@ -227,16 +232,6 @@ impl AdminClient {
         };
         Err(ClientError::Api { status, error })
     }
-}
-
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .proxy(None)
-        .max_redirects(0)
-        .timeout_global(Some(timeout))
-        .build()
-        .into()
 }
 
 impl fmt::Debug for AdminClient {
