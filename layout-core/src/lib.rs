@@ -60,6 +60,7 @@
 //! | [`finalizer`] | [`UpgradeFinalizer`]: start-up actions, finalization, status, policy |
 //! | [`prepare`] | [`PrepareController`]: the write gate, prepare and cancel-prepare, the marker |
 //! | `admin` | the admin API and [`AdminService`](crate::admin::AdminService) (feature `admin`); its HTTP endpoint and client (feature `admin-http`) |
+//! | `http` | the one HTTP stack of every endpoint: axum on hyper on a runtime thread the endpoint owns, bearer tokens, limits, `/metrics`, TLS (features `http`, `tls`) |
 //! | [`clock`] | injectable time: [`SystemClock`], [`ManualClock`] |
 //! | [`cluster`] | cluster-wide finalization: coordinator, members, cluster stores (embedded, etcd), store moves |
 //! | [`gate`] | [`LayoutAware`] and `#[disallowed_until]`: APIs closed until their feature is finalized |
@@ -71,6 +72,11 @@
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 mod readme {}
+
+/// The operator runbook: its Rust examples are compiled as doctests.
+#[cfg(all(doctest, feature = "tls"))]
+#[doc = include_str!("../../docs/operator-runbook.md")]
+mod operator_runbook {}
 
 // Generated code names `::layout_core::...`; this makes those paths resolve here too.
 #[allow(unused_extern_crates)]

@@ -878,6 +878,17 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
         let count = features.len();
         let mut finalized = Vec::with_capacity(count);
         for (i, &feature) in features.iter().enumerate() {
+            // One span per feature: its action's span, its migration's batches and the
+            // "finalized" line nest under it in the log.
+            let span = tracing::info_span!(
+                target: "layout_core::finalizer",
+                "finalize_feature",
+                feature = feature.name(),
+                layout_version = feature.layout_version(),
+                step = i + 1,
+                of = count,
+            );
+            let _entered = span.enter();
             if self.cancel.load(Ordering::SeqCst) {
                 return Err(FinalizeError::Cancelled {
                     next: feature,

@@ -1056,6 +1056,12 @@ impl BackgroundMigration {
 
     #[allow(clippy::too_many_lines)]
     fn copy(&self, ctx: Option<&dyn Reporter>) -> Result<MigrationReport, MigrationError> {
+        let span = tracing::info_span!(
+            target: "layout_core::migration",
+            "background_migration",
+            migration = %self.name
+        );
+        let _entered = span.enter();
         // Start (or resume): persist the run, with writers switched to dual-write first.
         let mut checkpoint = loop {
             let current = self.sink.load_checkpoint()?;
@@ -1140,6 +1146,13 @@ impl BackgroundMigration {
                 });
             }
             self.throttle(run_start, checkpoint.done - done_at_start);
+            let batch_span = tracing::debug_span!(
+                target: "layout_core::migration",
+                "batch",
+                index = checkpoint.batches,
+                from = checkpoint.done
+            );
+            let _batch = batch_span.enter();
             self.emit(&BatchEvent::BatchStarted {
                 index: checkpoint.batches,
             });

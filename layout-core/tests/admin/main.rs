@@ -5,5 +5,7 @@
 mod cli;
 mod hostile;
 mod http;
+mod metrics;
 mod service;
 mod support;
+mod tls;

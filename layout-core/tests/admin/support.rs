@@ -137,6 +137,8 @@ fn registry() -> ActionRegistry<OmFeature, Node> {
             layout_core::Phase::OnFinalize,
             format!("migrate-{}", feature.name()),
             move |node: &Node, ctx| {
+                // A migration's first batch, reported before the (test-held) rest.
+                ctx.report_progress(3, Some(10));
                 node.hold.pass();
                 if *node.fail_feature.lock() == Some(feature) {
                     return Err(ActionError::new("the migration hit a corrupt row"));
@@ -169,6 +171,8 @@ pub(crate) struct Start {
     pub(crate) request_timeout: Duration,
     pub(crate) max_connections: usize,
     pub(crate) max_concurrent_requests: usize,
+    /// Serve TLS with this (optionally requiring client certificates).
+    pub(crate) tls: Option<layout_core::http::ServerTls>,
 }
 
 impl Default for Start {
@@ -179,6 +183,7 @@ impl Default for Start {
             request_timeout: Duration::from_millis(500),
             max_connections: 16,
             max_concurrent_requests: 16,
+            tls: None,
         }
     }
 }
@@ -236,6 +241,10 @@ impl Fixture {
             .with_request_timeout(start.request_timeout)
             .with_max_connections(start.max_connections)
             .with_max_concurrent_requests(start.max_concurrent_requests);
+        let config = match &start.tls {
+            Some(tls) => config.with_tls(tls.clone()),
+            None => config,
+        };
         let server = AdminServer::start(Arc::clone(&service), config).unwrap();
         let addr = server.local_addr();
         Self {
@@ -278,7 +287,10 @@ impl Fixture {
     }
 
     pub(crate) fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match &self.server {
+            Some(server) => server.url(),
+            None => format!("http://{}", self.addr),
+        }
     }
 
     pub(crate) fn client(&self) -> AdminClient {
@@ -319,6 +331,10 @@ pub(crate) fn layoutctl<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &st
         "LAYOUTCTL_TOKEN_FILE",
         "LAYOUTCTL_ENDPOINT",
         "LAYOUTCTL_CLIENT_ID",
+        "LAYOUTCTL_CA",
+        "LAYOUTCTL_CERT",
+        "LAYOUTCTL_KEY",
+        "RUST_LOG",
     ] {
         cmd.env_remove(var);
     }

@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use layout_core::admin::http::{AdminClient, BearerToken, ClientError, DEFAULT_ADMIN_PORT};
+use layout_core::admin::http::{
+    AdminClient, BearerToken, ClientError, DEFAULT_ADMIN_PORT, DEFAULT_CLIENT_TIMEOUT,
+};
+use layout_core::http::{ClientConfig, ClientTls};
 use layout_core::admin::{
     ErrorCode, FeatureView, FinalizationStatusParams, FinalizationStatusResponse, FinalizeParams,
     FinalizeResponse, PrepareParams, PrepareResponse, StatusResponse,
@@ -69,9 +72,42 @@ struct Cli {
     /// Who is asking (recorded in the finalization history).
     #[arg(long, global = true, env = "LAYOUTCTL_CLIENT_ID")]
     client_id: Option<String>,
-    /// How long one call to the endpoint may take, in seconds.
-    #[arg(long, global = true, default_value_t = 180, value_name = "SECONDS")]
+    /// How long one call to the endpoint may take, in seconds (1 to 86400).
+    #[arg(
+        long,
+        global = true,
+        default_value_t = DEFAULT_CLIENT_TIMEOUT.as_secs(),
+        value_name = "SECONDS",
+        value_parser = clap::value_parser!(u64).range(1..=86_400)
+    )]
     timeout: u64,
+    /// The CA certificate (PEM) that signed the endpoint's certificate: speak TLS
+    /// (https://) and trust only this CA.
+    #[arg(long, global = true, env = "LAYOUTCTL_CA", value_name = "PATH")]
+    ca: Option<PathBuf>,
+    /// A client certificate (PEM) to present to an endpoint that requires one (mTLS);
+    /// needs --key and --ca.
+    #[arg(
+        long,
+        global = true,
+        env = "LAYOUTCTL_CERT",
+        value_name = "PATH",
+        requires_all = ["key", "ca"]
+    )]
+    cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(
+        long,
+        global = true,
+        env = "LAYOUTCTL_KEY",
+        value_name = "PATH",
+        requires = "cert"
+    )]
+    key: Option<PathBuf>,
+    /// Log what the client does to stderr (-v info, -vv debug); $RUST_LOG, when set,
+    /// chooses instead.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -129,6 +165,8 @@ struct Failure {
     message: String,
     error_code: Option<ErrorCode>,
     http_status: Option<u16>,
+    /// The exchange with the endpoint broke (nothing, or no answer, came back).
+    transport: bool,
 }
 
 impl Failure {
@@ -138,6 +176,7 @@ impl Failure {
             message: message.into(),
             error_code: None,
             http_status: None,
+            transport: false,
         }
     }
 }
@@ -157,6 +196,7 @@ impl From<ClientError> for Failure {
             code,
             error_code: err.code(),
             http_status: err.http_status(),
+            transport: matches!(err, ClientError::Transport { .. }),
             message: err.to_string(),
         }
     }
@@ -174,8 +214,10 @@ fn main() -> ExitCode {
             });
         }
     };
+    init_logging(cli.verbose);
     let json = cli.json;
-    match run(cli) {
+    let tls = (cli.ca.is_some(), cli.cert.is_some());
+    match run(cli).map_err(|failure| hint(tls, failure)) {
         Ok(code) => ExitCode::from(code),
         Err(failure) => {
             if json {
@@ -205,8 +247,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         return Ok(inspect::run(dir, cli.json));
     }
     let token = token(&cli)?;
-    let client = AdminClient::new(&cli.endpoint, token.expose())?
-        .with_timeout(Duration::from_secs(cli.timeout.max(1)));
+    let client = AdminClient::with_config(&cli.endpoint, token.expose(), client_config(&cli)?)?;
     let client_id = cli.client_id.clone().unwrap_or_else(default_client_id);
     let json = cli.json;
     match cli.command {
@@ -288,6 +329,53 @@ fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Inspect { .. } => unreachable!("handled above"),
     }
     Ok(exit::OK)
+}
+
+/// Logs to stderr: warnings by default, more with -v; `RUST_LOG` overrides.
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// The timeout and, with --ca, TLS (and the client certificate of --cert/--key).
+fn client_config(cli: &Cli) -> Result<ClientConfig, Failure> {
+    let config = ClientConfig::new(Duration::from_secs(cli.timeout));
+    let Some(ca) = &cli.ca else {
+        return Ok(config);
+    };
+    let usage = |e: &dyn std::fmt::Display| Failure::new(exit::USAGE, e.to_string());
+    let mut tls = ClientTls::with_ca_file(ca).map_err(|e| usage(&e))?;
+    if let (Some(cert), Some(key)) = (&cli.cert, &cli.key) {
+        tls = tls.with_identity_files(cert, key).map_err(|e| usage(&e))?;
+    }
+    Ok(config.with_tls(tls))
+}
+
+/// Adds what a connection failure may mean to its message, given whether TLS (--ca)
+/// and a client certificate (--cert) were configured.
+fn hint((ca, cert): (bool, bool), mut failure: Failure) -> Failure {
+    if failure.transport {
+        if !ca {
+            failure.message.push_str(
+                "\n(if the endpoint serves TLS, call it as https://host:port with --ca CA.pem)",
+            );
+        } else if !cert {
+            failure.message.push_str(
+                "\n(if the endpoint requires a client certificate, pass --cert and --key)",
+            );
+        }
+    }
+    failure
 }
 
 fn token(cli: &Cli) -> Result<BearerToken, Failure> {
