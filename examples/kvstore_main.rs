@@ -13,9 +13,19 @@
 //!
 //! ```text
 //! kvstore --dir /tmp/kv0 --node-id kv0 --coordinator --cluster-dir /tmp/kv-cluster --coordinator-port 9870 \
+//!     --cluster-token-file /tmp/kv-cluster-token \
 //!     --admin-listen 127.0.0.1:9868 --admin-token-file /tmp/kv-token
-//! kvstore --dir /tmp/kv1 --node-id kv1 --join 127.0.0.1:9870
+//! kvstore --dir /tmp/kv1 --node-id kv1 --join 127.0.0.1:9870 --cluster-token-file /tmp/kv-cluster-token
 //! ```
+//!
+//! Every node of a cluster needs the cluster token (`--cluster-token-file`,
+//! `--cluster-token` or `$KVSTORE_CLUSTER_TOKEN`): the coordinator serves the member link
+//! behind it and admits only members presenting it.
+//!
+//! TLS: `--tls-cert FILE --tls-key FILE` serve the HTTP API and the admin endpoint over
+//! TLS; `--tls-client-ca FILE` also requires client certificates signed by that CA.
+//!
+//! Logs go to stderr, filtered by `RUST_LOG` (default `info`).
 //!
 //! The coordinator node's admin token guards `POST /cluster/finalize` and
 //! `GET /cluster/status` (`Authorization: Bearer <token>`); a coordinator without one
@@ -28,6 +38,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use layout_core::http::{BearerToken, ServerTls};
 use layout_core::{LayoutFeature, StartIntent};
 use layout_examples::kvstore::{
     ClusterConfig, ClusterStoreConfig, KvFeature, KvNode, KvNodeConfig,
@@ -35,6 +46,9 @@ use layout_examples::kvstore::{
 
 /// The environment variable holding the admin token when no flag gives it.
 const ADMIN_TOKEN_ENV: &str = "KVSTORE_ADMIN_TOKEN";
+
+/// The environment variable holding the cluster token when no flag gives it.
+const CLUSTER_TOKEN_ENV: &str = "KVSTORE_CLUSTER_TOKEN";
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Intent {
@@ -96,9 +110,28 @@ struct Args {
     /// This node's id in the cluster, stable across restarts.
     #[arg(long)]
     node_id: Option<String>,
+    /// A file holding the cluster token (cluster mode: the coordinator serves the member
+    /// link behind it, members present it; the same on every node, not the admin token).
+    #[arg(long, conflicts_with = "cluster_token")]
+    cluster_token_file: Option<PathBuf>,
+    /// The cluster token (on the command line it shows in the process list). Without it
+    /// or `--cluster-token-file`, `$KVSTORE_CLUSTER_TOKEN`.
+    #[arg(long)]
+    cluster_token: Option<String>,
     /// How often a member heartbeats, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     heartbeat_ms: u64,
+    /// Serve the HTTP API and the admin endpoint over TLS with this certificate chain
+    /// (PEM, leaf first).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of `--tls-cert` (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by the CA(s) in this PEM file (mTLS), on the
+    /// HTTP API and the admin endpoint.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 fn cluster_config(args: &Args) -> Result<Option<ClusterConfig>, String> {
@@ -109,14 +142,43 @@ fn cluster_config(args: &Args) -> Result<Option<ClusterConfig>, String> {
         .node_id
         .clone()
         .ok_or("--coordinator and --join need --node-id (stable across restarts)")?;
+    let token = cluster_token(args)?;
     let config = match args.join {
         Some(coordinator) => ClusterConfig::member(node_id, coordinator),
         None => ClusterConfig::coordinator(node_id, cluster_store(args)?)
             .with_coordinator_port(args.coordinator_port),
     };
-    Ok(Some(config.with_heartbeat_interval(Duration::from_millis(
-        args.heartbeat_ms.max(1),
-    ))))
+    Ok(Some(
+        config
+            .with_cluster_token(token)
+            .with_heartbeat_interval(Duration::from_millis(args.heartbeat_ms.max(1))),
+    ))
+}
+
+/// The cluster token of `--cluster-token-file`, `--cluster-token` or
+/// `$KVSTORE_CLUSTER_TOKEN`, in that order (the environment is a fallback, as for the
+/// admin token).
+fn cluster_token(args: &Args) -> Result<BearerToken, String> {
+    let (token, from) = match (&args.cluster_token_file, &args.cluster_token) {
+        (Some(path), _) => (
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the cluster token file {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+            "--cluster-token-file",
+        ),
+        (None, Some(token)) => (token.clone(), "--cluster-token"),
+        (None, None) => (
+            std::env::var(CLUSTER_TOKEN_ENV).map_err(|_| {
+                format!(
+                    "--coordinator and --join need the cluster token: \
+                     --cluster-token-file, --cluster-token or {CLUSTER_TOKEN_ENV}"
+                )
+            })?,
+            CLUSTER_TOKEN_ENV,
+        ),
+    };
+    BearerToken::new(token).map_err(|e| format!("{from}: {e}"))
 }
 
 fn cluster_store(args: &Args) -> Result<ClusterStoreConfig, String> {
@@ -182,6 +244,39 @@ fn feature(name: &str) -> Result<KvFeature, String> {
         })
 }
 
+/// The TLS settings of `--tls-cert`, `--tls-key` and `--tls-client-ca`, if given.
+fn server_tls(args: &Args) -> Result<Option<ServerTls>, Box<dyn std::error::Error>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let tls = ServerTls::from_pem_files(cert, key)?;
+    Ok(Some(match &args.tls_client_ca {
+        Some(ca) => tls.with_client_ca_file(ca)?,
+        None => tls,
+    }))
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), so warnings such as a reset
+/// of the index migration reach the operator.
+fn install_logging() {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::EnvFilter;
+    let filter = match EnvFilter::try_from_default_env() {
+        Ok(filter) => filter,
+        Err(e) => {
+            if std::env::var_os(EnvFilter::DEFAULT_ENV).is_some() {
+                eprintln!("kvstore: warning: ignoring RUST_LOG ({e}); logging at info");
+            }
+            EnvFilter::new("info")
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
 fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut config = KvNodeConfig::new(&args.dir)
         .with_software_version(feature(&args.software_version)?)
@@ -220,6 +315,9 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
              POST /cluster/finalize (403); start it with --admin-listen and a token to \
              finalize the cluster"
         );
+    }
+    if let Some(tls) = server_tls(args)? {
+        config = config.with_tls(tls);
     }
     let node = KvNode::start(config)?;
     println!("http {}", node.http_addr());
@@ -277,7 +375,9 @@ fn stdin_is_a_pipe() -> bool {
 }
 
 fn main() -> ExitCode {
-    match run(&Args::parse()) {
+    let args = Args::parse();
+    install_logging();
+    match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kvstore: {e}");

@@ -6,21 +6,24 @@
 //!   `http_client` sends `GET /v1/status` through `AdminClient` to the component's admin
 //!   endpoint on loopback (one request: connect, send, answer).
 //! - `member_heartbeat`: `baseline_in_process` calls `Coordinator::heartbeat` directly;
-//!   `link` sends the same heartbeat through the member link of the coordinator's
-//!   endpoint on loopback.
+//!   `link` sends the same heartbeat through the member link, `HttpLink` to the
+//!   coordinator's `CoordinatorServer` on loopback, with the cluster token (a kept-alive
+//!   connection: send, answer).
 //!
 //! The ratio is the transport's overhead per request; its inverse is how many
 //! heartbeats per second one member thread gets through.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use layout_core::admin::http::{AdminClient, AdminServer, HttpConfig};
 use layout_core::admin::AdminService;
 use layout_core::cluster::{
-    Coordinator, CoordinatorLink, CoordinatorOptions, CoordinatorServer, EmbeddedStore,
-    MemberReport, TcpLink,
+    Coordinator, CoordinatorLink, CoordinatorOptions, CoordinatorServer, EmbeddedStore, HttpLink,
+    MemberReport,
 };
+use layout_core::http::{BearerToken, ClientConfig};
 use layout_core::{
     ActionRegistry, LayoutFeature, LayoutVersionManager, ManagerOptions, MemoryStorage,
     StartIntent, UpgradeFinalizer,
@@ -35,6 +38,7 @@ enum BenchFeature {
 }
 
 const TOKEN: &str = "bench-token-0123456789";
+const CLUSTER_TOKEN: &str = "bench-cluster-token-0123456789";
 
 fn admin_status(c: &mut Criterion) {
     let opts = ManagerOptions::default().with_start_intent(StartIntent::Init);
@@ -73,8 +77,15 @@ fn member_heartbeat(c: &mut Criterion) {
     );
     let report = MemberReport::new("datanode", "dn1", 1, 1);
     coordinator.register(&report).expect("register");
-    let server = CoordinatorServer::bind_loopback(Arc::clone(&coordinator), 0).expect("serve");
-    let link = TcpLink::new(server.local_addr());
+    let token = BearerToken::new(CLUSTER_TOKEN).expect("token");
+    let server = CoordinatorServer::bind_loopback(Arc::clone(&coordinator), 0, token.clone())
+        .expect("member link");
+    let link = HttpLink::new(
+        &server.url(),
+        token,
+        ClientConfig::new(Duration::from_secs(10)),
+    )
+    .expect("link");
 
     let mut group = c.benchmark_group("member_heartbeat");
     group.bench_function("baseline_in_process", |b| {
@@ -84,6 +95,7 @@ fn member_heartbeat(c: &mut Criterion) {
         b.iter(|| CoordinatorLink::heartbeat(&link, &report).expect("heartbeat"));
     });
     group.finish();
+    server.shutdown();
 }
 
 criterion_group!(benches, admin_status, member_heartbeat);

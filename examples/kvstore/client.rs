@@ -1,4 +1,5 @@
-//! [`KvClient`]: a blocking client of the kvstore's HTTP API (ureq).
+//! [`KvClient`]: a blocking client of the kvstore's HTTP API (ureq), over plain HTTP or
+//! TLS ([`ClientConfig`]).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use layout_core::http::ClientConfig;
 use layout_core::LayoutFeature;
 
 use super::cluster::{KvClusterFinalize, KvClusterStatus};
@@ -74,6 +76,25 @@ impl ClientError {
 }
 
 /// A blocking client of one kvstore's HTTP API.
+///
+/// [`new`](Self::new) and [`with_timeout`](Self::with_timeout) speak plain HTTP;
+/// [`with_config`](Self::with_config) takes a [`ClientConfig`], which may carry TLS
+/// settings (the CA that signed the node's certificate, and a client certificate for a
+/// node started with a client CA):
+///
+/// ```no_run
+/// use std::path::Path;
+/// use std::time::Duration;
+/// use layout_core::http::{ClientConfig, ClientTls};
+/// use layout_examples::kvstore::KvClient;
+///
+/// let tls = ClientTls::with_ca_file(Path::new("/etc/kvstore/ca.pem"))?
+///     .with_identity_files(Path::new("client.pem"), Path::new("client-key.pem"))?;
+/// let config = ClientConfig::new(Duration::from_secs(10)).with_tls(tls);
+/// let client = KvClient::with_config("127.0.0.1:9880".parse()?, &config);
+/// client.put("greeting", "hello")?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct KvClient {
     agent: ureq::Agent,
@@ -162,17 +183,22 @@ impl KvClient {
 
     /// A client of the kvstore at `addr` whose calls time out after `timeout`.
     pub fn with_timeout(addr: SocketAddr, timeout: Duration) -> KvClient {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .proxy(None)
-            .max_redirects(0)
-            .timeout_global(Some(timeout))
-            .build()
-            .into();
+        Self::with_config(addr, &ClientConfig::new(timeout))
+    }
+
+    /// A client of the kvstore at `addr` with `config`: its timeout per call and, when it
+    /// carries TLS settings, `https://` with its CA (and client certificate). The
+    /// certificate of a TLS node must name `addr`'s IP address.
+    pub fn with_config(addr: SocketAddr, config: &ClientConfig) -> KvClient {
+        let scheme = if config.tls_enabled() {
+            "https"
+        } else {
+            "http"
+        };
         KvClient {
-            agent,
+            agent: config.agent(),
             addr,
-            base: format!("http://{addr}"),
+            base: format!("{scheme}://{addr}"),
             token: None,
         }
     }

@@ -4,7 +4,9 @@
 //! - The **coordinator node** serves its own data like any node, and also runs a
 //!   [`Coordinator`] over a [`ClusterStore`] (the embedded store in a directory by
 //!   default; etcd with the `etcd` feature), served to member processes by a
-//!   [`CoordinatorServer`] on a loopback port. Its own layout takes part in the cluster:
+//!   [`CoordinatorServer`] on a loopback port, behind the **cluster token**
+//!   ([`ClusterConfig::with_cluster_token`]; a member without it is refused with 401
+//!   and never becomes a member). Its own layout takes part in the cluster:
 //!   it finalizes first. Operators finalize the cluster through the coordinator node's
 //!   HTTP API: `GET /cluster/status`, `POST /cluster/finalize`. These routes are guarded
 //!   by the node's admin token ([`KvNodeConfig::with_admin`](super::KvNodeConfig::with_admin)):
@@ -12,8 +14,8 @@
 //!   `unauthorized` otherwise, compared as the admin endpoint does); without one,
 //!   `POST /cluster/finalize` is refused (403 `forbidden`) and only the read-only
 //!   `GET /cluster/status` is served.
-//! - A **member node** registers with the coordinator at start-up (through a [`TcpLink`])
-//!   reporting its `(SLV, MLV)`, and heartbeats from a background thread. When the
+//! - A **member node** registers with the coordinator at start-up (through an
+//!   [`HttpLink`] presenting the cluster token) reporting its `(SLV, MLV)`, and heartbeats from a background thread. When the
 //!   coordinator answers "finalize to V", the member finalizes its own node through its
 //!   own [`UpgradeFinalizer`] (so its `OnFinalize` actions — the value-index migration —
 //!   run), in the heartbeat thread, or during start-up for a member that comes back late.
@@ -32,9 +34,10 @@ use std::time::Duration;
 use layout_core::admin::http::{bearer_credentials, BearerToken};
 use layout_core::cluster::{
     BeyondSoftware, Blocker, ClusterError, ClusterFinalizeOutcome, ClusterStatus, ClusterStore,
-    Coordinator, CoordinatorOptions, CoordinatorServer, EmbeddedStore, LocalError, LocalLayout,
-    Member, MemberError, MemberStep, TcpLink,
+    Coordinator, CoordinatorOptions, CoordinatorServer, EmbeddedStore, HttpLink, LocalError,
+    LocalLayout, Member, MemberError, MemberStep,
 };
+use layout_core::http::{ClientConfig, EndpointError};
 use layout_core::{
     condition, FinalizeRequest, LayoutFeature, LayoutVersionManager, UpgradeFinalizer,
 };
@@ -52,6 +55,9 @@ pub const CLUSTER_KIND: &str = "kvstore";
 /// The finalize condition every node of a cluster has: a local finalization (the admin
 /// endpoint, `layoutctl finalize`) is refused; only the cluster's instruction passes it.
 pub const CLUSTER_CONDITION: &str = "kvstore-cluster-finalization";
+
+/// How long a member waits for the coordinator's answer to a registration or heartbeat.
+const LINK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The file of the embedded cluster store, in [`ClusterStoreConfig::Embedded`]'s `dir`.
 pub const CLUSTER_STATE_FILE: &str = "cluster-state";
@@ -129,6 +135,10 @@ pub struct ClusterConfig {
     /// How long a member stays live after a heartbeat (the coordinator's setting).
     /// Default: 10 s.
     pub member_lease_ttl: Duration,
+    /// The cluster token: the coordinator serves the member link behind it, members
+    /// present it. Separate from the admin token. Required: a node without one does not
+    /// start in cluster mode. Default `None`.
+    pub cluster_token: Option<BearerToken>,
 }
 
 impl ClusterConfig {
@@ -140,6 +150,7 @@ impl ClusterConfig {
             node_id: node_id.into(),
             heartbeat_interval: Duration::from_secs(2),
             member_lease_ttl: Duration::from_secs(10),
+            cluster_token: None,
         }
     }
 
@@ -151,6 +162,7 @@ impl ClusterConfig {
             node_id: node_id.into(),
             heartbeat_interval: Duration::from_secs(2),
             member_lease_ttl: Duration::from_secs(10),
+            cluster_token: None,
         }
     }
 
@@ -176,7 +188,20 @@ impl ClusterConfig {
         self.member_lease_ttl = ttl;
         self
     }
+
+    /// Sets the cluster token (the same on the coordinator and every member).
+    #[must_use]
+    pub fn with_cluster_token(mut self, token: BearerToken) -> Self {
+        self.cluster_token = Some(token);
+        self
+    }
 }
+
+/// What a node in cluster mode without a cluster token is told.
+const NO_CLUSTER_TOKEN: &str = "cluster mode needs a cluster token, the same on the \
+     coordinator and every member (--cluster-token-file, --cluster-token or \
+     $KVSTORE_CLUSTER_TOKEN; in Rust ClusterConfig::with_cluster_token): the coordinator \
+     admits only members presenting it";
 
 /// A kvstore node's layout as the cluster sees it: finalized through the node's own
 /// [`UpgradeFinalizer`] (its actions run), with the cluster's override of
@@ -254,7 +279,9 @@ pub(crate) enum ClusterRuntime {
 
 pub(crate) struct MemberRuntime {
     member: Arc<Mutex<Member>>,
-    link: Arc<TcpLink>,
+    link: Arc<HttpLink>,
+    /// The coordinator's member address.
+    coordinator: SocketAddr,
     stop: Arc<(Mutex<bool>, Condvar)>,
     thread: Option<JoinHandle<()>>,
 }
@@ -272,6 +299,10 @@ impl ClusterRuntime {
         store: &Arc<KvStore>,
         admin_token: Option<&BearerToken>,
     ) -> Result<Self, KvError> {
+        let token = config
+            .cluster_token
+            .clone()
+            .ok_or_else(|| KvError::Cluster(NO_CLUSTER_TOKEN.to_owned()))?;
         let layout: Arc<dyn LocalLayout> = Arc::new(NodeLayout {
             finalizer: Arc::clone(finalizer),
             store: Arc::clone(store),
@@ -289,11 +320,16 @@ impl ClusterRuntime {
                     Coordinator::open(store_config.open()?, options)
                         .map_err(|e| KvError::ClusterCoordinator(Box::new(e)))?,
                 );
-                let server = CoordinatorServer::bind_loopback(Arc::clone(&coordinator), *port)
-                    .map_err(|source| KvError::Listen {
-                        addr: SocketAddr::from(([127, 0, 0, 1], *port)),
-                        source,
-                    })?;
+                let server =
+                    CoordinatorServer::bind_loopback(Arc::clone(&coordinator), *port, token)
+                        .map_err(|e| match e {
+                            EndpointError::Bind { addr, source } => {
+                                KvError::Listen { addr, source }
+                            }
+                            other => KvError::Cluster(format!(
+                                "cannot serve the member link on 127.0.0.1:{port}: {other}"
+                            )),
+                        })?;
                 if admin_token.is_none() {
                     tracing::warn!(
                         id = %config.node_id,
@@ -312,7 +348,13 @@ impl ClusterRuntime {
                 })
             }
             ClusterRole::Member { coordinator } => {
-                let link = Arc::new(TcpLink::new(*coordinator));
+                let link = HttpLink::new(
+                    &coordinator.to_string(),
+                    token,
+                    ClientConfig::new(LINK_TIMEOUT),
+                )
+                .map_err(|e| KvError::Cluster(e.to_string()))?;
+                let link = Arc::new(link);
                 let mut member = Member::new(CLUSTER_KIND, config.node_id.clone(), layout);
                 let registered = member
                     .register(&*link)
@@ -341,6 +383,7 @@ impl ClusterRuntime {
                 Ok(Self::Member(MemberRuntime {
                     member,
                     link,
+                    coordinator: *coordinator,
                     stop,
                     thread: Some(thread),
                 }))
@@ -358,7 +401,7 @@ impl ClusterRuntime {
     pub(crate) fn coordinator_addr(&self) -> SocketAddr {
         match self {
             Self::Coordinator { server, .. } => server.local_addr(),
-            Self::Member(m) => m.link.addr(),
+            Self::Member(m) => m.coordinator,
         }
     }
 
@@ -370,7 +413,7 @@ impl ClusterRuntime {
         Some(
             member
                 .heartbeat(&*m.link)
-                .map_err(|e| member_error(&id, m.link.addr(), e)),
+                .map_err(|e| member_error(&id, m.coordinator, e)),
         )
     }
 
@@ -400,7 +443,7 @@ fn member_error(member_id: &str, coordinator: SocketAddr, e: MemberError) -> KvE
 
 fn heartbeat_loop(
     member: &Mutex<Member>,
-    link: &TcpLink,
+    link: &HttpLink,
     stop: &(Mutex<bool>, Condvar),
     interval: Duration,
 ) {
@@ -441,7 +484,7 @@ impl fmt::Debug for ClusterRuntime {
                 .finish_non_exhaustive(),
             Self::Member(m) => f
                 .debug_struct("Member")
-                .field("coordinator", &m.link.addr())
+                .field("coordinator", &m.link.endpoint())
                 .finish_non_exhaustive(),
         }
     }

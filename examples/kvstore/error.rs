@@ -111,6 +111,10 @@ pub enum KvError {
         role: String,
     },
 
+    /// The HTTP API's endpoint could not start (other than binding its address).
+    #[error("HTTP API: {0}")]
+    HttpApi(Box<HttpError>),
+
     /// The HTTP server could not start.
     #[error("cannot listen on {addr}: {source}")]
     Listen {

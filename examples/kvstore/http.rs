@@ -1,175 +1,186 @@
-//! The kvstore's HTTP/JSON API on `std::net`: one request per connection, a worker
-//! thread per connection (bounded), size limits and a deadline per request. Bad input
-//! is answered with a JSON error, never a panic.
+//! The kvstore's HTTP/JSON data API: an axum router served by the shared HTTP stack
+//! ([`layout_core::http::Endpoint`]).
+//!
+//! hyper parses every request (strict HTTP/1.1: a malformed request line, header or
+//! `Content-Length` is a bare 400 and the connection closes; a head over
+//! [`MAX_HEAD_BYTES`] is 431); the stack bounds the body ([`KvOptions::max_body_bytes`],
+//! 413), the time to send the head and the body ([`KvOptions::request_timeout`]), the
+//! connections ([`MAX_CONNECTIONS`]) and the requests in handlers
+//! ([`MAX_CONCURRENT_REQUESTS`], 503 beyond). Store calls run on the endpoint's blocking
+//! pool. Every error a handler or the stack answers is the kvstore's JSON error body,
+//! `{"error": {"kind", "message", "feature"?}}`; bad input never panics a handler.
+//!
+//! Keys are the rest of the path after `/kv/` or `/cas/` (so they may contain `/`),
+//! percent-decoded by axum's [`Path`] extractor; query values are decoded by [`Query`].
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde::Deserialize;
+use layout_core::http::axum::extract::rejection::PathRejection;
+use layout_core::http::axum::extract::{FromRequestParts, Path, Query, Request, State};
+use layout_core::http::axum::http::request::Parts;
+use layout_core::http::axum::http::{header, HeaderValue, StatusCode, Uri};
+use layout_core::http::axum::response::{IntoResponse, Response};
+use layout_core::http::axum::routing::{any, get, post};
+use layout_core::http::axum::Router;
+use layout_core::http::{
+    blocking, json_response, metrics_router, read_body, require_bearer, BearerToken, Endpoint,
+    EndpointConfig, EndpointError, Refusal, Registry, ServerTls,
+};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tower::ServiceExt as _;
 
 use super::error::KvError;
 use super::store::{KvOptions, Shared};
 
-/// The largest request head (request line and headers) accepted, in bytes.
+/// The largest request head (request line and headers) accepted, in bytes (431 beyond).
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
-/// Connections served at once; beyond it, 503.
-pub const MAX_CONNECTIONS: usize = 64;
+/// Connections open at once; at the limit the oldest one is closed to admit a new one.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Requests in handlers at once; beyond it, 503 (kind `overloaded`).
+pub const MAX_CONCURRENT_REQUESTS: usize = 64;
 
-pub(crate) struct HttpServer {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    active: Arc<AtomicUsize>,
-    accept: Option<JoinHandle<()>>,
+/// How the data API is served beyond what [`KvOptions`] says: TLS, and what `/metrics`
+/// serves behind which token. The node sets them (`KvStore::open_with`); a store opened
+/// with `KvStore::open` serves plain HTTP and open, empty metrics.
+#[derive(Clone, Default)]
+pub(crate) struct DataApiSettings {
+    /// Serve TLS with this certificate (requiring client certificates if it names a CA).
+    pub(crate) tls: Option<ServerTls>,
+    /// What `/metrics` serves.
+    pub(crate) metrics: Arc<MetricsSlot>,
 }
 
-struct Limits {
-    max_body: usize,
-    timeout: Duration,
+/// What `GET /metrics` on the data API serves: the metrics the node installs once its
+/// admin service exists (after the store, and so this endpoint, started), behind the
+/// node's admin token when it has one; empty until then and after
+/// [`clear`](Self::clear).
+pub(crate) struct MetricsSlot {
+    token: Option<BearerToken>,
+    router: Mutex<Router>,
+}
+
+impl Default for MetricsSlot {
+    fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+impl MetricsSlot {
+    /// Empty metrics, behind `token` if any.
+    pub(crate) fn new(token: Option<BearerToken>) -> Self {
+        let slot = Self {
+            token,
+            router: Mutex::new(Router::new()),
+        };
+        slot.clear();
+        slot
+    }
+
+    /// Serves `registry` from now on.
+    pub(crate) fn serve(&self, registry: Registry) {
+        *self.router.lock() = self.guarded(metrics_router(Arc::new(registry)));
+    }
+
+    /// Serves empty metrics again, letting go of what the registry's collectors held
+    /// (the node's admin service, and through it the store).
+    pub(crate) fn clear(&self) {
+        *self.router.lock() = self.guarded(metrics_router(Arc::new(Registry::default())));
+    }
+
+    fn guarded(&self, metrics: Router) -> Router {
+        match &self.token {
+            Some(token) => require_bearer(metrics, token.clone(), kv_error_format),
+            None => metrics,
+        }
+    }
+
+    fn router(&self) -> Router {
+        self.router.lock().clone()
+    }
+}
+
+/// The data API's endpoint.
+pub(crate) struct HttpServer {
+    endpoint: Endpoint,
 }
 
 impl HttpServer {
-    pub(crate) fn start(shared: Arc<Shared>, options: &KvOptions) -> Result<Self, KvError> {
-        let listen_err = |source| KvError::Listen {
-            addr: options.listen,
-            source,
-        };
-        let listener = TcpListener::bind(options.listen).map_err(listen_err)?;
-        let addr = listener.local_addr().map_err(listen_err)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let active = Arc::new(AtomicUsize::new(0));
-        let limits = Arc::new(Limits {
-            max_body: options.max_body_bytes,
-            timeout: options.request_timeout,
-        });
-        let accept = {
-            let stop = Arc::clone(&stop);
-            let active = Arc::clone(&active);
-            std::thread::Builder::new()
-                .name(format!("kvstore-http-{}", addr.port()))
-                .spawn(move || accept_loop(&listener, &shared, &stop, &active, &limits))
-                .map_err(listen_err)?
-        };
-        Ok(Self {
-            addr,
-            stop,
-            active,
-            accept: Some(accept),
-        })
+    /// Binds `options.listen` and serves `shared` with `settings`.
+    pub(crate) fn start(
+        shared: Arc<Shared>,
+        options: &KvOptions,
+        settings: &DataApiSettings,
+    ) -> Result<Self, KvError> {
+        let mut config = EndpointConfig::new(options.listen)
+            .with_name("kvstore")
+            .with_header_timeout(options.request_timeout)
+            .with_body_timeout(options.request_timeout)
+            .with_max_head_bytes(MAX_HEAD_BYTES)
+            .with_max_body_bytes(options.max_body_bytes)
+            .with_max_connections(MAX_CONNECTIONS)
+            .with_max_concurrent_requests(MAX_CONCURRENT_REQUESTS)
+            .with_error_format(kv_error_format);
+        if let Some(tls) = settings.tls.clone() {
+            config = config.with_tls(tls);
+        }
+        let endpoint = Endpoint::start(routes(shared, settings), config).map_err(|e| match e {
+            EndpointError::Bind { addr, source } => KvError::Listen { addr, source },
+            other => KvError::HttpApi(Box::new(other)),
+        })?;
+        Ok(Self { endpoint })
     }
 
     pub(crate) fn local_addr(&self) -> SocketAddr {
-        self.addr
+        self.endpoint.local_addr()
     }
 
-    pub(crate) fn shutdown(mut self) {
-        self.stop_now();
-    }
-
-    fn stop_now(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(handle) = self.accept.take() {
-            let _ = handle.join();
-        }
-        // Wait (bounded) for the requests being served.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while self.active.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(2));
-        }
+    /// Stops accepting connections, lets the requests in flight finish and joins the
+    /// endpoint's thread: afterwards nothing of the server holds the store.
+    pub(crate) fn shutdown(self) {
+        self.endpoint.shutdown();
     }
 }
 
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        if self.accept.is_some() {
-            self.stop_now();
-        }
-    }
+fn routes(shared: Arc<Shared>, settings: &DataApiSettings) -> Router {
+    type S = State<Arc<Shared>>;
+    let data = Router::new()
+        .route(
+            "/kv/{*key}",
+            get(|State(s): S, Key(key): Key| kv_get(s, key))
+                .put(|State(s): S, Key(key): Key, req: Request| kv_put(s, key, req))
+                .delete(|State(s): S, Key(key): Key, req: Request| kv_delete(s, key, req)),
+        )
+        // An empty key: the store refuses it (400), as it refuses an over-long one.
+        .route(
+            "/kv/",
+            get(|State(s): S| kv_get(s, String::new()))
+                .put(|State(s): S, req: Request| kv_put(s, String::new(), req))
+                .delete(|State(s): S, req: Request| kv_delete(s, String::new(), req)),
+        )
+        .route("/kv", get(list))
+        .route(
+            "/cas/{*key}",
+            post(|State(s): S, Key(key): Key, req: Request| cas(s, key, req)),
+        )
+        .route("/by-value", get(by_value))
+        .route("/status", get(status))
+        .route("/cluster/", any(cluster))
+        .route("/cluster/{*rest}", any(cluster))
+        .with_state(shared);
+    let metrics = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(Arc::clone(&settings.metrics));
+    data.merge(metrics)
 }
 
-struct ActiveGuard(Arc<AtomicUsize>);
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
+// ---------------------------------------------------------------------------------------
+// Answers.
 
-fn accept_loop(
-    listener: &TcpListener,
-    shared: &Arc<Shared>,
-    stop: &AtomicBool,
-    active: &Arc<AtomicUsize>,
-    limits: &Arc<Limits>,
-) {
-    for conn in listener.incoming() {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let Ok(mut stream) = conn else { continue };
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            active.fetch_sub(1, Ordering::SeqCst);
-            let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-            let _ = respond(
-                &mut stream,
-                503,
-                &error_body("overloaded", "too many connections; retry", None),
-            );
-            continue;
-        }
-        let guard = ActiveGuard(Arc::clone(active));
-        let shared = Arc::clone(shared);
-        let limits = Arc::clone(limits);
-        let spawned = std::thread::Builder::new()
-            .name("kvstore-http-conn".into())
-            .spawn(move || {
-                // Locals drop in reverse order: the store is let go before the connection
-                // counts as done, so once `shutdown` returns no connection thread holds
-                // the database (whose lock a restart in this process needs).
-                let _guard = guard;
-                let shared = shared;
-                serve(stream, &shared, &limits);
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cannot spawn a connection thread");
-        }
-    }
-}
-
-/// A parsed request.
-struct Request {
-    method: String,
-    path: String,
-    query: String,
-    /// The values of every `Authorization` header, in order (checked only by the
-    /// `/cluster/...` routes).
-    authorization: Vec<String>,
-    body: Vec<u8>,
-}
-
-/// A response: status and JSON body.
-struct Response {
-    status: u16,
-    body: Value,
-}
-
-impl Response {
-    fn ok(body: Value) -> Self {
-        Self { status: 200, body }
-    }
-    fn error(status: u16, kind: &str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            body: error_body(kind, &message.into(), None),
-        }
-    }
-}
-
+/// The kvstore's error body.
 fn error_body(kind: &str, message: &str, feature: Option<&str>) -> Value {
     let mut error = json!({"kind": kind, "message": message});
     if let Some(feature) = feature {
@@ -178,270 +189,122 @@ fn error_body(kind: &str, message: &str, feature: Option<&str>) -> Value {
     json!({ "error": error })
 }
 
-impl From<KvError> for Response {
-    fn from(e: KvError) -> Self {
-        let status = e.http_status();
-        if status >= 500 && !matches!(e, KvError::Prepared(_)) {
-            tracing::warn!(error = %e, "kvstore request failed");
-        }
-        Self {
-            status,
-            body: error_body(e.kind(), &e.to_string(), e.not_finalized_feature()),
-        }
-    }
+fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
+    json_response(status, &error_body(kind, &message.into(), None))
 }
 
-fn serve(mut stream: TcpStream, shared: &Shared, limits: &Limits) {
-    let deadline = Instant::now() + limits.timeout;
-    let _ = stream.set_write_timeout(Some(limits.timeout));
-    let response = match read_request(&mut stream, deadline, limits.max_body) {
-        Ok(Some(request)) => route(shared, &request),
-        Ok(None) => return,
-        Err(response) => response,
+fn bad_request(message: impl Into<String>) -> Response {
+    error(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+fn ok(value: &impl Serialize) -> Response {
+    json_response(StatusCode::OK, value)
+}
+
+fn kv_error(e: &KvError) -> Response {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if status.is_server_error() && !matches!(e, KvError::Prepared(_)) {
+        tracing::warn!(error = %e, "kvstore request failed");
+    }
+    json_response(
+        status,
+        &error_body(e.kind(), &e.to_string(), e.not_finalized_feature()),
+    )
+}
+
+/// The stack's own refusals (no route, wrong method, body too large or too slow, too
+/// many requests, a handler's panic) in the kvstore's error body.
+fn kv_error_format(refusal: &Refusal) -> Response {
+    let (kind, message) = match refusal {
+        Refusal::NotFound { path } => ("not_found", format!("no such path {path:?}")),
+        Refusal::MethodNotAllowed {
+            method,
+            path,
+            allow,
+        } => (
+            "method_not_allowed",
+            format!("{method} is not allowed on {path:?}; it takes {allow}"),
+        ),
+        Refusal::Unauthorized(message) => ("unauthorized", message.clone()),
+        Refusal::Busy => ("overloaded", refusal.message()),
+        Refusal::BodyTooLarge { .. } => ("too_large", refusal.message()),
+        Refusal::BodyTimeout => ("timeout", refusal.message()),
+        Refusal::BadRequest(message) => ("bad_request", message.clone()),
+        _ => ("internal", refusal.message()),
     };
-    let _ = respond(&mut stream, response.status, &response.body);
-    // Let the client read the answer before the connection closes.
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
-    let mut sink = [0u8; 1024];
-    while matches!(stream.read(&mut sink), Ok(n) if n > 0) {}
+    json_response(refusal.status(), &error_body(kind, &message, None))
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        408 => "Request Timeout",
-        411 => "Length Required",
-        413 => "Payload Too Large",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "Internal Server Error",
-    }
+/// Runs `work` (store calls) on the endpoint's blocking pool.
+async fn run<W>(work: W) -> Response
+where
+    W: FnOnce() -> Response + Send + 'static,
+{
+    blocking(work)
+        .await
+        .unwrap_or_else(|refusal| refusal.render(kv_error_format))
 }
 
-fn respond(stream: &mut TcpStream, status: u16, body: &Value) -> io::Result<()> {
-    let body = body.to_string();
-    let challenge = if status == 401 {
-        "WWW-Authenticate: Bearer\r\n"
+/// Reads the whole body and decodes it as JSON.
+async fn json_body<T: for<'de> Deserialize<'de>>(request: Request) -> Result<T, Response> {
+    let body = read_body(request)
+        .await
+        .map_err(|refusal| refusal.render(kv_error_format))?;
+    serde_json::from_slice(&body).map_err(|e| bad_request(format!("malformed JSON body: {e}")))
+}
+
+// ---------------------------------------------------------------------------------------
+// Keys and query parameters.
+
+/// Refuses a `%` not followed by two hex digits. The extractors pass such a sequence
+/// through as it is, so `/kv/%zz` would name the key `%zz` while a client meant
+/// something else; the kvstore refuses it instead.
+fn check_escapes(raw: &str) -> Result<(), String> {
+    let malformed = raw.split('%').skip(1).any(|rest| {
+        !rest
+            .as_bytes()
+            .get(..2)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if malformed {
+        Err(format!("bad percent-encoding in {raw:?}"))
     } else {
-        ""
-    };
-    let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{challenge}Connection: close\r\n\r\n",
-        reason(status),
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
-    stream.flush()
-}
-
-/// Reads into `buf` until `done(buf)` or the deadline; `Ok(false)` when the peer closed.
-fn read_more(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    deadline: Instant,
-) -> Result<bool, Response> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(Response::error(
-            408,
-            "timeout",
-            "the request did not arrive in time",
-        ));
-    }
-    let _ = stream.set_read_timeout(Some(left));
-    let mut chunk = [0u8; 8192];
-    match stream.read(&mut chunk) {
-        Ok(0) => Ok(false),
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            Ok(true)
-        }
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            Err(Response::error(
-                408,
-                "timeout",
-                "the request did not arrive in time",
-            ))
-        }
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
-        Err(_) => Ok(false),
+        Ok(())
     }
 }
 
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n")
+/// The key of `/kv/{key}` or `/cas/{key}`: the rest of the path (it may contain `/`),
+/// percent-decoded by axum's [`Path`]; refused (400) when an escape is malformed or the
+/// key is not UTF-8.
+struct Key(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Key {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        check_escapes(parts.uri.path()).map_err(bad_request)?;
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(key)) => Ok(Key(key)),
+            Err(e) => Err(key_rejection(&e)),
+        }
+    }
 }
 
-#[allow(clippy::too_many_lines)] // one linear parse, easier to audit in one piece
-fn read_request(
-    stream: &mut TcpStream,
-    deadline: Instant,
-    max_body: usize,
-) -> Result<Option<Request>, Response> {
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(end) = find_head_end(&buf) {
-            break end;
-        }
-        if buf.len() > MAX_HEAD_BYTES {
-            return Err(Response::error(
-                431,
-                "too_large",
-                format!("the request head exceeds {MAX_HEAD_BYTES} bytes"),
-            ));
-        }
-        if !read_more(stream, &mut buf, deadline)? {
-            if buf.is_empty() {
-                return Ok(None);
-            }
-            return Err(Response::error(
-                400,
-                "bad_request",
-                "the connection closed inside the request head",
-            ));
-        }
-    };
-    if head_end > MAX_HEAD_BYTES {
-        return Err(Response::error(
-            431,
-            "too_large",
-            format!("the request head exceeds {MAX_HEAD_BYTES} bytes"),
-        ));
-    }
-    let head = std::str::from_utf8(&buf[..head_end])
-        .map_err(|_| Response::error(400, "bad_request", "the request head is not UTF-8"))?
-        .to_owned();
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or_default();
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(Response::error(
-            400,
-            "bad_request",
-            "malformed request line",
-        ));
-    };
-    if !version.starts_with("HTTP/1.") {
-        return Err(Response::error(
-            400,
-            "bad_request",
-            format!("unsupported protocol {version:?}"),
-        ));
-    }
-    let mut content_length: Option<usize> = None;
-    let mut authorization = Vec::new();
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(Response::error(400, "bad_request", "malformed header line"));
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            let n = value.parse::<usize>().map_err(|_| {
-                Response::error(400, "bad_request", format!("bad Content-Length {value:?}"))
-            })?;
-            if content_length.is_some_and(|c| c != n) {
-                return Err(Response::error(
-                    400,
-                    "bad_request",
-                    "conflicting Content-Length headers",
-                ));
-            }
-            content_length = Some(n);
-        } else if name.eq_ignore_ascii_case("authorization") {
-            authorization.push(value.to_owned());
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(Response::error(
-                411,
-                "length_required",
-                "chunked bodies are not supported; send Content-Length",
-            ));
-        }
-    }
-    let length = content_length.unwrap_or(0);
-    if length > max_body {
-        return Err(Response::error(
-            413,
-            "too_large",
-            format!("the body is {length} bytes; at most {max_body} are accepted"),
-        ));
-    }
-    let body_start = head_end + 4;
-    while buf.len() < body_start + length {
-        if !read_more(stream, &mut buf, deadline)? {
-            return Err(Response::error(
-                400,
-                "bad_request",
-                "the connection closed inside the body",
-            ));
-        }
-    }
-    let body = buf[body_start..body_start + length].to_vec();
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    Ok(Some(Request {
-        method: method.to_owned(),
-        path: path.to_owned(),
-        query: query.to_owned(),
-        authorization,
-        body,
-    }))
+fn key_rejection(e: &PathRejection) -> Response {
+    bad_request(format!("the key is not valid: {}", e.body_text()))
 }
 
-/// Percent-decodes `s` (with `+` as space when `plus` is set) into UTF-8.
-pub(crate) fn percent_decode(s: &str, plus: bool) -> Result<String, String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok())
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| format!("bad percent-encoding at byte {i} of {s:?}"))?;
-                out.push(hex);
-                i += 3;
-            }
-            b'+' if plus => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("{s:?} does not decode to UTF-8"))
+/// Decodes the query string into `T` (after [`check_escapes`]); the error is a 400's
+/// message.
+fn query<T: for<'de> Deserialize<'de>>(uri: &Uri) -> Result<T, String> {
+    check_escapes(uri.query().unwrap_or_default())?;
+    Query::<T>::try_from_uri(uri)
+        .map(|Query(q)| q)
+        .map_err(|e| format!("bad query string: {}", e.body_text()))
 }
 
-fn query_param(query: &str, name: &str) -> Result<Option<String>, Response> {
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = percent_decode(k, true).map_err(|e| Response::error(400, "bad_request", e))?;
-        if k == name {
-            return percent_decode(v, true)
-                .map(Some)
-                .map_err(|e| Response::error(400, "bad_request", e));
-        }
-    }
-    Ok(None)
-}
+// ---------------------------------------------------------------------------------------
+// Handlers.
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -458,124 +321,154 @@ struct CasBody {
     value: String,
 }
 
-fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body)
-        .map_err(|e| Response::error(400, "bad_request", format!("malformed JSON body: {e}")))
+#[derive(Deserialize)]
+struct ListParams {
+    #[serde(default)]
+    prefix: String,
 }
 
-fn route(shared: &Shared, request: &Request) -> Response {
-    match route_inner(shared, request) {
-        Ok(r) | Err(r) => r,
-    }
+#[derive(Deserialize)]
+struct ByValueParams {
+    value: Option<String>,
 }
 
-fn route_inner(shared: &Shared, request: &Request) -> Result<Response, Response> {
-    let method = request.method.as_str();
-    let path = request.path.as_str();
-    let key_of =
-        |raw: &str| percent_decode(raw, false).map_err(|e| Response::error(400, "bad_request", e));
-    if let Some(raw) = path.strip_prefix("/kv/") {
-        let key = key_of(raw)?;
-        return Ok(match method {
-            "PUT" => {
-                let body: PutBody = parse_body(&request.body)?;
-                let result = match body.ttl_ms {
-                    Some(ms) => shared.put_with_ttl(&key, &body.value, Duration::from_millis(ms)),
-                    None => shared.put(&key, &body.value),
-                };
-                match result {
-                    Ok(index) => Response::ok(json!({"applied_index": index})),
-                    Err(e) => e.into(),
-                }
-            }
-            "GET" => match shared.get(&key) {
-                Ok(Some(entry)) => Response::ok(serde_json::to_value(entry).unwrap_or(Value::Null)),
-                Ok(None) => Response::error(404, "not_found", format!("no value for key {key:?}")),
-                Err(e) => e.into(),
-            },
-            "DELETE" => match shared.delete(&key) {
-                Ok((deleted, index)) => {
-                    Response::ok(json!({"deleted": deleted, "applied_index": index}))
-                }
-                Err(e) => e.into(),
-            },
-            _ => method_not_allowed(method, path),
-        });
-    }
-    if let Some(rest) = path.strip_prefix("/cluster/") {
-        let routes = shared.cluster.lock().clone();
-        return Ok(match routes {
-            Some(routes) => {
-                let (status, body) =
-                    routes.route(method, rest, &request.authorization, &request.body);
-                Response { status, body }
-            }
-            None => Response::error(
-                404,
-                "not_coordinator",
-                "this node does not run the cluster coordinator; ask the coordinator node",
-            ),
-        });
-    }
-    if let Some(raw) = path.strip_prefix("/cas/") {
-        let key = key_of(raw)?;
-        if method != "POST" {
-            return Ok(method_not_allowed(method, path));
+async fn kv_put(shared: Arc<Shared>, key: String, request: Request) -> Response {
+    let body: PutBody = match json_body(request).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
+    run(move || {
+        let result = match body.ttl_ms {
+            Some(ms) => shared.put_with_ttl(&key, &body.value, Duration::from_millis(ms)),
+            None => shared.put(&key, &body.value),
+        };
+        match result {
+            Ok(index) => ok(&json!({ "applied_index": index })),
+            Err(e) => kv_error(&e),
         }
-        let body: CasBody = parse_body(&request.body)?;
-        return Ok(
-            match shared.compare_and_swap(&key, body.expected.as_deref(), &body.value) {
-                Ok((swapped, index)) => {
-                    Response::ok(json!({"swapped": swapped, "applied_index": index}))
-                }
-                Err(e) => e.into(),
-            },
-        );
-    }
-    Ok(match path {
-        "/kv" => {
-            if method != "GET" {
-                return Ok(method_not_allowed(method, path));
-            }
-            let prefix = query_param(&request.query, "prefix")?.unwrap_or_default();
-            match shared.list(&prefix) {
-                Ok(items) => Response::ok(json!({ "items": items })),
-                Err(e) => e.into(),
-            }
-        }
-        "/by-value" => {
-            if method != "GET" {
-                return Ok(method_not_allowed(method, path));
-            }
-            let Some(value) = query_param(&request.query, "value")? else {
-                return Err(Response::error(
-                    400,
-                    "bad_request",
-                    "missing query parameter value",
-                ));
-            };
-            match shared.find_by_value(&value) {
-                Ok(keys) => Response::ok(json!({ "keys": keys })),
-                Err(e) => e.into(),
-            }
-        }
-        "/status" => {
-            if method != "GET" {
-                return Ok(method_not_allowed(method, path));
-            }
-            match shared.status() {
-                Ok(status) => Response::ok(serde_json::to_value(status).unwrap_or(Value::Null)),
-                Err(e) => e.into(),
-            }
-        }
-        _ => Response::error(404, "not_found", format!("no such path {path:?}")),
     })
+    .await
 }
 
-fn method_not_allowed(method: &str, path: &str) -> Response {
-    Response::error(
-        405,
-        "method_not_allowed",
-        format!("{method} is not allowed on {path:?}"),
+async fn kv_get(shared: Arc<Shared>, key: String) -> Response {
+    run(move || match shared.get(&key) {
+        Ok(Some(entry)) => ok(&entry),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no value for key {key:?}"),
+        ),
+        Err(e) => kv_error(&e),
+    })
+    .await
+}
+
+async fn kv_delete(shared: Arc<Shared>, key: String, request: Request) -> Response {
+    // A write is applied only once its request arrived whole: a body it does not use
+    // must still arrive as declared.
+    if let Err(refusal) = read_body(request).await {
+        return refusal.render(kv_error_format);
+    }
+    run(move || match shared.delete(&key) {
+        Ok((deleted, index)) => ok(&json!({ "deleted": deleted, "applied_index": index })),
+        Err(e) => kv_error(&e),
+    })
+    .await
+}
+
+async fn cas(shared: Arc<Shared>, key: String, request: Request) -> Response {
+    let body: CasBody = match json_body(request).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
+    };
+    run(
+        move || match shared.compare_and_swap(&key, body.expected.as_deref(), &body.value) {
+            Ok((swapped, index)) => ok(&json!({ "swapped": swapped, "applied_index": index })),
+            Err(e) => kv_error(&e),
+        },
     )
+    .await
+}
+
+async fn list(State(shared): State<Arc<Shared>>, uri: Uri) -> Response {
+    let params: ListParams = match query(&uri) {
+        Ok(params) => params,
+        Err(message) => return bad_request(message),
+    };
+    run(move || match shared.list(&params.prefix) {
+        Ok(items) => ok(&json!({ "items": items })),
+        Err(e) => kv_error(&e),
+    })
+    .await
+}
+
+async fn by_value(State(shared): State<Arc<Shared>>, uri: Uri) -> Response {
+    let value = match query::<ByValueParams>(&uri) {
+        Ok(ByValueParams { value: Some(value) }) => value,
+        Ok(ByValueParams { value: None }) => return bad_request("missing query parameter value"),
+        Err(message) => return bad_request(message),
+    };
+    run(move || match shared.find_by_value(&value) {
+        Ok(keys) => ok(&json!({ "keys": keys })),
+        Err(e) => kv_error(&e),
+    })
+    .await
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> Response {
+    run(move || match shared.status() {
+        Ok(status) => ok(&status),
+        Err(e) => kv_error(&e),
+    })
+    .await
+}
+
+/// `/cluster/...`: handed unchanged (method, the raw rest of the path, every
+/// `Authorization` value, the body) to the coordinator's routes, on a coordinator node.
+async fn cluster(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let method = request.method().as_str().to_owned();
+    let rest = request
+        .uri()
+        .path()
+        .strip_prefix("/cluster/")
+        .unwrap_or_default()
+        .to_owned();
+    let authorization: Result<Vec<String>, _> = request
+        .headers()
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .map(|v| String::from_utf8(v.as_bytes().to_vec()))
+        .collect();
+    let Ok(authorization) = authorization else {
+        return bad_request("the Authorization header is not UTF-8");
+    };
+    let body = match read_body(request).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal.render(kv_error_format),
+    };
+    let Some(routes) = shared.cluster.lock().clone() else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "not_coordinator",
+            "this node does not run the cluster coordinator; ask the coordinator node",
+        );
+    };
+    run(move || {
+        let (status, body) = routes.route(&method, &rest, &authorization, &body);
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = json_response(status, &body);
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    })
+    .await
+}
+
+/// `GET /metrics`: handed to the node's metrics router (which checks the token, if any).
+async fn metrics(State(slot): State<Arc<MetricsSlot>>, request: Request) -> Response {
+    let Ok(response) = slot.router().oneshot(request).await;
+    response.into_response()
 }

@@ -3,9 +3,10 @@
 //!
 //! A [`KvNode`] keeps a [`LayoutVersionManager`](layout_core::LayoutVersionManager) in
 //! `dir/layout/VERSION` and a redb database in `dir/data/kv.redb`, serves a JSON HTTP
-//! API (see [`KvClient`]) and the admin endpoint that `layoutctl` drives (status,
-//! finalize, prepare). One code base plays every release: the node's software version
-//! caps its SLV, so `--software-version Initial` *is* the old binary.
+//! API (see [`KvClient`]; `GET /metrics` too) and the admin endpoint that `layoutctl`
+//! drives (status, finalize, prepare), both on `layout-core`'s HTTP stack and, with
+//! [`KvNodeConfig::with_tls`], over TLS. One code base plays every release: the node's
+//! software version caps its SLV, so `--software-version Initial` *is* the old binary.
 //!
 //! # The catalog and what each feature changes on disk
 //!
@@ -41,6 +42,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+/// The kvstore guide (`docs/kvstore.md`): its Rust examples are compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/kvstore.md")]
+mod guide {}
+
 mod client;
 pub mod cluster;
 pub mod codec;
@@ -60,7 +66,7 @@ pub use cluster::{
 pub use component::NOT_PREPARED_CONDITION;
 pub use error::KvError;
 pub use feature::KvFeature;
-pub use http::{MAX_CONNECTIONS, MAX_HEAD_BYTES};
+pub use http::{MAX_CONCURRENT_REQUESTS, MAX_CONNECTIONS, MAX_HEAD_BYTES};
 pub use node::{AdminConfig, KvNode, KvNodeConfig};
 pub use store::{
     actions, IndexBatchHook, KvEntry, KvItem, KvOptions, KvStatus, KvStore, MigrationFigures,

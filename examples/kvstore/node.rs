@@ -1,5 +1,5 @@
-//! [`KvNode`]: a standalone kvstore service — manager, store, finalizer and admin
-//! endpoint.
+//! [`KvNode`]: a standalone kvstore service — manager, store, finalizer, admin
+//! endpoint, and the HTTP API's TLS and `/metrics`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use layout_core::admin::http::{AdminServer, BearerToken, HttpConfig};
 use layout_core::admin::AdminService;
+use layout_core::http::{AdminMetrics, Registry, ServerTls};
 use layout_core::{
     FileStorage, LayoutFeature, LayoutVersionManager, ManagerOptions, StartIntent,
     UpgradeFinalizer, VERSION_FILE_NAME,
@@ -18,6 +19,7 @@ use layout_core::cluster::{ClusterFinalizeOutcome, ClusterStatus, Coordinator, M
 use super::cluster::{with_cluster_condition, ClusterConfig, ClusterRuntime, CLUSTER_KIND};
 use super::error::KvError;
 use super::feature::KvFeature;
+use super::http::{DataApiSettings, MetricsSlot};
 use super::store::{actions, KvOptions, KvStore, DB_FILE_NAME};
 
 /// The admin endpoint of a node.
@@ -60,6 +62,10 @@ pub struct KvNodeConfig {
     /// Cluster mode: this node runs the coordinator or is a member (default `None`: a
     /// single node). See [`ClusterConfig`].
     pub cluster: Option<ClusterConfig>,
+    /// Serve the HTTP API and the admin endpoint over TLS with this certificate (and,
+    /// if it names a client CA, only to clients presenting a certificate it signed).
+    /// Default `None`: plain HTTP.
+    pub tls: Option<ServerTls>,
 }
 
 impl KvNodeConfig {
@@ -75,6 +81,7 @@ impl KvNodeConfig {
             initial_version: None,
             store: KvOptions::default(),
             cluster: None,
+            tls: None,
         }
     }
 
@@ -129,6 +136,13 @@ impl KvNodeConfig {
         self.cluster = Some(cluster);
         self
     }
+
+    /// Serves the HTTP API and the admin endpoint over TLS (see [`tls`](Self::tls)).
+    #[must_use]
+    pub fn with_tls(mut self, tls: ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
 }
 
 impl Default for KvNodeConfig {
@@ -138,13 +152,19 @@ impl Default for KvNodeConfig {
 }
 
 /// A standalone kvstore service: its layout version manager (`dir/layout/VERSION`), the
-/// store (`dir/data`), the finalizer built from [`actions`], and the admin endpoint that
-/// `layoutctl` drives.
+/// store (`dir/data`), the finalizer built from [`actions`], the admin endpoint that
+/// `layoutctl` drives, and `GET /metrics` on the HTTP API (the node's layout metrics,
+/// behind the admin token when there is one).
 pub struct KvNode {
     manager: Arc<LayoutVersionManager<KvFeature>>,
     store: Arc<KvStore>,
     finalizer: Arc<UpgradeFinalizer<KvFeature, KvStore>>,
-    admin: Option<(Arc<AdminService>, AdminServer)>,
+    /// The admin service: served by the admin endpoint when configured, and the source
+    /// of the layout metrics either way.
+    service: Arc<AdminService>,
+    admin: Option<AdminServer>,
+    /// What the HTTP API's `/metrics` serves.
+    metrics: Arc<MetricsSlot>,
     cluster: Option<ClusterRuntime>,
     cluster_id: Option<String>,
     dir: PathBuf,
@@ -188,10 +208,16 @@ impl KvNode {
             options,
         )?);
         let store_options = config.store.clone().with_listen(config.listen);
-        let store = Arc::new(KvStore::open(
+        let api = DataApiSettings {
+            tls: config.tls.clone(),
+            metrics: Arc::new(MetricsSlot::new(admin_token.clone())),
+        };
+        let metrics = Arc::clone(&api.metrics);
+        let store = Arc::new(KvStore::open_with(
             Arc::clone(&manager),
             &config.dir.join("data"),
             store_options,
+            &api,
         )?);
         let mut finalizer = UpgradeFinalizer::new(Arc::clone(&manager), actions()?)
             .with_gate(Arc::clone(store.prepare_controller()) as _);
@@ -213,7 +239,11 @@ impl KvNode {
             }
             None => None,
         };
-        let admin = match Self::start_admin(&config, &finalizer, &store) {
+        let service = Arc::new(
+            AdminService::new(Arc::clone(&finalizer), Arc::clone(&store))
+                .with_prepare(Arc::clone(store.prepare_controller()), store.preparable()),
+        );
+        let admin = match Self::start_admin(&config, &service) {
             Ok(admin) => admin,
             Err(e) => {
                 if let Some(cluster) = cluster {
@@ -224,18 +254,22 @@ impl KvNode {
                 return Err(e);
             }
         };
+        metrics.serve(node_metrics(&service, cluster.as_ref()));
         tracing::info!(
             dir = %config.dir.display(),
             slv = manager.software_layout_version(),
             mlv = manager.metadata_layout_version(),
             http = %store.http_addr(),
+            tls = config.tls.is_some(),
             "kvstore node started"
         );
         Ok(KvNode {
             manager,
             store,
             finalizer,
+            service,
             admin,
+            metrics,
             cluster,
             cluster_id: config.cluster.map(|c| c.node_id),
             dir: config.dir,
@@ -244,21 +278,16 @@ impl KvNode {
 
     fn start_admin(
         config: &KvNodeConfig,
-        finalizer: &Arc<UpgradeFinalizer<KvFeature, KvStore>>,
-        store: &Arc<KvStore>,
-    ) -> Result<Option<(Arc<AdminService>, AdminServer)>, KvError> {
-        Ok(match &config.admin {
-            Some(admin) => {
-                let service = Arc::new(
-                    AdminService::new(Arc::clone(finalizer), Arc::clone(store))
-                        .with_prepare(Arc::clone(store.prepare_controller()), store.preparable()),
-                );
-                let http = HttpConfig::new(admin.token.clone())?.with_bind_addr(admin.listen);
-                let server = AdminServer::start(Arc::clone(&service), http)?;
-                Some((service, server))
-            }
-            None => None,
-        })
+        service: &Arc<AdminService>,
+    ) -> Result<Option<AdminServer>, KvError> {
+        let Some(admin) = &config.admin else {
+            return Ok(None);
+        };
+        let mut http = HttpConfig::new(admin.token.clone())?.with_bind_addr(admin.listen);
+        if let Some(tls) = &config.tls {
+            http = http.with_tls(tls.clone());
+        }
+        Ok(Some(AdminServer::start(Arc::clone(service), http)?))
     }
 
     /// The store.
@@ -283,7 +312,7 @@ impl KvNode {
 
     /// Where the admin endpoint listens, if it runs.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().map(|(_, s)| s.local_addr())
+        self.admin.as_ref().map(AdminServer::local_addr)
     }
 
     /// The node's directory.
@@ -374,13 +403,16 @@ impl KvNode {
     }
 
     fn stop(&mut self) {
+        // The metrics hold the admin service (and so the store) and, on a coordinator
+        // node, the coordinator: let go of them first.
+        self.metrics.clear();
         if let Some(cluster) = self.cluster.take() {
             cluster.stop();
         }
         self.store.clear_cluster_routes();
-        if let Some((service, server)) = self.admin.take() {
+        if let Some(server) = self.admin.take() {
             server.shutdown();
-            if let Some(Err(e)) = service.join_finalization() {
+            if let Some(Err(e)) = self.service.join_finalization() {
                 tracing::warn!(error = %e, "the finalization started by the admin endpoint failed");
             }
         }
@@ -392,6 +424,23 @@ impl Drop for KvNode {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// What `GET /metrics` on the node's HTTP API serves: the layout metrics of `service`
+/// ([`AdminMetrics`]) and, on a coordinator node, the cluster's.
+fn node_metrics(service: &Arc<AdminService>, cluster: Option<&ClusterRuntime>) -> Registry {
+    let mut registry = Registry::default();
+    AdminMetrics::register(service, &mut registry);
+    if let Some(coordinator) = cluster.and_then(ClusterRuntime::coordinator) {
+        register_cluster_metrics(coordinator, &mut registry);
+    }
+    registry
+}
+
+/// The cluster's metrics on a coordinator node (`layout_cluster_members{kind,state}`,
+/// `layout_cluster_layout_version{kind}`).
+fn register_cluster_metrics(coordinator: &Arc<Coordinator>, registry: &mut Registry) {
+    layout_core::cluster::ClusterMetrics::register(coordinator, [CLUSTER_KIND], registry);
 }
 
 impl fmt::Debug for KvNode {

@@ -28,7 +28,7 @@ use super::cluster::ClusterRoutes;
 use super::codec::{decode_any, Codecs};
 use super::error::KvError;
 use super::feature::KvFeature;
-use super::http::HttpServer;
+use super::http::{DataApiSettings, HttpServer};
 use super::index::{index_key, IndexStore, INDEX, INDEX_TOMBSTONES};
 
 /// Table `kv`: key -> (modified ms, value record).
@@ -965,6 +965,17 @@ impl KvStore {
         data_dir: &Path,
         options: KvOptions,
     ) -> Result<KvStore, KvError> {
+        Self::open_with(manager, data_dir, options, &DataApiSettings::default())
+    }
+
+    /// [`open`](Self::open), serving the data API with `api` (TLS, `/metrics`).
+    #[allow(clippy::needless_pass_by_value)]
+    pub(crate) fn open_with(
+        manager: Arc<LayoutVersionManager<KvFeature>>,
+        data_dir: &Path,
+        options: KvOptions,
+        api: &DataApiSettings,
+    ) -> Result<KvStore, KvError> {
         let engine = Engine::open(Arc::clone(&manager), data_dir, &options)?;
         let prepare = Arc::new(PrepareController::restore(
             manager,
@@ -976,7 +987,7 @@ impl KvStore {
             prepare,
             cluster: Mutex::new(None),
         });
-        let http = HttpServer::start(Arc::clone(&shared), &options)?;
+        let http = HttpServer::start(Arc::clone(&shared), &options, api)?;
         let http_addr = http.local_addr();
         Ok(KvStore {
             shared,

@@ -732,6 +732,9 @@ fn kvstore_refuses_malformed_flags_with_a_clear_message() {
 // ---------------------------------------------------------------------------------------
 // A 3-process cluster.
 
+/// The cluster token of the 3-process cluster (the member link's; not the admin token).
+const CLUSTER_TOKEN: &str = "kvstore-process-cluster-token-0123456789";
+
 /// One cluster node's command line.
 struct NodeArgs<'a> {
     scratch: &'a Scratch,
@@ -739,6 +742,8 @@ struct NodeArgs<'a> {
     /// `None`: this node runs the coordinator.
     join: Option<SocketAddr>,
     coordinator_port: u16,
+    /// The cluster token it is given (in a file of its own).
+    cluster_token: &'static str,
 }
 
 impl NodeArgs<'_> {
@@ -746,6 +751,13 @@ impl NodeArgs<'_> {
         let args = self.args(software, intent);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Kv::start(&format!("{} ({software})", self.id), &args)
+    }
+
+    /// Writes this node's cluster token file; returns its path.
+    fn cluster_token_file(&self) -> String {
+        let path = self.scratch.path(&format!("cluster-token-{}", self.id));
+        std::fs::write(&path, format!("{}\n", self.cluster_token)).expect("cluster token file");
+        path
     }
 
     fn args(&self, software: &str, intent: &str) -> Vec<String> {
@@ -764,6 +776,8 @@ impl NodeArgs<'_> {
             intent,
             "--heartbeat-ms",
             "50",
+            "--cluster-token-file",
+            &self.cluster_token_file(),
         ]
         .map(str::to_owned)
         .to_vec();
@@ -861,6 +875,31 @@ fn assert_finalized_node(kv: &Kv, id: &str, token_file: &Path) {
         .expect("cas"));
 }
 
+/// A node presenting another cluster token (here the admin token) is refused by the
+/// member link (401) and does not start; it never becomes a member.
+fn assert_other_cluster_token_refused(member: &NodeArgs<'_>, coordinator: &Kv) {
+    let intruder = NodeArgs {
+        scratch: member.scratch,
+        id: member.id,
+        join: member.join,
+        coordinator_port: 0,
+        cluster_token: TOKEN,
+    };
+    let args = intruder.args("Initial", "normal");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let refused = kvstore_refused(&args);
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("refused the member's credentials"),
+        "{}",
+        show(&refused)
+    );
+    let cluster = coordinator
+        .operator()
+        .cluster_status()
+        .expect("cluster status");
+    assert!(cluster.member(member.id).is_none(), "{cluster:?}");
+}
+
 #[test]
 fn a_three_process_cluster_rolls_to_the_new_release_and_finalizes_through_the_coordinator() {
     let scratch = Scratch::new();
@@ -869,6 +908,7 @@ fn a_three_process_cluster_rolls_to_the_new_release_and_finalizes_through_the_co
         id: "kv0",
         join: None,
         coordinator_port: 0,
+        cluster_token: CLUSTER_TOKEN,
     };
     let kv0 = kv0_args.start("Initial", "normal");
     let members_addr = kv0
@@ -881,6 +921,7 @@ fn a_three_process_cluster_rolls_to_the_new_release_and_finalizes_through_the_co
         id,
         join: Some(members_addr),
         coordinator_port: 0,
+        cluster_token: CLUSTER_TOKEN,
     };
     let (kv1_args, kv2_args) = (member_args("kv1"), member_args("kv2"));
     let kv1 = kv1_args.start("Initial", "normal");
@@ -891,6 +932,8 @@ fn a_three_process_cluster_rolls_to_the_new_release_and_finalizes_through_the_co
     }
     await_member(&kv0, "kv1", 0);
     await_member(&kv0, "kv2", 0);
+
+    assert_other_cluster_token_refused(&member_args("kv9"), &kv0);
 
     // Data on each node (each has its own store).
     for (kv, id) in [(&kv0, "kv0"), (&kv1, "kv1"), (&kv2, "kv2")] {

@@ -38,10 +38,26 @@ fn keys_with_reserved_characters_round_trip() {
     let dir = tempfile::tempdir().expect("tempdir");
     let node = node(dir.path(), KvFeature::latest(), StartIntent::Normal);
     let client = KvClient::new(node.http_addr());
-    for key in ["a b", "slash/ed", "q?x=1&y", "ünï", "%41"] {
+    for key in [
+        "a b",
+        "slash/ed",
+        "/leading",
+        "trailing/",
+        "a//b",
+        "q?x=1&y#z",
+        "ünï",
+        "%41",
+        "100%",
+        "+plus+",
+    ] {
         client.put(key, key).expect("put");
         assert_eq!(client.get(key).expect("get").as_deref(), Some(key));
     }
+    assert_eq!(
+        client.list("a//").expect("list"),
+        vec![("a//b".to_owned(), "a//b".to_owned())]
+    );
+    assert!(client.delete("slash/ed").expect("delete"));
     node.shutdown().expect("shutdown");
 }
 

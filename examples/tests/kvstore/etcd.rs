@@ -30,7 +30,10 @@ fn a_cluster_on_etcd_refuses_while_a_member_is_old_then_finalizes_every_node() {
     };
     let kv0 = KvNode::start(
         node("kv0", new, StartIntent::Normal)
-            .with_cluster(ClusterConfig::coordinator("kv0", store))
+            .with_cluster(
+                ClusterConfig::coordinator("kv0", store)
+                    .with_cluster_token(crate::cluster::cluster_token()),
+            )
             .with_admin("127.0.0.1:0".parse().expect("addr"), TOKEN),
     )
     .expect("the coordinator node starts on etcd");
@@ -39,6 +42,7 @@ fn a_cluster_on_etcd_refuses_while_a_member_is_old_then_finalizes_every_node() {
         KvNode::start(
             node(id, software, intent).with_cluster(
                 ClusterConfig::member(id, members_at)
+                    .with_cluster_token(crate::cluster::cluster_token())
                     .with_heartbeat_interval(Duration::from_millis(50)),
             ),
         )

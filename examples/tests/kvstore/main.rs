@@ -6,7 +6,10 @@ mod errors;
 #[cfg(feature = "etcd")]
 mod etcd;
 mod features;
+mod hostile;
 mod index_recovery;
 mod layoutctl;
+mod metrics;
 mod prepare;
 mod support;
+mod tls;

@@ -6,6 +6,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
+
 use super::member::{LocalError, LocalLayout};
 use super::protocol::{
     CoordinatorAnswer, FinalizationProgress, HeartbeatError, Instruction, MemberReport, Refusal,
@@ -343,8 +345,8 @@ impl ClusterStatus {
 
 /// The coordinator side of the protocol, transport-free: plain method calls, safe to
 /// share between threads. Put it behind any transport (see
-/// [`CoordinatorLink`](crate::cluster::CoordinatorLink) and
-/// [`CoordinatorServer`](crate::cluster::CoordinatorServer)).
+/// [`CoordinatorLink`](crate::cluster::CoordinatorLink), and `CoordinatorServer` with the
+/// `http` feature).
 ///
 /// Every change is a compare-and-swap of the kind's state in the [`ClusterStore`], so
 /// several coordinators may share a store (etcd); the single active finalizer of a kind
@@ -366,6 +368,24 @@ impl ClusterStatus {
 pub struct Coordinator {
     store: Arc<dyn ClusterStore>,
     options: CoordinatorOptions,
+    /// Members refused lately, per kind (in memory only): see
+    /// [`refused_members`](Self::refused_members).
+    refused: Mutex<BTreeMap<String, BTreeMap<String, RefusedMember>>>,
+}
+
+/// How many refused members are remembered per kind; beyond it the oldest is forgotten.
+const MAX_REFUSED_PER_KIND: usize = 16 * 1024;
+
+/// A member the coordinator refused at its last registration or heartbeat (see
+/// [`Coordinator::refused_members`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedMember {
+    /// The member.
+    pub member_id: String,
+    /// Why it was refused.
+    pub refusal: Refusal,
+    /// When (the coordinator's clock, ms since the epoch).
+    pub at_ms: u64,
 }
 
 enum Change<R> {
@@ -382,7 +402,11 @@ impl Coordinator {
         store: Arc<dyn ClusterStore>,
         options: CoordinatorOptions,
     ) -> Result<Self, ClusterError> {
-        let coordinator = Self { store, options };
+        let coordinator = Self {
+            store,
+            options,
+            refused: Mutex::new(BTreeMap::new()),
+        };
         for (kind, local) in &coordinator.options.locals {
             let state = coordinator.load_or_create(kind)?;
             let cluster = state.cluster_layout_version;
@@ -610,6 +634,12 @@ impl Coordinator {
     /// to finalize. The first registration of a kind the coordinator has no layout of
     /// starts that kind's cluster version at the member's MLV.
     pub fn register(&self, report: &MemberReport) -> Result<CoordinatorAnswer, HeartbeatError> {
+        let result = self.register_member(report);
+        self.note_refusal(report, &result);
+        result
+    }
+
+    fn register_member(&self, report: &MemberReport) -> Result<CoordinatorAnswer, HeartbeatError> {
         Self::validate(report)?;
         let kind = report.kind.as_str();
         let now = self.now();
@@ -679,6 +709,12 @@ impl Coordinator {
     /// member that finalized), advances the checkpoints, and answers like
     /// [`register`](Self::register).
     pub fn heartbeat(&self, report: &MemberReport) -> Result<CoordinatorAnswer, HeartbeatError> {
+        let result = self.member_heartbeat(report);
+        self.note_refusal(report, &result);
+        result
+    }
+
+    fn member_heartbeat(&self, report: &MemberReport) -> Result<CoordinatorAnswer, HeartbeatError> {
         Self::validate(report)?;
         let kind = report.kind.as_str();
         let answer = self.modify::<_, Unavail>(kind, |current| {
@@ -717,6 +753,79 @@ impl Coordinator {
         })?;
         self.after_member_update(report, &answer)?;
         Ok(answer)
+    }
+
+    /// Remembers a member refused (forgets it once accepted), for
+    /// [`refused_members`](Self::refused_members). `NotRegistered` is not a refusal of
+    /// the member (it registers again), and what could not be decided changes nothing.
+    fn note_refusal(
+        &self,
+        report: &MemberReport,
+        result: &Result<CoordinatorAnswer, HeartbeatError>,
+    ) {
+        let mut refused = self.refused.lock();
+        match result {
+            Ok(_) => {
+                if let Some(members) = refused.get_mut(&report.kind) {
+                    members.remove(&report.member_id);
+                }
+            }
+            // Not a decision about the member.
+            Err(HeartbeatError::Refused(Refusal::NotRegistered { .. })) => {}
+            Err(HeartbeatError::Refused(refusal)) => {
+                if report.kind.is_empty() || report.member_id.is_empty() {
+                    return;
+                }
+                let now = self.now();
+                let ttl = self.lease_ms();
+                let members = refused.entry(report.kind.clone()).or_default();
+                members.retain(|_, m| now.saturating_sub(m.at_ms) < ttl);
+                if members.len() >= MAX_REFUSED_PER_KIND && !members.contains_key(&report.member_id)
+                {
+                    let oldest = members
+                        .iter()
+                        .min_by_key(|(_, m)| m.at_ms)
+                        .map(|(id, _)| id.clone());
+                    if let Some(oldest) = oldest {
+                        members.remove(&oldest);
+                    }
+                }
+                members.insert(
+                    report.member_id.clone(),
+                    RefusedMember {
+                        member_id: report.member_id.clone(),
+                        refusal: refusal.clone(),
+                        at_ms: now,
+                    },
+                );
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn lease_ms(&self) -> u64 {
+        u64::try_from(self.options.member_lease_ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The members of `kind` the coordinator refuses now: those whose last registration
+    /// or heartbeat, within the member lease TTL, was refused (an old binary after
+    /// finalization, an excluded member back with its old binary, a disk ahead of the
+    /// cluster...), sorted by id. Accepting a member forgets its refusal. Kept in the
+    /// coordinator's memory only (a restarted coordinator starts with none), at most
+    /// 16,384 per kind.
+    pub fn refused_members(&self, kind: &str) -> Vec<RefusedMember> {
+        let now = self.now();
+        let ttl = self.lease_ms();
+        self.refused
+            .lock()
+            .get(kind)
+            .map_or_else(Vec::new, |members| {
+                members
+                    .values()
+                    .filter(|m| now.saturating_sub(m.at_ms) < ttl)
+                    .cloned()
+                    .collect()
+            })
     }
 
     /// Renews the member's lease and, when this report completed the members' part of a

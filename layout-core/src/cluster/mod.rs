@@ -8,6 +8,13 @@
 //! [`ClusterStore`]: the [`EmbeddedStore`] by default, etcd (feature `etcd`) beyond one
 //! machine, and a [`MovingStore`] moves a live cluster from one store to another.
 //!
+//! Members in the coordinator's process call it directly; member processes reach it over
+//! the **member link** (feature `http`): the coordinator serves registrations and
+//! heartbeats on the shared HTTP stack (`layout_core::http`) behind a cluster token, on
+//! loopback unless TLS is configured (`CoordinatorServer`), and `HttpLink` is the
+//! member's end. `ClusterMetrics` exports the coordinator's view to Prometheus. See
+//! [`link`].
+//!
 //! ```
 //! use std::sync::Arc;
 //! use layout_core::cluster::{ClusterError, Coordinator, CoordinatorOptions, EmbeddedStore, MemberReport, Refusal, HeartbeatError};
@@ -42,7 +49,8 @@
 //! | [`state`] | [`KindState`], what a store keeps per component kind: members, exclusions, [`Checkpoint`]s, audit |
 //! | [`coordinator`] | [`Coordinator`]: registration, heartbeats, finalization, exclusion, status |
 //! | [`member`] | [`Member`] and [`LocalLayout`] (a component's own layout) |
-//! | [`link`] | [`CoordinatorLink`]: in process, or [`CoordinatorServer`] / [`TcpLink`] on loopback |
+//! | [`link`] | [`CoordinatorLink`]: in process, or over HTTP (feature `http`): `CoordinatorServer` serves the member link behind a cluster token, `HttpLink` is the member's end |
+//! | `metrics` | `ClusterMetrics` (feature `http`): `layout_cluster_members{kind,state}`, `layout_cluster_layout_version{kind}` for Prometheus |
 //! | [`store`] | [`ClusterStore`], [`EmbeddedStore`], `EtcdStore` and `EtcdDocumentStore` (feature `etcd`), [`MovingStore`] |
 //!
 //! See `docs/cluster-upgrade.md` for the operator's runbook.
@@ -50,18 +58,27 @@
 pub mod coordinator;
 pub mod link;
 pub mod member;
+#[cfg(feature = "http")]
+pub mod metrics;
 pub mod protocol;
 pub mod state;
 pub mod store;
 
 pub use coordinator::{
     Blocker, ClusterError, ClusterFinalizeOutcome, ClusterStatus, Coordinator, CoordinatorOptions,
-    MemberStatus,
+    MemberStatus, RefusedMember,
 };
-pub use link::{CoordinatorLink, CoordinatorServer, TcpLink};
+pub use link::CoordinatorLink;
+#[cfg(feature = "http")]
+pub use link::{
+    link_error_format, member_link_routes, CoordinatorServer, HttpLink, LinkError, HEARTBEAT_PATH,
+    REGISTER_PATH,
+};
 pub use member::{
     BeyondSoftware, FinalizerLayout, LocalError, LocalLayout, Member, MemberError, MemberStep,
 };
+#[cfg(feature = "http")]
+pub use metrics::ClusterMetrics;
 pub use protocol::{
     CoordinatorAnswer, FinalizationProgress, HeartbeatError, Instruction, MemberReport, Refusal,
     PROTOCOL_VERSION,

@@ -200,6 +200,29 @@ pub enum HeartbeatError {
         /// What failed.
         reason: String,
     },
+    /// The coordinator's endpoint did not accept the member's credentials (HTTP 401): no
+    /// cluster token, or not the one the coordinator was given. Nothing changed, and
+    /// retrying with the same token will not help.
+    #[error(
+        "the coordinator refused the member's credentials: {reason}; give the member the \
+         cluster token the coordinator serves the member link with"
+    )]
+    Unauthorized {
+        /// What the coordinator said, and where it is.
+        reason: String,
+    },
+    /// The coordinator's endpoint could not take the request at all (HTTP 400, 404, 413,
+    /// ...): a malformed or oversized body, or an address that is not a coordinator's
+    /// member link. Nothing changed. Between a member and a coordinator of compatible
+    /// releases this does not happen: check the address and both releases.
+    #[error(
+        "the coordinator could not take the request: {reason}; check the coordinator's \
+         address and that member and coordinator run compatible releases"
+    )]
+    BadRequest {
+        /// What was wrong.
+        reason: String,
+    },
 }
 
 impl From<Refusal> for HeartbeatError {

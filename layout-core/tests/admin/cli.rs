@@ -205,6 +205,21 @@ fn exit_code_2_for_usage_errors() {
         ),
         2,
     );
+    // Malformed endpoints and timeouts are usage errors, never a connection attempt.
+    for endpoint in [
+        "http://",
+        "127.0.0.1:99999",
+        "127.0.0.1:0",
+        "ftp://127.0.0.1:1",
+        "127.0.0.1",
+    ] {
+        let out = layoutctl(&["--endpoint", endpoint, "--token", TOKEN, "status"], &[]);
+        assert_exit(&out, 2);
+    }
+    for timeout in ["0", "9223372036854775807", "-1", "soon"] {
+        let out = fx.layoutctl(&["--timeout", timeout, "status"]);
+        assert_exit(&out, 2);
+    }
     // A request the endpoint rejects as invalid.
     let out = fx.layoutctl(&["finalize", "--to", "Teleportation"]);
     assert_exit(&out, 2);
@@ -216,6 +231,23 @@ fn exit_code_2_for_usage_errors() {
     // Help and version are not errors.
     assert_exit(&layoutctl(&["--help"], &[]), 0);
     assert_exit(&layoutctl(&["--version"], &[]), 0);
+}
+
+#[test]
+fn verbose_logs_each_request_to_stderr_and_quiet_logs_nothing() {
+    let fx = Fixture::start();
+    let quiet = fx.layoutctl(&["status", "--json"]);
+    assert_exit(&quiet, 0);
+    assert!(stderr(&quiet).is_empty(), "{}", stderr(&quiet));
+    let verbose = fx.layoutctl(&["-v", "status", "--json"]);
+    assert_exit(&verbose, 0);
+    let log = stderr(&verbose);
+    assert!(
+        log.contains("admin request answered") && log.contains("/v1/status") && log.contains("200"),
+        "{log}"
+    );
+    // stdout stays one JSON document.
+    json(&verbose);
 }
 
 #[test]

@@ -7,5 +7,6 @@ mod hostile;
 mod http;
 mod metrics;
 mod service;
+mod slow_clients;
 mod support;
 mod tls;

@@ -2,6 +2,9 @@
 //! and a migration that reports progress), parsed as Prometheus text: the values move as
 //! the component's state does.
 
+// Every value compared is a small integer, which f64 represents exactly.
+#![allow(clippy::float_cmp)]
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -65,10 +68,7 @@ impl Scrape {
     }
 
     fn status(&self, status: &str) -> f64 {
-        self.get(
-            "layout_finalization_status",
-            &[&format!("status={status}")],
-        )
+        self.get("layout_finalization_status", &[&format!("status={status}")])
     }
 }
 

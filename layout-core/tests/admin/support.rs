@@ -462,3 +462,15 @@ pub(crate) fn error_code(body: &str) -> String {
 pub(crate) fn path_str(path: &Path) -> String {
     path.display().to_string()
 }
+
+/// A coordinator on an in-memory cluster store.
+pub(crate) fn coordinator() -> Arc<layout_core::cluster::Coordinator> {
+    use layout_core::cluster::{Coordinator, CoordinatorOptions, EmbeddedStore};
+    Arc::new(
+        Coordinator::open(
+            Arc::new(EmbeddedStore::in_memory()),
+            CoordinatorOptions::default(),
+        )
+        .unwrap(),
+    )
+}

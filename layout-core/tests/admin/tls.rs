@@ -207,9 +207,15 @@ fn an_mtls_endpoint_serves_only_clients_with_a_valid_certificate_from_its_ca() {
         let out = pki.layoutctl(&fx, who, &["finalize"]);
         assert_exit(&out, 3);
         let text = stderr(&out);
-        assert!(text.contains("cannot reach the admin endpoint"), "{who:?}: {text}");
+        assert!(
+            text.contains("cannot reach the admin endpoint"),
+            "{who:?}: {text}"
+        );
         if who.is_none() {
-            assert!(text.contains("--cert"), "a hint to pass a certificate: {text}");
+            assert!(
+                text.contains("--cert"),
+                "a hint to pass a certificate: {text}"
+            );
         }
     }
     // Plain HTTP to the mTLS port.
@@ -242,15 +248,121 @@ fn unusable_tls_files_are_clear_usage_errors() {
         &[],
     );
     assert_exit(&missing, 2);
-    assert!(stderr(&missing).contains("/nonexistent/ca.pem"), "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("/nonexistent/ca.pem"),
+        "{}",
+        stderr(&missing)
+    );
     // A key file that holds a certificate.
     let err = ServerTls::from_pem_files(&pki.path("alice.pem"), &pki.path("alice.pem"))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("private key") && err.contains("alice.pem"), "{err}");
+    assert!(
+        err.contains("private key") && err.contains("alice.pem"),
+        "{err}"
+    );
     // A certificate whose key does not fit.
     let err = ServerTls::from_pem_files(&pki.path("alice.pem"), &pki.path("mallory.key"))
         .unwrap_err()
         .to_string();
     assert!(err.contains("do not fit"), "{err}");
+}
+
+mod member_link {
+    //! The coordinator's member link over mutual TLS: a member with a certificate from
+    //! the cluster's CA registers; without one, with another CA's, or over plain HTTP it
+    //! never reaches the coordinator and never appears in the cluster state.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use layout_core::cluster::{
+        CoordinatorLink, CoordinatorServer, HeartbeatError, HttpLink, MemberReport,
+    };
+    use layout_core::http::{BearerToken, ClientConfig, ClientTls, EndpointConfig};
+
+    use super::Pki;
+
+    const CLUSTER_TOKEN: &str = "cluster-token-0123456789";
+
+    fn link(pki: &Pki, url: &str, identity: Option<&str>) -> HttpLink {
+        let mut config = ClientConfig::new(Duration::from_secs(10));
+        if url.starts_with("https://") {
+            let mut tls = ClientTls::with_ca_file(&pki.path("ca.pem")).unwrap();
+            if let Some(who) = identity {
+                tls = tls
+                    .with_identity_files(
+                        &pki.path(&format!("{who}.pem")),
+                        &pki.path(&format!("{who}.key")),
+                    )
+                    .unwrap();
+            }
+            config = config.with_tls(tls);
+        }
+        HttpLink::new(url, BearerToken::new(CLUSTER_TOKEN).unwrap(), config).unwrap()
+    }
+
+    #[test]
+    fn the_member_link_over_mtls_admits_only_members_with_the_clusters_certificates() {
+        let pki = Pki::new();
+        let coordinator = crate::support::coordinator();
+        let server = CoordinatorServer::start(
+            Arc::clone(&coordinator),
+            BearerToken::new(CLUSTER_TOKEN).unwrap(),
+            EndpointConfig::loopback(0).with_tls(pki.server_tls_mutual.clone()),
+        )
+        .unwrap();
+        assert!(server.url().starts_with("https://"));
+
+        let good = link(&pki, &server.url(), Some("alice"));
+        let answer = good
+            .register(&MemberReport::new("datanode", "dn1", 2, 1))
+            .unwrap();
+        assert_eq!(answer.cluster_layout_version, 1);
+
+        let plain_url = format!("http://{}", server.local_addr());
+        for (name, link) in [
+            ("no certificate", link(&pki, &server.url(), None)),
+            ("another CA", link(&pki, &server.url(), Some("mallory"))),
+            ("expired", link(&pki, &server.url(), Some("old"))),
+            ("plain HTTP", link(&pki, &plain_url, None)),
+        ] {
+            let err = link
+                .register(&MemberReport::new("datanode", "intruder", 2, 1))
+                .unwrap_err();
+            assert!(
+                matches!(err, HeartbeatError::Unavailable { .. }),
+                "{name}: {err:?}"
+            );
+        }
+        let status = coordinator.status("datanode").unwrap();
+        let members: Vec<&str> = status
+            .members
+            .iter()
+            .map(|m| m.member_id.as_str())
+            .collect();
+        assert_eq!(members, ["dn1"], "only the member with a valid certificate");
+    }
+
+    #[test]
+    fn the_member_link_leaves_loopback_only_with_tls() {
+        let pki = Pki::new();
+        let coordinator = crate::support::coordinator();
+        let token = BearerToken::new(CLUSTER_TOKEN).unwrap();
+        let everywhere = "0.0.0.0:0".parse().unwrap();
+        let err = CoordinatorServer::start(
+            Arc::clone(&coordinator),
+            token.clone(),
+            EndpointConfig::new(everywhere),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("only with TLS"), "{err}");
+        let server = CoordinatorServer::start(
+            coordinator,
+            token,
+            EndpointConfig::new(everywhere).with_tls(pki.server_tls_plain.clone()),
+        )
+        .unwrap();
+        assert!(server.url().starts_with("https://"));
+    }
 }

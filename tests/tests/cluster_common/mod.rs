@@ -2,7 +2,8 @@
 //! (children of it, through the crash harness), shared by the `it` binary (embedded store)
 //! and the `etcd` binary (a real etcd): the same scenarios, another store.
 //!
-//! Members reach the coordinator over `CoordinatorServer`/`TcpLink` on loopback. Each
+//! Members reach the coordinator over the member link on loopback (`HttpLink` to a
+//! `CoordinatorServer`, with the cluster token [`CLUSTER_TOKEN`]). Each
 //! member child opens its own `VERSION` file, registers, heartbeats every
 //! [`HEARTBEAT_MS`] ms, finalizes through its `UpgradeFinalizer` when told to, and reports
 //! each event as a step.
@@ -19,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use layout_core::cluster::{
     Checkpoint, ClusterError, ClusterFinalizeOutcome, ClusterStatus, ClusterStore, Coordinator,
-    CoordinatorOptions, CoordinatorServer, FinalizerLayout, Member, TcpLink,
+    CoordinatorOptions, CoordinatorServer, FinalizerLayout, HttpLink, Member,
 };
+use layout_core::http::{BearerToken, ClientConfig};
 use layout_core::{
     ActionContext, ActionError, ActionRegistry, FileStorage, LayoutFeature, LayoutVersionManager,
     ManagerOptions, StartIntent, UpgradeFinalizer,
@@ -38,7 +40,25 @@ pub(crate) const OLD: u32 = 1;
 /// The new release's SLV.
 pub(crate) const NEW: u32 = 2;
 
-const ADDR_ENV: &str = "LAYOUT_CLUSTER_ADDR";
+/// The cluster token of the scenarios' member link.
+pub(crate) const CLUSTER_TOKEN: &str = "cluster-scenario-token-0123456789";
+
+/// The cluster token, checked.
+pub(crate) fn cluster_token() -> BearerToken {
+    BearerToken::new(CLUSTER_TOKEN).unwrap()
+}
+
+/// A member's link to the coordinator at `url`.
+pub(crate) fn link(url: &str) -> HttpLink {
+    HttpLink::new(
+        url,
+        cluster_token(),
+        ClientConfig::new(Duration::from_secs(10)),
+    )
+    .unwrap()
+}
+
+const ADDR_ENV: &str = "LAYOUT_CLUSTER_URL";
 const DIR_ENV: &str = "LAYOUT_CLUSTER_MEMBER_DIR";
 const ID_ENV: &str = "LAYOUT_CLUSTER_MEMBER_ID";
 const SLV_ENV: &str = "LAYOUT_CLUSTER_MEMBER_SLV";
@@ -104,7 +124,7 @@ pub(crate) fn member_child() {
         &id,
         Arc::new(FinalizerLayout::new(finalizer, component)),
     );
-    let link = TcpLink::new(env(ADDR_ENV).parse().unwrap());
+    let link = link(&env(ADDR_ENV));
     match member.register(&link) {
         Ok(step) => {
             let report = member.report();
@@ -213,7 +233,9 @@ impl Cluster {
         };
         let options = self.options.clone().with_local(KIND, Arc::new(local));
         let coordinator = Arc::new(Coordinator::open((self.open_store)(), options).unwrap());
-        let server = CoordinatorServer::bind_loopback(Arc::clone(&coordinator), self.port).unwrap();
+        let server =
+            CoordinatorServer::bind_loopback(Arc::clone(&coordinator), self.port, cluster_token())
+                .unwrap();
         self.port = server.local_addr().port();
         self.coordinator = Some(coordinator);
         self.server = Some(server);
@@ -252,10 +274,7 @@ impl Cluster {
     ) -> &mut ChildProcess {
         self.kill(id);
         let mut command = ChildCommand::new(&self.test, format!("member-{id}"))
-            .env(
-                ADDR_ENV,
-                self.server.as_ref().unwrap().local_addr().to_string(),
-            )
+            .env(ADDR_ENV, self.server.as_ref().unwrap().url())
             .env(DIR_ENV, self.root.join(id))
             .env(ID_ENV, id)
             .env(SLV_ENV, slv.to_string());

@@ -6,6 +6,7 @@ mod catalogs;
 mod cluster;
 #[path = "../cluster_common/mod.rs"]
 mod cluster_common;
+mod cluster_link;
 mod concurrency;
 mod damaged_file;
 mod factory;

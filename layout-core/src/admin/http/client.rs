@@ -174,12 +174,13 @@ impl AdminClient {
 
     fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let url = format!("{}/v1/{path}", self.base);
+        let started = std::time::Instant::now();
         let response = self
             .agent
             .get(&url)
             .header("Authorization", &self.bearer)
             .call();
-        self.read(response)
+        self.read("GET", &url, started, response)
     }
 
     fn post<B: Serialize, T: DeserializeOwned>(
@@ -193,25 +194,39 @@ impl AdminClient {
             status: 0,
             reason: format!("cannot encode the request: {e}"),
         })?;
+        let started = std::time::Instant::now();
         let response = self
             .agent
             .post(&url)
             .header("Authorization", &self.bearer)
             .header("Content-Type", "application/json")
             .send(&body[..]);
-        self.read(response)
+        self.read("POST", &url, started, response)
     }
 
     fn read<T: DeserializeOwned>(
         &self,
+        method: &str,
+        url: &str,
+        started: std::time::Instant,
         response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<T, ClientError> {
-        let transport = |source| ClientError::Transport {
-            endpoint: self.base.clone(),
-            source,
+        let transport = |source: ureq::Error| {
+            tracing::debug!(method, url, error = %source, "admin request failed in transport");
+            ClientError::Transport {
+                endpoint: self.base.clone(),
+                source,
+            }
         };
         let mut response = response.map_err(transport)?;
         let status = response.status().as_u16();
+        tracing::debug!(
+            method,
+            url,
+            status,
+            elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "admin request answered"
+        );
         let text = response.body_mut().read_to_string().map_err(transport)?;
         if (200..300).contains(&status) {
             return serde_json::from_str(&text).map_err(|e| ClientError::Decode {

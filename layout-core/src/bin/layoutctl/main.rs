@@ -16,11 +16,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use layout_core::admin::http::{
     AdminClient, BearerToken, ClientError, DEFAULT_ADMIN_PORT, DEFAULT_CLIENT_TIMEOUT,
 };
-use layout_core::http::{ClientConfig, ClientTls};
 use layout_core::admin::{
     ErrorCode, FeatureView, FinalizationStatusParams, FinalizationStatusResponse, FinalizeParams,
     FinalizeResponse, PrepareParams, PrepareResponse, StatusResponse,
 };
+use layout_core::http::{ClientConfig, ClientTls};
 use serde::Serialize;
 
 /// Exit codes (documented in `docs/cli.md`).
@@ -104,8 +104,8 @@ struct Cli {
         requires = "cert"
     )]
     key: Option<PathBuf>,
-    /// Log what the client does to stderr (-v info, -vv debug); $RUST_LOG, when set,
-    /// chooses instead.
+    /// Log what the client does to stderr (-v: each request and its answer, -vv: the
+    /// HTTP client's own trace); `$RUST_LOG`, when set, chooses instead.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
     /// Print JSON instead of text.
@@ -331,13 +331,14 @@ fn run(cli: Cli) -> Result<u8, Failure> {
     Ok(exit::OK)
 }
 
-/// Logs to stderr: warnings by default, more with -v; `RUST_LOG` overrides.
+/// Logs to stderr: warnings by default, each request with -v, everything with -vv;
+/// `RUST_LOG` overrides.
 fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
     let default = match verbose {
         0 => "warn",
-        1 => "info",
-        _ => "debug",
+        1 => "info,layout_core=debug",
+        _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
