@@ -22,8 +22,11 @@
 //! `--cluster-token` or `$KVSTORE_CLUSTER_TOKEN`): the coordinator serves the member link
 //! behind it and admits only members presenting it.
 //!
-//! TLS: `--tls-cert FILE --tls-key FILE` serve the HTTP API and the admin endpoint over
-//! TLS; `--tls-client-ca FILE` also requires client certificates signed by that CA.
+//! TLS: `--tls-cert FILE --tls-key FILE` serve the HTTP API, the admin endpoint and (on
+//! the coordinator) the member link over TLS; `--tls-client-ca FILE` also requires client
+//! certificates signed by that CA. A member reaches a TLS coordinator with `--tls-ca FILE`
+//! (and presents its `--tls-cert`); with TLS the coordinator may serve members beyond
+//! loopback (`--coordinator-host 0.0.0.0`).
 //!
 //! Logs go to stderr, filtered by `RUST_LOG` (default `info`).
 //!
@@ -38,7 +41,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use layout_core::http::{BearerToken, ServerTls};
+use layout_core::http::{BearerToken, ClientTls, ServerTls};
 use layout_core::{LayoutFeature, StartIntent};
 use layout_examples::kvstore::{
     ClusterConfig, ClusterStoreConfig, KvFeature, KvNode, KvNodeConfig,
@@ -101,9 +104,14 @@ struct Args {
     /// The etcd key prefix of this cluster (`--cluster-store etcd:...`).
     #[arg(long, default_value = "/kvstore/cluster", requires = "coordinator")]
     etcd_prefix: String,
-    /// The loopback port the coordinator serves members on (0: any; printed).
+    /// The port the coordinator serves members on (0: any; printed).
     #[arg(long, default_value_t = 0, requires = "coordinator")]
     coordinator_port: u16,
+    /// The address the coordinator serves members on; anything but loopback needs
+    /// `--tls-cert` (the member link is then served over TLS, requiring member
+    /// certificates with `--tls-client-ca`).
+    #[arg(long, default_value = "127.0.0.1", requires = "coordinator")]
+    coordinator_host: std::net::IpAddr,
     /// Join the cluster whose coordinator serves members at this address, as a member.
     #[arg(long)]
     join: Option<SocketAddr>,
@@ -129,9 +137,14 @@ struct Args {
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Require client certificates signed by the CA(s) in this PEM file (mTLS), on the
-    /// HTTP API and the admin endpoint.
+    /// HTTP API, the admin endpoint and (coordinator) the member link.
     #[arg(long, requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// A member: reach the coordinator over TLS, trusting the CA(s) in this PEM file for
+    /// its certificate; the node's `--tls-cert`/`--tls-key`, if given, are presented to a
+    /// coordinator that requires client certificates.
+    #[arg(long, requires = "join")]
+    tls_ca: Option<PathBuf>,
 }
 
 fn cluster_config(args: &Args) -> Result<Option<ClusterConfig>, String> {
@@ -144,15 +157,37 @@ fn cluster_config(args: &Args) -> Result<Option<ClusterConfig>, String> {
         .ok_or("--coordinator and --join need --node-id (stable across restarts)")?;
     let token = cluster_token(args)?;
     let config = match args.join {
-        Some(coordinator) => ClusterConfig::member(node_id, coordinator),
+        Some(coordinator) => {
+            let config = ClusterConfig::member(node_id, coordinator);
+            match link_tls(args)? {
+                Some(tls) => config.with_link_tls(tls),
+                None => config,
+            }
+        }
         None => ClusterConfig::coordinator(node_id, cluster_store(args)?)
-            .with_coordinator_port(args.coordinator_port),
+            .with_coordinator_port(args.coordinator_port)
+            .with_link_host(args.coordinator_host),
     };
     Ok(Some(
         config
             .with_cluster_token(token)
             .with_heartbeat_interval(Duration::from_millis(args.heartbeat_ms.max(1))),
     ))
+}
+
+/// A member's TLS for the member link: `--tls-ca`, and the node's own certificate.
+fn link_tls(args: &Args) -> Result<Option<ClientTls>, String> {
+    let Some(ca) = &args.tls_ca else {
+        return Ok(None);
+    };
+    let tls = ClientTls::with_ca_file(ca).map_err(|e| format!("--tls-ca: {e}"))?;
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => tls
+            .with_identity_files(cert, key)
+            .map(Some)
+            .map_err(|e| format!("--tls-cert/--tls-key: {e}")),
+        _ => Ok(Some(tls)),
+    }
 }
 
 /// The cluster token of `--cluster-token-file`, `--cluster-token` or

@@ -4,9 +4,11 @@
 //! - The **coordinator node** serves its own data like any node, and also runs a
 //!   [`Coordinator`] over a [`ClusterStore`] (the embedded store in a directory by
 //!   default; etcd with the `etcd` feature), served to member processes by a
-//!   [`CoordinatorServer`] on a loopback port, behind the **cluster token**
-//!   ([`ClusterConfig::with_cluster_token`]; a member without it is refused with 401
-//!   and never becomes a member). Its own layout takes part in the cluster:
+//!   [`CoordinatorServer`] on a loopback port (or, with the node's TLS, on any address,
+//!   over TLS, requiring member certificates when the node names a client CA), behind
+//!   the **cluster token** ([`ClusterConfig::with_cluster_token`]; a member without it
+//!   is refused with 401 and never becomes a member). Its own layout takes part in the
+//!   cluster:
 //!   it finalizes first. Operators finalize the cluster through the coordinator node's
 //!   HTTP API: `GET /cluster/status`, `POST /cluster/finalize`. These routes are guarded
 //!   by the node's admin token ([`KvNodeConfig::with_admin`](super::KvNodeConfig::with_admin)):
@@ -15,7 +17,9 @@
 //!   `POST /cluster/finalize` is refused (403 `forbidden`) and only the read-only
 //!   `GET /cluster/status` is served.
 //! - A **member node** registers with the coordinator at start-up (through an
-//!   [`HttpLink`] presenting the cluster token) reporting its `(SLV, MLV)`, and heartbeats from a background thread. When the
+//!   [`HttpLink`] presenting the cluster token, over TLS with
+//!   [`ClusterConfig::with_link_tls`]) reporting its `(SLV, MLV)`, and heartbeats from a
+//!   background thread. When the
 //!   coordinator answers "finalize to V", the member finalizes its own node through its
 //!   own [`UpgradeFinalizer`] (so its `OnFinalize` actions — the value-index migration —
 //!   run), in the heartbeat thread, or during start-up for a member that comes back late.
@@ -37,7 +41,7 @@ use layout_core::cluster::{
     Coordinator, CoordinatorOptions, CoordinatorServer, EmbeddedStore, HttpLink, LocalError,
     LocalLayout, Member, MemberError, MemberStep,
 };
-use layout_core::http::{ClientConfig, EndpointError};
+use layout_core::http::{ClientConfig, ClientTls, EndpointConfig, EndpointError, ServerTls};
 use layout_core::{
     condition, FinalizeRequest, LayoutFeature, LayoutVersionManager, UpgradeFinalizer,
 };
@@ -107,12 +111,12 @@ impl ClusterStoreConfig {
 #[non_exhaustive]
 pub enum ClusterRole {
     /// This node runs the coordinator, keeping the cluster state in `store` and serving
-    /// members on 127.0.0.1:`port` (0: any free port; see
+    /// members on [`ClusterConfig::link_host`]:`port` (0: any free port; see
     /// [`KvNode::coordinator_addr`](super::KvNode::coordinator_addr)).
     Coordinator {
         /// Where the cluster state lives.
         store: ClusterStoreConfig,
-        /// The loopback port members connect to.
+        /// The port members connect to.
         port: u16,
     },
     /// This node is a member of the cluster whose coordinator serves members at
@@ -124,7 +128,7 @@ pub enum ClusterRole {
 }
 
 /// A node's cluster configuration ([`KvNodeConfig::cluster`](super::KvNodeConfig::cluster)).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ClusterConfig {
     /// Coordinator or member.
     pub role: ClusterRole,
@@ -139,11 +143,20 @@ pub struct ClusterConfig {
     /// present it. Separate from the admin token. Required: a node without one does not
     /// start in cluster mode. Default `None`.
     pub cluster_token: Option<BearerToken>,
+    /// The address the coordinator serves the member link on (the port is the role's).
+    /// Default 127.0.0.1; anything else needs the node's TLS
+    /// ([`KvNodeConfig::with_tls`](super::KvNodeConfig::with_tls)), which the link is
+    /// then served with (client certificates required when it names a client CA).
+    pub link_host: std::net::IpAddr,
+    /// A member's TLS for the link: the CA that signed the coordinator's certificate
+    /// and, for a coordinator that requires one, the member's certificate. Without it
+    /// a member speaks plain HTTP to the coordinator.
+    pub link_tls: Option<ClientTls>,
 }
 
 impl ClusterConfig {
     /// This node, `node_id`, runs the coordinator with its state in `store`, serving
-    /// members on an ephemeral loopback port.
+    /// members on an ephemeral loopback port (see [`with_link_host`](Self::with_link_host)).
     pub fn coordinator(node_id: impl Into<String>, store: ClusterStoreConfig) -> Self {
         Self {
             role: ClusterRole::Coordinator { store, port: 0 },
@@ -151,6 +164,8 @@ impl ClusterConfig {
             heartbeat_interval: Duration::from_secs(2),
             member_lease_ttl: Duration::from_secs(10),
             cluster_token: None,
+            link_host: std::net::IpAddr::from([127, 0, 0, 1]),
+            link_tls: None,
         }
     }
 
@@ -163,10 +178,12 @@ impl ClusterConfig {
             heartbeat_interval: Duration::from_secs(2),
             member_lease_ttl: Duration::from_secs(10),
             cluster_token: None,
+            link_host: std::net::IpAddr::from([127, 0, 0, 1]),
+            link_tls: None,
         }
     }
 
-    /// Serves members on 127.0.0.1:`port` (coordinator only; a member ignores it).
+    /// Serves members on `port` (coordinator only; a member ignores it).
     #[must_use]
     pub fn with_coordinator_port(mut self, port: u16) -> Self {
         if let ClusterRole::Coordinator { port: p, .. } = &mut self.role {
@@ -186,6 +203,20 @@ impl ClusterConfig {
     #[must_use]
     pub fn with_member_lease_ttl(mut self, ttl: Duration) -> Self {
         self.member_lease_ttl = ttl;
+        self
+    }
+
+    /// Serves the member link on `host` (coordinator; beyond loopback only with TLS).
+    #[must_use]
+    pub fn with_link_host(mut self, host: std::net::IpAddr) -> Self {
+        self.link_host = host;
+        self
+    }
+
+    /// Speaks TLS to the coordinator (member).
+    #[must_use]
+    pub fn with_link_tls(mut self, tls: ClientTls) -> Self {
+        self.link_tls = Some(tls);
         self
     }
 
@@ -292,12 +323,14 @@ impl ClusterRuntime {
     /// answer: a late member finalizes here) and starts its heartbeats.
     ///
     /// `admin_token` guards the coordinator node's `/cluster/...` routes (see the module
-    /// docs); without it, `POST /cluster/finalize` is refused.
+    /// docs); without it, `POST /cluster/finalize` is refused. A coordinator serves the
+    /// member link with `tls` when the node has it.
     pub(crate) fn start(
         config: &ClusterConfig,
         finalizer: &Arc<UpgradeFinalizer<KvFeature, KvStore>>,
         store: &Arc<KvStore>,
         admin_token: Option<&BearerToken>,
+        tls: Option<&ServerTls>,
     ) -> Result<Self, KvError> {
         let token = config
             .cluster_token
@@ -320,16 +353,18 @@ impl ClusterRuntime {
                     Coordinator::open(store_config.open()?, options)
                         .map_err(|e| KvError::ClusterCoordinator(Box::new(e)))?,
                 );
-                let server =
-                    CoordinatorServer::bind_loopback(Arc::clone(&coordinator), *port, token)
-                        .map_err(|e| match e {
-                            EndpointError::Bind { addr, source } => {
-                                KvError::Listen { addr, source }
-                            }
-                            other => KvError::Cluster(format!(
-                                "cannot serve the member link on 127.0.0.1:{port}: {other}"
-                            )),
-                        })?;
+                let addr = SocketAddr::new(config.link_host, *port);
+                let mut link_config = EndpointConfig::new(addr);
+                if let Some(tls) = tls {
+                    link_config = link_config.with_tls(tls.clone());
+                }
+                let server = CoordinatorServer::start(Arc::clone(&coordinator), token, link_config)
+                    .map_err(|e| match e {
+                        EndpointError::Bind { addr, source } => KvError::Listen { addr, source },
+                        other => KvError::Cluster(format!(
+                            "cannot serve the member link on {addr}: {other}"
+                        )),
+                    })?;
                 if admin_token.is_none() {
                     tracing::warn!(
                         id = %config.node_id,
@@ -348,12 +383,12 @@ impl ClusterRuntime {
                 })
             }
             ClusterRole::Member { coordinator } => {
-                let link = HttpLink::new(
-                    &coordinator.to_string(),
-                    token,
-                    ClientConfig::new(LINK_TIMEOUT),
-                )
-                .map_err(|e| KvError::Cluster(e.to_string()))?;
+                let mut link_config = ClientConfig::new(LINK_TIMEOUT);
+                if let Some(tls) = &config.link_tls {
+                    link_config = link_config.with_tls(tls.clone());
+                }
+                let link = HttpLink::new(&coordinator.to_string(), token, link_config)
+                    .map_err(|e| KvError::Cluster(e.to_string()))?;
                 let link = Arc::new(link);
                 let mut member = Member::new(CLUSTER_KIND, config.node_id.clone(), layout);
                 let registered = member

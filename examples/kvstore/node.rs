@@ -228,7 +228,13 @@ impl KvNode {
         finalizer.run_prefinalize_actions(&store)?;
         let cluster = match &config.cluster {
             Some(cluster) => {
-                match ClusterRuntime::start(cluster, &finalizer, &store, admin_token.as_ref()) {
+                match ClusterRuntime::start(
+                    cluster,
+                    &finalizer,
+                    &store,
+                    admin_token.as_ref(),
+                    config.tls.as_ref(),
+                ) {
                     Ok(runtime) => Some(runtime),
                     Err(e) => {
                         store.clear_cluster_routes();

@@ -310,3 +310,74 @@ fn the_binary_serves_tls_with_its_flags_and_logs_to_stderr() {
     assert!(log.contains("INFO"), "logs at info by default: {log}");
     assert!(log.contains("kvstore node started"), "{log}");
 }
+
+/// A cluster whose coordinator node serves the member link over mutual TLS, beyond
+/// loopback: a member with the CA and a certificate it signed joins; a member without a
+/// certificate, and one speaking plain HTTP, do not start and never appear in the
+/// cluster state.
+#[test]
+fn a_cluster_over_mtls_admits_only_members_with_a_certificate_of_its_ca() {
+    use layout_core::http::ClientTls;
+    use layout_examples::kvstore::{ClusterConfig, ClusterStoreConfig};
+
+    let pki = Pki::new();
+    let token = crate::cluster::cluster_token();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = pki
+        .server()
+        .with_client_ca_pem(pki.ca.as_bytes())
+        .expect("client CA");
+    let coordinator = KvNode::start(
+        KvNodeConfig::new(dir.path().join("kv0"))
+            .with_admin("127.0.0.1:0".parse().expect("addr"), TOKEN)
+            .with_tls(server)
+            .with_cluster(
+                ClusterConfig::coordinator(
+                    "kv0",
+                    ClusterStoreConfig::Embedded {
+                        dir: dir.path().join("cluster"),
+                    },
+                )
+                .with_cluster_token(token.clone())
+                // Beyond loopback: allowed because the node serves TLS.
+                .with_link_host("0.0.0.0".parse().expect("any address")),
+            ),
+    )
+    .expect("the coordinator node starts");
+    let port = coordinator.coordinator_addr().expect("link address").port();
+    let members_at: SocketAddr = ([127, 0, 0, 1], port).into();
+    let member = |id: &str, tls: Option<ClientTls>| {
+        let mut cluster = ClusterConfig::member(id, members_at).with_cluster_token(token.clone());
+        if let Some(tls) = tls {
+            cluster = cluster.with_link_tls(tls);
+        }
+        KvNode::start(KvNodeConfig::new(dir.path().join(id)).with_cluster(cluster))
+    };
+    let ca_only = || ClientTls::with_ca_pem(pki.ca.as_bytes()).expect("CA");
+    let with_certificate = ca_only()
+        .with_identity_pem(pki.client_cert.as_bytes(), pki.client_key.as_bytes())
+        .expect("identity");
+
+    let kv1 = member("kv1", Some(with_certificate)).expect("a member with a certificate joins");
+    let no_certificate = member("kv2", Some(ca_only()));
+    assert!(
+        no_certificate.is_err(),
+        "a member without a certificate started"
+    );
+    let plain = member("kv3", None);
+    assert!(plain.is_err(), "a member speaking plain HTTP started");
+
+    let status = coordinator.cluster_status().expect("cluster status");
+    let members: Vec<&str> = status
+        .members
+        .iter()
+        .map(|m| m.member_id.as_str())
+        .collect();
+    assert!(members.contains(&"kv1"), "{members:?}");
+    assert!(
+        !members.contains(&"kv2") && !members.contains(&"kv3"),
+        "{members:?}"
+    );
+    kv1.shutdown().expect("member shutdown");
+    coordinator.shutdown().expect("coordinator shutdown");
+}
