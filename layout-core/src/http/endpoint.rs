@@ -290,16 +290,7 @@ impl Endpoint {
         let server = {
             let _guard = runtime.enter();
             let server = axum_server::from_tcp(listener).map_err(bind_err)?;
-            let mut server = server.handle(handle.clone()).http1_only();
-            server
-                .http_builder()
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(config.header_timeout)
-                .max_buf_size(config.max_head_bytes)
-                .max_headers(64)
-                .keep_alive(true);
-            server
+            server.handle(handle.clone())
         };
         let tls = config.tls_enabled();
         let name = config.name.clone();
@@ -308,7 +299,7 @@ impl Endpoint {
 
         #[cfg(feature = "tls")]
         let thread = if let Some(server_tls) = &config.tls {
-            let server = server.acceptor(server_tls.acceptor(acceptor));
+            let server = http1(server.acceptor(server_tls.acceptor(acceptor)), &config);
             spawn(
                 thread_name,
                 runtime,
@@ -316,7 +307,7 @@ impl Endpoint {
                 serve_name,
             )
         } else {
-            let server = server.acceptor(acceptor);
+            let server = http1(server.acceptor(acceptor), &config);
             spawn(
                 thread_name,
                 runtime,
@@ -326,7 +317,7 @@ impl Endpoint {
         }?;
         #[cfg(not(feature = "tls"))]
         let thread = {
-            let server = server.acceptor(acceptor);
+            let server = http1(server.acceptor(acceptor), &config);
             spawn(
                 thread_name,
                 runtime,
@@ -381,6 +372,25 @@ impl Endpoint {
         let _ = thread.join();
         tracing::info!(endpoint = %self.name, addr = %self.addr, "stopped");
     }
+}
+
+/// HTTP/1.1 only (an HTTP/2 preface is refused like any malformed request), with the
+/// header read timeout, the head limit and keep-alive. Called after the acceptor is set:
+/// setting an acceptor resets axum-server's protocol choice.
+fn http1<Acc>(
+    server: axum_server::Server<SocketAddr, Acc>,
+    config: &EndpointConfig,
+) -> axum_server::Server<SocketAddr, Acc> {
+    let mut server = server.http1_only();
+    server
+        .http_builder()
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout)
+        .max_buf_size(config.max_head_bytes)
+        .max_headers(64)
+        .keep_alive(true);
+    server
 }
 
 fn spawn<F>(

@@ -326,6 +326,9 @@ fn broken_heads() -> Vec<(Vec<u8>, u16)> {
         (b"GET /v1/status HTTP/1.1\r\n folded: header\r\n\r\n".to_vec(), 400),
         (b"GET /v1/\xff\xfe HTTP/1.1\r\n\r\n".to_vec(), 400),
         (b"GET /v1/status HTTP/1.9\r\n\r\n".to_vec(), 400),
+        // An HTTP/2 preface: the endpoints speak HTTP/1.1 only (an HTTP/2 answer would
+        // not parse as an HTTP/1.1 status line, and fail the test).
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(), 400),
         (b"GET /v1/st\x01atus HTTP/1.1\r\n\r\n".to_vec(), 400),
         (b"GET /v1/status HTTP/1.1\r\nX: a\x00b\r\n\r\n".to_vec(), 400),
     ]
