@@ -137,10 +137,18 @@ fn metrics_follow_the_layout_through_a_failed_run_a_migration_and_the_end() {
 
 #[test]
 fn metrics_need_the_token_unless_opened() {
+    let anonymous = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let status_anonymous = b"GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     let fx = Fixture::start();
-    let (status, _) = raw(
-        fx.addr,
-        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
-    assert_eq!(status, 401);
+    assert_eq!(raw(fx.addr, anonymous).0, 401);
+
+    // Opened: a scraper needs no token; the admin routes still do.
+    let open = Fixture::start_with(&crate::support::Start {
+        open_metrics: true,
+        ..crate::support::Start::default()
+    });
+    let (status, text) = raw(open.addr, anonymous);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("layout_metadata_layout_version"), "{text}");
+    assert_eq!(raw(open.addr, status_anonymous).0, 401);
 }

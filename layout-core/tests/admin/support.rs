@@ -173,6 +173,8 @@ pub(crate) struct Start {
     pub(crate) max_concurrent_requests: usize,
     /// Serve TLS with this (optionally requiring client certificates).
     pub(crate) tls: Option<layout_core::http::ServerTls>,
+    /// Serve `/metrics` without the token.
+    pub(crate) open_metrics: bool,
 }
 
 impl Default for Start {
@@ -184,6 +186,7 @@ impl Default for Start {
             max_connections: 16,
             max_concurrent_requests: 16,
             tls: None,
+            open_metrics: false,
         }
     }
 }
@@ -240,7 +243,8 @@ impl Fixture {
             .with_bind_addr("127.0.0.1:0".parse().unwrap())
             .with_request_timeout(start.request_timeout)
             .with_max_connections(start.max_connections)
-            .with_max_concurrent_requests(start.max_concurrent_requests);
+            .with_max_concurrent_requests(start.max_concurrent_requests)
+            .with_open_metrics(start.open_metrics);
         let config = match &start.tls {
             Some(tls) => config.with_tls(tls.clone()),
             None => config,
