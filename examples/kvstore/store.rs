@@ -318,6 +318,7 @@ impl Engine {
             path: dir.to_owned(),
             source,
         })?;
+        remove_stale_snapshot_temps(&dir.join(SNAPSHOT_DIR))?;
         let path = dir.join(DB_FILE_NAME);
         let db = Arc::new(Database::create(&path).map_err(KvError::db(&path, "open"))?);
         let (applied, snapshot, index_synced) = {
@@ -709,32 +710,20 @@ impl Engine {
         };
         let final_path = snapshot_dir.join(format!("snapshot-{index:020}.jsonl"));
         let tmp_path = snapshot_dir.join(format!(".snapshot-{index:020}.tmp"));
-        {
-            let file = fs::File::create(&tmp_path).map_err(io("cannot create", &tmp_path))?;
-            let mut out = std::io::BufWriter::new(file);
-            let header = serde_json::json!({"snapshot_index": index, "layout_version": self.lvm.metadata_layout_version()});
-            writeln!(out, "{header}").map_err(io("cannot write", &tmp_path))?;
-            let kv = txn.open_table(KV).map_err(self.db_err("open kv"))?;
-            for item in kv.iter().map_err(self.db_err("iterate kv"))? {
-                let (k, v) = item.map_err(self.db_err("read kv"))?;
-                let (ms, record) = v.value();
-                let key = String::from_utf8_lossy(k.value()).into_owned();
-                let expires_at_ms = self.expiry_of(&txn, &key)?;
-                let value = decode_any(record, self.slv()).map_err(|reason| KvError::Corrupt {
-                    key: key.clone(),
-                    reason,
-                })?;
-                let line = serde_json::json!({"key": key, "value": value, "modified_ms": ms, "expires_at_ms": expires_at_ms});
-                writeln!(out, "{line}").map_err(io("cannot write", &tmp_path))?;
+        // A failed snapshot removes its temporary file (a full disk must not stay full).
+        let written = self.write_snapshot_file(&txn, index, &tmp_path, &final_path);
+        if let Err(e) = written {
+            if let Err(remove) = fs::remove_file(&tmp_path) {
+                if remove.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(
+                        path = %tmp_path.display(),
+                        error = %remove,
+                        "cannot remove the temporary file of a failed snapshot"
+                    );
+                }
             }
-            let file = out.into_inner().map_err(|e| KvError::Io {
-                context: "cannot write",
-                path: tmp_path.clone(),
-                source: e.into_error(),
-            })?;
-            file.sync_all().map_err(io("cannot fsync", &tmp_path))?;
+            return Err(e);
         }
-        fs::rename(&tmp_path, &final_path).map_err(io("cannot rename", &tmp_path))?;
         if let Ok(d) = fs::File::open(&snapshot_dir) {
             // Best effort: make the rename durable.
             let _ = d.sync_all();
@@ -749,6 +738,62 @@ impl Engine {
         txn.commit().map_err(self.db_err("commit"))?;
         self.last_snapshot.store(index, Ordering::SeqCst);
         Ok(index)
+    }
+
+    /// Writes the snapshot at `index` to `tmp_path` (created exclusively), fsyncs it and
+    /// renames it to `final_path`.
+    fn write_snapshot_file(
+        &self,
+        txn: &redb::ReadTransaction,
+        index: u64,
+        tmp_path: &Path,
+        final_path: &Path,
+    ) -> Result<(), KvError> {
+        let io = |context: &'static str, path: &Path| {
+            let path = path.to_owned();
+            move |source| KvError::Io {
+                context,
+                path,
+                source,
+            }
+        };
+        {
+            // A leftover of a killed prepare at this index: never written through.
+            match fs::remove_file(tmp_path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io("cannot remove", tmp_path)(e));
+                }
+                _ => {}
+            }
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(tmp_path)
+                .map_err(io("cannot create", tmp_path))?;
+            let mut out = std::io::BufWriter::new(file);
+            let header = serde_json::json!({"snapshot_index": index, "layout_version": self.lvm.metadata_layout_version()});
+            writeln!(out, "{header}").map_err(io("cannot write", tmp_path))?;
+            let kv = txn.open_table(KV).map_err(self.db_err("open kv"))?;
+            for item in kv.iter().map_err(self.db_err("iterate kv"))? {
+                let (k, v) = item.map_err(self.db_err("read kv"))?;
+                let (ms, record) = v.value();
+                let key = String::from_utf8_lossy(k.value()).into_owned();
+                let expires_at_ms = self.expiry_of(txn, &key)?;
+                let value = decode_any(record, self.slv()).map_err(|reason| KvError::Corrupt {
+                    key: key.clone(),
+                    reason,
+                })?;
+                let line = serde_json::json!({"key": key, "value": value, "modified_ms": ms, "expires_at_ms": expires_at_ms});
+                writeln!(out, "{line}").map_err(io("cannot write", tmp_path))?;
+            }
+            let file = out.into_inner().map_err(|e| KvError::Io {
+                context: "cannot write",
+                path: tmp_path.to_owned(),
+                source: e.into_error(),
+            })?;
+            file.sync_all().map_err(io("cannot fsync", tmp_path))?;
+        }
+        fs::rename(tmp_path, final_path).map_err(io("cannot rename", tmp_path))
     }
 
     fn purge(&self, through: u64) -> Result<(), KvError> {
@@ -778,6 +823,52 @@ impl Engine {
             .map(|(k, _)| k.value());
         Ok((len, first))
     }
+}
+
+/// Removes the temporary files (`.snapshot-*.tmp`) a killed or failed snapshot left in
+/// `snapshot_dir`, each logged at warn. Runs when the store opens, before any snapshot.
+fn remove_stale_snapshot_temps(snapshot_dir: &Path) -> Result<(), KvError> {
+    let entries = match fs::read_dir(snapshot_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(KvError::Io {
+                context: "cannot list",
+                path: snapshot_dir.to_owned(),
+                source,
+            })
+        }
+    };
+    for entry in entries {
+        let entry = entry.map_err(|source| KvError::Io {
+            context: "cannot list",
+            path: snapshot_dir.to_owned(),
+            source,
+        })?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(".snapshot-") && name.ends_with(".tmp")) {
+            continue;
+        }
+        let path = entry.path();
+        // Unlinked, never followed: a symlink there is removed, not its target.
+        match fs::remove_file(&path) {
+            Ok(()) => tracing::warn!(
+                path = %path.display(),
+                "removed the temporary file of an interrupted snapshot (a killed or failed \
+                 prepare)"
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(KvError::Io {
+                    context: "cannot remove the stale snapshot temporary file",
+                    path,
+                    source,
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Preparable for Engine {

@@ -157,12 +157,54 @@ pub trait Preparable: Send + Sync {
 }
 
 /// A failure reported by a [`Preparable`] step (flush, snapshot, purge).
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
+///
+/// Its message names the cause too: `with_source("cannot snapshot", e)` displays as
+/// `cannot snapshot: <e>: <e's cause>...` (a cause whose text is already in the message is
+/// not repeated), so the cause (`No space left on device (os error 28)`) reaches the
+/// operator wherever the error is shown as text. [`source`](StdError::source) still
+/// returns it.
+///
+/// ```
+/// use layout_core::PrepareStepError;
+///
+/// let disk_full = std::io::Error::from_raw_os_error(28);
+/// let err = PrepareStepError::with_source("cannot snapshot the store", disk_full);
+/// assert!(err.to_string().starts_with("cannot snapshot the store: No space left on device"));
+/// assert_eq!(err.message(), "cannot snapshot the store");
+/// ```
+#[derive(Debug)]
 pub struct PrepareStepError {
     message: String,
-    #[source]
     source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+impl fmt::Display for PrepareStepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = self.message.clone();
+        let mut cause = self
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static));
+        while let Some(err) = cause {
+            let part = err.to_string();
+            if !part.is_empty() && !text.contains(&part) {
+                if !text.is_empty() {
+                    text.push_str(": ");
+                }
+                text.push_str(&part);
+            }
+            cause = err.source();
+        }
+        f.write_str(&text)
+    }
+}
+
+impl StdError for PrepareStepError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
 }
 
 impl PrepareStepError {
@@ -185,7 +227,7 @@ impl PrepareStepError {
         }
     }
 
-    /// The message.
+    /// The message, without the cause.
     pub fn message(&self) -> &str {
         &self.message
     }
@@ -588,6 +630,8 @@ pub struct PrepareController {
     generation: AtomicU64,
     /// Serializes prepare runs.
     run: Mutex<()>,
+    /// Why the last prepare failed, until one succeeds.
+    last_failure: Mutex<Option<String>>,
 }
 
 impl PrepareController {
@@ -597,7 +641,9 @@ impl PrepareController {
     ///
     /// With [`StartIntent::Upgrade`] or [`StartIntent::Downgrade`] prepare is cancelled
     /// locally: the marker file (if kept) is removed and the component starts not
-    /// prepared. A bad marker is [`PrepareError::Marker`], and nothing is written.
+    /// prepared. A bad marker is [`PrepareError::Marker`], and nothing is written. A
+    /// leftover temporary marker file (`<marker file>.tmp`, from a prepare killed while
+    /// writing it) is removed first, and logged at warn.
     pub fn restore<F: LayoutFeature>(
         lvm: Arc<LayoutVersionManager<F>>,
         component: &dyn Preparable,
@@ -614,7 +660,12 @@ impl PrepareController {
             state: Mutex::new(PrepareState::NotPrepared),
             generation: AtomicU64::new(0),
             run: Mutex::new(()),
+            last_failure: Mutex::new(None),
         };
+        if let Some(path) = &controller.marker_file {
+            // A prepare killed while it wrote the marker file leaves its temporary file.
+            remove_leftover_temp(&marker_temp_path(path))?;
+        }
         let index = controller.validate_marker(component)?;
         if let Some(index) = index {
             controller.gate.store(true, Ordering::SeqCst);
@@ -786,10 +837,23 @@ impl PrepareController {
             "prepare: write gate enabled"
         );
         match self.run_steps(component, index, generation) {
-            Ok(()) => Ok(index),
+            Ok(()) => {
+                *self.last_failure.lock() = None;
+                Ok(index)
+            }
             Err(err @ PrepareError::Cancelled { .. }) => Err(err),
-            Err(err) => Err(self.abort(generation, err)),
+            Err(err) => {
+                let err = self.abort(generation, err);
+                *self.last_failure.lock() = Some(err.to_string());
+                Err(err)
+            }
         }
+    }
+
+    /// Why the last prepare failed (the error's message, cause included), until a
+    /// prepare succeeds; `None` when none failed. For a status display.
+    pub fn last_failure(&self) -> Option<String> {
+        self.last_failure.lock().clone()
     }
 
     fn run_steps(
@@ -1010,11 +1074,14 @@ fn write_marker_file(path: &Path, index: u64) -> Result<(), PrepareError> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(err("create directory"))?;
-    let mut temp_name = path.file_name().unwrap_or_default().to_os_string();
-    temp_name.push(".tmp");
-    let temp = dir.join(temp_name);
+    let temp = marker_temp_path(path);
+    remove_leftover_temp(&temp)?;
     let written = (|| {
-        let mut file = fs::File::create(&temp)?;
+        // Exclusively: never through a symlink or a file planted at the temporary path.
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)?;
         file.write_all(index.to_string().as_bytes())?;
         file.sync_all()
     })()
@@ -1027,6 +1094,42 @@ fn write_marker_file(path: &Path, index: u64) -> Result<(), PrepareError> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(err("fsync directory"))
+}
+
+/// The temporary file the marker file is written to: `<marker file>.tmp`, next to it.
+fn marker_temp_path(path: &Path) -> PathBuf {
+    let mut temp_name = path.file_name().unwrap_or_default().to_os_string();
+    temp_name.push(".tmp");
+    path.with_file_name(temp_name)
+}
+
+/// Removes a leftover temporary file of the marker (a prepare killed while writing it),
+/// logged at warn. Unlinked, never followed: a symlink there is removed, not its target.
+fn remove_leftover_temp(temp: &Path) -> Result<(), PrepareError> {
+    match fs::symlink_metadata(temp) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(PrepareError::MarkerFile {
+                path: temp.to_owned(),
+                operation: "stat leftover temporary file",
+                source,
+            })
+        }
+        Ok(_) => {}
+    }
+    tracing::warn!(
+        path = %temp.display(),
+        "removing a leftover temporary prepare marker file (from an interrupted prepare)"
+    );
+    match fs::remove_file(temp) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(PrepareError::MarkerFile {
+            path: temp.to_owned(),
+            operation: "remove leftover temporary file",
+            source,
+        }),
+    }
 }
 
 fn remove_marker_file(path: &Path) -> Result<(), PrepareError> {

@@ -4,7 +4,7 @@
 use layout_core::{LayoutFeature, PrepareState, StartIntent};
 use layout_examples::kvstore::{ClientError, KvClient, KvFeature, SNAPSHOT_DIR};
 
-use crate::support::node;
+use crate::support::{node, TOKEN};
 
 #[test]
 fn prepare_rejects_writes_and_the_marker_survives_a_restart() {
@@ -78,4 +78,110 @@ fn finalization_is_refused_while_prepared() {
         KvFeature::latest().layout_version()
     );
     node.shutdown().expect("shutdown");
+}
+
+fn is_tmp(name: &str) -> bool {
+    std::path::Path::new(name)
+        .extension()
+        .is_some_and(|e| e == "tmp")
+}
+
+/// The temporary snapshot files in `dir`'s snapshot directory.
+fn snapshot_temps(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir.join("data").join(SNAPSHOT_DIR))
+        .map(|entries| {
+            entries
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".snapshot-") && is_tmp(n))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_failed_snapshot_leaves_no_temporary_file_and_prepare_failed_names_the_cause() {
+    use layout_core::admin::http::AdminClient;
+    use layout_core::admin::PrepareParams;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = node(dir.path(), KvFeature::latest(), StartIntent::Normal);
+    let client = KvClient::new(node.http_addr());
+    for i in 0..3 {
+        client.put(&format!("k{i}"), "v").expect("put");
+    }
+    // The snapshot's final name is taken by a directory: the snapshot is written in
+    // full to its temporary file, and then the rename fails.
+    let snapshots = dir.path().join("data").join(SNAPSHOT_DIR);
+    std::fs::create_dir_all(snapshots.join(format!("snapshot-{:020}.jsonl", 3))).expect("mkdir");
+    let cause = std::io::Error::from_raw_os_error(21).to_string(); // EISDIR
+
+    let err = node.prepare().expect_err("the snapshot fails");
+    let message = err.to_string();
+    assert!(message.contains("snapshot"), "{message}");
+    assert!(message.contains(&cause), "the cause was dropped: {message}");
+    assert_eq!(snapshot_temps(dir.path()), Vec::<String>::new());
+
+    // The admin API's prepare-failed answer carries the cause to layoutctl.
+    let admin = AdminClient::new(
+        &format!("http://{}", node.admin_addr().expect("admin endpoint")),
+        TOKEN,
+    )
+    .expect("admin client");
+    let err = admin
+        .prepare(&PrepareParams::default())
+        .expect_err("prepare fails");
+    let message = err.to_string();
+    assert!(
+        message.contains(&cause),
+        "prepare-failed dropped the cause: {message}"
+    );
+    assert_eq!(snapshot_temps(dir.path()), Vec::<String>::new());
+    assert_eq!(
+        node.store().prepare_controller().state(),
+        PrepareState::NotPrepared
+    );
+    assert_eq!(client.put("k9", "v").expect("writable again"), 4);
+    node.shutdown().expect("shutdown");
+}
+
+#[test]
+fn stale_snapshot_temporary_files_are_removed_when_the_store_opens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = node(dir.path(), KvFeature::latest(), StartIntent::Normal);
+    KvClient::new(first.http_addr()).put("k", "v").expect("put");
+    first.prepare().expect("prepare");
+    first.shutdown().expect("shutdown");
+
+    // A prepare killed mid-snapshot left its temporary files; one is a symlink.
+    let snapshots = dir.path().join("data").join(SNAPSHOT_DIR);
+    let outside = tempfile::tempdir().expect("tempdir");
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, b"precious").expect("write");
+    std::fs::write(
+        snapshots.join(".snapshot-00000000000000000007.tmp"),
+        b"{\"half",
+    )
+    .expect("write");
+    std::os::unix::fs::symlink(
+        &victim,
+        snapshots.join(".snapshot-00000000000000000008.tmp"),
+    )
+    .expect("symlink");
+    let kept: Vec<_> = std::fs::read_dir(&snapshots)
+        .expect("snapshots")
+        .map(|e| e.expect("entry").file_name())
+        .filter(|n| !is_tmp(&n.to_string_lossy()))
+        .collect();
+    assert_eq!(kept.len(), 1, "the finished snapshot");
+
+    let second = node(dir.path(), KvFeature::latest(), StartIntent::Upgrade);
+    assert_eq!(snapshot_temps(dir.path()), Vec::<String>::new());
+    assert_eq!(std::fs::read(&victim).expect("victim"), b"precious");
+    for name in &kept {
+        assert!(
+            snapshots.join(name).exists(),
+            "a finished snapshot was removed"
+        );
+    }
+    second.shutdown().expect("shutdown");
 }

@@ -1,8 +1,12 @@
 //! The `VERSION` file in a component's directory.
 
+use std::fmt;
 use std::fs;
-use std::io::{self, Write as _};
+use std::io::{self, Read as _, Write as _};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+
+use parking_lot::Mutex;
 
 use super::format::{self, DecodeError};
 use super::{LayoutStorage, StorageError};
@@ -11,6 +15,8 @@ use crate::state::{LayoutState, FORMAT_VERSION};
 /// The name of the layout state file inside a component's directory.
 pub const VERSION_FILE_NAME: &str = "VERSION";
 
+/// The temporary file a store writes before renaming it over `VERSION`. The name is
+/// reserved: whatever is found there is removed (unlinked, never followed).
 const TEMP_FILE_NAME: &str = ".VERSION.tmp";
 
 /// Keeps the layout state in a human-readable, checksummed `VERSION` file.
@@ -19,6 +25,19 @@ const TEMP_FILE_NAME: &str = ".VERSION.tmp";
 /// directory, which is fsynced, renamed over `VERSION`, and the directory is fsynced. A
 /// crash at any point leaves the old file or the new one. A `VERSION` that is a symlink
 /// is followed: the file it points at is replaced, and the link is kept.
+///
+/// A store never replaces a file this handle did not see: once it has loaded or stored
+/// the state, every later store first checks that `VERSION` is still the file it read or
+/// wrote last (same device and inode, same bytes, a symlink only if it was one, pointing
+/// at the same place) and that a `VERSION` absent at load is still absent. Otherwise it
+/// refuses with [`StorageError::ChangedUnderneath`] and writes nothing, not even the
+/// temporary file. A handle that has neither loaded nor stored (a tool writing a state
+/// it built itself) replaces what is there, as before.
+///
+/// The temporary file (`.VERSION.tmp`, next to the file that is replaced) is created
+/// exclusively, so it is never opened through a symlink or a hard link planted there; a
+/// leftover one (from a crash, or planted) is unlinked, logged at warn, and created
+/// afresh. A store that fails removes its temporary file.
 ///
 /// ```
 /// use layout_core::{FileStorage, LayoutStorage};
@@ -29,10 +48,120 @@ const TEMP_FILE_NAME: &str = ".VERSION.tmp";
 /// assert_eq!(storage.path(), dir.path().join("VERSION"));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone)]
+///
+/// Clones share nothing: each clone starts from what the original had seen when it was
+/// cloned and then checks against what it itself loads and stores.
+#[derive(Debug)]
 pub struct FileStorage {
     dir: PathBuf,
     path: PathBuf,
+    /// What this handle last loaded or stored; held through a whole store.
+    seen: Mutex<Seen>,
+}
+
+impl Clone for FileStorage {
+    fn clone(&self) -> Self {
+        Self {
+            dir: self.dir.clone(),
+            path: self.path.clone(),
+            seen: Mutex::new(self.seen.lock().clone()),
+        }
+    }
+}
+
+/// What a [`FileStorage`] handle last saw at its path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    /// Neither loaded nor stored yet.
+    Nothing,
+    /// Loaded: there was no `VERSION`.
+    Absent,
+    /// Loaded or stored: this file.
+    File(Identity),
+}
+
+/// The identity of a `VERSION` file as loaded or stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Identity {
+    /// `VERSION`'s link text, when it is (an operator's) symlink.
+    link: Option<PathBuf>,
+    /// The regular file's device.
+    dev: u64,
+    /// The regular file's inode.
+    ino: u64,
+    /// Its bytes.
+    bytes: Vec<u8>,
+}
+
+/// The regular file that holds the state, as found now.
+struct OnDisk {
+    /// The file to replace: `VERSION`, or what it links to.
+    target: PathBuf,
+    identity: Identity,
+}
+
+/// How the `VERSION` file changed underneath a running component (see
+/// [`StorageError::ChangedUnderneath`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VersionFileChange {
+    /// It was deleted (or the file its symlink points at was).
+    Deleted,
+    /// It did not exist when loaded, and now something is there.
+    Created,
+    /// Its bytes are not the ones last read or written (corrupted, edited, restored
+    /// in place).
+    ContentChanged,
+    /// Another file was put in its place (another device or inode).
+    Replaced,
+    /// A symlink was put in its place; it was a regular file when loaded.
+    BecameSymlink {
+        /// Where the symlink points.
+        target: PathBuf,
+    },
+    /// It was a symlink when loaded and is not one any more.
+    NoLongerSymlink,
+    /// Its symlink points somewhere else than when loaded.
+    SymlinkRetargeted {
+        /// Where it pointed.
+        was: PathBuf,
+        /// Where it points now.
+        now: PathBuf,
+    },
+    /// Something other than a regular file is there now.
+    NotAFile {
+        /// What (`directory`, `special file`).
+        kind: &'static str,
+    },
+}
+
+impl fmt::Display for VersionFileChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Deleted => f.write_str("it was deleted"),
+            Self::Created => f.write_str("it did not exist at start-up, and now a file is there"),
+            Self::ContentChanged => f.write_str(
+                "its content is not what this process last read or wrote (corrupted, edited \
+                 or restored in place)",
+            ),
+            Self::Replaced => f.write_str("another file was put in its place"),
+            Self::BecameSymlink { target } => write!(
+                f,
+                "it was replaced by a symlink to {} (it was a regular file at start-up)",
+                target.display()
+            ),
+            Self::NoLongerSymlink => {
+                f.write_str("it was a symlink at start-up and is not one any more")
+            }
+            Self::SymlinkRetargeted { was, now } => write!(
+                f,
+                "its symlink pointed to {} at start-up and now points to {}",
+                was.display(),
+                now.display()
+            ),
+            Self::NotAFile { kind } => write!(f, "a {kind} is there now"),
+        }
+    }
 }
 
 impl FileStorage {
@@ -40,7 +169,11 @@ impl FileStorage {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         let dir = dir.into();
         let path = dir.join(VERSION_FILE_NAME);
-        Self { dir, path }
+        Self {
+            dir,
+            path,
+            seen: Mutex::new(Seen::Nothing),
+        }
     }
 
     /// The component's directory.
@@ -61,45 +194,173 @@ impl FileStorage {
         }
     }
 
-    /// The regular file that holds the state: `VERSION`, or what it links to.
-    fn resolve_target(&self) -> Result<Option<PathBuf>, StorageError> {
+    fn changed(&self, change: VersionFileChange) -> StorageError {
+        StorageError::ChangedUnderneath {
+            location: self.location(),
+            change,
+        }
+    }
+
+    /// The regular file that holds the state, read: `VERSION`, or what it links to.
+    fn read_current(&self) -> Result<Option<OnDisk>, StorageError> {
         let meta = match fs::symlink_metadata(&self.path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.io_error("stat", e)),
         };
-        let (target, meta) = if meta.file_type().is_symlink() {
+        let (target, link, meta) = if meta.file_type().is_symlink() {
+            let link = fs::read_link(&self.path).map_err(|e| self.io_error("read symlink", e))?;
             match fs::metadata(&self.path) {
                 Ok(target_meta) => {
                     let target = fs::canonicalize(&self.path)
                         .map_err(|e| self.io_error("resolve symlink", e))?;
-                    (target, target_meta)
+                    (target, Some(link), target_meta)
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    let target = fs::read_link(&self.path).unwrap_or_default();
                     return Err(StorageError::DanglingSymlink {
                         location: self.location(),
-                        target,
+                        target: link,
                     });
                 }
                 Err(e) => return Err(self.io_error("stat symlink target", e)),
             }
         } else {
-            (self.path.clone(), meta)
+            (self.path.clone(), None, meta)
         };
-        if meta.is_dir() {
-            return Err(StorageError::NotAFile {
-                location: self.location(),
-                kind: "directory",
-            });
+        check_regular(&meta).map_err(|kind| StorageError::NotAFile {
+            location: self.location(),
+            kind,
+        })?;
+        let mut file = fs::File::open(&target).map_err(|e| self.io_error("open", e))?;
+        // The identity of what was opened, not of what was stat'ed a moment before.
+        let opened = file.metadata().map_err(|e| self.io_error("stat", e))?;
+        check_regular(&opened).map_err(|kind| StorageError::NotAFile {
+            location: self.location(),
+            kind,
+        })?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|e| self.io_error("read", e))?;
+        Ok(Some(OnDisk {
+            target,
+            identity: Identity {
+                link,
+                dev: opened.dev(),
+                ino: opened.ino(),
+                bytes,
+            },
+        }))
+    }
+
+    /// Checks that `VERSION` is still what this handle saw, and returns the file to
+    /// replace and `VERSION`'s link text (when it is a symlink).
+    fn check_unchanged(&self, seen: &Seen) -> Result<(PathBuf, Option<PathBuf>), StorageError> {
+        let meta = match fs::symlink_metadata(&self.path) {
+            Ok(meta) => Some(meta),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(self.io_error("stat", e)),
+        };
+        let expected = match seen {
+            Seen::Nothing => {
+                // Nothing seen, nothing to compare: replace what is there (refusing a
+                // damaged file type, a dangling symlink).
+                return match self.read_current()? {
+                    Some(found) => Ok((found.target, found.identity.link)),
+                    None => Ok((self.path.clone(), None)),
+                };
+            }
+            Seen::Absent => {
+                return match meta {
+                    None => Ok((self.path.clone(), None)),
+                    Some(_) => Err(self.changed(VersionFileChange::Created)),
+                };
+            }
+            Seen::File(identity) => identity,
+        };
+        let Some(meta) = meta else {
+            return Err(self.changed(VersionFileChange::Deleted));
+        };
+        let is_link = meta.file_type().is_symlink();
+        let link_now = if is_link {
+            Some(fs::read_link(&self.path).map_err(|e| self.io_error("read symlink", e))?)
+        } else {
+            None
+        };
+        match (&expected.link, link_now) {
+            (None, Some(target)) => {
+                return Err(self.changed(VersionFileChange::BecameSymlink { target }))
+            }
+            (Some(_), None) => return Err(self.changed(VersionFileChange::NoLongerSymlink)),
+            (Some(was), Some(now)) if *was != now => {
+                return Err(self.changed(VersionFileChange::SymlinkRetargeted {
+                    was: was.clone(),
+                    now,
+                }))
+            }
+            _ => {}
         }
-        if !meta.is_file() {
-            return Err(StorageError::NotAFile {
-                location: self.location(),
-                kind: "special file",
-            });
+        let found = match self.read_current() {
+            Ok(Some(found)) => found,
+            Ok(None) | Err(StorageError::DanglingSymlink { .. }) => {
+                return Err(self.changed(VersionFileChange::Deleted))
+            }
+            Err(StorageError::NotAFile { kind, .. }) => {
+                return Err(self.changed(VersionFileChange::NotAFile { kind }))
+            }
+            Err(e) => return Err(e),
+        };
+        if (found.identity.dev, found.identity.ino) != (expected.dev, expected.ino) {
+            return Err(self.changed(VersionFileChange::Replaced));
         }
-        Ok(Some(target))
+        if found.identity.bytes != expected.bytes {
+            return Err(self.changed(VersionFileChange::ContentChanged));
+        }
+        Ok((found.target, found.identity.link))
+    }
+
+    /// Creates the temporary file exclusively: never through a symlink or an existing
+    /// file. A leftover one is unlinked (not followed) first.
+    fn create_temp(&self, temp: &Path) -> Result<fs::File, StorageError> {
+        let create = || {
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(temp)
+        };
+        match create() {
+            Ok(file) => return Ok(file),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(self.io_error("create temporary file", e)),
+        }
+        let kind = fs::symlink_metadata(temp).map_or("file", |m| {
+            if m.file_type().is_symlink() {
+                "symlink"
+            } else if m.is_dir() {
+                "directory"
+            } else {
+                "file"
+            }
+        });
+        tracing::warn!(
+            location = %self.location(),
+            temp = %temp.display(),
+            kind,
+            "removing a leftover temporary file (from an interrupted write, or planted); \
+             it is unlinked, never followed"
+        );
+        fs::remove_file(temp).map_err(|e| self.io_error("remove leftover temporary file", e))?;
+        create().map_err(|e| self.io_error("create temporary file", e))
+    }
+}
+
+/// `Err(kind)` unless `meta` is a regular file.
+fn check_regular(meta: &fs::Metadata) -> Result<(), &'static str> {
+    if meta.is_dir() {
+        Err("directory")
+    } else if !meta.is_file() {
+        Err("special file")
+    } else {
+        Ok(())
     }
 }
 
@@ -109,12 +370,16 @@ impl LayoutStorage for FileStorage {
     }
 
     fn load(&self) -> Result<Option<LayoutState>, StorageError> {
-        let Some(target) = self.resolve_target()? else {
+        let mut seen = self.seen.lock();
+        let Some(found) = self.read_current()? else {
+            *seen = Seen::Absent;
             return Ok(None);
         };
-        let bytes = fs::read(&target).map_err(|e| self.io_error("read", e))?;
-        match format::decode(&bytes) {
-            Ok(state) => Ok(Some(state)),
+        match format::decode(&found.identity.bytes) {
+            Ok(state) => {
+                *seen = Seen::File(found.identity);
+                Ok(Some(state))
+            }
             Err(DecodeError::Damaged(damage)) => Err(StorageError::Damaged {
                 location: self.location(),
                 damage,
@@ -129,37 +394,46 @@ impl LayoutStorage for FileStorage {
 
     fn store(&self, state: &LayoutState) -> Result<(), StorageError> {
         let text = format::encode(state);
-        // Replace what VERSION points at, keeping an operator's symlink in place. A
-        // damaged or unexpected file type is refused here too: never overwritten.
-        let target = if let Some(target) = self.resolve_target()? {
-            target
-        } else {
-            fs::create_dir_all(&self.dir).map_err(|e| self.io_error("create directory", e))?;
-            self.path.clone()
-        };
+        let mut seen = self.seen.lock();
+        // Replace what VERSION points at, keeping an operator's symlink in place. A file
+        // changed underneath, a damaged or unexpected file type is refused here: never
+        // overwritten, and nothing written.
+        let (target, link) = self.check_unchanged(&seen)?;
         let target_dir = target
             .parent()
+            .filter(|p| !p.as_os_str().is_empty())
             .map_or_else(|| self.dir.clone(), Path::to_path_buf);
+        fs::create_dir_all(&target_dir).map_err(|e| self.io_error("create directory", e))?;
         let temp = target_dir.join(TEMP_FILE_NAME);
-        let written = write_synced(&temp, text.as_bytes())
+        let file = self.create_temp(&temp)?;
+        let written = write_synced(file, text.as_bytes())
             .map_err(|e| self.io_error("write temporary file", e))
-            .and_then(|()| fs::rename(&temp, &target).map_err(|e| self.io_error("rename", e)));
-        if let Err(e) = written {
-            let _ = fs::remove_file(&temp);
-            return Err(e);
-        }
+            .and_then(|meta| {
+                fs::rename(&temp, &target).map_err(|e| self.io_error("rename", e))?;
+                Ok(meta)
+            });
+        let meta = match written {
+            Ok(meta) => meta,
+            Err(e) => {
+                let _ = fs::remove_file(&temp);
+                return Err(e);
+            }
+        };
+        // The rename preserved the temporary file's inode: that is VERSION now.
+        *seen = Seen::File(Identity {
+            link,
+            dev: meta.dev(),
+            ino: meta.ino(),
+            bytes: text.into_bytes(),
+        });
         sync_dir(&target_dir).map_err(|e| self.io_error("fsync directory", e))
     }
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)?;
+fn write_synced(mut file: fs::File, bytes: &[u8]) -> io::Result<fs::Metadata> {
     file.write_all(bytes)?;
-    file.sync_all()
+    file.sync_all()?;
+    file.metadata()
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {

@@ -14,7 +14,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use file::{FileStorage, VERSION_FILE_NAME};
+pub use file::{FileStorage, VersionFileChange, VERSION_FILE_NAME};
 pub use format::Damage;
 pub use memory::{InjectedFailure, MemoryStorage};
 
@@ -29,6 +29,9 @@ use crate::state::LayoutState;
 ///   later point leaves exactly the new state; when it fails, the stored state is the old
 ///   one or the new one, never a mix. It never overwrites a store that `load` reported as
 ///   damaged (the manager never calls it after such a report).
+/// - A store kept outside the process (a file) should refuse to replace a state that
+///   changed since it was last loaded or stored, with
+///   [`StorageError::ChangedUnderneath`] (as [`FileStorage`] does).
 pub trait LayoutStorage: Send + Sync + fmt::Debug {
     /// Where the state lives, for messages (a path, `memory`, a key).
     fn location(&self) -> String;
@@ -115,6 +118,20 @@ pub enum StorageError {
         /// The link's target.
         target: PathBuf,
     },
+    /// The stored state changed underneath the running component since it last read or
+    /// wrote it (corrupted, deleted, replaced, a symlink planted): nothing was written.
+    #[error(
+        "layout state at {location} changed since this process last read or wrote it: \
+         {change}. Nothing was written, and the metadata layout version was not changed. \
+         Find out who changed it (another process, a restore, a hand edit), check it with \
+         `layoutctl inspect`, then restart the component so that it reads the file afresh"
+    )]
+    ChangedUnderneath {
+        /// Where.
+        location: String,
+        /// What changed.
+        change: VersionFileChange,
+    },
     /// An I/O operation failed.
     #[error("layout state at {location}: {operation} failed: {source}")]
     Io {
@@ -136,6 +153,7 @@ impl StorageError {
             | Self::UnsupportedFormat { location, .. }
             | Self::NotAFile { location, .. }
             | Self::DanglingSymlink { location, .. }
+            | Self::ChangedUnderneath { location, .. }
             | Self::Io { location, .. } => location,
         }
     }

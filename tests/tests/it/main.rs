@@ -10,6 +10,7 @@ mod cluster_link;
 mod concurrency;
 mod damaged_file;
 mod factory;
+mod file_storage;
 mod finalizer;
 mod fixtures;
 mod gate;

@@ -688,3 +688,121 @@ fn crc32fast_hash(bytes: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// A node whose snapshot fails the way a full disk makes it fail.
+struct DiskFullOnSnapshot(Node);
+
+impl Preparable for DiskFullOnSnapshot {
+    fn applied_index(&self) -> u64 {
+        self.0.applied_index()
+    }
+    fn last_log_index(&self) -> u64 {
+        self.0.last_log_index()
+    }
+    fn flush(&self) -> Result<u64, PrepareStepError> {
+        self.0.flush()
+    }
+    fn snapshot(&self, _index: u64) -> Result<u64, PrepareStepError> {
+        Err(PrepareStepError::with_source(
+            "cannot write the snapshot",
+            std::io::Error::from_raw_os_error(28),
+        ))
+    }
+    fn last_snapshot_index(&self) -> u64 {
+        self.0.last_snapshot_index()
+    }
+    fn purge_log(&self, index: u64) -> Result<(), PrepareStepError> {
+        self.0.purge_log(index)
+    }
+}
+
+#[test]
+fn a_failed_step_names_its_cause_in_the_error_and_in_the_admin_answer() {
+    use layout_core::admin::{AdminService, ErrorCode, PrepareParams};
+
+    let lvm = memory_manager();
+    let node = Arc::new(DiskFullOnSnapshot(Node::default()));
+    let gate = Arc::new(
+        PrepareController::restore(Arc::clone(&lvm), &*node, PrepareOptions::default()).unwrap(),
+    );
+    node.0.put(&gate).unwrap();
+    let cause = std::io::Error::from_raw_os_error(28).to_string();
+    assert!(cause.contains("No space left on device"), "{cause}");
+
+    let err = gate.prepare(&*node).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            PrepareError::StepFailed {
+                step: PrepareStep::Snapshot,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(message.contains("cannot write the snapshot"), "{message}");
+    assert!(message.contains(&cause), "the cause was dropped: {message}");
+    assert_eq!(gate.last_failure().as_deref(), Some(message.as_str()));
+    assert_eq!(gate.state(), PrepareState::NotPrepared);
+
+    let finalizer = UpgradeFinalizer::new(lvm, ActionRegistry::<OmFeature, ()>::empty());
+    let admin =
+        AdminService::new(Arc::new(finalizer), Arc::new(())).with_prepare(Arc::clone(&gate), node);
+    let err = admin.prepare(&PrepareParams::default()).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::PrepareFailed);
+    assert!(
+        err.message().contains(&cause),
+        "prepare-failed dropped the cause: {}",
+        err.message()
+    );
+    assert!(err.message().contains("snapshot"), "{}", err.message());
+}
+
+#[test]
+fn a_leftover_temporary_marker_file_is_removed_at_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::default();
+    let marker = dir.path().join("prepareMarker");
+    let temp = dir.path().join("prepareMarker.tmp");
+    // A prepare killed while it wrote the marker file.
+    fs::write(&temp, b"4").unwrap();
+    let lvm = file_manager(dir.path(), init_at(1));
+    let gate = PrepareController::restore(
+        Arc::clone(&lvm),
+        &node,
+        PrepareOptions::default().with_marker_file(&marker),
+    )
+    .unwrap();
+    assert!(fs::symlink_metadata(&temp).is_err(), "the leftover stayed");
+    assert_eq!(gate.state(), PrepareState::NotPrepared);
+    assert!(!marker.exists());
+}
+
+#[test]
+fn a_symlink_planted_at_the_marker_temporary_file_is_never_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("victim");
+    fs::write(&victim, b"precious\n").unwrap();
+    let node = Node::default();
+    let marker = dir.path().join("prepareMarker");
+    let lvm = file_manager(dir.path(), init_at(1));
+    let gate = PrepareController::restore(
+        Arc::clone(&lvm),
+        &node,
+        PrepareOptions::default().with_marker_file(&marker),
+    )
+    .unwrap();
+    node.put(&gate).unwrap();
+    std::os::unix::fs::symlink(&victim, dir.path().join("prepareMarker.tmp")).unwrap();
+
+    let index = gate.prepare(&node).unwrap();
+    assert_eq!(fs::read(&victim).unwrap(), b"precious\n");
+    assert_eq!(fs::read_to_string(&marker).unwrap(), index.to_string());
+    assert!(!fs::symlink_metadata(&marker)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(fs::symlink_metadata(dir.path().join("prepareMarker.tmp")).is_err());
+}
