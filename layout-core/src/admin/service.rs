@@ -399,10 +399,10 @@ impl<F: LayoutFeature, C: Send + Sync + 'static> Typed<F, C> {
         })
     }
 
-    fn dry_run(&self, target: Option<F>) -> Result<FinalizeResponse, AdminError> {
+    fn dry_run(&self, request: &FinalizeRequest<F>) -> Result<FinalizeResponse, AdminError> {
         let plan = self
             .finalizer
-            .dry_run(target, &self.component)
+            .dry_run_with(request, &self.component)
             .map_err(|e| finalize_error(&e))?;
         Ok(FinalizeResponse::DryRun {
             api_version: API_VERSION,
@@ -513,8 +513,14 @@ impl<F: LayoutFeature, C: Send + Sync + 'static> Backend for Typed<F, C> {
         start_wait: Duration,
     ) -> Result<FinalizeResponse, AdminError> {
         let target = Self::resolve_target(params.target.as_deref())?;
+        let mut request =
+            FinalizeRequest::new(params.client_id.clone()).with_takeover(params.takeover);
+        request.target = target;
+        for o in &params.overrides {
+            request = request.with_override(o.condition.clone(), o.reason.clone());
+        }
         if params.dry_run {
-            return self.dry_run(target);
+            return self.dry_run(&request);
         }
         let mut running = self.running.lock();
         if running.as_ref().is_some_and(|h| !h.is_finished()) || self.is_running() {
@@ -532,12 +538,6 @@ impl<F: LayoutFeature, C: Send + Sync + 'static> Backend for Typed<F, C> {
         if let Some(done) = running.take() {
             // Its result is in the status (last error); reap the thread.
             let _ = done.join();
-        }
-        let mut request =
-            FinalizeRequest::new(params.client_id.clone()).with_takeover(params.takeover);
-        request.target = target;
-        for o in &params.overrides {
-            request = request.with_override(o.condition.clone(), o.reason.clone());
         }
         let lvm = self.finalizer.layout_manager();
         let target_version =

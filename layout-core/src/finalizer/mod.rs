@@ -456,8 +456,26 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
     /// anything: the features and their actions, every condition's result, and whether it
     /// would be refused outright.
     pub fn dry_run(&self, target: Option<F>, component: &C) -> Result<DryRun<F>, FinalizeError<F>> {
+        let mut request = FinalizeRequest::new("");
+        request.target = target;
+        self.dry_run_with(&request, component)
+    }
+
+    /// [`dry_run`](Self::dry_run) of a full request: its overrides are checked exactly
+    /// as [`finalize_with`](Self::finalize_with) checks them (each needs a reason and
+    /// must name a known condition), so a dry run refuses what the run would refuse,
+    /// with the same error. Its client id and takeover are not looked at.
+    pub fn dry_run_with(
+        &self,
+        request: &FinalizeRequest<F>,
+        component: &C,
+    ) -> Result<DryRun<F>, FinalizeError<F>> {
         let from = self.lvm.metadata_layout_version();
-        let target_version = self.target_version(target)?;
+        let target_version = self.target_version(request.target)?;
+        if target_version > from {
+            // The run checks overrides only when there is something to finalize.
+            self.check_overrides(&request.overrides)?;
+        }
         let steps = F::ALL
             .iter()
             .filter(|f| f.layout_version() > from && f.layout_version() <= target_version)
@@ -670,6 +688,29 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
         }
     }
 
+    /// Each override needs a reason and must name a known condition. The one check of
+    /// overrides: the run and the dry run both call it.
+    fn check_overrides(&self, overrides: &[ConditionOverride]) -> Result<(), FinalizeError<F>> {
+        for o in overrides {
+            if o.reason.trim().is_empty() {
+                return Err(FinalizeError::OverrideWithoutReason {
+                    condition: o.condition.clone(),
+                });
+            }
+            if !self.conditions.iter().any(|c| c.name() == o.condition) {
+                return Err(FinalizeError::UnknownCondition {
+                    condition: o.condition.clone(),
+                    known: self
+                        .conditions
+                        .iter()
+                        .map(|c| c.name().to_owned())
+                        .collect(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn check_gates(&self) -> Result<(), FinalizeError<F>> {
         if let Some(index) = self.lvm.state().prepare_index {
             return Err(FinalizeError::Prepared {
@@ -792,23 +833,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
         }
 
         // Preflight: every condition, before the first feature is touched.
-        for o in &request.overrides {
-            if o.reason.trim().is_empty() {
-                return Err(FinalizeError::OverrideWithoutReason {
-                    condition: o.condition.clone(),
-                });
-            }
-            if !self.conditions.iter().any(|c| c.name() == o.condition) {
-                return Err(FinalizeError::UnknownCondition {
-                    condition: o.condition.clone(),
-                    known: self
-                        .conditions
-                        .iter()
-                        .map(|c| c.name().to_owned())
-                        .collect(),
-                });
-            }
-        }
+        self.check_overrides(&request.overrides)?;
         let mut failures = Vec::new();
         for condition in &self.conditions {
             if let Err(reason) = condition.check(component) {

@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use layout_core::StartIntent;
 
 use crate::support::{
-    assert_exit, json, layoutctl, path_str, stderr, stdout, Fixture, Start, TOKEN,
+    assert_exit, cutting_proxy, json, layoutctl, path_str, stderr, stdout, Fixture, Start, TOKEN,
 };
 
 #[test]
@@ -468,4 +468,160 @@ fn inspect_without_a_version_file_is_exit_code_5() {
     let out = layoutctl(&["inspect", "--dir", &path_str(dir.path()), "--json"], &[]);
     assert_exit(&out, 5);
     assert_eq!(json(&out)["exit_code"], 5);
+}
+
+#[test]
+fn finalize_watch_on_a_finalized_component_succeeds_whoever_asks() {
+    let fx = Fixture::start();
+    assert_exit(
+        &fx.layoutctl(&["finalize", "--watch", "--client-id", "ops@host"]),
+        0,
+    );
+    // A CI rerun under another client id, with and without takeover, and to a target
+    // below the MLV: nothing to do, and it says so.
+    for extra in [&[][..], &["--takeover"], &["--to", "MultiTenancy"]] {
+        let mut args = vec!["finalize", "--watch", "--client-id", "ci-rerun"];
+        args.extend_from_slice(extra);
+        let out = fx.layoutctl(&args);
+        assert_exit(&out, 0);
+        assert!(
+            stdout(&out).contains("already finalized: metadata layout version 3"),
+            "{}",
+            stdout(&out)
+        );
+    }
+    let out = fx.layoutctl(&["finalize", "--watch", "--json", "--client-id", "ci-rerun"]);
+    assert_exit(&out, 0);
+    let watched = json(&out);
+    assert_eq!(watched["ok"], true);
+    assert_eq!(watched["finalization"]["metadata_layout_version"], 3);
+    // The history still names the one who finalized.
+    let out = fx.layoutctl(&["finalization-status", "--json"]);
+    assert_eq!(json(&out)["client_id"], "ops@host");
+}
+
+#[test]
+fn a_finalize_whose_answer_is_lost_after_the_server_finalized_reports_the_layout_reached() {
+    let fx = Fixture::start();
+    let service = fx.service.clone();
+    // The endpoint finalizes (the proxy waits for a background run to end), then the
+    // answer is lost on the way back.
+    let proxy = cutting_proxy(fx.addr, true, move || {
+        let _ = service.join_finalization();
+    });
+    let endpoint = format!("http://{proxy}");
+    let token_file = path_str(&fx.token_file());
+    let run = |extra: &[&str]| {
+        let mut args = vec!["--endpoint", &endpoint, "--token-file", &token_file];
+        args.extend_from_slice(extra);
+        layoutctl(&args, &[])
+    };
+    let out = run(&["finalize", "--client-id", "ops"]);
+    assert_exit(&out, 0);
+    let (text, log) = (stdout(&out), stderr(&out));
+    assert!(!log.contains("cannot reach"), "{log}");
+    assert!(log.contains("answer was lost"), "{log}");
+    assert!(text.contains("metadata layout version 3"), "{text}");
+    assert_eq!(fx.service.status().unwrap().metadata_layout_version, 3);
+    // Again, in JSON: already there, still not "unreachable".
+    let out = run(&["finalize", "--client-id", "ops", "--json"]);
+    assert_exit(&out, 0);
+    let answer = json(&out);
+    assert_eq!(answer["outcome"], "answer-lost");
+    assert_eq!(answer["target_reached"], true);
+    assert_eq!(answer["status"]["metadata_layout_version"], 3);
+}
+
+#[test]
+fn a_finalize_whose_answer_is_lost_below_the_target_is_an_unknown_outcome_exit_code_6() {
+    let fx = Fixture::start();
+    // The request never reaches the endpoint, but the client cannot know that.
+    let proxy = cutting_proxy(fx.addr, false, || {});
+    let endpoint = format!("http://{proxy}");
+    let token_file = path_str(&fx.token_file());
+    let out = layoutctl(
+        &[
+            "--endpoint",
+            &endpoint,
+            "--token-file",
+            &token_file,
+            "finalize",
+        ],
+        &[],
+    );
+    assert_exit(&out, 6);
+    let log = stderr(&out);
+    assert!(!log.contains("cannot reach"), "{log}");
+    assert!(log.contains("the outcome of finalize is unknown"), "{log}");
+    assert!(
+        log.contains("metadata layout version 1 (BucketLayoutSupport), below the target 3"),
+        "{log}"
+    );
+    let out = layoutctl(
+        &[
+            "--endpoint",
+            &endpoint,
+            "--token-file",
+            &token_file,
+            "finalize",
+            "--json",
+        ],
+        &[],
+    );
+    assert_exit(&out, 6);
+    assert_eq!(json(&out)["exit_code"], 6);
+    assert_eq!(fx.service.status().unwrap().metadata_layout_version, 1);
+}
+
+#[test]
+fn text_from_the_endpoint_is_printed_without_escape_sequences() {
+    let fx = Fixture::start();
+    fx.node
+        .open_containers
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    *fx.node.condition_detail.lock() = " \u{1b}[31mred\u{1b}[0m\r\nforged line".to_owned();
+    // An error message (conditions-failed echoes the condition's reason).
+    let out = fx.layoutctl(&["finalize"]);
+    assert_exit(&out, 1);
+    let log = stderr(&out);
+    assert!(
+        log.contains("conditions-failed") || log.contains("condition(s) failed"),
+        "{log}"
+    );
+    assert!(!log.contains('\u{1b}') && !log.contains('\r'), "{log:?}");
+    assert!(log.contains(r"\u{1b}[31mred"), "{log}");
+    assert_eq!(log.lines().count(), 1, "{log}");
+    // A dry run's condition result on stdout.
+    let out = fx.layoutctl(&["finalize", "--dry-run"]);
+    assert_exit(&out, 0);
+    let text = stdout(&out);
+    assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text:?}");
+    assert!(text.contains(r"\u{1b}[31mred"), "{text}");
+    // JSON stays JSON: escaped by the encoder, the text intact.
+    let out = fx.layoutctl(&["finalize", "--json"]);
+    assert_exit(&out, 1);
+    assert!(!stdout(&out).contains('\u{1b}'), "{}", stdout(&out));
+    assert!(
+        json(&out)["error"]
+            .as_str()
+            .unwrap()
+            .contains("\u{1b}[31mred"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn a_dry_run_refuses_the_overrides_the_run_refuses() {
+    let fx = Fixture::start();
+    for overrides in [
+        &["--override", "no-such-condition", "--reason", "why not"][..],
+        &["--override", "no-open-containers", "--reason", " "],
+    ] {
+        let mut args = vec!["finalize", "--dry-run"];
+        args.extend_from_slice(overrides);
+        let out = fx.layoutctl(&args);
+        assert_exit(&out, 2);
+        assert!(stderr(&out).contains("HTTP 400"), "{}", stderr(&out));
+    }
 }

@@ -188,3 +188,22 @@ fn a_started_finalization_is_running_while_its_conditions_are_checked() {
     assert!(!after.running, "{after:?}");
     assert_eq!(after.metadata_layout_version, after.software_layout_version);
 }
+
+#[test]
+fn a_dry_run_refuses_the_overrides_the_run_refuses_with_the_same_error() {
+    let admin = service();
+    for (condition, reason) in [("no-such-condition", "why not"), ("any", " "), ("any", "")] {
+        let params = FinalizeParams::new("ops").with_override(condition, reason);
+        let dry = admin
+            .finalize(&params.clone().with_dry_run(true))
+            .unwrap_err();
+        let run = match admin.finalize(&params) {
+            Ok(FinalizeResponse::Started { .. }) => admin.join_finalization().unwrap(),
+            other => other,
+        }
+        .unwrap_err();
+        assert_eq!(dry.code(), ErrorCode::InvalidArgument, "{dry}");
+        assert_eq!((dry.code(), dry.message()), (run.code(), run.message()));
+    }
+    assert_eq!(admin.status().unwrap().metadata_layout_version, 0);
+}

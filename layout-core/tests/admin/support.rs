@@ -65,6 +65,9 @@ pub(crate) struct Node {
     pub(crate) stuck: AtomicBool,
     pub(crate) fail_snapshot: AtomicBool,
     pub(crate) open_containers: AtomicUsize,
+    /// Appended to the reason of the failing `no-open-containers` condition (text the
+    /// component hands to the endpoint, echoed in its error messages).
+    pub(crate) condition_detail: Mutex<String>,
     pub(crate) fail_feature: Mutex<Option<OmFeature>>,
     pub(crate) hold: Latch,
     clock: Arc<ManualClock>,
@@ -77,6 +80,7 @@ impl Node {
             stuck: AtomicBool::new(false),
             fail_snapshot: AtomicBool::new(false),
             open_containers: AtomicUsize::new(0),
+            condition_detail: Mutex::new(String::new()),
             fail_feature: Mutex::new(None),
             hold: Latch::default(),
             clock: Arc::new(ManualClock::at_ms(1_000_000)),
@@ -228,7 +232,10 @@ impl Fixture {
             .with_condition(condition("no-open-containers", |node: &Node| {
                 match node.open_containers.load(Ordering::SeqCst) {
                     0 => Ok(()),
-                    n => Err(format!("{n} containers are open")),
+                    n => Err(format!(
+                        "{n} containers are open{}",
+                        node.condition_detail.lock()
+                    )),
                 }
             }))
             .with_gate(prepare.clone());
@@ -477,4 +484,75 @@ pub(crate) fn coordinator() -> Arc<layout_core::cluster::Coordinator> {
         )
         .unwrap(),
     )
+}
+
+/// A proxy on a free loopback port in front of `upstream` that relays every exchange
+/// except `POST /v1/finalize`: that one it forwards (when `forward`), runs `before_cut`
+/// (after the endpoint answered), and closes the client's connection without relaying
+/// the answer: a finalize whose answer is lost on the way back. Its threads end with
+/// the test process.
+pub(crate) fn cutting_proxy(
+    upstream: SocketAddr,
+    forward: bool,
+    before_cut: impl Fn() + Send + Sync + 'static,
+) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let before_cut = Arc::new(before_cut);
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let before_cut = Arc::clone(&before_cut);
+            std::thread::spawn(move || relay(client, upstream, forward, &*before_cut));
+        }
+    });
+    addr
+}
+
+fn relay(mut client: TcpStream, upstream: SocketAddr, forward: bool, before_cut: &dyn Fn()) {
+    // Safety nets against a hung test, not timing asserts.
+    let _ = client.set_read_timeout(Some(Duration::from_secs(20)));
+    while let Some(request) = read_message(&mut client) {
+        let finalize = request.starts_with(b"POST /v1/finalize ");
+        if finalize && !forward {
+            return; // dropped: the endpoint never sees it
+        }
+        let mut server = TcpStream::connect(upstream).unwrap();
+        let _ = server.set_read_timeout(Some(Duration::from_secs(20)));
+        server.write_all(&request).unwrap();
+        let Some(answer) = read_message(&mut server) else {
+            return;
+        };
+        if finalize {
+            before_cut();
+            return; // the answer is dropped with the connection
+        }
+        if client.write_all(&answer).is_err() {
+            return;
+        }
+    }
+}
+
+/// One HTTP/1.1 message (head and a `Content-Length` body) as bytes; `None` at the end
+/// of the stream.
+fn read_message(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut message = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = message.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&message[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if message.len() >= end + 4 + length {
+                return Some(message);
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => message.extend_from_slice(&chunk[..n]),
+        }
+    }
 }

@@ -38,9 +38,24 @@ pub enum ClientError {
         /// What is wrong.
         reason: String,
     },
-    /// The endpoint could not be reached, or the exchange broke or timed out.
+    /// The endpoint could not be reached: the connection (or its TLS handshake) failed or
+    /// timed out, so the request was never delivered and took no effect.
     #[error("cannot reach the admin endpoint {endpoint}: {source}")]
     Transport {
+        /// The endpoint.
+        endpoint: String,
+        /// The cause.
+        #[source]
+        source: ureq::Error,
+    },
+    /// The request was sent (or partly sent) but no complete answer came back: the
+    /// connection broke or timed out afterwards. The endpoint may have acted on it; read
+    /// the status to learn the outcome.
+    #[error(
+        "the admin endpoint {endpoint} was sent the request but its answer was lost ({source}); \
+         the request may have taken effect"
+    )]
+    AnswerLost {
         /// The endpoint.
         endpoint: String,
         /// The cause.
@@ -212,10 +227,13 @@ impl AdminClient {
         response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<T, ClientError> {
         let transport = |source: ureq::Error| {
-            tracing::debug!(method, url, error = %source, "admin request failed in transport");
-            ClientError::Transport {
-                endpoint: self.base.clone(),
-                source,
+            let endpoint = self.base.clone();
+            if never_delivered(&source) {
+                tracing::debug!(method, url, error = %source, "admin endpoint unreachable");
+                ClientError::Transport { endpoint, source }
+            } else {
+                tracing::debug!(method, url, error = %source, "admin request sent, answer lost");
+                ClientError::AnswerLost { endpoint, source }
             }
         };
         let mut response = response.map_err(transport)?;
@@ -227,7 +245,15 @@ impl AdminClient {
             elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "admin request answered"
         );
-        let text = response.body_mut().read_to_string().map_err(transport)?;
+        // The head arrived: the request was delivered, whatever breaks now.
+        let text =
+            response
+                .body_mut()
+                .read_to_string()
+                .map_err(|source| ClientError::AnswerLost {
+                    endpoint: self.base.clone(),
+                    source,
+                })?;
         if (200..300).contains(&status) {
             return serde_json::from_str(&text).map_err(|e| ClientError::Decode {
                 endpoint: self.base.clone(),
@@ -247,6 +273,59 @@ impl AdminClient {
         };
         Err(ClientError::Api { status, error })
     }
+}
+
+/// Whether `err` proves the request never reached the endpoint's handler: resolving,
+/// connecting or the TLS handshake failed (or timed out), the request could not even be
+/// built, or the peer answered with something that is not HTTP (plain HTTP to a TLS
+/// port; the admin endpoint itself always answers well-formed HTTP, so no handler of
+/// it took the request). Anything else (a reset, an early end of stream or a timeout
+/// once connected) may come after the endpoint received the request.
+fn never_delivered(err: &ureq::Error) -> bool {
+    use std::io::ErrorKind;
+    use ureq::Timeout;
+    match err {
+        ureq::Error::HostNotFound
+        | ureq::Error::ConnectionFailed
+        | ureq::Error::BadUri(_)
+        | ureq::Error::Http(_)
+        | ureq::Error::InvalidProxyUrl
+        | ureq::Error::ConnectProxyFailed(_)
+        | ureq::Error::RequireHttpsOnly(_)
+        | ureq::Error::Tls(_)
+        | ureq::Error::Protocol(_)
+        | ureq::Error::Timeout(
+            Timeout::Resolve | Timeout::Connect | Timeout::SendRequest | Timeout::SendBody,
+        ) => true,
+        #[cfg(feature = "tls")]
+        ureq::Error::Pem(_) | ureq::Error::Rustls(_) => true,
+        // A broken pipe comes only from writing: the request did not leave whole, and
+        // the endpoint acts on none but whole requests (the same for a send timeout).
+        ureq::Error::Io(e) => {
+            matches!(
+                e.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::HostUnreachable
+                    | ErrorKind::NetworkUnreachable
+                    | ErrorKind::AddrNotAvailable
+                    | ErrorKind::BrokenPipe
+            ) || is_tls_failure(e)
+        }
+        _ => false,
+    }
+}
+
+/// A TLS failure (rustls reports it inside an I/O error): the endpoint refused the
+/// session (an unknown CA, a refused client certificate, TLS to a plain port), so it
+/// never acts on a request sent over it.
+#[cfg(feature = "tls")]
+fn is_tls_failure(e: &std::io::Error) -> bool {
+    matches!(e.get_ref(), Some(inner) if inner.is::<rustls::Error>())
+}
+
+#[cfg(not(feature = "tls"))]
+fn is_tls_failure(_: &std::io::Error) -> bool {
+    false
 }
 
 impl fmt::Debug for AdminClient {

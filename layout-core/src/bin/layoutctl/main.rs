@@ -5,6 +5,7 @@
 //! and the exit codes.
 
 mod inspect;
+mod terminal;
 
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use layout_core::admin::{
 };
 use layout_core::http::{ClientConfig, ClientTls};
 use serde::Serialize;
+use terminal::{say, warn_line};
 
 /// Exit codes (documented in `docs/cli.md`).
 mod exit {
@@ -38,6 +40,9 @@ mod exit {
     pub(crate) const DAMAGED: u8 = 4;
     /// `inspect`: there is no VERSION file.
     pub(crate) const MISSING: u8 = 5;
+    /// `finalize`: the request was sent but its answer was lost, and the status read
+    /// afterwards does not show the target reached: the outcome is unknown.
+    pub(crate) const UNKNOWN_OUTCOME: u8 = 6;
 }
 
 const TOKEN_ENV: &str = "LAYOUTCTL_TOKEN";
@@ -49,7 +54,8 @@ const TOKEN_FILE_ENV: &str = "LAYOUTCTL_TOKEN_FILE";
     version,
     about = "Drive a component's layout upgrade: status, finalize, prepare, inspect",
     after_help = "Exit codes: 0 ok, 1 refused or failed, 2 usage, 3 connection or \
-                  authentication, 4 damaged VERSION file, 5 no VERSION file.\n\
+                  authentication, 4 damaged VERSION file, 5 no VERSION file, 6 finalize \
+                  sent but its answer lost and the target not reached (outcome unknown).\n\
                   The token comes from --token, --token-file, $LAYOUTCTL_TOKEN or \
                   $LAYOUTCTL_TOKEN_FILE, in that order."
 )]
@@ -122,29 +128,7 @@ enum Command {
     /// The catalog's features and whether each is finalized.
     Features,
     /// Finalize the component (in the background), or plan it with --dry-run.
-    Finalize {
-        /// Finalize up to this feature (default: the software layout version).
-        #[arg(long, value_name = "FEATURE")]
-        to: Option<String>,
-        /// Only show what would run and the conditions' results.
-        #[arg(long)]
-        dry_run: bool,
-        /// Take over an unfinished finalization bound to another client.
-        #[arg(long)]
-        takeover: bool,
-        /// Override a failing finalize condition (repeatable; needs --reason).
-        #[arg(long = "override", value_name = "CONDITION", requires = "reason")]
-        overrides: Vec<String>,
-        /// Why the conditions are overridden (recorded in the history).
-        #[arg(long, value_name = "TEXT", requires = "overrides")]
-        reason: Option<String>,
-        /// Follow the finalization until it ends, with a progress bar.
-        #[arg(long, conflicts_with = "dry_run")]
-        watch: bool,
-        /// How often --watch asks for the status, in milliseconds.
-        #[arg(long, default_value_t = 200, hide = true)]
-        interval_ms: u64,
-    },
+    Finalize(FinalizeArgs),
     /// The finalization status and progress (read-only).
     FinalizationStatus,
     /// Prepare the component: gate writes, flush, snapshot, purge the log.
@@ -159,6 +143,32 @@ enum Command {
     },
 }
 
+/// The options of `finalize`.
+#[derive(clap::Args)]
+struct FinalizeArgs {
+    /// Finalize up to this feature (default: the software layout version).
+    #[arg(long, value_name = "FEATURE")]
+    to: Option<String>,
+    /// Only show what would run and the conditions' results.
+    #[arg(long)]
+    dry_run: bool,
+    /// Take over an unfinished finalization bound to another client.
+    #[arg(long)]
+    takeover: bool,
+    /// Override a failing finalize condition (repeatable; needs --reason).
+    #[arg(long = "override", value_name = "CONDITION", requires = "reason")]
+    overrides: Vec<String>,
+    /// Why the conditions are overridden (recorded in the history).
+    #[arg(long, value_name = "TEXT", requires = "overrides")]
+    reason: Option<String>,
+    /// Follow the finalization until it ends, with a progress bar.
+    #[arg(long, conflicts_with = "dry_run")]
+    watch: bool,
+    /// How often --watch asks for the status, in milliseconds.
+    #[arg(long, default_value_t = 200, hide = true)]
+    interval_ms: u64,
+}
+
 /// A failure: what to print and the exit code.
 struct Failure {
     code: u8,
@@ -167,6 +177,8 @@ struct Failure {
     http_status: Option<u16>,
     /// The exchange with the endpoint broke (nothing, or no answer, came back).
     transport: bool,
+    /// What the failure may mean, on a line of its own (see [`hint`]).
+    hint: Option<&'static str>,
 }
 
 impl Failure {
@@ -177,6 +189,7 @@ impl Failure {
             error_code: None,
             http_status: None,
             transport: false,
+            hint: None,
         }
     }
 }
@@ -196,7 +209,11 @@ impl From<ClientError> for Failure {
             code,
             error_code: err.code(),
             http_status: err.http_status(),
-            transport: matches!(err, ClientError::Transport { .. }),
+            transport: matches!(
+                err,
+                ClientError::Transport { .. } | ClientError::AnswerLost { .. }
+            ),
+            hint: None,
             message: err.to_string(),
         }
     }
@@ -228,14 +245,22 @@ fn main() -> ExitCode {
                     http_status: Option<u16>,
                     exit_code: u8,
                 }
+                let error = match failure.hint {
+                    Some(hint) => format!("{}\n{hint}", failure.message),
+                    None => failure.message.clone(),
+                };
                 print_json(&JsonFailure {
-                    error: &failure.message,
+                    error: &error,
                     code: failure.error_code,
                     http_status: failure.http_status,
                     exit_code: failure.code,
                 });
             } else {
-                eprintln!("layoutctl: error: {}", failure.message);
+                // The message may carry the endpoint's text: cleaned.
+                warn_line!("layoutctl: error: {}", failure.message);
+                if let Some(hint) = failure.hint {
+                    eprintln!("{hint}");
+                }
             }
             ExitCode::from(failure.code)
         }
@@ -291,42 +316,67 @@ fn run(cli: Cli) -> Result<u8, Failure> {
                 print_prepare(&state);
             }
         }
-        Command::Finalize {
-            to,
-            dry_run,
-            takeover,
-            overrides,
-            reason,
-            watch,
-            interval_ms,
-        } => {
-            let mut params = FinalizeParams::new(client_id.clone())
-                .with_takeover(takeover)
-                .with_dry_run(dry_run);
-            if let Some(to) = to {
-                params = params.with_target(to);
-            }
-            let reason = reason.unwrap_or_default();
-            for condition in overrides {
-                params = params.with_override(condition, reason.clone());
-            }
-            let response = client.finalize(&params)?;
-            if watch {
-                return watch_finalization(
-                    &client,
-                    &client_id,
-                    &response,
-                    json,
-                    Duration::from_millis(interval_ms.max(10)),
-                );
-            }
-            if json {
-                print_json(&response);
-            } else {
-                print_finalize(&response);
-            }
-        }
+        Command::Finalize(args) => return finalize(&client, &client_id, args, json),
         Command::Inspect { .. } => unreachable!("handled above"),
+    }
+    Ok(exit::OK)
+}
+
+/// `finalize`: run, plan (`--dry-run`) or follow (`--watch`) a finalization.
+fn finalize(
+    client: &AdminClient,
+    client_id: &str,
+    args: FinalizeArgs,
+    json: bool,
+) -> Result<u8, Failure> {
+    let FinalizeArgs {
+        to,
+        dry_run,
+        takeover,
+        overrides,
+        reason,
+        watch,
+        interval_ms,
+    } = args;
+    let mut params = FinalizeParams::new(client_id)
+        .with_takeover(takeover)
+        .with_dry_run(dry_run);
+    if let Some(to) = &to {
+        params = params.with_target(to.clone());
+    }
+    let reason = reason.unwrap_or_default();
+    for condition in overrides {
+        params = params.with_override(condition, reason.clone());
+    }
+    let interval = Duration::from_millis(interval_ms.max(10));
+    let response = match client.finalize(&params) {
+        Ok(response) => response,
+        Err(lost @ ClientError::AnswerLost { .. }) if !dry_run => {
+            let follow = watch.then_some(interval);
+            return after_lost_answer(client, &lost, to.as_deref(), client_id, follow, json);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if watch {
+        return match response {
+            FinalizeResponse::AlreadyFinalized { .. } => {
+                Ok(report_already_finalized(client, &response, json))
+            }
+            FinalizeResponse::Started { target_version, .. } => watch_finalization(
+                client,
+                client_id,
+                Some(target_version),
+                None,
+                json,
+                interval,
+            ),
+            _ => watch_finalization(client, client_id, None, Some(&response), json, interval),
+        };
+    }
+    if json {
+        print_json(&response);
+    } else {
+        print_finalize(&response);
     }
     Ok(exit::OK)
 }
@@ -367,13 +417,11 @@ fn client_config(cli: &Cli) -> Result<ClientConfig, Failure> {
 fn hint((ca, cert): (bool, bool), mut failure: Failure) -> Failure {
     if failure.transport {
         if !ca {
-            failure.message.push_str(
-                "\n(if the endpoint serves TLS, call it as https://host:port with --ca CA.pem)",
-            );
+            failure.hint =
+                Some("(if the endpoint serves TLS, call it as https://host:port with --ca CA.pem)");
         } else if !cert {
-            failure.message.push_str(
-                "\n(if the endpoint requires a client certificate, pass --cert and --key)",
-            );
+            failure.hint =
+                Some("(if the endpoint requires a client certificate, pass --cert and --key)");
         }
     }
     failure
@@ -415,33 +463,38 @@ fn print_json<T: Serialize>(value: &T) {
 }
 
 fn print_status(s: &StatusResponse) {
-    println!("component      {} (catalog {})", s.component, s.catalog);
-    println!(
+    say!("component      {} (catalog {})", s.component, s.catalog);
+    say!(
         "MLV            {} ({})",
-        s.metadata_layout_version, s.metadata_layout_feature
+        s.metadata_layout_version,
+        s.metadata_layout_feature
     );
-    println!(
+    say!(
         "SLV            {} ({})",
-        s.software_layout_version, s.software_layout_feature
+        s.software_layout_version,
+        s.software_layout_feature
     );
     let stage = if s.needs_finalization {
         "pre-finalized (downgrade still possible)"
     } else {
         "finalized"
     };
-    println!("layout         {stage}");
-    println!("finalization   {}", s.finalization.status);
+    say!("layout         {stage}");
+    say!("finalization   {}", s.finalization.status);
     if let Some(p) = &s.finalization.progress {
-        println!(
+        say!(
             "progress       feature {} of {}: {} ({} done)",
-            p.feature_index, p.feature_count, p.feature, p.done
+            p.feature_index,
+            p.feature_count,
+            p.feature,
+            p.done
         );
     }
     if let Some(e) = &s.finalization.last_error {
-        println!("last error     {e}");
+        say!("last error     {e}");
     }
     print_prepare_line(&s.prepare);
-    println!("features:");
+    say!("features:");
     print_features(&s.features);
 }
 
@@ -449,28 +502,32 @@ fn print_features(features: &[FeatureView]) {
     let width = features.iter().map(|f| f.name.len()).max().unwrap_or(0);
     for f in features {
         let deprecated = if f.deprecated { " (deprecated)" } else { "" };
-        println!(
+        say!(
             "  {:>3}  {:<width$}  {:<15}  {}{deprecated}",
-            f.version, f.name, f.status, f.description
+            f.version,
+            f.name,
+            f.status,
+            f.description
         );
     }
 }
 
 fn print_finalization(s: &FinalizationStatusResponse) {
-    println!("status         {}", s.status);
-    println!(
+    say!("status         {}", s.status);
+    say!(
         "MLV / SLV      {} / {}",
-        s.metadata_layout_version, s.software_layout_version
+        s.metadata_layout_version,
+        s.software_layout_version
     );
     if let Some(target) = s.target_version {
-        println!("target         {target}");
+        say!("target         {target}");
     }
     if let Some(client) = &s.client_id {
-        println!("client         {client}");
+        say!("client         {client}");
     }
     if let Some(p) = &s.progress {
         let total = p.total.map(|t| format!(" of {t}")).unwrap_or_default();
-        println!(
+        say!(
             "progress       feature {} of {}: {} (action {}, {}{total} done, {} ms)",
             p.feature_index,
             p.feature_count,
@@ -481,33 +538,33 @@ fn print_finalization(s: &FinalizationStatusResponse) {
         );
     }
     if let Some(e) = &s.last_error {
-        println!("last error     {e}");
+        say!("last error     {e}");
     }
     if let Some(v) = &s.veto {
         let state = if s.veto_active { "active" } else { "expired" };
-        println!("veto           {state}: {} (by {})", v.reason, v.client_id);
+        say!("veto           {state}: {} (by {})", v.reason, v.client_id);
     }
     for m in &s.messages {
-        println!("message        {m}");
+        say!("message        {m}");
     }
 }
 
 fn print_prepare_line(p: &PrepareResponse) {
     match (p.supported, p.index) {
-        (false, _) => println!("prepare        not supported by this component"),
-        (true, Some(index)) => println!("prepare        {} at index {index}", p.state),
-        (true, None) => println!("prepare        {}", p.state),
+        (false, _) => say!("prepare        not supported by this component"),
+        (true, Some(index)) => say!("prepare        {} at index {index}", p.state),
+        (true, None) => say!("prepare        {}", p.state),
     }
 }
 
 fn print_prepare(p: &PrepareResponse) {
     match p.index {
-        Some(index) => println!(
+        Some(index) => say!(
             "prepared at log index {index} ({}): writes and finalize are refused until \
              cancel-prepare",
             p.state
         ),
-        None => println!("{}: the component accepts writes", p.state),
+        None => say!("{}: the component accepts writes", p.state),
     }
 }
 
@@ -517,29 +574,30 @@ fn print_finalize(r: &FinalizeResponse) {
             client_id,
             target_version,
             ..
-        } => println!(
+        } => say!(
             "finalization started by {client_id} towards layout version {target_version}; \
              follow it with `layoutctl finalization-status` (or finalize --watch)"
         ),
         FinalizeResponse::AlreadyFinalized {
             metadata_layout_version,
             ..
-        } => println!("already finalized: metadata layout version {metadata_layout_version}"),
+        } => say!("already finalized: metadata layout version {metadata_layout_version}"),
         FinalizeResponse::Done {
             finalized,
             metadata_layout_version,
             ..
-        } => println!(
+        } => say!(
             "finalized {}; metadata layout version is now {metadata_layout_version}",
             finalized.join(", ")
         ),
         FinalizeResponse::DryRun { plan, .. } => {
-            println!(
+            say!(
                 "dry run: would finalize from layout version {} to {}",
-                plan.from_version, plan.target_version
+                plan.from_version,
+                plan.target_version
             );
             for step in &plan.steps {
-                println!(
+                say!(
                     "  {:>3}  {}  (action: {})",
                     step.version,
                     step.feature,
@@ -548,23 +606,153 @@ fn print_finalize(r: &FinalizeResponse) {
             }
             for c in &plan.conditions {
                 match &c.reason {
-                    None => println!("  condition {}: passes", c.name),
-                    Some(reason) => println!("  condition {}: FAILS: {reason}", c.name),
+                    None => say!("  condition {}: passes", c.name),
+                    Some(reason) => say!("  condition {}: FAILS: {reason}", c.name),
                 }
             }
             if let Some(blocked) = &plan.blocked_by {
-                println!("  blocked: {blocked}");
+                say!("  blocked: {blocked}");
             }
         }
-        _ => println!("{r:?}"),
+        _ => say!("{r:?}"),
     }
 }
 
-/// Follows a finalization to its end; exit 0 when the MLV reached the target.
+/// What `finalize --watch --json` prints at the end.
+#[derive(Serialize)]
+struct Watched {
+    ok: bool,
+    finalization: FinalizationStatusResponse,
+}
+
+/// `finalize --watch` answered "already finalized" (the MLV is at the target): there is
+/// nothing to follow, whoever asks and whoever finalized, so it succeeds and says so.
+/// The status shown is the read-only one: it is bound to no client, drains no one's
+/// messages.
+fn report_already_finalized(client: &AdminClient, response: &FinalizeResponse, json: bool) -> u8 {
+    let status = client.finalization_status();
+    if json {
+        match status {
+            Ok(mut finalization) => {
+                finalization.messages.clear();
+                print_json(&Watched {
+                    ok: true,
+                    finalization,
+                });
+            }
+            Err(_) => print_json(response),
+        }
+    } else {
+        if let Ok(mut shown) = status {
+            shown.messages.clear();
+            print_finalization(&shown);
+        }
+        print_finalize(response);
+    }
+    exit::OK
+}
+
+/// The finalize request was sent but its answer was lost: the layout may have moved.
+/// Reads the status to say where it is: exit 0 when the MLV reached the target; with
+/// `follow` (--watch), follows a finalization of this client still running; otherwise
+/// [`exit::UNKNOWN_OUTCOME`] with what the status says.
+fn after_lost_answer(
+    client: &AdminClient,
+    lost: &ClientError,
+    to: Option<&str>,
+    client_id: &str,
+    follow: Option<Duration>,
+    json: bool,
+) -> Result<u8, Failure> {
+    let unknown = |detail: String| {
+        Failure::new(
+            exit::UNKNOWN_OUTCOME,
+            format!("{lost}; the outcome of finalize is unknown: {detail}"),
+        )
+    };
+    let status = client.status().map_err(|e| {
+        unknown(format!(
+            "the status cannot be read either ({e}); check with `layoutctl status` before \
+             finalizing again"
+        ))
+    })?;
+    let mlv = status.metadata_layout_version;
+    let target = match to {
+        None => Some(status.software_layout_version),
+        Some(name) => status
+            .features
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.version),
+    };
+    if let Some(target) = target.filter(|&t| mlv >= t) {
+        if json {
+            #[derive(Serialize)]
+            struct LostAnswer<'a> {
+                outcome: &'static str,
+                target_reached: bool,
+                target_version: u32,
+                status: &'a StatusResponse,
+            }
+            print_json(&LostAnswer {
+                outcome: "answer-lost",
+                target_reached: true,
+                target_version: target,
+                status: &status,
+            });
+        } else {
+            warn_line!("layoutctl: warning: {lost}");
+            say!(
+                "finalized: the status read afterwards shows metadata layout version {mlv} \
+                 ({}), at the target {target}",
+                status.metadata_layout_feature
+            );
+        }
+        return Ok(exit::OK);
+    }
+    let f = &status.finalization;
+    if let (Some(interval), Some(target)) = (follow, target) {
+        if f.running && f.client_id.as_deref() == Some(client_id) {
+            if !json {
+                warn_line!("layoutctl: warning: {lost}; the finalization is running: following it");
+            }
+            return watch_finalization(client, client_id, Some(target), None, json, interval);
+        }
+    }
+    let Some(target) = target else {
+        return Err(unknown(format!(
+            "the status read afterwards shows metadata layout version {mlv} ({}) and no \
+             feature {:?}; check with `layoutctl status`",
+            status.metadata_layout_feature,
+            to.unwrap_or_default()
+        )));
+    };
+    let running = match (&f.running, &f.client_id) {
+        (true, Some(c)) => format!(", running for client {c}"),
+        (true, None) => ", running".to_owned(),
+        (false, _) => String::new(),
+    };
+    let last_error = f
+        .last_error
+        .as_ref()
+        .map(|e| format!(", last error: {e}"))
+        .unwrap_or_default();
+    Err(unknown(format!(
+        "the status read afterwards shows metadata layout version {mlv} ({}), below the \
+         target {target}; finalization {}{running}{last_error}. Follow it with `layoutctl \
+         finalization-status`, then finalize again if it is not running",
+        status.metadata_layout_feature, f.status
+    )))
+}
+
+/// Follows a finalization to its end; exit 0 when the MLV reached `target` (when known)
+/// without an error. `finished`: the answer of a finalization that ended before the
+/// watch began, shown at the end.
 fn watch_finalization(
     client: &AdminClient,
     client_id: &str,
-    started: &FinalizeResponse,
+    target: Option<u32>,
+    finished: Option<&FinalizeResponse>,
     json: bool,
     interval: Duration,
 ) -> Result<u8, Failure> {
@@ -577,10 +765,6 @@ fn watch_finalization(
         ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} features  {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let target = match started {
-        FinalizeResponse::Started { target_version, .. } => Some(*target_version),
-        _ => None,
-    };
     let params = FinalizationStatusParams::new(Some(client_id.to_owned()));
     let mut messages = Vec::new();
     let last = loop {
@@ -589,7 +773,7 @@ fn watch_finalization(
             if json {
                 messages.push(m.clone());
             } else {
-                bar.suspend(|| println!("{m}"));
+                bar.suspend(|| say!("{m}"));
             }
         }
         if let Some(p) = &status.progress {
@@ -600,7 +784,7 @@ fn watch_finalization(
                 None if p.done > 0 => format!(" {}", p.done),
                 None => String::new(),
             };
-            bar.set_message(format!("{}{units}", p.feature));
+            bar.set_message(format!("{}{units}", terminal::clean(&p.feature)));
         }
         if !status.running {
             break status;
@@ -611,11 +795,6 @@ fn watch_finalization(
     let reached = target.is_none_or(|t| last.metadata_layout_version >= t);
     let ok = reached && last.last_error.is_none();
     if json {
-        #[derive(Serialize)]
-        struct Watched {
-            ok: bool,
-            finalization: FinalizationStatusResponse,
-        }
         let mut finalization = last;
         finalization.messages = messages;
         print_json(&Watched { ok, finalization });
@@ -623,11 +802,11 @@ fn watch_finalization(
         let mut shown = last.clone();
         shown.messages.clear();
         print_finalization(&shown);
-        if let FinalizeResponse::Done { .. } | FinalizeResponse::AlreadyFinalized { .. } = started {
-            print_finalize(started);
+        if let Some(finished) = finished {
+            print_finalize(finished);
         }
         if !ok {
-            eprintln!(
+            warn_line!(
                 "layoutctl: error: finalization did not complete: {}",
                 last.last_error
                     .as_deref()
