@@ -275,6 +275,7 @@ impl AdminService {
             supported: self.prepare.is_some(),
             state: state.as_str().to_owned(),
             index: state.index(),
+            last_failure: self.prepare.as_ref().and_then(|(c, _)| c.last_failure()),
         }
     }
 }

@@ -377,6 +377,10 @@ pub struct PrepareResponse {
     pub state: String,
     /// The prepare index, when prepared.
     pub index: Option<u64>,
+    /// Why the last prepare failed, with its cause (e.g. "No space left on device"),
+    /// until a prepare succeeds.
+    #[serde(default)]
+    pub last_failure: Option<String>,
 }
 
 /// An error answer: a machine-readable code and an operator-readable message.

@@ -757,6 +757,13 @@ fn a_failed_step_names_its_cause_in_the_error_and_in_the_admin_answer() {
         err.message()
     );
     assert!(err.message().contains("snapshot"), "{}", err.message());
+    // And the status keeps saying why, until a prepare succeeds.
+    let status = admin.status().unwrap();
+    let failure = status
+        .prepare
+        .last_failure
+        .expect("the last failure in the status");
+    assert!(failure.contains(&cause), "{failure}");
 }
 
 #[test]

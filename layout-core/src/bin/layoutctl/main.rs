@@ -555,6 +555,9 @@ fn print_prepare_line(p: &PrepareResponse) {
         (true, Some(index)) => say!("prepare        {} at index {index}", p.state),
         (true, None) => say!("prepare        {}", p.state),
     }
+    if let Some(failure) = &p.last_failure {
+        say!("last prepare   failed: {failure}");
+    }
 }
 
 fn print_prepare(p: &PrepareResponse) {
