@@ -13,7 +13,7 @@ use layout_core::LayoutFeature;
 
 use super::cluster::{KvClusterFinalize, KvClusterStatus};
 use super::feature::KvFeature;
-use super::store::{KvItem, KvStatus};
+use super::store::{KvKeysPage, KvPage, KvStatus, MAX_LIST_LIMIT};
 
 /// How long one call may take by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -144,6 +144,29 @@ pub fn encode_component(s: &str) -> String {
     out
 }
 
+/// The `&after=...&limit=...` of a page request.
+fn page_query(after: Option<&str>, limit: Option<usize>) -> String {
+    let mut query = String::new();
+    if let Some(after) = after {
+        let _ = write!(query, "&after={}", encode_component(after));
+    }
+    if let Some(limit) = limit {
+        let _ = write!(query, "&limit={limit}");
+    }
+    query
+}
+
+/// `next` as the cursor of the following page, refused when it does not sort after the
+/// previous cursor: a server that does not move forward would make a list loop forever.
+fn advanced(after: Option<String>, next: String) -> Result<String, ClientError> {
+    if after.is_some_and(|after| next <= after) {
+        return Err(ClientError::Transport(format!(
+            "the server's list cursor {next:?} does not move forward"
+        )));
+    }
+    Ok(next)
+}
+
 #[derive(Deserialize)]
 struct Applied {
     applied_index: u64,
@@ -158,16 +181,6 @@ struct Deleted {
 #[derive(Deserialize)]
 struct Entry {
     value: String,
-}
-
-#[derive(Deserialize)]
-struct Items {
-    items: Vec<KvItem>,
-}
-
-#[derive(Deserialize)]
-struct Keys {
-    keys: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -257,24 +270,72 @@ impl KvClient {
         Ok((r.deleted, r.applied_index))
     }
 
-    /// The live items whose key starts with `prefix`, in key order.
+    /// All the live items whose key starts with `prefix`, in key order: follows the
+    /// pages of [`list_page`](Self::list_page) to the last one and gathers them in
+    /// memory (for a large store, take the pages one by one instead). Each page is read
+    /// on its own, so the whole is not one snapshot: a key written meanwhile may or may
+    /// not appear, but each key appears at most once.
     pub fn list(&self, prefix: &str) -> Result<Vec<(String, String)>, ClientError> {
-        let r: Items = self.send(
-            "GET",
-            &format!("/kv?prefix={}", encode_component(prefix)),
-            None,
-        )?;
-        Ok(r.items.into_iter().map(|i| (i.key, i.value)).collect())
+        let mut items = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.list_page(prefix, after.as_deref(), Some(MAX_LIST_LIMIT))?;
+            items.extend(page.items.into_iter().map(|i| (i.key, i.value)));
+            match page.next {
+                Some(next) => after = Some(advanced(after, next)?),
+                None => return Ok(items),
+            }
+        }
     }
 
-    /// The keys holding `value` (needs `ValueIndex`).
+    /// One page of the live items whose key starts with `prefix` and sorts after
+    /// `after` (the previous page's [`KvPage::next`]; `None`: the first page), in key
+    /// order: at most `limit` items (server default 1,000, at most 10,000) and about
+    /// 1 MiB of keys and values (at least one item). HTTP 400 (kind `bad_request`) for a
+    /// `limit` out of range or an `after` that does not start with `prefix`.
+    pub fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<KvPage, ClientError> {
+        let path = format!(
+            "/kv?prefix={}{}",
+            encode_component(prefix),
+            page_query(after, limit)
+        );
+        self.send("GET", &path, None)
+    }
+
+    /// All the keys holding `value`, in key order (needs `ValueIndex`): follows the
+    /// pages of [`find_by_value_page`](Self::find_by_value_page) to the last one.
     pub fn find_by_value(&self, value: &str) -> Result<Vec<String>, ClientError> {
-        let r: Keys = self.send(
-            "GET",
-            &format!("/by-value?value={}", encode_component(value)),
-            None,
-        )?;
-        Ok(r.keys)
+        let mut keys = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.find_by_value_page(value, after.as_deref(), Some(MAX_LIST_LIMIT))?;
+            keys.extend(page.keys);
+            match page.next {
+                Some(next) => after = Some(advanced(after, next)?),
+                None => return Ok(keys),
+            }
+        }
+    }
+
+    /// One page of the keys holding `value` that sort after `after` (needs
+    /// `ValueIndex`), bounded as [`list_page`](Self::list_page) is.
+    pub fn find_by_value_page(
+        &self,
+        value: &str,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<KvKeysPage, ClientError> {
+        let path = format!(
+            "/by-value?value={}{}",
+            encode_component(value),
+            page_query(after, limit)
+        );
+        self.send("GET", &path, None)
     }
 
     /// Sets `key` to `new` if its value is `expected` (`None`: absent); whether it

@@ -4,6 +4,7 @@ use std::io;
 use std::path::PathBuf;
 
 use layout_core::admin::http::HttpError;
+use layout_core::binding::BindingError;
 use layout_core::cluster::{ClusterError, MemberError, Refusal};
 use layout_core::migration::MigrationError;
 use layout_core::{LayoutError, PrefinalizeError, PrepareError, RegistryError, WriteRejected};
@@ -45,6 +46,25 @@ pub enum KvError {
         /// The cause.
         #[source]
         source: Box<redb::Error>,
+    },
+
+    /// The data does not belong to the layout state: missing or empty next to an
+    /// existing `VERSION`, another node's data, or a `VERSION` older than the data. The
+    /// node refuses to start and writes nothing.
+    #[error(transparent)]
+    Binding(Box<BindingError>),
+
+    /// The database file cannot be read at start-up: truncated, overwritten, or not a
+    /// redb database. The node refuses to start; nothing is written to it.
+    #[error(
+        "database {path} is damaged: {reason}. Restore the data directory from a backup \
+         taken together with the layout state"
+    )]
+    DataDamaged {
+        /// The database file.
+        path: PathBuf,
+        /// What redb reported.
+        reason: String,
     },
 
     /// A file operation failed.
@@ -183,6 +203,12 @@ impl KvError {
             Self::BadRequest(_) => 400,
             _ => 500,
         }
+    }
+}
+
+impl From<BindingError> for KvError {
+    fn from(e: BindingError) -> Self {
+        Self::Binding(Box::new(e))
     }
 }
 

@@ -12,6 +12,11 @@
 //!
 //! Keys are the rest of the path after `/kv/` or `/cas/` (so they may contain `/`),
 //! percent-decoded by axum's [`Path`] extractor; query values are decoded by [`Query`].
+//!
+//! Lists (`GET /kv`, `GET /by-value`) answer one page at a time, `{"items"|"keys": [...],
+//! "next": cursor|null}`, each read by a redb range that starts after the cursor and
+//! stops at the page's limit or byte budget, so a list's memory is bounded by the page,
+//! not by the store.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,7 +39,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt as _;
 
 use super::error::KvError;
-use super::store::{KvOptions, Shared};
+use super::store::{KvOptions, Shared, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 
 /// The largest request head (request line and headers) accepted, in bytes (431 beyond).
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -294,10 +299,38 @@ fn key_rejection(e: &PathRejection) -> Response {
     bad_request(format!("the key is not valid: {}", e.body_text()))
 }
 
-/// Decodes the query string into `T` (after [`check_escapes`]); the error is a 400's
-/// message.
+/// Refuses a query string whose percent-decoded bytes are not UTF-8: the extractor would
+/// replace them with U+FFFD, so `prefix=%FF` would silently name another prefix.
+fn check_utf8_query(raw: &str) -> Result<(), String> {
+    let bytes = raw.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                i += 1;
+            }
+        }
+    }
+    match std::str::from_utf8(&decoded) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!("the query string {raw:?} does not decode to UTF-8")),
+    }
+}
+
+/// Decodes the query string into `T` (after [`check_escapes`] and
+/// [`check_utf8_query`]); the error is a 400's message.
 fn query<T: for<'de> Deserialize<'de>>(uri: &Uri) -> Result<T, String> {
     check_escapes(uri.query().unwrap_or_default())?;
+    check_utf8_query(uri.query().unwrap_or_default())?;
     Query::<T>::try_from_uri(uri)
         .map(|Query(q)| q)
         .map_err(|e| format!("bad query string: {}", e.body_text()))
@@ -321,15 +354,34 @@ struct CasBody {
     value: String,
 }
 
+/// `GET /kv?prefix=P&after=K&limit=N`: one page of a list.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ListParams {
     #[serde(default)]
     prefix: String,
+    after: Option<String>,
+    limit: Option<String>,
 }
 
+/// `GET /by-value?value=V&after=K&limit=N`: one page of the keys holding a value.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ByValueParams {
     value: Option<String>,
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+/// A page's `limit`: [`DEFAULT_LIST_LIMIT`] when absent; the store checks its range.
+/// The error is a 400's message.
+fn page_limit(limit: Option<&str>) -> Result<usize, String> {
+    match limit {
+        None => Ok(DEFAULT_LIST_LIMIT),
+        Some(text) => text.parse().map_err(|_| {
+            format!("limit={text:?} is not a number of items (1 to {MAX_LIST_LIMIT})")
+        }),
+    }
 }
 
 async fn kv_put(shared: Arc<Shared>, key: String, request: Request) -> Response {
@@ -395,23 +447,37 @@ async fn list(State(shared): State<Arc<Shared>>, uri: Uri) -> Response {
         Ok(params) => params,
         Err(message) => return bad_request(message),
     };
-    run(move || match shared.list(&params.prefix) {
-        Ok(items) => ok(&json!({ "items": items })),
-        Err(e) => kv_error(&e),
-    })
+    let limit = match page_limit(params.limit.as_deref()) {
+        Ok(limit) => limit,
+        Err(message) => return bad_request(message),
+    };
+    run(
+        move || match shared.list_page(&params.prefix, params.after.as_deref(), limit) {
+            Ok(page) => ok(&page),
+            Err(e) => kv_error(&e),
+        },
+    )
     .await
 }
 
 async fn by_value(State(shared): State<Arc<Shared>>, uri: Uri) -> Response {
-    let value = match query::<ByValueParams>(&uri) {
-        Ok(ByValueParams { value: Some(value) }) => value,
-        Ok(ByValueParams { value: None }) => return bad_request("missing query parameter value"),
+    let params = match query::<ByValueParams>(&uri) {
+        Ok(params) => params,
         Err(message) => return bad_request(message),
     };
-    run(move || match shared.find_by_value(&value) {
-        Ok(keys) => ok(&json!({ "keys": keys })),
-        Err(e) => kv_error(&e),
-    })
+    let Some(value) = params.value else {
+        return bad_request("missing query parameter value");
+    };
+    let limit = match page_limit(params.limit.as_deref()) {
+        Ok(limit) => limit,
+        Err(message) => return bad_request(message),
+    };
+    run(
+        move || match shared.find_by_value_page(&value, params.after.as_deref(), limit) {
+            Ok(page) => ok(&page),
+            Err(e) => kv_error(&e),
+        },
+    )
     .await
 }
 

@@ -69,6 +69,7 @@ pub use feature::KvFeature;
 pub use http::{MAX_CONCURRENT_REQUESTS, MAX_CONNECTIONS, MAX_HEAD_BYTES};
 pub use node::{AdminConfig, KvNode, KvNodeConfig};
 pub use store::{
-    actions, IndexBatchHook, KvEntry, KvItem, KvOptions, KvStatus, KvStore, MigrationFigures,
-    DB_FILE_NAME, MAX_KEY_BYTES, MAX_LIST_ITEMS, SNAPSHOT_DIR,
+    actions, IndexBatchHook, KvEntry, KvItem, KvKeysPage, KvOptions, KvPage, KvStatus, KvStore,
+    MigrationFigures, DB_FILE_NAME, DEFAULT_LIST_LIMIT, MAX_KEY_BYTES, MAX_LIST_LIMIT,
+    MAX_LIST_PAGE_BYTES, SNAPSHOT_DIR,
 };

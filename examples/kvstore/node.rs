@@ -179,6 +179,10 @@ fn is_fresh(dir: &Path) -> bool {
 impl KvNode {
     /// Starts the node: opens the manager (refusing a disk newer than the software),
     /// the store, runs the start-up actions, serves HTTP and the admin endpoint.
+    ///
+    /// The store's data must belong to `dir/layout/VERSION`: missing, empty or foreign
+    /// data, a `VERSION` older than the data and a damaged database are refused before
+    /// anything is written (see [`KvStore::open`] and `docs/data-binding.md`).
     pub fn start(config: KvNodeConfig) -> Result<KvNode, KvError> {
         // Checked before anything starts: a bad token must not leave a half-started node.
         let admin_token = config

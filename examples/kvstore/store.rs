@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use layout_core::binding::DataBinding;
 use layout_core::migration::{BackgroundMigration, BatchEvent, DualWrite, MigrationState};
 use layout_core::{
-    disallowed_until, ActionContext, ActionError, ActionRegistry, Clock, LayoutAware,
+    binding, disallowed_until, ActionContext, ActionError, ActionRegistry, Clock, LayoutAware,
     LayoutFeature, LayoutVersionManager, Phase, Preparable, PrepareController, PrepareOptions,
     PrepareStepError, RegistryError, SystemClock,
 };
@@ -52,6 +53,16 @@ pub(crate) const META_APPLIED: &str = "applied_index";
 pub(crate) const META_INDEX_SYNCED: &str = "index_synced_through";
 const META_SNAPSHOT: &str = "last_snapshot_index";
 const META_PURGED: &str = "log_purged_through";
+/// The metadata layout version the data was last written at: the MLV half of the
+/// store's [`DataBinding`]. Written at open and by every write, in the write's
+/// transaction.
+const META_WRITTEN_AT_MLV: &str = "layout_written_at_mlv";
+/// Table `kv_layout`: the data-id half of the store's [`DataBinding`] (key
+/// [`LAYOUT_DATA_ID`]: the layout state's data id, 32 hex digits). Written when the
+/// database is created, or adopted by the first open of a store from before bindings.
+const LAYOUT: TableDefinition<'static, &'static str, &'static str> =
+    TableDefinition::new("kv_layout");
+const LAYOUT_DATA_ID: &str = "data_id";
 
 /// The database file in the data directory.
 pub const DB_FILE_NAME: &str = "kv.redb";
@@ -59,8 +70,14 @@ pub const DB_FILE_NAME: &str = "kv.redb";
 pub const SNAPSHOT_DIR: &str = "snapshots";
 /// The longest key accepted, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
-/// The most items one list answers.
-pub const MAX_LIST_ITEMS: usize = 10_000;
+/// The items of a list page when the request names no `limit`.
+pub const DEFAULT_LIST_LIMIT: usize = 1_000;
+/// The largest `limit` a list page may ask for (a larger one is refused, 400).
+pub const MAX_LIST_LIMIT: usize = 10_000;
+/// The byte budget of a list page: a page stops before the item that would take the
+/// sum of its keys and values over it, so a page holds at most this much unless its
+/// only item is larger (a page always holds at least one item when one follows).
+pub const MAX_LIST_PAGE_BYTES: usize = 1 << 20;
 
 /// Options of [`KvStore::open`].
 #[derive(Clone)]
@@ -210,6 +227,29 @@ pub struct KvItem {
     pub value: String,
 }
 
+/// One page of a list (`GET /kv?prefix=P&after=K&limit=N`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvPage {
+    /// The live items of the page, in key order.
+    pub items: Vec<KvItem>,
+    /// When more keys with the prefix follow: the last key this page read, to pass as
+    /// `after` for the next page. `None` (`null`): the list is complete. A page may
+    /// hold fewer items than its limit (expired values are skipped but counted;
+    /// the byte budget) and still have a `next`.
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
+/// One page of the keys holding a value (`GET /by-value?value=V&after=K&limit=N`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvKeysPage {
+    /// The keys of the page holding the value, in key order.
+    pub keys: Vec<String>,
+    /// As [`KvPage::next`].
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
 /// A value read, with its expiry if it has one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvEntry {
@@ -279,6 +319,185 @@ fn read_meta(
     Ok(table.get(key)?.map_or(0, |g| g.value()))
 }
 
+/// What [`Engine::open`] finds where the database should be.
+enum DataPresence {
+    /// The data directory does not exist.
+    NoDirectory,
+    /// The directory exists, the database file does not.
+    NoFile,
+    /// The database file is empty (zero bytes).
+    Empty,
+    /// The database file exists and is not empty.
+    Present,
+}
+
+impl DataPresence {
+    fn describe(&self) -> &'static str {
+        match self {
+            Self::NoDirectory => "does not exist (nor does its data directory)",
+            Self::NoFile => "does not exist",
+            Self::Empty => "is empty (zero bytes)",
+            Self::Present => "exists",
+        }
+    }
+}
+
+fn data_presence(dir: &Path, path: &Path) -> Result<DataPresence, KvError> {
+    let io = |source| KvError::Io {
+        context: "cannot inspect the database file",
+        path: path.to_owned(),
+        source,
+    };
+    // `symlink_metadata`: a dangling symlink is not "missing" (opening it then fails).
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() && meta.len() == 0 => Ok(DataPresence::Empty),
+        Ok(_) => Ok(DataPresence::Present),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match fs::symlink_metadata(dir) {
+            Ok(_) => Ok(DataPresence::NoFile),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DataPresence::NoDirectory),
+            Err(e) => Err(io(e)),
+        },
+        Err(e) => Err(io(e)),
+    }
+}
+
+/// Opens the database: an existing one with `Database::open` (never re-created), a new
+/// one with `Database::create`.
+///
+/// redb 3 panics (an assertion in its page manager) on a file shorter than its header
+/// says, that is a truncated database, instead of returning an error. The open runs
+/// under `catch_unwind` (see [`catch_quietly`]) so a damaged file is
+/// [`KvError::DataDamaged`], naming the path, never a panic of the process. Nothing is
+/// shared with the open while it runs, so unwinding out of it leaves no broken state.
+fn open_database(path: &Path, existing: bool) -> Result<Database, KvError> {
+    let opened = catch_quietly(|| {
+        if existing {
+            Database::open(path)
+        } else {
+            Database::create(path)
+        }
+    });
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) if !existing => Err(KvError::db(path, "create")(e)),
+        Ok(Err(e)) => Err(open_error(path, e)),
+        Err(panic) => Err(damaged_by_panic(path, panic.as_ref())),
+    }
+}
+
+/// Opens an existing database read-only, writing nothing (a read-write open writes the
+/// file's header), to check its binding before anything is written. `None` when redb
+/// must repair the file first (it was not closed cleanly: a crash), which only a
+/// read-write open does.
+fn open_read_only(path: &Path) -> Result<Option<redb::ReadOnlyDatabase>, KvError> {
+    match catch_quietly(|| redb::ReadOnlyDatabase::open(path)) {
+        Ok(Ok(db)) => Ok(Some(db)),
+        Ok(Err(redb::DatabaseError::RepairAborted)) => Ok(None),
+        Ok(Err(e)) => Err(open_error(path, e)),
+        Err(panic) => Err(damaged_by_panic(path, panic.as_ref())),
+    }
+}
+
+/// An error opening an existing database: damage, except for a database in use or
+/// written by another redb format.
+fn open_error(path: &Path, e: redb::DatabaseError) -> KvError {
+    match e {
+        e
+        @ (redb::DatabaseError::DatabaseAlreadyOpen | redb::DatabaseError::UpgradeRequired(_)) => {
+            KvError::db(path, "open")(e)
+        }
+        e => KvError::DataDamaged {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        },
+    }
+}
+
+fn damaged_by_panic(path: &Path, panic: &(dyn std::any::Any + Send)) -> KvError {
+    KvError::DataDamaged {
+        path: path.to_owned(),
+        reason: format!(
+            "redb cannot read it ({}); the file is truncated or not a redb database",
+            panic_text(panic)
+        ),
+    }
+}
+
+thread_local! {
+    /// Set while [`catch_quietly`] runs its closure in this thread.
+    static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `catch_unwind(f)`, without the panic hook's report (message and backtrace on stderr)
+/// for a panic it catches: the caller turns the panic into an error an operator reads,
+/// and a backtrace next to it would read as a crash. Installs, once, a hook that defers
+/// to the previous one except in a thread inside `catch_quietly`, so panics anywhere
+/// else are reported as before.
+fn catch_quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> std::thread::Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANICS.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET_PANICS.with(|quiet| quiet.set(true));
+    let result = std::panic::catch_unwind(f);
+    QUIET_PANICS.with(|quiet| quiet.set(false));
+    result
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic")
+}
+
+/// The store's [`DataBinding`], or `None` for a new database or one from before
+/// bindings. Reads only.
+fn read_binding(db: &impl ReadableDatabase, path: &Path) -> Result<Option<DataBinding>, KvError> {
+    let damaged = |reason: String| KvError::DataDamaged {
+        path: path.to_owned(),
+        reason,
+    };
+    let txn = db.begin_read().map_err(KvError::db(path, "begin read"))?;
+    let layout = match txn.open_table(LAYOUT) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(KvError::db(path, "open kv_layout")(e)),
+    };
+    let Some(text) = layout
+        .get(LAYOUT_DATA_ID)
+        .map_err(KvError::db(path, "read kv_layout"))?
+    else {
+        return Ok(None);
+    };
+    let data_id = text
+        .value()
+        .parse()
+        .map_err(|e| damaged(format!("table kv_layout: {e}")))?;
+    let written_at = match txn.open_table(META) {
+        Ok(meta) => {
+            read_meta(&meta, META_WRITTEN_AT_MLV).map_err(KvError::db(path, "read kv_meta"))?
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => 0,
+        Err(e) => return Err(KvError::db(path, "open kv_meta")(e)),
+    };
+    let written_at_mlv = u32::try_from(written_at).map_err(|_| {
+        damaged(format!(
+            "table kv_meta: {META_WRITTEN_AT_MLV} = {written_at} is not a layout version"
+        ))
+    })?;
+    Ok(Some(DataBinding {
+        data_id,
+        written_at_mlv,
+    }))
+}
+
 /// Starts the value-index migration over when software that does not maintain the index
 /// (an older release, after a downgrade in the middle of the migration) wrote `kv` since
 /// the index was last in step with it: its applied index is above the index's
@@ -307,20 +526,60 @@ fn reset_stale_index(
     Ok(())
 }
 
+/// Opens the database in `dir` once its data is known to belong to `lvm`'s layout state
+/// (see `layout_core::binding`), and the binding to record in it. Refuses missing or
+/// empty data next to an existing layout state, another node's data and a layout state
+/// older than the data, before anything is created or written.
+fn open_bound(
+    lvm: &LayoutVersionManager<KvFeature>,
+    dir: &Path,
+    path: &Path,
+) -> Result<(Database, DataBinding), KvError> {
+    let location = path.display().to_string();
+    // Missing or empty data next to an existing layout state is refused before
+    // anything is created: never started empty (see `layout_core::binding`).
+    let existing = match data_presence(dir, path)? {
+        DataPresence::Present => true,
+        absent => {
+            binding::check_data_found(lvm, &location, absent.describe())?;
+            false
+        }
+    };
+    fs::create_dir_all(dir).map_err(|source| KvError::Io {
+        context: "cannot create the data directory",
+        path: dir.to_owned(),
+        source,
+    })?;
+    if existing {
+        // Checked before the read-write open, which writes the file's header: a
+        // refused start leaves the file as it was (unless redb must first repair it
+        // after a crash; then the check below runs after that repair).
+        if let Some(snapshot) = open_read_only(path)? {
+            if let Some(found) = read_binding(&snapshot, path)? {
+                found.check(lvm, &location)?;
+            }
+        }
+    }
+    let db = open_database(path, existing)?;
+    let found = read_binding(&db, path)?;
+    if let Some(found) = &found {
+        found.check(lvm, &location)?;
+    }
+    // Checks passed: from here on, writes are allowed.
+    let bound = binding::adopt(lvm, found.as_ref())?;
+    Ok((db, bound))
+}
+
 impl Engine {
     fn open(
         lvm: Arc<LayoutVersionManager<KvFeature>>,
         dir: &Path,
         options: &KvOptions,
     ) -> Result<Self, KvError> {
-        fs::create_dir_all(dir).map_err(|source| KvError::Io {
-            context: "cannot create the data directory",
-            path: dir.to_owned(),
-            source,
-        })?;
-        remove_stale_snapshot_temps(&dir.join(SNAPSHOT_DIR))?;
         let path = dir.join(DB_FILE_NAME);
-        let db = Arc::new(Database::create(&path).map_err(KvError::db(&path, "open"))?);
+        let (db, bound) = open_bound(&lvm, dir, &path)?;
+        let db = Arc::new(db);
+        remove_stale_snapshot_temps(&dir.join(SNAPSHOT_DIR))?;
         let (applied, snapshot, index_synced) = {
             let txn = db
                 .begin_write()
@@ -329,9 +588,17 @@ impl Engine {
                 txn.open_table(KV).map_err(KvError::db(&path, "open kv"))?;
                 txn.open_table(OPLOG)
                     .map_err(KvError::db(&path, "open kv_oplog"))?;
-                let meta = txn
+                let mut layout = txn
+                    .open_table(LAYOUT)
+                    .map_err(KvError::db(&path, "open kv_layout"))?;
+                layout
+                    .insert(LAYOUT_DATA_ID, bound.data_id.to_string().as_str())
+                    .map_err(KvError::db(&path, "write kv_layout"))?;
+                let mut meta = txn
                     .open_table(META)
                     .map_err(KvError::db(&path, "open kv_meta"))?;
+                meta.insert(META_WRITTEN_AT_MLV, u64::from(bound.written_at_mlv))
+                    .map_err(KvError::db(&path, "write kv_meta"))?;
                 let read = |key| read_meta(&meta, key).map_err(KvError::db(&path, "read kv_meta"));
                 (
                     read(META_APPLIED)?,
@@ -484,6 +751,12 @@ impl Engine {
             let index = read_meta(&meta, META_APPLIED).map_err(self.db_err("read kv_meta"))? + 1;
             meta.insert(META_APPLIED, index)
                 .map_err(self.db_err("write kv_meta"))?;
+            // Read after the record was encoded: never below the layout it was written in.
+            meta.insert(
+                META_WRITTEN_AT_MLV,
+                u64::from(self.lvm.metadata_layout_version()),
+            )
+            .map_err(self.db_err("write kv_meta"))?;
             if write_index {
                 // This write kept the index in step: it is synced through `index`.
                 meta.insert(META_INDEX_SYNCED, index)
@@ -554,64 +827,138 @@ impl Engine {
         self.read_entry(&txn, key)
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<KvItem>, KvError> {
+    /// One page of the live items whose key starts with `prefix` and sorts after
+    /// `after` (from the first such key without it), read in one read transaction by a
+    /// range that starts there: at most `limit` rows of `kv` are read, and the page stops
+    /// before the item that would take its keys and values over
+    /// [`MAX_LIST_PAGE_BYTES`]. `next` is the last key read when a key with the prefix
+    /// follows it.
+    fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<KvPage, KvError> {
         let txn = self.db.begin_read().map_err(self.db_err("begin read"))?;
         let kv = txn.open_table(KV).map_err(self.db_err("open kv"))?;
-        let mut keys = Vec::new();
-        for item in kv
-            .range::<&[u8]>((Bound::Included(prefix.as_bytes()), Bound::Unbounded))
+        let expiry = if self.ttl_on() {
+            match txn.open_table(EXPIRY) {
+                Ok(t) => Some(t),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(self.db_err("open kv_expiry")(e)),
+            }
+        } else {
+            None
+        };
+        let now = self.clock.now_ms();
+        let codec = self.codecs.for_get(&self.lvm);
+        let start = match after {
+            Some(after) => Bound::Excluded(after.as_bytes()),
+            None => Bound::Included(prefix.as_bytes()),
+        };
+        let mut page = KvPage {
+            items: Vec::new(),
+            next: None,
+        };
+        let (mut read, mut bytes) = (0, 0);
+        let mut last: Option<String> = None;
+        for row in kv
+            .range::<&[u8]>((start, Bound::Unbounded))
             .map_err(self.db_err("range kv"))?
         {
-            let (k, _) = item.map_err(self.db_err("read kv"))?;
-            let key = k.value();
-            if !key.starts_with(prefix.as_bytes()) || keys.len() >= MAX_LIST_ITEMS {
+            let (k, v) = row.map_err(self.db_err("read kv"))?;
+            let raw_key = k.value();
+            if !raw_key.starts_with(prefix.as_bytes()) {
                 break;
             }
-            keys.push(String::from_utf8_lossy(key).into_owned());
-        }
-        drop(kv);
-        let mut items = Vec::with_capacity(keys.len());
-        for key in keys {
-            if let Some(entry) = self.read_entry(&txn, &key)? {
-                items.push(KvItem {
-                    key: entry.key,
-                    value: entry.value,
+            if read == limit {
+                page.next = last;
+                break;
+            }
+            let key = String::from_utf8_lossy(raw_key).into_owned();
+            let expires_at_ms = match &expiry {
+                Some(t) => t
+                    .get(raw_key)
+                    .map_err(self.db_err("read kv_expiry"))?
+                    .map(|g| g.value()),
+                None => None,
+            };
+            if expires_at_ms.is_none_or(|at| at > now) {
+                let value = codec
+                    .decode(v.value().1)
+                    .map_err(|reason| KvError::Corrupt {
+                        key: key.clone(),
+                        reason,
+                    })?;
+                let size = key.len() + value.len();
+                if !page.items.is_empty() && bytes + size > MAX_LIST_PAGE_BYTES {
+                    page.next = last;
+                    break;
+                }
+                bytes += size;
+                page.items.push(KvItem {
+                    key: key.clone(),
+                    value,
                 });
             }
+            read += 1;
+            last = Some(key);
         }
-        Ok(items)
+        Ok(page)
     }
 
-    fn find_by_value(&self, value: &str) -> Result<Vec<String>, KvError> {
+    /// One page of the live keys holding `value` that sort after `after`, read from the
+    /// index by a range that starts there; bounded as [`Engine::list_page`] is (by the
+    /// keys' bytes).
+    fn find_by_value_page(
+        &self,
+        value: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<KvKeysPage, KvError> {
+        let mut page = KvKeysPage {
+            keys: Vec::new(),
+            next: None,
+        };
         let txn = self.db.begin_read().map_err(self.db_err("begin read"))?;
         let idx = match txn.open_table(INDEX) {
             Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(page),
             Err(e) => return Err(self.db_err("open index")(e)),
         };
         let prefix = index_key(value, "");
-        let mut keys = Vec::new();
-        for item in idx
-            .range::<&[u8]>((Bound::Included(prefix.as_slice()), Bound::Unbounded))
+        let cursor = after.map(|after| index_key(value, after));
+        let start = match &cursor {
+            Some(cursor) => Bound::Excluded(cursor.as_slice()),
+            None => Bound::Included(prefix.as_slice()),
+        };
+        let (mut read, mut bytes) = (0, 0);
+        let mut last: Option<String> = None;
+        for row in idx
+            .range::<&[u8]>((start, Bound::Unbounded))
             .map_err(self.db_err("range index"))?
         {
-            let (k, _) = item.map_err(self.db_err("read index"))?;
+            let (k, _) = row.map_err(self.db_err("read index"))?;
             let Some(key) = k.value().strip_prefix(prefix.as_slice()) else {
                 break;
             };
-            if keys.len() >= MAX_LIST_ITEMS {
+            if read == limit {
+                page.next = last;
                 break;
             }
-            keys.push(String::from_utf8_lossy(key).into_owned());
-        }
-        drop(idx);
-        let mut live = Vec::with_capacity(keys.len());
-        for key in keys {
+            let key = String::from_utf8_lossy(key).into_owned();
             if self.read_entry(&txn, &key)?.is_some() {
-                live.push(key);
+                if !page.keys.is_empty() && bytes + key.len() > MAX_LIST_PAGE_BYTES {
+                    page.next = last;
+                    break;
+                }
+                bytes += key.len();
+                page.keys.push(key.clone());
             }
+            read += 1;
+            last = Some(key);
         }
-        Ok(live)
+        Ok(page)
     }
 
     fn index_entries(&self) -> Result<Vec<(String, String)>, KvError> {
@@ -921,6 +1268,25 @@ impl Preparable for Shared {
     }
 }
 
+/// Checks a page request's cursor (a key) and limit.
+fn check_page(after: Option<&str>, limit: usize) -> Result<(), KvError> {
+    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+        return Err(KvError::BadRequest(format!(
+            "limit={limit}: a page holds from 1 to {MAX_LIST_LIMIT} items"
+        )));
+    }
+    match after {
+        Some("") => Err(KvError::BadRequest(
+            "the cursor `after` is empty; omit it for the first page".into(),
+        )),
+        Some(after) if after.len() > MAX_KEY_BYTES => Err(KvError::BadRequest(format!(
+            "the cursor `after` is {} bytes long; a key has at most {MAX_KEY_BYTES}",
+            after.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Checks a key from a request.
 fn check_key(key: &str) -> Result<(), KvError> {
     if key.is_empty() {
@@ -1008,13 +1374,35 @@ impl Shared {
         self.engine.get(key)
     }
 
-    pub(crate) fn list(&self, prefix: &str) -> Result<Vec<KvItem>, KvError> {
-        self.engine.list(prefix)
+    /// See [`KvStore::list_page`].
+    pub(crate) fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<KvPage, KvError> {
+        check_page(after, limit)?;
+        if let Some(after) = after {
+            if !after.starts_with(prefix) {
+                return Err(KvError::BadRequest(format!(
+                    "the cursor after={after:?} does not start with the prefix {prefix:?}; \
+                     pass the `next` of the previous page of the same list"
+                )));
+            }
+        }
+        self.engine.list_page(prefix, after, limit)
     }
 
+    /// See [`KvStore::find_by_value_page`].
     #[disallowed_until(KvFeature::ValueIndex)]
-    pub(crate) fn find_by_value(&self, value: &str) -> Result<Vec<String>, KvError> {
-        self.engine.find_by_value(value)
+    pub(crate) fn find_by_value_page(
+        &self,
+        value: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<KvKeysPage, KvError> {
+        check_page(after, limit)?;
+        self.engine.find_by_value_page(value, after, limit)
     }
 
     pub(crate) fn status(&self) -> Result<KvStatus, KvError> {
@@ -1045,7 +1433,15 @@ pub struct KvStore {
 }
 
 impl KvStore {
-    /// Opens the store in `data_dir` (created if absent) and starts its HTTP server.
+    /// Opens the store in `data_dir` and starts its HTTP server.
+    ///
+    /// The data must belong to `manager`'s layout state (see `docs/data-binding.md`): a
+    /// missing or empty database is created only when `manager` was just created
+    /// ([`LayoutVersionManager::was_created`], a fresh install) and is otherwise refused,
+    /// as are another node's database and a layout state older than the data
+    /// ([`KvError::Binding`]); a truncated or garbage database is
+    /// [`KvError::DataDamaged`]. Nothing is created or written when refused. A database
+    /// from before bindings is adopted: its binding is recorded on this open.
     ///
     /// Restores the prepare state from the marker (a bad marker refuses the start; an
     /// `Upgrade` or `Downgrade` start intent cancels prepare).
@@ -1144,15 +1540,61 @@ impl KvStore {
         self.shared.delete(key)
     }
 
-    /// The live items whose key starts with `prefix`, in key order (at most
-    /// [`MAX_LIST_ITEMS`]).
+    /// All the live items whose key starts with `prefix`, in key order: every page of
+    /// [`list_page`](Self::list_page), each read in its own read transaction, gathered
+    /// in memory (for a large store, take the pages one by one instead).
     pub fn list(&self, prefix: &str) -> Result<Vec<KvItem>, KvError> {
-        self.shared.list(prefix)
+        let mut items = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.list_page(prefix, after.as_deref(), MAX_LIST_LIMIT)?;
+            items.extend(page.items);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(items),
+            }
+        }
     }
 
-    /// The keys holding `value` (needs `ValueIndex`).
+    /// One page of the live items whose key starts with `prefix` and sorts after
+    /// `after` (a key; `None`: from the start), in key order: at most `limit` keys
+    /// (1 to [`MAX_LIST_LIMIT`]) and about [`MAX_LIST_PAGE_BYTES`] of keys and values
+    /// (at least one item). [`KvPage::next`] is `Some` when more keys follow.
+    /// [`KvError::BadRequest`] for a `limit` out of range or an `after` that is not a
+    /// key starting with `prefix`.
+    pub fn list_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<KvPage, KvError> {
+        self.shared.list_page(prefix, after, limit)
+    }
+
+    /// All the keys holding `value`, in key order (needs `ValueIndex`): every page of
+    /// [`find_by_value_page`](Self::find_by_value_page) gathered in memory.
     pub fn find_by_value(&self, value: &str) -> Result<Vec<String>, KvError> {
-        self.shared.find_by_value(value)
+        let mut keys = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.find_by_value_page(value, after.as_deref(), MAX_LIST_LIMIT)?;
+            keys.extend(page.keys);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(keys),
+            }
+        }
+    }
+
+    /// One page of the keys holding `value` that sort after `after` (needs
+    /// `ValueIndex`), bounded as [`list_page`](Self::list_page) is.
+    pub fn find_by_value_page(
+        &self,
+        value: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<KvKeysPage, KvError> {
+        self.shared.find_by_value_page(value, after, limit)
     }
 
     /// Sets `key` to `new` if its live value is `expected` (`None`: absent); needs

@@ -58,6 +58,7 @@
 //! | [`storage`] | the [`LayoutStorage`] trait, [`FileStorage`] (the `VERSION` file), [`MemoryStorage`] |
 //! | [`action`] | upgrade actions: [`Phase`], [`ActionContext`], [`ActionRegistry`] |
 //! | [`finalizer`] | [`UpgradeFinalizer`]: start-up actions, finalization, status, policy |
+//! | [`binding`] | [`DataBinding`](binding::DataBinding): a component's data bound to its layout state, checked at start-up |
 //! | [`prepare`] | [`PrepareController`]: the write gate, prepare and cancel-prepare, the marker |
 //! | `admin` | the admin API and [`AdminService`](crate::admin::AdminService) (feature `admin`); its HTTP endpoint and client (feature `admin-http`) |
 //! | `http` | the one HTTP stack of every endpoint: axum on hyper on a runtime thread the endpoint owns, bearer tokens, limits, `/metrics`, TLS (features `http`, `tls`) |
@@ -73,6 +74,11 @@
 #[doc = include_str!("../../README.md")]
 mod readme {}
 
+/// The data-binding recipe: its Rust example is compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/data-binding.md")]
+mod data_binding_doc {}
+
 /// The operator runbook: its Rust examples are compiled as doctests.
 #[cfg(all(doctest, feature = "tls"))]
 #[doc = include_str!("../../docs/operator-runbook.md")]
@@ -85,6 +91,7 @@ extern crate self as layout_core;
 pub mod action;
 #[cfg(feature = "admin")]
 pub mod admin;
+pub mod binding;
 pub mod clock;
 pub mod cluster;
 pub mod error;
@@ -125,7 +132,9 @@ pub use prepare::{
     PrepareStep, PrepareStepError, WritePermit, WriteRejected, REQUEST_CANCEL_PREPARE,
     REQUEST_PREPARE,
 };
-pub use state::{FinalizationRecord, HistoryEntry, LayoutState, VetoRecord, FORMAT_VERSION};
+pub use state::{
+    DataId, FinalizationRecord, HistoryEntry, LayoutState, VetoRecord, FORMAT_VERSION,
+};
 pub use storage::{
     Damage, FileStorage, InjectedFailure, LayoutStorage, MemoryStorage, StorageError,
     VERSION_FILE_NAME,

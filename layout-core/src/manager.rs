@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use crate::error::LayoutError;
 use crate::feature::{validate_catalog, LayoutFeature};
 use crate::options::{ManagerOptions, StartIntent};
-use crate::state::LayoutState;
+use crate::state::{DataId, LayoutState};
 use crate::storage::LayoutStorage;
 
 /// The failpoint between storing a new MLV and publishing it (see
@@ -176,7 +176,10 @@ impl<F: LayoutFeature> LayoutVersionManager<F> {
         let (mut state, created) = match storage.load()? {
             Some(state) => (state, false),
             None if intent == StartIntent::Init => {
-                let state = LayoutState::new(&component, initial, feature_at::<F>(initial).name());
+                // The data identity is born with the state: the component records it in
+                // its store, so a store that goes missing or is swapped is caught later.
+                let state = LayoutState::new(&component, initial, feature_at::<F>(initial).name())
+                    .with_data_id(DataId::random());
                 storage.store(&state)?;
                 tracing::info!(
                     component = %component,
@@ -351,6 +354,13 @@ impl<F: LayoutFeature> LayoutVersionManager<F> {
         self.minimum_supported
     }
 
+    /// The identity of the data this layout state belongs to (see
+    /// [`binding`](crate::binding)); `None` for a state written before data identities
+    /// existed, until a component adopts one.
+    pub fn data_id(&self) -> Option<DataId> {
+        self.durable.lock().data_id
+    }
+
     /// A copy of the layout state as last durably stored.
     pub fn state(&self) -> LayoutState {
         self.durable.lock().clone()
@@ -493,6 +503,11 @@ fn check_update(before: &LayoutState, after: &LayoutState) -> Result<(), LayoutE
     }
     if after.format_version != before.format_version {
         return Err(LayoutError::ForbiddenStateUpdate("the format version"));
+    }
+    // Set once (at Init, or adopted by a state written before data ids existed), never
+    // changed: a changed id would disown the component's data.
+    if before.data_id.is_some() && after.data_id != before.data_id {
+        return Err(LayoutError::ForbiddenStateUpdate("the data id"));
     }
     if let Some(key) = after
         .extra

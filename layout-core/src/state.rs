@@ -3,9 +3,13 @@
 //! [`LayoutState`] is what a [`LayoutStorage`](crate::LayoutStorage) keeps: the metadata
 //! layout version (MLV) and the name of the feature at that version, the first-upgrade
 //! marker, the finalization record and its history, the prepare marker, and every key a
-//! newer release wrote that this release does not know (kept and written back unchanged).
+//! newer release wrote that this release does not know (kept and written back unchanged),
+//! and the [`DataId`] that binds the state to the component's data (see
+//! [`binding`](crate::binding)).
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
 
 /// The VERSION format version this release writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -34,6 +38,17 @@ pub struct LayoutState {
     pub prepare_index: Option<u64>,
     /// An operator's veto on automatic finalization ("preserve downgrade").
     pub veto: Option<VetoRecord>,
+    /// The identity of the data this state belongs to: created at
+    /// [`StartIntent::Init`](crate::StartIntent::Init) and recorded by the component in
+    /// its own store, so a missing, replaced or foreign store is caught at start-up (see
+    /// [`binding`](crate::binding)).
+    ///
+    /// `None` in a file written before data identities existed. It stays `None` until a
+    /// component adopts one with [`binding::adopt`](crate::binding::adopt): the id its
+    /// store already records, or a new one. Once set it never changes
+    /// ([`LayoutVersionManager::update_state`](crate::LayoutVersionManager::update_state)
+    /// refuses to change it).
+    pub data_id: Option<DataId>,
     /// Keys this release does not know (written by a newer release), preserved verbatim.
     pub extra: BTreeMap<String, String>,
 }
@@ -58,8 +73,105 @@ impl LayoutState {
             history: Vec::new(),
             prepare_index: None,
             veto: None,
+            data_id: None,
             extra: BTreeMap::new(),
         }
+    }
+
+    /// This state with `data_id` as its data identity.
+    #[must_use]
+    pub fn with_data_id(mut self, data_id: DataId) -> Self {
+        self.data_id = Some(data_id);
+        self
+    }
+}
+
+/// The identity of a component's data: a random 128-bit id, written as 32 lowercase hex
+/// digits (`data.id=` in the VERSION file).
+///
+/// Not a secret and not a checksum: it tells *this* data store from another one (another
+/// node's, an older copy made before a re-install), so a component never starts over the
+/// wrong data or over no data at all.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DataId(u128);
+
+impl DataId {
+    /// A new, random id (from the operating system's random source, mixed with the time,
+    /// the process id and a counter, so two ids made anywhere differ with overwhelming
+    /// probability).
+    pub fn random() -> Self {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let mut bytes = [0_u8; 16];
+        let from_os = std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+            .is_ok();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+        // `RandomState` is keyed from the OS's random source once per thread: a second,
+        // independent source, and the only one where /dev/urandom does not exist.
+        let mut halves = [0_u64; 2];
+        for (i, half) in halves.iter_mut().enumerate() {
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u128(nanos);
+            hasher.write_u32(std::process::id());
+            hasher.write_u64(count);
+            hasher.write_usize(i);
+            *half = hasher.finish();
+        }
+        let mixed = (u128::from(halves[0]) << 64) | u128::from(halves[1]);
+        let os = if from_os {
+            u128::from_le_bytes(bytes)
+        } else {
+            0
+        };
+        Self(os ^ mixed)
+    }
+
+    /// The id with this value.
+    pub const fn from_u128(value: u128) -> Self {
+        Self(value)
+    }
+
+    /// The id's value.
+    pub const fn as_u128(self) -> u128 {
+        self.0
+    }
+}
+
+impl fmt::Display for DataId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for DataId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DataId({self})")
+    }
+}
+
+/// Why a text is not a [`DataId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a data id is 32 lowercase hex digits, not {0:?}")]
+pub struct ParseDataIdError(pub String);
+
+impl FromStr for DataId {
+    type Err = ParseDataIdError;
+
+    /// Parses exactly 32 lowercase hex digits (one id has one spelling).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let canonical =
+            text.len() == 32 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !canonical {
+            return Err(ParseDataIdError(text.to_owned()));
+        }
+        u128::from_str_radix(text, 16)
+            .map(Self)
+            .map_err(|_| ParseDataIdError(text.to_owned()))
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod basic;
 mod cluster;
+mod data_binding;
 mod errors;
 #[cfg(feature = "etcd")]
 mod etcd;
@@ -9,6 +10,7 @@ mod features;
 mod hostile;
 mod index_recovery;
 mod layoutctl;
+mod lists;
 mod metrics;
 mod prepare;
 mod support;

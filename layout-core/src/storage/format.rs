@@ -15,7 +15,9 @@
 //! control characters and newlines (`\\`, `\n`, `\r`, `\t`, `\xHH`). Optional keys:
 //! `finalization.client`, `finalization.target`, `finalization.started.ms`,
 //! `finalization.finished.ms`, `history.N.{at.ms,client,event,from,to,detail}`,
-//! `prepare.index`, `veto.{reason,client,at.ms,expires.ms}`. Keys this release does not know are kept, in order, and written
+//! `prepare.index`, `veto.{reason,client,at.ms,expires.ms}`, `data.id` (32 lowercase hex
+//! digits: the [`DataId`] of the component's data; absent in files
+//! written before it existed, which stay readable). Keys this release does not know are kept, in order, and written
 //! back. The last line is `checksum=crc32:XXXXXXXX` (eight lowercase hex digits): the
 //! CRC-32 of every byte before that line. The file ends with a newline.
 
@@ -23,7 +25,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fmt::Write as _;
 
-use crate::state::{FinalizationRecord, HistoryEntry, LayoutState, VetoRecord, FORMAT_VERSION};
+use crate::state::{
+    DataId, FinalizationRecord, HistoryEntry, LayoutState, VetoRecord, FORMAT_VERSION,
+};
 
 const CHECKSUM_KEY: &str = "checksum";
 const CHECKSUM_PREFIX: &str = "checksum=crc32:";
@@ -178,6 +182,9 @@ pub fn encode(state: &LayoutState) -> String {
         if let Some(expiry) = veto.expires_at_ms {
             put("veto.expires.ms", &expiry.to_string());
         }
+    }
+    if let Some(data_id) = state.data_id {
+        put("data.id", &data_id.to_string());
     }
     for (key, value) in &state.extra {
         put(key, value);
@@ -438,6 +445,7 @@ fn key_meaning(key: &str) -> Option<&'static str> {
         "veto.client" => "who vetoed automatic finalization",
         "veto.at.ms" => "when the veto was set (ms since the epoch)",
         "veto.expires.ms" => "when the veto lapses (ms since the epoch)",
+        "data.id" => "the identity of the component's data: its store records the same id",
         _ => {
             let (_, field) = key
                 .strip_prefix("history.")?
@@ -534,6 +542,13 @@ impl Fields {
                 expires_at_ms: self.take_opt_num("veto.expires.ms")?,
             }),
         };
+        let data_id = match self.map.remove("data.id") {
+            None => None,
+            Some(text) => Some(text.parse::<DataId>().map_err(|_| Damage::BadValue {
+                key: "data.id".to_owned(),
+                reason: "not 32 lowercase hex digits",
+            })?),
+        };
         // A known field left over from an incomplete record (history.3 without
         // history.2, a finalization field without its client) is damage; a key this
         // release does not know at all was written by a newer release and is kept.
@@ -554,6 +569,7 @@ impl Fields {
             history,
             prepare_index,
             veto,
+            data_id,
             extra: self.map,
         })
     }
@@ -695,7 +711,31 @@ mod tests {
             Some(9),
         ));
         state.extra.insert("newer.release.key".into(), "v=1".into());
+        state.data_id = Some(DataId::from_u128(0x0123_4567_89ab_cdef_0011_2233_4455_6677));
         state
+    }
+
+    #[test]
+    fn a_file_without_a_data_id_stays_readable() {
+        let mut state = full_state();
+        state.data_id = None;
+        let text = encode(&state);
+        assert!(!text.contains("data.id"));
+        assert_eq!(decode(text.as_bytes()), Ok(state));
+    }
+
+    #[test]
+    fn a_bad_data_id_is_damage() {
+        let mut text = encode(&LayoutState::new("om", 1, "B"));
+        let body_end = text.rfind("checksum=").expect("checksum line");
+        text.truncate(body_end);
+        text.push_str("data.id=0123\n");
+        let checksum = crc32fast::hash(text.as_bytes());
+        let _ = writeln!(text, "{CHECKSUM_PREFIX}{checksum:08x}");
+        assert!(matches!(
+            decode(text.as_bytes()),
+            Err(DecodeError::Damaged(Damage::BadValue { key, .. })) if key == "data.id"
+        ));
     }
 
     #[test]

@@ -229,12 +229,16 @@ pub(crate) fn start(root: &Path) -> Finalizer {
     finalizer
 }
 
-/// The layout state stored in `root`; it must load (present, checksum intact).
+/// The layout state stored in `root`; it must load (present, checksum intact). Without
+/// its data id: that is random per installation, and states of different runs (each in
+/// its own directory) are compared.
 pub(crate) fn stored_state(root: &Path) -> LayoutState {
-    FileStorage::new(store_dir(root))
+    let mut state = FileStorage::new(store_dir(root))
         .load()
         .unwrap_or_else(|e| panic!("the VERSION file in {} is not intact: {e}", root.display()))
-        .expect("a VERSION file")
+        .expect("a VERSION file");
+    state.data_id = None;
+    state
 }
 
 /// The state a crash-free finalization of the whole catalog stores.
