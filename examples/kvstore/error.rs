@@ -48,6 +48,22 @@ pub enum KvError {
         source: Box<redb::Error>,
     },
 
+    /// The database is degraded: a write to its file failed (a full disk, an I/O
+    /// error), and redb refuses every later operation until the database is reopened.
+    /// Writes are refused (HTTP 503, kind `degraded`) until a reopen succeeds; the next
+    /// request retries it, so writes resume once the disk is fixed. Every acknowledged
+    /// write is kept.
+    #[error(
+        "database {path} is degraded: {cause}; writes are refused until it can be reopened \
+         (each request retries; free disk space or fix the disk)"
+    )]
+    Degraded {
+        /// The database file.
+        path: PathBuf,
+        /// The error that degraded it.
+        cause: String,
+    },
+
     /// The data does not belong to the layout state: missing or empty next to an
     /// existing `VERSION`, another node's data, or a `VERSION` older than the data. The
     /// node refuses to start and writes nothing.
@@ -184,13 +200,14 @@ impl KvError {
     }
 
     /// The error kind sent over HTTP (`not_finalized`, `prepared`, `bad_request`,
-    /// `corrupt`, `internal`).
+    /// `corrupt`, `degraded`, `internal`).
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Layout(LayoutError::NotFinalized { .. }) => "not_finalized",
             Self::Prepared(_) => "prepared",
             Self::BadRequest(_) => "bad_request",
             Self::Corrupt { .. } => "corrupt",
+            Self::Degraded { .. } => "degraded",
             _ => "internal",
         }
     }
@@ -199,7 +216,7 @@ impl KvError {
     pub fn http_status(&self) -> u16 {
         match self {
             Self::Layout(LayoutError::NotFinalized { .. }) => 403,
-            Self::Prepared(_) => 503,
+            Self::Prepared(_) | Self::Degraded { .. } => 503,
             Self::BadRequest(_) => 400,
             _ => 500,
         }

@@ -22,10 +22,10 @@ use layout_core::migration::{
     background::CheckedTransform, BatchCopy, BatchWrite, Checkpoint, MigrationError, MigrationSink,
     MigrationSource, Row,
 };
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::codec::decode_any;
-use super::store::{KV, META, META_APPLIED, META_INDEX_SYNCED};
+use super::store::{DbCell, KV, META, META_APPLIED, META_INDEX_SYNCED};
 
 /// The index table: index key -> ().
 pub(crate) const INDEX: TableDefinition<'static, &'static [u8], ()> =
@@ -53,14 +53,29 @@ pub(crate) fn index_key(value: &str, key: &str) -> Vec<u8> {
 
 /// Source and sink of the index migration, over the kvstore's database.
 pub(crate) struct IndexStore {
-    pub(crate) db: Arc<Database>,
+    /// The kvstore's database (reopened in place after an I/O error).
+    pub(crate) db: Arc<DbCell>,
     pub(crate) path: PathBuf,
     pub(crate) software_layout_version: u32,
 }
 
 impl IndexStore {
+    /// The error for a redb error met doing `op`; an I/O error degrades the store (see
+    /// [`DbCell`]), and once degraded the error names the cause.
     fn err<E: Into<redb::Error>>(&self, op: &'static str) -> impl FnOnce(E) -> MigrationError + '_ {
-        move |e| MigrationError::store(self.path.display().to_string(), op, e.into())
+        move |e| {
+            let e = e.into();
+            self.db.observe(op, &e);
+            let location = self.path.display().to_string();
+            match self.db.degraded() {
+                Some(cause) => MigrationError::store(
+                    location,
+                    op,
+                    format!("the database is degraded: {cause}"),
+                ),
+                None => MigrationError::store(location, op, e),
+            }
+        }
     }
 
     fn entry_of(&self, key: &[u8], record: &[u8]) -> Result<Vec<u8>, MigrationError> {

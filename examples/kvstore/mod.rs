@@ -68,6 +68,8 @@ pub use error::KvError;
 pub use feature::KvFeature;
 pub use http::{MAX_CONCURRENT_REQUESTS, MAX_CONNECTIONS, MAX_HEAD_BYTES};
 pub use node::{AdminConfig, KvNode, KvNodeConfig};
+#[doc(hidden)]
+pub use store::StorageBackendFactory;
 pub use store::{
     actions, IndexBatchHook, KvEntry, KvItem, KvKeysPage, KvOptions, KvPage, KvStatus, KvStore,
     MigrationFigures, DB_FILE_NAME, DEFAULT_LIST_LIMIT, MAX_KEY_BYTES, MAX_LIST_LIMIT,

@@ -264,7 +264,7 @@ impl KvNode {
                 return Err(e);
             }
         };
-        metrics.serve(node_metrics(&service, cluster.as_ref()));
+        metrics.serve(node_metrics(&service, &store, cluster.as_ref()));
         tracing::info!(
             dir = %config.dir.display(),
             slv = manager.software_layout_version(),
@@ -437,14 +437,48 @@ impl Drop for KvNode {
 }
 
 /// What `GET /metrics` on the node's HTTP API serves: the layout metrics of `service`
-/// ([`AdminMetrics`]) and, on a coordinator node, the cluster's.
-fn node_metrics(service: &Arc<AdminService>, cluster: Option<&ClusterRuntime>) -> Registry {
+/// ([`AdminMetrics`]), the store's own (`kvstore_degraded`) and, on a coordinator node,
+/// the cluster's.
+fn node_metrics(
+    service: &Arc<AdminService>,
+    store: &Arc<KvStore>,
+    cluster: Option<&ClusterRuntime>,
+) -> Registry {
     let mut registry = Registry::default();
     AdminMetrics::register(service, &mut registry);
+    registry.register_collector(Box::new(StoreMetrics(Arc::clone(store))));
     if let Some(coordinator) = cluster.and_then(ClusterRuntime::coordinator) {
         register_cluster_metrics(coordinator, &mut registry);
     }
     registry
+}
+
+/// `kvstore_degraded`: 1 while the database refuses writes after a failed write to its
+/// file (see `KvStatus::degraded`), 0 otherwise.
+struct StoreMetrics(Arc<KvStore>);
+
+impl fmt::Debug for StoreMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StoreMetrics")
+    }
+}
+
+impl prometheus_client::collector::Collector for StoreMetrics {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> fmt::Result {
+        use prometheus_client::encoding::EncodeMetric as _;
+        let degraded = self.0.status().is_ok_and(|s| s.degraded.is_some());
+        let gauge = prometheus_client::metrics::gauge::ConstGauge::new(i64::from(degraded));
+        let metric = encoder.encode_descriptor(
+            "kvstore_degraded",
+            "1 while the database refuses writes after a failed write to its file",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)
+    }
 }
 
 /// The cluster's metrics on a coordinator node (`layout_cluster_members{kind,state}`,

@@ -19,7 +19,7 @@ use layout_core::{
     LayoutFeature, LayoutVersionManager, Phase, Preparable, PrepareController, PrepareOptions,
     PrepareStepError, RegistryError, SystemClock,
 };
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
 };
@@ -97,10 +97,23 @@ pub struct KvOptions {
     /// Called at each step of the value-index migration (in the migration's thread,
     /// after a batch commits, outside any lock): for tests that write while it runs.
     pub index_batch_hook: Option<IndexBatchHook>,
+    /// A test seam, not for production: makes the redb storage backend of the database
+    /// file from the opened file, each time the store opens or reopens it (default: none,
+    /// redb's own file backend). Tests wrap `redb::backends::FileBackend` to inject I/O
+    /// errors (a full disk) without filling a disk.
+    #[doc(hidden)]
+    pub storage_backend: Option<StorageBackendFactory>,
 }
 
 /// A hook on the value-index migration; see [`KvOptions::index_batch_hook`].
 pub type IndexBatchHook = Arc<dyn Fn(&BatchEvent) + Send + Sync>;
+
+/// A test seam: makes the storage backend of the database file; see
+/// [`KvOptions::storage_backend`].
+#[doc(hidden)]
+pub type StorageBackendFactory = Arc<
+    dyn Fn(fs::File) -> Result<Box<dyn redb::StorageBackend>, redb::DatabaseError> + Send + Sync,
+>;
 
 impl Default for KvOptions {
     fn default() -> Self {
@@ -112,6 +125,7 @@ impl Default for KvOptions {
             request_timeout: Duration::from_secs(10),
             prepare_timeout: Duration::from_secs(60),
             index_batch_hook: None,
+            storage_backend: None,
         }
     }
 }
@@ -142,6 +156,14 @@ impl KvOptions {
     #[must_use]
     pub fn with_index_batch_hook(mut self, hook: IndexBatchHook) -> Self {
         self.index_batch_hook = Some(hook);
+        self
+    }
+
+    /// Sets [`storage_backend`](Self::storage_backend) (a test seam).
+    #[doc(hidden)]
+    #[must_use]
+    pub fn with_storage_backend(mut self, factory: StorageBackendFactory) -> Self {
+        self.storage_backend = Some(factory);
         self
     }
 
@@ -216,6 +238,11 @@ pub struct KvStatus {
     /// The value-index migration, when the software knows `ValueIndex`.
     #[serde(default)]
     pub index_migration: Option<MigrationFigures>,
+    /// Why the database is degraded (a failed write to its file: writes are refused
+    /// with 503 `degraded` until a reopen succeeds), or `None` when it is healthy. While
+    /// degraded, [`keys`](Self::keys) is the last count read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }
 
 /// A key and its value, as listed.
@@ -287,14 +314,14 @@ struct IndexMigration {
 /// The engine: the database and the write/read paths.
 pub(crate) struct Engine {
     lvm: Arc<LayoutVersionManager<KvFeature>>,
-    db: Arc<Database>,
+    db: Arc<DbCell>,
     path: PathBuf,
     dir: PathBuf,
     codecs: Codecs,
     clock: Arc<dyn Clock>,
     write_lock: Mutex<()>,
-    applied: AtomicU64,
-    last_snapshot: AtomicU64,
+    /// The last row count of `kv` read, for `/status` while degraded.
+    last_keys: AtomicU64,
     index: Option<IndexMigration>,
 }
 
@@ -369,12 +396,27 @@ fn data_presence(dir: &Path, path: &Path) -> Result<DataPresence, KvError> {
 /// under `catch_unwind` (see [`catch_quietly`]) so a damaged file is
 /// [`KvError::DataDamaged`], naming the path, never a panic of the process. Nothing is
 /// shared with the open while it runs, so unwinding out of it leaves no broken state.
-fn open_database(path: &Path, existing: bool) -> Result<Database, KvError> {
-    let opened = catch_quietly(|| {
-        if existing {
-            Database::open(path)
-        } else {
-            Database::create(path)
+fn open_database(
+    path: &Path,
+    existing: bool,
+    backend: Option<&StorageBackendFactory>,
+) -> Result<Database, KvError> {
+    // The factory is only called; a panic in it leaves nothing of the store half-built.
+    let backend = std::panic::AssertUnwindSafe(backend);
+    let opened = catch_quietly(move || {
+        let backend = backend;
+        match backend.0 {
+            None if existing => Database::open(path),
+            None => Database::create(path),
+            Some(factory) => {
+                let file = fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(!existing)
+                    .truncate(false)
+                    .open(path)?;
+                redb::Builder::new().create_with_backend(BoxedBackend(factory(file)?))
+            }
         }
     });
     match opened {
@@ -534,6 +576,7 @@ fn open_bound(
     lvm: &LayoutVersionManager<KvFeature>,
     dir: &Path,
     path: &Path,
+    backend: Option<&StorageBackendFactory>,
 ) -> Result<(Database, DataBinding), KvError> {
     let location = path.display().to_string();
     // Missing or empty data next to an existing layout state is refused before
@@ -560,7 +603,7 @@ fn open_bound(
             }
         }
     }
-    let db = open_database(path, existing)?;
+    let db = open_database(path, existing, backend)?;
     let found = read_binding(&db, path)?;
     if let Some(found) = &found {
         found.check(lvm, &location)?;
@@ -570,45 +613,275 @@ fn open_bound(
     Ok((db, bound))
 }
 
+/// What [`record_binding`] read back from `kv_meta`.
+struct Recorded {
+    applied: u64,
+    snapshot: u64,
+    index_synced: u64,
+}
+
+/// Creates the tables every release expects and records `bound` (the data id and the
+/// MLV the data is written at) in one write transaction, at every open and reopen;
+/// returns the counters read from `kv_meta` in it.
+fn record_binding(db: &Database, path: &Path, bound: &DataBinding) -> Result<Recorded, KvError> {
+    let txn = db.begin_write().map_err(KvError::db(path, "begin write"))?;
+    let recorded = {
+        txn.open_table(KV).map_err(KvError::db(path, "open kv"))?;
+        txn.open_table(OPLOG)
+            .map_err(KvError::db(path, "open kv_oplog"))?;
+        let mut layout = txn
+            .open_table(LAYOUT)
+            .map_err(KvError::db(path, "open kv_layout"))?;
+        layout
+            .insert(LAYOUT_DATA_ID, bound.data_id.to_string().as_str())
+            .map_err(KvError::db(path, "write kv_layout"))?;
+        let mut meta = txn
+            .open_table(META)
+            .map_err(KvError::db(path, "open kv_meta"))?;
+        meta.insert(META_WRITTEN_AT_MLV, u64::from(bound.written_at_mlv))
+            .map_err(KvError::db(path, "write kv_meta"))?;
+        let read = |key| read_meta(&meta, key).map_err(KvError::db(path, "read kv_meta"));
+        Recorded {
+            applied: read(META_APPLIED)?,
+            snapshot: read(META_SNAPSHOT)?,
+            index_synced: read(META_INDEX_SYNCED)?,
+        }
+    };
+    txn.commit().map_err(KvError::db(path, "commit"))?;
+    Ok(recorded)
+}
+
+/// A [`redb::StorageBackend`] made by a [`StorageBackendFactory`], as
+/// `Builder::create_with_backend` takes it.
+#[derive(Debug)]
+struct BoxedBackend(Box<dyn redb::StorageBackend>);
+
+impl redb::StorageBackend for BoxedBackend {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.0.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.0.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.0.write(offset, data)
+    }
+    fn close(&self) -> Result<(), std::io::Error> {
+        self.0.close()
+    }
+}
+
+/// How long a reopen waits for the transactions begun on the old database to end (it
+/// must be dropped before the file is opened again) before it gives up until the next
+/// request.
+const REOPEN_WAIT: Duration = Duration::from_secs(2);
+
+/// How long after a failed reopen a read tries again (a write always tries: writes are
+/// serialized, reads are not, and a reopen may replay redb's recovery over the file).
+const READ_REOPEN_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The database, behind a handle a reopen can swap, and whether it is degraded.
+///
+/// After an I/O error (a full disk) redb fails every later operation of that
+/// `Database` with `PreviousIo` until it is dropped (its checked backend remembers the
+/// failure); reopening the file runs redb's recovery, which keeps every committed
+/// transaction. So an I/O error seen on any operation ([`DbCell::observe`]) marks the
+/// store degraded, and the next transaction begun through the cell (any read or write
+/// request, a migration batch) first reopens the file, through the same checks as the
+/// start ([`open_bound`], [`record_binding`]). While degraded, operations fail with
+/// [`KvError::Degraded`] naming the first cause.
+pub(crate) struct DbCell {
+    db: RwLock<Option<Arc<Database>>>,
+    degraded: Mutex<Option<String>>,
+    /// When the last reopen failed (reads back off from it).
+    reopen_failed_at: Mutex<Option<std::time::Instant>>,
+    applied: AtomicU64,
+    last_snapshot: AtomicU64,
+    lvm: Arc<LayoutVersionManager<KvFeature>>,
+    dir: PathBuf,
+    path: PathBuf,
+    backend: Option<StorageBackendFactory>,
+}
+
+impl DbCell {
+    /// Opens the database in `dir` (see [`open_bound`]) and records its binding; also
+    /// returns the value index's [`META_INDEX_SYNCED`] watermark.
+    fn open(
+        lvm: Arc<LayoutVersionManager<KvFeature>>,
+        dir: &Path,
+        backend: Option<StorageBackendFactory>,
+    ) -> Result<(Self, u64), KvError> {
+        let path = dir.join(DB_FILE_NAME);
+        let (db, bound) = open_bound(&lvm, dir, &path, backend.as_ref())?;
+        let recorded = record_binding(&db, &path, &bound)?;
+        let cell = Self {
+            db: RwLock::new(Some(Arc::new(db))),
+            degraded: Mutex::new(None),
+            reopen_failed_at: Mutex::new(None),
+            applied: AtomicU64::new(recorded.applied),
+            last_snapshot: AtomicU64::new(recorded.snapshot),
+            lvm,
+            dir: dir.to_owned(),
+            path,
+            backend,
+        };
+        Ok((cell, recorded.index_synced))
+    }
+
+    /// Begins a read transaction (when degraded, reopening the database first unless a
+    /// reopen failed less than [`READ_REOPEN_BACKOFF`] ago).
+    pub(crate) fn begin_read(&self) -> Result<redb::ReadTransaction, redb::Error> {
+        Ok(self.current(false)?.begin_read()?)
+    }
+
+    /// Begins a write transaction (reopening the database first when degraded).
+    pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction, redb::Error> {
+        Ok(self.current(true)?.begin_write()?)
+    }
+
+    /// When degraded, tries to reopen the database now (whatever the read backoff); a
+    /// failure leaves it degraded, for the caller's own operation to report.
+    fn try_recover(&self) {
+        if self.degraded.lock().is_some() {
+            let _ = self.recover();
+        }
+    }
+
+    /// Why the database is degraded, if it is.
+    pub(crate) fn degraded(&self) -> Option<String> {
+        self.degraded.lock().clone()
+    }
+
+    /// Marks the database degraded when `e` says its file failed (`Io`) or failed
+    /// earlier (`PreviousIo`); the first cause is kept.
+    pub(crate) fn observe(&self, context: &str, e: &redb::Error) {
+        if !matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+            return;
+        }
+        let mut degraded = self.degraded.lock();
+        if degraded.is_none() {
+            let cause = format!("{context}: {e}");
+            tracing::error!(
+                path = %self.path.display(),
+                cause = %cause,
+                "kvstore database degraded: writes are refused until it is reopened"
+            );
+            *degraded = Some(cause);
+        }
+    }
+
+    fn current(&self, write: bool) -> Result<Arc<Database>, redb::Error> {
+        if self.degraded.lock().is_some() {
+            let backing_off = (*self.reopen_failed_at.lock())
+                .is_some_and(|at| at.elapsed() < READ_REOPEN_BACKOFF);
+            if !write && backing_off {
+                return Err(redb::Error::PreviousIo);
+            }
+            return self.recover();
+        }
+        self.db.read().clone().ok_or(redb::Error::PreviousIo)
+    }
+
+    /// Drops the degraded database once no transaction is being begun on it and opens
+    /// the file again. On failure the store stays degraded (the next call retries).
+    fn recover(&self) -> Result<Arc<Database>, redb::Error> {
+        let mut slot = self.db.write();
+        if self.degraded.lock().is_none() {
+            // Another thread recovered while this one waited.
+            return slot.clone().ok_or(redb::Error::PreviousIo);
+        }
+        if let Some(mut old) = slot.take() {
+            let deadline = std::time::Instant::now() + REOPEN_WAIT;
+            loop {
+                match Arc::try_unwrap(old) {
+                    Ok(db) => {
+                        // Closes the file (redb writes nothing more to a failed one).
+                        drop(db);
+                        break;
+                    }
+                    Err(shared) if std::time::Instant::now() < deadline => {
+                        old = shared;
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(shared) => {
+                        *slot = Some(shared);
+                        return Err(redb::Error::PreviousIo);
+                    }
+                }
+            }
+        }
+        match self.reopen() {
+            Ok(db) => {
+                let db = Arc::new(db);
+                *slot = Some(Arc::clone(&db));
+                let cause = self.degraded.lock().take();
+                self.reopen_failed_at.lock().take();
+                tracing::warn!(
+                    path = %self.path.display(),
+                    cause = cause.as_deref().unwrap_or_default(),
+                    applied_index = self.applied.load(Ordering::SeqCst),
+                    "kvstore database reopened: no longer degraded"
+                );
+                Ok(db)
+            }
+            Err(e) => {
+                *self.reopen_failed_at.lock() = Some(std::time::Instant::now());
+                tracing::warn!(
+                    path = %self.path.display(),
+                    error = %e,
+                    "kvstore database still degraded: cannot reopen it"
+                );
+                Err(redb::Error::PreviousIo)
+            }
+        }
+    }
+
+    /// Opens the file again as [`Engine::open`] does (binding checks, redb's recovery)
+    /// and reloads the counters from what is committed.
+    fn reopen(&self) -> Result<Database, KvError> {
+        let (db, bound) = open_bound(&self.lvm, &self.dir, &self.path, self.backend.as_ref())?;
+        let recorded = record_binding(&db, &self.path, &bound)?;
+        self.applied.store(recorded.applied, Ordering::SeqCst);
+        self.last_snapshot
+            .store(recorded.snapshot, Ordering::SeqCst);
+        Ok(db)
+    }
+
+    /// The error for `e` met doing `context`: [`KvError::Degraded`] once degraded.
+    fn error(&self, context: &'static str, e: redb::Error) -> KvError {
+        self.observe(context, &e);
+        match self.degraded() {
+            Some(cause) => KvError::Degraded {
+                path: self.path.clone(),
+                cause,
+            },
+            None => KvError::Database {
+                path: self.path.clone(),
+                context,
+                source: Box::new(e),
+            },
+        }
+    }
+}
+
 impl Engine {
     fn open(
         lvm: Arc<LayoutVersionManager<KvFeature>>,
         dir: &Path,
         options: &KvOptions,
     ) -> Result<Self, KvError> {
-        let path = dir.join(DB_FILE_NAME);
-        let (db, bound) = open_bound(&lvm, dir, &path)?;
+        let (db, index_synced) =
+            DbCell::open(Arc::clone(&lvm), dir, options.storage_backend.clone())?;
         let db = Arc::new(db);
+        let path = db.path.clone();
         remove_stale_snapshot_temps(&dir.join(SNAPSHOT_DIR))?;
-        let (applied, snapshot, index_synced) = {
-            let txn = db
-                .begin_write()
-                .map_err(KvError::db(&path, "begin write"))?;
-            let values = {
-                txn.open_table(KV).map_err(KvError::db(&path, "open kv"))?;
-                txn.open_table(OPLOG)
-                    .map_err(KvError::db(&path, "open kv_oplog"))?;
-                let mut layout = txn
-                    .open_table(LAYOUT)
-                    .map_err(KvError::db(&path, "open kv_layout"))?;
-                layout
-                    .insert(LAYOUT_DATA_ID, bound.data_id.to_string().as_str())
-                    .map_err(KvError::db(&path, "write kv_layout"))?;
-                let mut meta = txn
-                    .open_table(META)
-                    .map_err(KvError::db(&path, "open kv_meta"))?;
-                meta.insert(META_WRITTEN_AT_MLV, u64::from(bound.written_at_mlv))
-                    .map_err(KvError::db(&path, "write kv_meta"))?;
-                let read = |key| read_meta(&meta, key).map_err(KvError::db(&path, "read kv_meta"));
-                (
-                    read(META_APPLIED)?,
-                    read(META_SNAPSHOT)?,
-                    read(META_INDEX_SYNCED)?,
-                )
-            };
-            txn.commit().map_err(KvError::db(&path, "commit"))?;
-            values
-        };
+        let applied = db.applied.load(Ordering::SeqCst);
         let codecs = Codecs::new(&lvm).map_err(|reason| KvError::Corrupt {
             key: String::new(),
             reason: format!("cannot build the value codecs: {reason}"),
@@ -652,17 +925,18 @@ impl Engine {
             codecs,
             clock: Arc::clone(&options.clock),
             write_lock: Mutex::new(()),
-            applied: AtomicU64::new(applied),
-            last_snapshot: AtomicU64::new(snapshot),
+            last_keys: AtomicU64::new(0),
             index,
         })
     }
 
+    /// The error for a redb error met doing `context`; an I/O error degrades the store
+    /// (see [`DbCell`]).
     fn db_err<'a, E: Into<redb::Error>>(
         &'a self,
         context: &'static str,
     ) -> impl FnOnce(E) -> KvError + 'a {
-        KvError::db(&self.path, context)
+        move |e| self.db.error(context, e.into())
     }
 
     fn slv(&self) -> u32 {
@@ -771,7 +1045,7 @@ impl Engine {
             (index, previous.is_some())
         };
         txn.commit().map_err(self.db_err("commit"))?;
-        self.applied.store(index, Ordering::SeqCst);
+        self.db.applied.store(index, Ordering::SeqCst);
         Ok((index, existed))
     }
 
@@ -993,7 +1267,9 @@ impl Engine {
     fn key_count(&self) -> Result<u64, KvError> {
         let txn = self.db.begin_read().map_err(self.db_err("begin read"))?;
         let kv = txn.open_table(KV).map_err(self.db_err("open kv"))?;
-        kv.len().map_err(self.db_err("count kv"))
+        let keys = kv.len().map_err(self.db_err("count kv"))?;
+        self.last_keys.store(keys, Ordering::Relaxed);
+        Ok(keys)
     }
 
     fn index_figures(&self) -> Option<MigrationFigures> {
@@ -1083,7 +1359,7 @@ impl Engine {
                 .map_err(self.db_err("write kv_meta"))?;
         }
         txn.commit().map_err(self.db_err("commit"))?;
-        self.last_snapshot.store(index, Ordering::SeqCst);
+        self.db.last_snapshot.store(index, Ordering::SeqCst);
         Ok(index)
     }
 
@@ -1220,7 +1496,7 @@ fn remove_stale_snapshot_temps(snapshot_dir: &Path) -> Result<(), KvError> {
 
 impl Preparable for Engine {
     fn applied_index(&self) -> u64 {
-        self.applied.load(Ordering::SeqCst)
+        self.db.applied.load(Ordering::SeqCst)
     }
 
     fn flush(&self) -> Result<u64, PrepareStepError> {
@@ -1241,7 +1517,7 @@ impl Preparable for Engine {
     }
 
     fn last_snapshot_index(&self) -> u64 {
-        self.last_snapshot.load(Ordering::SeqCst)
+        self.db.last_snapshot.load(Ordering::SeqCst)
     }
 
     fn purge_log(&self, index: u64) -> Result<(), PrepareStepError> {
@@ -1414,10 +1690,15 @@ impl Shared {
             pre_finalized: lvm.needs_finalization(),
             prepared: self.prepare.is_gate_enabled(),
             prepare_index: state.index(),
-            keys: self.engine.key_count()?,
+            keys: match self.engine.key_count() {
+                Ok(keys) => keys,
+                Err(KvError::Degraded { .. }) => self.engine.last_keys.load(Ordering::Relaxed),
+                Err(e) => return Err(e),
+            },
             applied_index: self.engine.applied_index(),
             encoding: self.engine.codecs.for_put(lvm).name().to_owned(),
             index_migration: self.engine.index_figures(),
+            degraded: self.engine.db.degraded(),
         })
     }
 }
@@ -1675,7 +1956,11 @@ impl KvStore {
 
     fn index_migration_run(&self, ctx: &ActionContext<'_, KvFeature>) -> Result<(), ActionError> {
         match &self.shared.engine.index {
-            Some(index) => index.migration.run_as_action(ctx),
+            Some(index) => {
+                // Finalizing again after a failed batch (a full disk): reopen first.
+                self.shared.engine.db.try_recover();
+                index.migration.run_as_action(ctx)
+            }
             None => Err(ActionError::new(
                 "the value-index migration is not available in this software",
             )),

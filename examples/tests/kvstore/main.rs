@@ -3,6 +3,7 @@
 mod basic;
 mod cluster;
 mod data_binding;
+mod degraded;
 mod errors;
 #[cfg(feature = "etcd")]
 mod etcd;
