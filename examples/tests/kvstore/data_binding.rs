@@ -12,23 +12,6 @@ use layout_examples::kvstore::{KvFeature, KvNode, KvNodeConfig, DB_FILE_NAME};
 
 use crate::support::{fresh_prefinalized, node};
 
-/// The `kvstore` example binary next to this test binary (`target/<profile>/examples`).
-fn kvstore_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let profile = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in target/<profile>/deps");
-    let path = profile.join(format!("examples/kvstore{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.is_file(),
-        "kvstore not found at {}: build it with `cargo build --workspace --all-targets \
-         --all-features`",
-        path.display()
-    );
-    path
-}
-
 fn version_path(dir: &Path) -> PathBuf {
     dir.join("layout").join(VERSION_FILE_NAME)
 }
@@ -49,7 +32,7 @@ fn seeded() -> tempfile::TempDir {
 /// Starts the binary on `dir`; its stdin is a pipe closed at once, so a start that
 /// (wrongly) succeeds stops by itself.
 fn start_binary(dir: &Path) -> Output {
-    let mut child = Command::new(kvstore_bin())
+    let mut child = Command::new(crate::support::kvstore_bin())
         .arg("--dir")
         .arg(dir)
         .stdin(Stdio::piped())

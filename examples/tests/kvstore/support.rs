@@ -27,3 +27,20 @@ pub(crate) fn fresh_prefinalized(dir: &std::path::Path, software: KvFeature) -> 
     )
     .expect("node starts")
 }
+
+/// The `kvstore` example binary next to this test binary (`target/<profile>/examples`),
+/// built with the tests.
+pub(crate) fn kvstore_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let profile = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("the test binary lives in target/<profile>/deps");
+    let path = profile.join(format!("examples/kvstore{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "{} not found: build it with `cargo build --workspace --all-targets --all-features`",
+        path.display()
+    );
+    path
+}

@@ -210,22 +210,6 @@ fn with_a_client_ca_only_clients_presenting_a_certificate_it_signed_are_served()
 // ---------------------------------------------------------------------------------------
 // The binary's flags.
 
-/// `target/<profile>/examples/kvstore`, built with the tests.
-fn kvstore_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let profile = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in target/<profile>/deps");
-    let path = profile.join(format!("examples/kvstore{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.is_file(),
-        "{} not found: build it with `cargo build --workspace --all-targets --all-features`",
-        path.display()
-    );
-    path
-}
-
 /// A `kvstore` child process, killed when dropped.
 struct KillOnDrop(Child);
 
@@ -252,7 +236,7 @@ fn the_binary_serves_tls_with_its_flags_and_logs_to_stderr() {
     let data = dir.path().join("node");
     let path = |p: &Path| p.to_str().expect("UTF-8 path").to_owned();
     let mut child = KillOnDrop(
-        Command::new(kvstore_bin())
+        Command::new(crate::support::kvstore_bin())
             .args(["--dir", &path(&data), "--admin-listen", "127.0.0.1:0"])
             .args(["--admin-token", TOKEN])
             .args(["--tls-cert", &path(&cert), "--tls-key", &path(&key)])
