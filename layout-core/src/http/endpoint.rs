@@ -295,36 +295,17 @@ impl Endpoint {
         let tls = config.tls_enabled();
         let name = config.name.clone();
         let thread_name = format!("layout-{}", config.name.replace(' ', "-"));
-        let serve_name = name.clone();
-
+        let make = app.into_make_service();
         #[cfg(feature = "tls")]
-        let thread = if let Some(server_tls) = &config.tls {
-            let server = http1(server.acceptor(server_tls.acceptor(acceptor)), &config);
-            spawn(
-                thread_name,
-                runtime,
-                async move { server.serve(app.into_make_service()).await },
-                serve_name,
-            )
-        } else {
-            let server = http1(server.acceptor(acceptor), &config);
-            spawn(
-                thread_name,
-                runtime,
-                async move { server.serve(app.into_make_service()).await },
-                serve_name,
-            )
-        }?;
-        #[cfg(not(feature = "tls"))]
-        let thread = {
-            let server = http1(server.acceptor(acceptor), &config);
-            spawn(
-                thread_name,
-                runtime,
-                async move { server.serve(app.into_make_service()).await },
-                serve_name,
-            )?
+        let serving: Serving = match &config.tls {
+            Some(server_tls) => {
+                Box::pin(http1(server.acceptor(server_tls.acceptor(acceptor)), &config).serve(make))
+            }
+            None => Box::pin(http1(server.acceptor(acceptor), &config).serve(make)),
         };
+        #[cfg(not(feature = "tls"))]
+        let serving: Serving = Box::pin(http1(server.acceptor(acceptor), &config).serve(make));
+        let thread = spawn(thread_name, runtime, serving, name.clone())?;
         tracing::info!(endpoint = %name, %addr, tls, "listening");
         Ok(Self {
             addr,
@@ -393,15 +374,15 @@ fn http1<Acc>(
     server
 }
 
-fn spawn<F>(
+/// The serving future of an endpoint, whatever its acceptor (plain or TLS).
+type Serving = std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>;
+
+fn spawn(
     thread_name: String,
     runtime: tokio::runtime::Runtime,
-    serve: F,
+    serve: Serving,
     name: String,
-) -> Result<JoinHandle<()>, EndpointError>
-where
-    F: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
-{
+) -> Result<JoinHandle<()>, EndpointError> {
     std::thread::Builder::new()
         .name(thread_name)
         .spawn(move || {

@@ -70,8 +70,7 @@ pub use refusal::{admin_error_format, admin_error_response, json_response, Error
 pub use tls::{ClientTls, ServerTls, TlsError};
 pub use token::{bearer_credentials, token_matches, BearerToken, MAX_TOKEN_LEN, MIN_TOKEN_LEN};
 
-#[allow(unused_imports)] // used by the coordinator's metrics
-pub(crate) use metrics::{counter, gauge, gauge_family};
+pub(crate) use metrics::gauge_family;
 
 /// An error starting an endpoint, or with its token.
 #[derive(Debug, thiserror::Error)]
