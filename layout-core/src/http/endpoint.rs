@@ -469,9 +469,33 @@ async fn refusals_in_format(
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if is_json {
-        return response;
+    let mut response = if is_json {
+        response
+    } else {
+        in_format(status, &response, &method, path, &state)
+    };
+    // A refused body may be left partly unread on the connection; the server closes it
+    // after answering, so say so, and a client never reuses it for its next request.
+    if matches!(
+        status,
+        StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT
+    ) {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
     }
+    response
+}
+
+/// The [`Refusal`] for a bare error answer of the router or of a tower layer.
+fn in_format(
+    status: StatusCode,
+    response: &Response,
+    method: &axum::http::Method,
+    path: String,
+    state: &StackState,
+) -> Response {
     let refusal = match status {
         StatusCode::NOT_FOUND => Refusal::NotFound { path },
         StatusCode::METHOD_NOT_ALLOWED => Refusal::MethodNotAllowed {

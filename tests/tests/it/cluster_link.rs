@@ -509,3 +509,35 @@ fn the_cluster_metrics_follow_members_as_they_register_finalize_and_are_refused(
     link.register(&report("dn4", 2, 2)).unwrap();
     assert_eq!(scrape(&agent, &server), ([0, 1, 0, 3], 2));
 }
+
+#[test]
+fn a_refused_body_closes_its_connection_and_says_so_so_the_next_request_succeeds() {
+    let clock = clock();
+    let (coordinator, server) = served(&clock);
+    let agent = agent();
+    let bearer = format!("Bearer {TOKEN}");
+    let url = format!("{}{REGISTER_PATH}", server.url());
+    let mut big = serde_json::to_vec(&report("dn1", 2, 1)).unwrap();
+    big.extend(std::iter::repeat_n(b' ', 64 * 1024));
+    for _ in 0..20 {
+        // The refused body is left unread, so the server closes the connection and says
+        // so: a client never sends its next request on it.
+        let refused = agent
+            .post(&url)
+            .header("Authorization", &bearer)
+            .send(&big[..])
+            .unwrap();
+        assert_eq!(refused.status().as_u16(), 413);
+        assert_eq!(
+            refused
+                .headers()
+                .get("connection")
+                .map(ureq::http::HeaderValue::as_bytes),
+            Some(&b"close"[..])
+        );
+        let body = serde_json::to_vec(&report("dn1", 2, 1)).unwrap();
+        let (status, _, text) = raw(&agent, "POST", &url, Some(&bearer), &body);
+        assert_eq!(status, 200, "{text}");
+    }
+    assert_eq!(state(&coordinator).members.len(), 1);
+}
