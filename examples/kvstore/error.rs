@@ -4,6 +4,7 @@ use std::io;
 use std::path::PathBuf;
 
 use layout_core::admin::http::HttpError;
+use layout_core::binding::redb::RedbBindingError;
 use layout_core::binding::BindingError;
 use layout_core::cluster::{ClusterError, MemberError, Refusal};
 use layout_core::migration::MigrationError;
@@ -82,6 +83,11 @@ pub enum KvError {
         /// What redb reported.
         reason: String,
     },
+
+    /// The database could not be opened for another reason (see
+    /// [`RedbBindingError`]); the node refuses to start.
+    #[error(transparent)]
+    OpenDatabase(Box<RedbBindingError>),
 
     /// A file operation failed.
     #[error("{context} {path}: {source}")]
@@ -226,6 +232,38 @@ impl KvError {
 impl From<BindingError> for KvError {
     fn from(e: BindingError) -> Self {
         Self::Binding(Box::new(e))
+    }
+}
+
+/// The binding's open, in kvstore's words: a refusal is [`KvError::Binding`], damage
+/// [`KvError::DataDamaged`], redb's and the file system's errors [`KvError::Database`] and
+/// [`KvError::Io`].
+impl From<RedbBindingError> for KvError {
+    fn from(e: RedbBindingError) -> Self {
+        match e {
+            RedbBindingError::Binding(e) => Self::Binding(e),
+            RedbBindingError::Damaged { path, reason } => Self::DataDamaged { path, reason },
+            RedbBindingError::Database {
+                path,
+                context,
+                source,
+            } => Self::Database {
+                path,
+                context,
+                source,
+            },
+            RedbBindingError::Io {
+                context,
+                path,
+                source,
+            } => Self::Io {
+                context,
+                path,
+                source,
+            },
+            RedbBindingError::Layout(e) => Self::Layout(*e),
+            e => Self::OpenDatabase(Box::new(e)),
+        }
     }
 }
 

@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use layout_core::binding::DataBinding;
+use layout_core::binding::redb::{self as bound_redb, OpenOptions};
 use layout_core::migration::{BackgroundMigration, BatchEvent, DualWrite, MigrationState};
 use layout_core::{
-    binding, disallowed_until, ActionContext, ActionError, ActionRegistry, Clock, LayoutAware,
+    disallowed_until, ActionContext, ActionError, ActionRegistry, Clock, LayoutAware,
     LayoutFeature, LayoutVersionManager, Phase, Preparable, PrepareController, PrepareOptions,
     PrepareStepError, RegistryError, SystemClock,
 };
@@ -53,16 +53,6 @@ pub(crate) const META_APPLIED: &str = "applied_index";
 pub(crate) const META_INDEX_SYNCED: &str = "index_synced_through";
 const META_SNAPSHOT: &str = "last_snapshot_index";
 const META_PURGED: &str = "log_purged_through";
-/// The metadata layout version the data was last written at: the MLV half of the
-/// store's [`DataBinding`]. Written at open and by every write, in the write's
-/// transaction.
-const META_WRITTEN_AT_MLV: &str = "layout_written_at_mlv";
-/// Table `kv_layout`: the data-id half of the store's [`DataBinding`] (key
-/// [`LAYOUT_DATA_ID`]: the layout state's data id, 32 hex digits). Written when the
-/// database is created, or adopted by the first open of a store from before bindings.
-const LAYOUT: TableDefinition<'static, &'static str, &'static str> =
-    TableDefinition::new("kv_layout");
-const LAYOUT_DATA_ID: &str = "data_id";
 
 /// The database file in the data directory.
 pub const DB_FILE_NAME: &str = "kv.redb";
@@ -109,11 +99,10 @@ pub struct KvOptions {
 pub type IndexBatchHook = Arc<dyn Fn(&BatchEvent) + Send + Sync>;
 
 /// A test seam: makes the storage backend of the database file; see
-/// [`KvOptions::storage_backend`].
+/// [`KvOptions::storage_backend`] (the library's
+/// [`BackendFactory`](layout_core::binding::redb::BackendFactory)).
 #[doc(hidden)]
-pub type StorageBackendFactory = Arc<
-    dyn Fn(fs::File) -> Result<Box<dyn redb::StorageBackend>, redb::DatabaseError> + Send + Sync,
->;
+pub type StorageBackendFactory = layout_core::binding::redb::BackendFactory;
 
 impl Default for KvOptions {
     fn default() -> Self {
@@ -346,200 +335,6 @@ fn read_meta(
     Ok(table.get(key)?.map_or(0, |g| g.value()))
 }
 
-/// What [`Engine::open`] finds where the database should be.
-enum DataPresence {
-    /// The data directory does not exist.
-    NoDirectory,
-    /// The directory exists, the database file does not.
-    NoFile,
-    /// The database file is empty (zero bytes).
-    Empty,
-    /// The database file exists and is not empty.
-    Present,
-}
-
-impl DataPresence {
-    fn describe(&self) -> &'static str {
-        match self {
-            Self::NoDirectory => "does not exist (nor does its data directory)",
-            Self::NoFile => "does not exist",
-            Self::Empty => "is empty (zero bytes)",
-            Self::Present => "exists",
-        }
-    }
-}
-
-fn data_presence(dir: &Path, path: &Path) -> Result<DataPresence, KvError> {
-    let io = |source| KvError::Io {
-        context: "cannot inspect the database file",
-        path: path.to_owned(),
-        source,
-    };
-    // `symlink_metadata`: a dangling symlink is not "missing" (opening it then fails).
-    match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_file() && meta.len() == 0 => Ok(DataPresence::Empty),
-        Ok(_) => Ok(DataPresence::Present),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match fs::symlink_metadata(dir) {
-            Ok(_) => Ok(DataPresence::NoFile),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DataPresence::NoDirectory),
-            Err(e) => Err(io(e)),
-        },
-        Err(e) => Err(io(e)),
-    }
-}
-
-/// Opens the database: an existing one with `Database::open` (never re-created), a new
-/// one with `Database::create`.
-///
-/// redb 3 panics (an assertion in its page manager) on a file shorter than its header
-/// says, that is a truncated database, instead of returning an error. The open runs
-/// under `catch_unwind` (see [`catch_quietly`]) so a damaged file is
-/// [`KvError::DataDamaged`], naming the path, never a panic of the process. Nothing is
-/// shared with the open while it runs, so unwinding out of it leaves no broken state.
-fn open_database(
-    path: &Path,
-    existing: bool,
-    backend: Option<&StorageBackendFactory>,
-) -> Result<Database, KvError> {
-    // The factory is only called; a panic in it leaves nothing of the store half-built.
-    let backend = std::panic::AssertUnwindSafe(backend);
-    let opened = catch_quietly(move || {
-        let backend = backend;
-        match backend.0 {
-            None if existing => Database::open(path),
-            None => Database::create(path),
-            Some(factory) => {
-                let file = fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(!existing)
-                    .truncate(false)
-                    .open(path)?;
-                redb::Builder::new().create_with_backend(BoxedBackend(factory(file)?))
-            }
-        }
-    });
-    match opened {
-        Ok(Ok(db)) => Ok(db),
-        Ok(Err(e)) if !existing => Err(KvError::db(path, "create")(e)),
-        Ok(Err(e)) => Err(open_error(path, e)),
-        Err(panic) => Err(damaged_by_panic(path, panic.as_ref())),
-    }
-}
-
-/// Opens an existing database read-only, writing nothing (a read-write open writes the
-/// file's header), to check its binding before anything is written. `None` when redb
-/// must repair the file first (it was not closed cleanly: a crash), which only a
-/// read-write open does.
-fn open_read_only(path: &Path) -> Result<Option<redb::ReadOnlyDatabase>, KvError> {
-    match catch_quietly(|| redb::ReadOnlyDatabase::open(path)) {
-        Ok(Ok(db)) => Ok(Some(db)),
-        Ok(Err(redb::DatabaseError::RepairAborted)) => Ok(None),
-        Ok(Err(e)) => Err(open_error(path, e)),
-        Err(panic) => Err(damaged_by_panic(path, panic.as_ref())),
-    }
-}
-
-/// An error opening an existing database: damage, except for a database in use or
-/// written by another redb format.
-fn open_error(path: &Path, e: redb::DatabaseError) -> KvError {
-    match e {
-        e
-        @ (redb::DatabaseError::DatabaseAlreadyOpen | redb::DatabaseError::UpgradeRequired(_)) => {
-            KvError::db(path, "open")(e)
-        }
-        e => KvError::DataDamaged {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        },
-    }
-}
-
-fn damaged_by_panic(path: &Path, panic: &(dyn std::any::Any + Send)) -> KvError {
-    KvError::DataDamaged {
-        path: path.to_owned(),
-        reason: format!(
-            "redb cannot read it ({}); the file is truncated or not a redb database",
-            panic_text(panic)
-        ),
-    }
-}
-
-thread_local! {
-    /// Set while [`catch_quietly`] runs its closure in this thread.
-    static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// `catch_unwind(f)`, without the panic hook's report (message and backtrace on stderr)
-/// for a panic it catches: the caller turns the panic into an error an operator reads,
-/// and a backtrace next to it would read as a crash. Installs, once, a hook that defers
-/// to the previous one except in a thread inside `catch_quietly`, so panics anywhere
-/// else are reported as before.
-fn catch_quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> std::thread::Result<T> {
-    static HOOK: std::sync::Once = std::sync::Once::new();
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if !QUIET_PANICS.with(std::cell::Cell::get) {
-                previous(info);
-            }
-        }));
-    });
-    QUIET_PANICS.with(|quiet| quiet.set(true));
-    let result = std::panic::catch_unwind(f);
-    QUIET_PANICS.with(|quiet| quiet.set(false));
-    result
-}
-
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("a panic")
-}
-
-/// The store's [`DataBinding`], or `None` for a new database or one from before
-/// bindings. Reads only.
-fn read_binding(db: &impl ReadableDatabase, path: &Path) -> Result<Option<DataBinding>, KvError> {
-    let damaged = |reason: String| KvError::DataDamaged {
-        path: path.to_owned(),
-        reason,
-    };
-    let txn = db.begin_read().map_err(KvError::db(path, "begin read"))?;
-    let layout = match txn.open_table(LAYOUT) {
-        Ok(table) => table,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(KvError::db(path, "open kv_layout")(e)),
-    };
-    let Some(text) = layout
-        .get(LAYOUT_DATA_ID)
-        .map_err(KvError::db(path, "read kv_layout"))?
-    else {
-        return Ok(None);
-    };
-    let data_id = text
-        .value()
-        .parse()
-        .map_err(|e| damaged(format!("table kv_layout: {e}")))?;
-    let written_at = match txn.open_table(META) {
-        Ok(meta) => {
-            read_meta(&meta, META_WRITTEN_AT_MLV).map_err(KvError::db(path, "read kv_meta"))?
-        }
-        Err(redb::TableError::TableDoesNotExist(_)) => 0,
-        Err(e) => return Err(KvError::db(path, "open kv_meta")(e)),
-    };
-    let written_at_mlv = u32::try_from(written_at).map_err(|_| {
-        damaged(format!(
-            "table kv_meta: {META_WRITTEN_AT_MLV} = {written_at} is not a layout version"
-        ))
-    })?;
-    Ok(Some(DataBinding {
-        data_id,
-        written_at_mlv,
-    }))
-}
-
 /// Starts the value-index migration over when software that does not maintain the index
 /// (an older release, after a downgrade in the middle of the migration) wrote `kv` since
 /// the index was last in step with it: its applied index is above the index's
@@ -568,78 +363,41 @@ fn reset_stale_index(
     Ok(())
 }
 
-/// Opens the database in `dir` once its data is known to belong to `lvm`'s layout state
-/// (see `layout_core::binding`), and the binding to record in it. Refuses missing or
-/// empty data next to an existing layout state, another node's data and a layout state
-/// older than the data, before anything is created or written.
+/// Opens the database file `path` once its data is known to belong to `lvm`'s layout
+/// state, and records the binding (`layout_core::binding::redb::open`: missing or empty
+/// data next to an existing layout state, another node's data, a layout state older than
+/// the data and a damaged file are refused before anything is created or written); then
+/// creates the tables every release expects and returns the counters read from
+/// `kv_meta`. Runs at every open and reopen.
 fn open_bound(
     lvm: &LayoutVersionManager<KvFeature>,
-    dir: &Path,
     path: &Path,
-    backend: Option<&StorageBackendFactory>,
-) -> Result<(Database, DataBinding), KvError> {
-    let location = path.display().to_string();
-    // Missing or empty data next to an existing layout state is refused before
-    // anything is created: never started empty (see `layout_core::binding`).
-    let existing = match data_presence(dir, path)? {
-        DataPresence::Present => true,
-        absent => {
-            binding::check_data_found(lvm, &location, absent.describe())?;
-            false
-        }
-    };
-    fs::create_dir_all(dir).map_err(|source| KvError::Io {
-        context: "cannot create the data directory",
-        path: dir.to_owned(),
-        source,
-    })?;
-    if existing {
-        // Checked before the read-write open, which writes the file's header: a
-        // refused start leaves the file as it was (unless redb must first repair it
-        // after a crash; then the check below runs after that repair).
-        if let Some(snapshot) = open_read_only(path)? {
-            if let Some(found) = read_binding(&snapshot, path)? {
-                found.check(lvm, &location)?;
-            }
-        }
-    }
-    let db = open_database(path, existing, backend)?;
-    let found = read_binding(&db, path)?;
-    if let Some(found) = &found {
-        found.check(lvm, &location)?;
-    }
-    // Checks passed: from here on, writes are allowed.
-    let bound = binding::adopt(lvm, found.as_ref())?;
-    Ok((db, bound))
+    options: &OpenOptions,
+) -> Result<(Database, Recorded), KvError> {
+    let (db, _bound) = bound_redb::open(lvm, path, options)?;
+    let recorded = prepare_tables(&db, path)?;
+    Ok((db, recorded))
 }
 
-/// What [`record_binding`] read back from `kv_meta`.
+/// What [`prepare_tables`] read back from `kv_meta`.
 struct Recorded {
     applied: u64,
     snapshot: u64,
     index_synced: u64,
 }
 
-/// Creates the tables every release expects and records `bound` (the data id and the
-/// MLV the data is written at) in one write transaction, at every open and reopen;
-/// returns the counters read from `kv_meta` in it.
-fn record_binding(db: &Database, path: &Path, bound: &DataBinding) -> Result<Recorded, KvError> {
+/// Creates the tables every release expects in one write transaction and returns the
+/// counters read from `kv_meta` in it. Runs right after the binding is recorded, before
+/// the database is shared: nothing writes in between.
+fn prepare_tables(db: &Database, path: &Path) -> Result<Recorded, KvError> {
     let txn = db.begin_write().map_err(KvError::db(path, "begin write"))?;
     let recorded = {
         txn.open_table(KV).map_err(KvError::db(path, "open kv"))?;
         txn.open_table(OPLOG)
             .map_err(KvError::db(path, "open kv_oplog"))?;
-        let mut layout = txn
-            .open_table(LAYOUT)
-            .map_err(KvError::db(path, "open kv_layout"))?;
-        layout
-            .insert(LAYOUT_DATA_ID, bound.data_id.to_string().as_str())
-            .map_err(KvError::db(path, "write kv_layout"))?;
-        let mut meta = txn
+        let meta = txn
             .open_table(META)
             .map_err(KvError::db(path, "open kv_meta"))?;
-        meta.insert(META_WRITTEN_AT_MLV, u64::from(bound.written_at_mlv))
-            .map_err(KvError::db(path, "write kv_meta"))?;
         let read = |key| read_meta(&meta, key).map_err(KvError::db(path, "read kv_meta"));
         Recorded {
             applied: read(META_APPLIED)?,
@@ -649,32 +407,6 @@ fn record_binding(db: &Database, path: &Path, bound: &DataBinding) -> Result<Rec
     };
     txn.commit().map_err(KvError::db(path, "commit"))?;
     Ok(recorded)
-}
-
-/// A [`redb::StorageBackend`] made by a [`StorageBackendFactory`], as
-/// `Builder::create_with_backend` takes it.
-#[derive(Debug)]
-struct BoxedBackend(Box<dyn redb::StorageBackend>);
-
-impl redb::StorageBackend for BoxedBackend {
-    fn len(&self) -> Result<u64, std::io::Error> {
-        self.0.len()
-    }
-    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-        self.0.read(offset, out)
-    }
-    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-        self.0.set_len(len)
-    }
-    fn sync_data(&self) -> Result<(), std::io::Error> {
-        self.0.sync_data()
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-        self.0.write(offset, data)
-    }
-    fn close(&self) -> Result<(), std::io::Error> {
-        self.0.close()
-    }
 }
 
 /// How long a reopen waits for the transactions begun on the old database to end (it
@@ -694,7 +426,7 @@ const READ_REOPEN_BACKOFF: Duration = Duration::from_secs(1);
 /// transaction. So an I/O error seen on any operation ([`DbCell::observe`]) marks the
 /// store degraded, and the next transaction begun through the cell (any read or write
 /// request, a migration batch) first reopens the file, through the same checks as the
-/// start ([`open_bound`], [`record_binding`]). While degraded, operations fail with
+/// start ([`open_bound`]). While degraded, operations fail with
 /// [`KvError::Degraded`] naming the first cause.
 pub(crate) struct DbCell {
     db: RwLock<Option<Arc<Database>>>,
@@ -704,22 +436,25 @@ pub(crate) struct DbCell {
     applied: AtomicU64,
     last_snapshot: AtomicU64,
     lvm: Arc<LayoutVersionManager<KvFeature>>,
-    dir: PathBuf,
     path: PathBuf,
-    backend: Option<StorageBackendFactory>,
+    /// How the file is opened (the test seam's storage backend, if any).
+    open_options: OpenOptions,
 }
 
 impl DbCell {
-    /// Opens the database in `dir` (see [`open_bound`]) and records its binding; also
-    /// returns the value index's [`META_INDEX_SYNCED`] watermark.
+    /// Opens the database in `dir` (see [`open_bound`]); also returns the value index's
+    /// [`META_INDEX_SYNCED`] watermark.
     fn open(
         lvm: Arc<LayoutVersionManager<KvFeature>>,
         dir: &Path,
         backend: Option<StorageBackendFactory>,
     ) -> Result<(Self, u64), KvError> {
         let path = dir.join(DB_FILE_NAME);
-        let (db, bound) = open_bound(&lvm, dir, &path, backend.as_ref())?;
-        let recorded = record_binding(&db, &path, &bound)?;
+        let open_options = match backend {
+            Some(factory) => OpenOptions::new().with_backend(factory),
+            None => OpenOptions::new(),
+        };
+        let (db, recorded) = open_bound(&lvm, &path, &open_options)?;
         let cell = Self {
             db: RwLock::new(Some(Arc::new(db))),
             degraded: Mutex::new(None),
@@ -727,9 +462,8 @@ impl DbCell {
             applied: AtomicU64::new(recorded.applied),
             last_snapshot: AtomicU64::new(recorded.snapshot),
             lvm,
-            dir: dir.to_owned(),
             path,
-            backend,
+            open_options,
         };
         Ok((cell, recorded.index_synced))
     }
@@ -845,8 +579,7 @@ impl DbCell {
     /// Opens the file again as [`Engine::open`] does (binding checks, redb's recovery)
     /// and reloads the counters from what is committed.
     fn reopen(&self) -> Result<Database, KvError> {
-        let (db, bound) = open_bound(&self.lvm, &self.dir, &self.path, self.backend.as_ref())?;
-        let recorded = record_binding(&db, &self.path, &bound)?;
+        let (db, recorded) = open_bound(&self.lvm, &self.path, &self.open_options)?;
         self.applied.store(recorded.applied, Ordering::SeqCst);
         self.last_snapshot
             .store(recorded.snapshot, Ordering::SeqCst);
@@ -1025,12 +758,9 @@ impl Engine {
             let index = read_meta(&meta, META_APPLIED).map_err(self.db_err("read kv_meta"))? + 1;
             meta.insert(META_APPLIED, index)
                 .map_err(self.db_err("write kv_meta"))?;
-            // Read after the record was encoded: never below the layout it was written in.
-            meta.insert(
-                META_WRITTEN_AT_MLV,
-                u64::from(self.lvm.metadata_layout_version()),
-            )
-            .map_err(self.db_err("write kv_meta"))?;
+            // After the record was encoded: never below the layout it was written in.
+            bound_redb::record_written_at(&txn, &self.lvm)
+                .map_err(self.db_err("record the layout binding"))?;
             if write_index {
                 // This write kept the index in step: it is synced through `index`.
                 meta.insert(META_INDEX_SYNCED, index)

@@ -58,7 +58,7 @@
 //! | [`storage`] | the [`LayoutStorage`] trait, [`FileStorage`] (the `VERSION` file), [`MemoryStorage`] |
 //! | [`action`] | upgrade actions: [`Phase`], [`ActionContext`], [`ActionRegistry`] |
 //! | [`finalizer`] | [`UpgradeFinalizer`]: start-up actions, finalization, status, policy |
-//! | [`binding`] | [`DataBinding`](binding::DataBinding): a component's data bound to its layout state, checked at start-up |
+//! | [`binding`] | [`DataBinding`](binding::DataBinding): a component's data bound to its layout state, checked at start-up; `binding::redb`: the whole recipe on a redb database (feature `redb`) |
 //! | [`prepare`] | [`PrepareController`]: the write gate, prepare and cancel-prepare, the marker |
 //! | `admin` | the admin API and [`AdminService`](crate::admin::AdminService) (feature `admin`); its HTTP endpoint and client (feature `admin-http`) |
 //! | `http` | the one HTTP stack of every endpoint: axum on hyper on a runtime thread the endpoint owns, bearer tokens, limits, `/metrics`, TLS (features `http`, `tls`) |

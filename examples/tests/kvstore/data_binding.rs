@@ -233,8 +233,9 @@ fn a_store_from_before_bindings_is_adopted() {
     {
         let db = redb::Database::open(db_path(dir.path())).expect("open");
         let txn = db.begin_write().expect("write");
-        let layout: redb::TableDefinition<'_, &str, &str> = redb::TableDefinition::new("kv_layout");
-        txn.delete_table(layout).expect("drop kv_layout");
+        let binding: redb::TableDefinition<'_, &str, &str> =
+            redb::TableDefinition::new(layout_core::binding::redb::TABLE_NAME);
+        txn.delete_table(binding).expect("drop the binding table");
         txn.commit().expect("commit");
     }
     let storage = FileStorage::new(dir.path().join("layout"));

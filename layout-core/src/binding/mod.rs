@@ -25,6 +25,10 @@
 //! data (or at least whenever the MLV has moved since the last record), so the recorded
 //! MLV is never below the layout its data is written in.
 //!
+//! On redb, `binding::redb::open` (cargo feature `redb`) does the whole recipe in one
+//! call and `binding::redb::record_written_at` records the MLV in the component's own
+//! transactions; `docs/data-binding.md` has the recipe for other stores.
+//!
 //! ```
 //! use layout_core::binding::{self, DataBinding};
 //! use layout_core::{LayoutFeature, LayoutVersionManager, ManagerOptions, MemoryStorage, StartIntent};
@@ -50,6 +54,9 @@
 //! assert!(binding::check_missing_data(&lvm, "data/db").is_err());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+
+#[cfg(feature = "redb")]
+pub mod redb;
 
 use crate::error::LayoutError;
 use crate::feature::LayoutFeature;
