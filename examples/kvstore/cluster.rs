@@ -38,8 +38,8 @@ use std::time::Duration;
 use layout_core::admin::http::{bearer_credentials, BearerToken};
 use layout_core::cluster::{
     BeyondSoftware, Blocker, ClusterError, ClusterFinalizeOutcome, ClusterStatus, ClusterStore,
-    Coordinator, CoordinatorOptions, CoordinatorServer, EmbeddedStore, HttpLink, LocalError,
-    LocalLayout, Member, MemberError, MemberStep,
+    Coordinator, CoordinatorLink, CoordinatorOptions, CoordinatorServer, EmbeddedStore, HttpLink,
+    LocalError, LocalLayout, Member, MemberError, MemberRole, MemberStep, Refusal,
 };
 use layout_core::http::{ClientConfig, ClientTls, EndpointConfig, EndpointError, ServerTls};
 use layout_core::{
@@ -391,8 +391,7 @@ impl ClusterRuntime {
                     .map_err(|e| KvError::Cluster(e.to_string()))?;
                 let link = Arc::new(link);
                 let mut member = Member::new(CLUSTER_KIND, config.node_id.clone(), layout);
-                let registered = member
-                    .register(&*link)
+                let registered = register_waiting(&mut member, &*link, config)
                     .map_err(|e| member_error(&config.node_id, *coordinator, e))?;
                 tracing::info!(
                     id = %config.node_id,
@@ -463,7 +462,39 @@ impl ClusterRuntime {
                 if let Some(thread) = m.thread.take() {
                     let _ = thread.join();
                 }
+                // A clean shutdown: the next process under this id is accepted at once.
+                let mut member = m.member.lock();
+                if let Err(e) = member.leave(&*m.link) {
+                    tracing::warn!(id = %member.member_id(), error = %e, "could not tell the coordinator this member is leaving; a restart within the member lease waits for it to lapse");
+                }
             }
+        }
+    }
+}
+
+/// Registers `member`; while the coordinator still takes an earlier process of this
+/// member for live (it was killed, not stopped, less than a member lease ago), waits for
+/// that lease to lapse, up to twice `config.member_lease_ttl`.
+fn register_waiting(
+    member: &mut Member,
+    link: &dyn CoordinatorLink,
+    config: &ClusterConfig,
+) -> Result<MemberStep, MemberError> {
+    let deadline = std::time::Instant::now() + config.member_lease_ttl * 2;
+    let mut warned = false;
+    loop {
+        match member.register(link) {
+            Err(e)
+                if matches!(e.refusal(), Some(Refusal::DuplicateIncarnation { .. }))
+                    && std::time::Instant::now() < deadline =>
+            {
+                if !warned {
+                    tracing::warn!(id = %member.member_id(), error = %e, "an earlier process of this member is still live to the coordinator; waiting for its lease to lapse");
+                    warned = true;
+                }
+                std::thread::sleep(config.heartbeat_interval);
+            }
+            other => return other,
         }
     }
 }
@@ -563,7 +594,8 @@ pub struct KvClusterStatus {
     pub checkpoint: Option<String>,
     /// Whether the last finalization is complete (or none ever ran).
     pub complete: bool,
-    /// Every member, sorted by id.
+    /// Every member node, sorted by id (the coordinator, also in the cluster's membership,
+    /// is described by the fields above).
     pub members: Vec<KvClusterMember>,
 }
 
@@ -586,6 +618,7 @@ impl KvClusterStatus {
             members: status
                 .members
                 .iter()
+                .filter(|m| m.role == MemberRole::Member)
                 .map(|m| KvClusterMember {
                     member_id: m.member_id.clone(),
                     software_layout_version: m.software_layout_version,

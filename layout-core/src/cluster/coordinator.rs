@@ -1,12 +1,12 @@
 //! The coordinator: accepts or refuses members, finalizes the cluster, tracks members
 //! until they have finalized too, and records exclusions.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use super::member::{LocalError, LocalLayout};
 use super::protocol::{
@@ -14,10 +14,10 @@ use super::protocol::{
     PROTOCOL_VERSION,
 };
 use super::state::{
-    AuditEntry, Checkpoint, ClusterFinalization, Exclusion, KindState, MemberRecord,
+    AuditEntry, Checkpoint, ClusterFinalization, Exclusion, KindRecord, MemberRecord, MemberRole,
     CLUSTER_STATE_FORMAT,
 };
-use super::store::{CasOutcome, ClusterStore, FinalizerClaim, StoreError};
+use super::store::{CasOutcome, ClusterStore, FinalizerClaim, StoreError, Versioned};
 use crate::clock::{Clock, SystemClock};
 
 /// How many times a change is retried when another writer changed the state first.
@@ -38,8 +38,13 @@ pub struct CoordinatorOptions {
     /// The lease of the finalizer claim on a shared store (kept alive while the
     /// coordinator's process lives). Default: 10 s.
     pub finalizer_lease_ttl: Duration,
-    /// The clock for timestamps. Default: the system clock.
+    /// The clock for timestamps and member liveness. Default: the system clock.
     pub clock: Arc<dyn Clock>,
+    /// How long a kind record read from the store serves heartbeats before it is read
+    /// again (a heartbeat that changes nothing reads nothing else). Changes this
+    /// coordinator makes are seen at once; another coordinator's within this time.
+    /// Default: 500 ms.
+    pub state_refresh: Duration,
     /// The coordinator's own layout, per component kind: it finalizes first, and the
     /// cluster's version of a new kind starts at its MLV.
     pub locals: BTreeMap<String, Arc<dyn LocalLayout>>,
@@ -52,6 +57,7 @@ impl Default for CoordinatorOptions {
             member_lease_ttl: Duration::from_secs(10),
             finalizer_lease_ttl: Duration::from_secs(10),
             clock: Arc::new(SystemClock),
+            state_refresh: Duration::from_millis(500),
             locals: BTreeMap::new(),
         }
     }
@@ -76,6 +82,13 @@ impl CoordinatorOptions {
     #[must_use]
     pub fn with_finalizer_lease_ttl(mut self, ttl: Duration) -> Self {
         self.finalizer_lease_ttl = ttl;
+        self
+    }
+
+    /// Sets how long a kind record read from the store serves heartbeats.
+    #[must_use]
+    pub fn with_state_refresh(mut self, refresh: Duration) -> Self {
+        self.state_refresh = refresh;
         self
     }
 
@@ -262,6 +275,52 @@ pub enum ClusterError {
         /// The member.
         member_id: String,
     },
+    /// This coordinator's finalizer claim was taken over (its lease lapsed and another
+    /// coordinator claimed the kind): the claim's fencing token moved on, and this
+    /// coordinator writes no checkpoint any more.
+    #[error(
+        "finalization of {kind}: coordinator {coordinator_id} lost the finalizer claim \
+         (its claim generation {generation}; the kind's is now {current_generation}, taken by \
+         {holder}); it stops here and the new holder drives the finalization"
+    )]
+    Fenced {
+        /// The component kind.
+        kind: String,
+        /// This coordinator.
+        coordinator_id: String,
+        /// The claim generation this coordinator took.
+        generation: u64,
+        /// The kind's claim generation now.
+        current_generation: u64,
+        /// The coordinator that took it.
+        holder: String,
+    },
+    /// The coordinator started less than one member lease ago and has not heard from
+    /// every member yet: it cannot tell a dead member from a live one.
+    #[error(
+        "{kind} member {member_id}: the coordinator started less than one member lease ago \
+         and cannot tell yet whether the member is live; retry in {retry_in_ms} ms"
+    )]
+    LivenessNotKnownYet {
+        /// The component kind.
+        kind: String,
+        /// The member.
+        member_id: String,
+        /// When liveness is known.
+        retry_in_ms: u64,
+    },
+    /// The coordinator's id is recorded as a member's id: coordinators and members share
+    /// one membership.
+    #[error(
+        "coordinator {coordinator_id}: its id is the id of a {kind} member; give the \
+         coordinator its own id"
+    )]
+    CoordinatorIdTaken {
+        /// The component kind.
+        kind: String,
+        /// The coordinator's id.
+        coordinator_id: String,
+    },
     /// Other writers kept changing the state.
     #[error("the cluster state of {kind} kept changing under {attempts} attempts; retry")]
     Contention {
@@ -300,11 +359,16 @@ pub enum ClusterFinalizeOutcome {
 pub struct MemberStatus {
     /// The member.
     pub member_id: String,
+    /// Member or coordinator.
+    pub role: MemberRole,
+    /// The incarnation of its process that registered last.
+    pub incarnation: String,
     /// Its SLV, as last reported.
     pub software_layout_version: u32,
     /// Its MLV, as last reported.
     pub metadata_layout_version: u32,
-    /// Whether its lease is current.
+    /// Whether it sent this coordinator a heartbeat within its lease (a coordinator is
+    /// live to itself).
     pub live: bool,
     /// The operator's exclusion, if any.
     pub excluded: Option<Exclusion>,
@@ -348,9 +412,24 @@ impl ClusterStatus {
 /// [`CoordinatorLink`](crate::cluster::CoordinatorLink), and `CoordinatorServer` with the
 /// `http` feature).
 ///
-/// Every change is a compare-and-swap of the kind's state in the [`ClusterStore`], so
-/// several coordinators may share a store (etcd); the single active finalizer of a kind
-/// is elected through [`ClusterStore::claim_finalizer`].
+/// Every change is a compare-and-swap of one record in the [`ClusterStore`]: a member's
+/// registration writes that member's record only, guarded by the kind record's revision
+/// (so it cannot slip past a finalization that starts meanwhile); a checkpoint writes the
+/// small kind record. Several coordinators may share a store (etcd); the single active
+/// finalizer of a kind is elected through [`ClusterStore::claim_finalizer`], and its
+/// fencing token (the kind's claim generation) is checked on every checkpoint it writes.
+///
+/// What stays in memory, per coordinator: member liveness (from the heartbeats it
+/// receives: a restarted coordinator knows it again one member lease later, and refuses
+/// exclusions until then), the kind record for `state_refresh`, the member records it has
+/// seen, and the members a finalization still waits for. A heartbeat that changes nothing
+/// costs no store write and, mostly, no store read.
+///
+/// Identity: every [`MemberReport`] carries its process's incarnation; a second live
+/// process under the same member id is refused. The coordinator registers itself in the
+/// membership of each kind it has a layout of (role coordinator), so an older
+/// coordinator on the same store blocks finalization; no member may take a
+/// coordinator's id, and no member may run software newer than the coordinator's.
 ///
 /// The rules (DESIGN.md section 9):
 /// - a member whose SLV is below the cluster's finalized version is refused, and so is
@@ -368,9 +447,17 @@ impl ClusterStatus {
 pub struct Coordinator {
     store: Arc<dyn ClusterStore>,
     options: CoordinatorOptions,
+    /// This coordinator process's incarnation (its own member record carries it).
+    incarnation: String,
+    /// When it opened (its clock): liveness is known one member lease later.
+    started_at_ms: u64,
     /// Members refused lately, per kind (in memory only): see
     /// [`refused_members`](Self::refused_members).
     refused: Mutex<BTreeMap<String, BTreeMap<String, RefusedMember>>>,
+    /// What this coordinator knows of each kind, in memory.
+    kinds: RwLock<HashMap<String, Arc<KindCache>>>,
+    /// The kinds this process is finalizing now (one finalization per kind at a time).
+    running: Mutex<HashSet<String>>,
 }
 
 /// How many refused members are remembered per kind; beyond it the oldest is forgotten.
@@ -382,34 +469,87 @@ const MAX_REFUSED_PER_KIND: usize = 16 * 1024;
 pub struct RefusedMember {
     /// The member.
     pub member_id: String,
+    /// The incarnation of the refused process (empty when it sent none).
+    pub incarnation: String,
     /// Why it was refused.
     pub refusal: Refusal,
     /// When (the coordinator's clock, ms since the epoch).
     pub at_ms: u64,
 }
 
-enum Change<R> {
+/// What a coordinator keeps in memory of one kind: the kind record (re-read after
+/// `state_refresh`), the member records it has seen, liveness from heartbeats, and the
+/// members a finalization still waits for.
+#[derive(Default)]
+struct KindCache {
+    record: Mutex<Option<(Versioned<KindRecord>, Instant)>>,
+    members: RwLock<HashMap<String, Versioned<MemberRecord>>>,
+    /// member -> (incarnation, last heartbeat, ms).
+    live: Mutex<HashMap<String, (String, u64)>>,
+    /// While the kind is at `coordinator finalized`: its target, the active members seen
+    /// below it, and when the store was last asked.
+    pending: Mutex<Option<Pending>>,
+}
+
+struct Pending {
+    target: u32,
+    below: HashSet<String>,
+    checked_at: Instant,
+    /// A listing of the members is under way (its result replaces this).
+    listing: bool,
+}
+
+/// What writing checkpoint `started` found.
+enum Started {
+    /// The cluster is at the target already (or past `started`): this version.
+    Already(u32),
+    /// An unfinished finalization at `started`, resumed.
+    Resumed,
+    /// Written now; the finalization it replaced (to restore if it is withdrawn).
+    New(Option<ClusterFinalization>),
+}
+
+enum Change<T, R> {
     Keep(R),
-    Write(KindState, R),
+    Write(T, R),
+}
+
+/// Removes a kind from [`Coordinator::running`] when its finalization call returns.
+struct Running<'a> {
+    coordinator: &'a Coordinator,
+    kind: String,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.coordinator.running.lock().remove(&self.kind);
+    }
 }
 
 impl Coordinator {
     /// Opens the coordinator over `store`. For each kind the coordinator has a layout of:
     /// a new kind starts at its MLV; if the cluster is ahead of it, it catches up
     /// (finalizes to the cluster's version); if its software is older than the cluster,
-    /// or its disk is ahead of the cluster, it is refused.
+    /// or its disk is ahead of the cluster, it is refused. It then registers in the kind's
+    /// membership as a coordinator, with its SLV: an older coordinator blocks
+    /// finalization like any member.
     pub fn open(
         store: Arc<dyn ClusterStore>,
         options: CoordinatorOptions,
     ) -> Result<Self, ClusterError> {
+        let started_at_ms = options.clock.now_ms();
         let coordinator = Self {
             store,
             options,
+            incarnation: crate::state::DataId::random().to_string(),
+            started_at_ms,
             refused: Mutex::new(BTreeMap::new()),
+            kinds: RwLock::new(HashMap::new()),
+            running: Mutex::new(HashSet::new()),
         };
         for (kind, local) in &coordinator.options.locals {
-            let state = coordinator.load_or_create(kind)?;
-            let cluster = state.cluster_layout_version;
+            let record = coordinator.load_or_create(kind)?.value;
+            let cluster = record.cluster_layout_version;
             let slv = local.software_layout_version();
             let mlv = local.metadata_layout_version();
             if slv < cluster {
@@ -419,7 +559,7 @@ impl Coordinator {
                     required: cluster,
                 });
             }
-            let finalizing_to = state.finalization_in_progress().map(|f| f.target);
+            let finalizing_to = record.finalization_in_progress().map(|f| f.target);
             if mlv > cluster && finalizing_to.is_none_or(|target| mlv > target) {
                 return Err(ClusterError::CoordinatorAheadOfCluster {
                     kind: kind.clone(),
@@ -437,6 +577,7 @@ impl Coordinator {
                         source,
                     })?;
             }
+            coordinator.record_self(kind, local.as_ref())?;
         }
         Ok(coordinator)
     }
@@ -460,100 +601,228 @@ impl Coordinator {
         self.options.clock.now_ms()
     }
 
+    fn lease_ms(&self) -> u64 {
+        u64::try_from(self.options.member_lease_ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn cache(&self, kind: &str) -> Arc<KindCache> {
+        if let Some(cache) = self.kinds.read().get(kind) {
+            return Arc::clone(cache);
+        }
+        Arc::clone(self.kinds.write().entry(kind.to_owned()).or_default())
+    }
+
     fn audit(
         &self,
-        state: &mut KindState,
+        kind: &str,
         actor: &str,
         event: &str,
         member_id: Option<&str>,
         version: Option<u32>,
         detail: impl Into<String>,
-    ) {
-        state.audit.push(AuditEntry {
+    ) -> Result<(), ClusterError> {
+        let entry = AuditEntry {
             at_ms: self.now(),
             actor: actor.to_owned(),
             event: event.to_owned(),
             member_id: member_id.map(ToOwned::to_owned),
             version,
             detail: detail.into(),
-        });
+        };
+        Ok(self.store.append_audit(kind, &entry)?)
     }
 
-    fn check_moved(&self, state: &KindState) -> Result<(), ClusterError> {
-        match &state.moved_to {
-            Some(moved_to) => Err(ClusterError::StoreMoved {
-                kind: state.kind.clone(),
+    fn check_record(&self, record: &KindRecord) -> Result<(), ClusterError> {
+        if let Some(moved_to) = &record.moved_to {
+            return Err(ClusterError::StoreMoved {
+                kind: record.kind.clone(),
                 location: self.store.location(),
                 moved_to: moved_to.clone(),
-            }),
-            None => Ok(()),
+            });
         }
+        if record.format > CLUSTER_STATE_FORMAT {
+            return Err(ClusterError::Store(StoreError::UnsupportedFormat {
+                location: self.store.location(),
+                found: record.format,
+                supported: CLUSTER_STATE_FORMAT,
+            }));
+        }
+        Ok(())
     }
 
-    /// Read-modify-compare-and-swap of a kind's state, retried on conflicts.
-    fn modify<R, E: From<ClusterError>>(
+    /// The kind record: the cached one while it is younger than `state_refresh` (unless
+    /// `fresh`), else read from the store.
+    fn kind_record(
         &self,
         kind: &str,
-        mut change: impl FnMut(Option<&KindState>) -> Result<Change<R>, E>,
-    ) -> Result<R, E> {
-        for _ in 0..MAX_ATTEMPTS {
-            let current = self.store.load(kind).map_err(ClusterError::from)?;
-            if let Some(current) = &current {
-                self.check_moved(&current.state)?;
-                if current.state.format > CLUSTER_STATE_FORMAT {
-                    return Err(ClusterError::Store(StoreError::UnsupportedFormat {
-                        location: self.store.location(),
-                        found: current.state.format,
-                        supported: CLUSTER_STATE_FORMAT,
-                    })
-                    .into());
+        fresh: bool,
+    ) -> Result<Option<Versioned<KindRecord>>, ClusterError> {
+        let cache = self.cache(kind);
+        if !fresh {
+            if let Some((record, read_at)) = &*cache.record.lock() {
+                if read_at.elapsed() < self.options.state_refresh {
+                    return Ok(Some(record.clone()));
                 }
             }
-            match change(current.as_ref().map(|c| &c.state))? {
+        }
+        let loaded = self.store.load_kind(kind)?;
+        if let Some(record) = &loaded {
+            self.check_record(&record.value)?;
+            Self::remember_record(&cache, record.clone());
+        }
+        Ok(loaded)
+    }
+
+    fn remember_record(cache: &KindCache, record: Versioned<KindRecord>) {
+        let mut pending = cache.pending.lock();
+        let waiting_for = record
+            .value
+            .finalization_in_progress()
+            .filter(|f| f.checkpoint == Checkpoint::CoordinatorFinalized)
+            .map(|f| f.target);
+        if pending.as_ref().map(|p| p.target) != waiting_for {
+            *pending = None;
+        }
+        *cache.record.lock() = Some((record, Instant::now()));
+    }
+
+    /// Read-modify-compare-and-swap of a kind record, retried on conflicts; the record
+    /// is read from the store every time.
+    fn update_kind<R, E: From<ClusterError>>(
+        &self,
+        kind: &str,
+        mut change: impl FnMut(Option<&KindRecord>) -> Result<Change<KindRecord, R>, E>,
+    ) -> Result<R, E> {
+        let cache = self.cache(kind);
+        for _ in 0..MAX_ATTEMPTS {
+            let current = self.kind_record(kind, true)?;
+            match change(current.as_ref().map(|c| &c.value))? {
                 Change::Keep(result) => return Ok(result),
                 Change::Write(next, result) => {
                     let expected = current.map(|c| c.revision);
                     match self
                         .store
-                        .compare_and_swap(kind, expected, &next)
+                        .swap_kind(kind, expected, &next)
                         .map_err(ClusterError::from)?
                     {
-                        CasOutcome::Swapped { .. } => return Ok(result),
+                        CasOutcome::Swapped { revision } => {
+                            Self::remember_record(
+                                &cache,
+                                Versioned {
+                                    revision,
+                                    value: next,
+                                },
+                            );
+                            return Ok(result);
+                        }
                         CasOutcome::Conflict => {}
                     }
                 }
             }
         }
-        Err(ClusterError::Contention {
+        Err(Self::contention(kind).into())
+    }
+
+    fn contention(kind: &str) -> ClusterError {
+        ClusterError::Contention {
             kind: kind.to_owned(),
             attempts: MAX_ATTEMPTS,
         }
-        .into())
     }
 
-    fn load_or_create(&self, kind: &str) -> Result<KindState, ClusterError> {
-        self.modify(kind, |current| match current {
-            Some(state) => Ok(Change::Keep(state.clone())),
-            None => match self.options.locals.get(kind) {
-                Some(local) => {
-                    let state = KindState::new(kind, local.metadata_layout_version());
-                    Ok(Change::Write(state.clone(), state))
-                }
-                None => Err(ClusterError::UnknownKind {
+    fn load_or_create(&self, kind: &str) -> Result<Versioned<KindRecord>, ClusterError> {
+        self.load_or_create_at(kind, None)
+    }
+
+    /// The kind record, created when absent: at the coordinator's MLV when it has a layout
+    /// of the kind, else at `initial` (a first member's MLV), else refused.
+    fn load_or_create_at(
+        &self,
+        kind: &str,
+        initial: Option<u32>,
+    ) -> Result<Versioned<KindRecord>, ClusterError> {
+        for _ in 0..MAX_ATTEMPTS {
+            if let Some(record) = self.kind_record(kind, true)? {
+                return Ok(record);
+            }
+            let version = match self.options.locals.get(kind) {
+                Some(local) => local.metadata_layout_version(),
+                None => initial.ok_or_else(|| ClusterError::UnknownKind {
                     kind: kind.to_owned(),
-                }),
-            },
-        })
+                })?,
+            };
+            let record = KindRecord::new(kind, version);
+            if let CasOutcome::Swapped { revision } = self.store.swap_kind(kind, None, &record)? {
+                let record = Versioned {
+                    revision,
+                    value: record,
+                };
+                Self::remember_record(&self.cache(kind), record.clone());
+                return Ok(record);
+            }
+        }
+        Err(Self::contention(kind))
     }
 
-    fn answer(&self, state: &KindState, report: &MemberReport) -> CoordinatorAnswer {
-        let cluster = state.cluster_layout_version;
+    /// Records this coordinator in `kind`'s membership (role coordinator, its SLV and
+    /// MLV, this process's incarnation).
+    fn record_self(&self, kind: &str, local: &dyn LocalLayout) -> Result<(), ClusterError> {
+        let id = self.options.coordinator_id.as_str();
+        let cache = self.cache(kind);
+        for _ in 0..MAX_ATTEMPTS {
+            let record = self.load_or_create(kind)?;
+            let existing = self.store.load_member(kind, id)?;
+            if let Some(existing) = &existing {
+                if existing.value.role != MemberRole::Coordinator {
+                    return Err(ClusterError::CoordinatorIdTaken {
+                        kind: kind.to_owned(),
+                        coordinator_id: id.to_owned(),
+                    });
+                }
+            }
+            let now = self.now();
+            let next = MemberRecord {
+                role: MemberRole::Coordinator,
+                incarnation: self.incarnation.clone(),
+                software_layout_version: local.software_layout_version(),
+                metadata_layout_version: local.metadata_layout_version(),
+                first_registered_at_ms: existing
+                    .as_ref()
+                    .map_or(now, |m| m.value.first_registered_at_ms),
+                last_registered_at_ms: now,
+                excluded: None,
+            };
+            if existing.as_ref().is_some_and(|m| m.value == next) {
+                return Ok(());
+            }
+            if let CasOutcome::Swapped { revision } = self.store.swap_member(
+                kind,
+                id,
+                existing.map(|m| m.revision),
+                record.revision,
+                &next,
+            )? {
+                cache.members.write().insert(
+                    id.to_owned(),
+                    Versioned {
+                        revision,
+                        value: next,
+                    },
+                );
+                return Ok(());
+            }
+        }
+        Err(Self::contention(kind))
+    }
+
+    fn answer(&self, record: &KindRecord, report: &MemberReport) -> CoordinatorAnswer {
+        let cluster = record.cluster_layout_version;
         CoordinatorAnswer {
             protocol_version: PROTOCOL_VERSION,
             coordinator_id: self.options.coordinator_id.clone(),
-            kind: state.kind.clone(),
+            kind: record.kind.clone(),
             cluster_layout_version: cluster,
-            finalization: state
+            finalization: record
                 .finalization_in_progress()
                 .map(|f| FinalizationProgress {
                     target: f.target,
@@ -565,11 +834,11 @@ impl Coordinator {
     }
 
     /// The fences every registration and heartbeat passes.
-    fn check_fences(state: &KindState, report: &MemberReport) -> Result<(), Refusal> {
+    fn check_fences(record: &KindRecord, report: &MemberReport) -> Result<(), Refusal> {
         let kind = || report.kind.clone();
         let member_id = || report.member_id.clone();
         let slv = report.software_layout_version;
-        let cluster = state.cluster_layout_version;
+        let cluster = record.cluster_layout_version;
         if slv < cluster {
             return Err(Refusal::SoftwareBelowCluster {
                 kind: kind(),
@@ -578,7 +847,7 @@ impl Coordinator {
                 cluster_layout_version: cluster,
             });
         }
-        if let Some(f) = state.finalization_in_progress() {
+        if let Some(f) = record.finalization_in_progress() {
             if slv < f.target {
                 return Err(Refusal::SoftwareBelowFinalizationTarget {
                     kind: kind(),
@@ -599,7 +868,9 @@ impl Coordinator {
         Ok(())
     }
 
-    fn validate(report: &MemberReport) -> Result<(), Refusal> {
+    /// The checks of a report that need no state: well-formed, not this coordinator's id,
+    /// software not above the coordinator's.
+    fn validate(&self, report: &MemberReport) -> Result<(), Refusal> {
         let problem = if report.kind.is_empty() {
             Some("the component kind is empty".to_owned())
         } else if report.member_id.is_empty() {
@@ -612,14 +883,32 @@ impl Coordinator {
         } else {
             None
         };
-        match problem {
-            Some(problem) => Err(Refusal::InvalidReport {
+        if let Some(problem) = problem {
+            return Err(Refusal::InvalidReport {
                 kind: report.kind.clone(),
                 member_id: report.member_id.clone(),
                 problem,
-            }),
-            None => Ok(()),
+            });
         }
+        if report.member_id == self.options.coordinator_id {
+            return Err(Refusal::IdOfCoordinator {
+                kind: report.kind.clone(),
+                member_id: report.member_id.clone(),
+            });
+        }
+        if let Some(local) = self.options.locals.get(&report.kind) {
+            let own = local.software_layout_version();
+            if report.software_layout_version > own {
+                return Err(Refusal::SoftwareAboveCoordinator {
+                    kind: report.kind.clone(),
+                    member_id: report.member_id.clone(),
+                    software_layout_version: report.software_layout_version,
+                    coordinator_id: self.options.coordinator_id.clone(),
+                    coordinator_software_layout_version: own,
+                });
+            }
+        }
+        Ok(())
     }
 
     fn unavailable(error: &ClusterError) -> HeartbeatError {
@@ -628,11 +917,36 @@ impl Coordinator {
         }
     }
 
+    /// Whether `member` of `kind` is live to this coordinator: a heartbeat or
+    /// registration within the member lease (this coordinator itself always is).
+    fn is_live(&self, cache: &KindCache, member: &str, now: u64) -> bool {
+        member == self.options.coordinator_id
+            || cache
+                .live
+                .lock()
+                .get(member)
+                .is_some_and(|(_, at)| now.saturating_sub(*at) < self.lease_ms())
+    }
+
+    fn live_incarnation(&self, cache: &KindCache, member: &str, now: u64) -> Option<String> {
+        cache
+            .live
+            .lock()
+            .get(member)
+            .filter(|(_, at)| now.saturating_sub(*at) < self.lease_ms())
+            .map(|(incarnation, _)| incarnation.clone())
+    }
+
     /// A member registers (at start-up): accepted if it passes the fences (its membership
     /// is stored, its lease started, an exclusion lifted if its software is new enough),
     /// else refused. The answer tells a member whose MLV is below the cluster's version
     /// to finalize. The first registration of a kind the coordinator has no layout of
     /// starts that kind's cluster version at the member's MLV.
+    ///
+    /// Refused besides: a member id that is a coordinator's
+    /// ([`Refusal::IdOfCoordinator`]); software newer than this coordinator's for the kind
+    /// ([`Refusal::SoftwareAboveCoordinator`]: upgrade the coordinator first); another
+    /// incarnation of the member that is live ([`Refusal::DuplicateIncarnation`]).
     pub fn register(&self, report: &MemberReport) -> Result<CoordinatorAnswer, HeartbeatError> {
         let result = self.register_member(report);
         self.note_refusal(report, &result);
@@ -640,74 +954,114 @@ impl Coordinator {
     }
 
     fn register_member(&self, report: &MemberReport) -> Result<CoordinatorAnswer, HeartbeatError> {
-        Self::validate(report)?;
+        self.validate(report)?;
         let kind = report.kind.as_str();
-        let now = self.now();
-        let answer = self.modify::<_, Unavail>(kind, |current| {
-            let mut state = if let Some(state) = current {
-                state.clone()
-            } else {
-                let initial = self.options.locals.get(kind).map_or(
-                    report.metadata_layout_version,
-                    LocalLayout::metadata_layout_version,
-                );
-                KindState::new(kind, initial)
-            };
-            let id = report.member_id.as_str();
-            let existing = state.members.get(id).cloned();
-            if let Some(exclusion) = existing.as_ref().and_then(|m| m.excluded.as_ref()) {
-                if report.software_layout_version < exclusion.required_software_layout_version {
-                    return Err(Refusal::Excluded {
+        let id = report.member_id.as_str();
+        let cache = self.cache(kind);
+        let unavailable = |e: ClusterError| Self::unavailable(&e);
+        for _ in 0..MAX_ATTEMPTS {
+            let now = self.now();
+            let record = self
+                .load_or_create_at(kind, Some(report.metadata_layout_version))
+                .map_err(unavailable)?;
+            let existing = self
+                .store
+                .load_member(kind, id)
+                .map_err(|e| unavailable(e.into()))?;
+            let mut readmitted = None;
+            if let Some(existing) = &existing {
+                let m = &existing.value;
+                if m.role == MemberRole::Coordinator {
+                    return Err(Refusal::IdOfCoordinator {
                         kind: kind.to_owned(),
                         member_id: id.to_owned(),
-                        excluded_by: exclusion.excluded_by.clone(),
-                        reason: exclusion.reason.clone(),
-                        software_layout_version: report.software_layout_version,
-                        required_software_layout_version: exclusion
-                            .required_software_layout_version,
                     }
                     .into());
                 }
-                let detail = format!(
-                    "rejoined with software layout version {} (exclusion by {}: {})",
-                    report.software_layout_version, exclusion.excluded_by, exclusion.reason
-                );
+                if !report.incarnation.is_empty()
+                    && !m.incarnation.is_empty()
+                    && m.incarnation != report.incarnation
+                {
+                    if let Some(live) = self.live_incarnation(&cache, id, now) {
+                        if live == m.incarnation {
+                            return Err(Refusal::DuplicateIncarnation {
+                                kind: kind.to_owned(),
+                                member_id: id.to_owned(),
+                                live_incarnation: live,
+                                incarnation: report.incarnation.clone(),
+                            }
+                            .into());
+                        }
+                    }
+                }
+                if let Some(exclusion) = &m.excluded {
+                    if report.software_layout_version < exclusion.required_software_layout_version {
+                        return Err(Refusal::Excluded {
+                            kind: kind.to_owned(),
+                            member_id: id.to_owned(),
+                            excluded_by: exclusion.excluded_by.clone(),
+                            reason: exclusion.reason.clone(),
+                            software_layout_version: report.software_layout_version,
+                            required_software_layout_version: exclusion
+                                .required_software_layout_version,
+                        }
+                        .into());
+                    }
+                    readmitted = Some(format!(
+                        "rejoined with software layout version {} (exclusion by {}: {})",
+                        report.software_layout_version, exclusion.excluded_by, exclusion.reason
+                    ));
+                }
+            }
+            Self::check_fences(&record.value, report)?;
+            let next = MemberRecord {
+                role: MemberRole::Member,
+                incarnation: report.incarnation.clone(),
+                software_layout_version: report.software_layout_version,
+                metadata_layout_version: report.metadata_layout_version,
+                first_registered_at_ms: existing
+                    .as_ref()
+                    .map_or(now, |m| m.value.first_registered_at_ms),
+                last_registered_at_ms: now,
+                excluded: None,
+            };
+            let swapped = self
+                .store
+                .swap_member(
+                    kind,
+                    id,
+                    existing.map(|m| m.revision),
+                    record.revision,
+                    &next,
+                )
+                .map_err(|e| unavailable(e.into()))?;
+            let CasOutcome::Swapped { revision } = swapped else {
+                continue;
+            };
+            if let Some(detail) = readmitted {
                 self.audit(
-                    &mut state,
+                    kind,
                     id,
                     "readmitted",
                     Some(id),
                     Some(report.software_layout_version),
                     detail,
-                );
+                )
+                .map_err(unavailable)?;
             }
-            Self::check_fences(&state, report)?;
-            let first = existing.as_ref().map_or(now, |m| m.first_registered_at_ms);
-            state.members.insert(
-                id.to_owned(),
-                MemberRecord {
-                    software_layout_version: report.software_layout_version,
-                    metadata_layout_version: report.metadata_layout_version,
-                    first_registered_at_ms: first,
-                    last_registered_at_ms: now,
-                    excluded: None,
-                },
-            );
-            self.advance_members(&mut state);
-            let answer = self.answer(&state, report);
-            Ok(Change::Write(state, answer))
-        });
-        let answer = answer.map_err(|e| match e {
-            Unavail::Heartbeat(e) => e,
-            Unavail::Cluster(e) => Self::unavailable(&e),
-        })?;
-        self.after_member_update(report, &answer)?;
-        Ok(answer)
+            self.after_member_update(&cache, report, revision, next, &record.value)
+                .map_err(unavailable)?;
+            return Ok(self.answer(&record.value, report));
+        }
+        Err(unavailable(Self::contention(kind)))
     }
 
-    /// A registered member's heartbeat: renews its lease, records a changed MLV (a
-    /// member that finalized), advances the checkpoints, and answers like
-    /// [`register`](Self::register).
+    /// A registered member's heartbeat: renews its liveness, records a changed SLV or MLV
+    /// (a member that finalized: one write of its own record), advances the checkpoints,
+    /// and answers like [`register`](Self::register). A heartbeat that changes nothing
+    /// writes nothing and reads nothing but, once per `state_refresh`, the kind record.
+    /// A heartbeat from an incarnation that is no longer the member's is
+    /// [`Refusal::Superseded`].
     pub fn heartbeat(&self, report: &MemberReport) -> Result<CoordinatorAnswer, HeartbeatError> {
         let result = self.member_heartbeat(report);
         self.note_refusal(report, &result);
@@ -715,44 +1069,202 @@ impl Coordinator {
     }
 
     fn member_heartbeat(&self, report: &MemberReport) -> Result<CoordinatorAnswer, HeartbeatError> {
-        Self::validate(report)?;
+        self.validate(report)?;
         let kind = report.kind.as_str();
-        let answer = self.modify::<_, Unavail>(kind, |current| {
-            let not_registered = || {
+        let id = report.member_id.as_str();
+        let cache = self.cache(kind);
+        let unavailable = |e: ClusterError| Self::unavailable(&e);
+        let not_registered = || {
+            HeartbeatError::Refused(Refusal::NotRegistered {
+                kind: kind.to_owned(),
+                member_id: id.to_owned(),
+            })
+        };
+        for attempt in 0..MAX_ATTEMPTS {
+            let fresh = attempt > 0;
+            let record = self
+                .kind_record(kind, fresh)
+                .map_err(unavailable)?
+                .ok_or_else(not_registered)?;
+            let cached = if fresh {
+                None
+            } else {
+                cache.members.read().get(id).cloned()
+            };
+            let member = if let Some(member) = cached {
+                member
+            } else {
+                let loaded = self
+                    .store
+                    .load_member(kind, id)
+                    .map_err(|e| unavailable(e.into()))?
+                    .ok_or_else(not_registered)?;
+                cache.members.write().insert(id.to_owned(), loaded.clone());
+                loaded
+            };
+            let m = &member.value;
+            if m.excluded.is_some() {
+                return Err(not_registered());
+            }
+            if m.role == MemberRole::Coordinator {
+                return Err(Refusal::IdOfCoordinator {
+                    kind: kind.to_owned(),
+                    member_id: id.to_owned(),
+                }
+                .into());
+            }
+            if !report.incarnation.is_empty()
+                && !m.incarnation.is_empty()
+                && m.incarnation != report.incarnation
+            {
+                if fresh {
+                    return Err(Refusal::Superseded {
+                        kind: kind.to_owned(),
+                        member_id: id.to_owned(),
+                        current_incarnation: m.incarnation.clone(),
+                        incarnation: report.incarnation.clone(),
+                    }
+                    .into());
+                }
+                // The cached record may be stale: decide on the stored one.
+                continue;
+            }
+            Self::check_fences(&record.value, report)?;
+            let changed = m.software_layout_version != report.software_layout_version
+                || m.metadata_layout_version != report.metadata_layout_version;
+            if !changed {
+                self.mark_live(&cache, report);
+                self.note_progress(&cache, &record.value, report)
+                    .map_err(unavailable)?;
+                return Ok(self.answer(&record.value, report));
+            }
+            let mut next = m.clone();
+            next.software_layout_version = report.software_layout_version;
+            next.metadata_layout_version = report.metadata_layout_version;
+            let swapped = self
+                .store
+                .swap_member(kind, id, Some(member.revision), record.revision, &next)
+                .map_err(|e| unavailable(e.into()))?;
+            let CasOutcome::Swapped { revision } = swapped else {
+                continue;
+            };
+            self.after_member_update(&cache, report, revision, next, &record.value)
+                .map_err(unavailable)?;
+            return Ok(self.answer(&record.value, report));
+        }
+        Err(unavailable(Self::contention(kind)))
+    }
+
+    /// A member's process says it is stopping (a clean shutdown): its incarnation is no
+    /// longer live here, so the next process under its id is accepted at once instead of
+    /// after a member lease. Writes nothing; the membership stays. A report from another
+    /// incarnation than the live one changes nothing.
+    pub fn leave(&self, report: &MemberReport) -> Result<CoordinatorAnswer, HeartbeatError> {
+        self.validate(report)?;
+        let kind = report.kind.as_str();
+        let record = self
+            .kind_record(kind, false)
+            .map_err(|e| Self::unavailable(&e))?
+            .ok_or_else(|| {
                 HeartbeatError::Refused(Refusal::NotRegistered {
-                    kind: report.kind.clone(),
+                    kind: kind.to_owned(),
                     member_id: report.member_id.clone(),
                 })
-            };
-            let mut state = current.ok_or_else(not_registered)?.clone();
-            let record = state
-                .members
-                .get_mut(&report.member_id)
-                .ok_or_else(not_registered)?;
-            if record.excluded.is_some() {
-                return Err(not_registered().into());
+            })?;
+        let cache = self.cache(kind);
+        let mut live = cache.live.lock();
+        if live
+            .get(&report.member_id)
+            .is_some_and(|(incarnation, _)| *incarnation == report.incarnation)
+        {
+            live.remove(&report.member_id);
+            tracing::info!(kind, member = %report.member_id, incarnation = %report.incarnation, "member left");
+        }
+        Ok(self.answer(&record.value, report))
+    }
+
+    fn mark_live(&self, cache: &KindCache, report: &MemberReport) {
+        cache.live.lock().insert(
+            report.member_id.clone(),
+            (report.incarnation.clone(), self.now()),
+        );
+    }
+
+    /// After a member's record was stored: remembers it and its liveness, and, when the
+    /// kind waits for members to finalize, notes that this one has (completing the
+    /// finalization when it was the last).
+    fn after_member_update(
+        &self,
+        cache: &KindCache,
+        report: &MemberReport,
+        revision: u64,
+        member: MemberRecord,
+        record: &KindRecord,
+    ) -> Result<(), ClusterError> {
+        cache.members.write().insert(
+            report.member_id.clone(),
+            Versioned {
+                revision,
+                value: member,
+            },
+        );
+        self.mark_live(cache, report);
+        self.note_progress(cache, record, report)
+    }
+
+    /// When `record` waits for members to finalize: notes where this member stands, and
+    /// asks the store (one listing, never two at once) when no member seems to be left, or
+    /// when the last look is older than [`recheck_interval`](Self::recheck_interval).
+    fn note_progress(
+        &self,
+        cache: &KindCache,
+        record: &KindRecord,
+        report: &MemberReport,
+    ) -> Result<(), ClusterError> {
+        let Some(f) = record
+            .finalization_in_progress()
+            .filter(|f| f.checkpoint != Checkpoint::Started)
+        else {
+            return Ok(());
+        };
+        let check = {
+            let mut pending = cache.pending.lock();
+            match pending.as_mut() {
+                Some(p) if p.target == f.target => {
+                    if report.metadata_layout_version >= f.target {
+                        p.below.remove(&report.member_id);
+                    } else {
+                        p.below.insert(report.member_id.clone());
+                    }
+                    let due = p.below.is_empty() && !p.listing
+                        || p.checked_at.elapsed() >= self.recheck_interval();
+                    if due {
+                        p.listing = true;
+                        p.checked_at = Instant::now();
+                    }
+                    due
+                }
+                _ => {
+                    *pending = Some(Pending {
+                        target: f.target,
+                        below: HashSet::new(),
+                        checked_at: Instant::now(),
+                        listing: true,
+                    });
+                    true
+                }
             }
-            let changed = record.software_layout_version != report.software_layout_version
-                || record.metadata_layout_version != report.metadata_layout_version;
-            if changed {
-                record.software_layout_version = report.software_layout_version;
-                record.metadata_layout_version = report.metadata_layout_version;
-            }
-            Self::check_fences(&state, report)?;
-            let advanced = self.advance_members(&mut state);
-            let answer = self.answer(&state, report);
-            Ok(if changed || advanced {
-                Change::Write(state, answer)
-            } else {
-                Change::Keep(answer)
-            })
-        });
-        let answer = answer.map_err(|e| match e {
-            Unavail::Heartbeat(e) => e,
-            Unavail::Cluster(e) => Self::unavailable(&e),
-        })?;
-        self.after_member_update(report, &answer)?;
-        Ok(answer)
+        };
+        if check {
+            self.complete_if_ready(&record.kind)?;
+        }
+        Ok(())
+    }
+
+    /// How often, at most, a heartbeat asks the store which members a finalization still
+    /// waits for (members that report to another coordinator are seen this way).
+    fn recheck_interval(&self) -> Duration {
+        self.options.member_lease_ttl / 4
     }
 
     /// Remembers a member refused (forgets it once accepted), for
@@ -766,8 +1278,15 @@ impl Coordinator {
         let mut refused = self.refused.lock();
         match result {
             Ok(_) => {
+                // The same process accepted now (another incarnation refused, a duplicate,
+                // stays listed).
                 if let Some(members) = refused.get_mut(&report.kind) {
-                    members.remove(&report.member_id);
+                    if members
+                        .get(&report.member_id)
+                        .is_some_and(|m| m.incarnation == report.incarnation)
+                    {
+                        members.remove(&report.member_id);
+                    }
                 }
             }
             // Not a decision about the member.
@@ -794,6 +1313,7 @@ impl Coordinator {
                     report.member_id.clone(),
                     RefusedMember {
                         member_id: report.member_id.clone(),
+                        incarnation: report.incarnation.clone(),
                         refusal: refusal.clone(),
                         at_ms: now,
                     },
@@ -803,16 +1323,12 @@ impl Coordinator {
         }
     }
 
-    fn lease_ms(&self) -> u64 {
-        u64::try_from(self.options.member_lease_ttl.as_millis()).unwrap_or(u64::MAX)
-    }
-
     /// The members of `kind` the coordinator refuses now: those whose last registration
     /// or heartbeat, within the member lease TTL, was refused (an old binary after
     /// finalization, an excluded member back with its old binary, a disk ahead of the
-    /// cluster...), sorted by id. Accepting a member forgets its refusal. Kept in the
-    /// coordinator's memory only (a restarted coordinator starts with none), at most
-    /// 16,384 per kind.
+    /// cluster, a duplicate incarnation...), sorted by id. Accepting the refused process
+    /// (the same incarnation) forgets its refusal. Kept in the coordinator's memory only (a restarted coordinator starts
+    /// with none), at most 16,384 per kind.
     pub fn refused_members(&self, kind: &str) -> Vec<RefusedMember> {
         let now = self.now();
         let ttl = self.lease_ms();
@@ -828,132 +1344,151 @@ impl Coordinator {
             })
     }
 
-    /// Renews the member's lease and, when this report completed the members' part of a
-    /// finalization, stores `complete` (a transaction of its own).
-    fn after_member_update(
-        &self,
-        report: &MemberReport,
-        answer: &CoordinatorAnswer,
-    ) -> Result<(), HeartbeatError> {
-        self.store
-            .mark_alive(
-                &report.kind,
-                &report.member_id,
-                self.options.member_lease_ttl,
-            )
-            .map_err(|e| Self::unavailable(&e.into()))?;
-        if answer
-            .finalization
-            .is_some_and(|f| f.checkpoint == Checkpoint::MembersFinalized)
-        {
-            self.complete_if_ready(&report.kind)
-                .map_err(|e| Self::unavailable(&e))?;
+    /// Every member of `kind` from the store (and remembered).
+    fn members(&self, kind: &str) -> Result<Vec<(String, Versioned<MemberRecord>)>, ClusterError> {
+        let members = self.store.members(kind)?;
+        let cache = self.cache(kind);
+        let mut cached = cache.members.write();
+        for (id, member) in &members {
+            cached.insert(id.clone(), member.clone());
         }
-        Ok(())
+        Ok(members)
     }
 
-    /// `coordinator finalized` -> `members finalized` once every member not excluded has
-    /// reached the target. Returns whether it moved.
-    fn advance_members(&self, state: &mut KindState) -> bool {
-        let Some(f) = &state.finalization else {
-            return false;
-        };
-        if f.checkpoint != Checkpoint::CoordinatorFinalized {
-            return false;
-        }
-        let target = f.target;
-        if state
-            .active_members()
-            .any(|(_, m)| m.metadata_layout_version < target)
-        {
-            return false;
-        }
-        if let Some(f) = &mut state.finalization {
-            f.checkpoint = Checkpoint::MembersFinalized;
-        }
-        let actor = self.options.coordinator_id.clone();
-        self.audit(
-            state,
-            &actor,
-            "members-finalized",
-            None,
-            Some(target),
-            "every member not excluded reported the target",
-        );
-        true
-    }
-
-    /// Advances the checkpoints that need no work: `coordinator finalized` -> `members
-    /// finalized` (when every member not excluded reached the target), then `members
-    /// finalized` -> `complete`, each in a transaction of its own.
+    /// Advances the checkpoints that need no work, reading the members from the store:
+    /// `coordinator finalized` -> `members finalized` (when every member not excluded
+    /// reached the target), then `members finalized` -> `complete`, each a compare-and-swap
+    /// of the kind record. Any coordinator may do this: it decides nothing.
     fn complete_if_ready(&self, kind: &str) -> Result<(), ClusterError> {
-        self.modify::<_, ClusterError>(kind, |current| {
-            let Some(state) = current else {
-                return Ok(Change::Keep(()));
+        let Some(record) = self.kind_record(kind, true)? else {
+            return Ok(());
+        };
+        let Some(f) = record.value.finalization_in_progress() else {
+            return Ok(());
+        };
+        let target = f.target;
+        let actor = self.options.coordinator_id.clone();
+        if f.checkpoint == Checkpoint::CoordinatorFinalized {
+            let members = self.members(kind)?;
+            let below: HashSet<String> = members
+                .iter()
+                .filter(|(_, m)| {
+                    m.value.excluded.is_none() && m.value.metadata_layout_version < target
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            let done = below.is_empty();
+            *self.cache(kind).pending.lock() = Some(Pending {
+                target,
+                below,
+                checked_at: Instant::now(),
+                listing: false,
+            });
+            if !done {
+                return Ok(());
+            }
+            let moved = self.update_kind::<_, ClusterError>(kind, |current| {
+                let Some(current) = current else {
+                    return Ok(Change::Keep(false));
+                };
+                let mut next = current.clone();
+                match &mut next.finalization {
+                    Some(f)
+                        if f.target == target
+                            && f.checkpoint == Checkpoint::CoordinatorFinalized =>
+                    {
+                        f.checkpoint = Checkpoint::MembersFinalized;
+                    }
+                    _ => return Ok(Change::Keep(false)),
+                }
+                Ok(Change::Write(next, true))
+            })?;
+            if moved {
+                self.audit(
+                    kind,
+                    &actor,
+                    "members-finalized",
+                    None,
+                    Some(target),
+                    "every member not excluded reported the target",
+                )?;
+            }
+        }
+        let now = self.now();
+        let completed = self.update_kind::<_, ClusterError>(kind, |current| {
+            let Some(current) = current else {
+                return Ok(Change::Keep(false));
             };
-            let mut state = state.clone();
-            Ok(if self.advance_members(&mut state) {
-                Change::Write(state, ())
-            } else {
-                Change::Keep(())
-            })
-        })?;
-        self.modify::<_, ClusterError>(kind, |current| {
-            let Some(state) = current else {
-                return Ok(Change::Keep(()));
-            };
-            let mut state = state.clone();
-            let now = self.now();
-            let target = match &mut state.finalization {
-                Some(f) if f.checkpoint == Checkpoint::MembersFinalized => {
+            let mut next = current.clone();
+            match &mut next.finalization {
+                Some(f) if f.target == target && f.checkpoint == Checkpoint::MembersFinalized => {
                     f.checkpoint = Checkpoint::Complete;
                     f.completed_at_ms = Some(now);
-                    f.target
                 }
-                _ => return Ok(Change::Keep(())),
-            };
-            let actor = self.options.coordinator_id.clone();
+                _ => return Ok(Change::Keep(false)),
+            }
+            Ok(Change::Write(next, true))
+        })?;
+        if completed {
             self.audit(
-                &mut state,
+                kind,
                 &actor,
                 "finalization-complete",
                 None,
                 Some(target),
                 "",
-            );
-            Ok(Change::Write(state, ()))
-        })
+            )?;
+        }
+        Ok(())
     }
 
-    /// The members that keep a finalization to `target` from starting.
-    fn blockers(&self, state: &KindState, target: u32) -> Result<Vec<Blocker>, ClusterError> {
-        let live = self.store.live_members(&state.kind)?;
-        Ok(blockers_of(state, target, &live))
+    /// The members that keep a finalization to `target` from starting, read from the
+    /// store.
+    fn blockers(&self, kind: &str, target: u32) -> Result<Vec<Blocker>, ClusterError> {
+        let cache = self.cache(kind);
+        let now = self.now();
+        Ok(self
+            .members(kind)?
+            .into_iter()
+            .filter(|(_, m)| m.value.excluded.is_none() && m.value.software_layout_version < target)
+            .map(|(id, m)| Blocker {
+                live: self.is_live(&cache, &id, now),
+                member_id: id,
+                software_layout_version: m.value.software_layout_version,
+            })
+            .collect())
     }
 
     /// Finalizes `kind` across the cluster to `target` (default: the coordinator's own SLV
     /// for the kind, else the newest SLV among its members), for `client_id`.
     ///
     /// Refused (nothing changed) when a member not excluded runs software below the
-    /// target ([`ClusterError::Blocked`], listing every one), when another coordinator is
-    /// finalizing ([`ClusterError::InProgress`]), or when an unfinished finalization has
-    /// another target. Otherwise: checkpoint `started` (the target is fenced), the
-    /// coordinator's own layout finalizes, checkpoint `coordinator finalized` (the
-    /// cluster's version is the target; members are told to finalize), and, if every
-    /// member has already caught up, `members finalized` and `complete`. An unfinished
-    /// finalization (a crash, a failed local action) resumes where it stopped.
+    /// target ([`ClusterError::Blocked`], listing every one), when a finalization of the
+    /// kind is running (in this process, or driven by another coordinator:
+    /// [`ClusterError::InProgress`]; a second call never touches the running one's
+    /// claim), or when an unfinished finalization has another target. Otherwise: the
+    /// finalizer claim is taken and its fencing token (the kind's claim generation)
+    /// raised; checkpoint `started` (the target is fenced: no member below it can register
+    /// from now on, so the blockers are checked once more, and `started` is withdrawn if
+    /// one registered meanwhile); the coordinator's own layout finalizes; checkpoint
+    /// `coordinator finalized` (the cluster's version is the target; members are told to
+    /// finalize); and, if every member has already caught up, `members finalized` and
+    /// `complete`. Every checkpoint write checks the fencing token: a coordinator whose
+    /// claim was taken over stops ([`ClusterError::Fenced`]). An unfinished finalization
+    /// (a crash, a failed local action) resumes where it stopped.
     pub fn finalize(
         &self,
         kind: &str,
         target: Option<u32>,
         client_id: &str,
     ) -> Result<ClusterFinalizeOutcome, ClusterError> {
+        let _running = self.start_running(kind)?;
         let local = self.options.locals.get(kind);
-        let state = self.load_or_create(kind)?;
-        let target = self.resolve_target(&state, target)?;
-        if state.finalization_in_progress().is_none() && target <= state.cluster_layout_version {
+        let record = self.load_or_create(kind)?.value;
+        let target = self.resolve_target(&record, target)?;
+        if record.finalization_in_progress().is_none() && target <= record.cluster_layout_version {
             return Ok(ClusterFinalizeOutcome::AlreadyFinalized {
-                cluster_layout_version: state.cluster_layout_version,
+                cluster_layout_version: record.cluster_layout_version,
             });
         }
         if let Some(local) = local {
@@ -965,8 +1500,8 @@ impl Coordinator {
                 });
             }
         }
-        if state.finalization_in_progress().is_none() {
-            let blockers = self.blockers(&state, target)?;
+        if record.finalization_in_progress().is_none() {
+            let blockers = self.blockers(kind, target)?;
             if !blockers.is_empty() {
                 return Err(ClusterError::Blocked {
                     kind: kind.to_owned(),
@@ -995,27 +1530,62 @@ impl Coordinator {
         result
     }
 
-    fn resolve_target(&self, state: &KindState, target: Option<u32>) -> Result<u32, ClusterError> {
-        let in_progress = state.finalization_in_progress().map(|f| f.target);
+    /// Marks `kind` as being finalized by this process, or answers
+    /// [`ClusterError::InProgress`] when it already is.
+    fn start_running(&self, kind: &str) -> Result<Running<'_>, ClusterError> {
+        if !self.running.lock().insert(kind.to_owned()) {
+            return Err(ClusterError::InProgress {
+                kind: kind.to_owned(),
+                holder: self.options.coordinator_id.clone(),
+            });
+        }
+        Ok(Running {
+            coordinator: self,
+            kind: kind.to_owned(),
+        })
+    }
+
+    fn resolve_target(
+        &self,
+        record: &KindRecord,
+        target: Option<u32>,
+    ) -> Result<u32, ClusterError> {
+        let in_progress = record.finalization_in_progress().map(|f| f.target);
         match (target, in_progress) {
             (Some(requested), Some(in_progress)) if requested != in_progress => {
                 Err(ClusterError::DifferentTargetInProgress {
-                    kind: state.kind.clone(),
+                    kind: record.kind.clone(),
                     in_progress,
                     requested,
                 })
             }
             (_, Some(in_progress)) => Ok(in_progress),
             (Some(requested), None) => Ok(requested),
-            (None, None) => Ok(match self.options.locals.get(&state.kind) {
+            (None, None) => Ok(match self.options.locals.get(&record.kind) {
                 Some(local) => local.software_layout_version(),
-                None => state
-                    .active_members()
-                    .map(|(_, m)| m.software_layout_version)
+                None => self
+                    .members(&record.kind)?
+                    .iter()
+                    .filter(|(_, m)| m.value.excluded.is_none())
+                    .map(|(_, m)| m.value.software_layout_version)
                     .max()
-                    .unwrap_or(state.cluster_layout_version),
+                    .unwrap_or(record.cluster_layout_version),
             }),
         }
+    }
+
+    /// Refuses a checkpoint write by a coordinator whose claim was taken over.
+    fn check_generation(&self, record: &KindRecord, generation: u64) -> Result<(), ClusterError> {
+        if record.claim_generation == generation {
+            return Ok(());
+        }
+        Err(ClusterError::Fenced {
+            kind: record.kind.clone(),
+            coordinator_id: self.options.coordinator_id.clone(),
+            generation,
+            current_generation: record.claim_generation,
+            holder: record.claimed_by.clone().unwrap_or_default(),
+        })
     }
 
     // One step after the other, each a transaction; splitting it would hide the order.
@@ -1027,15 +1597,23 @@ impl Coordinator {
         client_id: &str,
     ) -> Result<ClusterFinalizeOutcome, ClusterError> {
         let actor = self.options.coordinator_id.clone();
-        // Checkpoint `started`, decided on the state as it is now that we hold the claim.
-        let live = self.store.live_members(kind)?;
-        let already = self.modify::<_, ClusterError>(kind, |current| {
-            let mut state = current
-                .ok_or_else(|| ClusterError::UnknownKind {
-                    kind: kind.to_owned(),
-                })?
-                .clone();
-            if let Some(f) = state.finalization_in_progress() {
+        let unknown = || ClusterError::UnknownKind {
+            kind: kind.to_owned(),
+        };
+        // The fencing token: every checkpoint below is written only while it is ours.
+        let generation = self.update_kind::<_, ClusterError>(kind, |current| {
+            let mut next = current.ok_or_else(unknown)?.clone();
+            next.claim_generation += 1;
+            next.claimed_by = Some(actor.clone());
+            let generation = next.claim_generation;
+            Ok(Change::Write(next, generation))
+        })?;
+
+        // Checkpoint `started`.
+        let started = self.update_kind::<_, ClusterError>(kind, |current| {
+            let current = current.ok_or_else(unknown)?;
+            self.check_generation(current, generation)?;
+            if let Some(f) = current.finalization_in_progress() {
                 if f.target != target {
                     return Err(ClusterError::DifferentTargetInProgress {
                         kind: kind.to_owned(),
@@ -1043,24 +1621,21 @@ impl Coordinator {
                         requested: target,
                     });
                 }
-                // Resumed at `started`; past it, the coordinator's part is done already
-                // (by another coordinator, or before a restart).
-                return Ok(Change::Keep(
-                    (f.checkpoint != Checkpoint::Started).then_some(state.cluster_layout_version),
-                ));
+                // Past `started`, the coordinator's part is done already (by another
+                // coordinator, or before a restart).
+                return Ok(Change::Keep(if f.checkpoint == Checkpoint::Started {
+                    Started::Resumed
+                } else {
+                    Started::Already(current.cluster_layout_version)
+                }));
             }
-            if target <= state.cluster_layout_version {
-                return Ok(Change::Keep(Some(state.cluster_layout_version)));
+            if target <= current.cluster_layout_version {
+                return Ok(Change::Keep(Started::Already(
+                    current.cluster_layout_version,
+                )));
             }
-            let blockers = blockers_of(&state, target, &live);
-            if !blockers.is_empty() {
-                return Err(ClusterError::Blocked {
-                    kind: kind.to_owned(),
-                    target,
-                    blockers,
-                });
-            }
-            state.finalization = Some(ClusterFinalization {
+            let mut next = current.clone();
+            next.finalization = Some(ClusterFinalization {
                 target,
                 checkpoint: Checkpoint::Started,
                 client_id: client_id.to_owned(),
@@ -1068,21 +1643,53 @@ impl Coordinator {
                 started_at_ms: self.now(),
                 completed_at_ms: None,
             });
+            Ok(Change::Write(
+                next,
+                Started::New(current.finalization.clone()),
+            ))
+        })?;
+        match started {
+            Started::Already(cluster_layout_version) => {
+                self.complete_if_ready(kind)?;
+                return Ok(ClusterFinalizeOutcome::AlreadyFinalized {
+                    cluster_layout_version,
+                });
+            }
+            Started::Resumed | Started::New(_) => {}
+        }
+        // The target is fenced now: a member below it can no longer register (its write
+        // is guarded by the kind record's revision), so this list is complete.
+        let blockers = self.blockers(kind, target)?;
+        if !blockers.is_empty() {
+            if let Started::New(previous) = started {
+                self.update_kind::<_, ClusterError>(kind, |current| {
+                    let current = current.ok_or_else(unknown)?;
+                    self.check_generation(current, generation)?;
+                    match &current.finalization {
+                        Some(f) if f.target == target && f.checkpoint == Checkpoint::Started => {
+                            let mut next = current.clone();
+                            next.finalization.clone_from(&previous);
+                            Ok(Change::Write(next, ()))
+                        }
+                        _ => Ok(Change::Keep(())),
+                    }
+                })?;
+            }
+            return Err(ClusterError::Blocked {
+                kind: kind.to_owned(),
+                target,
+                blockers,
+            });
+        }
+        if matches!(started, Started::New(_)) {
             self.audit(
-                &mut state,
+                kind,
                 client_id,
                 "finalization-started",
                 None,
                 Some(target),
                 format!("by coordinator {actor}"),
-            );
-            Ok(Change::Write(state, None))
-        })?;
-        if let Some(cluster_layout_version) = already {
-            self.complete_if_ready(kind)?;
-            return Ok(ClusterFinalizeOutcome::AlreadyFinalized {
-                cluster_layout_version,
-            });
+            )?;
         }
 
         // The coordinator's own layout.
@@ -1096,47 +1703,50 @@ impl Coordinator {
                     }
                 })?;
             }
+            self.record_self(kind, local.as_ref())?;
         }
 
         // Checkpoint `coordinator finalized`: the cluster's version moves.
-        let moved = self.modify::<_, ClusterError>(kind, |current| {
-            let Some(state) = current else {
-                return Ok(Change::Keep(false));
-            };
-            let mut state = state.clone();
-            match &mut state.finalization {
+        let moved = self.update_kind::<_, ClusterError>(kind, |current| {
+            let current = current.ok_or_else(unknown)?;
+            self.check_generation(current, generation)?;
+            let mut next = current.clone();
+            match &mut next.finalization {
                 Some(f) if f.target == target && f.checkpoint == Checkpoint::Started => {
                     f.checkpoint = Checkpoint::CoordinatorFinalized;
                 }
                 _ => return Ok(Change::Keep(false)),
             }
-            state.cluster_layout_version = state.cluster_layout_version.max(target);
+            next.cluster_layout_version = next.cluster_layout_version.max(target);
+            Ok(Change::Write(next, true))
+        })?;
+        if moved {
             self.audit(
-                &mut state,
+                kind,
                 &actor,
                 "coordinator-finalized",
                 None,
                 Some(target),
                 "members are told to finalize",
-            );
-            Ok(Change::Write(state, true))
-        })?;
+            )?;
+        }
         self.complete_if_ready(kind)?;
 
-        let state = self.load_or_create(kind)?;
+        let record = self.load_or_create(kind)?.value;
         if !moved {
             return Ok(ClusterFinalizeOutcome::AlreadyFinalized {
-                cluster_layout_version: state.cluster_layout_version,
+                cluster_layout_version: record.cluster_layout_version,
             });
         }
-        let checkpoint = state
+        let checkpoint = record
             .finalization
             .as_ref()
             .map_or(Checkpoint::Complete, |f| f.checkpoint);
-        let pending_members = state
-            .active_members()
-            .filter(|(_, m)| m.metadata_layout_version < target)
-            .map(|(id, _)| id.clone())
+        let pending_members = self
+            .members(kind)?
+            .into_iter()
+            .filter(|(_, m)| m.value.excluded.is_none() && m.value.metadata_layout_version < target)
+            .map(|(id, _)| id)
             .collect();
         Ok(ClusterFinalizeOutcome::Finalized {
             target,
@@ -1150,10 +1760,10 @@ impl Coordinator {
     pub fn resume(&self) -> Result<Vec<(String, ClusterFinalizeOutcome)>, ClusterError> {
         let mut outcomes = Vec::new();
         for kind in self.store.kinds()? {
-            let Some(stored) = self.store.load(&kind)? else {
+            let Some(record) = self.kind_record(&kind, true)? else {
                 continue;
             };
-            let Some(f) = stored.state.finalization_in_progress().cloned() else {
+            let Some(f) = record.value.finalization_in_progress().cloned() else {
                 continue;
             };
             let outcome = if f.checkpoint == Checkpoint::Started {
@@ -1163,8 +1773,8 @@ impl Coordinator {
                 ClusterFinalizeOutcome::Finalized {
                     target: f.target,
                     checkpoint: self
-                        .status(&kind)?
-                        .checkpoint()
+                        .kind_record(&kind, true)?
+                        .and_then(|r| r.value.finalization.map(|f| f.checkpoint))
                         .unwrap_or(Checkpoint::Complete),
                     pending_members: Vec::new(),
                 }
@@ -1177,8 +1787,10 @@ impl Coordinator {
     /// Excludes a dead member of `kind`, with a `reason` recorded in the audit trail and
     /// shown in status: it no longer blocks finalization, and may rejoin only with
     /// software at least as new as the newest version the cluster could finalize to now.
-    /// Refused for a live member and without a reason. Excluding an excluded member
-    /// returns its exclusion unchanged.
+    /// Refused for a live member, without a reason, and during the first member lease
+    /// after the coordinator started (it cannot tell a dead member from a live one yet:
+    /// [`ClusterError::LivenessNotKnownYet`]). Excluding an excluded member returns its
+    /// exclusion unchanged.
     pub fn exclude(
         &self,
         kind: &str,
@@ -1192,10 +1804,20 @@ impl Coordinator {
                 member_id: member_id.to_owned(),
             });
         }
-        if self.store.live_members(kind)?.contains(member_id) {
+        let cache = self.cache(kind);
+        let now = self.now();
+        if self.is_live(&cache, member_id, now) {
             return Err(ClusterError::MemberIsLive {
                 kind: kind.to_owned(),
                 member_id: member_id.to_owned(),
+            });
+        }
+        let known_at = self.started_at_ms.saturating_add(self.lease_ms());
+        if now < known_at {
+            return Err(ClusterError::LivenessNotKnownYet {
+                kind: kind.to_owned(),
+                member_id: member_id.to_owned(),
+                retry_in_ms: known_at - now,
             });
         }
         let local_slv = self
@@ -1203,24 +1825,28 @@ impl Coordinator {
             .locals
             .get(kind)
             .map(LocalLayout::software_layout_version);
-        let exclusion = self.modify::<_, ClusterError>(kind, |current| {
-            let unknown = || ClusterError::UnknownMember {
-                kind: kind.to_owned(),
-                member_id: member_id.to_owned(),
-            };
-            let mut state = current.ok_or_else(unknown)?.clone();
-            let record = state.members.get(member_id).ok_or_else(unknown)?;
-            if let Some(existing) = &record.excluded {
-                return Ok(Change::Keep(existing.clone()));
+        let unknown = || ClusterError::UnknownMember {
+            kind: kind.to_owned(),
+            member_id: member_id.to_owned(),
+        };
+        for _ in 0..MAX_ATTEMPTS {
+            let record = self.kind_record(kind, true)?.ok_or_else(unknown)?;
+            let member = self
+                .store
+                .load_member(kind, member_id)?
+                .ok_or_else(unknown)?;
+            if let Some(existing) = &member.value.excluded {
+                return Ok(existing.clone());
             }
-            let newest_other = state
-                .active_members()
-                .filter(|(id, _)| id.as_str() != member_id)
-                .map(|(_, m)| m.software_layout_version)
+            let newest_other = self
+                .members(kind)?
+                .into_iter()
+                .filter(|(id, m)| id != member_id && m.value.excluded.is_none())
+                .map(|(_, m)| m.value.software_layout_version)
                 .max();
             let required = [
-                Some(state.cluster_layout_version),
-                state.finalization_in_progress().map(|f| f.target),
+                Some(record.value.cluster_layout_version),
+                record.value.finalization_in_progress().map(|f| f.target),
                 local_slv,
                 newest_other,
             ]
@@ -1232,55 +1858,76 @@ impl Coordinator {
                 reason: reason.to_owned(),
                 excluded_by: by.to_owned(),
                 at_ms: self.now(),
-                software_layout_version: record.software_layout_version,
+                software_layout_version: member.value.software_layout_version,
                 required_software_layout_version: required,
             };
-            if let Some(record) = state.members.get_mut(member_id) {
-                record.excluded = Some(exclusion.clone());
+            let mut next = member.value.clone();
+            next.excluded = Some(exclusion.clone());
+            let swapped = self.store.swap_member(
+                kind,
+                member_id,
+                Some(member.revision),
+                record.revision,
+                &next,
+            )?;
+            let CasOutcome::Swapped { revision } = swapped else {
+                continue;
+            };
+            cache.members.write().insert(
+                member_id.to_owned(),
+                Versioned {
+                    revision,
+                    value: next,
+                },
+            );
+            if let Some(pending) = cache.pending.lock().as_mut() {
+                pending.below.remove(member_id);
             }
             self.audit(
-                &mut state,
+                kind,
                 by,
                 "excluded",
                 Some(member_id),
                 Some(required),
                 reason,
-            );
-            self.advance_members(&mut state);
-            Ok(Change::Write(state, exclusion))
-        })?;
-        self.complete_if_ready(kind)?;
-        Ok(exclusion)
+            )?;
+            self.complete_if_ready(kind)?;
+            return Ok(exclusion);
+        }
+        Err(Self::contention(kind))
     }
 
     /// The cluster state of `kind`: its finalized version, the finalization, every member
-    /// (with liveness and exclusions) and the audit trail.
+    /// (with liveness and exclusions) and the audit trail. Reads every member from the
+    /// store.
     pub fn status(&self, kind: &str) -> Result<ClusterStatus, ClusterError> {
-        let state = self
-            .store
-            .load(kind)?
+        let record = self
+            .kind_record(kind, true)?
             .ok_or_else(|| ClusterError::UnknownKind {
                 kind: kind.to_owned(),
             })?
-            .state;
-        self.check_moved(&state)?;
-        let live = self.store.live_members(kind)?;
+            .value;
+        let cache = self.cache(kind);
+        let now = self.now();
+        let members = self
+            .members(kind)?
+            .into_iter()
+            .map(|(id, m)| MemberStatus {
+                live: self.is_live(&cache, &id, now),
+                member_id: id,
+                role: m.value.role,
+                incarnation: m.value.incarnation,
+                software_layout_version: m.value.software_layout_version,
+                metadata_layout_version: m.value.metadata_layout_version,
+                excluded: m.value.excluded,
+            })
+            .collect();
         Ok(ClusterStatus {
-            kind: state.kind.clone(),
-            cluster_layout_version: state.cluster_layout_version,
-            finalization: state.finalization.clone(),
-            members: state
-                .members
-                .iter()
-                .map(|(id, m)| MemberStatus {
-                    member_id: id.clone(),
-                    software_layout_version: m.software_layout_version,
-                    metadata_layout_version: m.metadata_layout_version,
-                    live: live.contains(id),
-                    excluded: m.excluded.clone(),
-                })
-                .collect(),
-            audit: state.audit,
+            kind: record.kind.clone(),
+            cluster_layout_version: record.cluster_layout_version,
+            finalization: record.finalization.clone(),
+            members,
+            audit: self.store.audit(kind)?,
         })
     }
 
@@ -1291,45 +1938,9 @@ impl Coordinator {
         kind: &str,
         target: Option<u32>,
     ) -> Result<(u32, Vec<Blocker>), ClusterError> {
-        let state = self.load_or_create(kind)?;
-        let target = self.resolve_target(&state, target)?;
-        Ok((target, self.blockers(&state, target)?))
-    }
-}
-
-fn blockers_of(state: &KindState, target: u32, live: &BTreeSet<String>) -> Vec<Blocker> {
-    state
-        .active_members()
-        .filter(|(_, m)| m.software_layout_version < target)
-        .map(|(id, m)| Blocker {
-            member_id: id.clone(),
-            software_layout_version: m.software_layout_version,
-            live: live.contains(id),
-        })
-        .collect()
-}
-
-/// The two ways a member request fails inside the coordinator.
-enum Unavail {
-    Heartbeat(HeartbeatError),
-    Cluster(ClusterError),
-}
-
-impl From<ClusterError> for Unavail {
-    fn from(e: ClusterError) -> Self {
-        Self::Cluster(e)
-    }
-}
-
-impl From<HeartbeatError> for Unavail {
-    fn from(e: HeartbeatError) -> Self {
-        Self::Heartbeat(e)
-    }
-}
-
-impl From<Refusal> for Unavail {
-    fn from(e: Refusal) -> Self {
-        Self::Heartbeat(HeartbeatError::Refused(e))
+        let record = self.load_or_create(kind)?.value;
+        let target = self.resolve_target(&record, target)?;
+        Ok((target, self.blockers(kind, target)?))
     }
 }
 

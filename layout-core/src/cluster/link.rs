@@ -78,7 +78,7 @@ use super::protocol::{CoordinatorAnswer, HeartbeatError, MemberReport};
 #[cfg(feature = "http")]
 pub use self::http_link::{
     link_error_format, member_link_routes, CoordinatorServer, HttpLink, LinkError, HEARTBEAT_PATH,
-    REGISTER_PATH,
+    LEAVE_PATH, REGISTER_PATH,
 };
 
 /// A member's way to the coordinator. Synchronous: the member's thread waits for the
@@ -88,6 +88,9 @@ pub trait CoordinatorLink: Send + Sync {
     fn register(&self, report: &MemberReport) -> Result<CoordinatorAnswer, HeartbeatError>;
     /// Sends a heartbeat.
     fn heartbeat(&self, report: &MemberReport) -> Result<CoordinatorAnswer, HeartbeatError>;
+    /// Says the member's process is stopping (a clean shutdown): its incarnation is no
+    /// longer live, so the next process under its id is accepted at once.
+    fn leave(&self, report: &MemberReport) -> Result<CoordinatorAnswer, HeartbeatError>;
 }
 
 impl CoordinatorLink for Coordinator {
@@ -97,6 +100,9 @@ impl CoordinatorLink for Coordinator {
     fn heartbeat(&self, report: &MemberReport) -> Result<CoordinatorAnswer, HeartbeatError> {
         Coordinator::heartbeat(self, report)
     }
+    fn leave(&self, report: &MemberReport) -> Result<CoordinatorAnswer, HeartbeatError> {
+        Coordinator::leave(self, report)
+    }
 }
 
 impl<L: CoordinatorLink + ?Sized> CoordinatorLink for Arc<L> {
@@ -105,6 +111,9 @@ impl<L: CoordinatorLink + ?Sized> CoordinatorLink for Arc<L> {
     }
     fn heartbeat(&self, report: &MemberReport) -> Result<CoordinatorAnswer, HeartbeatError> {
         (**self).heartbeat(report)
+    }
+    fn leave(&self, report: &MemberReport) -> Result<CoordinatorAnswer, HeartbeatError> {
+        (**self).leave(report)
     }
 }
 
@@ -135,6 +144,9 @@ mod http_link {
     /// The path of a member's heartbeat.
     pub const HEARTBEAT_PATH: &str = "/v1/cluster/heartbeat";
 
+    /// The path of a member's leaving (a clean shutdown).
+    pub const LEAVE_PATH: &str = "/v1/cluster/leave";
+
     /// The largest answer a member reads from the coordinator.
     const MAX_ANSWER_BYTES: u64 = 1024 * 1024;
 
@@ -143,6 +155,7 @@ mod http_link {
     enum Call {
         Register,
         Heartbeat,
+        Leave,
     }
 
     impl Call {
@@ -150,6 +163,7 @@ mod http_link {
             match self {
                 Self::Register => "registration",
                 Self::Heartbeat => "heartbeat",
+                Self::Leave => "leave",
             }
         }
 
@@ -157,6 +171,7 @@ mod http_link {
             match self {
                 Self::Register => REGISTER_PATH,
                 Self::Heartbeat => HEARTBEAT_PATH,
+                Self::Leave => LEAVE_PATH,
             }
         }
     }
@@ -196,7 +211,8 @@ mod http_link {
         json_response(refusal.status(), &error)
     }
 
-    /// The member link's routes, `POST` [`REGISTER_PATH`] and [`HEARTBEAT_PATH`], serving
+    /// The member link's routes, `POST` [`REGISTER_PATH`], [`HEARTBEAT_PATH`] and
+    /// [`LEAVE_PATH`], serving
     /// `coordinator` behind the cluster `token` ([`require_bearer`]: 401 before any
     /// handler runs). A body that is not a JSON [`MemberReport`] is 400
     /// ([`HeartbeatError::BadRequest`]) and changes nothing. The coordinator runs on the
@@ -213,7 +229,8 @@ mod http_link {
         };
         let router = Router::new()
             .route(REGISTER_PATH, route(Call::Register))
-            .route(HEARTBEAT_PATH, route(Call::Heartbeat));
+            .route(HEARTBEAT_PATH, route(Call::Heartbeat))
+            .route(LEAVE_PATH, route(Call::Leave));
         require_bearer(router, token, link_error_format)
     }
 
@@ -234,6 +251,7 @@ mod http_link {
         let answered = blocking(move || match call {
             Call::Register => coordinator.register(&report),
             Call::Heartbeat => coordinator.heartbeat(&report),
+            Call::Leave => coordinator.leave(&report),
         })
         .await;
         match answered {
@@ -527,6 +545,9 @@ mod http_link {
         }
         fn heartbeat(&self, report: &MemberReport) -> Result<CoordinatorAnswer, HeartbeatError> {
             self.call(Call::Heartbeat, report)
+        }
+        fn leave(&self, report: &MemberReport) -> Result<CoordinatorAnswer, HeartbeatError> {
+            self.call(Call::Leave, report)
         }
     }
 

@@ -225,11 +225,13 @@ pub struct Member {
     kind: String,
     id: String,
     layout: Arc<dyn LocalLayout>,
+    incarnation: String,
     registered: bool,
 }
 
 impl Member {
-    /// Member `member_id` of `kind`, whose own layout is `layout`.
+    /// Member `member_id` of `kind`, whose own layout is `layout`, with a new random
+    /// incarnation (one per process start: make one `Member` per process).
     pub fn new(
         kind: impl Into<String>,
         member_id: impl Into<String>,
@@ -239,8 +241,14 @@ impl Member {
             kind: kind.into(),
             id: member_id.into(),
             layout,
+            incarnation: crate::state::DataId::random().to_string(),
             registered: false,
         }
+    }
+
+    /// This process's incarnation, sent in every report.
+    pub fn incarnation(&self) -> &str {
+        &self.incarnation
     }
 
     /// The component kind.
@@ -266,6 +274,7 @@ impl Member {
             self.layout.software_layout_version(),
             self.layout.metadata_layout_version(),
         )
+        .with_incarnation(&self.incarnation)
     }
 
     /// Registers (at start-up), then follows the answer.
@@ -292,6 +301,17 @@ impl Member {
                 Err(e.into())
             }
         }
+    }
+
+    /// Says this process is stopping (call it on a clean shutdown, after the last
+    /// heartbeat): the coordinator no longer takes it for live, so the member's next
+    /// process is accepted at once. Without it, a restart within the member lease is
+    /// refused ([`Refusal::DuplicateIncarnation`])
+    /// until the lease lapses.
+    pub fn leave(&mut self, link: &dyn CoordinatorLink) -> Result<(), MemberError> {
+        self.registered = false;
+        link.leave(&self.report())?;
+        Ok(())
     }
 
     fn follow(

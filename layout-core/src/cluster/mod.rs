@@ -46,7 +46,7 @@
 //! | module | holds |
 //! |---|---|
 //! | [`protocol`] | [`MemberReport`], [`CoordinatorAnswer`], [`Instruction`], [`Refusal`], [`HeartbeatError`] |
-//! | [`state`] | [`KindState`], what a store keeps per component kind: members, exclusions, [`Checkpoint`]s, audit |
+//! | [`state`] | what a store keeps per component kind, as separate records: [`KindRecord`] (cluster version, [`Checkpoint`]s, fencing token), [`MemberRecord`]s (with exclusions, incarnations), audit entries; [`KindState`] is all of it at once |
 //! | [`coordinator`] | [`Coordinator`]: registration, heartbeats, finalization, exclusion, status |
 //! | [`member`] | [`Member`] and [`LocalLayout`] (a component's own layout) |
 //! | [`link`] | [`CoordinatorLink`]: in process, or over HTTP (feature `http`): `CoordinatorServer` serves the member link behind a cluster token, `HttpLink` is the member's end |
@@ -72,7 +72,7 @@ pub use link::CoordinatorLink;
 #[cfg(feature = "http")]
 pub use link::{
     link_error_format, member_link_routes, CoordinatorServer, HttpLink, LinkError, HEARTBEAT_PATH,
-    REGISTER_PATH,
+    LEAVE_PATH, REGISTER_PATH,
 };
 pub use member::{
     BeyondSoftware, FinalizerLayout, LocalError, LocalLayout, Member, MemberError, MemberStep,
@@ -84,8 +84,8 @@ pub use protocol::{
     PROTOCOL_VERSION,
 };
 pub use state::{
-    AuditEntry, Checkpoint, ClusterFinalization, Exclusion, KindState, MemberRecord,
-    CLUSTER_STATE_FORMAT,
+    AuditEntry, Checkpoint, ClusterFinalization, Exclusion, KindRecord, KindState, MemberRecord,
+    MemberRole, AUDIT_RETENTION, CLUSTER_STATE_FORMAT,
 };
 pub use store::{
     CasOutcome, ClusterStore, EmbeddedStore, FinalizerClaim, MovePhase, MoveReport, MovingStore,

@@ -26,6 +26,13 @@ pub struct MemberReport {
     pub software_layout_version: u32,
     /// The member's metadata layout version (MLV), as on its disk.
     pub metadata_layout_version: u32,
+    /// The incarnation of the member's process: new at every process start
+    /// ([`Member`](crate::cluster::Member) makes one). A second live process reporting
+    /// the same member id with another incarnation is refused
+    /// ([`Refusal::DuplicateIncarnation`]). Empty (a report from a release before
+    /// incarnations): the registration replaces whatever incarnation was recorded.
+    #[serde(default)]
+    pub incarnation: String,
 }
 
 impl MemberReport {
@@ -41,7 +48,15 @@ impl MemberReport {
             member_id: member_id.into(),
             software_layout_version,
             metadata_layout_version,
+            incarnation: String::new(),
         }
+    }
+
+    /// The same report from process incarnation `incarnation`.
+    #[must_use]
+    pub fn with_incarnation(mut self, incarnation: impl Into<String>) -> Self {
+        self.incarnation = incarnation.into();
+        self
     }
 }
 
@@ -174,6 +189,71 @@ pub enum Refusal {
         member_id: String,
         /// What is wrong.
         problem: String,
+    },
+    /// Another process registered under the same member id, with another incarnation,
+    /// and is live: two processes must never run as one member.
+    #[error(
+        "{kind} member {member_id} refused: another process is live as this member \
+         (incarnation {live_incarnation}); this process (incarnation {incarnation}) may not \
+         run under the same member id. Stop one of them, or give each its own member id"
+    )]
+    DuplicateIncarnation {
+        /// The component kind.
+        kind: String,
+        /// The member.
+        member_id: String,
+        /// The incarnation of the live process recorded for the member.
+        live_incarnation: String,
+        /// The incarnation of the refused process.
+        incarnation: String,
+    },
+    /// A heartbeat from an incarnation that is no longer the member's: another process
+    /// registered as this member since (a restart elsewhere, or a duplicate).
+    #[error(
+        "{kind} member {member_id} refused: its registration was taken over by another \
+         process (incarnation {current_incarnation}); this process (incarnation \
+         {incarnation}) must register again, and is refused while the other one is live"
+    )]
+    Superseded {
+        /// The component kind.
+        kind: String,
+        /// The member.
+        member_id: String,
+        /// The incarnation now recorded.
+        current_incarnation: String,
+        /// The incarnation of the refused process.
+        incarnation: String,
+    },
+    /// The member id is a coordinator's: members and coordinators share one membership.
+    #[error(
+        "{kind} member {member_id} refused: {member_id} is the id of a coordinator; give the \
+         member its own id"
+    )]
+    IdOfCoordinator {
+        /// The component kind.
+        kind: String,
+        /// The member.
+        member_id: String,
+    },
+    /// The member's software is newer than the coordinator's: the coordinator must be
+    /// upgraded first (it must understand every layout its members may be finalized to).
+    #[error(
+        "{kind} member {member_id} refused: its software layout version \
+         {software_layout_version} is above the coordinator's ({coordinator_id}, software \
+         layout version {coordinator_software_layout_version}); upgrade the coordinator \
+         first, then the members"
+    )]
+    SoftwareAboveCoordinator {
+        /// The component kind.
+        kind: String,
+        /// The member.
+        member_id: String,
+        /// Its SLV.
+        software_layout_version: u32,
+        /// The coordinator.
+        coordinator_id: String,
+        /// The coordinator's SLV for the kind.
+        coordinator_software_layout_version: u32,
     },
     /// A heartbeat from a member that never registered (or whose registration was lost):
     /// it must register first.

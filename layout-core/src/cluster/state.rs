@@ -1,15 +1,29 @@
 //! The cluster state of one component kind, as kept in a
-//! [`ClusterStore`](crate::cluster::ClusterStore): the cluster's finalized version, the
-//! persistent membership (with exclusions), the finalization in progress and its
-//! checkpoint, and an audit trail.
+//! [`ClusterStore`](crate::cluster::ClusterStore), in separate records so that no change
+//! rewrites more than it changes:
+//!
+//! - one small [`KindRecord`]: the cluster's finalized version, the finalization in
+//!   progress and its checkpoint, the finalizer's fencing token, the move mark;
+//! - one [`MemberRecord`] per member (with its exclusion);
+//! - the audit trail, one [`AuditEntry`] per record, append-only and bounded
+//!   ([`AUDIT_RETENTION`]).
+//!
+//! [`KindState`] is all of it at once: a snapshot for status and store moves, and the
+//! document the first release stored whole (format 1), migrated forward on open with
+//! [`upgrade_kind_document`].
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// The version of [`KindState`]'s encoding. A store holding a newer one is refused.
-pub const CLUSTER_STATE_FORMAT: u32 = 1;
+/// The version of the cluster state's encoding ([`KindRecord`], [`MemberRecord`] and the
+/// [`KindState`] document). A store holding a newer one is refused. Format 1 kept a
+/// kind's whole state in one document; format 2 splits it into records.
+pub const CLUSTER_STATE_FORMAT: u32 = 2;
+
+/// How many audit entries a store keeps per kind; appending beyond it drops the oldest.
+pub const AUDIT_RETENTION: usize = 1_000;
 
 /// How far a cluster finalization has come. Each checkpoint is stored (one transaction)
 /// before the next step starts, so a coordinator that restarts resumes from it.
@@ -72,11 +86,40 @@ pub struct Exclusion {
     pub required_software_layout_version: u32,
 }
 
+/// What a member of the cluster is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemberRole {
+    /// A member (a datanode).
+    #[default]
+    Member,
+    /// A coordinator: registered in the membership with its own software layout version,
+    /// so an old-release coordinator on the same store blocks finalization like any
+    /// member; no member may take its id.
+    Coordinator,
+}
+
+impl fmt::Display for MemberRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Member => "member",
+            Self::Coordinator => "coordinator",
+        })
+    }
+}
+
 /// A member, as remembered by the cluster. Membership is persistent: a member stays
 /// known (and blocks finalization while its software is too old) until an operator
-/// excludes it; liveness is separate (leases).
+/// excludes it; liveness is separate (kept by the coordinator, from heartbeats).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberRecord {
+    /// Member or coordinator.
+    #[serde(default)]
+    pub role: MemberRole,
+    /// The incarnation of the process that registered last (new at every process start):
+    /// a second live process with the same member id is refused.
+    #[serde(default)]
+    pub incarnation: String,
     /// Its SLV, as last reported.
     pub software_layout_version: u32,
     /// Its MLV, as last reported.
@@ -107,9 +150,10 @@ pub struct AuditEntry {
     pub detail: String,
 }
 
-/// The cluster state of one component kind.
+/// The small, versioned record of one component kind: everything but the members and
+/// the audit trail. Every checkpoint of a finalization is one compare-and-swap of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KindState {
+pub struct KindRecord {
     /// [`CLUSTER_STATE_FORMAT`] of the release that wrote it.
     pub format: u32,
     /// The component kind.
@@ -119,26 +163,107 @@ pub struct KindState {
     pub cluster_layout_version: u32,
     /// The finalization in progress or the last one.
     pub finalization: Option<ClusterFinalization>,
-    /// Every member ever registered and not forgotten.
-    pub members: BTreeMap<String, MemberRecord>,
-    /// The audit trail, oldest first.
-    pub audit: Vec<AuditEntry>,
+    /// The finalizer's fencing token: raised by every coordinator that takes the
+    /// finalizer claim, and checked on every checkpoint it writes, so a coordinator that
+    /// lost its claim (its lease lapsed) can never write a checkpoint again.
+    #[serde(default)]
+    pub claim_generation: u64,
+    /// The coordinator that took the claim of [`claim_generation`](Self::claim_generation).
+    #[serde(default)]
+    pub claimed_by: Option<String>,
     /// Set in the old store when the cluster state moved to another store: a coordinator
     /// still pointed at this one refuses to use it.
     pub moved_to: Option<String>,
 }
 
-impl KindState {
-    /// A new kind at `cluster_layout_version`, with no members.
+impl KindRecord {
+    /// A new kind at `cluster_layout_version`.
     pub fn new(kind: impl Into<String>, cluster_layout_version: u32) -> Self {
         Self {
             format: CLUSTER_STATE_FORMAT,
             kind: kind.into(),
             cluster_layout_version,
             finalization: None,
-            members: BTreeMap::new(),
-            audit: Vec::new(),
+            claim_generation: 0,
+            claimed_by: None,
             moved_to: None,
+        }
+    }
+
+    /// The finalization in progress (started and not complete).
+    pub fn finalization_in_progress(&self) -> Option<&ClusterFinalization> {
+        self.finalization
+            .as_ref()
+            .filter(|f| f.checkpoint != Checkpoint::Complete)
+    }
+}
+
+/// The whole cluster state of one component kind: its [`KindRecord`], every member and
+/// the audit trail. A snapshot (status, store moves); stores keep the parts as separate
+/// records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KindState {
+    /// [`CLUSTER_STATE_FORMAT`] of the release that wrote it.
+    pub format: u32,
+    /// The component kind.
+    pub kind: String,
+    /// The cluster's finalized layout version (the cluster MLV).
+    pub cluster_layout_version: u32,
+    /// The finalization in progress or the last one.
+    pub finalization: Option<ClusterFinalization>,
+    /// See [`KindRecord::claim_generation`].
+    #[serde(default)]
+    pub claim_generation: u64,
+    /// See [`KindRecord::claimed_by`].
+    #[serde(default)]
+    pub claimed_by: Option<String>,
+    /// Every member ever registered and not forgotten.
+    pub members: BTreeMap<String, MemberRecord>,
+    /// The audit trail, oldest first.
+    pub audit: Vec<AuditEntry>,
+    /// See [`KindRecord::moved_to`].
+    pub moved_to: Option<String>,
+}
+
+impl KindState {
+    /// A new kind at `cluster_layout_version`, with no members.
+    pub fn new(kind: impl Into<String>, cluster_layout_version: u32) -> Self {
+        Self::from_parts(
+            KindRecord::new(kind, cluster_layout_version),
+            BTreeMap::new(),
+            Vec::new(),
+        )
+    }
+
+    /// The state made of its records.
+    pub fn from_parts(
+        record: KindRecord,
+        members: BTreeMap<String, MemberRecord>,
+        audit: Vec<AuditEntry>,
+    ) -> Self {
+        Self {
+            format: record.format,
+            kind: record.kind,
+            cluster_layout_version: record.cluster_layout_version,
+            finalization: record.finalization,
+            claim_generation: record.claim_generation,
+            claimed_by: record.claimed_by,
+            members,
+            audit,
+            moved_to: record.moved_to,
+        }
+    }
+
+    /// Its kind record.
+    pub fn record(&self) -> KindRecord {
+        KindRecord {
+            format: self.format,
+            kind: self.kind.clone(),
+            cluster_layout_version: self.cluster_layout_version,
+            finalization: self.finalization.clone(),
+            claim_generation: self.claim_generation,
+            claimed_by: self.claimed_by.clone(),
+            moved_to: self.moved_to.clone(),
         }
     }
 
@@ -153,4 +278,49 @@ impl KindState {
     pub fn active_members(&self) -> impl Iterator<Item = (&String, &MemberRecord)> {
         self.members.iter().filter(|(_, m)| m.excluded.is_none())
     }
+}
+
+/// Reads a [`KindState`] document of any format up to [`CLUSTER_STATE_FORMAT`]:
+/// format 1 (the first release kept a kind's whole state in one document) is migrated
+/// forward with the project's document-migration machinery
+/// ([`DocumentMigrator`](crate::migration::DocumentMigrator), version field `format`):
+/// members become [`MemberRole::Member`] with no incarnation, the claim generation
+/// starts at 0, and the audit trail keeps its newest [`AUDIT_RETENTION`] entries. A
+/// newer format is refused (the error names both).
+pub fn upgrade_kind_document(document: serde_json::Value) -> Result<KindState, String> {
+    let migrator = crate::migration::DocumentMigrator::builder("cluster kind state")
+        .version_field("format")
+        .base_version(1)
+        .step(
+            crate::migration::DocumentMigration::new(1, 2, |mut doc| {
+                if let Some(members) = doc
+                    .get_mut("members")
+                    .and_then(serde_json::Value::as_object_mut)
+                {
+                    for member in members.values_mut() {
+                        if let Some(member) = member.as_object_mut() {
+                            member.insert("role".into(), "member".into());
+                            member.insert("incarnation".into(), "".into());
+                        }
+                    }
+                }
+                if let Some(object) = doc.as_object_mut() {
+                    object.insert("claim_generation".into(), 0.into());
+                    object.insert("claimed_by".into(), serde_json::Value::Null);
+                }
+                if let Some(audit) = doc
+                    .get_mut("audit")
+                    .and_then(serde_json::Value::as_array_mut)
+                {
+                    let excess = audit.len().saturating_sub(AUDIT_RETENTION);
+                    audit.drain(..excess);
+                }
+                Ok(doc)
+            })
+            .named("split the kind state into records"),
+        )
+        .build()
+        .map_err(|e| e.to_string())?;
+    let migrated = migrator.upgrade(document).map_err(|e| e.to_string())?;
+    serde_json::from_value(migrated.document).map_err(|e| e.to_string())
 }

@@ -5,6 +5,7 @@
 mod child;
 mod error;
 mod node;
+mod observed;
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -22,6 +23,7 @@ pub use node::{
     ClusterNode, FinalizeRun, FinalizeSummary, Node, NodeStatus, RunOutcome, StartOptions,
     TESTKIT_CLIENT,
 };
+pub use observed::ObservedStore;
 
 use crate::component::{PrepareOutcome, TestComponent};
 use node::{NodeObject, NodeSpec};

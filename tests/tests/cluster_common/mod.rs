@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use layout_core::cluster::{
     Checkpoint, ClusterError, ClusterFinalizeOutcome, ClusterStatus, ClusterStore, Coordinator,
-    CoordinatorOptions, CoordinatorServer, FinalizerLayout, HttpLink, Member,
+    CoordinatorOptions, CoordinatorServer, FinalizerLayout, HttpLink, Member, MemberRole,
 };
 use layout_core::http::{BearerToken, ClientConfig};
 use layout_core::{
@@ -370,23 +370,32 @@ fn ids() -> Vec<String> {
     (1..=5).map(|i| format!("dn{i}")).collect()
 }
 
-/// Five members on the old release; a rolling upgrade one member at a time while
+/// Five members on the old release (`expire` makes a killed member's lease lapse before
+/// it restarts); a rolling upgrade one member at a time while
 /// pre-finalized (each accepted); finalization refused while one is old, naming it; a
 /// member `SIGKILLed` inside its finalize action; an old binary refused after
 /// finalization; the killed member restarted catches up, and the finalization completes.
 // One scenario, told in order.
 #[allow(clippy::too_many_lines)]
-pub(crate) fn rolling_upgrade_and_finalization(cluster: &mut Cluster) {
+pub(crate) fn rolling_upgrade_and_finalization(cluster: &mut Cluster, expire: &ExpireMember) {
     for id in ids() {
         cluster.start_member(&id, OLD, false);
     }
     let status = cluster.status();
     assert_eq!(status.cluster_layout_version, OLD);
-    assert_eq!(status.members.len(), 5);
+    let members = status
+        .members
+        .iter()
+        .filter(|m| m.role == MemberRole::Member)
+        .count();
+    assert_eq!(members, 5, "{status:?}");
 
     // Rolling upgrade, one at a time, while pre-finalized: every new binary is accepted.
     for id in &ids()[..4] {
         cluster.kill(id);
+        // A restart within the old process's lease would be taken for a second live
+        // process (refused until the lease lapses): let it lapse first.
+        expire(cluster.coordinator(), id);
         cluster.start_member(id, NEW, id == "dn3");
         let member = cluster.status().member(id).unwrap().clone();
         assert_eq!(
@@ -398,7 +407,11 @@ pub(crate) fn rolling_upgrade_and_finalization(cluster: &mut Cluster) {
         );
     }
 
-    // dn5 still runs the old release: refused, and named.
+    // dn5 still runs the old release: refused, and named (once it has been heard from
+    // since the leases above lapsed).
+    wait_until("dn5 heartbeating", || {
+        cluster.status().member("dn5").is_some_and(|m| m.live)
+    });
     let err = cluster
         .coordinator()
         .finalize(KIND, Some(NEW), "ops")
@@ -424,6 +437,9 @@ pub(crate) fn rolling_upgrade_and_finalization(cluster: &mut Cluster) {
     assert_eq!(cluster.local_finalized(), 0);
 
     cluster.kill("dn5");
+    // A restart within the old process's lease would be taken for a second live
+    // process (refused until the lease lapses): let it lapse first.
+    expire(cluster.coordinator(), "dn5");
     cluster.start_member("dn5", NEW, false);
     let outcome = cluster.coordinator().finalize(KIND, None, "ops").unwrap();
     assert!(
@@ -445,6 +461,9 @@ pub(crate) fn rolling_upgrade_and_finalization(cluster: &mut Cluster) {
         .wait_for_step("in-finalize-action dn3", BOUND)
         .unwrap();
     cluster.kill("dn3");
+    // A restart within the old process's lease would be taken for a second live
+    // process (refused until the lease lapses): let it lapse first.
+    expire(cluster.coordinator(), "dn3");
     for id in ["dn1", "dn2", "dn4", "dn5"] {
         cluster
             .member(id)

@@ -13,6 +13,9 @@ mod documents;
 mod moves;
 mod restart;
 mod server;
+mod store;
+#[path = "../store_contract/mod.rs"]
+mod store_contract;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
@@ -55,7 +58,8 @@ fn five_member_processes_roll_upgrade_finalize_and_catch_up_after_a_sigkill() {
         return;
     }
     let (_root, mut cluster) = etcd_cluster(&layout_testkit::test_name!());
-    cluster_common::rolling_upgrade_and_finalization(&mut cluster);
+    let expire: cluster_common::ExpireMember = Box::new(cluster_common::wait_until_dead);
+    cluster_common::rolling_upgrade_and_finalization(&mut cluster, &expire);
 }
 
 #[test]
@@ -73,11 +77,13 @@ fn five_member_processes_an_exclusion_survives_a_coordinator_restart() {
 #[test]
 fn a_member_lease_expires_on_etcd_when_it_stops_heartbeating_and_its_membership_stays() {
     let store = Arc::new(server::store(&server::prefix("lease-expiry")));
-    let coordinator = Coordinator::open(
-        store.clone(),
-        CoordinatorOptions::default().with_member_lease_ttl(LEASE),
-    )
-    .unwrap();
+    let coordinator = Arc::new(
+        Coordinator::open(
+            store.clone(),
+            CoordinatorOptions::default().with_member_lease_ttl(LEASE),
+        )
+        .unwrap(),
+    );
     let report = |id: &str| MemberReport::new(KIND, id, NEW, OLD);
     coordinator.register(&report("dn1")).unwrap();
     coordinator.register(&report("dn2")).unwrap();
@@ -92,11 +98,7 @@ fn a_member_lease_expires_on_etcd_when_it_stops_heartbeating_and_its_membership_
     // dn2 keeps heartbeating in a thread while dn1 is silent.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let heartbeats = {
-        let coordinator = Coordinator::open(
-            store,
-            CoordinatorOptions::default().with_member_lease_ttl(LEASE),
-        )
-        .unwrap();
+        let coordinator = Arc::clone(&coordinator);
         let stop = Arc::clone(&stop);
         thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {

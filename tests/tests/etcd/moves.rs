@@ -128,7 +128,7 @@ fn move_live_cluster(
     let members = heartbeating_members(&coordinator, &stop, &beats);
     beats.wait_for_more();
 
-    moving.begin(new, TTL).unwrap();
+    moving.begin(new).unwrap();
     assert_eq!(moving.phase(), MovePhase::DualPublishing);
     beats.wait_for_more();
     // A finalization while dual publishing: its checkpoints reach both stores.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use layout_core::cluster::{
-    Checkpoint, ClusterError, ClusterFinalizeOutcome, ClusterStore, Coordinator,
+    AuditEntry, Checkpoint, ClusterError, ClusterFinalizeOutcome, ClusterStore, Coordinator,
     CoordinatorOptions, EmbeddedStore, FinalizerClaim, HeartbeatError, Instruction, KindState,
     Member, MemberReport, MovePhase, MovingStore, Refusal,
 };
@@ -80,10 +80,12 @@ fn an_older_member_is_accepted_while_pre_finalized_and_refused_after() {
 #[test]
 fn finalization_is_refused_listing_every_blocker_live_or_not() {
     let clock = Arc::new(ManualClock::at_ms(1_000));
-    let store = Arc::new(EmbeddedStore::in_memory().with_clock(clock.clone()));
+    let store = Arc::new(EmbeddedStore::in_memory());
     let coordinator = Coordinator::open(
         store,
-        CoordinatorOptions::default().with_member_lease_ttl(Duration::from_secs(2)),
+        CoordinatorOptions::default()
+            .with_clock(clock.clone())
+            .with_member_lease_ttl(Duration::from_secs(2)),
     )
     .unwrap();
     coordinator.register(&report("dn1", NEW, OLD)).unwrap();
@@ -236,10 +238,12 @@ fn a_member_whose_disk_is_ahead_of_the_cluster_or_whose_report_is_impossible_is_
 #[test]
 fn a_member_lease_lapses_without_heartbeats_but_its_membership_stays() {
     let clock = Arc::new(ManualClock::at_ms(1_000));
-    let store = Arc::new(EmbeddedStore::in_memory().with_clock(clock.clone()));
+    let store = Arc::new(EmbeddedStore::in_memory());
     let coordinator = Coordinator::open(
         store,
-        CoordinatorOptions::default().with_member_lease_ttl(Duration::from_secs(2)),
+        CoordinatorOptions::default()
+            .with_clock(clock.clone())
+            .with_member_lease_ttl(Duration::from_secs(2)),
     )
     .unwrap();
     coordinator.register(&report("dn1", NEW, OLD)).unwrap();
@@ -288,13 +292,13 @@ fn a_live_cluster_moves_to_another_store_without_a_wrong_answer() {
 
     // A rollback before the switch leaves the old store in charge.
     let abandoned = Arc::new(EmbeddedStore::in_memory());
-    moving.begin(abandoned, Duration::from_secs(10)).unwrap();
+    moving.begin(abandoned).unwrap();
     beat(&mut members, expected);
     moving.rollback().unwrap();
     assert_eq!(moving.phase(), MovePhase::Current);
 
     let new = Arc::new(EmbeddedStore::in_memory());
-    moving.begin(new.clone(), Duration::from_secs(10)).unwrap();
+    moving.begin(new.clone()).unwrap();
     assert_eq!(moving.phase(), MovePhase::DualPublishing);
     beat(&mut members, expected);
     coordinator.finalize(KIND, Some(NEW), "ops").unwrap();
@@ -303,16 +307,21 @@ fn a_live_cluster_moves_to_another_store_without_a_wrong_answer() {
     assert!(moving.verify().unwrap().is_caught_up());
 
     // Someone writes to the old store behind the adapter's back: the switch waits.
-    let mut stray = old.load(KIND).unwrap().unwrap();
-    stray.state.audit.clear();
-    old.compare_and_swap(KIND, Some(stray.revision), &stray.state)
-        .unwrap();
+    old.append_audit(
+        KIND,
+        &AuditEntry {
+            at_ms: 1,
+            actor: "someone".into(),
+            event: "stray".into(),
+            member_id: None,
+            version: None,
+            detail: "written to the old store directly".into(),
+        },
+    )
+    .unwrap();
     let err = moving.switch().unwrap_err();
     assert!(err.to_string().contains("has not caught up"), "{err}");
-    assert!(moving
-        .catch_up(Duration::from_secs(10))
-        .unwrap()
-        .is_caught_up());
+    assert!(moving.catch_up().unwrap().is_caught_up());
     moving.switch().unwrap();
     assert_eq!(moving.phase(), MovePhase::Switched);
     assert!(moving.rollback().is_err());
@@ -347,7 +356,7 @@ fn the_embedded_store_keeps_only_state_and_membership_across_a_restart() {
     }
     let store = Arc::new(EmbeddedStore::open(&path).unwrap());
     assert_eq!(store.kinds().unwrap(), [KIND]);
-    let state: KindState = store.load(KIND).unwrap().unwrap().state;
+    let state: KindState = store.load_state(KIND).unwrap().unwrap();
     assert!(state.members.contains_key("dn1"));
     let coordinator = Coordinator::open(store, CoordinatorOptions::default()).unwrap();
     // Membership persists; liveness does not (it is a lease).
@@ -433,14 +442,8 @@ fn on_the_embedded_store_a_coordinator_restarted_with_the_same_id_takes_its_clai
 fn embedded_cluster(test: &str, clock: Arc<ManualClock>) -> (tempfile::TempDir, Cluster) {
     let root = tempfile::tempdir().unwrap();
     let path = root.path().join("cluster-state");
-    let store_clock = clock.clone();
-    let open: common::OpenStore = Box::new(move || {
-        Arc::new(
-            EmbeddedStore::open(&path)
-                .unwrap()
-                .with_clock(store_clock.clone()),
-        ) as Arc<dyn ClusterStore>
-    });
+    let open: common::OpenStore =
+        Box::new(move || Arc::new(EmbeddedStore::open(&path).unwrap()) as Arc<dyn ClusterStore>);
     let options = CoordinatorOptions::default()
         .with_member_lease_ttl(Duration::from_secs(2))
         .with_clock(clock);
@@ -455,8 +458,11 @@ fn five_member_processes_roll_upgrade_finalize_and_catch_up_after_a_sigkill() {
         return;
     }
     let clock = Arc::new(ManualClock::at_ms(1_767_225_600_000));
-    let (_root, mut cluster) = embedded_cluster(&layout_testkit::test_name!(), clock);
-    common::rolling_upgrade_and_finalization(&mut cluster);
+    let (_root, mut cluster) = embedded_cluster(&layout_testkit::test_name!(), clock.clone());
+    let expire: common::ExpireMember = Box::new(move |_, _| {
+        clock.advance(Duration::from_secs(3));
+    });
+    common::rolling_upgrade_and_finalization(&mut cluster, &expire);
 }
 
 #[test]

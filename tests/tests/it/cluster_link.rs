@@ -33,7 +33,7 @@ fn report(id: &str, slv: u32, mlv: u32) -> MemberReport {
 /// A coordinator on an in-memory store whose leases run on `clock` (so nothing lapses
 /// while a test runs), served on a loopback port.
 fn served(clock: &Arc<ManualClock>) -> (Arc<Coordinator>, CoordinatorServer) {
-    let store = EmbeddedStore::in_memory().with_clock(clock.clone());
+    let store = EmbeddedStore::in_memory();
     let options = CoordinatorOptions::default()
         .with_member_lease_ttl(Duration::from_secs(10))
         .with_clock(clock.clone());

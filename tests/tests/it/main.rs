@@ -7,7 +7,9 @@ mod catalogs;
 mod cluster;
 #[path = "../cluster_common/mod.rs"]
 mod cluster_common;
+mod cluster_identity;
 mod cluster_link;
+mod cluster_store;
 mod concurrency;
 mod damaged_file;
 mod factory;
@@ -26,3 +28,5 @@ mod prepare;
 mod seeded;
 mod startup;
 mod steps;
+#[path = "../store_contract/mod.rs"]
+mod store_contract;

@@ -7,7 +7,6 @@ mod embedded;
 mod etcd;
 mod moving;
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::io;
 use std::sync::Arc;
@@ -18,15 +17,15 @@ pub use embedded::EmbeddedStore;
 pub use etcd::{EtcdDocumentStore, EtcdOptions, EtcdStore};
 pub use moving::{MovePhase, MoveReport, MovingStore};
 
-use super::state::KindState;
+use super::state::{AuditEntry, KindRecord, KindState, MemberRecord};
 
-/// A stored [`KindState`] and its revision (what a compare-and-swap expects).
+/// A stored record and its revision (what a compare-and-swap expects).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Versioned {
-    /// The store's revision of this kind's state; opaque, compared only for equality.
+pub struct Versioned<T> {
+    /// The store's revision of this record; opaque, compared only for equality.
     pub revision: u64,
-    /// The state.
-    pub state: KindState,
+    /// The record.
+    pub value: T,
 }
 
 /// What a compare-and-swap did.
@@ -37,7 +36,7 @@ pub enum CasOutcome {
         /// The new revision.
         revision: u64,
     },
-    /// The stored revision was not the expected one: nothing changed. Reload and retry.
+    /// A stored revision was not the expected one: nothing changed. Reload and retry.
     Conflict,
 }
 
@@ -54,20 +53,28 @@ pub enum FinalizerClaim {
     },
 }
 
-/// The cluster state of every component kind, and the liveness of members. Synchronous:
-/// callers need no async runtime.
+/// The cluster state of every component kind, kept as separate records so that a change
+/// writes only what it changes: per kind a small [`KindRecord`], one [`MemberRecord`]
+/// per member and an append-only, bounded audit trail (see [`crate::cluster::state`]).
+/// Synchronous: callers need no async runtime. Liveness is not stored: the coordinator
+/// keeps it in memory, from heartbeats.
 ///
 /// Contract:
-/// - [`load`](Self::load) returns `Ok(None)` only for a kind never stored.
-/// - [`compare_and_swap`](Self::compare_and_swap) stores a kind's state only if its
-///   revision is still `expected` (`None`: absent), atomically and durably (one
-///   transaction); a checkpoint is one such swap.
-/// - Liveness is separate from membership: [`mark_alive`](Self::mark_alive) keeps a
-///   member live for `ttl`; a member not marked again within it is no longer in
-///   [`live_members`](Self::live_members) (on etcd, a leased key that vanishes).
+/// - [`load_kind`](Self::load_kind) returns `Ok(None)` only for a kind never stored.
+/// - [`swap_kind`](Self::swap_kind) stores a kind record only if its revision is still
+///   `expected` (`None`: absent), atomically and durably; a checkpoint is one such swap.
+/// - [`swap_member`](Self::swap_member) stores a member record only if the member's
+///   revision is still `expected` *and* the kind record's revision is still
+///   `kind_revision`, in one transaction: a member's registration decided on a kind
+///   record that has since moved (a finalization started) is a conflict, never stored.
+///   Member revisions are independent of each other: two members never conflict.
+/// - [`append_audit`](Self::append_audit) keeps the newest [`AUDIT_RETENTION`](crate::cluster::state::AUDIT_RETENTION) entries of
+///   a kind, in the order appended.
 /// - [`claim_finalizer`](Self::claim_finalizer) elects the single active finalizer of a
 ///   kind: at most one holder id at a time, across every process sharing the store; the
 ///   holder's own id, restarted, takes its claim back without waiting for it to lapse.
+/// - A state written by the first release (format 1: one document per kind) is migrated
+///   forward when the store opens ([`upgrade_kind_document`](crate::cluster::state::upgrade_kind_document)).
 pub trait ClusterStore: Send + Sync + fmt::Debug {
     /// Where the state lives, for messages (a path, `etcd http://127.0.0.1:2379 /prefix`).
     fn location(&self) -> String;
@@ -75,25 +82,48 @@ pub trait ClusterStore: Send + Sync + fmt::Debug {
     /// The component kinds stored, sorted.
     fn kinds(&self) -> Result<Vec<String>, StoreError>;
 
-    /// A kind's state and revision; `Ok(None)` when never stored.
-    fn load(&self, kind: &str) -> Result<Option<Versioned>, StoreError>;
+    /// A kind's record and revision; `Ok(None)` when never stored.
+    fn load_kind(&self, kind: &str) -> Result<Option<Versioned<KindRecord>>, StoreError>;
 
-    /// Stores `state` for `kind` if its revision is `expected` (`None`: if absent).
-    fn compare_and_swap(
+    /// Stores `record` for `kind` if its revision is `expected` (`None`: if absent).
+    fn swap_kind(
         &self,
         kind: &str,
         expected: Option<u64>,
-        state: &KindState,
+        record: &KindRecord,
     ) -> Result<CasOutcome, StoreError>;
 
-    /// Stores `state` for `kind` whatever is there (copying into a new store).
-    fn overwrite(&self, kind: &str, state: &KindState) -> Result<u64, StoreError>;
+    /// One member's record and revision; `Ok(None)` when never stored.
+    fn load_member(
+        &self,
+        kind: &str,
+        member: &str,
+    ) -> Result<Option<Versioned<MemberRecord>>, StoreError>;
 
-    /// Marks `member` of `kind` live for `ttl` from now.
-    fn mark_alive(&self, kind: &str, member: &str, ttl: Duration) -> Result<(), StoreError>;
+    /// Every member of `kind` with its record and revision, sorted by id.
+    fn members(&self, kind: &str) -> Result<Vec<(String, Versioned<MemberRecord>)>, StoreError>;
 
-    /// The members of `kind` marked live and not expired.
-    fn live_members(&self, kind: &str) -> Result<BTreeSet<String>, StoreError>;
+    /// Stores `record` for `member` of `kind` if the member's revision is `expected`
+    /// (`None`: if absent) and the kind record's revision is `kind_revision`.
+    fn swap_member(
+        &self,
+        kind: &str,
+        member: &str,
+        expected: Option<u64>,
+        kind_revision: u64,
+        record: &MemberRecord,
+    ) -> Result<CasOutcome, StoreError>;
+
+    /// Appends an entry to `kind`'s audit trail, dropping the oldest beyond
+    /// [`AUDIT_RETENTION`](crate::cluster::state::AUDIT_RETENTION).
+    fn append_audit(&self, kind: &str, entry: &AuditEntry) -> Result<(), StoreError>;
+
+    /// `kind`'s audit trail, oldest first.
+    fn audit(&self, kind: &str) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Replaces everything stored for `kind` (record, members, audit) with `state`, in
+    /// one transaction where the store can (copying into a new store during a move).
+    fn import(&self, kind: &str, state: &KindState) -> Result<(), StoreError>;
 
     /// Claims the single active finalizer of `kind` for `holder`. A holder that claims
     /// again keeps it, also after a restart: a claim left by an earlier run of the same
@@ -109,6 +139,24 @@ pub trait ClusterStore: Send + Sync + fmt::Debug {
 
     /// Releases the claim of `holder` (no-op when it holds none).
     fn release_finalizer(&self, kind: &str, holder: &str) -> Result<(), StoreError>;
+
+    /// The whole state of `kind` (record, members, audit) as one snapshot; `Ok(None)` when
+    /// never stored. Not one transaction: each part is read as it is then.
+    fn load_state(&self, kind: &str) -> Result<Option<KindState>, StoreError> {
+        let Some(record) = self.load_kind(kind)? else {
+            return Ok(None);
+        };
+        let members = self
+            .members(kind)?
+            .into_iter()
+            .map(|(id, m)| (id, m.value))
+            .collect();
+        Ok(Some(KindState::from_parts(
+            record.value,
+            members,
+            self.audit(kind)?,
+        )))
+    }
 }
 
 macro_rules! forward_store {
@@ -120,30 +168,48 @@ macro_rules! forward_store {
             fn kinds(&self) -> Result<Vec<String>, StoreError> {
                 (**self).kinds()
             }
-            fn load(&self, kind: &str) -> Result<Option<Versioned>, StoreError> {
-                (**self).load(kind)
+            fn load_kind(&self, kind: &str) -> Result<Option<Versioned<KindRecord>>, StoreError> {
+                (**self).load_kind(kind)
             }
-            fn compare_and_swap(
+            fn swap_kind(
                 &self,
                 kind: &str,
                 expected: Option<u64>,
-                state: &KindState,
+                record: &KindRecord,
             ) -> Result<CasOutcome, StoreError> {
-                (**self).compare_and_swap(kind, expected, state)
+                (**self).swap_kind(kind, expected, record)
             }
-            fn overwrite(&self, kind: &str, state: &KindState) -> Result<u64, StoreError> {
-                (**self).overwrite(kind, state)
-            }
-            fn mark_alive(
+            fn load_member(
                 &self,
                 kind: &str,
                 member: &str,
-                ttl: Duration,
-            ) -> Result<(), StoreError> {
-                (**self).mark_alive(kind, member, ttl)
+            ) -> Result<Option<Versioned<MemberRecord>>, StoreError> {
+                (**self).load_member(kind, member)
             }
-            fn live_members(&self, kind: &str) -> Result<BTreeSet<String>, StoreError> {
-                (**self).live_members(kind)
+            fn members(
+                &self,
+                kind: &str,
+            ) -> Result<Vec<(String, Versioned<MemberRecord>)>, StoreError> {
+                (**self).members(kind)
+            }
+            fn swap_member(
+                &self,
+                kind: &str,
+                member: &str,
+                expected: Option<u64>,
+                kind_revision: u64,
+                record: &MemberRecord,
+            ) -> Result<CasOutcome, StoreError> {
+                (**self).swap_member(kind, member, expected, kind_revision, record)
+            }
+            fn append_audit(&self, kind: &str, entry: &AuditEntry) -> Result<(), StoreError> {
+                (**self).append_audit(kind, entry)
+            }
+            fn audit(&self, kind: &str) -> Result<Vec<AuditEntry>, StoreError> {
+                (**self).audit(kind)
+            }
+            fn import(&self, kind: &str, state: &KindState) -> Result<(), StoreError> {
+                (**self).import(kind, state)
             }
             fn claim_finalizer(
                 &self,
@@ -155,6 +221,9 @@ macro_rules! forward_store {
             }
             fn release_finalizer(&self, kind: &str, holder: &str) -> Result<(), StoreError> {
                 (**self).release_finalizer(kind, holder)
+            }
+            fn load_state(&self, kind: &str) -> Result<Option<KindState>, StoreError> {
+                (**self).load_state(kind)
             }
         }
     };

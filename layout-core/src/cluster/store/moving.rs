@@ -8,7 +8,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 
 use super::{CasOutcome, ClusterStore, FinalizerClaim, StoreError, Versioned};
-use crate::cluster::state::{AuditEntry, KindState};
+use crate::cluster::state::{AuditEntry, KindRecord, KindState, MemberRecord};
 
 /// Where a [`MovingStore`] stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,18 +42,23 @@ impl MoveReport {
 /// A [`ClusterStore`] that moves a live cluster to another store without stopping it:
 /// the coordinator runs on it, and members keep heartbeating throughout.
 ///
-/// 1. [`begin`](Self::begin): the state of every kind, and the live members, are copied
-///    into the new store; from then on every write goes to the current store (which
-///    decides) and is mirrored to the new one, liveness is marked in both, the finalizer
-///    is claimed in both; reads still come from the current store.
-/// 2. [`verify`](Self::verify): compares both stores; [`catch_up`](Self::catch_up)
-///    recopies what differs (a write the other store missed).
+/// 1. [`begin`](Self::begin): the state of every kind is copied into the new store
+///    ([`ClusterStore::import`]); from then on every write goes to the current store
+///    (which decides) and is mirrored to the new one (the same record, stored whatever
+///    its revision there: each store keeps its own revisions), the finalizer is claimed
+///    in both; reads still come from the current store. Liveness is not stored (the
+///    coordinator keeps it in memory), so there is none to copy.
+/// 2. [`verify`](Self::verify): compares both stores' snapshots
+///    ([`ClusterStore::load_state`]); [`catch_up`](Self::catch_up) recopies every kind
+///    that differs (a write the other store missed).
 /// 3. [`switch`](Self::switch): verifies again with writes held, records the move in the
 ///    new store's audit trail, marks the old store's state as moved (the commit), and
 ///    serves from the new store alone.
 ///
 /// Until the switch is committed, [`rollback`](Self::rollback) returns to the current
-/// store alone; the new store's copy is then stale and may be deleted.
+/// store alone; the new store's copy is then stale and may be deleted. Revisions handed
+/// out after the switch are marked, so a change decided on a record read before it is a
+/// conflict (reloaded and decided again), never applied to the new store.
 ///
 /// Writes by other processes straight to the current store during the move (another
 /// coordinator not using this adapter) are not mirrored: `verify` reports them, and
@@ -61,18 +66,19 @@ impl MoveReport {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use layout_core::cluster::{ClusterStore, EmbeddedStore, KindState, MovePhase, MovingStore};
+/// use layout_core::cluster::state::KindRecord;
+/// use layout_core::cluster::{ClusterStore, EmbeddedStore, MovePhase, MovingStore};
 ///
 /// let old = Arc::new(EmbeddedStore::in_memory());
-/// old.compare_and_swap("datanode", None, &KindState::new("datanode", 2))?;
+/// old.swap_kind("datanode", None, &KindRecord::new("datanode", 2))?;
 /// let new = Arc::new(EmbeddedStore::in_memory());
 /// let store = MovingStore::new(old.clone());
-/// store.begin(new.clone(), std::time::Duration::from_secs(10))?;
+/// store.begin(new.clone())?;
 /// assert!(store.verify()?.is_caught_up());
 /// store.switch()?;
 /// assert_eq!(store.phase(), MovePhase::Switched);
-/// assert_eq!(new.load("datanode")?.unwrap().state.cluster_layout_version, 2);
-/// assert!(old.load("datanode")?.unwrap().state.moved_to.is_some());
+/// assert_eq!(new.load_kind("datanode")?.unwrap().value.cluster_layout_version, 2);
+/// assert!(old.load_kind("datanode")?.unwrap().value.moved_to.is_some());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct MovingStore {
@@ -138,13 +144,9 @@ impl MovingStore {
         }
     }
 
-    /// Starts dual publishing to `next`: copies every kind's state and the live members
-    /// (marked live there for `member_lease_ttl`). Only from [`MovePhase::Current`].
-    pub fn begin(
-        &self,
-        next: Arc<dyn ClusterStore>,
-        member_lease_ttl: Duration,
-    ) -> Result<(), StoreError> {
+    /// Starts dual publishing to `next`: copies every kind's state (record, members,
+    /// audit) with [`ClusterStore::import`]. Only from [`MovePhase::Current`].
+    pub fn begin(&self, next: Arc<dyn ClusterStore>) -> Result<(), StoreError> {
         let _writes = self.writes.lock();
         let current = {
             let stores = self.stores.read();
@@ -155,11 +157,8 @@ impl MovingStore {
             Arc::clone(&stores.current)
         };
         for kind in current.kinds()? {
-            if let Some(stored) = current.load(&kind)? {
-                next.overwrite(&kind, &stored.state)?;
-            }
-            for member in current.live_members(&kind)? {
-                next.mark_alive(&kind, &member, member_lease_ttl)?;
+            if let Some(state) = current.load_state(&kind)? {
+                next.import(&kind, &state)?;
             }
         }
         let mut stores = self.stores.write();
@@ -178,27 +177,23 @@ impl MovingStore {
         Err(self.move_error("no move is under way (begin one first)"))
     }
 
-    /// Compares the current store with the new one: every kind's state must be equal, and
-    /// every member live in the current store must be live in the new one.
+    /// Compares the current store with the new one: every kind's state (record, members,
+    /// audit; not the revisions, which are each store's own) must be equal.
     pub fn verify(&self) -> Result<MoveReport, StoreError> {
         let (current, next) = self.pair()?;
         compare(current.as_ref(), next.as_ref())
     }
 
-    /// Recopies every kind that differs (and the live members) into the new store.
-    pub fn catch_up(&self, member_lease_ttl: Duration) -> Result<MoveReport, StoreError> {
+    /// Recopies every kind that differs into the new store ([`ClusterStore::import`]).
+    pub fn catch_up(&self) -> Result<MoveReport, StoreError> {
         let _writes = self.writes.lock();
         let (current, next) = self.pair()?;
         for kind in current.kinds()? {
-            let here = current.load(&kind)?;
-            let there = next.load(&kind)?;
-            if let Some(here) = here {
-                if there.map(|t| t.state) != Some(here.state.clone()) {
-                    next.overwrite(&kind, &here.state)?;
-                }
-            }
-            for member in current.live_members(&kind)? {
-                next.mark_alive(&kind, &member, member_lease_ttl)?;
+            let Some(here) = current.load_state(&kind)? else {
+                continue;
+            };
+            if next.load_state(&kind)?.as_ref() != Some(&here) {
+                next.import(&kind, &here)?;
             }
         }
         compare(current.as_ref(), next.as_ref())
@@ -223,17 +218,18 @@ impl MovingStore {
         let to = next.location();
         let now = crate::clock::to_ms(std::time::SystemTime::now());
         for kind in &report.kinds {
-            if let Some(stored) = next.load(kind)? {
-                let mut state = stored.state;
-                state.audit.push(AuditEntry {
-                    at_ms: now,
-                    actor: "store-move".to_owned(),
-                    event: "store-moved".to_owned(),
-                    member_id: None,
-                    version: None,
-                    detail: format!("cluster state moved from {from} to {to}"),
-                });
-                next.overwrite(kind, &state)?;
+            if next.load_kind(kind)?.is_some() {
+                next.append_audit(
+                    kind,
+                    &AuditEntry {
+                        at_ms: now,
+                        actor: "store-move".to_owned(),
+                        event: "store-moved".to_owned(),
+                        member_id: None,
+                        version: None,
+                        detail: format!("cluster state moved from {from} to {to}"),
+                    },
+                )?;
             }
         }
         // The commit: the old store's state says where it went.
@@ -283,16 +279,56 @@ impl MovingStore {
     }
 }
 
+/// Stores `record` for `kind` whatever its revision in `store` (a mirror or a copy: its
+/// revisions are its own).
+fn overwrite_kind(
+    store: &dyn ClusterStore,
+    kind: &str,
+    record: &KindRecord,
+) -> Result<CasOutcome, StoreError> {
+    let mut outcome = CasOutcome::Conflict;
+    for _ in 0..RETRIES {
+        let expected = store.load_kind(kind)?.map(|v| v.revision);
+        outcome = store.swap_kind(kind, expected, record)?;
+        if let CasOutcome::Swapped { .. } = outcome {
+            break;
+        }
+    }
+    Ok(outcome)
+}
+
+/// Stores `record` for `member` of `kind` whatever the revisions in `store`.
+fn overwrite_member(
+    store: &dyn ClusterStore,
+    kind: &str,
+    member: &str,
+    record: &MemberRecord,
+) -> Result<CasOutcome, StoreError> {
+    let mut outcome = CasOutcome::Conflict;
+    for _ in 0..RETRIES {
+        let Some(kind_record) = store.load_kind(kind)? else {
+            return Ok(CasOutcome::Conflict);
+        };
+        let expected = store.load_member(kind, member)?.map(|v| v.revision);
+        outcome = store.swap_member(kind, member, expected, kind_record.revision, record)?;
+        if let CasOutcome::Swapped { .. } = outcome {
+            break;
+        }
+    }
+    Ok(outcome)
+}
+
+/// How often a write that must land whatever the revisions is retried.
+const RETRIES: usize = 16;
+
 fn mark_moved(store: &dyn ClusterStore, kind: &str, to: Option<&str>) -> Result<(), StoreError> {
-    for _ in 0..16 {
-        let Some(stored) = store.load(kind)? else {
+    for _ in 0..RETRIES {
+        let Some(stored) = store.load_kind(kind)? else {
             return Ok(());
         };
-        let mut state = stored.state;
-        state.moved_to = to.map(ToOwned::to_owned);
-        if let CasOutcome::Swapped { .. } =
-            store.compare_and_swap(kind, Some(stored.revision), &state)?
-        {
+        let mut record = stored.value;
+        record.moved_to = to.map(ToOwned::to_owned);
+        if let CasOutcome::Swapped { .. } = store.swap_kind(kind, Some(stored.revision), &record)? {
             return Ok(());
         }
     }
@@ -308,8 +344,8 @@ fn compare(current: &dyn ClusterStore, next: &dyn ClusterStore) -> Result<MoveRe
     kinds.extend(next.kinds()?);
     let mut report = MoveReport::default();
     for kind in kinds {
-        let here = current.load(&kind)?.map(|v| v.state);
-        let there = next.load(&kind)?.map(|v| v.state);
+        let here = current.load_state(&kind)?;
+        let there = next.load_state(&kind)?;
         match (&here, &there) {
             (Some(_), None) => report
                 .differences
@@ -322,18 +358,52 @@ fn compare(current: &dyn ClusterStore, next: &dyn ClusterStore) -> Result<MoveRe
                 .push(format!("{kind}: the states differ")),
             _ => {}
         }
-        let live_current = current.live_members(&kind)?;
-        let live_next = next.live_members(&kind)?;
-        let missing: Vec<_> = live_current.difference(&live_next).cloned().collect();
-        if !missing.is_empty() {
-            report.differences.push(format!(
-                "{kind}: live members not live in the new store: {}",
-                missing.join(", ")
-            ));
-        }
         report.kinds.push(kind);
     }
     Ok(report)
+}
+
+/// A revision read from the active store, marked once switched.
+fn mark(revision: u64, switched: bool) -> u64 {
+    if switched {
+        revision | SWITCHED_REVISION
+    } else {
+        revision
+    }
+}
+
+impl MovingStore {
+    /// The revision the deciding store expects, from one handed out by this adapter:
+    /// `None` when it was read on the other side of the switch (stale).
+    fn unmark(&self, revision: u64) -> Option<u64> {
+        match (self.switched(), revision & SWITCHED_REVISION != 0) {
+            (true, true) => Some(revision & !SWITCHED_REVISION),
+            (false, false) => Some(revision),
+            _ => None,
+        }
+    }
+
+    fn switched(&self) -> bool {
+        self.phase() == MovePhase::Switched
+    }
+}
+
+/// Logs a mirrored write that failed: the current store decided; verify reports the gap
+/// and `catch_up` closes it.
+fn mirrored(kind: &str, what: &str, result: Result<CasOutcome, StoreError>) {
+    match result {
+        Ok(CasOutcome::Swapped { .. }) => {}
+        Ok(CasOutcome::Conflict) => {
+            tracing::warn!(
+                kind,
+                what,
+                "cluster store move: mirroring a write conflicted"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(kind, what, error = %e, "cluster store move: mirroring a write failed");
+        }
+    }
 }
 
 impl ClusterStore for MovingStore {
@@ -346,79 +416,133 @@ impl ClusterStore for MovingStore {
         self.active().kinds()
     }
 
-    fn load(&self, kind: &str) -> Result<Option<Versioned>, StoreError> {
+    fn load_kind(&self, kind: &str) -> Result<Option<Versioned<KindRecord>>, StoreError> {
         let _reads = self.switching.read();
-        let switched = self.phase() == MovePhase::Switched;
-        Ok(self.active().load(kind)?.map(|mut v| {
-            if switched {
-                v.revision |= SWITCHED_REVISION;
-            }
+        let switched = self.switched();
+        Ok(self.active().load_kind(kind)?.map(|mut v| {
+            v.revision = mark(v.revision, switched);
             v
         }))
     }
 
-    fn compare_and_swap(
+    fn swap_kind(
         &self,
         kind: &str,
         expected: Option<u64>,
-        state: &KindState,
+        record: &KindRecord,
     ) -> Result<CasOutcome, StoreError> {
         let _writes = self.writes.lock();
         let (decider, mirror) = self.targets();
-        let expected = match (self.phase() == MovePhase::Switched, expected) {
-            (_, None) => None,
-            (true, Some(r)) if r & SWITCHED_REVISION != 0 => Some(r & !SWITCHED_REVISION),
-            // Read before the switch (from the old store): stale.
-            (true, Some(_)) => return Ok(CasOutcome::Conflict),
-            (false, Some(r)) if r & SWITCHED_REVISION != 0 => return Ok(CasOutcome::Conflict),
-            (false, Some(r)) => Some(r),
+        let expected = match expected.map(|r| self.unmark(r)) {
+            None => None,
+            Some(Some(r)) => Some(r),
+            // Read on the other side of the switch: stale.
+            Some(None) => return Ok(CasOutcome::Conflict),
         };
-        let switched = mirror.is_none() && self.phase() == MovePhase::Switched;
-        let outcome = match decider.compare_and_swap(kind, expected, state)? {
-            CasOutcome::Swapped { revision } if switched => CasOutcome::Swapped {
-                revision: revision | SWITCHED_REVISION,
+        let switched = self.switched();
+        let outcome = match decider.swap_kind(kind, expected, record)? {
+            CasOutcome::Swapped { revision } => CasOutcome::Swapped {
+                revision: mark(revision, switched),
             },
-            outcome => outcome,
+            CasOutcome::Conflict => CasOutcome::Conflict,
         };
         if let (CasOutcome::Swapped { .. }, Some(mirror)) = (&outcome, mirror) {
-            if let Err(e) = mirror.overwrite(kind, state) {
-                // The current store decided; verify reports the gap, catch_up closes it.
-                tracing::warn!(kind, error = %e, "cluster store move: mirroring a write failed");
-            }
+            mirrored(
+                kind,
+                "kind record",
+                overwrite_kind(mirror.as_ref(), kind, record),
+            );
         }
         Ok(outcome)
     }
 
-    fn overwrite(&self, kind: &str, state: &KindState) -> Result<u64, StoreError> {
-        let _writes = self.writes.lock();
-        let (decider, mirror) = self.targets();
-        let revision = decider.overwrite(kind, state)?;
-        if let Some(mirror) = &mirror {
-            if let Err(e) = mirror.overwrite(kind, state) {
-                tracing::warn!(kind, error = %e, "cluster store move: mirroring a write failed");
-            }
-        }
-        Ok(if mirror.is_none() && self.phase() == MovePhase::Switched {
-            revision | SWITCHED_REVISION
-        } else {
-            revision
-        })
+    fn load_member(
+        &self,
+        kind: &str,
+        member: &str,
+    ) -> Result<Option<Versioned<MemberRecord>>, StoreError> {
+        let _reads = self.switching.read();
+        let switched = self.switched();
+        Ok(self.active().load_member(kind, member)?.map(|mut v| {
+            v.revision = mark(v.revision, switched);
+            v
+        }))
     }
 
-    fn mark_alive(&self, kind: &str, member: &str, ttl: Duration) -> Result<(), StoreError> {
+    fn members(&self, kind: &str) -> Result<Vec<(String, Versioned<MemberRecord>)>, StoreError> {
+        let _reads = self.switching.read();
+        let switched = self.switched();
+        let mut members = self.active().members(kind)?;
+        for (_, v) in &mut members {
+            v.revision = mark(v.revision, switched);
+        }
+        Ok(members)
+    }
+
+    fn swap_member(
+        &self,
+        kind: &str,
+        member: &str,
+        expected: Option<u64>,
+        kind_revision: u64,
+        record: &MemberRecord,
+    ) -> Result<CasOutcome, StoreError> {
+        let _writes = self.writes.lock();
         let (decider, mirror) = self.targets();
-        decider.mark_alive(kind, member, ttl)?;
+        let expected = match expected.map(|r| self.unmark(r)) {
+            None => None,
+            Some(Some(r)) => Some(r),
+            Some(None) => return Ok(CasOutcome::Conflict),
+        };
+        let Some(kind_revision) = self.unmark(kind_revision) else {
+            return Ok(CasOutcome::Conflict);
+        };
+        let switched = self.switched();
+        let outcome = match decider.swap_member(kind, member, expected, kind_revision, record)? {
+            CasOutcome::Swapped { revision } => CasOutcome::Swapped {
+                revision: mark(revision, switched),
+            },
+            CasOutcome::Conflict => CasOutcome::Conflict,
+        };
+        if let (CasOutcome::Swapped { .. }, Some(mirror)) = (&outcome, mirror) {
+            mirrored(
+                kind,
+                "member record",
+                overwrite_member(mirror.as_ref(), kind, member, record),
+            );
+        }
+        Ok(outcome)
+    }
+
+    fn append_audit(&self, kind: &str, entry: &AuditEntry) -> Result<(), StoreError> {
+        let _writes = self.writes.lock();
+        let (decider, mirror) = self.targets();
+        decider.append_audit(kind, entry)?;
         if let Some(mirror) = mirror {
-            if let Err(e) = mirror.mark_alive(kind, member, ttl) {
-                tracing::warn!(kind, member, error = %e, "cluster store move: mirroring liveness failed");
-            }
+            let result = mirror
+                .append_audit(kind, entry)
+                .map(|()| CasOutcome::Swapped { revision: 0 });
+            mirrored(kind, "audit entry", result);
         }
         Ok(())
     }
 
-    fn live_members(&self, kind: &str) -> Result<BTreeSet<String>, StoreError> {
+    fn audit(&self, kind: &str) -> Result<Vec<AuditEntry>, StoreError> {
         let _reads = self.switching.read();
-        self.active().live_members(kind)
+        self.active().audit(kind)
+    }
+
+    fn import(&self, kind: &str, state: &KindState) -> Result<(), StoreError> {
+        let _writes = self.writes.lock();
+        let (decider, mirror) = self.targets();
+        decider.import(kind, state)?;
+        if let Some(mirror) = mirror {
+            let result = mirror
+                .import(kind, state)
+                .map(|()| CasOutcome::Swapped { revision: 0 });
+            mirrored(kind, "import", result);
+        }
+        Ok(())
     }
 
     fn claim_finalizer(
@@ -456,6 +580,11 @@ impl ClusterStore for MovingStore {
             next.release_finalizer(kind, holder)?;
         }
         first
+    }
+
+    fn load_state(&self, kind: &str) -> Result<Option<KindState>, StoreError> {
+        let _reads = self.switching.read();
+        self.active().load_state(kind)
     }
 }
 
