@@ -38,8 +38,9 @@ use std::time::Duration;
 use layout_core::admin::http::{bearer_credentials, BearerToken};
 use layout_core::cluster::{
     BeyondSoftware, Blocker, ClusterError, ClusterFinalizeOutcome, ClusterStatus, ClusterStore,
-    Coordinator, CoordinatorLink, CoordinatorOptions, CoordinatorServer, EmbeddedStore, HttpLink,
-    LocalError, LocalLayout, Member, MemberError, MemberRole, MemberStep, Refusal,
+    Coordinator, CoordinatorDriver, CoordinatorLink, CoordinatorOptions, CoordinatorServer,
+    EmbeddedStore, HttpLink, LocalError, LocalLayout, Member, MemberError, MemberRole, MemberStep,
+    Refusal,
 };
 use layout_core::http::{ClientConfig, ClientTls, EndpointConfig, EndpointError, ServerTls};
 use layout_core::{
@@ -304,6 +305,8 @@ pub(crate) enum ClusterRuntime {
     Coordinator {
         coordinator: Arc<Coordinator>,
         server: CoordinatorServer,
+        /// Resumes an unfinished finalization and advances checkpoints on its own.
+        driver: CoordinatorDriver,
     },
     Member(MemberRuntime),
 }
@@ -376,10 +379,16 @@ impl ClusterRuntime {
                     manager: Arc::clone(store.manager()),
                     admin_token: admin_token.cloned(),
                 }));
+                let driver = coordinator
+                    .spawn_driver(config.heartbeat_interval)
+                    .map_err(|e| {
+                        KvError::Cluster(format!("cannot start the coordinator's driver: {e}"))
+                    })?;
                 tracing::info!(id = %config.node_id, members = %server.local_addr(), "kvstore cluster coordinator started");
                 Ok(Self::Coordinator {
                     coordinator,
                     server,
+                    driver,
                 })
             }
             ClusterRole::Member { coordinator } => {
@@ -455,7 +464,10 @@ impl ClusterRuntime {
     /// stops serving members.
     pub(crate) fn stop(self) {
         match self {
-            Self::Coordinator { server, .. } => drop(server),
+            Self::Coordinator { server, driver, .. } => {
+                drop(driver);
+                drop(server);
+            }
             Self::Member(mut m) => {
                 *m.stop.0.lock() = true;
                 m.stop.1.notify_all();
@@ -659,7 +671,9 @@ pub struct KvClusterFinalize {
     /// Whether this was a dry run (nothing changed).
     pub dry_run: bool,
     /// `finalized` (this call finalized the coordinator and raised the cluster's
-    /// version), `already_finalized`, or `dry_run`.
+    /// version), `already_finalized`, `dry_run`, or `in_progress` (HTTP 202: the
+    /// finalization runs on; it did not end within the request's wait; follow
+    /// `GET /cluster/status`).
     pub outcome: String,
     /// The target.
     pub target: u32,
@@ -704,6 +718,10 @@ struct CoordinatorRoutes {
     /// `None`, `POST /cluster/finalize` is refused.
     admin_token: Option<BearerToken>,
 }
+
+/// How long `POST /cluster/finalize` waits for the finalization (running on a thread of
+/// its own) before it answers `in_progress` (202).
+const FINALIZE_ANSWER_WAIT: Duration = Duration::from_secs(10);
 
 /// The answer to `POST /cluster/finalize` on a coordinator node without an admin token.
 const NO_ADMIN_TOKEN: &str = "this coordinator node has no admin token, so it does not \
@@ -814,7 +832,28 @@ impl CoordinatorRoutes {
                 Err(e) => cluster_error(&e),
             };
         }
-        match c.finalize(CLUSTER_KIND, body.target, &body.client_id) {
+        // The finalization runs on a thread of its own; the request waits for it a bounded
+        // time and answers `in_progress` (202) beyond it (follow `GET /cluster/status`).
+        let job = match c.start_finalize(CLUSTER_KIND, body.target, &body.client_id) {
+            Ok(job) => job,
+            Err(e) => return cluster_error(&e),
+        };
+        let Some(outcome) = job.wait(FINALIZE_ANSWER_WAIT) else {
+            let cluster = c
+                .status(CLUSTER_KIND)
+                .map_or(0, |s| s.cluster_layout_version);
+            let (status, body) = answer(&KvClusterFinalize {
+                dry_run: false,
+                outcome: "in_progress".to_owned(),
+                target: job.target(),
+                cluster_layout_version: cluster,
+                checkpoint: checkpoint_of(c),
+                pending_members: Vec::new(),
+                blockers: Vec::new(),
+            });
+            return (if status == 200 { 202 } else { status }, body);
+        };
+        match outcome {
             Ok(ClusterFinalizeOutcome::Finalized {
                 target,
                 checkpoint,

@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::member::{LocalError, LocalLayout};
 use super::protocol::{
@@ -457,7 +457,7 @@ pub struct Coordinator {
     /// What this coordinator knows of each kind, in memory.
     kinds: RwLock<HashMap<String, Arc<KindCache>>>,
     /// The kinds this process is finalizing now (one finalization per kind at a time).
-    running: Mutex<HashSet<String>>,
+    running: Arc<Mutex<HashSet<String>>>,
 }
 
 /// How many refused members are remembered per kind; beyond it the oldest is forgotten.
@@ -499,6 +499,14 @@ struct Pending {
     listing: bool,
 }
 
+/// What the checks of a finalization decided.
+enum Checked {
+    /// Nothing to do: the cluster is at this version.
+    Already(u32),
+    /// Finalize to this target.
+    Go(u32),
+}
+
 /// What writing checkpoint `started` found.
 enum Started {
     /// The cluster is at the target already (or past `started`): this version.
@@ -514,15 +522,76 @@ enum Change<T, R> {
     Write(T, R),
 }
 
-/// Removes a kind from [`Coordinator::running`] when its finalization call returns.
-struct Running<'a> {
-    coordinator: &'a Coordinator,
+/// Removes a kind from [`Coordinator::running`] when its finalization ends.
+struct Running {
+    running: Arc<Mutex<HashSet<String>>>,
     kind: String,
 }
 
-impl Drop for Running<'_> {
+impl Drop for Running {
     fn drop(&mut self) {
-        self.coordinator.running.lock().remove(&self.kind);
+        self.running.lock().remove(&self.kind);
+    }
+}
+
+/// Where a [`FinalizationJob`]'s thread leaves its outcome, and the signal that it did.
+type JobOutcome = (
+    Mutex<Option<Result<ClusterFinalizeOutcome, ClusterError>>>,
+    Condvar,
+);
+
+/// A cluster finalization running on a thread of its own
+/// ([`Coordinator::start_finalize`]): wait for its outcome, or let it run.
+#[derive(Debug)]
+pub struct FinalizationJob {
+    kind: String,
+    target: u32,
+    done: Arc<JobOutcome>,
+}
+
+impl FinalizationJob {
+    /// The component kind.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The version it finalizes to.
+    pub fn target(&self) -> u32 {
+        self.target
+    }
+
+    /// Whether it has ended (its outcome not yet taken).
+    pub fn is_finished(&self) -> bool {
+        self.done.0.lock().is_some()
+    }
+
+    /// Waits up to `timeout` for the outcome (what [`Coordinator::finalize`] would have
+    /// returned); `None` while it still runs. The outcome is handed out once.
+    pub fn wait(&self, timeout: Duration) -> Option<Result<ClusterFinalizeOutcome, ClusterError>> {
+        let (outcome, ended) = &*self.done;
+        let mut outcome = outcome.lock();
+        if outcome.is_none() {
+            ended.wait_for(&mut outcome, timeout);
+        }
+        outcome.take()
+    }
+}
+
+/// The background driver of a coordinator ([`Coordinator::spawn_driver`]); stops when
+/// dropped.
+#[derive(Debug)]
+pub struct CoordinatorDriver {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for CoordinatorDriver {
+    fn drop(&mut self) {
+        *self.stop.0.lock() = true;
+        self.stop.1.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -545,7 +614,7 @@ impl Coordinator {
             started_at_ms,
             refused: Mutex::new(BTreeMap::new()),
             kinds: RwLock::new(HashMap::new()),
-            running: Mutex::new(HashSet::new()),
+            running: Arc::new(Mutex::new(HashSet::new())),
         };
         for (kind, local) in &coordinator.options.locals {
             let record = coordinator.load_or_create(kind)?.value;
@@ -1483,13 +1552,24 @@ impl Coordinator {
         client_id: &str,
     ) -> Result<ClusterFinalizeOutcome, ClusterError> {
         let _running = self.start_running(kind)?;
+        match self.check_finalize(kind, target)? {
+            Checked::Already(cluster_layout_version) => {
+                Ok(ClusterFinalizeOutcome::AlreadyFinalized {
+                    cluster_layout_version,
+                })
+            }
+            Checked::Go(target) => self.finalize_checked(kind, target, client_id),
+        }
+    }
+
+    /// The checks of a finalization that need no claim: the target, the coordinator's
+    /// own software, the blockers (unless one is in progress).
+    fn check_finalize(&self, kind: &str, target: Option<u32>) -> Result<Checked, ClusterError> {
         let local = self.options.locals.get(kind);
         let record = self.load_or_create(kind)?.value;
         let target = self.resolve_target(&record, target)?;
         if record.finalization_in_progress().is_none() && target <= record.cluster_layout_version {
-            return Ok(ClusterFinalizeOutcome::AlreadyFinalized {
-                cluster_layout_version: record.cluster_layout_version,
-            });
+            return Ok(Checked::Already(record.cluster_layout_version));
         }
         if let Some(local) = local {
             if local.software_layout_version() < target {
@@ -1510,6 +1590,16 @@ impl Coordinator {
                 });
             }
         }
+        Ok(Checked::Go(target))
+    }
+
+    /// Claims the finalizer and finalizes (the checks passed).
+    fn finalize_checked(
+        &self,
+        kind: &str,
+        target: u32,
+        client_id: &str,
+    ) -> Result<ClusterFinalizeOutcome, ClusterError> {
         let holder = self.options.coordinator_id.as_str();
         match self
             .store
@@ -1532,7 +1622,7 @@ impl Coordinator {
 
     /// Marks `kind` as being finalized by this process, or answers
     /// [`ClusterError::InProgress`] when it already is.
-    fn start_running(&self, kind: &str) -> Result<Running<'_>, ClusterError> {
+    fn start_running(&self, kind: &str) -> Result<Running, ClusterError> {
         if !self.running.lock().insert(kind.to_owned()) {
             return Err(ClusterError::InProgress {
                 kind: kind.to_owned(),
@@ -1540,9 +1630,151 @@ impl Coordinator {
             });
         }
         Ok(Running {
-            coordinator: self,
+            running: Arc::clone(&self.running),
             kind: kind.to_owned(),
         })
+    }
+
+    /// Like [`finalize`](Self::finalize), but the finalization runs on a thread of its
+    /// own and this returns as soon as it is known to start: after the checks that need
+    /// no claim (the target, the coordinator's own software, the blockers, a finalization
+    /// already running in this process), which are answered at once as errors. Wait for
+    /// the outcome with [`FinalizationJob::wait`], or follow [`status`](Self::status):
+    /// the caller (an HTTP request) never holds on to the coordinator's own, possibly
+    /// long, finalization.
+    pub fn start_finalize(
+        self: &Arc<Self>,
+        kind: &str,
+        target: Option<u32>,
+        client_id: &str,
+    ) -> Result<FinalizationJob, ClusterError> {
+        let running = self.start_running(kind)?;
+        let target = self.check_finalize(kind, target)?;
+        let done = Arc::new((Mutex::new(None), Condvar::new()));
+        let job = FinalizationJob {
+            kind: kind.to_owned(),
+            target: match target {
+                Checked::Go(target) => target,
+                Checked::Already(version) => version,
+            },
+            done: Arc::clone(&done),
+        };
+        let coordinator = Arc::clone(self);
+        let kind_owned = kind.to_owned();
+        let client = client_id.to_owned();
+        std::thread::Builder::new()
+            .name(format!("finalize-{kind}"))
+            .spawn(move || {
+                let outcome = match target {
+                    Checked::Already(cluster_layout_version) => {
+                        Ok(ClusterFinalizeOutcome::AlreadyFinalized {
+                            cluster_layout_version,
+                        })
+                    }
+                    Checked::Go(target) => {
+                        coordinator.finalize_checked(&kind_owned, target, &client)
+                    }
+                };
+                drop(running);
+                if let Err(e) = &outcome {
+                    tracing::error!(kind = %kind_owned, error = %e, "cluster finalization stopped");
+                }
+                *done.0.lock() = Some(outcome);
+                done.1.notify_all();
+            })
+            .map_err(|e| {
+                ClusterError::Store(StoreError::Backend {
+                    location: self.store.location(),
+                    operation: "start the finalization thread",
+                    message: e.to_string(),
+                })
+            })?;
+        Ok(job)
+    }
+
+    /// Starts this coordinator's driver: a thread that, every `interval`, resumes what
+    /// no operator should have to ask for again:
+    /// - a finalization left at `started` (its coordinator crashed, the store failed, its
+    ///   own finalization failed) is finalized again, claim and all, when no
+    ///   finalization of the kind runs in this process and no other live coordinator
+    ///   holds the claim (a claim whose holder died lapses with its lease, then this one
+    ///   takes over);
+    /// - a finalization past `coordinator finalized` advances to `members finalized` and
+    ///   `complete` once every member reached the target, even when no heartbeat comes
+    ///   to trigger it.
+    ///
+    /// Failures are logged and retried at the next tick. Stops when the returned handle
+    /// is dropped.
+    pub fn spawn_driver(
+        self: &Arc<Self>,
+        interval: Duration,
+    ) -> std::io::Result<CoordinatorDriver> {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let coordinator = Arc::downgrade(self);
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("coordinator-driver".to_owned())
+            .spawn(move || loop {
+                {
+                    let mut stopped = stopping.0.lock();
+                    if !*stopped {
+                        stopping.1.wait_for(&mut stopped, interval);
+                    }
+                    if *stopped {
+                        return;
+                    }
+                }
+                let Some(coordinator) = coordinator.upgrade() else {
+                    return;
+                };
+                coordinator.drive_once();
+            })?;
+        Ok(CoordinatorDriver {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// One tick of the driver (see [`spawn_driver`](Self::spawn_driver)).
+    fn drive_once(&self) {
+        let kinds = match self.store.kinds() {
+            Ok(kinds) => kinds,
+            Err(e) => {
+                tracing::warn!(error = %e, "coordinator driver: cannot list the kinds; retrying");
+                return;
+            }
+        };
+        for kind in kinds {
+            if self.running.lock().contains(&kind) {
+                continue;
+            }
+            let record = match self.kind_record(&kind, true) {
+                Ok(Some(record)) => record.value,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(kind = %kind, error = %e, "coordinator driver: cannot read the kind; retrying");
+                    continue;
+                }
+            };
+            let Some(f) = record.finalization_in_progress().cloned() else {
+                continue;
+            };
+            let result = if f.checkpoint == Checkpoint::Started {
+                tracing::info!(kind = %kind, target = f.target, client = %f.client_id, "resuming an unfinished cluster finalization");
+                self.finalize(&kind, Some(f.target), &f.client_id).map(drop)
+            } else {
+                self.complete_if_ready(&kind)
+            };
+            match result {
+                Ok(()) => {}
+                Err(ClusterError::InProgress { holder, .. }) => {
+                    tracing::debug!(kind = %kind, holder = %holder, "finalization driven elsewhere");
+                }
+                Err(e) => {
+                    tracing::warn!(kind = %kind, error = %e, "coordinator driver: the finalization did not advance; retrying");
+                }
+            }
+        }
     }
 
     fn resolve_target(

@@ -65,8 +65,8 @@ pub mod state;
 pub mod store;
 
 pub use coordinator::{
-    Blocker, ClusterError, ClusterFinalizeOutcome, ClusterStatus, Coordinator, CoordinatorOptions,
-    MemberStatus, RefusedMember,
+    Blocker, ClusterError, ClusterFinalizeOutcome, ClusterStatus, Coordinator, CoordinatorDriver,
+    CoordinatorOptions, FinalizationJob, MemberStatus, RefusedMember,
 };
 pub use link::CoordinatorLink;
 #[cfg(feature = "http")]

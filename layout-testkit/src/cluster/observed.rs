@@ -1,9 +1,10 @@
 //! A cluster store that counts what goes through it, for tests and benchmarks of the
 //! coordination itself: how many reads and writes a scenario costs, how many bytes a member
-//! change writes, and a hook to act at the moment a finalizer claim is taken.
+//! change writes, a hook to act at the moment a finalizer claim is taken, and an outage
+//! to switch on and off.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use layout_core::cluster::{
@@ -38,6 +39,7 @@ pub struct ObservedStore<S> {
     member_bytes: AtomicU64,
     audit_writes: AtomicU64,
     on_claim: Mutex<Option<Hook>>,
+    down: AtomicBool,
 }
 
 impl<S> ObservedStore<S> {
@@ -51,6 +53,7 @@ impl<S> ObservedStore<S> {
             member_bytes: AtomicU64::new(0),
             audit_writes: AtomicU64::new(0),
             on_claim: Mutex::new(None),
+            down: AtomicBool::new(false),
         }
     }
 
@@ -82,6 +85,26 @@ impl<S> ObservedStore<S> {
         self.member_bytes.load(Ordering::SeqCst)
     }
 
+    /// An outage: while `down`, every read and write fails with
+    /// [`StoreError::Backend`] ("injected outage") and changes nothing.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    fn check_up(&self, operation: &'static str) -> Result<(), StoreError>
+    where
+        S: ClusterStore,
+    {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Backend {
+                location: self.inner.location(),
+                operation,
+                message: "injected outage".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     /// Runs `hook` the next time a finalizer claim is asked for, before the claim is
     /// taken (once).
     pub fn on_next_claim(&self, hook: impl FnOnce() + Send + 'static) {
@@ -108,9 +131,11 @@ impl<S: ClusterStore> ClusterStore for ObservedStore<S> {
         self.inner.location()
     }
     fn kinds(&self) -> Result<Vec<String>, StoreError> {
+        self.check_up("list kinds")?;
         self.inner.kinds()
     }
     fn load_kind(&self, kind: &str) -> Result<Option<Versioned<KindRecord>>, StoreError> {
+        self.check_up("load a kind")?;
         count(&self.reads);
         self.inner.load_kind(kind)
     }
@@ -120,6 +145,7 @@ impl<S: ClusterStore> ClusterStore for ObservedStore<S> {
         expected: Option<u64>,
         record: &KindRecord,
     ) -> Result<CasOutcome, StoreError> {
+        self.check_up("swap a kind")?;
         count(&self.kind_writes);
         self.inner.swap_kind(kind, expected, record)
     }
@@ -128,10 +154,12 @@ impl<S: ClusterStore> ClusterStore for ObservedStore<S> {
         kind: &str,
         member: &str,
     ) -> Result<Option<Versioned<MemberRecord>>, StoreError> {
+        self.check_up("load a member")?;
         count(&self.reads);
         self.inner.load_member(kind, member)
     }
     fn members(&self, kind: &str) -> Result<Vec<(String, Versioned<MemberRecord>)>, StoreError> {
+        self.check_up("list members")?;
         count(&self.reads);
         self.inner.members(kind)
     }
@@ -143,6 +171,7 @@ impl<S: ClusterStore> ClusterStore for ObservedStore<S> {
         kind_revision: u64,
         record: &MemberRecord,
     ) -> Result<CasOutcome, StoreError> {
+        self.check_up("swap a member")?;
         let bytes =
             serde_json::to_vec(record).map_or(0, |json| json.len()) + kind.len() + member.len();
         count(&self.member_writes);
@@ -152,13 +181,16 @@ impl<S: ClusterStore> ClusterStore for ObservedStore<S> {
             .swap_member(kind, member, expected, kind_revision, record)
     }
     fn append_audit(&self, kind: &str, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.check_up("append audit")?;
         count(&self.audit_writes);
         self.inner.append_audit(kind, entry)
     }
     fn audit(&self, kind: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        self.check_up("read audit")?;
         self.inner.audit(kind)
     }
     fn import(&self, kind: &str, state: &KindState) -> Result<(), StoreError> {
+        self.check_up("import")?;
         self.inner.import(kind, state)
     }
     fn claim_finalizer(
@@ -171,6 +203,7 @@ impl<S: ClusterStore> ClusterStore for ObservedStore<S> {
         if let Some(hook) = hook {
             hook();
         }
+        self.check_up("claim the finalizer")?;
         self.inner.claim_finalizer(kind, holder, ttl)
     }
     fn release_finalizer(&self, kind: &str, holder: &str) -> Result<(), StoreError> {

@@ -15,12 +15,14 @@ use layout_core::LayoutVersionManager;
 use layout_testkit::crash::{block_until_killed, child_role, report_step, ChildCommand};
 use parking_lot::Mutex;
 
-use crate::cluster_common::{self as common, DnFeature, BOUND, KIND, NEW};
+use crate::cluster_common::{self as common, DnFeature, BOUND, KIND, NEW, OLD};
 use crate::server;
 
 const ENDPOINT_ENV: &str = "LAYOUT_ETCD_RESTART_ENDPOINT";
 const PREFIX_ENV: &str = "LAYOUT_ETCD_RESTART_PREFIX";
 const DIR_ENV: &str = "LAYOUT_ETCD_RESTART_DIR";
+/// The killed run's claim lease in seconds, when not [`CLAIM_TTL`].
+const TTL_ENV: &str = "LAYOUT_ETCD_RESTART_CLAIM_TTL";
 
 /// The finalizer claim's lease: far beyond the test, so the killed run's claim is alive
 /// throughout (a claim that lapsed would prove nothing).
@@ -75,9 +77,14 @@ fn coordinator_child() {
     let env = |name| std::env::var(name).unwrap();
     let store = EtcdStore::connect(EtcdOptions::new([env(ENDPOINT_ENV)], env(PREFIX_ENV))).unwrap();
     let local = HangingLayout(common::open_layout(Path::new(&env(DIR_ENV)), NEW));
+    let ttl = std::env::var(TTL_ENV)
+        .ok()
+        .map_or(CLAIM_TTL, |secs| Duration::from_secs(secs.parse().unwrap()));
     let c1 = Coordinator::open(
         Arc::new(store),
-        options("c1").with_local(KIND, Arc::new(local)),
+        options("c1")
+            .with_finalizer_lease_ttl(ttl)
+            .with_local(KIND, Arc::new(local)),
     )
     .unwrap();
     let result = c1.finalize(KIND, Some(NEW), "ops");
@@ -169,4 +176,121 @@ fn a_coordinator_restarted_with_the_same_id_takes_its_claim_back_at_once_another
         }
     );
     other_store.release_finalizer(KIND, "c2").unwrap();
+}
+
+/// Starts the killed run (`c1`, claim lease `ttl_secs` if given) and SIGKILLs it inside
+/// its own layout's finalization: the cluster is left at `started`, the claim held.
+fn kill_c1_mid_finalization(test: &str, prefix: &str, layout_dir: &Path, ttl_secs: Option<u64>) {
+    let mut command = ChildCommand::new(test, "coordinator-c1")
+        .env(ENDPOINT_ENV, server::shared().endpoint())
+        .env(PREFIX_ENV, prefix)
+        .env(DIR_ENV, layout_dir);
+    if let Some(secs) = ttl_secs {
+        command = command.env(TTL_ENV, secs.to_string());
+    }
+    let mut child = command.spawn().unwrap();
+    child.wait_for_step("in-local-finalize", BOUND).unwrap();
+    child.kill().unwrap();
+    child.wait(BOUND).unwrap();
+}
+
+/// Waits (bounded) until the kind's finalization is complete.
+fn wait_complete(store: &dyn ClusterStore) {
+    wait_checkpoint(store, Checkpoint::Complete);
+}
+
+/// Waits (bounded) until the kind's finalization reaches `checkpoint`.
+fn wait_checkpoint(store: &dyn ClusterStore, checkpoint: Checkpoint) {
+    let deadline = std::time::Instant::now() + BOUND;
+    loop {
+        let record = store.load_kind(KIND).unwrap().unwrap().value;
+        if record
+            .finalization
+            .as_ref()
+            .is_some_and(|f| f.checkpoint == checkpoint)
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not at {checkpoint} within {BOUND:?}: {record:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_coordinator_killed_mid_finalization_resumes_it_by_itself_when_it_restarts() {
+    if child_role().is_some() {
+        coordinator_child();
+        return;
+    }
+    let prefix = server::prefix("restart-resumes");
+    let dir = tempfile::tempdir().unwrap();
+    let layout_dir = dir.path().join("c1");
+    kill_c1_mid_finalization(&layout_testkit::test_name!(), &prefix, &layout_dir, None);
+
+    // Restarted with its driver; nobody asks for the finalization again.
+    let store: Arc<dyn ClusterStore> = Arc::new(server::store(&prefix));
+    let lvm = common::open_layout(&layout_dir, NEW);
+    assert_eq!(lvm.metadata_layout_version(), OLD);
+    let c1 = Arc::new(
+        Coordinator::open(
+            Arc::clone(&store),
+            options("c1").with_local(KIND, Arc::clone(&lvm) as Arc<dyn LocalLayout>),
+        )
+        .unwrap(),
+    );
+    let _driver = c1.spawn_driver(Duration::from_millis(100)).unwrap();
+    wait_complete(&*store);
+    assert_eq!(lvm.metadata_layout_version(), NEW);
+    let status = c1.status(KIND).unwrap();
+    assert_eq!(status.cluster_layout_version, NEW);
+    let started = status
+        .audit
+        .iter()
+        .filter(|a| a.event == "finalization-started")
+        .count();
+    assert_eq!(started, 1, "resumed, not started again: {:?}", status.audit);
+}
+
+#[test]
+fn another_coordinator_takes_over_a_finalization_once_the_dead_holders_claim_lapses() {
+    if child_role().is_some() {
+        coordinator_child();
+        return;
+    }
+    let prefix = server::prefix("takeover-after-lapse");
+    let dir = tempfile::tempdir().unwrap();
+    kill_c1_mid_finalization(
+        &layout_testkit::test_name!(),
+        &prefix,
+        &dir.path().join("c1"),
+        Some(2),
+    );
+
+    // c2, another coordinator with a driver, is refused while c1's claim lives, then
+    // takes over once it lapses (2 s), and finishes c1's part: the cluster moves.
+    let store: Arc<dyn ClusterStore> = Arc::new(server::store(&prefix));
+    let c2 = Arc::new(Coordinator::open(Arc::clone(&store), options("c2")).unwrap());
+    let _driver = c2.spawn_driver(Duration::from_millis(100)).unwrap();
+    wait_checkpoint(&*store, Checkpoint::CoordinatorFinalized);
+    let record = store.load_kind(KIND).unwrap().unwrap().value;
+    assert_eq!(record.cluster_layout_version, NEW);
+    assert_eq!(record.claimed_by.as_deref(), Some("c2"));
+    assert!(record.claim_generation >= 2, "{record:?}");
+    // c1, in the membership as a coordinator, has not finalized its own layout: the
+    // finalization waits for it, as for any member.
+    let c1_status = c2.status(KIND).unwrap();
+    assert_eq!(c1_status.member("c1").unwrap().metadata_layout_version, OLD);
+
+    // c1 comes back: it catches up with the cluster as it opens, and c2's driver completes.
+    let lvm = common::open_layout(&dir.path().join("c1"), NEW);
+    let _c1 = Coordinator::open(
+        Arc::new(server::store(&prefix)),
+        options("c1").with_local(KIND, Arc::clone(&lvm) as Arc<dyn LocalLayout>),
+    )
+    .unwrap();
+    assert_eq!(lvm.metadata_layout_version(), NEW);
+    wait_checkpoint(&*store, Checkpoint::Complete);
 }

@@ -8,6 +8,7 @@ mod cluster;
 #[path = "../cluster_common/mod.rs"]
 mod cluster_common;
 mod cluster_identity;
+mod cluster_jobs;
 mod cluster_link;
 mod cluster_store;
 mod concurrency;
