@@ -107,15 +107,7 @@ fn a_coordinator_restarted_with_the_same_id_takes_its_claim_back_at_once_another
     let prefix = server::prefix("restart-same-id");
     let dir = tempfile::tempdir().unwrap();
     let layout_dir = dir.path().join("c1");
-    let mut child = ChildCommand::new(layout_testkit::test_name!(), "coordinator-c1")
-        .env(ENDPOINT_ENV, server::shared().endpoint())
-        .env(PREFIX_ENV, &prefix)
-        .env(DIR_ENV, &layout_dir)
-        .spawn()
-        .unwrap();
-    child.wait_for_step("in-local-finalize", BOUND).unwrap();
-    child.kill().unwrap();
-    child.wait(BOUND).unwrap();
+    kill_c1_mid_finalization(&layout_testkit::test_name!(), &prefix, &layout_dir, None);
 
     // c1 died holding the claim, at `started`; its lease has minutes left.
     let other_store: Arc<dyn ClusterStore> = Arc::new(server::store(&prefix));
