@@ -168,6 +168,33 @@ impl EtcdServer {
         self.dir.path()
     }
 
+    /// Freezes the server (`SIGSTOP`): it keeps its connections but answers nothing, as a
+    /// hung or partitioned store would, until [`thaw`](Self::thaw). Start a server of
+    /// your own for this: a frozen server stalls every test that shares it.
+    pub fn freeze(&self) -> io::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a [frozen](Self::freeze) server run again (`SIGCONT`).
+    pub fn thaw(&self) -> io::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> io::Result<()> {
+        let shell = self.shell.id();
+        let children = std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))?;
+        let etcd = children
+            .split_whitespace()
+            .next()
+            .ok_or_else(|| io::Error::other("etcd's process is not running"))?;
+        let status = Command::new("kill").args([signal, etcd]).status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!("kill {signal} {etcd}: {status}")))
+        }
+    }
+
     /// A cluster store on this server under `prefix` (give each test its own).
     pub fn store(&self, prefix: &str) -> Result<EtcdStore, StoreError> {
         EtcdStore::connect(EtcdOptions::new([self.endpoint.clone()], prefix))

@@ -1,7 +1,11 @@
-//! A coordinator killed in the middle of a finalization and restarted with the same id
-//! takes its etcd finalizer claim back at once, while a coordinator with another id is
-//! refused: the killed run's claim is still alive (its lease is far longer than the test),
-//! so what the restarted coordinator shows is the takeover, not an expiry.
+//! Coordinators and their finalizer claims on a real etcd, through crashes:
+//! - killed in the middle of a finalization and restarted with the same id, a coordinator
+//!   takes its claim back at once, while one with another id is refused (the killed run's
+//!   claim is still alive: its lease is far longer than the test, so what the restarted
+//!   coordinator shows is the takeover, not an expiry);
+//! - with its driver, a restarted coordinator resumes the finalization by itself, another
+//!   coordinator takes it over once the dead holder's claim lapses, and a finalization
+//!   interrupted by a frozen etcd resumes once etcd answers again; nobody asks twice.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -285,4 +289,68 @@ fn another_coordinator_takes_over_a_finalization_once_the_dead_holders_claim_lap
     .unwrap();
     assert_eq!(lvm.metadata_layout_version(), NEW);
     wait_checkpoint(&*store, Checkpoint::Complete);
+}
+
+/// The coordinator's own layout: it finalizes, then runs a hook (the store goes away).
+struct ThenLayout {
+    lvm: Arc<LayoutVersionManager<DnFeature>>,
+    then: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl LocalLayout for ThenLayout {
+    fn software_layout_version(&self) -> u32 {
+        self.lvm.software_layout_version()
+    }
+    fn metadata_layout_version(&self) -> u32 {
+        self.lvm.metadata_layout_version()
+    }
+    fn finalize_to(&self, version: u32, client_id: &str) -> Result<u32, LocalError> {
+        let mlv = LocalLayout::finalize_to(&*self.lvm, version, client_id)?;
+        if let Some(then) = self.then.lock().take() {
+            then();
+        }
+        Ok(mlv)
+    }
+}
+
+#[test]
+fn a_finalization_interrupted_by_a_frozen_etcd_resumes_by_itself_once_etcd_answers_again() {
+    // A server of its own: freezing it must not stall other tests.
+    let etcd = Arc::new(layout_testkit::etcd::EtcdServer::start().unwrap());
+    let prefix = "/frozen-store";
+    let connect = || {
+        EtcdStore::connect(
+            EtcdOptions::new([etcd.endpoint().to_owned()], prefix)
+                .with_timeout(Duration::from_secs(1)),
+        )
+        .unwrap()
+    };
+    let store: Arc<dyn ClusterStore> = Arc::new(connect());
+    let dir = tempfile::tempdir().unwrap();
+    let local = Arc::new(ThenLayout {
+        lvm: common::open_layout(&dir.path().join("c1"), NEW),
+        then: Mutex::new(None),
+    });
+    {
+        // etcd stops answering right after the coordinator's own layout finalized.
+        let etcd = Arc::clone(&etcd);
+        *local.then.lock() = Some(Box::new(move || etcd.freeze().unwrap()));
+    }
+    let c1 = Arc::new(
+        Coordinator::open(
+            Arc::clone(&store),
+            options("c1").with_local(KIND, local.clone() as Arc<dyn LocalLayout>),
+        )
+        .unwrap(),
+    );
+    let _driver = c1.spawn_driver(Duration::from_millis(100)).unwrap();
+    let err = c1.finalize(KIND, Some(NEW), "ops").unwrap_err();
+    assert!(matches!(err, ClusterError::Store(_)), "{err}");
+    etcd.thaw().unwrap();
+
+    // Nobody asks again: the driver resumes once etcd answers.
+    wait_complete(&*store);
+    assert_eq!(local.lvm.metadata_layout_version(), NEW);
+    let status = c1.status(KIND).unwrap();
+    assert_eq!(status.cluster_layout_version, NEW);
 }
