@@ -460,6 +460,36 @@ fn inspect_shows_what_is_wrong_and_where_exit_code_4() {
 }
 
 #[test]
+fn inspect_shows_control_bytes_planted_in_a_version_file_escaped_never_raw() {
+    let fx = Fixture::start();
+    let path = fx.version_path();
+    let original = fs::read_to_string(&path).unwrap();
+    // A planted comment line with an escape sequence (clear screen) and a carriage return
+    // forging a verdict, in a damaged file (so every line is listed).
+    let planted = original.replacen(
+        "layout.version=1",
+        "layout.version=3\n# \u{1b}[2J\rverdict        OK",
+        1,
+    );
+    fs::write(&path, planted).unwrap();
+    let out = layoutctl(
+        &["inspect", "--dir", &path_str(path.parent().unwrap())],
+        &[],
+    );
+    assert_exit(&out, 4);
+    let text = stdout(&out);
+    assert!(
+        !text.contains('\u{1b}'),
+        "a raw ESC reached the terminal: {text:?}"
+    );
+    assert!(
+        !text.contains('\r'),
+        "a raw carriage return reached the terminal: {text:?}"
+    );
+    assert!(text.contains(r"\u{1b}[2J\rverdict"), "{text}");
+}
+
+#[test]
 fn inspect_without_a_version_file_is_exit_code_5() {
     let dir = tempfile::tempdir().unwrap();
     let out = layoutctl(&["inspect", "--dir", &path_str(dir.path())], &[]);

@@ -10,6 +10,7 @@ use layout_core::{LayoutState, VERSION_FILE_NAME};
 use serde_json::{json, Value};
 
 use crate::exit;
+use crate::terminal::{say, warn_line};
 
 /// Runs `inspect` on `path` (a directory holding VERSION, or the file); returns the
 /// exit code.
@@ -30,7 +31,7 @@ pub(crate) fn run(path: &Path, as_json: bool) -> u8 {
                     "exit_code": code,
                 }));
             } else {
-                eprintln!("layoutctl: {}: {problem}", file.display());
+                warn_line!("layoutctl: {}: {problem}", file.display());
             }
             return code;
         }
@@ -97,8 +98,8 @@ fn verdict(report: &Inspection) -> String {
 }
 
 fn print_text(file: &Path, report: &Inspection, marker: Option<&(PathBuf, String)>) {
-    println!("VERSION file   {} ({} bytes)", file.display(), report.size);
-    println!("verdict        {}", verdict(report));
+    say!("VERSION file   {} ({} bytes)", file.display(), report.size);
+    say!("verdict        {}", verdict(report));
     let checksum = match report.recorded_checksum {
         Some(recorded) if recorded == report.computed_checksum => {
             format!("crc32:{recorded:08x} (matches the content)")
@@ -112,8 +113,8 @@ fn print_text(file: &Path, report: &Inspection, marker: Option<&(PathBuf, String
             report.computed_checksum
         ),
     };
-    println!("checksum       {checksum}");
-    println!("lines:");
+    say!("checksum       {checksum}");
+    say!("lines:");
     let damaged_line = report.damage_location.map(|l| l.line);
     for line in &report.lines {
         let mark = if Some(line.number) == damaged_line {
@@ -134,7 +135,7 @@ fn print_text(file: &Path, report: &Inspection, marker: Option<&(PathBuf, String
             }
             _ => String::new(),
         };
-        println!("{mark}{:>4}  {:<44}  {note}", line.number, line.text);
+        say!("{mark}{:>4}  {:<44}  {note}", line.number, line.text);
     }
     if let Ok(state) = &report.result {
         print_state(state);
@@ -147,7 +148,7 @@ fn print_text(file: &Path, report: &Inspection, marker: Option<&(PathBuf, String
             (Some(_), None) => "but VERSION records no prepare".to_owned(),
             (None, _) => "EMPTY or GARBAGE".to_owned(),
         };
-        println!(
+        say!(
             "prepare marker {} holds {:?}: {agrees}",
             path.display(),
             content.chars().take(64).collect::<String>()
@@ -156,15 +157,16 @@ fn print_text(file: &Path, report: &Inspection, marker: Option<&(PathBuf, String
 }
 
 fn print_state(state: &LayoutState) {
-    println!("state:");
-    println!("  component        {}", state.component);
-    println!(
+    say!("state:");
+    say!("  component        {}", state.component);
+    say!(
         "  MLV              {} ({})",
-        state.layout_version, state.layout_feature
+        state.layout_version,
+        state.layout_feature
     );
-    println!("  first-upgrade    {}", state.first_upgrade_version);
+    say!("  first-upgrade    {}", state.first_upgrade_version);
     match &state.finalization {
-        Some(f) => println!(
+        Some(f) => say!(
             "  finalization     client {}, target {}, started {} ms, {}",
             f.client_id,
             f.target_version,
@@ -172,26 +174,31 @@ fn print_state(state: &LayoutState) {
             f.finished_at_ms
                 .map_or_else(|| "UNFINISHED".to_owned(), |t| format!("finished {t} ms"))
         ),
-        None => println!("  finalization     none recorded"),
+        None => say!("  finalization     none recorded"),
     }
     match state.prepare_index {
-        Some(index) => println!(
-            "  prepare          PREPARED at log index {index} (writes and finalize refused)"
-        ),
-        None => println!("  prepare          not prepared"),
+        Some(index) => {
+            say!("  prepare          PREPARED at log index {index} (writes and finalize refused)");
+        }
+        None => say!("  prepare          not prepared"),
     }
     if let Some(v) = &state.veto {
-        println!("  veto             {} (by {})", v.reason, v.client_id);
+        say!("  veto             {} (by {})", v.reason, v.client_id);
     }
-    println!("  history          {} entries", state.history.len());
+    say!("  history          {} entries", state.history.len());
     for h in &state.history {
-        println!(
+        say!(
             "    {} ms  {:<12} {} -> {}  by {}  {}",
-            h.at_ms, h.event, h.from_version, h.to_version, h.client_id, h.detail
+            h.at_ms,
+            h.event,
+            h.from_version,
+            h.to_version,
+            h.client_id,
+            h.detail
         );
     }
     for (key, value) in &state.extra {
-        println!("  unknown key      {key}={value}");
+        say!("  unknown key      {key}={value}");
     }
 }
 
