@@ -2,7 +2,7 @@
 //! command, every exit code.
 
 use std::fs;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 
 use layout_core::StartIntent;
 
@@ -536,7 +536,7 @@ fn a_finalize_whose_answer_is_lost_after_the_server_finalized_reports_the_layout
     let service = fx.service.clone();
     // The endpoint finalizes (the proxy waits for a background run to end), then the
     // answer is lost on the way back.
-    let proxy = cutting_proxy(fx.addr, true, move || {
+    let proxy = cutting_proxy(fx.addr, "finalize", true, move || {
         let _ = service.join_finalization();
     });
     let endpoint = format!("http://{proxy}");
@@ -563,10 +563,50 @@ fn a_finalize_whose_answer_is_lost_after_the_server_finalized_reports_the_layout
 }
 
 #[test]
+fn a_prepare_whose_answer_is_lost_reports_what_the_status_shows() {
+    let fx = Fixture::start();
+    let token_file = path_str(&fx.token_file());
+    let run = |proxy: SocketAddr, args: &[&str]| {
+        let endpoint = format!("http://{proxy}");
+        let mut all = vec!["--endpoint", &endpoint, "--token-file", &token_file];
+        all.extend_from_slice(args);
+        layoutctl(&all, &[])
+    };
+    // Prepared, then the answer is lost: the status shows it took effect.
+    let prepared = cutting_proxy(fx.addr, "prepare", true, || {});
+    let out = run(prepared, &["prepare"]);
+    assert_exit(&out, 0);
+    let (text, log) = (stdout(&out), stderr(&out));
+    assert!(!log.contains("cannot reach"), "{log}");
+    assert!(log.contains("answer was lost"), "{log}");
+    assert!(text.contains("prepared at log index"), "{text}");
+    assert_eq!(
+        fx.service.status().unwrap().prepare.state,
+        "PREPARE_COMPLETED"
+    );
+
+    // cancel-prepare never delivered: the client cannot know; the status says where the
+    // component stands. Exit 6.
+    let dropped = cutting_proxy(fx.addr, "cancel-prepare", false, || {});
+    let out = run(dropped, &["cancel-prepare"]);
+    assert_exit(&out, 6);
+    let log = stderr(&out);
+    assert!(
+        log.contains("the outcome of cancel-prepare is unknown"),
+        "{log}"
+    );
+    assert!(log.contains("prepare state PREPARE_COMPLETED"), "{log}");
+    assert_eq!(
+        fx.service.status().unwrap().prepare.state,
+        "PREPARE_COMPLETED"
+    );
+}
+
+#[test]
 fn a_finalize_whose_answer_is_lost_below_the_target_is_an_unknown_outcome_exit_code_6() {
     let fx = Fixture::start();
     // The request never reaches the endpoint, but the client cannot know that.
-    let proxy = cutting_proxy(fx.addr, false, || {});
+    let proxy = cutting_proxy(fx.addr, "finalize", false, || {});
     let endpoint = format!("http://{proxy}");
     let token_file = path_str(&fx.token_file());
     let out = layoutctl(

@@ -487,12 +487,14 @@ pub(crate) fn coordinator() -> Arc<layout_core::cluster::Coordinator> {
 }
 
 /// A proxy on a free loopback port in front of `upstream` that relays every exchange
-/// except `POST /v1/finalize`: that one it forwards (when `forward`), runs `before_cut`
-/// (after the endpoint answered), and closes the client's connection without relaying
-/// the answer: a finalize whose answer is lost on the way back. Its threads end with
+/// except `POST /v1/<cut>` (`finalize`, `prepare`, ...): that one it forwards (when
+/// `forward`), runs `before_cut` (after the endpoint answered), and closes the client's
+/// connection without relaying the answer: a request whose answer is lost on the way
+/// back. Its threads end with
 /// the test process.
 pub(crate) fn cutting_proxy(
     upstream: SocketAddr,
+    cut: &'static str,
     forward: bool,
     before_cut: impl Fn() + Send + Sync + 'static,
 ) -> SocketAddr {
@@ -503,17 +505,23 @@ pub(crate) fn cutting_proxy(
         for client in listener.incoming() {
             let Ok(client) = client else { continue };
             let before_cut = Arc::clone(&before_cut);
-            std::thread::spawn(move || relay(client, upstream, forward, &*before_cut));
+            std::thread::spawn(move || relay(client, upstream, cut, forward, &*before_cut));
         }
     });
     addr
 }
 
-fn relay(mut client: TcpStream, upstream: SocketAddr, forward: bool, before_cut: &dyn Fn()) {
+fn relay(
+    mut client: TcpStream,
+    upstream: SocketAddr,
+    cut: &str,
+    forward: bool,
+    before_cut: &dyn Fn(),
+) {
     // Safety nets against a hung test, not timing asserts.
     let _ = client.set_read_timeout(Some(Duration::from_secs(20)));
     while let Some(request) = read_message(&mut client) {
-        let finalize = request.starts_with(b"POST /v1/finalize ");
+        let finalize = request.starts_with(format!("POST /v1/{cut} ").as_bytes());
         if finalize && !forward {
             return; // dropped: the endpoint never sees it
         }

@@ -300,16 +300,21 @@ fn run(cli: Cli) -> Result<u8, Failure> {
                 print_finalization(&status);
             }
         }
-        Command::Prepare => {
-            let state = client.prepare(&PrepareParams::new(Some(client_id)))?;
-            if json {
-                print_json(&state);
+        Command::Prepare | Command::CancelPrepare => {
+            let prepare = matches!(cli.command, Command::Prepare);
+            let params = PrepareParams::new(Some(client_id));
+            let sent = if prepare {
+                client.prepare(&params)
             } else {
-                print_prepare(&state);
-            }
-        }
-        Command::CancelPrepare => {
-            let state = client.cancel_prepare(&PrepareParams::new(Some(client_id)))?;
+                client.cancel_prepare(&params)
+            };
+            let state = match sent {
+                Ok(state) => state,
+                Err(lost @ ClientError::AnswerLost { .. }) => {
+                    return after_lost_prepare(&client, &lost, prepare, json);
+                }
+                Err(e) => return Err(e.into()),
+            };
             if json {
                 print_json(&state);
             } else {
@@ -745,6 +750,59 @@ fn after_lost_answer(
          target {target}; finalization {}{running}{last_error}. Follow it with `layoutctl \
          finalization-status`, then finalize again if it is not running",
         status.metadata_layout_feature, f.status
+    )))
+}
+
+/// `prepare` (or `cancel-prepare`) was sent and its answer lost: the status tells whether
+/// it took effect. Reached: the state as the answer would have shown it, exit 0, with a
+/// warning. Otherwise an unknown outcome (exit 6) saying where the component stands.
+fn after_lost_prepare(
+    client: &AdminClient,
+    lost: &ClientError,
+    prepare: bool,
+    json: bool,
+) -> Result<u8, Failure> {
+    let command = if prepare { "prepare" } else { "cancel-prepare" };
+    let unknown = |detail: String| {
+        Failure::new(
+            exit::UNKNOWN_OUTCOME,
+            format!("{lost}; the outcome of {command} is unknown: {detail}"),
+        )
+    };
+    let status = client.status().map_err(|e| {
+        unknown(format!(
+            "the status cannot be read either ({e}); check with `layoutctl status` before \
+             running {command} again"
+        ))
+    })?;
+    let state = &status.prepare;
+    let reached = if prepare {
+        state.state == "PREPARE_COMPLETED"
+    } else {
+        state.state == "NOT_PREPARED"
+    };
+    if reached {
+        if !json {
+            warn_line!(
+                "layoutctl: warning: {lost}; the status read afterwards shows it took effect"
+            );
+        }
+        if json {
+            print_json(state);
+        } else {
+            print_prepare(state);
+        }
+        return Ok(exit::OK);
+    }
+    let last_failure = state
+        .last_failure
+        .as_ref()
+        .map(|e| format!(", last failure: {e}"))
+        .unwrap_or_default();
+    Err(unknown(format!(
+        "the status read afterwards shows prepare state {}{last_failure}; check with \
+         `layoutctl status`, then run {command} again",
+        state.state
     )))
 }
 
