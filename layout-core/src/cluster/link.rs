@@ -230,7 +230,9 @@ mod http_link {
         let router = Router::new()
             .route(REGISTER_PATH, route(Call::Register))
             .route(HEARTBEAT_PATH, route(Call::Heartbeat))
-            .route(LEAVE_PATH, route(Call::Leave));
+            .route(LEAVE_PATH, route(Call::Leave))
+            // An explicit fallback, so an unknown path is behind the token too.
+            .fallback(|| async { StatusCode::NOT_FOUND });
         require_bearer(router, token, link_error_format)
     }
 

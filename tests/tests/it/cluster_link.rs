@@ -8,7 +8,7 @@ use std::time::Duration;
 use layout_core::cluster::{
     Checkpoint, ClusterStatus, ClusterStore, Coordinator, CoordinatorLink, CoordinatorOptions,
     CoordinatorServer, EmbeddedStore, HeartbeatError, HttpLink, LinkError, MemberReport, Refusal,
-    HEARTBEAT_PATH, REGISTER_PATH,
+    HEARTBEAT_PATH, LEAVE_PATH, REGISTER_PATH,
 };
 use layout_core::http::{BearerToken, ClientConfig, EndpointConfig, EndpointError};
 use layout_core::ManualClock;
@@ -135,7 +135,14 @@ fn a_member_without_the_cluster_token_is_refused_with_401_and_never_becomes_a_me
     // Raw requests: no header, another scheme, two headers' worth of garbage.
     let agent = agent();
     let body = serde_json::to_vec(&report("evil", 2, 1)).unwrap();
-    for path in [REGISTER_PATH, HEARTBEAT_PATH] {
+    // An unknown path is behind the token too: without it, 401, never 404.
+    for path in [
+        REGISTER_PATH,
+        HEARTBEAT_PATH,
+        LEAVE_PATH,
+        LEAVE_PATH,
+        "/v1/cluster/unknown",
+    ] {
         let url = format!("{}{path}", server.url());
         for authorization in [
             None,
@@ -540,4 +547,30 @@ fn a_refused_body_closes_its_connection_and_says_so_so_the_next_request_succeeds
         assert_eq!(status, 200, "{text}");
     }
     assert_eq!(state(&coordinator).members.len(), 1);
+}
+
+#[test]
+fn a_member_that_leaves_through_the_link_is_replaced_at_once_by_its_next_process() {
+    let clock = clock();
+    let (coordinator, server) = served(&clock);
+    let link = HttpLink::new(&server.url(), token(), client()).unwrap();
+    let first = report("dn1", 2, 1).with_incarnation("first");
+    let second = report("dn1", 2, 1).with_incarnation("second");
+    link.register(&first).unwrap();
+    // Killed, not stopped: the next process waits for the lease.
+    match link.register(&second) {
+        Err(HeartbeatError::Refused(Refusal::DuplicateIncarnation { .. })) => {}
+        other => panic!("expected DuplicateIncarnation, got {other:?}"),
+    }
+    // Stopped cleanly: it says so, and the next process is accepted at once.
+    link.leave(&first).unwrap();
+    assert!(!state(&coordinator).member("dn1").unwrap().live);
+    link.register(&second).unwrap();
+    assert_eq!(
+        state(&coordinator).member("dn1").unwrap().incarnation,
+        "second"
+    );
+    // A leave from a process that is no longer the member's changes nothing.
+    link.leave(&first).unwrap();
+    assert!(state(&coordinator).member("dn1").unwrap().live);
 }
