@@ -11,7 +11,9 @@ use serde_json::{json, Value};
 use layout_core::http::ClientConfig;
 use layout_core::LayoutFeature;
 
-use super::cluster::{KvClusterFinalize, KvClusterStatus};
+use super::cluster::{
+    KvClusterExclusion, KvClusterFinalize, KvClusterMove, KvClusterStatus, KvMoveTarget,
+};
 use super::feature::KvFeature;
 use super::store::{KvKeysPage, KvPage, KvStatus, MAX_LIST_LIMIT};
 
@@ -399,6 +401,60 @@ impl KvClient {
             "dry_run": true,
         });
         self.send("POST", "/cluster/finalize", Some(&body))
+    }
+
+    /// Excludes dead `member` from the cluster with `reason`, recorded as done by
+    /// `client_id` (`POST /cluster/exclude`): who, when and the SLV it needs to rejoin
+    /// are in the answer, the audit trail and the status. Refused for a live member
+    /// (HTTP 409, kind `member_is_live`), without a reason (400). Needs the token as
+    /// [`cluster_finalize`](Self::cluster_finalize) does.
+    pub fn cluster_exclude(
+        &self,
+        client_id: &str,
+        member: &str,
+        reason: &str,
+    ) -> Result<KvClusterExclusion, ClientError> {
+        let body = json!({"client_id": client_id, "member": member, "reason": reason});
+        self.send("POST", "/cluster/exclude", Some(&body))
+    }
+
+    /// Where the coordinator's store move stands (`GET /cluster/move`).
+    pub fn cluster_move_status(&self) -> Result<KvClusterMove, ClientError> {
+        self.send("GET", "/cluster/move", None)
+    }
+
+    /// Begins (or resumes) moving the cluster state to `to`, for `client_id`
+    /// (`POST /cluster/move/begin`). Refused (HTTP 409, kind `move_refused`) for a
+    /// destination that is not empty or records another move, and for a store already
+    /// moved.
+    pub fn cluster_move_begin(
+        &self,
+        client_id: &str,
+        to: &KvMoveTarget,
+    ) -> Result<KvClusterMove, ClientError> {
+        let body = json!({"client_id": client_id, "to": to});
+        self.send("POST", "/cluster/move/begin", Some(&body))
+    }
+
+    /// Compares both stores (`POST /cluster/move/verify`): the differences and whether
+    /// the mirror fell behind.
+    pub fn cluster_move_verify(&self) -> Result<KvClusterMove, ClientError> {
+        self.send("POST", "/cluster/move/verify", Some(&json!({})))
+    }
+
+    /// Recopies what differs (`POST /cluster/move/catch-up`).
+    pub fn cluster_move_catch_up(&self) -> Result<KvClusterMove, ClientError> {
+        self.send("POST", "/cluster/move/catch-up", Some(&json!({})))
+    }
+
+    /// Commits the move (`POST /cluster/move/switch`).
+    pub fn cluster_move_switch(&self) -> Result<KvClusterMove, ClientError> {
+        self.send("POST", "/cluster/move/switch", Some(&json!({})))
+    }
+
+    /// Abandons the move before its switch (`POST /cluster/move/rollback`).
+    pub fn cluster_move_rollback(&self) -> Result<KvClusterMove, ClientError> {
+        self.send("POST", "/cluster/move/rollback", Some(&json!({})))
     }
 
     /// Sends a raw request (method, path with query, body) and returns the status and

@@ -30,7 +30,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -39,8 +39,8 @@ use layout_core::admin::http::{bearer_credentials, BearerToken};
 use layout_core::cluster::{
     BeyondSoftware, Blocker, ClusterError, ClusterFinalizeOutcome, ClusterStatus, ClusterStore,
     Coordinator, CoordinatorDriver, CoordinatorLink, CoordinatorOptions, CoordinatorServer,
-    EmbeddedStore, HttpLink, LocalError, LocalLayout, Member, MemberError, MemberRole, MemberStep,
-    Refusal,
+    EmbeddedStore, Exclusion, HttpLink, LocalError, LocalLayout, Member, MemberError, MemberRole,
+    MemberStep, MovePhase, MoveReport, MovingStore, Refusal, StoreError,
 };
 use layout_core::http::{ClientConfig, ClientTls, EndpointConfig, EndpointError, ServerTls};
 use layout_core::{
@@ -103,6 +103,69 @@ impl ClusterStoreConfig {
                     .map_err(|e| KvError::ClusterCoordinator(Box::new(e.into())))?;
                 Ok(Arc::new(store))
             }
+        }
+    }
+}
+
+/// The file, in the coordinator node's directory, that keeps the new store of a store
+/// move under way ([`KvMoveTarget`] as JSON), so a restarted coordinator resumes the move.
+pub const CLUSTER_MOVE_FILE: &str = "cluster-move.json";
+
+/// The new store of a store move, as `POST /cluster/move/begin` names it: an embedded
+/// store's directory, or etcd endpoints and a key prefix (feature `etcd`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvMoveTarget {
+    /// The embedded store's directory (the store is its [`CLUSTER_STATE_FILE`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedded_dir: Option<PathBuf>,
+    /// The etcd client URLs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub etcd_endpoints: Vec<String>,
+    /// The etcd key prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_prefix: Option<String>,
+}
+
+impl KvMoveTarget {
+    /// An embedded store in `dir`.
+    pub fn embedded(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            embedded_dir: Some(dir.into()),
+            ..Self::default()
+        }
+    }
+
+    /// A store on etcd `endpoints` under `prefix`.
+    pub fn etcd(endpoints: Vec<String>, prefix: impl Into<String>) -> Self {
+        Self {
+            etcd_endpoints: endpoints,
+            etcd_prefix: Some(prefix.into()),
+            ..Self::default()
+        }
+    }
+
+    /// The store configuration it names; a message when it names none or two.
+    pub fn config(&self) -> Result<ClusterStoreConfig, String> {
+        match (
+            &self.embedded_dir,
+            &self.etcd_prefix,
+            self.etcd_endpoints.is_empty(),
+        ) {
+            (Some(dir), None, true) => Ok(ClusterStoreConfig::Embedded { dir: dir.clone() }),
+            #[cfg(feature = "etcd")]
+            (None, Some(prefix), false) => Ok(ClusterStoreConfig::Etcd {
+                endpoints: self.etcd_endpoints.clone(),
+                prefix: prefix.clone(),
+            }),
+            #[cfg(not(feature = "etcd"))]
+            (None, Some(_), false) => {
+                Err("this kvstore was built without the etcd feature".to_owned())
+            }
+            _ => Err(
+                "name the new store: either embedded_dir, or etcd_endpoints and etcd_prefix"
+                    .to_owned(),
+            ),
         }
     }
 }
@@ -328,12 +391,15 @@ impl ClusterRuntime {
     /// `admin_token` guards the coordinator node's `/cluster/...` routes (see the module
     /// docs); without it, `POST /cluster/finalize` is refused. A coordinator serves the
     /// member link with `tls` when the node has it.
+    /// `dir` is the node's directory: a coordinator keeps the new store of a store move
+    /// under way there ([`CLUSTER_MOVE_FILE`]) and resumes the move when it starts.
     pub(crate) fn start(
         config: &ClusterConfig,
         finalizer: &Arc<UpgradeFinalizer<KvFeature, KvStore>>,
         store: &Arc<KvStore>,
         admin_token: Option<&BearerToken>,
         tls: Option<&ServerTls>,
+        dir: &Path,
     ) -> Result<Self, KvError> {
         let token = config
             .cluster_token
@@ -352,8 +418,9 @@ impl ClusterRuntime {
                     .with_coordinator_id(config.node_id.clone())
                     .with_member_lease_ttl(config.member_lease_ttl)
                     .with_local(CLUSTER_KIND, layout);
+                let mover = Arc::new(StoreMover::open(store_config, dir.join(CLUSTER_MOVE_FILE))?);
                 let coordinator = Arc::new(
-                    Coordinator::open(store_config.open()?, options)
+                    Coordinator::open(Arc::clone(&mover.moving) as Arc<dyn ClusterStore>, options)
                         .map_err(|e| KvError::ClusterCoordinator(Box::new(e)))?,
                 );
                 let addr = SocketAddr::new(config.link_host, *port);
@@ -378,6 +445,7 @@ impl ClusterRuntime {
                     coordinator: Arc::clone(&coordinator),
                     manager: Arc::clone(store.manager()),
                     admin_token: admin_token.cloned(),
+                    mover,
                 }));
                 let driver = coordinator
                     .spawn_driver(config.heartbeat_interval)
@@ -584,6 +652,66 @@ pub struct KvClusterMember {
     pub live: bool,
     /// The operator's exclusion reason, if excluded.
     pub excluded: Option<String>,
+    /// The whole exclusion (who, when, the SLV it needs to rejoin), if excluded.
+    #[serde(default)]
+    pub exclusion: Option<KvClusterExclusion>,
+}
+
+/// A member's exclusion: `POST /cluster/exclude`'s answer, and in [`KvClusterMember`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvClusterExclusion {
+    /// The member.
+    pub member_id: String,
+    /// The operator's reason.
+    pub reason: String,
+    /// Who excluded it (the request's `client_id`).
+    pub excluded_by: String,
+    /// When (Unix milliseconds).
+    pub at_ms: u64,
+    /// The member's SLV when excluded.
+    pub software_layout_version: u32,
+    /// The SLV it needs to rejoin.
+    pub required_software_layout_version: u32,
+}
+
+impl KvClusterExclusion {
+    fn of(member_id: &str, x: &Exclusion) -> Self {
+        Self {
+            member_id: member_id.to_owned(),
+            reason: x.reason.clone(),
+            excluded_by: x.excluded_by.clone(),
+            at_ms: x.at_ms,
+            software_layout_version: x.software_layout_version,
+            required_software_layout_version: x.required_software_layout_version,
+        }
+    }
+}
+
+/// `GET /cluster/move` (and the answer of every `POST /cluster/move/...`): where the
+/// coordinator's store move stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvClusterMove {
+    /// `current` (no move), `dual-publishing` or `switched`.
+    pub phase: String,
+    /// The move's id, once begun.
+    pub id: Option<String>,
+    /// The store the coordinator was started on.
+    pub from: String,
+    /// The new store, once begun.
+    pub to: Option<String>,
+    /// The persisted stage (`copying`, `dual-publishing`, `switched`, `rolled-back`).
+    pub stage: Option<String>,
+    /// Who began it.
+    pub by: Option<String>,
+    /// When it began (Unix milliseconds).
+    pub started_at_ms: Option<u64>,
+    /// The mirror fell behind: the switch (or catch-up) recopies.
+    pub behind: bool,
+    /// Mirrored writes queued for the new store.
+    pub pending: u64,
+    /// The differences found by a verify, catch-up or switch (empty: caught up).
+    #[serde(default)]
+    pub differences: Vec<String>,
 }
 
 /// `GET /cluster/status` on the coordinator node.
@@ -637,6 +765,10 @@ impl KvClusterStatus {
                     metadata_layout_version: m.metadata_layout_version,
                     live: m.live,
                     excluded: m.excluded.as_ref().map(|x| x.reason.clone()),
+                    exclusion: m
+                        .excluded
+                        .as_ref()
+                        .map(|x| KvClusterExclusion::of(&m.member_id, x)),
                 })
                 .collect(),
         }
@@ -715,8 +847,229 @@ struct CoordinatorRoutes {
     coordinator: Arc<Coordinator>,
     manager: Arc<LayoutVersionManager<KvFeature>>,
     /// The node's admin token: required on every `/cluster/...` request when set; when
-    /// `None`, `POST /cluster/finalize` is refused.
+    /// `None`, every `POST /cluster/...` is refused.
     admin_token: Option<BearerToken>,
+    /// The coordinator's store and its moves.
+    mover: Arc<StoreMover>,
+}
+
+/// The coordinator node's store: a [`MovingStore`] on the configured store, and the new
+/// store of a move under way (kept in [`CLUSTER_MOVE_FILE`] to resume it after a
+/// restart).
+struct StoreMover {
+    moving: Arc<MovingStore>,
+    configured: ClusterStoreConfig,
+    file: PathBuf,
+    target: Mutex<Option<(KvMoveTarget, Arc<dyn ClusterStore>)>>,
+}
+
+fn store_error(e: StoreError) -> KvError {
+    KvError::ClusterCoordinator(Box::new(e.into()))
+}
+
+impl StoreMover {
+    /// Opens the configured store and resumes the move [`CLUSTER_MOVE_FILE`] names.
+    fn open(configured: &ClusterStoreConfig, file: PathBuf) -> Result<Self, KvError> {
+        let current = configured.open()?;
+        let mut target = None;
+        let saved: Option<KvMoveTarget> =
+            match std::fs::read(&file) {
+                Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
+                    KvError::Cluster(format!("{} is unreadable: {e}", file.display()))
+                })?),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(source) => {
+                    return Err(KvError::Io {
+                        context: "cannot read the store move file",
+                        path: file,
+                        source,
+                    })
+                }
+            };
+        let moving = match saved {
+            Some(saved) => {
+                let config = saved.config().map_err(KvError::Cluster)?;
+                if config == *configured {
+                    // The operator pointed the coordinator at the new store: done.
+                    let _ = std::fs::remove_file(&file);
+                    MovingStore::open(current, None).map_err(store_error)?
+                } else {
+                    let next = config.open()?;
+                    let moving =
+                        MovingStore::open(current, Some(Arc::clone(&next))).map_err(store_error)?;
+                    if moving.phase() == MovePhase::Current {
+                        let _ = std::fs::remove_file(&file);
+                    } else {
+                        if moving.phase() == MovePhase::Switched {
+                            tracing::warn!(to = %next.location(), "the cluster state was moved: point this coordinator's configuration at the new store");
+                        }
+                        target = Some((saved, next));
+                    }
+                    moving
+                }
+            }
+            None => MovingStore::open(current, None).map_err(store_error)?,
+        };
+        Ok(Self {
+            moving: Arc::new(moving),
+            configured: configured.clone(),
+            file,
+            target: Mutex::new(target),
+        })
+    }
+
+    fn status(&self, report: Option<MoveReport>) -> (u16, Value) {
+        match self.moving.status() {
+            Ok(status) => {
+                let record = status.record.as_ref();
+                answer(&KvClusterMove {
+                    phase: match status.phase {
+                        MovePhase::Current => "current",
+                        MovePhase::DualPublishing => "dual-publishing",
+                        MovePhase::Switched => "switched",
+                    }
+                    .to_owned(),
+                    id: status.id.clone().or_else(|| record.map(|r| r.id.clone())),
+                    from: status.from.clone(),
+                    to: status.to.clone(),
+                    stage: record.map(|r| r.stage.to_string()),
+                    by: record.map(|r| r.by.clone()),
+                    started_at_ms: record.map(|r| r.started_at_ms),
+                    behind: report.as_ref().map_or(status.behind, |r| r.behind),
+                    pending: status.pending,
+                    differences: report.map(|r| r.differences).unwrap_or_default(),
+                })
+            }
+            Err(e) => move_error(&e),
+        }
+    }
+
+    fn begin(&self, body: &[u8]) -> (u16, Value) {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Begin {
+            client_id: String,
+            to: KvMoveTarget,
+        }
+        let body: Begin = match serde_json::from_slice(body) {
+            Ok(b) => b,
+            Err(e) => return error(400, "bad_request", &format!("malformed JSON body: {e}")),
+        };
+        if body.client_id.trim().is_empty() {
+            return error(400, "bad_request", "client_id must not be empty");
+        }
+        let config = match body.to.config() {
+            Ok(c) => c,
+            Err(e) => return error(400, "bad_request", &e),
+        };
+        if config == self.configured {
+            return error(
+                400,
+                "bad_request",
+                "the new store is the store this coordinator runs on",
+            );
+        }
+        let mut target = self.target.lock();
+        let next = match &*target {
+            Some((saved, next)) if *saved == body.to => Arc::clone(next),
+            Some((saved, _)) => {
+                return error(
+                    409,
+                    "move_refused",
+                    &format!(
+                        "a move to another store ({saved:?}) is under way: switch or roll it                          back first"
+                    ),
+                )
+            }
+            None => match config.open() {
+                Ok(next) => next,
+                Err(e) => return error(503, "store_unavailable", &e.to_string()),
+            },
+        };
+        if let Err(e) = write_atomically(&self.file, &body.to) {
+            return error(500, "internal", &e);
+        }
+        *target = Some((body.to.clone(), Arc::clone(&next)));
+        match self.moving.begin_as(next, &body.client_id) {
+            Ok(()) => {
+                drop(target);
+                self.status(None)
+            }
+            Err(e) => {
+                if self.moving.phase() == MovePhase::Current {
+                    *target = None;
+                    let _ = std::fs::remove_file(&self.file);
+                }
+                move_error(&e)
+            }
+        }
+    }
+
+    fn switch(&self) -> (u16, Value) {
+        match self.moving.switch() {
+            Ok(report) => self.status(Some(report)),
+            Err(e) => move_error(&e),
+        }
+    }
+
+    fn catch_up(&self) -> (u16, Value) {
+        match self.moving.catch_up() {
+            Ok(report) => self.status(Some(report)),
+            Err(e) => move_error(&e),
+        }
+    }
+
+    fn verify(&self) -> (u16, Value) {
+        match self.moving.verify() {
+            Ok(report) => self.status(Some(report)),
+            Err(e) => move_error(&e),
+        }
+    }
+
+    fn rollback(&self) -> (u16, Value) {
+        match self.moving.rollback() {
+            Ok(()) => {
+                *self.target.lock() = None;
+                let _ = std::fs::remove_file(&self.file);
+                self.status(None)
+            }
+            Err(e) => move_error(&e),
+        }
+    }
+}
+
+/// Writes `value` as JSON to `path` durably: a temporary file, synced, renamed.
+fn write_atomically(path: &Path, value: &impl Serialize) -> Result<(), String> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| e.to_string())?;
+    let temp = path.with_extension("json.tmp");
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&temp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+fn move_error(e: &StoreError) -> (u16, Value) {
+    match e {
+        StoreError::Move { .. } => error(409, "move_refused", &e.to_string()),
+        _ => error(503, "store_unavailable", &e.to_string()),
+    }
+}
+
+/// The body of `POST /cluster/exclude`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExcludeBody {
+    client_id: String,
+    member: String,
+    reason: String,
 }
 
 /// How long `POST /cluster/finalize` waits for the finalization (running on a thread of
@@ -781,6 +1134,13 @@ fn cluster_error(e: &ClusterError) -> (u16, Value) {
             error(409, "coordinator_software_too_old", &message)
         }
         ClusterError::LocalFinalize { .. } => error(500, "local_finalize", &message),
+        ClusterError::ExclusionNeedsReason { .. } => error(400, "bad_request", &message),
+        ClusterError::UnknownMember { .. } | ClusterError::UnknownKind { .. } => {
+            error(404, "unknown_member", &message)
+        }
+        ClusterError::MemberIsLive { .. } | ClusterError::LivenessNotKnownYet { .. } => {
+            error(409, "member_is_live", &message)
+        }
         _ => {
             tracing::warn!(error = %message, "cluster request failed");
             error(500, "cluster", &message)
@@ -895,6 +1255,25 @@ impl CoordinatorRoutes {
     }
 }
 
+impl CoordinatorRoutes {
+    fn exclude(&self, body: &[u8]) -> (u16, Value) {
+        let body: ExcludeBody = match serde_json::from_slice(body) {
+            Ok(b) => b,
+            Err(e) => return error(400, "bad_request", &format!("malformed JSON body: {e}")),
+        };
+        if body.client_id.trim().is_empty() {
+            return error(400, "bad_request", "client_id must not be empty");
+        }
+        match self
+            .coordinator
+            .exclude(CLUSTER_KIND, &body.member, &body.reason, &body.client_id)
+        {
+            Ok(exclusion) => answer(&KvClusterExclusion::of(&body.member, &exclusion)),
+            Err(e) => cluster_error(&e),
+        }
+    }
+}
+
 fn answer<T: Serialize>(value: &T) -> (u16, Value) {
     match serde_json::to_value(value) {
         Ok(v) => (200, v),
@@ -924,11 +1303,20 @@ impl ClusterRoutes for CoordinatorRoutes {
                 )),
                 Err(e) => cluster_error(&e),
             },
-            ("POST", "finalize") if self.admin_token.is_none() => {
-                error(403, "forbidden", NO_ADMIN_TOKEN)
-            }
+            ("GET", "move") => self.mover.status(None),
+            ("POST", _) if self.admin_token.is_none() => error(403, "forbidden", NO_ADMIN_TOKEN),
             ("POST", "finalize") => self.finalize(body),
-            (_, "status" | "finalize") => error(
+            ("POST", "exclude") => self.exclude(body),
+            ("POST", "move/begin") => self.mover.begin(body),
+            ("POST", "move/verify") => self.mover.verify(),
+            ("POST", "move/catch-up") => self.mover.catch_up(),
+            ("POST", "move/switch") => self.mover.switch(),
+            ("POST", "move/rollback") => self.mover.rollback(),
+            (
+                _,
+                "status" | "finalize" | "exclude" | "move" | "move/begin" | "move/verify"
+                | "move/catch-up" | "move/switch" | "move/rollback",
+            ) => error(
                 405,
                 "method_not_allowed",
                 &format!("{method} is not allowed on \"/cluster/{path}\""),

@@ -238,6 +238,7 @@ impl KvNode {
                     &store,
                     admin_token.as_ref(),
                     config.tls.as_ref(),
+                    &config.dir,
                 ) {
                     Ok(runtime) => Some(runtime),
                     Err(e) => {

@@ -2,6 +2,7 @@
 
 mod basic;
 mod cluster;
+mod cluster_move;
 mod data_binding;
 mod degraded;
 mod errors;

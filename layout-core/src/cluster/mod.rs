@@ -85,11 +85,11 @@ pub use protocol::{
 };
 pub use state::{
     AuditEntry, Checkpoint, ClusterFinalization, Exclusion, KindRecord, KindState, MemberRecord,
-    MemberRole, AUDIT_RETENTION, CLUSTER_STATE_FORMAT,
+    MemberRole, MoveRecord, MoveRole, MoveStage, AUDIT_RETENTION, CLUSTER_STATE_FORMAT,
 };
 pub use store::{
-    CasOutcome, ClusterStore, EmbeddedStore, FinalizerClaim, MovePhase, MoveReport, MovingStore,
-    StoreError, Versioned,
+    CasOutcome, ClusterStore, EmbeddedStore, FinalizerClaim, MovePhase, MoveReport, MoveStatus,
+    MovingStore, StoreError, Versioned, DEFAULT_MIRROR_CAPACITY, MOVE_STEPS,
 };
 #[cfg(feature = "etcd")]
 pub use store::{EtcdDocumentStore, EtcdOptions, EtcdStore};

@@ -324,3 +324,63 @@ pub fn upgrade_kind_document(document: serde_json::Value) -> Result<KindState, S
     let migrated = migrator.upgrade(document).map_err(|e| e.to_string())?;
     serde_json::from_value(migrated.document).map_err(|e| e.to_string())
 }
+
+/// Which end of a store move a [`MoveRecord`] describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MoveRole {
+    /// The store the state moves away from ("moving to `to`").
+    Source,
+    /// The store the state moves into ("receiving from `from`").
+    Destination,
+}
+
+/// The persisted stage of a store move (see
+/// [`MovingStore`](crate::cluster::MovingStore)): what a restarted coordinator resumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MoveStage {
+    /// `begin` recorded the move and is copying the state into the destination.
+    Copying,
+    /// The copy is complete; writes are mirrored to the destination.
+    DualPublishing,
+    /// The move is committed: the destination alone holds the cluster state.
+    Switched,
+    /// The move was abandoned before its switch; the destination's copy is stale.
+    RolledBack,
+}
+
+impl fmt::Display for MoveStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Copying => "copying",
+            Self::DualPublishing => "dual-publishing",
+            Self::Switched => "switched",
+            Self::RolledBack => "rolled-back",
+        })
+    }
+}
+
+/// A store move as one store records it ([`ClusterStore::load_move`](crate::cluster::ClusterStore::load_move)):
+/// both ends of a move hold a record with the same `id`, the source's saying where the
+/// state goes, the destination's where it comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveRecord {
+    /// The move's id, the same in both stores; a repeated `begin` of the same move keeps it.
+    pub id: String,
+    /// Which end of the move this store is.
+    pub role: MoveRole,
+    /// The source store's location.
+    pub from: String,
+    /// The destination store's location.
+    pub to: String,
+    /// Where the move stands.
+    pub stage: MoveStage,
+    /// When the move began (Unix milliseconds).
+    pub started_at_ms: u64,
+    /// When the stage was last changed (Unix milliseconds).
+    #[serde(default)]
+    pub updated_at_ms: u64,
+    /// Who began it (an operator's client id, or `store-move`).
+    pub by: String,
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use layout_core::cluster::{
     AuditEntry, CasOutcome, ClusterStore, FinalizerClaim, KindRecord, KindState, MemberRecord,
-    StoreError, Versioned,
+    MoveRecord, StoreError, Versioned,
 };
 use parking_lot::Mutex;
 
@@ -208,5 +208,20 @@ impl<S: ClusterStore> ClusterStore for ObservedStore<S> {
     }
     fn release_finalizer(&self, kind: &str, holder: &str) -> Result<(), StoreError> {
         self.inner.release_finalizer(kind, holder)
+    }
+    fn remove_kind(&self, kind: &str) -> Result<(), StoreError> {
+        count(&self.kind_writes);
+        self.inner.remove_kind(kind)
+    }
+    fn load_move(&self) -> Result<Option<Versioned<MoveRecord>>, StoreError> {
+        self.inner.load_move()
+    }
+    fn swap_move(
+        &self,
+        expected: Option<u64>,
+        record: &MoveRecord,
+    ) -> Result<CasOutcome, StoreError> {
+        count(&self.kind_writes);
+        self.inner.swap_move(expected, record)
     }
 }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use layout_core::cluster::{
     Checkpoint, ClusterError, ClusterStore, Coordinator, CoordinatorOptions, EmbeddedStore,
-    Instruction, Member, MovePhase, MovingStore,
+    Instruction, KindRecord, KindState, Member, MemberReport, MovePhase, MoveRecord, MoveRole,
+    MoveStage, MovingStore, StoreError, Versioned,
 };
 use layout_core::{LayoutVersionManager, ManagerOptions, MemoryStorage, StartIntent};
 use parking_lot::{Condvar, Mutex};
@@ -183,4 +184,115 @@ fn a_live_cluster_moves_from_the_embedded_store_to_etcd() {
     let old = Arc::new(EmbeddedStore::open(dir.path().join("cluster-state")).unwrap());
     let new = Arc::new(server::store(&prefix));
     move_live_cluster(old, new, || Arc::new(server::store(&prefix)));
+}
+
+/// A kind's state, its record's revision and its members' revisions.
+type KindSnapshot = (String, Option<KindState>, Option<u64>, Vec<(String, u64)>);
+
+/// Everything an etcd store holds for the move, revisions included.
+fn snapshot(store: &dyn ClusterStore) -> (Vec<KindSnapshot>, Option<Versioned<MoveRecord>>) {
+    let kinds = store
+        .kinds()
+        .unwrap()
+        .into_iter()
+        .map(|kind| {
+            let state = store.load_state(&kind).unwrap();
+            let revision = store.load_kind(&kind).unwrap().map(|k| k.revision);
+            let members = store
+                .members(&kind)
+                .unwrap()
+                .into_iter()
+                .map(|(id, m)| (id, m.revision))
+                .collect();
+            (kind, state, revision, members)
+        })
+        .collect();
+    (kinds, store.load_move().unwrap())
+}
+
+/// The seed's scenario on etcd: a live cluster moved to another etcd, switched and
+/// finalized there (a cluster version and audit entries of its own); then a coordinator
+/// still on the old store begins a move to it. Refused, and the destination is byte for
+/// byte (records and revisions) what it was.
+#[test]
+fn a_stale_move_begin_is_refused_and_leaves_the_etcd_destination_unchanged() {
+    let old: Arc<dyn ClusterStore> = Arc::new(server::store(&server::prefix("stale-old")));
+    let new: Arc<dyn ClusterStore> = Arc::new(server::store(&server::prefix("stale-new")));
+    let moving = Arc::new(MovingStore::new(Arc::clone(&old)));
+    let coordinator = Coordinator::open(moving.clone(), CoordinatorOptions::default()).unwrap();
+    for i in 1..=3 {
+        coordinator
+            .register(&MemberReport::new(KIND, format!("dn{i}"), NEW, OLD))
+            .unwrap();
+    }
+    moving.begin_as(Arc::clone(&new), "ops").unwrap();
+    moving.switch().unwrap();
+    coordinator.finalize(KIND, Some(NEW), "ops").unwrap();
+    drop(coordinator);
+    assert_eq!(
+        new.load_kind(KIND)
+            .unwrap()
+            .unwrap()
+            .value
+            .cluster_layout_version,
+        NEW
+    );
+    let before = snapshot(new.as_ref());
+    assert!(before.0[0].1.as_ref().unwrap().audit.len() >= 2);
+
+    let stale = MovingStore::new(Arc::clone(&old));
+    let err = stale.begin(Arc::clone(&new)).unwrap_err();
+    assert!(matches!(err, StoreError::Move { .. }), "{err}");
+    assert_eq!(snapshot(new.as_ref()), before);
+    // Nor from another store with a state of its own.
+    let other: Arc<dyn ClusterStore> = Arc::new(server::store(&server::prefix("stale-other")));
+    other
+        .swap_kind(KIND, None, &KindRecord::new(KIND, OLD))
+        .unwrap();
+    let err = MovingStore::new(other).begin(Arc::clone(&new)).unwrap_err();
+    assert!(matches!(err, StoreError::Move { .. }), "{err}");
+    assert_eq!(snapshot(new.as_ref()), before);
+}
+
+/// A coordinator restarted while dual publishing to etcd (fresh connections) resumes the
+/// move from the records, `catch_up` removes a kind only in the destination (etcd's
+/// `remove_kind`), and the switch finishes.
+#[test]
+fn a_move_to_etcd_resumes_after_a_restart_and_catch_up_removes_an_extra_kind() {
+    let old_prefix = server::prefix("resume-old");
+    let new_prefix = server::prefix("resume-new");
+    let old: Arc<dyn ClusterStore> = Arc::new(server::store(&old_prefix));
+    let coordinator = Coordinator::open(Arc::clone(&old), CoordinatorOptions::default()).unwrap();
+    coordinator
+        .register(&MemberReport::new(KIND, "dn1", NEW, OLD))
+        .unwrap();
+    drop(coordinator);
+    let moving = MovingStore::new(Arc::clone(&old));
+    moving.begin(Arc::new(server::store(&new_prefix))).unwrap();
+    drop(moving);
+
+    let old: Arc<dyn ClusterStore> = Arc::new(server::store(&old_prefix));
+    let new: Arc<dyn ClusterStore> = Arc::new(server::store(&new_prefix));
+    let moving = Arc::new(MovingStore::open(Arc::clone(&old), Some(Arc::clone(&new))).unwrap());
+    assert_eq!(moving.phase(), MovePhase::DualPublishing);
+    assert!(
+        moving.status().unwrap().behind,
+        "a restart may have lost queued writes"
+    );
+    new.swap_kind("extra", None, &KindRecord::new("extra", 7))
+        .unwrap();
+    let coordinator = Coordinator::open(moving.clone(), CoordinatorOptions::default()).unwrap();
+    coordinator
+        .register(&MemberReport::new(KIND, "dn2", NEW, OLD))
+        .unwrap();
+    let report = moving.catch_up().unwrap();
+    assert!(report.is_caught_up(), "{report:?}");
+    assert_eq!(new.kinds().unwrap(), [KIND]);
+    moving.switch().unwrap();
+    assert_eq!(new.members(KIND).unwrap().len(), 2);
+    let record = new.load_move().unwrap().unwrap().value;
+    assert_eq!(
+        (record.role, record.stage),
+        (MoveRole::Destination, MoveStage::Switched)
+    );
 }

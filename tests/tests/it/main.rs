@@ -10,6 +10,7 @@ mod cluster_common;
 mod cluster_identity;
 mod cluster_jobs;
 mod cluster_link;
+mod cluster_move;
 mod cluster_store;
 mod concurrency;
 mod damaged_file;

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use layout_core::cluster::{
     AuditEntry, CasOutcome, ClusterStore, Exclusion, FinalizerClaim, KindRecord, KindState,
-    MemberRecord, MemberRole, StoreError, AUDIT_RETENTION, CLUSTER_STATE_FORMAT,
+    MemberRecord, MemberRole, MoveRecord, MoveRole, MoveStage, StoreError, AUDIT_RETENTION,
+    CLUSTER_STATE_FORMAT,
 };
 
 /// The kind the properties store.
@@ -62,6 +63,14 @@ pub(crate) const PROPERTIES: &[(&str, Property)] = &[
     (
         "finalizer_claim_is_exclusive_per_kind",
         finalizer_claim_is_exclusive_per_kind,
+    ),
+    (
+        "move_record_is_compare_and_swap",
+        move_record_is_compare_and_swap,
+    ),
+    (
+        "remove_kind_deletes_record_members_and_audit",
+        remove_kind_deletes_record_members_and_audit,
     ),
 ];
 
@@ -524,4 +533,74 @@ pub(crate) fn finalizer_claim_is_exclusive_per_kind(store: &dyn ClusterStore) {
     store.release_finalizer(KIND, "c2").unwrap();
     store.release_finalizer("other-kind", "c2").unwrap();
     store.release_finalizer(KIND, "nobody").unwrap();
+}
+
+/// The move record: created only from absent, swapped only from its current revision.
+/// (A store in the middle of a move of its own already holds one: the property starts
+/// from whatever is there.)
+pub(crate) fn move_record_is_compare_and_swap(store: &dyn ClusterStore) {
+    let start = store.load_move().unwrap().map(|v| v.revision);
+    let mut record = MoveRecord {
+        id: "move-1".to_owned(),
+        role: MoveRole::Source,
+        from: "here".to_owned(),
+        to: "there".to_owned(),
+        stage: MoveStage::Copying,
+        started_at_ms: 1,
+        updated_at_ms: 1,
+        by: "ops".to_owned(),
+    };
+    if start.is_some() {
+        assert_eq!(
+            store.swap_move(None, &record).unwrap(),
+            CasOutcome::Conflict
+        );
+    }
+    let first = swapped(store.swap_move(start, &record).unwrap());
+    assert_eq!(
+        store.swap_move(None, &record).unwrap(),
+        CasOutcome::Conflict
+    );
+    let stored = store.load_move().unwrap().unwrap();
+    assert_eq!((stored.revision, &stored.value), (first, &record));
+    record.stage = MoveStage::DualPublishing;
+    let second = swapped(store.swap_move(Some(first), &record).unwrap());
+    assert_ne!(first, second);
+    assert_eq!(
+        store.swap_move(Some(first), &record).unwrap(),
+        CasOutcome::Conflict
+    );
+    assert_eq!(store.load_move().unwrap().unwrap().value, record);
+}
+
+/// `remove_kind` deletes a kind's record, members and audit trail, and nothing of
+/// another kind.
+pub(crate) fn remove_kind_deletes_record_members_and_audit(store: &dyn ClusterStore) {
+    for kind in [KIND, "other-kind"] {
+        let revision = swapped(
+            store
+                .swap_kind(kind, None, &KindRecord::new(kind, 1))
+                .unwrap(),
+        );
+        swapped(
+            store
+                .swap_member(kind, "dn1", None, revision, &member(1, 1))
+                .unwrap(),
+        );
+        store.append_audit(kind, &audit_entry("kept")).unwrap();
+    }
+    store.remove_kind(KIND).unwrap();
+    assert!(store.load_kind(KIND).unwrap().is_none());
+    assert!(store.members(KIND).unwrap().is_empty());
+    assert!(store.audit(KIND).unwrap().is_empty());
+    assert_eq!(store.kinds().unwrap(), ["other-kind"]);
+    assert_eq!(store.members("other-kind").unwrap().len(), 1);
+    assert_eq!(store.audit("other-kind").unwrap().len(), 1);
+    // Removing a kind never stored is a no-op; the kind may be created again.
+    store.remove_kind("never").unwrap();
+    swapped(
+        store
+            .swap_kind(KIND, None, &KindRecord::new(KIND, 2))
+            .unwrap(),
+    );
 }

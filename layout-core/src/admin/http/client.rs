@@ -187,6 +187,35 @@ impl AdminClient {
         self.post("cancel-prepare", params)
     }
 
+    /// Sends `method` (`GET` or `POST`) to `path` on the endpoint's host (a path of its
+    /// own, not under `/v1/`: for instance a service's `/cluster/...` routes), with a
+    /// JSON `body` for a `POST`, presenting the token; the JSON answer. An error answer
+    /// is [`ClientError::Api`]; a body of the shape `{"error": {"kind", "message"}}`
+    /// gives its message.
+    pub fn request_json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let url = format!("{}/{}", self.base, path.trim_start_matches('/'));
+        let started = std::time::Instant::now();
+        let response = if method.eq_ignore_ascii_case("GET") {
+            self.agent
+                .get(&url)
+                .header("Authorization", &self.bearer)
+                .call()
+        } else {
+            let bytes = body.map_or_else(|| b"{}".to_vec(), |b| b.to_string().into_bytes());
+            self.agent
+                .post(&url)
+                .header("Authorization", &self.bearer)
+                .header("Content-Type", "application/json")
+                .send(&bytes[..])
+        };
+        self.read(method, &url, started, response)
+    }
+
     fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let url = format!("{}/v1/{path}", self.base);
         let started = std::time::Instant::now();
@@ -261,8 +290,19 @@ impl AdminClient {
                 reason: e.to_string(),
             });
         }
+        let other = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| {
+                let error = v.get("error")?;
+                let message = error.get("message")?.as_str()?.to_owned();
+                let kind = error.get("kind").and_then(serde_json::Value::as_str);
+                Some(kind.map_or_else(|| message.clone(), |k| format!("{k}: {message}")))
+            });
         let error = match serde_json::from_str::<ErrorResponse>(&text) {
             Ok(body) => AdminError::from(body),
+            Err(_) if other.is_some() => {
+                AdminError::new(ErrorCode::Unknown, other.unwrap_or_default())
+            }
             Err(_) => AdminError::new(
                 ErrorCode::Unknown,
                 format!(

@@ -135,12 +135,185 @@ enum Command {
     Prepare,
     /// Cancel prepare: accept writes again.
     CancelPrepare,
+    /// A cluster's coordinator: status, exclude a dead member, move the cluster state
+    /// to another store. Talks to the coordinator node's cluster routes
+    /// (`<endpoint><prefix>/...`; for kvstore, --endpoint is the node's data endpoint).
+    Cluster {
+        /// The path prefix of the cluster routes on the endpoint.
+        #[arg(long, default_value = "/cluster", value_name = "PATH")]
+        prefix: String,
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Explain a VERSION file offline, damaged or not.
     Inspect {
         /// The component's directory (holding VERSION), or the VERSION file itself.
         #[arg(long, value_name = "PATH")]
         dir: PathBuf,
     },
+}
+
+/// `layoutctl cluster ...`.
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// The cluster's version, finalization checkpoint and members (exclusions with
+    /// who, when and the SLV they need).
+    Status,
+    /// Exclude a dead member so it no longer blocks finalization (recorded with the
+    /// --client-id as who, and when, in the audit trail and the status).
+    Exclude {
+        /// The member's id.
+        member: String,
+        /// Why (required; recorded).
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+    /// Move the cluster state to another store, live.
+    Move {
+        #[command(subcommand)]
+        command: MoveCommand,
+    },
+}
+
+/// `layoutctl cluster move ...`.
+#[derive(Subcommand)]
+enum MoveCommand {
+    /// Begin (or resume) a move: refused for a destination that is not empty or records
+    /// another move, and for a store already moved.
+    Begin {
+        /// The new store: an embedded store in this directory (on the coordinator's
+        /// machine).
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["etcd_endpoint", "etcd_prefix"], required_unless_present = "etcd_prefix")]
+        embedded_dir: Option<PathBuf>,
+        /// The new store: an etcd endpoint (repeatable; with --etcd-prefix).
+        #[arg(long, value_name = "URL", requires = "etcd_prefix")]
+        etcd_endpoint: Vec<String>,
+        /// The new store: the etcd key prefix.
+        #[arg(long, value_name = "PREFIX", requires = "etcd_endpoint")]
+        etcd_prefix: Option<String>,
+    },
+    /// Where the move stands (read-only).
+    Status,
+    /// Compare both stores (waits for the mirror to drain).
+    Verify,
+    /// Recopy what differs into the new store.
+    CatchUp,
+    /// Commit the move: catch up with writes held, verify, serve from the new store.
+    Switch,
+    /// Abandon the move before its switch.
+    Rollback,
+}
+
+/// `cluster ...`: one request to the coordinator node's cluster routes.
+fn cluster(
+    client: &AdminClient,
+    client_id: &str,
+    prefix: &str,
+    command: ClusterCommand,
+    json: bool,
+) -> Result<u8, Failure> {
+    let prefix = prefix.trim_end_matches('/');
+    let path = |rest: &str| format!("{prefix}/{rest}");
+    let (answer, kind) = match command {
+        ClusterCommand::Status => (client.request_json("GET", &path("status"), None)?, "status"),
+        ClusterCommand::Exclude { member, reason } => {
+            let body =
+                serde_json::json!({"client_id": client_id, "member": member, "reason": reason});
+            (
+                client.request_json("POST", &path("exclude"), Some(&body))?,
+                "exclusion",
+            )
+        }
+        ClusterCommand::Move { command } => {
+            let answer = match command {
+                MoveCommand::Begin {
+                    embedded_dir,
+                    etcd_endpoint,
+                    etcd_prefix,
+                } => {
+                    let mut to = serde_json::Map::new();
+                    if let Some(dir) = embedded_dir {
+                        to.insert("embedded_dir".into(), dir.display().to_string().into());
+                    }
+                    if let Some(prefix) = etcd_prefix {
+                        to.insert("etcd_endpoints".into(), etcd_endpoint.into());
+                        to.insert("etcd_prefix".into(), prefix.into());
+                    }
+                    let body = serde_json::json!({"client_id": client_id, "to": to});
+                    client.request_json("POST", &path("move/begin"), Some(&body))?
+                }
+                MoveCommand::Status => client.request_json("GET", &path("move"), None)?,
+                MoveCommand::Verify => client.request_json("POST", &path("move/verify"), None)?,
+                MoveCommand::CatchUp => {
+                    client.request_json("POST", &path("move/catch-up"), None)?
+                }
+                MoveCommand::Switch => client.request_json("POST", &path("move/switch"), None)?,
+                MoveCommand::Rollback => {
+                    client.request_json("POST", &path("move/rollback"), None)?
+                }
+            };
+            (answer, "move")
+        }
+    };
+    if json {
+        print_json(&answer);
+    } else {
+        print_cluster(kind, &answer);
+    }
+    Ok(exit::OK)
+}
+
+/// Prints a cluster answer as `key: value` lines (members one per line).
+fn print_cluster(kind: &str, answer: &serde_json::Value) {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    };
+    let Some(fields) = answer.as_object() else {
+        println!("{answer}");
+        return;
+    };
+    println!("{kind}:");
+    for (key, value) in fields {
+        match (key.as_str(), value) {
+            ("members", serde_json::Value::Array(members)) => {
+                println!("  members:");
+                for m in members {
+                    let field = |name: &str| m.get(name).map_or_else(String::new, text);
+                    let mut line = format!(
+                        "    {} slv {} mlv {} {}",
+                        field("member_id"),
+                        field("software_layout_version"),
+                        field("metadata_layout_version"),
+                        if m.get("live").and_then(serde_json::Value::as_bool) == Some(true) {
+                            "live"
+                        } else {
+                            "not live"
+                        }
+                    );
+                    if let Some(x) = m.get("exclusion").filter(|x| !x.is_null()) {
+                        let get = |name: &str| x.get(name).map_or_else(String::new, text);
+                        line = format!(
+                            "{line} excluded by {} at {} ms: {} (needs SLV {})",
+                            get("excluded_by"),
+                            get("at_ms"),
+                            get("reason"),
+                            get("required_software_layout_version")
+                        );
+                    }
+                    println!("{line}");
+                }
+            }
+            (key, serde_json::Value::Array(items)) => {
+                println!(
+                    "  {key}: {}",
+                    items.iter().map(text).collect::<Vec<_>>().join("; ")
+                );
+            }
+            (key, value) => println!("  {key}: {}", text(value)),
+        }
+    }
 }
 
 /// The options of `finalize`.
@@ -322,6 +495,9 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             }
         }
         Command::Finalize(args) => return finalize(&client, &client_id, args, json),
+        Command::Cluster { prefix, command } => {
+            return cluster(&client, &client_id, &prefix, command, json)
+        }
         Command::Inspect { .. } => unreachable!("handled above"),
     }
     Ok(exit::OK)

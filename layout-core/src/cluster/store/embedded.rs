@@ -16,8 +16,8 @@ use serde::Deserialize;
 
 use super::{CasOutcome, ClusterStore, FinalizerClaim, StoreError, Versioned};
 use crate::cluster::state::{
-    upgrade_kind_document, AuditEntry, KindRecord, KindState, MemberRecord, AUDIT_RETENTION,
-    CLUSTER_STATE_FORMAT,
+    upgrade_kind_document, AuditEntry, KindRecord, KindState, MemberRecord, MoveRecord,
+    AUDIT_RETENTION, CLUSTER_STATE_FORMAT,
 };
 
 /// The header line of the format-1 file (one checksummed JSON document).
@@ -35,6 +35,10 @@ const MEMBERS: TableDefinition<'_, (&str, &str), (u64, &[u8])> =
 const AUDIT: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("cluster_audit");
 /// [`META_REVISION`], [`META_FORMAT`].
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("cluster_meta");
+/// The store's move record (key [`MOVE_KEY`]): revision and JSON.
+const MOVE: TableDefinition<'_, &str, (u64, &[u8])> = TableDefinition::new("cluster_move");
+/// The one key of [`MOVE`].
+const MOVE_KEY: &str = "move";
 /// The store-wide revision counter: the last revision handed out.
 const META_REVISION: &str = "revision";
 /// The [`CLUSTER_STATE_FORMAT`] of the release that created the database.
@@ -577,6 +581,70 @@ impl ClusterStore for EmbeddedStore {
             finalizers.remove(kind);
         }
         Ok(())
+    }
+
+    fn remove_kind(&self, kind: &str) -> Result<(), StoreError> {
+        let op = "remove kind";
+        let txn = self.write()?;
+        {
+            let mut kinds = txn.open_table(KINDS).on(&self.location, op)?;
+            let mut members = txn.open_table(MEMBERS).on(&self.location, op)?;
+            let mut audit = txn.open_table(AUDIT).on(&self.location, op)?;
+            kinds.remove(kind).on(&self.location, op)?;
+            let gone: Vec<String> = member_keys(&members, kind).on(&self.location, op)?;
+            for member in &gone {
+                members
+                    .remove((kind, member.as_str()))
+                    .on(&self.location, op)?;
+            }
+            let dropped: Vec<u64> = audit_keys(&audit, kind).on(&self.location, op)?;
+            for seq in dropped {
+                audit.remove((kind, seq)).on(&self.location, op)?;
+            }
+        }
+        txn.commit().on(&self.location, op)
+    }
+
+    fn load_move(&self) -> Result<Option<Versioned<MoveRecord>>, StoreError> {
+        let txn = self.read()?;
+        let Some(table) = existing(txn.open_table(MOVE)).on(&self.location, "read")? else {
+            return Ok(None);
+        };
+        let Some(guard) = table.get(MOVE_KEY).on(&self.location, "read")? else {
+            return Ok(None);
+        };
+        let (revision, bytes) = guard.value();
+        let value = serde_json::from_slice(bytes)
+            .map_err(|e| self.damaged(format!("the move record is unreadable: {e}")))?;
+        Ok(Some(Versioned { revision, value }))
+    }
+
+    fn swap_move(
+        &self,
+        expected: Option<u64>,
+        record: &MoveRecord,
+    ) -> Result<CasOutcome, StoreError> {
+        let bytes = self.encode(record)?;
+        let op = "swap move record";
+        let txn = self.write()?;
+        let revision = {
+            let mut table = txn.open_table(MOVE).on(&self.location, op)?;
+            let current = table
+                .get(MOVE_KEY)
+                .on(&self.location, op)?
+                .map(|g| g.value().0);
+            if current != expected {
+                return Ok(CasOutcome::Conflict);
+            }
+            let mut meta = txn.open_table(META).on(&self.location, op)?;
+            let revision = next_revision(&mut meta).on(&self.location, op)?;
+            table
+                .insert(MOVE_KEY, (revision, bytes.as_slice()))
+                .on(&self.location, op)?;
+            revision
+        };
+        txn.commit().on(&self.location, op)?;
+        Ok(CasOutcome::Swapped { revision })
     }
 
     /// One read transaction: a consistent snapshot.

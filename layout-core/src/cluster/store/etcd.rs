@@ -18,7 +18,8 @@ use tokio::task::JoinHandle;
 
 use super::{CasOutcome, ClusterStore, FinalizerClaim, StoreError, Versioned};
 use crate::cluster::state::{
-    self, AuditEntry, KindRecord, KindState, MemberRecord, AUDIT_RETENTION, CLUSTER_STATE_FORMAT,
+    self, AuditEntry, KindRecord, KindState, MemberRecord, MoveRecord, AUDIT_RETENTION,
+    CLUSTER_STATE_FORMAT,
 };
 use crate::migration::{
     CasOutcome as DocumentCas, DocumentStore, DocumentStoreError, Revision, StoredDocument,
@@ -271,6 +272,11 @@ impl EtcdStore {
     /// The first release's key of `kind` (not escaped, as it wrote it).
     fn old_kind_key(&self, kind: &str) -> String {
         format!("{}{kind}", self.old_kinds_prefix())
+    }
+
+    /// The store's move record.
+    fn move_key(&self) -> String {
+        format!("{}/move", self.options.prefix)
     }
 
     fn finalizer_key(&self, kind: &str) -> String {
@@ -1085,6 +1091,63 @@ impl ClusterStore for EtcdStore {
             ]),
         )?;
         Ok(())
+    }
+
+    /// One transaction: the kind record, every member and audit key of the kind and the
+    /// first release's tombstone.
+    fn remove_kind(&self, kind: &str) -> Result<(), StoreError> {
+        let members = self.members_prefix(kind);
+        let audit = self.audit_prefix(kind);
+        let members_end = prefix_end(members.as_bytes());
+        let audit_end = prefix_end(audit.as_bytes());
+        self.txn(
+            "remove a kind",
+            Txn::new().and_then([
+                TxnOp::delete(self.kind_key(kind), None),
+                TxnOp::delete(self.old_kind_key(kind), None),
+                TxnOp::delete(members, Some(DeleteOptions::new().with_range(members_end))),
+                TxnOp::delete(audit, Some(DeleteOptions::new().with_range(audit_end))),
+            ]),
+        )?;
+        Ok(())
+    }
+
+    fn load_move(&self) -> Result<Option<Versioned<MoveRecord>>, StoreError> {
+        let key = self.move_key();
+        self.get("load the move record", &key)?
+            .map(|kv| {
+                Ok(Versioned {
+                    revision: revision_of(kv.mod_revision),
+                    value: self.decode(&key, &kv.value)?,
+                })
+            })
+            .transpose()
+    }
+
+    fn swap_move(
+        &self,
+        expected: Option<u64>,
+        record: &MoveRecord,
+    ) -> Result<CasOutcome, StoreError> {
+        let key = self.move_key();
+        let value = encode(&self.location(), record)?;
+        let compare = match expected {
+            None => Compare::version(key.clone(), CompareOp::Equal, 0),
+            Some(expected) => {
+                Compare::mod_revision(key.clone(), CompareOp::Equal, revision_to_etcd(expected))
+            }
+        };
+        let resp = self.txn(
+            "swap the move record",
+            Txn::new()
+                .when([compare])
+                .and_then([TxnOp::put(key, value, None)]),
+        )?;
+        Ok(if resp.succeeded() {
+            swapped(&resp)
+        } else {
+            CasOutcome::Conflict
+        })
     }
 
     fn claim_finalizer(

@@ -15,9 +15,11 @@ use std::time::Duration;
 pub use embedded::EmbeddedStore;
 #[cfg(feature = "etcd")]
 pub use etcd::{EtcdDocumentStore, EtcdOptions, EtcdStore};
-pub use moving::{MovePhase, MoveReport, MovingStore};
+pub use moving::{
+    MovePhase, MoveReport, MoveStatus, MovingStore, DEFAULT_MIRROR_CAPACITY, MOVE_STEPS,
+};
 
-use super::state::{AuditEntry, KindRecord, KindState, MemberRecord};
+use super::state::{AuditEntry, KindRecord, KindState, MemberRecord, MoveRecord};
 
 /// A stored record and its revision (what a compare-and-swap expects).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +75,10 @@ pub enum FinalizerClaim {
 /// - [`claim_finalizer`](Self::claim_finalizer) elects the single active finalizer of a
 ///   kind: at most one holder id at a time, across every process sharing the store; the
 ///   holder's own id, restarted, takes its claim back without waiting for it to lapse.
+/// - [`load_move`](Self::load_move) / [`swap_move`](Self::swap_move) keep one store-wide
+///   [`MoveRecord`] (a store move's persisted stage), compare-and-swap like a kind record.
+/// - [`remove_kind`](Self::remove_kind) deletes everything stored for a kind (a move's
+///   `catch_up` removes from the destination the kinds the source does not have).
 /// - A state written by the first release (format 1: one document per kind) is migrated
 ///   forward when the store opens ([`upgrade_kind_document`](crate::cluster::state::upgrade_kind_document)).
 pub trait ClusterStore: Send + Sync + fmt::Debug {
@@ -139,6 +145,21 @@ pub trait ClusterStore: Send + Sync + fmt::Debug {
 
     /// Releases the claim of `holder` (no-op when it holds none).
     fn release_finalizer(&self, kind: &str, holder: &str) -> Result<(), StoreError>;
+
+    /// Deletes everything stored for `kind` (record, members, audit), in one transaction
+    /// where the store can; a no-op for a kind never stored.
+    fn remove_kind(&self, kind: &str) -> Result<(), StoreError>;
+
+    /// The store's move record and its revision; `Ok(None)` when no move ever involved it.
+    fn load_move(&self) -> Result<Option<Versioned<MoveRecord>>, StoreError>;
+
+    /// Stores the move record if its revision is `expected` (`None`: if absent),
+    /// atomically and durably.
+    fn swap_move(
+        &self,
+        expected: Option<u64>,
+        record: &MoveRecord,
+    ) -> Result<CasOutcome, StoreError>;
 
     /// The whole state of `kind` (record, members, audit) as one snapshot; `Ok(None)` when
     /// never stored. Not one transaction: each part is read as it is then.
@@ -224,6 +245,19 @@ macro_rules! forward_store {
             }
             fn load_state(&self, kind: &str) -> Result<Option<KindState>, StoreError> {
                 (**self).load_state(kind)
+            }
+            fn remove_kind(&self, kind: &str) -> Result<(), StoreError> {
+                (**self).remove_kind(kind)
+            }
+            fn load_move(&self) -> Result<Option<Versioned<MoveRecord>>, StoreError> {
+                (**self).load_move()
+            }
+            fn swap_move(
+                &self,
+                expected: Option<u64>,
+                record: &MoveRecord,
+            ) -> Result<CasOutcome, StoreError> {
+                (**self).swap_move(expected, record)
             }
         }
     };
