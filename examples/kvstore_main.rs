@@ -44,7 +44,7 @@ use clap::{Parser, ValueEnum};
 use layout_core::http::{BearerToken, ClientTls, ServerTls};
 use layout_core::{LayoutFeature, StartIntent};
 use layout_examples::kvstore::{
-    ClusterConfig, ClusterStoreConfig, KvFeature, KvNode, KvNodeConfig,
+    ClusterConfig, ClusterStoreConfig, FencedReads, KvFeature, KvNode, KvNodeConfig,
 };
 
 /// The environment variable holding the admin token when no flag gives it.
@@ -129,6 +129,14 @@ struct Args {
     /// How often a member heartbeats, in milliseconds.
     #[arg(long, default_value_t = 2000)]
     heartbeat_ms: u64,
+    /// How long the coordinator takes a member for live after its last heartbeat, in
+    /// milliseconds (a few heartbeat intervals).
+    #[arg(long, default_value_t = 10_000, requires = "coordinator")]
+    member_lease_ms: u64,
+    /// What a member does with reads while the coordinator refuses it (fenced): `allow`
+    /// (serve them) or `refuse` (503, as writes, which are always refused while fenced).
+    #[arg(long, default_value = "allow", value_parser = ["allow", "refuse"], requires = "join")]
+    fenced_reads: String,
     /// Serve the HTTP API and the admin endpoint over TLS with this certificate chain
     /// (PEM, leaf first).
     #[arg(long, requires = "tls_key")]
@@ -158,7 +166,12 @@ fn cluster_config(args: &Args) -> Result<Option<ClusterConfig>, String> {
     let token = cluster_token(args)?;
     let config = match args.join {
         Some(coordinator) => {
-            let config = ClusterConfig::member(node_id, coordinator);
+            let reads = if args.fenced_reads == "refuse" {
+                FencedReads::Refuse
+            } else {
+                FencedReads::Allow
+            };
+            let config = ClusterConfig::member(node_id, coordinator).with_fenced_reads(reads);
             match link_tls(args)? {
                 Some(tls) => config.with_link_tls(tls),
                 None => config,
@@ -171,7 +184,8 @@ fn cluster_config(args: &Args) -> Result<Option<ClusterConfig>, String> {
     Ok(Some(
         config
             .with_cluster_token(token)
-            .with_heartbeat_interval(Duration::from_millis(args.heartbeat_ms.max(1))),
+            .with_heartbeat_interval(Duration::from_millis(args.heartbeat_ms.max(1)))
+            .with_member_lease_ttl(Duration::from_millis(args.member_lease_ms.max(1))),
     ))
 }
 

@@ -22,11 +22,30 @@
 //!   background thread. When the
 //!   coordinator answers "finalize to V", the member finalizes its own node through its
 //!   own [`UpgradeFinalizer`] (so its `OnFinalize` actions — the value-index migration —
-//!   run), in the heartbeat thread, or during start-up for a member that comes back late.
+//!   run), on a thread of its own ([`Member`] runs it in the background): heartbeats go on
+//!   during a long migration, so the member stays live, and the node serves meanwhile.
+//!
+//! **The fence.** A member node enforces the coordinator's refusals itself: while the
+//! coordinator refuses it (an old release after the cluster finalized, an excluded
+//! member, a second process under its id, a disk ahead of the cluster), it refuses every
+//! write (PUT, DELETE, CAS: 503, kind `fenced`, naming the refusal), and reads too with
+//! [`FencedReads::Refuse`] (`--fenced-reads refuse`; default: reads are served). `/status`
+//! shows the cause (`fenced`), `/metrics` the gauge `kvstore_fenced` (1 while fenced),
+//! and the node logs it at error level once. It is checked at every heartbeat: the node
+//! recovers by itself as soon as the coordinator accepts it again (logged at info level).
+//! A member that cannot reach its coordinator (down, its store down, a partition) is
+//! **not** fenced: only the coordinator's decision fences. Such a member starts and
+//! serves anyway (with a warning), and registers when the coordinator answers again. A
+//! member whose first registration is refused starts too, fenced. Only a member link
+//! that can never work (the wrong cluster token: 401; not a coordinator's address) stops
+//! the start.
 //!
 //! In cluster mode a node's own finalizer refuses a local finalization (condition
 //! [`CLUSTER_CONDITION`]): finalizing one node alone would put it ahead of the cluster
-//! (the coordinator refuses such a member). Only the cluster's instruction passes it.
+//! (the coordinator refuses such a member). Only the cluster's instruction passes it, and
+//! the condition cannot be overridden (an override naming it is refused, pointing to the
+//! coordinator): an operator who must force the cluster past a member excludes it on the
+//! coordinator (`Coordinator::exclude`, which records who and why).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -39,8 +58,9 @@ use layout_core::admin::http::{bearer_credentials, BearerToken};
 use layout_core::cluster::{
     BeyondSoftware, Blocker, ClusterError, ClusterFinalizeOutcome, ClusterStatus, ClusterStore,
     Coordinator, CoordinatorDriver, CoordinatorLink, CoordinatorOptions, CoordinatorServer,
-    EmbeddedStore, Exclusion, HttpLink, LocalError, LocalLayout, Member, MemberError, MemberRole,
-    MemberStep, MovePhase, MoveReport, MovingStore, Refusal, StoreError,
+    EmbeddedStore, Exclusion, HeartbeatError, HttpLink, LocalError, LocalLayout, Member,
+    MemberError, MemberFence, MemberRole, MemberStep, MovePhase, MoveReport, MovingStore,
+    Refusal, StoreError,
 };
 use layout_core::http::{ClientConfig, ClientTls, EndpointConfig, EndpointError, ServerTls};
 use layout_core::{
@@ -191,6 +211,49 @@ pub enum ClusterRole {
     },
 }
 
+/// What a fenced member node does with reads ([`ClusterConfig::with_fenced_reads`],
+/// `--fenced-reads allow|refuse`). Writes are always refused while fenced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FencedReads {
+    /// Serve reads (GET, lists, by-value): the data is what this node had when it was
+    /// fenced. The default.
+    #[default]
+    Allow,
+    /// Refuse reads too (503 `fenced`), as writes.
+    Refuse,
+}
+
+/// A member node's fence, as its store checks it: the member's [`MemberFence`], its id,
+/// and what to do with reads.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeFence {
+    pub(crate) member_id: String,
+    pub(crate) fence: MemberFence,
+    pub(crate) reads: FencedReads,
+}
+
+impl NodeFence {
+    /// `Err(KvError::Fenced)` while fenced.
+    pub(crate) fn check(&self) -> Result<(), KvError> {
+        if !self.fence.is_fenced() {
+            return Ok(());
+        }
+        match self.fence.cause() {
+            Some(cause) => Err(KvError::Fenced {
+                member_id: self.member_id.clone(),
+                refusal: Box::new(cause.refusal),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The refusal's message while fenced.
+    pub(crate) fn cause(&self) -> Option<String> {
+        self.fence.cause().map(|c| c.refusal.to_string())
+    }
+}
+
 /// A node's cluster configuration ([`KvNodeConfig::cluster`](super::KvNodeConfig::cluster)).
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -216,6 +279,8 @@ pub struct ClusterConfig {
     /// and, for a coordinator that requires one, the member's certificate. Without it
     /// a member speaks plain HTTP to the coordinator.
     pub link_tls: Option<ClientTls>,
+    /// What a member does with reads while fenced. Default [`FencedReads::Allow`].
+    pub fenced_reads: FencedReads,
 }
 
 impl ClusterConfig {
@@ -230,6 +295,7 @@ impl ClusterConfig {
             cluster_token: None,
             link_host: std::net::IpAddr::from([127, 0, 0, 1]),
             link_tls: None,
+            fenced_reads: FencedReads::Allow,
         }
     }
 
@@ -244,6 +310,7 @@ impl ClusterConfig {
             cluster_token: None,
             link_host: std::net::IpAddr::from([127, 0, 0, 1]),
             link_tls: None,
+            fenced_reads: FencedReads::Allow,
         }
     }
 
@@ -284,6 +351,13 @@ impl ClusterConfig {
         self
     }
 
+    /// Sets what a member does with reads while fenced (writes are always refused).
+    #[must_use]
+    pub fn with_fenced_reads(mut self, reads: FencedReads) -> Self {
+        self.fenced_reads = reads;
+        self
+    }
+
     /// Sets the cluster token (the same on the coordinator and every member).
     #[must_use]
     pub fn with_cluster_token(mut self, token: BearerToken) -> Self {
@@ -298,9 +372,31 @@ const NO_CLUSTER_TOKEN: &str = "cluster mode needs a cluster token, the same on 
      $KVSTORE_CLUSTER_TOKEN; in Rust ClusterConfig::with_cluster_token): the coordinator \
      admits only members presenting it";
 
+thread_local! {
+    /// Set while this thread runs the cluster's finalization of a node
+    /// ([`NodeLayout::finalize_to`]): the one thing that passes [`CLUSTER_CONDITION`].
+    static CLUSTER_FINALIZING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks this thread as running the cluster's finalization until dropped.
+struct ClusterPass;
+
+impl ClusterPass {
+    fn enter() -> Self {
+        CLUSTER_FINALIZING.with(|f| f.set(true));
+        Self
+    }
+}
+
+impl Drop for ClusterPass {
+    fn drop(&mut self) {
+        CLUSTER_FINALIZING.with(|f| f.set(false));
+    }
+}
+
 /// A kvstore node's layout as the cluster sees it: finalized through the node's own
-/// [`UpgradeFinalizer`] (its actions run), with the cluster's override of
-/// [`CLUSTER_CONDITION`].
+/// [`UpgradeFinalizer`] (its actions run); [`CLUSTER_CONDITION`] passes because the
+/// cluster asks (the condition cannot be overridden).
 struct NodeLayout {
     finalizer: Arc<UpgradeFinalizer<KvFeature, KvStore>>,
     store: Arc<KvStore>,
@@ -332,17 +428,15 @@ impl LocalLayout for NodeLayout {
             })?;
         let request = FinalizeRequest::new(client_id)
             .with_target(target)
-            .with_takeover(true)
-            .with_override(
-                CLUSTER_CONDITION,
-                format!("cluster finalization to layout version {version} ({client_id})"),
-            );
+            .with_takeover(true);
+        let _pass = ClusterPass::enter();
         let outcome = self.finalizer.finalize_with(request, &self.store)?;
         Ok(outcome.metadata_layout_version())
     }
 }
 
-/// Adds [`CLUSTER_CONDITION`] to a cluster node's finalizer.
+/// Adds [`CLUSTER_CONDITION`] to a cluster node's finalizer: it fails unless the cluster's
+/// coordinator is finalizing this node, and an override of it is refused.
 pub(crate) fn with_cluster_condition(
     finalizer: UpgradeFinalizer<KvFeature, KvStore>,
     role: &ClusterRole,
@@ -358,9 +452,21 @@ pub(crate) fn with_cluster_condition(
              HTTP API, with its admin token; this node finalizes when the coordinator tells it to"
         ),
     };
-    finalizer.with_condition(condition(CLUSTER_CONDITION, move |_: &KvStore| {
-        Err(reason.clone())
-    }))
+    let no_override = format!(
+        "{reason}. The cluster-finalization condition is never overridden on a node: an \
+         operator who needs to force the cluster past a member excludes that member on the \
+         coordinator, which records who and why"
+    );
+    finalizer.with_condition(
+        condition(CLUSTER_CONDITION, move |_: &KvStore| {
+            if CLUSTER_FINALIZING.with(std::cell::Cell::get) {
+                Ok(())
+            } else {
+                Err(reason.clone())
+            }
+        })
+        .not_overridable(no_override),
+    )
 }
 
 /// A node's running cluster part.
@@ -386,7 +492,9 @@ pub(crate) struct MemberRuntime {
 impl ClusterRuntime {
     /// Starts the node's cluster part: opens the coordinator (catching its own layout
     /// up with the cluster) and serves it, or registers the member (following the
-    /// answer: a late member finalizes here) and starts its heartbeats.
+    /// answer: a late member starts finalizing in the background), guards the store
+    /// with its fence, and starts its heartbeats. A member whose coordinator is
+    /// unreachable, or refuses it, starts anyway (see the module docs).
     ///
     /// `admin_token` guards the coordinator node's `/cluster/...` routes (see the module
     /// docs); without it, `POST /cluster/finalize` is refused. A coordinator serves the
@@ -468,15 +576,12 @@ impl ClusterRuntime {
                     .map_err(|e| KvError::Cluster(e.to_string()))?;
                 let link = Arc::new(link);
                 let mut member = Member::new(CLUSTER_KIND, config.node_id.clone(), layout);
-                let registered = register_waiting(&mut member, &*link, config)
-                    .map_err(|e| member_error(&config.node_id, *coordinator, e))?;
-                tracing::info!(
-                    id = %config.node_id,
-                    coordinator = %coordinator,
-                    cluster_layout_version = registered.answer.cluster_layout_version,
-                    finalized_to = ?registered.finalized_to,
-                    "kvstore member registered"
-                );
+                store.set_fence(NodeFence {
+                    member_id: config.node_id.clone(),
+                    fence: member.fence(),
+                    reads: config.fenced_reads,
+                });
+                register_at_start(&mut member, &*link, config, *coordinator)?;
                 let member = Arc::new(Mutex::new(member));
                 let stop = Arc::new((Mutex::new(false), Condvar::new()));
                 let thread = {
@@ -516,16 +621,34 @@ impl ClusterRuntime {
         }
     }
 
-    /// A member's heartbeat, now (following the answer).
+    /// A member's heartbeat, now (following the answer). When it starts a local
+    /// finalization, waits for it (without holding up the heartbeat thread), then
+    /// heartbeats again to report it: the step returned has `finalized_to`.
     pub(crate) fn heartbeat(&self) -> Option<Result<MemberStep, KvError>> {
         let Self::Member(m) = self else { return None };
-        let mut member = m.member.lock();
-        let id = member.member_id().to_owned();
-        Some(
+        let beat = || {
+            let mut member = m.member.lock();
+            let id = member.member_id().to_owned();
             member
                 .heartbeat(&*m.link)
-                .map_err(|e| member_error(&id, m.coordinator, e)),
-        )
+                .map_err(|e| member_error(&id, m.coordinator, e))
+        };
+        match beat() {
+            Ok(step) if step.finalizing.is_some() => {}
+            other => return Some(other),
+        }
+        while m.member.lock().finalizing().is_some() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(beat())
+    }
+
+    /// A member's fence (`None` on a coordinator).
+    pub(crate) fn fence(&self) -> Option<MemberFence> {
+        match self {
+            Self::Member(m) => Some(m.member.lock().fence()),
+            Self::Coordinator { .. } => None,
+        }
     }
 
     /// Stops the heartbeats (waiting for one in flight, and a finalization it runs), or
@@ -542,14 +665,49 @@ impl ClusterRuntime {
                 if let Some(thread) = m.thread.take() {
                     let _ = thread.join();
                 }
-                // A clean shutdown: the next process under this id is accepted at once.
                 let mut member = m.member.lock();
+                // A local finalization still running holds the store: let it finish.
+                if let Some(version) = member.finalizing() {
+                    tracing::info!(id = %member.member_id(), version, "stopping: waiting for the local finalization to finish");
+                    while !member.wait_for_finalization(Duration::from_secs(60)) {
+                        tracing::info!(id = %member.member_id(), version, "stopping: still waiting for the local finalization");
+                    }
+                }
+                // A clean shutdown: the next process under this id is accepted at once.
                 if let Err(e) = member.leave(&*m.link) {
                     tracing::warn!(id = %member.member_id(), error = %e, "could not tell the coordinator this member is leaving; a restart within the member lease waits for it to lapse");
                 }
             }
         }
     }
+}
+
+/// A member's first registration: started registered, fenced (refused: the member logged
+/// it), or neither (the coordinator is unreachable: the heartbeats register it later).
+/// Only a link that can never work (401, 400) stops the start.
+fn register_at_start(
+    member: &mut Member,
+    link: &dyn CoordinatorLink,
+    config: &ClusterConfig,
+    coordinator: SocketAddr,
+) -> Result<(), KvError> {
+    match register_waiting(member, link, config) {
+        Ok(registered) => tracing::info!(
+            id = %config.node_id,
+            coordinator = %coordinator,
+            cluster_layout_version = registered.answer.cluster_layout_version,
+            finalizing = ?registered.finalizing,
+            "kvstore member registered"
+        ),
+        Err(MemberError::Heartbeat(HeartbeatError::Refused(refusal))) => {
+            tracing::error!(id = %config.node_id, coordinator = %coordinator, %refusal, "kvstore member starts fenced: the coordinator refused it; it refuses writes until the coordinator accepts it");
+        }
+        Err(MemberError::Heartbeat(HeartbeatError::Unavailable { reason })) => {
+            tracing::warn!(id = %config.node_id, coordinator = %coordinator, %reason, "kvstore member starts without its coordinator (unreachable or without its store): it serves, not fenced, and registers when the coordinator answers");
+        }
+        Err(e) => return Err(member_error(&config.node_id, coordinator, e)),
+    }
+    Ok(())
 }
 
 /// Registers `member`; while the coordinator still takes an earlier process of this
@@ -603,6 +761,8 @@ fn heartbeat_loop(
                 return;
             }
         }
+        // A heartbeat never waits for a finalization (it runs on the member's own
+        // thread): the member stays live through a long migration.
         let mut member = member.lock();
         match member.heartbeat(link) {
             Ok(beat) => {
@@ -613,6 +773,13 @@ fn heartbeat_loop(
                         "finalized as the coordinator instructed"
                     );
                 }
+            }
+            // The member logged the fence (once, at error level); no warning per beat.
+            Err(e) if e.refusal().is_some() => {
+                tracing::debug!(member = member.member_id(), error = %e, "refused by the coordinator: fenced");
+            }
+            Err(e @ MemberError::LocalFinalize { .. }) => {
+                tracing::error!(member = member.member_id(), error = %e, "the local finalization the coordinator asked for failed; it is retried at its next instruction");
             }
             Err(e) => {
                 tracing::warn!(member = member.member_id(), error = %e, "kvstore heartbeat failed; retrying at the next interval");

@@ -139,6 +139,22 @@ pub enum KvError {
         source: Box<MemberError>,
     },
 
+    /// A request refused because this member node is fenced: the cluster's coordinator
+    /// refused it (an old release after the cluster finalized, an excluded member, a
+    /// second process under its id, a disk ahead of the cluster). Writes are refused
+    /// (HTTP 503, kind `fenced`), reads too with `--fenced-reads refuse`, until the
+    /// coordinator accepts the member again (checked at every heartbeat).
+    #[error(
+        "kvstore member {member_id} is fenced: {refusal}; it refuses writes until the \
+         coordinator accepts it again"
+    )]
+    Fenced {
+        /// This node's member id.
+        member_id: String,
+        /// The coordinator's refusal.
+        refusal: Box<Refusal>,
+    },
+
     /// The coordinator this node runs refused or failed: it could not open its store,
     /// its software is too old for the cluster, a finalization is blocked.
     #[error("kvstore cluster coordinator: {0}")]
@@ -173,6 +189,7 @@ impl KvError {
     pub fn cluster_refusal(&self) -> Option<&Refusal> {
         match self {
             Self::ClusterMember { source, .. } => source.refusal(),
+            Self::Fenced { refusal, .. } => Some(refusal),
             _ => None,
         }
     }
@@ -206,7 +223,7 @@ impl KvError {
     }
 
     /// The error kind sent over HTTP (`not_finalized`, `prepared`, `bad_request`,
-    /// `corrupt`, `degraded`, `internal`).
+    /// `corrupt`, `degraded`, `fenced`, `internal`).
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Layout(LayoutError::NotFinalized { .. }) => "not_finalized",
@@ -214,6 +231,7 @@ impl KvError {
             Self::BadRequest(_) => "bad_request",
             Self::Corrupt { .. } => "corrupt",
             Self::Degraded { .. } => "degraded",
+            Self::Fenced { .. } => "fenced",
             _ => "internal",
         }
     }
@@ -222,7 +240,7 @@ impl KvError {
     pub fn http_status(&self) -> u16 {
         match self {
             Self::Layout(LayoutError::NotFinalized { .. }) => 403,
-            Self::Prepared(_) | Self::Degraded { .. } => 503,
+            Self::Prepared(_) | Self::Degraded { .. } | Self::Fenced { .. } => 503,
             Self::BadRequest(_) => 400,
             _ => 500,
         }

@@ -60,9 +60,9 @@ mod store;
 
 pub use client::{encode_component, ClientError, KvClient, DEFAULT_TIMEOUT};
 pub use cluster::{
-    ClusterConfig, ClusterRole, ClusterStoreConfig, KvClusterBlocker, KvClusterExclusion,
-    KvClusterFinalize, KvClusterMember, KvClusterMove, KvClusterStatus, KvMoveTarget,
-    CLUSTER_CONDITION, CLUSTER_KIND, CLUSTER_MOVE_FILE, CLUSTER_STATE_FILE,
+    ClusterConfig, ClusterRole, ClusterStoreConfig, FencedReads, KvClusterBlocker,
+    KvClusterExclusion, KvClusterFinalize, KvClusterMember, KvClusterMove, KvClusterStatus,
+    KvMoveTarget, CLUSTER_CONDITION, CLUSTER_KIND, CLUSTER_MOVE_FILE, CLUSTER_STATE_FILE,
 };
 pub use component::NOT_PREPARED_CONDITION;
 pub use error::KvError;

@@ -352,14 +352,24 @@ impl KvNode {
         self.cluster_id.as_deref()
     }
 
-    /// A member's heartbeat, now, following the answer (finalizing when told to), as
-    /// the background heartbeat does every interval. `Ok(None)` on a node that is not a
-    /// member.
+    /// A member's heartbeat, now, following the answer, as the background heartbeat
+    /// does every interval; when told to finalize, it waits for the local finalization
+    /// and heartbeats again to report it (the step's `finalized_to`). `Ok(None)` on a node
+    /// that is not a member.
     pub fn cluster_heartbeat(&self) -> Result<Option<MemberStep>, KvError> {
         self.cluster
             .as_ref()
             .and_then(ClusterRuntime::heartbeat)
             .transpose()
+    }
+
+    /// Why this member node is fenced (the coordinator's refusal), if it is: it refuses
+    /// writes meanwhile. `None` on a node that is not a member.
+    pub fn fence_cause(&self) -> Option<layout_core::cluster::FenceCause> {
+        self.cluster
+            .as_ref()
+            .and_then(ClusterRuntime::fence)
+            .and_then(|f| f.cause())
     }
 
     /// The cluster's state (coordinator node only).
@@ -455,7 +465,8 @@ fn node_metrics(
 }
 
 /// `kvstore_degraded`: 1 while the database refuses writes after a failed write to its
-/// file (see `KvStatus::degraded`), 0 otherwise.
+/// file (see `KvStatus::degraded`), 0 otherwise; `kvstore_fenced`: 1 while this member
+/// node is fenced (see `KvStatus::fenced`), 0 otherwise.
 struct StoreMetrics(Arc<KvStore>);
 
 impl fmt::Debug for StoreMetrics {
@@ -470,11 +481,21 @@ impl prometheus_client::collector::Collector for StoreMetrics {
         mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
     ) -> fmt::Result {
         use prometheus_client::encoding::EncodeMetric as _;
-        let degraded = self.0.status().is_ok_and(|s| s.degraded.is_some());
+        let status = self.0.status().ok();
+        let degraded = status.as_ref().is_some_and(|s| s.degraded.is_some());
         let gauge = prometheus_client::metrics::gauge::ConstGauge::new(i64::from(degraded));
         let metric = encoder.encode_descriptor(
             "kvstore_degraded",
             "1 while the database refuses writes after a failed write to its file",
+            None,
+            gauge.metric_type(),
+        )?;
+        gauge.encode(metric)?;
+        let fenced = status.as_ref().is_some_and(|s| s.fenced.is_some());
+        let gauge = prometheus_client::metrics::gauge::ConstGauge::new(i64::from(fenced));
+        let metric = encoder.encode_descriptor(
+            "kvstore_fenced",
+            "1 while this member node is fenced: its coordinator refuses it, and it refuses writes",
             None,
             gauge.metric_type(),
         )?;

@@ -25,7 +25,7 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::cluster::ClusterRoutes;
+use super::cluster::{ClusterRoutes, FencedReads, NodeFence};
 use super::codec::{decode_any, Codecs};
 use super::error::KvError;
 use super::feature::KvFeature;
@@ -232,6 +232,12 @@ pub struct KvStatus {
     /// degraded, [`keys`](Self::keys) is the last count read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub degraded: Option<String>,
+    /// Why this member node is fenced (the coordinator's refusal: writes are refused
+    /// with 503 `fenced` until the coordinator accepts it again), or `None` when it is
+    /// not (a single node, a coordinator, an accepted member, a member that cannot reach
+    /// its coordinator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced: Option<String>,
 }
 
 /// A key and its value, as listed.
@@ -320,6 +326,8 @@ pub(crate) struct Shared {
     pub(crate) prepare: Arc<PrepareController>,
     /// The `/cluster/...` routes, on a node that runs the cluster coordinator.
     pub(crate) cluster: Mutex<Option<Arc<dyn ClusterRoutes>>>,
+    /// A member node's fence (set once, when its cluster part starts).
+    pub(crate) fence: std::sync::OnceLock<NodeFence>,
 }
 
 impl LayoutAware<KvFeature> for Shared {
@@ -1308,7 +1316,25 @@ fn check_key(key: &str) -> Result<(), KvError> {
 }
 
 impl Shared {
+    /// Refuses a write while this member node is fenced.
+    fn check_write_fence(&self) -> Result<(), KvError> {
+        match self.fence.get() {
+            Some(fence) => fence.check(),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses a read while this member node is fenced and configured to refuse reads
+    /// then (`--fenced-reads refuse`).
+    fn check_read_fence(&self) -> Result<(), KvError> {
+        match self.fence.get() {
+            Some(fence) if fence.reads == FencedReads::Refuse => fence.check(),
+            _ => Ok(()),
+        }
+    }
+
     fn write(&self, request: &'static str, op: &Op) -> Result<(u64, bool), KvError> {
+        self.check_write_fence()?;
         let _permit = self.prepare.begin_write(request)?;
         let _w = self.engine.write_lock.lock();
         self.engine.apply(op)
@@ -1343,6 +1369,7 @@ impl Shared {
 
     pub(crate) fn delete(&self, key: &str) -> Result<(bool, u64), KvError> {
         check_key(key)?;
+        self.check_write_fence()?;
         let _permit = self.prepare.begin_write("Delete")?;
         let _w = self.engine.write_lock.lock();
         // An expired value counts as absent.
@@ -1361,6 +1388,7 @@ impl Shared {
         new: &str,
     ) -> Result<(bool, Option<u64>), KvError> {
         check_key(key)?;
+        self.check_write_fence()?;
         let _permit = self.prepare.begin_write("CompareAndSwap")?;
         let _w = self.engine.write_lock.lock();
         let current = self.engine.get(key)?;
@@ -1377,6 +1405,7 @@ impl Shared {
 
     pub(crate) fn get(&self, key: &str) -> Result<Option<KvEntry>, KvError> {
         check_key(key)?;
+        self.check_read_fence()?;
         self.engine.get(key)
     }
 
@@ -1388,6 +1417,7 @@ impl Shared {
         limit: usize,
     ) -> Result<KvPage, KvError> {
         check_page(after, limit)?;
+        self.check_read_fence()?;
         if let Some(after) = after {
             if !after.starts_with(prefix) {
                 return Err(KvError::BadRequest(format!(
@@ -1408,6 +1438,7 @@ impl Shared {
         limit: usize,
     ) -> Result<KvKeysPage, KvError> {
         check_page(after, limit)?;
+        self.check_read_fence()?;
         self.engine.find_by_value_page(value, after, limit)
     }
 
@@ -1429,6 +1460,7 @@ impl Shared {
             encoding: self.engine.codecs.for_put(lvm).name().to_owned(),
             index_migration: self.engine.index_figures(),
             degraded: self.engine.db.degraded(),
+            fenced: self.fence.get().and_then(NodeFence::cause),
         })
     }
 }
@@ -1484,6 +1516,7 @@ impl KvStore {
             engine,
             prepare,
             cluster: Mutex::new(None),
+            fence: std::sync::OnceLock::new(),
         });
         let http = HttpServer::start(Arc::clone(&shared), &options, api)?;
         let http_addr = http.local_addr();
@@ -1669,6 +1702,13 @@ impl KvStore {
     /// Serves `routes` under `/cluster/` (the coordinator node).
     pub(crate) fn set_cluster_routes(&self, routes: Arc<dyn ClusterRoutes>) {
         *self.shared.cluster.lock() = Some(routes);
+    }
+
+    /// Guards writes (and reads, as `fence.reads` says) with a member node's fence.
+    pub(crate) fn set_fence(&self, fence: NodeFence) {
+        if self.shared.fence.set(fence).is_err() {
+            tracing::warn!("this store already has a member's fence; keeping the first one");
+        }
     }
 
     /// Stops serving `/cluster/` (breaks the coordinator's reference back to the store).

@@ -1015,3 +1015,196 @@ fn a_three_process_cluster_rolls_to_the_new_release_and_finalizes_through_the_co
     kv1.stop();
     kv0.stop();
 }
+
+// ---------------------------------------------------------------------------------------
+// The member's fence, with real processes.
+
+/// Sends `signal` (`STOP`, `CONT`) to `kv`'s process.
+fn signal(kv: &Kv, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &kv.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{signal} {}", kv.name);
+}
+
+/// `PUT /kv/{key}` on `kv`: the status and body.
+fn put_raw(kv: &Kv, key: &str) -> (u16, String) {
+    kv.client()
+        .raw(
+            "PUT",
+            &format!("/kv/{key}"),
+            Some(br#"{"value":"v"}"#.as_slice()),
+        )
+        .expect("PUT")
+}
+
+/// `kvstore_fenced` on `kv`'s `/metrics` (behind its admin token).
+fn fenced_gauge(kv: &Kv) -> String {
+    let (code, text) = kv
+        .operator()
+        .raw("GET", "/metrics", None)
+        .expect("GET /metrics");
+    assert_eq!(code, 200, "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("kvstore_fenced "))
+        .unwrap_or_else(|| panic!("no kvstore_fenced in {text}"))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn a_member_process_taken_over_by_another_refuses_writes_and_recovers_when_it_stops() {
+    let scratch = Scratch::new();
+    let kv0_args = NodeArgs {
+        scratch: &scratch,
+        id: "kv0",
+        join: None,
+        coordinator_port: 0,
+        cluster_token: CLUSTER_TOKEN,
+    };
+    // A short member lease, so a paused member lapses soon.
+    let mut args = kv0_args.args("CompareAndSwap", "normal");
+    args.extend(["--member-lease-ms".to_owned(), "500".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let kv0 = Kv::start("kv0", &args);
+    let members_addr = kv0.cluster.expect("member address");
+    let kv1_args = NodeArgs {
+        scratch: &scratch,
+        id: "kv1",
+        join: Some(members_addr),
+        coordinator_port: 0,
+        cluster_token: CLUSTER_TOKEN,
+    };
+    let kv1 = kv1_args.start("CompareAndSwap", "normal");
+    await_member(&kv0, "kv1", 4);
+    assert_eq!(put_raw(&kv1, "before").0, 200);
+    assert_eq!(fenced_gauge(&kv1), "0");
+
+    // kv1 pauses (SIGSTOP) past its lease; a second process under its id (its own
+    // directory) takes the registration over.
+    signal(&kv1, "STOP");
+    poll_until("kv1 is no longer live", || {
+        let status = kv0.operator().cluster_status().ok()?;
+        status.member("kv1").is_some_and(|m| !m.live).then_some(())
+    });
+    let mut other = kv1_args.args("CompareAndSwap", "normal");
+    let dir = other.iter().position(|a| a == "--dir").expect("--dir") + 1;
+    other[dir] = scratch.path("kv1-other");
+    let other: Vec<&str> = other.iter().map(String::as_str).collect();
+    let kv1_other = Kv::start("kv1 (another process)", &other);
+
+    // kv1 resumes: its next heartbeat is refused, and it refuses writes, saying why.
+    signal(&kv1, "CONT");
+    let (code, body) = poll_until("kv1 refuses writes", || {
+        let (code, body) = put_raw(&kv1, "while-fenced");
+        (code == 503).then_some((code, body))
+    });
+    assert_eq!(code, 503);
+    assert!(body.contains("\"fenced\""), "{body}");
+    assert!(
+        body.contains("another process"),
+        "the refusal is named: {body}"
+    );
+    assert!(status(&kv1).fenced.is_some());
+    assert_eq!(fenced_gauge(&kv1), "1");
+    assert_eq!(
+        kv1.client()
+            .get("before")
+            .expect("reads are served")
+            .as_deref(),
+        Some("v")
+    );
+    assert!(kv1.stderr.lock().contains("ERROR"), "the fence is logged");
+
+    // The other process stops cleanly: kv1 registers again and recovers by itself.
+    kv1_other.stop();
+    poll_until("kv1 accepts writes again", || {
+        (put_raw(&kv1, "after").0 == 200).then_some(())
+    });
+    assert!(status(&kv1).fenced.is_none());
+    assert_eq!(fenced_gauge(&kv1), "0");
+    assert!(
+        kv1.stderr.lock().contains("no longer fenced"),
+        "the recovery is logged"
+    );
+    kv1.stop();
+    kv0.stop();
+}
+
+#[test]
+fn a_member_process_starts_and_serves_while_its_coordinator_is_down_and_registers_later() {
+    let scratch = Scratch::new();
+    let mut kv0_args = NodeArgs {
+        scratch: &scratch,
+        id: "kv0",
+        join: None,
+        coordinator_port: 0,
+        cluster_token: CLUSTER_TOKEN,
+    };
+    let kv0 = kv0_args.start("CompareAndSwap", "normal");
+    let members_addr = kv0.cluster.expect("member address");
+    kv0_args.coordinator_port = members_addr.port();
+    kv0.stop();
+
+    // No coordinator: the member (a fresh install at the old layout, pre-finalized)
+    // starts, not fenced, and takes reads and writes.
+    let mut args = NodeArgs {
+        scratch: &scratch,
+        id: "kv1",
+        join: Some(members_addr),
+        coordinator_port: 0,
+        cluster_token: CLUSTER_TOKEN,
+    }
+    .args("CompareAndSwap", "normal");
+    args.extend(["--initial-version".to_owned(), "Initial".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let kv1 = Kv::start("kv1", &args);
+    assert_eq!((kv1.slv, kv1.mlv), (4, 0));
+    assert_eq!(put_raw(&kv1, "k").0, 200);
+    assert_eq!(kv1.client().get("k").expect("get").as_deref(), Some("v"));
+    assert!(status(&kv1).fenced.is_none());
+    assert!(
+        kv1.stderr.lock().contains("starts without its coordinator"),
+        "a warning says so: {}",
+        kv1.stderr.lock()
+    );
+    // A member's local finalization is refused, and so is overriding the cluster's
+    // condition: that is the coordinator's to decide.
+    let forced = layoutctl(
+        &kv1.endpoint(),
+        &scratch.token_file,
+        &[
+            "finalize",
+            "--override",
+            "kvstore-cluster-finalization",
+            "--reason",
+            "I know best",
+        ],
+    );
+    assert!(!forced.status.success(), "{}", show(&forced));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&forced.stdout),
+        String::from_utf8_lossy(&forced.stderr)
+    );
+    assert!(said.contains("cannot be overridden"), "{said}");
+    assert!(said.contains("coordinator"), "{said}");
+    assert_eq!(status(&kv1).mlv, 0);
+
+    // The coordinator comes back on its port: kv1 registers on its next heartbeat.
+    let kv0 = kv0_args.start("CompareAndSwap", "normal");
+    await_member(&kv0, "kv1", 4);
+    poll_until("kv1 is live to the coordinator", || {
+        let status = kv0.operator().cluster_status().ok()?;
+        status.member("kv1").is_some_and(|m| m.live).then_some(())
+    });
+    // Told to finalize as it registered, it catches up with the cluster in the
+    // background, serving meanwhile.
+    poll_until("kv1 finalized to the cluster's version", || {
+        (status(&kv1).mlv == kv0.mlv).then_some(())
+    });
+    assert_eq!(put_raw(&kv1, "k2").0, 200);
+    kv1.stop();
+    kv0.stop();
+}

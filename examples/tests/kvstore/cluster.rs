@@ -316,12 +316,12 @@ fn a_member_down_during_finalization_finalizes_when_it_comes_back() {
     let kv2_status = status.member("kv2").expect("kv2 is known");
     assert_eq!(kv2_status.metadata_layout_version, 0);
 
-    // It comes back: told to finalize as it registers, it has finalized when it starts.
+    // It comes back: told to finalize as it registers, it finalizes in the background
+    // (serving meanwhile).
     let kv2 = start_member(&dirs, "kv2", members_at, new, StartIntent::Normal);
-    assert_eq!(
-        kv2.manager().metadata_layout_version(),
-        new.layout_version()
-    );
+    wait_until("kv2 finalized after its start", || {
+        kv2.manager().metadata_layout_version() == new.layout_version()
+    });
     wait_until("the cluster finalization completes", || {
         kv0.cluster_status().is_ok_and(|s| s.is_complete())
     });
@@ -350,15 +350,34 @@ fn after_finalization_old_software_is_refused_by_the_coordinator_and_by_its_own_
     );
 
     // A new node with the old software: its own disk is fresh (layout 0), but the
-    // coordinator refuses it, saying why.
-    let e = try_start_member(
+    // coordinator refuses it, saying why. It starts fenced: writes refused, naming the
+    // refusal; reads served (the default).
+    let kv3 = start_member(
         &dirs,
         "kv3",
         members_at,
         KvFeature::Initial,
         StartIntent::Normal,
-    )
-    .expect_err("old software is refused");
+    );
+    let cause = kv3.fence_cause().expect("kv3 is fenced");
+    assert!(matches!(
+        cause.refusal,
+        Refusal::SoftwareBelowCluster { .. }
+    ));
+    let e = kv3
+        .store()
+        .put("k", "v")
+        .expect_err("a fenced member refuses writes");
+    assert_eq!((e.kind(), e.http_status()), ("fenced", 503), "{e}");
+    assert!(kv3.store().get("k").expect("reads are served").is_none());
+    let status = kv3.store().status().expect("status");
+    assert!(
+        status
+            .fenced
+            .as_deref()
+            .is_some_and(|c| c.contains("below the cluster's")),
+        "{status:?}"
+    );
     match e.cluster_refusal() {
         Some(Refusal::SoftwareBelowCluster {
             member_id,
@@ -374,9 +393,11 @@ fn after_finalization_old_software_is_refused_by_the_coordinator_and_by_its_own_
     let message = e.to_string();
     assert!(
         message.contains("kv3")
+            && message.contains("fenced")
             && message.contains("below the cluster's finalized layout version 4"),
         "{message}"
     );
+    kv3.shutdown().expect("shutdown");
 
     // kv1 downgraded to the old software: its own manager refuses its finalized disk.
     kv1.shutdown().expect("shutdown");
@@ -762,6 +783,272 @@ fn a_coordinator_without_an_admin_token_refuses_to_finalize_the_cluster_over_htt
         kv1.manager().metadata_layout_version(),
         new.layout_version()
     );
+    for node in [kv1, kv0] {
+        node.shutdown().expect("shutdown");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The member's fence.
+
+/// `kvstore_fenced` in the node's `/metrics` (no admin token on members).
+fn fenced_gauge(node: &KvNode) -> i64 {
+    let (status, text) = KvClient::new(node.http_addr())
+        .raw("GET", "/metrics", None)
+        .expect("metrics");
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix("kvstore_fenced "))
+        .unwrap_or_else(|| panic!("no kvstore_fenced in {text}"))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+/// Asserts `node` is fenced by `what`: a write is refused with 503 `fenced` naming the
+/// refusal, reads are served, `/status` and `/metrics` say so.
+fn assert_fenced(node: &KvNode, what: &str) {
+    let client = KvClient::new(node.http_addr());
+    let (status, body) = client
+        .raw(
+            "PUT",
+            "/kv/fenced-write",
+            Some(br#"{"value":"v"}"#.as_slice()),
+        )
+        .expect("PUT");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("\"fenced\"") && body.contains(what),
+        "the refusal is named: {body}"
+    );
+    let (status, body) = client
+        .raw("DELETE", "/kv/fenced-write", None)
+        .expect("DELETE");
+    assert_eq!(status, 503, "{body}");
+    assert!(client
+        .get("fenced-write")
+        .expect("reads are served")
+        .is_none());
+    let fenced = client.status().expect("status").fenced;
+    assert!(
+        fenced.as_deref().is_some_and(|c| c.contains(what)),
+        "{fenced:?}"
+    );
+    assert_eq!(fenced_gauge(node), 1);
+}
+
+/// Asserts `node` is not fenced: it takes writes.
+fn assert_not_fenced(node: &KvNode) {
+    let client = KvClient::new(node.http_addr());
+    client.put("open-write", "v").expect("a write is accepted");
+    assert!(client.status().expect("status").fenced.is_none());
+    assert_eq!(fenced_gauge(node), 0);
+    assert!(node.fence_cause().is_none());
+}
+
+/// The layout of the other process under kv1's id: its SLV, MLV 0.
+struct Layout(u32);
+impl layout_core::cluster::LocalLayout for Layout {
+    fn software_layout_version(&self) -> u32 {
+        self.0
+    }
+    fn metadata_layout_version(&self) -> u32 {
+        0
+    }
+    fn finalize_to(&self, _: u32, _: &str) -> Result<u32, layout_core::cluster::LocalError> {
+        Err("not in this test".into())
+    }
+}
+
+#[test]
+fn a_member_superseded_by_another_process_refuses_writes_after_one_heartbeat_and_recovers() {
+    use layout_core::cluster::Member;
+    use layout_examples::kvstore::CLUSTER_KIND;
+
+    let dirs = Dirs::new();
+    let new = KvFeature::latest();
+    // A short member lease, and kv1's heartbeats driven by hand (its own are an hour
+    // apart): kv1 is not live a moment after each heartbeat, so another process may take
+    // its registration over.
+    let cluster = ClusterConfig::coordinator("kv0", dirs.cluster_store())
+        .with_member_lease_ttl(Duration::from_millis(100))
+        .with_cluster_token(cluster_token());
+    let kv0 = KvNode::start(
+        config(&dirs.node("kv0"), new, StartIntent::Normal)
+            .with_cluster(cluster)
+            .with_admin("127.0.0.1:0".parse().expect("addr"), TOKEN),
+    )
+    .expect("the coordinator node starts");
+    let coordinator = kv0.coordinator().expect("coordinator").clone();
+    let members_at = kv0.coordinator_addr().expect("member address");
+    let kv1 = KvNode::start(
+        config(&dirs.node("kv1"), new, StartIntent::Normal).with_cluster(
+            ClusterConfig::member("kv1", members_at)
+                .with_heartbeat_interval(Duration::from_secs(3600))
+                .with_cluster_token(cluster_token()),
+        ),
+    )
+    .expect("kv1 starts");
+    assert_not_fenced(&kv1);
+
+    // Another process registers as kv1 once kv1's lease lapsed.
+    let mut impostor = Member::new(
+        CLUSTER_KIND,
+        "kv1",
+        std::sync::Arc::new(Layout(new.layout_version())),
+    );
+    wait_until("the other process registers as kv1", || {
+        impostor.register(&*coordinator).is_ok()
+    });
+
+    // kv1's next heartbeat is refused: from then on it refuses writes.
+    let e = kv1.cluster_heartbeat().expect_err("superseded");
+    assert!(
+        matches!(e.cluster_refusal(), Some(Refusal::Superseded { .. })),
+        "{e}"
+    );
+    assert_fenced(&kv1, "taken over by another process");
+    let cause = kv1.fence_cause().expect("fenced");
+    assert!(matches!(cause.refusal, Refusal::Superseded { .. }));
+
+    // The other process stops: kv1's next heartbeat registers it again, and it recovers.
+    impostor.leave(&*coordinator).expect("leave");
+    kv1.cluster_heartbeat()
+        .expect("registered again")
+        .expect("kv1 is a member");
+    assert_not_fenced(&kv1);
+    for node in [kv1, kv0] {
+        node.shutdown().expect("shutdown");
+    }
+}
+
+#[test]
+fn a_member_ahead_of_the_cluster_starts_fenced_and_recovers_when_the_cluster_finalizes() {
+    let dirs = Dirs::new();
+    let new = KvFeature::latest();
+    let kv0 = start_coordinator(&dirs, new, StartIntent::Normal, 0);
+    let members_at = kv0.coordinator_addr().expect("member address");
+    // A fresh install of the new release not pinned to the cluster's version.
+    let kv1 = KvNode::start(
+        KvNodeConfig::new(dirs.node("kv1"))
+            .with_software_version(new)
+            .with_cluster(
+                ClusterConfig::member("kv1", members_at)
+                    .with_heartbeat_interval(HEARTBEAT)
+                    .with_cluster_token(cluster_token()),
+            ),
+    )
+    .expect("a refused member starts, fenced");
+    assert_fenced(&kv1, "above the cluster's finalized layout version");
+
+    // The cause goes away (the cluster finalizes to kv1's version): kv1 recovers by
+    // itself, on its heartbeat.
+    kv0.cluster_finalize(None, "ops").expect("finalize");
+    wait_until("kv1 is no longer fenced", || kv1.fence_cause().is_none());
+    assert_not_fenced(&kv1);
+    wait_until("kv1 is a member", || {
+        kv0.cluster_status()
+            .is_ok_and(|s| s.member("kv1").is_some_and(|m| m.live))
+    });
+    for node in [kv1, kv0] {
+        node.shutdown().expect("shutdown");
+    }
+}
+
+#[test]
+fn fenced_reads_can_be_refused_too() {
+    use layout_examples::kvstore::FencedReads;
+
+    let dirs = Dirs::new();
+    let new = KvFeature::latest();
+    let kv0 = start_coordinator(&dirs, new, StartIntent::Normal, 0);
+    let members_at = kv0.coordinator_addr().expect("member address");
+    let kv1 = KvNode::start(
+        KvNodeConfig::new(dirs.node("kv1"))
+            .with_software_version(new)
+            .with_cluster(
+                ClusterConfig::member("kv1", members_at)
+                    .with_heartbeat_interval(HEARTBEAT)
+                    .with_fenced_reads(FencedReads::Refuse)
+                    .with_cluster_token(cluster_token()),
+            ),
+    )
+    .expect("a refused member starts, fenced");
+    let client = KvClient::new(kv1.http_addr());
+    for path in ["/kv/k", "/kv?prefix=k", "/status"] {
+        let (status, body) = client.raw("GET", path, None).expect("GET");
+        if path == "/status" {
+            assert_eq!(status, 200, "/status is always served: {body}");
+        } else {
+            assert_eq!(status, 503, "{path}: {body}");
+            assert!(body.contains("\"fenced\""), "{body}");
+        }
+    }
+    for node in [kv1, kv0] {
+        node.shutdown().expect("shutdown");
+    }
+}
+
+#[test]
+fn a_member_starts_and_serves_while_its_coordinator_is_down_and_registers_when_it_returns() {
+    let dirs = Dirs::new();
+    let new = KvFeature::latest();
+    let kv0 = start_coordinator(&dirs, new, StartIntent::Normal, 0);
+    let members_at = kv0.coordinator_addr().expect("member address");
+    kv0.shutdown().expect("shutdown");
+
+    // The coordinator is down: kv1 starts anyway, not fenced (only a refusal fences).
+    let kv1 = start_member(&dirs, "kv1", members_at, new, StartIntent::Normal);
+    assert!(kv1.cluster_heartbeat().is_err(), "the coordinator is down");
+    assert_not_fenced(&kv1);
+    write_data(&kv1, "kv1", 0, 3);
+
+    // It comes back on the same address: kv1 registers on its heartbeat.
+    let kv0 = start_coordinator(&dirs, new, StartIntent::Normal, members_at.port());
+    wait_until("kv1 registered with the coordinator that came back", || {
+        kv0.cluster_status()
+            .is_ok_and(|s| s.member("kv1").is_some_and(|m| m.live))
+    });
+    assert_not_fenced(&kv1);
+    for node in [kv1, kv0] {
+        node.shutdown().expect("shutdown");
+    }
+}
+
+#[test]
+fn a_members_local_finalization_cannot_override_the_cluster_condition() {
+    use layout_core::{FinalizeError, FinalizeRequest};
+
+    let dirs = Dirs::new();
+    let new = KvFeature::latest();
+    let kv0 = start_coordinator(&dirs, new, StartIntent::Normal, 0);
+    let members_at = kv0.coordinator_addr().expect("member address");
+    let kv1 = start_member(&dirs, "kv1", members_at, new, StartIntent::Normal);
+    let request = FinalizeRequest::new("ops").with_override(CLUSTER_CONDITION, "I know best");
+    let e = kv1
+        .finalizer()
+        .finalize_with(request, kv1.store())
+        .expect_err("the cluster condition cannot be overridden");
+    assert!(
+        matches!(&e, FinalizeError::NotOverridable { condition, .. } if condition == CLUSTER_CONDITION),
+        "{e}"
+    );
+    let message = e.to_string();
+    assert!(
+        message.contains("cannot be overridden")
+            && message.contains("/cluster/finalize")
+            && message.contains("excludes that member on the coordinator"),
+        "{message}"
+    );
+    assert_eq!(kv1.manager().metadata_layout_version(), 0);
+    // The coordinator node's own finalizer refuses it too; the cluster still finalizes.
+    let request = FinalizeRequest::new("ops").with_override(CLUSTER_CONDITION, "I know best");
+    assert!(kv0.finalizer().finalize_with(request, kv0.store()).is_err());
+    kv0.cluster_finalize(None, "ops")
+        .expect("the cluster finalizes");
+    wait_until("kv1 finalized", || {
+        kv1.manager().metadata_layout_version() == new.layout_version()
+    });
     for node in [kv1, kv0] {
         node.shutdown().expect("shutdown");
     }

@@ -331,7 +331,9 @@ fn finalize_error<F: LayoutFeature>(err: &FinalizeError<F>) -> AdminError {
             ErrorCode::OwnedByAnotherClient
         }
         FinalizeError::Prepared { .. } => ErrorCode::Prepared,
-        FinalizeError::ConditionsFailed { .. } => ErrorCode::ConditionsFailed,
+        FinalizeError::ConditionsFailed { .. } | FinalizeError::NotOverridable { .. } => {
+            ErrorCode::ConditionsFailed
+        }
         FinalizeError::UnknownCondition { .. }
         | FinalizeError::OverrideWithoutReason { .. }
         | FinalizeError::MissingClientId => ErrorCode::InvalidArgument,

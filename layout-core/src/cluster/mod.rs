@@ -48,7 +48,7 @@
 //! | [`protocol`] | [`MemberReport`], [`CoordinatorAnswer`], [`Instruction`], [`Refusal`], [`HeartbeatError`] |
 //! | [`state`] | what a store keeps per component kind, as separate records: [`KindRecord`] (cluster version, [`Checkpoint`]s, fencing token), [`MemberRecord`]s (with exclusions, incarnations), audit entries; [`KindState`] is all of it at once |
 //! | [`coordinator`] | [`Coordinator`]: registration, heartbeats, finalization, exclusion, status |
-//! | [`member`] | [`Member`] and [`LocalLayout`] (a component's own layout) |
+//! | [`member`] | [`Member`] (its [`MemberFence`], its background finalization) and [`LocalLayout`] (a component's own layout) |
 //! | [`link`] | [`CoordinatorLink`]: in process, or over HTTP (feature `http`): `CoordinatorServer` serves the member link behind a cluster token, `HttpLink` is the member's end |
 //! | `metrics` | `ClusterMetrics` (feature `http`): `layout_cluster_members{kind,state}`, `layout_cluster_layout_version{kind}` for Prometheus |
 //! | [`store`] | [`ClusterStore`], [`EmbeddedStore`], `EtcdStore` and `EtcdDocumentStore` (feature `etcd`), [`MovingStore`] |
@@ -75,7 +75,8 @@ pub use link::{
     LEAVE_PATH, REGISTER_PATH,
 };
 pub use member::{
-    BeyondSoftware, FinalizerLayout, LocalError, LocalLayout, Member, MemberError, MemberStep,
+    BeyondSoftware, FenceCause, FinalizerLayout, LocalError, LocalLayout, Member, MemberError,
+    MemberFence, MemberStep,
 };
 #[cfg(feature = "http")]
 pub use metrics::ClusterMetrics;

@@ -10,12 +10,31 @@ pub trait FinalizeCondition<C>: Send + Sync {
     fn name(&self) -> &str;
     /// `Err(reason)` when finalization must not start.
     fn check(&self, component: &C) -> Result<(), String>;
+    /// `Some(why)` when this condition must not be overridden (an override naming it is
+    /// refused with `why`, which should say who may pass it instead); `None`, the
+    /// default, when an operator may override it with a reason.
+    fn override_refusal(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A condition made of a name and a closure; see [`condition`].
 pub struct FnCondition<G> {
     name: String,
     check: G,
+    no_override: Option<String>,
+}
+
+impl<G> FnCondition<G> {
+    /// This condition cannot be overridden: an override naming it is refused with `why`
+    /// ([`FinalizeError::NotOverridable`](crate::FinalizeError::NotOverridable)). For a
+    /// condition only another authority may pass (a cluster's coordinator), never an
+    /// operator of this component alone.
+    #[must_use]
+    pub fn not_overridable(mut self, why: impl Into<String>) -> Self {
+        self.no_override = Some(why.into());
+        self
+    }
 }
 
 impl<G> fmt::Debug for FnCondition<G> {
@@ -44,6 +63,7 @@ where
     FnCondition {
         name: name.into(),
         check,
+        no_override: None,
     }
 }
 
@@ -56,6 +76,9 @@ where
     }
     fn check(&self, component: &C) -> Result<(), String> {
         (self.check)(component)
+    }
+    fn override_refusal(&self) -> Option<String> {
+        self.no_override.clone()
     }
 }
 

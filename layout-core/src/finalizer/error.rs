@@ -71,6 +71,15 @@ pub enum FinalizeError<F: LayoutFeature> {
         /// The conditions there are.
         known: Vec<String>,
     },
+    /// An override of a condition that cannot be overridden
+    /// ([`FnCondition::not_overridable`](crate::FnCondition::not_overridable)).
+    #[error("condition {condition:?} cannot be overridden: {why}")]
+    NotOverridable {
+        /// The condition.
+        condition: String,
+        /// Why, and who may pass it instead.
+        why: String,
+    },
     /// An override without a reason.
     #[error("overriding condition {condition:?} needs a reason (it is recorded in the history)")]
     OverrideWithoutReason {

@@ -697,7 +697,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
                     condition: o.condition.clone(),
                 });
             }
-            if !self.conditions.iter().any(|c| c.name() == o.condition) {
+            let Some(condition) = self.conditions.iter().find(|c| c.name() == o.condition) else {
                 return Err(FinalizeError::UnknownCondition {
                     condition: o.condition.clone(),
                     known: self
@@ -705,6 +705,12 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
                         .iter()
                         .map(|c| c.name().to_owned())
                         .collect(),
+                });
+            };
+            if let Some(why) = condition.override_refusal() {
+                return Err(FinalizeError::NotOverridable {
+                    condition: o.condition.clone(),
+                    why,
                 });
             }
         }

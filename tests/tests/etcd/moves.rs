@@ -72,6 +72,7 @@ fn heartbeating_members(
                 let mut member = Member::new(KIND, format!("dn{i}"), lvm.clone());
                 let mut seen = OLD;
                 let mut answered = 0;
+                let mut started = false;
                 while !stopping.load(Ordering::SeqCst) {
                     let mlv_before = lvm.metadata_layout_version();
                     let step = member
@@ -89,13 +90,22 @@ fn heartbeating_members(
                     );
                     seen = answer.cluster_layout_version;
                     match step.finalized_to {
-                        // Told to finalize: only when behind, and to the cluster's version.
-                        Some(v) => assert!(mlv_before < v && v == NEW, "dn{i}: {step:?}"),
+                        // Finalized (in the background, reported by the next step): only
+                        // after being told to, and to the cluster's version.
+                        Some(v) => assert!(started && v == NEW, "dn{i}: {step:?}"),
+                        // Told to finalize exactly while the MLV it reported is behind.
                         None => assert_eq!(
                             answer.instruction.is_some(),
-                            lvm.metadata_layout_version() < answer.cluster_layout_version,
+                            mlv_before < answer.cluster_layout_version,
                             "dn{i}: {answer:?}"
                         ),
+                    }
+                    if let Some(v) = step.finalizing {
+                        assert!(mlv_before < v && v == NEW, "dn{i}: {step:?}");
+                        started = true;
+                        // Finished before the next step, so each step reports the MLV
+                        // it read before it.
+                        assert!(member.wait_for_finalization(Duration::from_secs(60)));
                     }
                     if let Some(Instruction::FinalizeTo { version }) = answer.instruction {
                         assert_eq!(version, answer.cluster_layout_version);

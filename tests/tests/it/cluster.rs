@@ -14,6 +14,9 @@ use layout_testkit::crash::child_role;
 
 use crate::cluster_common::{self as common, Cluster, DnFeature, KIND, NEW, OLD};
 
+/// How long a background local finalization may take in these tests.
+const BOUND: Duration = Duration::from_secs(30);
+
 fn report(id: &str, slv: u32, mlv: u32) -> MemberReport {
     MemberReport::new(KIND, id, slv, mlv)
 }
@@ -193,13 +196,19 @@ fn checkpoints_advance_as_members_report_and_a_failed_coordinator_step_resumes()
             pending_members: vec!["dn1".into(), "dn2".into()],
         }
     );
+    // Told to finalize, a member does it in the background; the next step reports it.
+    assert_eq!(dn1.heartbeat(&coordinator).unwrap().finalizing, Some(NEW));
+    assert!(dn1.wait_for_finalization(BOUND));
     assert_eq!(dn1.heartbeat(&coordinator).unwrap().finalized_to, Some(NEW));
     assert_eq!(
         coordinator.status(KIND).unwrap().checkpoint(),
         Some(Checkpoint::CoordinatorFinalized)
     );
+    assert_eq!(dn2.heartbeat(&coordinator).unwrap().finalizing, Some(NEW));
+    assert!(dn2.wait_for_finalization(BOUND));
     let step = dn2.heartbeat(&coordinator).unwrap();
     assert_eq!(step.finalized_to, Some(NEW));
+    assert_eq!(step.finalizing, None);
     assert_eq!(step.answer.instruction, None);
     let status = coordinator.status(KIND).unwrap();
     assert_eq!(status.checkpoint(), Some(Checkpoint::Complete));
@@ -286,6 +295,12 @@ fn a_live_cluster_moves_to_another_store_without_a_wrong_answer() {
         for member in members.iter_mut() {
             let step = member.heartbeat(&coordinator).unwrap();
             assert_eq!(step.answer.cluster_layout_version, expected);
+            if step.finalizing.is_some() {
+                // Finalizing in the background: wait, and report it.
+                assert!(member.wait_for_finalization(BOUND));
+                let step = member.heartbeat(&coordinator).unwrap();
+                assert_eq!(step.finalized_to, Some(expected));
+            }
         }
     };
     beat(&mut members, expected);

@@ -623,6 +623,52 @@ fn conditions_are_all_checked_first_and_an_override_is_recorded() {
 }
 
 #[test]
+fn a_condition_that_is_not_overridable_refuses_an_override_and_passes_only_when_it_holds() {
+    let storage = Arc::new(MemoryStorage::new());
+    let service = Service::default();
+    let holds = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let check = Arc::clone(&holds);
+    let finalizer = finalizer_on(Arc::clone(&storage), init_at(0), recording_registry())
+        .with_condition(
+            condition("cluster-finalization", move |_s: &Service| {
+                if check.load(std::sync::atomic::Ordering::SeqCst) {
+                    Ok(())
+                } else {
+                    Err("finalize through the coordinator".into())
+                }
+            })
+            .not_overridable("only the coordinator passes it; exclude the member there"),
+        );
+    let forced =
+        || FinalizeRequest::new("alice").with_override("cluster-finalization", "I know best");
+    let err = finalizer.finalize_with(forced(), &service).unwrap_err();
+    assert!(
+        matches!(&err, FinalizeError::NotOverridable { condition, .. } if condition == "cluster-finalization"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("cannot be overridden"), "{err}");
+    assert!(
+        err.to_string().contains("exclude the member there"),
+        "{err}"
+    );
+    // The dry run refuses it the same way; nothing was touched.
+    assert!(matches!(
+        finalizer.dry_run_with(&forced(), &service),
+        Err(FinalizeError::NotOverridable { .. })
+    ));
+    assert!(service.log().is_empty(), "nothing was touched");
+    assert_eq!(storage.snapshot().unwrap().layout_version, 0);
+    // Without an override it fails like any condition; once it holds, finalize goes on.
+    assert!(matches!(
+        finalizer.finalize("alice", &service),
+        Err(FinalizeError::ConditionsFailed { .. })
+    ));
+    holds.store(true, std::sync::atomic::Ordering::SeqCst);
+    finalizer.finalize("alice", &service).unwrap();
+    assert!(storage.snapshot().unwrap().layout_version > 0);
+}
+
+#[test]
 fn dry_run_lists_steps_actions_and_conditions_and_touches_nothing() {
     let storage = Arc::new(MemoryStorage::new());
     let registry = Registry::builder()

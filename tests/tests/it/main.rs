@@ -7,6 +7,7 @@ mod catalogs;
 mod cluster;
 #[path = "../cluster_common/mod.rs"]
 mod cluster_common;
+mod cluster_fence;
 mod cluster_identity;
 mod cluster_jobs;
 mod cluster_link;
