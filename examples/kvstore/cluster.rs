@@ -59,8 +59,8 @@ use layout_core::cluster::{
     BeyondSoftware, Blocker, ClusterError, ClusterFinalizeOutcome, ClusterStatus, ClusterStore,
     Coordinator, CoordinatorDriver, CoordinatorLink, CoordinatorOptions, CoordinatorServer,
     EmbeddedStore, Exclusion, HeartbeatError, HttpLink, LocalError, LocalLayout, Member,
-    MemberError, MemberFence, MemberRole, MemberStep, MovePhase, MoveReport, MovingStore,
-    Refusal, StoreError,
+    MemberError, MemberFence, MemberRole, MemberStep, MovePhase, MoveReport, MovingStore, Refusal,
+    StoreError,
 };
 use layout_core::http::{ClientConfig, ClientTls, EndpointConfig, EndpointError, ServerTls};
 use layout_core::{
