@@ -92,6 +92,14 @@ fn operator(kv0: &KvNode) -> KvClient {
     KvClient::new(kv0.http_addr()).with_token(TOKEN)
 }
 
+/// Member `id` of the coordinator at `coordinator`, heartbeating every [`HEARTBEAT`],
+/// with the cluster token.
+fn member_cluster(id: &str, coordinator: SocketAddr) -> ClusterConfig {
+    ClusterConfig::member(id, coordinator)
+        .with_heartbeat_interval(HEARTBEAT)
+        .with_cluster_token(cluster_token())
+}
+
 fn try_start_member(
     dirs: &Dirs,
     id: &str,
@@ -99,10 +107,9 @@ fn try_start_member(
     software: KvFeature,
     intent: StartIntent,
 ) -> Result<KvNode, KvError> {
-    let cluster = ClusterConfig::member(id, coordinator)
-        .with_heartbeat_interval(HEARTBEAT)
-        .with_cluster_token(cluster_token());
-    KvNode::start(config(&dirs.node(id), software, intent).with_cluster(cluster))
+    KvNode::start(
+        config(&dirs.node(id), software, intent).with_cluster(member_cluster(id, coordinator)),
+    )
 }
 
 fn start_member(
@@ -932,11 +939,7 @@ fn a_member_ahead_of_the_cluster_starts_fenced_and_recovers_when_the_cluster_fin
     let kv1 = KvNode::start(
         KvNodeConfig::new(dirs.node("kv1"))
             .with_software_version(new)
-            .with_cluster(
-                ClusterConfig::member("kv1", members_at)
-                    .with_heartbeat_interval(HEARTBEAT)
-                    .with_cluster_token(cluster_token()),
-            ),
+            .with_cluster(member_cluster("kv1", members_at)),
     )
     .expect("a refused member starts, fenced");
     assert_fenced(&kv1, "above the cluster's finalized layout version");
@@ -966,12 +969,7 @@ fn fenced_reads_can_be_refused_too() {
     let kv1 = KvNode::start(
         KvNodeConfig::new(dirs.node("kv1"))
             .with_software_version(new)
-            .with_cluster(
-                ClusterConfig::member("kv1", members_at)
-                    .with_heartbeat_interval(HEARTBEAT)
-                    .with_fenced_reads(FencedReads::Refuse)
-                    .with_cluster_token(cluster_token()),
-            ),
+            .with_cluster(member_cluster("kv1", members_at).with_fenced_reads(FencedReads::Refuse)),
     )
     .expect("a refused member starts, fenced");
     let client = KvClient::new(kv1.http_addr());

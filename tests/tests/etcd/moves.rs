@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use layout_core::cluster::{
     Checkpoint, ClusterError, ClusterStore, Coordinator, CoordinatorOptions, EmbeddedStore,
-    Instruction, KindRecord, KindState, Member, MemberReport, MovePhase, MoveRecord, MoveRole,
-    MoveStage, MovingStore, StoreError, Versioned,
+    Instruction, KindRecord, Member, MemberReport, MovePhase, MoveRole, MoveStage, MovingStore,
+    StoreError,
 };
 use layout_core::{LayoutVersionManager, ManagerOptions, MemoryStorage, StartIntent};
 use parking_lot::{Condvar, Mutex};
@@ -196,30 +196,6 @@ fn a_live_cluster_moves_from_the_embedded_store_to_etcd() {
     move_live_cluster(old, new, || Arc::new(server::store(&prefix)));
 }
 
-/// A kind's state, its record's revision and its members' revisions.
-type KindSnapshot = (String, Option<KindState>, Option<u64>, Vec<(String, u64)>);
-
-/// Everything an etcd store holds for the move, revisions included.
-fn snapshot(store: &dyn ClusterStore) -> (Vec<KindSnapshot>, Option<Versioned<MoveRecord>>) {
-    let kinds = store
-        .kinds()
-        .unwrap()
-        .into_iter()
-        .map(|kind| {
-            let state = store.load_state(&kind).unwrap();
-            let revision = store.load_kind(&kind).unwrap().map(|k| k.revision);
-            let members = store
-                .members(&kind)
-                .unwrap()
-                .into_iter()
-                .map(|(id, m)| (id, m.revision))
-                .collect();
-            (kind, state, revision, members)
-        })
-        .collect();
-    (kinds, store.load_move().unwrap())
-}
-
 /// The seed's scenario on etcd: a live cluster moved to another etcd, switched and
 /// finalized there (a cluster version and audit entries of its own); then a coordinator
 /// still on the old store begins a move to it. Refused, and the destination is byte for
@@ -247,13 +223,13 @@ fn a_stale_move_begin_is_refused_and_leaves_the_etcd_destination_unchanged() {
             .cluster_layout_version,
         NEW
     );
-    let before = snapshot(new.as_ref());
-    assert!(before.0[0].1.as_ref().unwrap().audit.len() >= 2);
+    let before = crate::store_contract::snapshot(new.as_ref());
+    assert!(before.kinds[0].1.as_ref().unwrap().audit.len() >= 2);
 
     let stale = MovingStore::new(Arc::clone(&old));
     let err = stale.begin(Arc::clone(&new)).unwrap_err();
     assert!(matches!(err, StoreError::Move { .. }), "{err}");
-    assert_eq!(snapshot(new.as_ref()), before);
+    assert_eq!(crate::store_contract::snapshot(new.as_ref()), before);
     // Nor from another store with a state of its own.
     let other: Arc<dyn ClusterStore> = Arc::new(server::store(&server::prefix("stale-other")));
     other
@@ -261,7 +237,7 @@ fn a_stale_move_begin_is_refused_and_leaves_the_etcd_destination_unchanged() {
         .unwrap();
     let err = MovingStore::new(other).begin(Arc::clone(&new)).unwrap_err();
     assert!(matches!(err, StoreError::Move { .. }), "{err}");
-    assert_eq!(snapshot(new.as_ref()), before);
+    assert_eq!(crate::store_contract::snapshot(new.as_ref()), before);
 }
 
 /// A coordinator restarted while dual publishing to etcd (fresh connections) resumes the

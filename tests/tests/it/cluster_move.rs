@@ -19,39 +19,6 @@ const KIND: &str = "datanode";
 /// A safety bound for a hung child, not a timing assertion.
 const BOUND: Duration = Duration::from_secs(60);
 
-/// A kind's state, its record's revision and its members' revisions.
-type KindSnapshot = (String, Option<KindState>, Option<u64>, Vec<(String, u64)>);
-
-/// Everything a store holds, revisions included: two equal snapshots are the same bytes.
-#[derive(Debug, PartialEq, Eq)]
-struct Snapshot {
-    kinds: Vec<KindSnapshot>,
-    move_record: Option<Versioned<MoveRecord>>,
-}
-
-fn snapshot(store: &dyn ClusterStore) -> Snapshot {
-    let kinds = store
-        .kinds()
-        .unwrap()
-        .into_iter()
-        .map(|kind| {
-            let state = store.load_state(&kind).unwrap();
-            let revision = store.load_kind(&kind).unwrap().map(|k| k.revision);
-            let members = store
-                .members(&kind)
-                .unwrap()
-                .into_iter()
-                .map(|(id, m)| (id, m.revision))
-                .collect();
-            (kind, state, revision, members)
-        })
-        .collect();
-    Snapshot {
-        kinds,
-        move_record: store.load_move().unwrap(),
-    }
-}
-
 fn register(coordinator: &Coordinator, id: &str, slv: u32) {
     coordinator
         .register(&MemberReport::new(KIND, id, slv, 0))
@@ -94,14 +61,14 @@ fn move_a_stale_begin_is_refused_and_the_destination_is_unchanged() {
         (record.role, record.stage, record.by.as_str()),
         (MoveRole::Destination, MoveStage::Switched, "ops")
     );
-    let before = snapshot(new.as_ref());
+    let before = crate::store_contract::snapshot(new.as_ref());
 
     // A stale coordinator on the old store.
     let stale = MovingStore::new(Arc::clone(&old));
     let message = is_move_error(stale.begin(Arc::clone(&new)));
     assert!(message.contains("moved to"), "{message}");
     assert_eq!(stale.phase(), MovePhase::Current);
-    assert_eq!(snapshot(new.as_ref()), before);
+    assert_eq!(crate::store_contract::snapshot(new.as_ref()), before);
 
     // Another store with a state of its own: the destination is not empty.
     let other: Arc<dyn ClusterStore> = Arc::new(EmbeddedStore::in_memory());
@@ -110,7 +77,7 @@ fn move_a_stale_begin_is_refused_and_the_destination_is_unchanged() {
         .unwrap();
     let message = is_move_error(MovingStore::new(other).begin(Arc::clone(&new)));
     assert!(message.contains("another move"), "{message}");
-    assert_eq!(snapshot(new.as_ref()), before);
+    assert_eq!(crate::store_contract::snapshot(new.as_ref()), before);
 }
 
 /// `begin` refuses a destination that is not empty (a kind, no record) and a source
@@ -128,11 +95,11 @@ fn move_begin_refuses_a_used_destination_and_resumes_the_same_move() {
     let used = open("used");
     used.swap_kind("om", None, &KindRecord::new("om", 4))
         .unwrap();
-    let before = snapshot(used.as_ref());
+    let before = crate::store_contract::snapshot(used.as_ref());
     let moving = MovingStore::new(Arc::clone(&old));
     let message = is_move_error(moving.begin(Arc::clone(&used)));
     assert!(message.contains("not empty"), "{message}");
-    assert_eq!(snapshot(used.as_ref()), before);
+    assert_eq!(crate::store_contract::snapshot(used.as_ref()), before);
     assert!(
         old.load_move().unwrap().is_none(),
         "a refusal writes nothing"

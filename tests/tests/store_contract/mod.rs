@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use layout_core::cluster::{
     AuditEntry, CasOutcome, ClusterStore, Exclusion, FinalizerClaim, KindRecord, KindState,
-    MemberRecord, MemberRole, MoveRecord, MoveRole, MoveStage, StoreError, AUDIT_RETENTION,
-    CLUSTER_STATE_FORMAT,
+    MemberRecord, MemberRole, MoveRecord, MoveRole, MoveStage, StoreError, Versioned,
+    AUDIT_RETENTION, CLUSTER_STATE_FORMAT,
 };
 
 /// The kind the properties store.
@@ -603,4 +603,37 @@ pub(crate) fn remove_kind_deletes_record_members_and_audit(store: &dyn ClusterSt
             .swap_kind(KIND, None, &KindRecord::new(KIND, 2))
             .unwrap(),
     );
+}
+
+/// A kind's state, its record's revision and its members' revisions.
+pub(crate) type KindSnapshot = (String, Option<KindState>, Option<u64>, Vec<(String, u64)>);
+
+/// Everything a store holds, revisions included: two equal snapshots are the same bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    pub(crate) kinds: Vec<KindSnapshot>,
+    pub(crate) move_record: Option<Versioned<MoveRecord>>,
+}
+
+pub(crate) fn snapshot(store: &dyn ClusterStore) -> Snapshot {
+    let kinds = store
+        .kinds()
+        .unwrap()
+        .into_iter()
+        .map(|kind| {
+            let state = store.load_state(&kind).unwrap();
+            let revision = store.load_kind(&kind).unwrap().map(|k| k.revision);
+            let members = store
+                .members(&kind)
+                .unwrap()
+                .into_iter()
+                .map(|(id, m)| (id, m.revision))
+                .collect();
+            (kind, state, revision, members)
+        })
+        .collect();
+    Snapshot {
+        kinds,
+        move_record: store.load_move().unwrap(),
+    }
 }
