@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use layout_core::cluster::{
     Checkpoint, ClusterError, ClusterFinalizeOutcome, ClusterStatus, ClusterStore, Coordinator,
-    CoordinatorOptions, CoordinatorServer, FinalizerLayout, HttpLink, Member, MemberRole,
+    CoordinatorOptions, CoordinatorServer, FinalizerLayout, HttpLink, Member, MemberRole, Refusal,
 };
 use layout_core::http::{BearerToken, ClientConfig};
 use layout_core::{
@@ -125,7 +125,21 @@ pub(crate) fn member_child() {
         Arc::new(FinalizerLayout::new(finalizer, component)),
     );
     let link = link(&env(ADDR_ENV));
-    match member.register(&link) {
+    // A restart soon after a kill: the earlier process is live to the coordinator until
+    // its lease lapses; wait for that, as a real member does (bounded).
+    let deadline = Instant::now() + BOUND;
+    let registered = loop {
+        match member.register(&link) {
+            Err(e)
+                if matches!(e.refusal(), Some(Refusal::DuplicateIncarnation { .. }))
+                    && Instant::now() < deadline =>
+            {
+                thread::sleep(Duration::from_millis(HEARTBEAT_MS));
+            }
+            other => break other,
+        }
+    };
+    match registered {
         Ok(step) => {
             let report = member.report();
             report_step(format!(
