@@ -20,6 +20,10 @@ use super::state::{
 use super::store::{CasOutcome, ClusterStore, FinalizerClaim, StoreError, Versioned};
 use crate::clock::{Clock, SystemClock};
 
+/// The longest a coordinator's driver waits before it tries again to advance a
+/// finalization that keeps failing (see [`Coordinator::spawn_driver`]).
+pub const MAX_DRIVER_BACKOFF: Duration = Duration::from_secs(60);
+
 /// How many times a change is retried when another writer changed the state first.
 const MAX_ATTEMPTS: u32 = 64;
 
@@ -1703,8 +1707,10 @@ impl Coordinator {
     ///   `complete` once every member reached the target, even when no heartbeat comes
     ///   to trigger it.
     ///
-    /// Failures are logged and retried at the next tick. Stops when the returned handle
-    /// is dropped.
+    /// A kind whose finalization fails to advance (its own finalization keeps failing,
+    /// the store is down) is retried with a backoff: after one interval, then twice as
+    /// long each time, up to [`MAX_DRIVER_BACKOFF`]; each failure is logged with the time
+    /// of the next try. Stops when the returned handle is dropped.
     pub fn spawn_driver(
         self: &Arc<Self>,
         interval: Duration,
@@ -1714,20 +1720,23 @@ impl Coordinator {
         let stopping = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("coordinator-driver".to_owned())
-            .spawn(move || loop {
-                {
-                    let mut stopped = stopping.0.lock();
-                    if !*stopped {
-                        stopping.1.wait_for(&mut stopped, interval);
+            .spawn(move || {
+                let mut backoff = HashMap::new();
+                loop {
+                    {
+                        let mut stopped = stopping.0.lock();
+                        if !*stopped {
+                            stopping.1.wait_for(&mut stopped, interval);
+                        }
+                        if *stopped {
+                            return;
+                        }
                     }
-                    if *stopped {
+                    let Some(coordinator) = coordinator.upgrade() else {
                         return;
-                    }
+                    };
+                    coordinator.drive_once(&mut backoff, interval);
                 }
-                let Some(coordinator) = coordinator.upgrade() else {
-                    return;
-                };
-                coordinator.drive_once();
             })?;
         Ok(CoordinatorDriver {
             stop,
@@ -1735,8 +1744,9 @@ impl Coordinator {
         })
     }
 
-    /// One tick of the driver (see [`spawn_driver`](Self::spawn_driver)).
-    fn drive_once(&self) {
+    /// One tick of the driver (see [`spawn_driver`](Self::spawn_driver)). `backoff`: per
+    /// kind, when to try again after a failure and the delay that led there.
+    fn drive_once(&self, backoff: &mut HashMap<String, (Instant, Duration)>, interval: Duration) {
         let kinds = match self.store.kinds() {
             Ok(kinds) => kinds,
             Err(e) => {
@@ -1746,6 +1756,12 @@ impl Coordinator {
         };
         for kind in kinds {
             if self.running.lock().contains(&kind) {
+                continue;
+            }
+            if backoff
+                .get(&kind)
+                .is_some_and(|(next, _)| Instant::now() < *next)
+            {
                 continue;
             }
             let record = match self.kind_record(&kind, true) {
@@ -1766,12 +1782,19 @@ impl Coordinator {
                 self.complete_if_ready(&kind)
             };
             match result {
-                Ok(()) => {}
+                Ok(()) => {
+                    backoff.remove(&kind);
+                }
                 Err(ClusterError::InProgress { holder, .. }) => {
                     tracing::debug!(kind = %kind, holder = %holder, "finalization driven elsewhere");
                 }
                 Err(e) => {
-                    tracing::warn!(kind = %kind, error = %e, "coordinator driver: the finalization did not advance; retrying");
+                    let delay = backoff
+                        .get(&kind)
+                        .map_or(interval, |(_, delay)| (*delay * 2).min(MAX_DRIVER_BACKOFF));
+                    let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                    tracing::warn!(kind = %kind, error = %e, retry_in_ms, "coordinator driver: the finalization did not advance");
+                    backoff.insert(kind, (Instant::now() + delay, delay));
                 }
             }
         }

@@ -222,3 +222,53 @@ fn a_started_finalization_runs_off_the_callers_thread_and_a_second_one_is_in_pro
         Some(Ok(ClusterFinalizeOutcome::AlreadyFinalized { .. }))
     ));
 }
+
+/// A coordinator's own layout that always fails, noting when it was asked.
+#[derive(Default)]
+struct FailingLocal {
+    attempts: Mutex<Vec<Instant>>,
+}
+
+impl LocalLayout for FailingLocal {
+    fn software_layout_version(&self) -> u32 {
+        NEW
+    }
+    fn metadata_layout_version(&self) -> u32 {
+        OLD
+    }
+    fn finalize_to(&self, _version: u32, _client_id: &str) -> Result<u32, LocalError> {
+        self.attempts.lock().push(Instant::now());
+        Err("the disk is full".into())
+    }
+}
+
+#[test]
+fn the_driver_backs_off_a_finalization_that_keeps_failing() {
+    let store: Arc<dyn ClusterStore> = Arc::new(EmbeddedStore::in_memory());
+    let local = Arc::new(FailingLocal::default());
+    let coordinator = Arc::new(
+        Coordinator::open(
+            Arc::clone(&store),
+            options("scm").with_local(KIND, local.clone()),
+        )
+        .unwrap(),
+    );
+    coordinator.finalize(KIND, Some(NEW), "ops").unwrap_err();
+    let _driver = coordinator.spawn_driver(TICK).unwrap();
+    wait_until("three retries by the driver", || {
+        local.attempts.lock().len() >= 4
+    });
+    // Attempt 1 was the operator's; the driver's retries wait one interval, then twice as
+    // long each time (lower bounds: a busy machine only makes the gaps longer).
+    let attempts = local.attempts.lock().clone();
+    for (retry, pair) in attempts[1..].windows(2).enumerate() {
+        let at_least = TICK * 2_u32.pow(u32::try_from(retry).unwrap());
+        assert!(
+            pair[1] - pair[0] >= at_least,
+            "retry {} came {:?} after the one before, less than {at_least:?}",
+            retry + 2,
+            pair[1] - pair[0]
+        );
+    }
+    assert_eq!(checkpoint(&*store), Some(Checkpoint::Started));
+}
