@@ -68,7 +68,7 @@ fn config(dir: &Path) -> KvNodeConfig {
         .with_initial_version(KvFeature::Initial)
 }
 
-fn coordinator(root: &Path) -> KvNode {
+pub(crate) fn coordinator(root: &Path) -> KvNode {
     let cluster = ClusterConfig::coordinator(
         "kv0",
         ClusterStoreConfig::Embedded {
@@ -86,7 +86,7 @@ fn coordinator(root: &Path) -> KvNode {
     .expect("the coordinator node starts")
 }
 
-fn member(root: &Path, id: &str, coordinator: &KvNode) -> KvNode {
+pub(crate) fn member(root: &Path, id: &str, coordinator: &KvNode) -> KvNode {
     let cluster = ClusterConfig::member(id, coordinator.coordinator_addr().expect("addr"))
         .with_heartbeat_interval(HEARTBEAT)
         .with_cluster_token(cluster_token());
@@ -94,7 +94,7 @@ fn member(root: &Path, id: &str, coordinator: &KvNode) -> KvNode {
 }
 
 /// Waits until `kv1`'s heartbeat is answered by the coordinator (live in its status).
-fn wait_live(client: &KvClient, id: &str) {
+pub(crate) fn wait_live(client: &KvClient, id: &str) {
     let since = Instant::now();
     wait_until(&format!("{id} live"), || {
         client

@@ -90,3 +90,51 @@ fn a_cluster_on_etcd_refuses_while_a_member_is_old_then_finalizes_every_node() {
         n.shutdown().expect("shutdown");
     }
 }
+
+#[test]
+fn a_coordinator_node_moves_its_cluster_state_to_etcd_live_and_restarts_on_it() {
+    use layout_core::cluster::{ClusterStore, EtcdOptions, EtcdStore};
+    use layout_examples::kvstore::{KvMoveTarget, CLUSTER_KIND};
+
+    use crate::cluster_move::{coordinator, member, wait_live};
+
+    let etcd = EtcdServer::start().expect("etcd starts");
+    let root = tempfile::tempdir().expect("tempdir");
+    let root = root.path();
+    let kv0 = coordinator(root);
+    let kv1 = member(root, "kv1", &kv0);
+    let operator = KvClient::new(kv0.http_addr()).with_token(TOKEN);
+    wait_live(&operator, "kv1");
+
+    // From the embedded store to etcd, while kv1 heartbeats.
+    let prefix = format!("/kvstore-tests/{}/moved", std::process::id());
+    let target = KvMoveTarget::etcd(vec![etcd.endpoint().to_owned()], prefix.clone());
+    let begun = operator
+        .cluster_move_begin("ops", &target)
+        .expect("the move begins");
+    assert_eq!(begun.phase, "dual-publishing", "{begun:?}");
+    wait_live(&operator, "kv1");
+    let switched = operator.cluster_move_switch().expect("the switch");
+    assert_eq!(switched.phase, "switched", "{switched:?}");
+    wait_live(&operator, "kv1");
+
+    // Restarted with its old configuration, the coordinator node serves from etcd.
+    kv1.shutdown().expect("kv1 stops");
+    kv0.shutdown().expect("kv0 stops");
+    let kv0 = coordinator(root);
+    let operator = KvClient::new(kv0.http_addr()).with_token(TOKEN);
+    assert_eq!(
+        operator.cluster_move_status().expect("move status").phase,
+        "switched"
+    );
+    kv0.shutdown().expect("kv0 stops");
+    let store = EtcdStore::connect(EtcdOptions::new([etcd.endpoint().to_owned()], prefix))
+        .expect("etcd store");
+    let state = store.load_state(CLUSTER_KIND).expect("load").expect("kind");
+    assert!(state.members.contains_key("kv1"), "{state:?}");
+    assert!(
+        state.audit.iter().any(|a| a.event == "store-moved"),
+        "{:?}",
+        state.audit
+    );
+}
