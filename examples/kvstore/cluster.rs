@@ -59,7 +59,7 @@ use layout_core::cluster::{
     BeyondSoftware, Blocker, ClusterError, ClusterFinalizeOutcome, ClusterStatus, ClusterStore,
     Coordinator, CoordinatorDriver, CoordinatorLink, CoordinatorOptions, CoordinatorServer,
     EmbeddedStore, Exclusion, HeartbeatError, HttpLink, LocalError, LocalLayout, Member,
-    MemberError, MemberFence, MemberRole, MemberStep, MovePhase, MoveReport, MovingStore, Refusal,
+    MemberError, MemberFence, MemberRole, MemberStep, MovePhase, MoveReport, MovingStore,
     StoreError,
 };
 use layout_core::http::{ClientConfig, ClientTls, EndpointConfig, EndpointError, ServerTls};
@@ -691,7 +691,7 @@ fn register_at_start(
     config: &ClusterConfig,
     coordinator: SocketAddr,
 ) -> Result<(), KvError> {
-    match register_waiting(member, link, config) {
+    match member.register_waiting(link, config.member_lease_ttl * 2, config.heartbeat_interval) {
         Ok(registered) => tracing::info!(
             id = %config.node_id,
             coordinator = %coordinator,
@@ -708,33 +708,6 @@ fn register_at_start(
         Err(e) => return Err(member_error(&config.node_id, coordinator, e)),
     }
     Ok(())
-}
-
-/// Registers `member`; while the coordinator still takes an earlier process of this
-/// member for live (it was killed, not stopped, less than a member lease ago), waits for
-/// that lease to lapse, up to twice `config.member_lease_ttl`.
-fn register_waiting(
-    member: &mut Member,
-    link: &dyn CoordinatorLink,
-    config: &ClusterConfig,
-) -> Result<MemberStep, MemberError> {
-    let deadline = std::time::Instant::now() + config.member_lease_ttl * 2;
-    let mut warned = false;
-    loop {
-        match member.register(link) {
-            Err(e)
-                if matches!(e.refusal(), Some(Refusal::DuplicateIncarnation { .. }))
-                    && std::time::Instant::now() < deadline =>
-            {
-                if !warned {
-                    tracing::warn!(id = %member.member_id(), error = %e, "an earlier process of this member is still live to the coordinator; waiting for its lease to lapse");
-                    warned = true;
-                }
-                std::thread::sleep(config.heartbeat_interval);
-            }
-            other => return other,
-        }
-    }
 }
 
 fn member_error(member_id: &str, coordinator: SocketAddr, e: MemberError) -> KvError {

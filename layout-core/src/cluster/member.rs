@@ -456,6 +456,37 @@ impl Member {
         }
     }
 
+    /// [`register`](Self::register), waiting out an earlier process of this member: a
+    /// process restarted after a kill (not a clean [`leave`](Self::leave)) is refused
+    /// ([`Refusal::DuplicateIncarnation`]) while the coordinator still takes the killed
+    /// one for live, until its member lease lapses. Tries again every `retry_every` for
+    /// up to `wait`, logging once why; any other answer, or the refusal after `wait`, is
+    /// returned as is.
+    pub fn register_waiting(
+        &mut self,
+        link: &dyn CoordinatorLink,
+        wait: Duration,
+        retry_every: Duration,
+    ) -> Result<MemberStep, MemberError> {
+        let deadline = Instant::now() + wait;
+        let mut warned = false;
+        loop {
+            match self.register(link) {
+                Err(e)
+                    if matches!(e.refusal(), Some(Refusal::DuplicateIncarnation { .. }))
+                        && Instant::now() < deadline =>
+                {
+                    if !warned {
+                        tracing::warn!(kind = %self.kind, member = %self.id, error = %e, "an earlier process of this member is still live to the coordinator; waiting for its lease to lapse");
+                        warned = true;
+                    }
+                    std::thread::sleep(retry_every);
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Sends a heartbeat (registering first when not registered, or when the coordinator
     /// lost the registration), updates the fence, then follows the answer.
     pub fn heartbeat(&mut self, link: &dyn CoordinatorLink) -> Result<MemberStep, MemberError> {

@@ -1,7 +1,7 @@
 //! A cluster store that counts what goes through it, for tests and benchmarks of the
 //! coordination itself: how many reads and writes a scenario costs, how many bytes a member
 //! change writes, a hook to act at the moment a finalizer claim is taken, and an outage
-//! to switch on and off.
+//! or a stall to switch on and off.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,6 +40,8 @@ pub struct ObservedStore<S> {
     audit_writes: AtomicU64,
     on_claim: Mutex<Option<Hook>>,
     down: AtomicBool,
+    /// While set, every write waits (at most this long) before it goes through.
+    stall: Mutex<Option<Duration>>,
 }
 
 impl<S> ObservedStore<S> {
@@ -54,6 +56,7 @@ impl<S> ObservedStore<S> {
             audit_writes: AtomicU64::new(0),
             on_claim: Mutex::new(None),
             down: AtomicBool::new(false),
+            stall: Mutex::new(None),
         }
     }
 
@@ -89,6 +92,24 @@ impl<S> ObservedStore<S> {
     /// [`StoreError::Backend`] ("injected outage") and changes nothing.
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// A stalled store: while `Some(bound)`, every write waits until the stall is lifted
+    /// (`None`) or `bound` has passed, then goes through, as a store that hangs would
+    /// answer late.
+    pub fn stall_writes(&self, bound: Option<Duration>) {
+        *self.stall.lock() = bound;
+    }
+
+    /// Waits while writes are stalled (see [`stall_writes`](Self::stall_writes)).
+    fn wait_if_stalled(&self) {
+        let start = std::time::Instant::now();
+        while let Some(bound) = *self.stall.lock() {
+            if start.elapsed() >= bound {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn check_up(&self, operation: &'static str) -> Result<(), StoreError>
@@ -146,6 +167,7 @@ impl<S: ClusterStore> ClusterStore for ObservedStore<S> {
         record: &KindRecord,
     ) -> Result<CasOutcome, StoreError> {
         self.check_up("swap a kind")?;
+        self.wait_if_stalled();
         count(&self.kind_writes);
         self.inner.swap_kind(kind, expected, record)
     }
@@ -172,6 +194,7 @@ impl<S: ClusterStore> ClusterStore for ObservedStore<S> {
         record: &MemberRecord,
     ) -> Result<CasOutcome, StoreError> {
         self.check_up("swap a member")?;
+        self.wait_if_stalled();
         let bytes =
             serde_json::to_vec(record).map_or(0, |json| json.len()) + kind.len() + member.len();
         count(&self.member_writes);
@@ -182,6 +205,7 @@ impl<S: ClusterStore> ClusterStore for ObservedStore<S> {
     }
     fn append_audit(&self, kind: &str, entry: &AuditEntry) -> Result<(), StoreError> {
         self.check_up("append audit")?;
+        self.wait_if_stalled();
         count(&self.audit_writes);
         self.inner.append_audit(kind, entry)
     }
@@ -191,6 +215,7 @@ impl<S: ClusterStore> ClusterStore for ObservedStore<S> {
     }
     fn import(&self, kind: &str, state: &KindState) -> Result<(), StoreError> {
         self.check_up("import")?;
+        self.wait_if_stalled();
         self.inner.import(kind, state)
     }
     fn claim_finalizer(
@@ -210,10 +235,13 @@ impl<S: ClusterStore> ClusterStore for ObservedStore<S> {
         self.inner.release_finalizer(kind, holder)
     }
     fn remove_kind(&self, kind: &str) -> Result<(), StoreError> {
+        self.check_up("remove a kind")?;
+        self.wait_if_stalled();
         count(&self.kind_writes);
         self.inner.remove_kind(kind)
     }
     fn load_move(&self) -> Result<Option<Versioned<MoveRecord>>, StoreError> {
+        self.check_up("load the move record")?;
         self.inner.load_move()
     }
     fn swap_move(
@@ -221,6 +249,8 @@ impl<S: ClusterStore> ClusterStore for ObservedStore<S> {
         expected: Option<u64>,
         record: &MoveRecord,
     ) -> Result<CasOutcome, StoreError> {
+        self.check_up("swap the move record")?;
+        self.wait_if_stalled();
         count(&self.kind_writes);
         self.inner.swap_move(expected, record)
     }

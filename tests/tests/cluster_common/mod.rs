@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use layout_core::cluster::{
     Checkpoint, ClusterError, ClusterFinalizeOutcome, ClusterStatus, ClusterStore, Coordinator,
-    CoordinatorOptions, CoordinatorServer, FinalizerLayout, HttpLink, Member, MemberRole, Refusal,
+    CoordinatorOptions, CoordinatorServer, FinalizerLayout, HttpLink, Member, MemberRole,
 };
 use layout_core::http::{BearerToken, ClientConfig};
 use layout_core::{
@@ -127,18 +127,7 @@ pub(crate) fn member_child() {
     let link = link(&env(ADDR_ENV));
     // A restart soon after a kill: the earlier process is live to the coordinator until
     // its lease lapses; wait for that, as a real member does (bounded).
-    let deadline = Instant::now() + BOUND;
-    let registered = loop {
-        match member.register(&link) {
-            Err(e)
-                if matches!(e.refusal(), Some(Refusal::DuplicateIncarnation { .. }))
-                    && Instant::now() < deadline =>
-            {
-                thread::sleep(Duration::from_millis(HEARTBEAT_MS));
-            }
-            other => break other,
-        }
-    };
+    let registered = member.register_waiting(&link, BOUND, Duration::from_millis(HEARTBEAT_MS));
     match registered {
         Ok(step) => {
             let report = member.report();

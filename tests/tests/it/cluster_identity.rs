@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use layout_core::cluster::{
     Checkpoint, ClusterError, ClusterStore, Coordinator, CoordinatorOptions, EmbeddedStore,
-    FinalizerClaim, HeartbeatError, LocalError, LocalLayout, MemberReport, MemberRole, Refusal,
+    FinalizerClaim, HeartbeatError, LocalError, LocalLayout, Member, MemberReport, MemberRole,
+    Refusal,
 };
 use layout_core::ManualClock;
 use layout_testkit::cluster::ObservedStore;
@@ -407,4 +408,50 @@ fn a_restarted_coordinator_refuses_exclusions_until_it_has_heard_from_members_fo
     restarted
         .exclude(KIND, "dn1", "dead for good", "ops")
         .unwrap();
+}
+
+#[test]
+fn a_restarted_member_waits_out_its_killed_process_and_then_registers() {
+    let clock = clock();
+    let coordinator = Arc::new(
+        Coordinator::open(Arc::new(EmbeddedStore::in_memory()), options(&clock, "scm")).unwrap(),
+    );
+    let mut killed = Member::new(KIND, "dn1", Local::new(NEW, OLD));
+    killed.register(&*coordinator).unwrap();
+
+    // The next process of dn1, while the killed one is still live to the coordinator: it
+    // waits, and after its wait it is refused as before.
+    let mut restarted = Member::new(KIND, "dn1", Local::new(NEW, OLD));
+    let err = restarted
+        .register_waiting(
+            &*coordinator,
+            Duration::from_millis(50),
+            Duration::from_millis(5),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err.refusal(), Some(Refusal::DuplicateIncarnation { .. })),
+        "{err}"
+    );
+    // The killed process's lease lapses while the next one waits: it registers.
+    let lapse = {
+        let clock = Arc::clone(&clock);
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(100));
+            clock.advance(Duration::from_secs(11));
+        })
+    };
+    restarted
+        .register_waiting(
+            &*coordinator,
+            Duration::from_secs(30),
+            Duration::from_millis(5),
+        )
+        .unwrap();
+    lapse.join().unwrap();
+    let status = coordinator.status(KIND).unwrap();
+    assert_eq!(
+        status.member("dn1").unwrap().incarnation,
+        restarted.incarnation()
+    );
 }

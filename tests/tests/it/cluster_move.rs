@@ -4,15 +4,15 @@
 //! only in the destination is removed by `catch_up`.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use layout_core::cluster::{
-    AuditEntry, CasOutcome, ClusterStore, Coordinator, CoordinatorOptions, EmbeddedStore,
-    FinalizerClaim, KindRecord, KindState, MemberRecord, MemberReport, MovePhase, MoveRecord,
-    MoveRole, MoveStage, MovingStore, StoreError, Versioned, MOVE_STEPS,
+    CasOutcome, ClusterStore, Coordinator, CoordinatorOptions, EmbeddedStore, KindRecord,
+    MemberRecord, MemberReport, MovePhase, MoveRole, MoveStage, MovingStore, StoreError,
+    MOVE_STEPS,
 };
+use layout_testkit::cluster::ObservedStore;
 use layout_testkit::crash::{block_until_killed, child_role, report_step, ChildCommand};
 
 const KIND: &str = "datanode";
@@ -177,102 +177,8 @@ fn member() -> MemberRecord {
     }
 }
 
-/// A store whose writes block while it is stalled (at most `STALL` each).
-#[derive(Debug)]
-struct Stalling {
-    inner: EmbeddedStore,
-    stalled: AtomicBool,
-}
-
-impl Stalling {
-    fn wait(&self) {
-        let start = Instant::now();
-        while self.stalled.load(Ordering::SeqCst) && start.elapsed() < STALL {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
+/// How long the destination stalls.
 const STALL: Duration = Duration::from_secs(10);
-
-impl ClusterStore for Stalling {
-    fn location(&self) -> String {
-        "stalling".into()
-    }
-    fn kinds(&self) -> Result<Vec<String>, StoreError> {
-        self.inner.kinds()
-    }
-    fn load_kind(&self, kind: &str) -> Result<Option<Versioned<KindRecord>>, StoreError> {
-        self.inner.load_kind(kind)
-    }
-    fn swap_kind(
-        &self,
-        kind: &str,
-        expected: Option<u64>,
-        record: &KindRecord,
-    ) -> Result<CasOutcome, StoreError> {
-        self.wait();
-        self.inner.swap_kind(kind, expected, record)
-    }
-    fn load_member(
-        &self,
-        kind: &str,
-        member: &str,
-    ) -> Result<Option<Versioned<MemberRecord>>, StoreError> {
-        self.inner.load_member(kind, member)
-    }
-    fn members(&self, kind: &str) -> Result<Vec<(String, Versioned<MemberRecord>)>, StoreError> {
-        self.inner.members(kind)
-    }
-    fn swap_member(
-        &self,
-        kind: &str,
-        member: &str,
-        expected: Option<u64>,
-        kind_revision: u64,
-        record: &MemberRecord,
-    ) -> Result<CasOutcome, StoreError> {
-        self.wait();
-        self.inner
-            .swap_member(kind, member, expected, kind_revision, record)
-    }
-    fn append_audit(&self, kind: &str, entry: &AuditEntry) -> Result<(), StoreError> {
-        self.wait();
-        self.inner.append_audit(kind, entry)
-    }
-    fn audit(&self, kind: &str) -> Result<Vec<AuditEntry>, StoreError> {
-        self.inner.audit(kind)
-    }
-    fn import(&self, kind: &str, state: &KindState) -> Result<(), StoreError> {
-        self.wait();
-        self.inner.import(kind, state)
-    }
-    fn claim_finalizer(
-        &self,
-        kind: &str,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<FinalizerClaim, StoreError> {
-        self.inner.claim_finalizer(kind, holder, ttl)
-    }
-    fn release_finalizer(&self, kind: &str, holder: &str) -> Result<(), StoreError> {
-        self.inner.release_finalizer(kind, holder)
-    }
-    fn remove_kind(&self, kind: &str) -> Result<(), StoreError> {
-        self.wait();
-        self.inner.remove_kind(kind)
-    }
-    fn load_move(&self) -> Result<Option<Versioned<MoveRecord>>, StoreError> {
-        self.inner.load_move()
-    }
-    fn swap_move(
-        &self,
-        expected: Option<u64>,
-        record: &MoveRecord,
-    ) -> Result<CasOutcome, StoreError> {
-        self.inner.swap_move(expected, record)
-    }
-}
 
 /// The destination stalls for 10 s: every heartbeat and registration meanwhile (each
 /// one a write mirrored to it) returns within one heartbeat interval; the mirror's queue
@@ -282,15 +188,12 @@ impl ClusterStore for Stalling {
 fn move_a_stalled_destination_never_delays_heartbeats() {
     const INTERVAL: Duration = Duration::from_secs(1);
     let old: Arc<dyn ClusterStore> = Arc::new(EmbeddedStore::in_memory());
-    let stalling = Arc::new(Stalling {
-        inner: EmbeddedStore::in_memory(),
-        stalled: AtomicBool::new(false),
-    });
+    let stalling = Arc::new(ObservedStore::new(EmbeddedStore::in_memory()));
     let moving = Arc::new(MovingStore::new(Arc::clone(&old)).with_mirror_capacity(8));
     let coordinator = Coordinator::open(moving.clone(), CoordinatorOptions::default()).unwrap();
     register(&coordinator, "dn0", 1);
     moving.begin(stalling.clone()).unwrap();
-    stalling.stalled.store(true, Ordering::SeqCst);
+    stalling.stall_writes(Some(STALL));
     let start = Instant::now();
     let mut round = 0_u32;
     let mut slowest = Duration::ZERO;
@@ -315,7 +218,7 @@ fn move_a_stalled_destination_never_delays_heartbeats() {
     );
     let status = moving.status().unwrap();
     assert!(status.behind, "{status:?}");
-    stalling.stalled.store(false, Ordering::SeqCst);
+    stalling.stall_writes(None);
     moving.switch().unwrap();
     assert_eq!(
         stalling.load_state(KIND).unwrap().unwrap().members.len(),
