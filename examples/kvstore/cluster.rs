@@ -1278,9 +1278,8 @@ fn cluster_error(e: &ClusterError) -> (u16, Value) {
         ClusterError::UnknownMember { .. } | ClusterError::UnknownKind { .. } => {
             error(404, "unknown_member", &message)
         }
-        ClusterError::MemberIsLive { .. } | ClusterError::LivenessNotKnownYet { .. } => {
-            error(409, "member_is_live", &message)
-        }
+        ClusterError::MemberIsLive { .. } => error(409, "member_is_live", &message),
+        ClusterError::LivenessNotKnownYet { .. } => error(409, "liveness_not_known_yet", &message),
         _ => {
             tracing::warn!(error = %message, "cluster request failed");
             error(500, "cluster", &message)

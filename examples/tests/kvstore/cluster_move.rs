@@ -226,6 +226,19 @@ fn cluster_exclude_through_layoutctl_records_who_when_and_the_required_slv() {
         &["cluster", "exclude", "kv1", "--reason", "disk died"],
     );
     assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // An unknown member is named as such (a usage error, exit 2), even before the
+    // coordinator knows liveness, with kvstore's own error kind (no code of the admin API
+    // in front of it).
+    let out = layoutctl_run(&kv0, &["cluster", "exclude", "kv9", "--reason", "typo"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let failure: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON failure");
+    assert_eq!(failure["http_status"], 404, "{failure}");
+    assert!(
+        failure["error"].as_str().is_some_and(
+            |e| e.ends_with("(HTTP 404): unknown_member: kvstore member kv9 is unknown")
+        ),
+        "{failure}"
+    );
     kv1.shutdown().expect("kv1 stops");
     // Once its lease lapses (and the coordinator knows liveness): excluded.
     let mut answer = None;

@@ -511,8 +511,11 @@ impl fmt::Display for ErrorCode {
 }
 
 /// An admin request refused or failed: a code (with its HTTP status) and a message.
+/// Shown as `code: message`, or the message alone when the code is one this release
+/// does not know ([`ErrorCode::Unknown`]: a newer server's, or another service's error
+/// body, whose message then carries its own kind).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code}: {message}")]
+#[error("{}", self.shown())]
 pub struct AdminError {
     code: ErrorCode,
     message: String,
@@ -530,6 +533,13 @@ impl AdminError {
     /// The code.
     pub fn code(&self) -> ErrorCode {
         self.code
+    }
+
+    fn shown(&self) -> String {
+        match self.code {
+            ErrorCode::Unknown => self.message.clone(),
+            code => format!("{code}: {}", self.message),
+        }
     }
 
     /// The message.

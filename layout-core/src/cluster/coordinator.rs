@@ -2059,6 +2059,14 @@ impl Coordinator {
                 member_id: member_id.to_owned(),
             });
         }
+        let unknown = || ClusterError::UnknownMember {
+            kind: kind.to_owned(),
+            member_id: member_id.to_owned(),
+        };
+        // A member that does not exist is named as such, whatever its liveness would be.
+        self.store
+            .load_member(kind, member_id)?
+            .ok_or_else(unknown)?;
         let cache = self.cache(kind);
         let now = self.now();
         if self.is_live(&cache, member_id, now) {
@@ -2080,10 +2088,6 @@ impl Coordinator {
             .locals
             .get(kind)
             .map(LocalLayout::software_layout_version);
-        let unknown = || ClusterError::UnknownMember {
-            kind: kind.to_owned(),
-            member_id: member_id.to_owned(),
-        };
         for _ in 0..MAX_ATTEMPTS {
             let record = self.kind_record(kind, true)?.ok_or_else(unknown)?;
             let member = self

@@ -383,6 +383,9 @@ fn a_restarted_coordinator_refuses_exclusions_until_it_has_heard_from_members_fo
     first.register(&report("dn1", NEW, OLD, "a")).unwrap();
     drop(first);
     let restarted = Coordinator::open(Arc::clone(&store), options(&clock, "scm")).unwrap();
+    // A member that does not exist is named as such, whatever liveness would say.
+    let err = restarted.exclude(KIND, "dn9", "typo", "ops").unwrap_err();
+    assert!(matches!(err, ClusterError::UnknownMember { .. }), "{err}");
     let err = restarted
         .exclude(KIND, "dn1", "looks dead", "ops")
         .unwrap_err();
