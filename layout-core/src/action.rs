@@ -232,6 +232,13 @@ impl<'a, F: LayoutFeature> ActionContext<'a, F> {
         self.progress.progress(done, total);
     }
 
+    /// Passes the crash point `name` (see [`crate::crash_point`]): call it wherever the
+    /// action has done part of its work durably, so a test kit can crash there and check
+    /// that the next start recovers. Costs one atomic load when nothing observes it.
+    pub fn crash_point(&self, name: &'static str) {
+        crate::crash_point::hit(name);
+    }
+
     /// Sends a message to the operator (shown in the finalization status).
     pub fn message(&self, message: impl AsRef<str>) {
         self.progress.message(message.as_ref());

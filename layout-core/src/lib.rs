@@ -63,6 +63,7 @@
 //! | `admin` | the admin API and [`AdminService`](crate::admin::AdminService) (feature `admin`); its HTTP endpoint and client (feature `admin-http`) |
 //! | `http` | the one HTTP stack of every endpoint: axum on hyper on a runtime thread the endpoint owns, bearer tokens, limits, `/metrics`, TLS (features `http`, `tls`) |
 //! | [`clock`] | injectable time: [`SystemClock`], [`ManualClock`] |
+//! | [`crash_point`] | named crash points inside upgrade work, which a test kit observes and crashes at |
 //! | [`cluster`] | cluster-wide finalization: coordinator, members, cluster stores (embedded, etcd), store moves |
 //! | [`gate`] | [`LayoutAware`] and `#[disallowed_until]`: APIs closed until their feature is finalized |
 //! | [`factory`] | [`LayoutVersionInstanceFactory`]: request handlers per layout version, `#[belongs_to_layout_version]` |
@@ -94,6 +95,7 @@ pub mod admin;
 pub mod binding;
 pub mod clock;
 pub mod cluster;
+pub mod crash_point;
 pub mod error;
 pub mod factory;
 pub mod feature;

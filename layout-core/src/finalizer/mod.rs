@@ -900,6 +900,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
             })?;
         }
         fail::fail_point!("finalize::started");
+        crate::crash_point::hit("finalize::started");
 
         let features: Vec<F> = F::ALL
             .iter()
@@ -942,6 +943,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
                 });
             }
             fail::fail_point!("finalize::before_action");
+            crate::crash_point::hit("finalize::before_action");
             match action {
                 Some(action) => {
                     self.run_action(
@@ -973,6 +975,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
                 )),
             }
             fail::fail_point!("finalize::after_action");
+            crate::crash_point::hit("finalize::after_action");
             let version = feature.layout_version();
             let last = version == target;
             let step_ms = self.clock.now_ms();
@@ -983,6 +986,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
                 .clone()
                 .unwrap_or_else(|| client.to_owned());
             fail::fail_point!("finalize::before_persist");
+            crate::crash_point::hit("finalize::before_persist");
             self.lvm.finalize_step_with(feature, |s| {
                 let record = s
                     .finalization
@@ -1004,6 +1008,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
                 ));
             })?;
             fail::fail_point!("finalize::after_publish");
+            crate::crash_point::hit("finalize::after_publish");
             finalized.push(feature);
             tracing::info!(
                 target: "layout_core::finalizer",
@@ -1017,6 +1022,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
             ));
         }
         fail::fail_point!("finalize::done");
+        crate::crash_point::hit("finalize::done");
         let mlv = self.lvm.metadata_layout_version();
         {
             let mut shared = self.shared.lock();
@@ -1067,6 +1073,10 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
         tracing::info!(target: "layout_core::action", "running upgrade action");
         let result =
             catch_unwind(AssertUnwindSafe(|| run(component, &ctx))).unwrap_or_else(|panic| {
+                if crate::crash_point::SimulatedCrash::is_payload(&*panic) {
+                    // A test kit's simulated crash stops the run here, as a kill would.
+                    std::panic::resume_unwind(panic);
+                }
                 let what = panic
                     .downcast_ref::<&str>()
                     .map(|s| (*s).to_owned())

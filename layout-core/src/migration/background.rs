@@ -44,6 +44,30 @@ use crate::manager::LayoutVersionManager;
 /// The default number of keys per batch.
 pub const DEFAULT_BATCH_SIZE: usize = 10_000;
 
+/// Crash point (see [`crate::crash_point`]): a batch is about to be read, transformed
+/// and committed; the last checkpoint is durable.
+pub const CRASH_BEFORE_BATCH: &str = "background_migration::before_batch";
+/// Crash point: a batch's rows and the checkpoint after it are committed (one write),
+/// the in-memory progress not yet updated.
+pub const CRASH_BATCH_COMMITTED: &str = "background_migration::batch_committed";
+/// Crash point: a committed batch is reported (progress, status, batch event).
+pub const CRASH_BATCH_REPORTED: &str = "background_migration::batch_reported";
+/// Crash point: every row is copied, the checkpoint says complete; the sink's `finish`
+/// (dropping tombstones) has not run.
+pub const CRASH_BEFORE_FINISH: &str = "background_migration::before_finish";
+/// Crash point: the sink finished; the migration is complete.
+pub const CRASH_FINISHED: &str = "background_migration::finished";
+
+/// Every crash point of a background migration, in the order a run passes them (the
+/// three batch points once per batch).
+pub const CRASH_POINTS: &[&str] = &[
+    CRASH_BEFORE_BATCH,
+    CRASH_BATCH_COMMITTED,
+    CRASH_BATCH_REPORTED,
+    CRASH_BEFORE_FINISH,
+    CRASH_FINISHED,
+];
+
 /// How long a paused migration waits before it checks again whether the finalization
 /// that runs it was cancelled (a pause is otherwise woken by resume or cancel).
 const PAUSE_POLL: Duration = Duration::from_millis(200);
@@ -1156,6 +1180,7 @@ impl BackgroundMigration {
             self.emit(&BatchEvent::BatchStarted {
                 index: checkpoint.batches,
             });
+            crate::crash_point::hit(CRASH_BEFORE_BATCH);
             let outcome = match self.copy_in_store(&checkpoint)? {
                 Some(outcome) => outcome,
                 None => self.copy_through_source(&checkpoint)?,
@@ -1165,6 +1190,7 @@ impl BackgroundMigration {
                     next,
                     written: rows,
                 } => {
+                    crate::crash_point::hit(CRASH_BATCH_COMMITTED);
                     written += rows;
                     checkpoint = next;
                 }
@@ -1226,9 +1252,12 @@ impl BackgroundMigration {
                 index: checkpoint.batches - 1,
                 done: checkpoint.done,
             });
+            crate::crash_point::hit(CRASH_BATCH_REPORTED);
         }
         self.mark_complete();
+        crate::crash_point::hit(CRASH_BEFORE_FINISH);
         self.sink.finish()?;
+        crate::crash_point::hit(CRASH_FINISHED);
         {
             let mut progress = self.progress.lock();
             progress.eta = Some(Duration::ZERO);

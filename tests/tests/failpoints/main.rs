@@ -9,9 +9,11 @@
 //! | module | shows |
 //! |---|---|
 //! | [`trace`] | a crash-free finalization passes exactly `layout_core::FAILPOINTS`; a crash at every hit of every failpoint recovers to the crash-free state |
+//! | [`crash_points`] | crash points inside actions and background-migration batches are observed in order; a crash simulated there stops finalization, and a restart finishes |
 //! | [`sigkill`] | a SIGKILL in every window between steps, with journaling actions, recovers and finishes |
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod common;
+mod crash_points;
 mod sigkill;
 mod trace;
