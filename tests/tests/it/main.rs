@@ -18,6 +18,7 @@ mod damaged_file;
 mod factory;
 mod file_storage;
 mod finalizer;
+mod finalizer_model;
 mod fixtures;
 mod gate;
 mod manager_model;
