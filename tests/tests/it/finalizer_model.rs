@@ -2,7 +2,8 @@
 //!
 //! Transitions: finalize (by one of two clients, to a target or to the SLV, with or
 //! without takeover), arm an action to fail or to cancel the run when it executes, arm a
-//! crash at the n-th pass of one of the finalizer's crash points (the next finalization
+//! crash at the n-th pass of one of the finalizer's crash points or of one inside the
+//! actions (the next finalization
 //! dies there: in process, a `SimulatedCrash` unwinds and the manager and finalizer are
 //! dropped), and restart (reopen from the same storage). After every transition the
 //! outcome, the MLV, the stored finalization record (client, target, finished) and the
@@ -15,8 +16,9 @@ use std::thread;
 
 use layout_core::crash_point::{self, SimulatedCrash};
 use layout_core::{
-    ActionError, ActionRegistry, FinalizeError, FinalizeOutcome, FinalizeRequest, LayoutFeature,
-    LayoutVersionManager, ManagerOptions, MemoryStorage, StartIntent, UpgradeFinalizer, FAILPOINTS,
+    ActionContext, ActionError, ActionRegistry, FinalizeError, FinalizeOutcome, FinalizeRequest,
+    LayoutFeature, LayoutVersionManager, ManagerOptions, MemoryStorage, StartIntent,
+    UpgradeFinalizer, FAILPOINTS,
 };
 use parking_lot::Mutex;
 use proptest::prelude::*;
@@ -26,6 +28,8 @@ use crate::catalogs::OmFeature;
 
 const SLV: u32 = 3;
 const CLIENTS: [&str; 2] = ["alice", "bob"];
+/// The crash point every action passes first (its own, declared on its context).
+const IN_ACTION: &str = "model::action_started";
 
 /// The stored finalization record, as the model sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,8 +127,10 @@ fn run(m: &mut Model, client: &'static str, target: Option<u32>, takeover: bool)
         if cancelled {
             return Outcome::Cancelled(v);
         }
-        if let Some(c) = crashes_at("finalize::before_action") {
-            return dead(m, c);
+        for point in ["finalize::before_action", IN_ACTION] {
+            if let Some(c) = crashes_at(point) {
+                return dead(m, c);
+            }
         }
         if m.fail.remove(&v) {
             return Outcome::ActionFailed(v);
@@ -194,7 +200,7 @@ impl ReferenceStateMachine for RefMachine {
             }),
             2 => (1..=SLV).prop_map(Transition::FailAction),
             1 => (1..=SLV).prop_map(Transition::CancelDuring),
-            2 => (prop::sample::select(FAILPOINTS.to_vec()), 1..=3usize)
+            2 => (prop::sample::select([FAILPOINTS, &[IN_ACTION]].concat()), 1..=3usize)
                 .prop_map(|(point, hit)| Transition::CrashAt(point, hit)),
             1 => Just(Transition::Restart),
         ]
@@ -246,7 +252,8 @@ struct Svc {
     finalizer: OnceLock<Weak<Finalizer>>,
 }
 
-fn action(svc: &Svc, version: u32) -> Result<(), ActionError> {
+fn action(svc: &Svc, ctx: &ActionContext<'_, OmFeature>, version: u32) -> Result<(), ActionError> {
+    ctx.crash_point(IN_ACTION);
     let mut arms = svc.arms.lock();
     if arms.fail.remove(&version) {
         return Err(ActionError::new(format!("injected failure at {version}")));
@@ -283,7 +290,8 @@ impl Sut {
         let mut registry = ActionRegistry::<OmFeature, Svc>::builder();
         for &feature in OmFeature::ALL.iter().filter(|f| f.layout_version() > 0) {
             let version = feature.layout_version();
-            registry = registry.on_finalize(feature, move |svc: &Svc, _ctx| action(svc, version));
+            registry =
+                registry.on_finalize(feature, move |svc: &Svc, ctx| action(svc, ctx, version));
         }
         let finalizer = Arc::new(UpgradeFinalizer::new(
             Arc::clone(&lvm),
