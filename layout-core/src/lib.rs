@@ -85,6 +85,21 @@ mod data_binding_doc {}
 #[doc = include_str!("../../docs/operator-runbook.md")]
 mod operator_runbook {}
 
+/// Adding a layout feature: its Rust examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/adding-a-layout-feature.md")]
+mod adding_a_layout_feature_doc {}
+
+/// Finalization: its Rust examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/finalization.md")]
+mod finalization_doc {}
+
+/// Prepare: its Rust examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/prepare.md")]
+mod prepare_doc {}
+
 // Generated code names `::layout_core::...`; this makes those paths resolve here too.
 #[allow(unused_extern_crates)]
 extern crate self as layout_core;
