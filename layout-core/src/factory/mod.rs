@@ -108,7 +108,7 @@ static NEXT_FACTORY_ID: AtomicU32 = AtomicU32::new(0);
 /// Instances of `V` per key `K` and layout feature of catalog `F`; serves, per key, the
 /// instance of the highest layout version at or below the MLV.
 ///
-/// The seed's rules hold: an instance above the software layout version cannot be
+/// The factory's rules: an instance above the software layout version cannot be
 /// registered, nor a second one for the same (key, version); a key whose lowest version is
 /// above the MLV is "not supported before finalization" of that version's feature.
 ///

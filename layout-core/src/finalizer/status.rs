@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::state::VetoRecord;
 
-/// The finalization status of a component (the seed's five states).
+/// The finalization status of a component (five states, named as in Apache Ozone's upgrade finalizer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FinalizationStatus {
     /// MLV == SLV when this process started: nothing to finalize.
@@ -21,7 +21,7 @@ pub enum FinalizationStatus {
 }
 
 impl FinalizationStatus {
-    /// The status in the seed's words (`FINALIZATION_REQUIRED`, ...).
+    /// The status in its wire words (`FINALIZATION_REQUIRED`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::AlreadyFinalized => "ALREADY_FINALIZED",
