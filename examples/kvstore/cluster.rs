@@ -64,7 +64,8 @@ use layout_core::cluster::{
 };
 use layout_core::http::{ClientConfig, ClientTls, EndpointConfig, EndpointError, ServerTls};
 use layout_core::{
-    condition, FinalizeRequest, LayoutFeature, LayoutVersionManager, UpgradeFinalizer,
+    condition, FinalizeCondition, FinalizeRequest, LayoutFeature, LayoutVersionManager,
+    UpgradeFinalizer,
 };
 use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
@@ -435,12 +436,9 @@ impl LocalLayout for NodeLayout {
     }
 }
 
-/// Adds [`CLUSTER_CONDITION`] to a cluster node's finalizer: it fails unless the cluster's
+/// [`CLUSTER_CONDITION`] of a cluster node's finalizer: it fails unless the cluster's
 /// coordinator is finalizing this node, and an override of it is refused.
-pub(crate) fn with_cluster_condition(
-    finalizer: UpgradeFinalizer<KvFeature, KvStore>,
-    role: &ClusterRole,
-) -> UpgradeFinalizer<KvFeature, KvStore> {
+pub(crate) fn cluster_condition(role: &ClusterRole) -> impl FinalizeCondition<KvStore> {
     let reason = match role {
         ClusterRole::Coordinator { .. } => "this node runs the kvstore cluster's coordinator: \
              finalize the whole cluster with POST /cluster/finalize on this node's HTTP API, \
@@ -457,16 +455,14 @@ pub(crate) fn with_cluster_condition(
          operator who needs to force the cluster past a member excludes that member on the \
          coordinator, which records who and why"
     );
-    finalizer.with_condition(
-        condition(CLUSTER_CONDITION, move |_: &KvStore| {
-            if CLUSTER_FINALIZING.with(std::cell::Cell::get) {
-                Ok(())
-            } else {
-                Err(reason.clone())
-            }
-        })
-        .not_overridable(no_override),
-    )
+    condition(CLUSTER_CONDITION, move |_: &KvStore| {
+        if CLUSTER_FINALIZING.with(std::cell::Cell::get) {
+            Ok(())
+        } else {
+            Err(reason.clone())
+        }
+    })
+    .not_overridable(no_override)
 }
 
 /// A node's running cluster part.

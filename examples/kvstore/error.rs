@@ -8,6 +8,7 @@ use layout_core::binding::redb::RedbBindingError;
 use layout_core::binding::BindingError;
 use layout_core::cluster::{ClusterError, MemberError, Refusal};
 use layout_core::migration::MigrationError;
+use layout_core::startup::StartupError;
 use layout_core::{LayoutError, PrefinalizeError, PrepareError, RegistryError, WriteRejected};
 
 use super::feature::KvFeature;
@@ -173,6 +174,10 @@ pub enum KvError {
     #[error("HTTP API: {0}")]
     HttpApi(Box<HttpError>),
 
+    /// The component start-up itself was misconfigured (a part missing from the
+    /// `ComponentStartup`, a resume that failed).
+    #[error(transparent)]
+    Startup(Box<StartupError<KvFeature>>),
     /// The HTTP server could not start.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -312,5 +317,21 @@ impl From<PrefinalizeError<KvFeature>> for KvError {
 impl From<HttpError> for KvError {
     fn from(e: HttpError) -> Self {
         Self::Admin(Box::new(e))
+    }
+}
+
+/// Each step of the one start-up path keeps the error it always had: the manager's
+/// [`LayoutError`], the store's own [`KvError`], the registry's, the start-up actions'
+/// and the admin endpoint's.
+impl From<StartupError<KvFeature>> for KvError {
+    fn from(e: StartupError<KvFeature>) -> Self {
+        match e.into_open_error::<KvError>() {
+            Ok(e) => e,
+            Err(StartupError::Manager(e)) => Self::Layout(e),
+            Err(StartupError::Registry(e)) => Self::Registry(Box::new(e)),
+            Err(StartupError::StartupActions(e)) => Self::Prefinalize(Box::new(e)),
+            Err(StartupError::Admin { source, .. }) => Self::Admin(Box::new(source)),
+            Err(other) => Self::Startup(Box::new(other)),
+        }
     }
 }

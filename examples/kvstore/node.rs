@@ -9,6 +9,7 @@ use std::sync::Arc;
 use layout_core::admin::http::{AdminServer, BearerToken, HttpConfig};
 use layout_core::admin::AdminService;
 use layout_core::http::{AdminMetrics, Registry, ServerTls};
+use layout_core::startup::{ComponentStartup, PrepareParts, StartedComponent};
 use layout_core::{
     FileStorage, LayoutFeature, LayoutVersionManager, ManagerOptions, StartIntent,
     UpgradeFinalizer, VERSION_FILE_NAME,
@@ -16,7 +17,7 @@ use layout_core::{
 
 use layout_core::cluster::{ClusterFinalizeOutcome, ClusterStatus, Coordinator, MemberStep};
 
-use super::cluster::{with_cluster_condition, ClusterConfig, ClusterRuntime, CLUSTER_KIND};
+use super::cluster::{cluster_condition, ClusterConfig, ClusterRuntime, CLUSTER_KIND};
 use super::error::KvError;
 use super::feature::KvFeature;
 use super::http::{DataApiSettings, MetricsSlot};
@@ -207,29 +208,30 @@ impl KvNode {
         if let Some(initial) = config.initial_version {
             options = options.with_initial_layout_version(initial.layout_version());
         }
-        let manager = Arc::new(LayoutVersionManager::<KvFeature>::open(
-            FileStorage::new(&layout_dir),
-            options,
-        )?);
         let store_options = config.store.clone().with_listen(config.listen);
         let api = DataApiSettings {
             tls: config.tls.clone(),
             metrics: Arc::new(MetricsSlot::new(admin_token.clone())),
         };
         let metrics = Arc::clone(&api.metrics);
-        let store = Arc::new(KvStore::open_with(
-            Arc::clone(&manager),
-            &config.dir.join("data"),
-            store_options,
-            &api,
-        )?);
-        let mut finalizer = UpgradeFinalizer::new(Arc::clone(&manager), actions()?)
-            .with_gate(Arc::clone(store.prepare_controller()) as _);
+        let data_dir = config.dir.join("data");
+        let mut startup = ComponentStartup::<KvFeature, KvStore>::new(KvFeature::CATALOG_NAME)
+            .options(options)
+            .storage(FileStorage::new(&layout_dir))
+            .open(move |manager| {
+                KvStore::open_with(Arc::clone(manager), &data_dir, store_options, &api)
+            })
+            .actions(|_| actions())
+            .prepare(|store: &KvStore| {
+                PrepareParts::new(Arc::clone(store.prepare_controller()), store.preparable())
+            });
         if let Some(cluster) = &config.cluster {
-            finalizer = with_cluster_condition(finalizer, &cluster.role);
+            startup = startup.condition(cluster_condition(&cluster.role));
         }
-        let finalizer = Arc::new(finalizer);
-        finalizer.run_prefinalize_actions(&store)?;
+        let mut started = startup.start()?;
+        let manager = Arc::clone(started.manager());
+        let store = Arc::clone(started.component());
+        let finalizer = Arc::clone(started.finalizer());
         let cluster = match &config.cluster {
             Some(cluster) => {
                 match ClusterRuntime::start(
@@ -250,11 +252,8 @@ impl KvNode {
             }
             None => None,
         };
-        let service = Arc::new(
-            AdminService::new(Arc::clone(&finalizer), Arc::clone(&store))
-                .with_prepare(Arc::clone(store.prepare_controller()), store.preparable()),
-        );
-        let admin = match Self::start_admin(&config, &service) {
+        let service = Arc::new(started.admin_service());
+        let admin = match Self::start_admin(&config, &service, &mut started) {
             Ok(admin) => admin,
             Err(e) => {
                 if let Some(cluster) = cluster {
@@ -290,6 +289,7 @@ impl KvNode {
     fn start_admin(
         config: &KvNodeConfig,
         service: &Arc<AdminService>,
+        started: &mut StartedComponent<KvFeature, KvStore>,
     ) -> Result<Option<AdminServer>, KvError> {
         let Some(admin) = &config.admin else {
             return Ok(None);
@@ -298,7 +298,8 @@ impl KvNode {
         if let Some(tls) = &config.tls {
             http = http.with_tls(tls.clone());
         }
-        Ok(Some(AdminServer::start(Arc::clone(service), http)?))
+        started.serve_admin_with(Arc::clone(service), http)?;
+        Ok(started.take_admin_server())
     }
 
     /// The store.

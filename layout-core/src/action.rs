@@ -562,6 +562,56 @@ impl<F: LayoutFeature, C: 'static> ActionRegistry<F, C> {
             })
         }
     }
+
+    /// The same actions (names, origins, phases) for a type `D` that holds the component:
+    /// each runs on the `C` that `project` finds in the `D`. A test kit wraps a
+    /// component in a type of its own this way and still runs the component's real
+    /// registry.
+    ///
+    /// ```
+    /// use layout_core::{ActionRegistry, LayoutFeature};
+    ///
+    /// #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]
+    /// enum F {
+    ///     #[layout(version = 0, description = "Initial layout")]
+    ///     Initial,
+    ///     #[layout(version = 1, description = "Index")]
+    ///     Index,
+    /// }
+    /// struct Store;
+    /// struct Wrapper(Store);
+    ///
+    /// let registry = ActionRegistry::<F, Store>::builder()
+    ///     .on_finalize(F::Index, |_: &Store, _ctx| Ok(()))
+    ///     .build()?;
+    /// let wrapped: ActionRegistry<F, Wrapper> = registry.map_component(|w: &Wrapper| &w.0);
+    /// assert_eq!(wrapped.len(), 1);
+    /// # Ok::<(), layout_core::RegistryError>(())
+    /// ```
+    pub fn map_component<D: 'static>(self, project: fn(&D) -> &C) -> ActionRegistry<F, D> {
+        let actions = self
+            .actions
+            .into_iter()
+            .map(|(key, entry)| {
+                let action = entry.action;
+                let mapped: Action<F, D> =
+                    Arc::new(move |component: &D, ctx: &ActionContext<'_, F>| {
+                        action(project(component), ctx)
+                    });
+                (
+                    key,
+                    RegisteredAction {
+                        feature: entry.feature,
+                        phase: entry.phase,
+                        name: entry.name,
+                        origin: entry.origin,
+                        action: mapped,
+                    },
+                )
+            })
+            .collect();
+        ActionRegistry { actions }
+    }
 }
 
 impl<F: fmt::Debug, C> fmt::Debug for ActionRegistry<F, C> {

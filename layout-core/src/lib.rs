@@ -60,6 +60,7 @@
 //! | [`finalizer`] | [`UpgradeFinalizer`]: start-up actions, finalization, status, policy |
 //! | [`binding`] | [`DataBinding`](binding::DataBinding): a component's data bound to its layout state, checked at start-up; `binding::redb`: the whole recipe on a redb database (feature `redb`) |
 //! | [`prepare`] | [`PrepareController`]: the write gate, prepare and cancel-prepare, the marker |
+//! | [`startup`] | [`ComponentStartup`](startup::ComponentStartup): one start-up path (manager, component, finalizer, start-up actions, prepare, admin endpoint) for production and the test kit |
 //! | `admin` | the admin API and [`AdminService`](crate::admin::AdminService) (feature `admin`); its HTTP endpoint and client (feature `admin-http`) |
 //! | `http` | the one HTTP stack of every endpoint: axum on hyper on a runtime thread the endpoint owns, bearer tokens, limits, `/metrics`, TLS (features `http`, `tls`) |
 //! | [`clock`] | injectable time: [`SystemClock`], [`ManualClock`] |
@@ -122,6 +123,7 @@ pub mod manager;
 pub mod migration;
 pub mod options;
 pub mod prepare;
+pub mod startup;
 pub mod state;
 pub mod storage;
 

@@ -1,12 +1,20 @@
 //! What a component under test implements so the kit can start, stop, upgrade, downgrade
 //! and finalize it: [`TestComponent`].
 //!
-//! The kit owns the layout version manager: it opens it (pinned to the node's MLV and
-//! capped at the node's SLV, the "binary" the node runs), then asks the component to open
-//! itself from that manager and its directory ([`TestComponent::open`]), builds the
-//! component's [`UpgradeFinalizer`] from its [`ActionRegistry`]
-//! ([`TestComponent::actions`]) and runs the start-up actions, exactly as a real
-//! service starts.
+//! The kit starts a node with the component's [`ComponentStartup`]
+//! ([`TestComponent::startup`]), the same builder a real service starts with: it opens
+//! the manager (pinned to the node's MLV and capped at the node's SLV, the "binary" the
+//! node runs), opens the component from that manager and its directory
+//! ([`TestComponent::open`]), builds the component's [`UpgradeFinalizer`] from its
+//! [`ActionRegistry`] ([`TestComponent::actions`]) and runs the start-up actions. The
+//! kit only sets what belongs to the node (start intent, SLV cap, initial version,
+//! storage) on top of the service's own options (its component name included).
+//!
+//! A component type that lives in another crate than the test (the usual case: the
+//! service's library crate, tested from its `tests/` folder) cannot implement
+//! [`TestComponent`] there (E0117, the orphan rule). It is adapted instead:
+//! [`Adapted`](crate::Adapted) over a [`Service`](crate::Service) implemented on a
+//! marker type of the test crate, reusing the service's own start-up and registry.
 //!
 //! One code base plays every release: a node whose SLV is capped at an older version
 //! *is* the old binary. So the component must decide every format question through the
@@ -21,6 +29,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use layout_core::startup::ComponentStartup;
 use layout_core::{
     ActionRegistry, LayoutFeature, LayoutVersionManager, RegistryError, StartIntent,
     UpgradeFinalizer,
@@ -101,6 +110,23 @@ pub trait TestComponent: Sized + Send + Sync + 'static {
     /// returned. An error refuses the start, as a real service refuses to start.
     fn open(ctx: &NodeContext<Self::Feature>) -> HookResult<Self>;
 
+    /// The component's start-up for `node`: the [`ComponentStartup`] the kit starts the
+    /// node with, after setting the node's start intent, SLV cap, initial version and
+    /// storage on it. Default: named after the catalog, opened with
+    /// [`open`](Self::open), the registry of [`actions`](Self::actions), finalizer
+    /// changed by [`configure_finalizer`](Self::configure_finalizer). A service that
+    /// has its own start-up returns it here (or is [adapted](crate::Adapted)).
+    fn startup(node: &NodeInfo) -> HookResult<ComponentStartup<Self::Feature, Self>> {
+        let (for_open, for_actions, for_hook) = (node.clone(), node.clone(), node.clone());
+        Ok(ComponentStartup::new(Self::Feature::CATALOG_NAME)
+            .open(move |manager| Self::open(&for_open.context(manager)))
+            .actions(move |manager| Self::actions(&for_actions.context(manager)))
+            .configure_finalizer(move |finalizer, _| {
+                let ctx = for_hook.context(finalizer.layout_manager());
+                Self::configure_finalizer(finalizer, &ctx)
+            }))
+    }
+
     /// The component's upgrade actions. Default: none.
     fn actions(
         ctx: &NodeContext<Self::Feature>,
@@ -146,6 +172,82 @@ pub trait TestComponent: Sized + Send + Sync + 'static {
             std::any::type_name::<Self>()
         )
         .into())
+    }
+}
+
+/// Who a node is, where it lives and why it starts: what
+/// [`TestComponent::startup`] and [`Service::startup`](crate::Service::startup) build a
+/// start-up from (the manager is not open yet).
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub(crate) name: String,
+    pub(crate) kind: String,
+    pub(crate) index: usize,
+    pub(crate) dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) intent: StartIntent,
+    pub(crate) params: BTreeMap<String, String>,
+}
+
+impl NodeInfo {
+    /// The node's name (`<kind>-<index>`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The node's kind.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The node's index among the nodes of its kind (0-based).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The node's own directory; it survives restarts, upgrades and crashes.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `<dir>/data`, created: where the component keeps its data (the kit keeps the
+    /// layout state in `<dir>/layout`).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Why the node is starting: `Init` on its first start, `Upgrade` or `Downgrade`
+    /// when its SLV changed, else `Normal`.
+    pub fn start_intent(&self) -> StartIntent {
+        self.intent
+    }
+
+    /// A parameter set on the node's [`Kind`](crate::Kind) with
+    /// [`param`](crate::Kind::param).
+    pub fn param(&self, key: &str) -> Option<&str> {
+        self.params.get(key).map(String::as_str)
+    }
+
+    /// Every parameter.
+    pub fn params(&self) -> &BTreeMap<String, String> {
+        &self.params
+    }
+
+    /// The context a component opens with, once `manager` is open.
+    pub fn context<F: LayoutFeature>(
+        &self,
+        manager: &Arc<LayoutVersionManager<F>>,
+    ) -> NodeContext<F> {
+        NodeContext {
+            name: self.name.clone(),
+            kind: self.kind.clone(),
+            index: self.index,
+            dir: self.dir.clone(),
+            data_dir: self.data_dir.clone(),
+            intent: self.intent,
+            params: self.params.clone(),
+            manager: Arc::clone(manager),
+        }
     }
 }
 

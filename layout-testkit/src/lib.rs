@@ -5,7 +5,9 @@
 //!   its own layout version manager, pinned to an MLV and capped at an SLV (the "binary"
 //!   it runs), in this process or each in a child process that a test can SIGKILL.
 //!   Restart a node with another SLV (upgrade or downgrade its binary) and keep its
-//!   directory; finalize one node or all. The component implements [`TestComponent`].
+//!   directory; finalize one node or all. The component implements [`TestComponent`],
+//!   or, when it lives in another crate than the test, is [`Adapted`] over a [`Service`]
+//!   that returns the service's own start-up (`layout_core::startup::ComponentStartup`).
 //! - [`UpgradeTest`]: the seed's stages in order, with a callback at each: the old
 //!   version, this version pre-finalized, the old version again (downgraded), this
 //!   version finalized; then the old version must be refused.
@@ -76,7 +78,8 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | [`component`] | [`TestComponent`], [`NodeContext`], [`PrepareOutcome`] |
+//! | [`component`] | [`TestComponent`], [`NodeContext`], [`NodeInfo`], [`PrepareOutcome`] |
+//! | [`adapter`] | [`Service`], [`Adapted`]: a component from another crate, started with its own start-up |
 //! | [`cluster`] | [`MiniCluster`], [`Kind`], [`Node`], [`ClusterNode`], [`run_as_child_node`] |
 //! | [`upgrade_test`] | [`UpgradeTest`], [`Stage`] |
 //! | [`crash_matrix`] | [`CrashMatrix`], [`CrashMatrixReport`] |
@@ -98,6 +101,7 @@
 #[doc = include_str!("../../docs/testing-upgrades.md")]
 mod testing_upgrades_chapter {}
 
+pub mod adapter;
 pub mod catalog_lock;
 pub mod cluster;
 pub mod component;
@@ -109,6 +113,7 @@ pub mod inject;
 pub mod plan;
 pub mod upgrade_test;
 
+pub use adapter::{Adapted, Service};
 pub use catalog_lock::{
     assert_catalog_locked, check_catalog_lock, CatalogLock, CatalogLockError, LockChange,
     LockCheck, LockVerdict, LockedFeature, UPDATE_ENV,
@@ -118,7 +123,7 @@ pub use cluster::{
     MiniCluster, MiniClusterBuilder, Node, NodeStatus, RunOutcome, StartOptions, StorageKind,
     NODE_ROLE, TESTKIT_CLIENT,
 };
-pub use component::{HookError, HookResult, NodeContext, PrepareOutcome, TestComponent};
+pub use component::{HookError, HookResult, NodeContext, NodeInfo, PrepareOutcome, TestComponent};
 pub use crash::{
     block_until_killed, child_role, report_step, ChildCommand, ChildOutput, ChildProcess,
     ChildReport, CrashError, CHILD_ROLE_ENV, ORPHANED_EXIT_CODE, STEP_MARKER,

@@ -8,16 +8,17 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use layout_core::startup::StartupError;
 use layout_core::{
     FeatureStatus, FileStorage, FinalizeOutcome, FinalizeRequest, LayoutFeature,
-    LayoutVersionManager, ManagerOptions, MemoryStorage, StartIntent, UpgradeFinalizer,
+    LayoutVersionManager, MemoryStorage, StartIntent, UpgradeFinalizer,
 };
 use parking_lot::Mutex;
 
 use super::child::ChildNode;
 use super::error::ClusterError;
 use super::StorageKind;
-use crate::component::{NodeContext, PrepareOutcome, TestComponent};
+use crate::component::{NodeInfo, PrepareOutcome, TestComponent};
 use crate::inject::{
     install_quiet_panic_hook, Armed, CrashPoint, Exclusive, InjectedCrash, Injection,
 };
@@ -258,8 +259,9 @@ impl<C: TestComponent> Clone for Running<C> {
 }
 
 impl<C: TestComponent> Running<C> {
-    /// Starts the component as a real service starts: opens the manager, opens the
-    /// component, builds the finalizer, runs the start-up actions.
+    /// Starts the component as the real service starts: with its `ComponentStartup`
+    /// ([`TestComponent::startup`]), on which the kit sets only the node's start intent,
+    /// SLV cap, initial version and storage.
     pub(crate) fn open(
         spec: &NodeSpec,
         slv: u32,
@@ -273,26 +275,7 @@ impl<C: TestComponent> Running<C> {
             path: data_dir.clone(),
             source,
         })?;
-        let mut options = ManagerOptions::default()
-            .with_start_intent(intent)
-            .with_software_layout_version(slv);
-        if intent == StartIntent::Init {
-            options = options.with_initial_layout_version(spec.initial.min(slv));
-        }
-        let opened = match (spec.storage, memory) {
-            (StorageKind::Memory, Some(memory)) => {
-                LayoutVersionManager::<C::Feature>::open(Arc::clone(memory), options)
-            }
-            _ => LayoutVersionManager::<C::Feature>::open(
-                FileStorage::new(spec.layout_dir()),
-                options,
-            ),
-        };
-        let lvm = Arc::new(opened.map_err(|source| ClusterError::Layout {
-            node: node(),
-            source: Box::new(source),
-        })?);
-        let ctx = NodeContext {
+        let info = NodeInfo {
             name: spec.name.clone(),
             kind: spec.kind.clone(),
             index: spec.index,
@@ -300,29 +283,55 @@ impl<C: TestComponent> Running<C> {
             data_dir,
             intent,
             params: spec.params.clone(),
-            manager: Arc::clone(&lvm),
         };
-        let component = C::open(&ctx).map_err(|source| ClusterError::Component {
-            node: node(),
-            operation: "open".to_owned(),
-            source,
-        })?;
-        let registry = C::actions(&ctx).map_err(|source| ClusterError::Registry {
-            node: node(),
-            source,
-        })?;
-        let finalizer =
-            C::configure_finalizer(UpgradeFinalizer::new(Arc::clone(&lvm), registry), &ctx);
-        finalizer.run_prefinalize_actions(&component).map_err(|e| {
-            ClusterError::StartupActions {
+        let initial = (intent == StartIntent::Init).then(|| spec.initial.min(slv));
+        let startup = C::startup(&info)
+            .map_err(|source| ClusterError::Component {
+                node: node(),
+                operation: "startup".to_owned(),
+                source,
+            })?
+            .map_options(|options| {
+                let options = options
+                    .with_start_intent(intent)
+                    .with_software_layout_version(slv);
+                match initial {
+                    Some(version) => options.with_initial_layout_version(version),
+                    None => options,
+                }
+            });
+        let startup = match (spec.storage, memory) {
+            (StorageKind::Memory, Some(memory)) => startup.storage(Arc::clone(memory)),
+            _ => startup.storage(FileStorage::new(spec.layout_dir())),
+        };
+        let started = startup.start().map_err(|e| match e {
+            StartupError::Manager(source) => ClusterError::Layout {
+                node: node(),
+                source: Box::new(source),
+            },
+            StartupError::Open { source, .. } => ClusterError::Component {
+                node: node(),
+                operation: "open".to_owned(),
+                source,
+            },
+            StartupError::Registry(source) => ClusterError::Registry {
+                node: node(),
+                source,
+            },
+            StartupError::StartupActions(e) => ClusterError::StartupActions {
                 node: node(),
                 message: e.to_string(),
-            }
+            },
+            other => ClusterError::Component {
+                node: node(),
+                operation: "startup".to_owned(),
+                source: Box::new(other),
+            },
         })?;
         Ok(Self {
-            lvm,
-            finalizer: Arc::new(finalizer),
-            component: Arc::new(component),
+            lvm: Arc::clone(started.manager()),
+            finalizer: Arc::clone(started.finalizer()),
+            component: Arc::clone(started.component()),
         })
     }
 
