@@ -105,6 +105,7 @@ pub mod adapter;
 pub mod catalog_lock;
 pub mod cluster;
 pub mod component;
+pub mod conformance;
 pub mod crash;
 pub mod crash_matrix;
 #[cfg(feature = "etcd")]

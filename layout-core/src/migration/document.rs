@@ -36,9 +36,10 @@ use std::fmt;
 use std::fs;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -437,6 +438,27 @@ pub enum DocumentError {
         #[source]
         source: DocumentStoreError,
     },
+    /// A newer release migrated the shared document after this process loaded it: the
+    /// process runs on state it can no longer write, and its write is refused (see
+    /// [`SharedDocument`]).
+    #[error(
+        "{document} at {location}: a newer release migrated the document to version \
+         {stored_version} after this process loaded it at version {loaded_version}; this \
+         release writes version {our_version} at most, so the write is refused: stop this \
+         process and run the newer release"
+    )]
+    MigratedByNewerRelease {
+        /// The document kind.
+        document: String,
+        /// Where it is stored.
+        location: String,
+        /// The version this process loaded (and writes).
+        loaded_version: u32,
+        /// The version stored now.
+        stored_version: u32,
+        /// The newest version this release knows.
+        our_version: u32,
+    },
     /// The document kept changing under this process: every compare-and-swap lost.
     #[error(
         "{document} at {location}: gave up after {attempts} compare-and-swap conflicts; \
@@ -618,6 +640,20 @@ pub struct DocumentMigrator {
 /// up with [`DocumentError::Contended`].
 const MAX_CAS_ATTEMPTS: u32 = 64;
 
+/// Crash point (see [`crate::crash_point`]): one step of a document's chain was applied
+/// in memory (nothing stored yet). Passed once per step, by [`DocumentMigrator::upgrade`]
+/// and so by every load that migrates.
+pub const CRASH_STEP_APPLIED: &str = "document_migration::step_applied";
+/// Crash point: a migrated (or initial) document is about to be stored with a
+/// compare-and-swap.
+pub const CRASH_BEFORE_STORE: &str = "document_migration::before_store";
+/// Crash point: the compare-and-swap stored the migrated (or initial) document; the
+/// process has not used it yet.
+pub const CRASH_STORED: &str = "document_migration::stored";
+
+/// Every crash point of a document migration, in the order a load passes them.
+pub const CRASH_POINTS: &[&str] = &[CRASH_STEP_APPLIED, CRASH_BEFORE_STORE, CRASH_STORED];
+
 impl DocumentMigrator {
     /// A builder for documents of kind `document` (a name used in logs and errors).
     pub fn builder(document: impl Into<String>) -> DocumentMigratorBuilder {
@@ -715,6 +751,7 @@ impl DocumentMigrator {
                 to = step.to,
                 "applied document migration step"
             );
+            crate::crash_point::hit(CRASH_STEP_APPLIED);
             version = step.to;
             applied.push(AppliedStep {
                 name: step.name.clone(),
@@ -898,11 +935,13 @@ impl DocumentMigrator {
                 let mut document = init();
                 self.set_version(&mut document, self.current_version, "init")?;
                 let bytes = to_bytes(&self.document, &document)?;
+                crate::crash_point::hit(CRASH_BEFORE_STORE);
                 match store
                     .compare_and_swap(None, &bytes)
                     .map_err(|e| self.store_error(e))?
                 {
                     CasOutcome::Stored(revision) => {
+                        crate::crash_point::hit(CRASH_STORED);
                         tracing::info!(
                             target: "layout_core::migration",
                             document = %self.document,
@@ -939,11 +978,13 @@ impl DocumentMigrator {
             }
             let migrated = self.upgrade(document)?;
             let bytes = to_bytes(&self.document, &migrated.document)?;
+            crate::crash_point::hit(CRASH_BEFORE_STORE);
             match store
                 .compare_and_swap(Some(stored.revision), &bytes)
                 .map_err(|e| self.store_error(e))?
             {
                 CasOutcome::Stored(revision) => {
+                    crate::crash_point::hit(CRASH_STORED);
                     tracing::info!(
                         target: "layout_core::migration",
                         document = %self.document,
@@ -1079,6 +1120,385 @@ pub enum LoadOutcome {
     },
 }
 
+/// How long [`SharedDocument::wait_for_change`] sleeps between reads of a store that
+/// cannot watch.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// What [`SharedDocument::check`] found about the stored document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// The stored document is the one this process holds.
+    Current,
+    /// Another process of a release that writes this process's version (or an older
+    /// one) changed it: [`SharedDocument::reload`] to see it (a save would conflict).
+    ChangedByPeer {
+        /// The revision stored now (`None`: the document was deleted).
+        revision: Option<Revision>,
+    },
+    /// A newer release migrated it to a version this release does not know: this
+    /// process's writes are refused ([`DocumentError::MigratedByNewerRelease`]).
+    MigratedByNewerRelease {
+        /// The version stored now.
+        stored_version: u32,
+    },
+}
+
+/// What the watch of a [`SharedDocument`] has seen since the load.
+#[derive(Debug, Default)]
+struct FenceState {
+    /// The newest change reported.
+    latest: Option<DocumentChange>,
+    /// Why the watch ended, when it did.
+    lost: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Fence {
+    state: Mutex<FenceState>,
+    changed: Condvar,
+}
+
+impl Fence {
+    fn record(&self, event: WatchEvent) {
+        let mut state = self.state.lock();
+        match event {
+            WatchEvent::Changed(change) => {
+                if state
+                    .latest
+                    .as_ref()
+                    .is_none_or(|l| l.revision < change.revision)
+                {
+                    state.latest = Some(change);
+                }
+            }
+            WatchEvent::Lost { reason } => state.lost = Some(reason),
+        }
+        self.changed.notify_all();
+    }
+}
+
+/// A document loaded from a store shared with other processes, fenced against newer
+/// releases: it knows the version it was loaded at, watches the store (where the store
+/// can; otherwise it reads the store's revision on every [`check`](Self::check),
+/// [`read`](Self::read) and [`save`](Self::save)), and refuses to write once a newer
+/// release has migrated the document, with
+/// [`DocumentError::MigratedByNewerRelease`] naming both versions, instead of
+/// conflicting late or overwriting the newer document.
+///
+/// Open one with [`DocumentMigrator::open`] or [`DocumentMigrator::open_or_init`] (which
+/// migrate under a compare-and-swap as [`DocumentMigrator::load`] does).
+///
+/// ```
+/// use std::sync::Arc;
+/// use layout_core::migration::{
+///     DocumentError, DocumentMigration, DocumentMigrator, Freshness, MemoryDocumentStore,
+/// };
+/// use serde_json::json;
+///
+/// let store = Arc::new(MemoryDocumentStore::with_document(br#"{"version": 1}"#.to_vec()));
+/// let old_release = DocumentMigrator::builder("scheduler-state").base_version(1).build()?;
+/// let new_release = DocumentMigrator::builder("scheduler-state")
+///     .base_version(1)
+///     .step(DocumentMigration::new(1, 2, |mut doc| { doc["queues"] = json!([]); Ok(doc) }))
+///     .build()?;
+///
+/// let mut old = old_release.open(store.clone())?.expect("a document is stored");
+/// let _new = new_release.open(store.clone())?; // migrates to version 2
+/// assert_eq!(old.check()?, Freshness::MigratedByNewerRelease { stored_version: 2 });
+/// let refused = old.save(json!({"jobs": 1})).unwrap_err();
+/// assert!(matches!(
+///     refused,
+///     DocumentError::MigratedByNewerRelease { loaded_version: 1, stored_version: 2, .. }
+/// ));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct SharedDocument<'m> {
+    migrator: &'m DocumentMigrator,
+    store: Arc<dyn DocumentStore>,
+    loaded: LoadedDocument,
+    fence: Arc<Fence>,
+    watch: Option<DocumentWatch>,
+}
+
+impl DocumentMigrator {
+    /// Loads the document from `store` as [`load`](Self::load) does, and keeps watching
+    /// it: the returned handle learns when a newer release migrates it. `Ok(None)` when
+    /// nothing is stored.
+    pub fn open(
+        &self,
+        store: Arc<dyn DocumentStore>,
+    ) -> Result<Option<SharedDocument<'_>>, DocumentError> {
+        match self.load(&*store)? {
+            Some(loaded) => self.fenced(store, loaded).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Like [`open`](Self::open); when nothing is stored, stores `init()` as
+    /// [`load_or_init`](Self::load_or_init) does.
+    pub fn open_or_init(
+        &self,
+        store: Arc<dyn DocumentStore>,
+        init: impl FnOnce() -> Value,
+    ) -> Result<SharedDocument<'_>, DocumentError> {
+        let loaded = self.load_or_init(&*store, init)?;
+        self.fenced(store, loaded)
+    }
+
+    fn fenced(
+        &self,
+        store: Arc<dyn DocumentStore>,
+        loaded: LoadedDocument,
+    ) -> Result<SharedDocument<'_>, DocumentError> {
+        let fence = Arc::new(Fence::default());
+        let recorder = Arc::clone(&fence);
+        let watch = store
+            .watch(
+                loaded.revision,
+                Box::new(move |event| recorder.record(event)),
+            )
+            .map_err(|e| self.store_error(e))?;
+        Ok(SharedDocument {
+            migrator: self,
+            store,
+            loaded,
+            fence,
+            watch,
+        })
+    }
+}
+
+impl SharedDocument<'_> {
+    /// The document as this process holds it (at the current version of its release).
+    pub fn document(&self) -> &Value {
+        &self.loaded.document
+    }
+
+    /// What the last load found and did, with the revision this process holds.
+    pub fn loaded(&self) -> &LoadedDocument {
+        &self.loaded
+    }
+
+    /// The stored revision this process holds.
+    pub fn revision(&self) -> Revision {
+        self.loaded.revision
+    }
+
+    /// The version this process loaded the document at: its release's current version.
+    pub fn loaded_version(&self) -> u32 {
+        self.migrator.current_version
+    }
+
+    /// Whether the store is watched (otherwise every check reads it).
+    pub fn is_watched(&self) -> bool {
+        self.watch.is_some() && self.fence.state.lock().lost.is_none()
+    }
+
+    /// Whether the stored document is known to differ from this process's, by the watch
+    /// (without reading the store; always `false` for a store that cannot watch: use
+    /// [`check`](Self::check)).
+    pub fn is_stale(&self) -> bool {
+        self.fence
+            .state
+            .lock()
+            .latest
+            .as_ref()
+            .is_some_and(|c| c.revision > self.loaded.revision)
+    }
+
+    /// Whether the stored document still is this process's: from the watch when the
+    /// store is watched, otherwise by reading the store's revision.
+    pub fn check(&self) -> Result<Freshness, DocumentError> {
+        let change = if self.is_watched() {
+            self.fence
+                .state
+                .lock()
+                .latest
+                .clone()
+                .filter(|c| c.revision > self.loaded.revision)
+        } else {
+            self.store
+                .load()
+                .map_err(|e| self.migrator.store_error(e))?
+                .map_or(
+                    Some(DocumentChange {
+                        revision: self.loaded.revision,
+                        bytes: None,
+                    }),
+                    |stored| {
+                        (stored.revision != self.loaded.revision).then_some(DocumentChange {
+                            revision: stored.revision,
+                            bytes: Some(stored.bytes),
+                        })
+                    },
+                )
+        };
+        let Some(change) = change else {
+            return Ok(Freshness::Current);
+        };
+        let Some(bytes) = change.bytes else {
+            return Ok(Freshness::ChangedByPeer { revision: None });
+        };
+        let stored_version = self.stored_version(&bytes)?;
+        if stored_version > self.migrator.current_version {
+            Ok(Freshness::MigratedByNewerRelease { stored_version })
+        } else {
+            Ok(Freshness::ChangedByPeer {
+                revision: Some(change.revision),
+            })
+        }
+    }
+
+    /// Waits until the stored document differs from this process's (or `bound` passes,
+    /// then returns [`Freshness::Current`]). A watched store wakes the wait when a change
+    /// arrives; one that cannot watch is read every 50 ms.
+    pub fn wait_for_change(&self, bound: Duration) -> Result<Freshness, DocumentError> {
+        let deadline = Instant::now() + bound;
+        loop {
+            let freshness = self.check()?;
+            if freshness != Freshness::Current {
+                return Ok(freshness);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Freshness::Current);
+            }
+            let wait = (deadline - now).min(POLL_INTERVAL);
+            if self.is_watched() {
+                let mut state = self.fence.state.lock();
+                let changed = state
+                    .latest
+                    .as_ref()
+                    .is_some_and(|c| c.revision > self.loaded.revision);
+                if !changed && state.lost.is_none() {
+                    let _ = self.fence.changed.wait_for(&mut state, deadline - now);
+                }
+            } else {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+
+    /// The stored document, after a [`check`](Self::check): this process's when current,
+    /// reloaded when a peer changed it, and
+    /// [`DocumentError::MigratedByNewerRelease`] when a newer release migrated it.
+    pub fn read(&mut self) -> Result<&Value, DocumentError> {
+        match self.check()? {
+            Freshness::Current => {}
+            Freshness::ChangedByPeer { .. } => self.reload()?,
+            Freshness::MigratedByNewerRelease { stored_version } => {
+                return Err(self.refusal(stored_version));
+            }
+        }
+        Ok(&self.loaded.document)
+    }
+
+    /// Loads the stored document again (migrating it if a peer stored an older one). A
+    /// document of a newer release is refused
+    /// ([`DocumentError::MigratedByNewerRelease`]).
+    pub fn reload(&mut self) -> Result<(), DocumentError> {
+        match self.migrator.load(&*self.store) {
+            Ok(Some(loaded)) => {
+                self.loaded = loaded;
+                Ok(())
+            }
+            Ok(None) => Err(DocumentError::Store {
+                document: self.migrator.document.clone(),
+                source: DocumentStoreError::Backend {
+                    location: self.store.location(),
+                    reason: "the document was deleted".to_owned(),
+                },
+            }),
+            Err(DocumentError::NewerThanSoftware { found, .. }) => Err(self.refusal(found)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stores `document` (stamped with this release's version) if the stored document is
+    /// still the one this process holds, and holds it from then on.
+    ///
+    /// Refused with [`DocumentError::MigratedByNewerRelease`] when a newer release
+    /// migrated the document (known from the watch, or by reading the store first when
+    /// it cannot watch, or from the conflict when the migration raced this write).
+    /// `Ok(CasOutcome::Conflict { .. })` when a peer of this release changed it first:
+    /// [`reload`](Self::reload) and retry.
+    pub fn save(&mut self, document: Value) -> Result<CasOutcome, DocumentError> {
+        if let Freshness::MigratedByNewerRelease { stored_version } = self.check()? {
+            return Err(self.refusal(stored_version));
+        }
+        let outcome = self
+            .migrator
+            .save(&*self.store, Some(self.loaded.revision), &document)?;
+        match outcome {
+            CasOutcome::Stored(revision) => {
+                let mut document = document;
+                self.migrator
+                    .set_version(&mut document, self.migrator.current_version, "save")?;
+                self.loaded = LoadedDocument {
+                    document,
+                    revision,
+                    outcome: LoadOutcome::Current {
+                        version: self.migrator.current_version,
+                    },
+                    conflicts: 0,
+                };
+            }
+            CasOutcome::Conflict { .. } => {
+                if let Some(stored) = self
+                    .store
+                    .load()
+                    .map_err(|e| self.migrator.store_error(e))?
+                {
+                    let stored_version = self.stored_version(&stored.bytes)?;
+                    if stored_version > self.migrator.current_version {
+                        return Err(self.refusal(stored_version));
+                    }
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn stored_version(&self, bytes: &[u8]) -> Result<u32, DocumentError> {
+        let document: Value =
+            serde_json::from_slice(bytes).map_err(|source| DocumentError::Parse {
+                document: self.migrator.document.clone(),
+                location: self.store.location(),
+                source,
+            })?;
+        self.migrator.version_of(&document)
+    }
+
+    fn refusal(&self, stored_version: u32) -> DocumentError {
+        tracing::warn!(
+            target: "layout_core::migration",
+            document = %self.migrator.document,
+            location = %self.store.location(),
+            loaded_version = self.migrator.current_version,
+            stored_version,
+            "a newer release migrated the shared document; refusing this process's write"
+        );
+        DocumentError::MigratedByNewerRelease {
+            document: self.migrator.document.clone(),
+            location: self.store.location(),
+            loaded_version: self.migrator.current_version,
+            stored_version,
+            our_version: self.migrator.current_version,
+        }
+    }
+}
+
+impl fmt::Debug for SharedDocument<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedDocument")
+            .field("document", &self.migrator.document)
+            .field("location", &self.store.location())
+            .field("revision", &self.loaded.revision)
+            .field("watched", &self.is_watched())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The revision of a stored document: changes whenever its content does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Revision(pub u64);
@@ -1158,6 +1578,76 @@ pub trait DocumentStore: Send + Sync + fmt::Debug {
         expected: Option<Revision>,
         bytes: &[u8],
     ) -> Result<CasOutcome, DocumentStoreError>;
+
+    /// Starts watching the document: `on_event` is called with every change stored
+    /// after revision `after` (by any process), from a thread of the store's, until the
+    /// returned [`DocumentWatch`] is dropped, or once with [`WatchEvent::Lost`] when the
+    /// watch ends on its own. A store whose revisions do not increase (the file store's
+    /// are digests) must not offer one.
+    ///
+    /// `Ok(None)` (the default): the store cannot watch; a [`SharedDocument`] then reads
+    /// the store on every check instead.
+    fn watch(
+        &self,
+        after: Revision,
+        on_event: WatchCallback,
+    ) -> Result<Option<DocumentWatch>, DocumentStoreError> {
+        let _ = (after, on_event);
+        Ok(None)
+    }
+}
+
+/// What a [`DocumentStore::watch`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// The document changed.
+    Changed(DocumentChange),
+    /// The watch ended (the connection broke, the history it needed was compacted); no
+    /// further event follows.
+    Lost {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One change of a watched document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentChange {
+    /// The store's revision at the change (increasing along a watch).
+    pub revision: Revision,
+    /// The bytes stored; `None` when the document was deleted.
+    pub bytes: Option<Vec<u8>>,
+}
+
+/// The callback of a [`DocumentStore::watch`].
+pub type WatchCallback = Box<dyn Fn(WatchEvent) + Send + Sync>;
+
+/// A running watch of a document; dropping it stops the watch.
+pub struct DocumentWatch {
+    stop: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl DocumentWatch {
+    /// A watch that `stop` ends (called once, on drop).
+    pub fn new(stop: impl FnOnce() + Send + Sync + 'static) -> Self {
+        Self {
+            stop: Some(Box::new(stop)),
+        }
+    }
+}
+
+impl Drop for DocumentWatch {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop();
+        }
+    }
+}
+
+impl fmt::Debug for DocumentWatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DocumentWatch").finish_non_exhaustive()
+    }
 }
 
 impl<S: DocumentStore + ?Sized> DocumentStore for Arc<S> {
@@ -1174,6 +1664,13 @@ impl<S: DocumentStore + ?Sized> DocumentStore for Arc<S> {
     ) -> Result<CasOutcome, DocumentStoreError> {
         (**self).compare_and_swap(expected, bytes)
     }
+    fn watch(
+        &self,
+        after: Revision,
+        on_event: WatchCallback,
+    ) -> Result<Option<DocumentWatch>, DocumentStoreError> {
+        (**self).watch(after, on_event)
+    }
 }
 
 /// A document kept in memory, shared by clones (for tests and single-process use).
@@ -1183,10 +1680,22 @@ pub struct MemoryDocumentStore {
     inner: Arc<Mutex<MemoryInner>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct MemoryInner {
     revision: u64,
     bytes: Option<Vec<u8>>,
+    next_watch: u64,
+    watchers: Vec<(u64, Arc<WatchCallback>)>,
+}
+
+impl fmt::Debug for MemoryInner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryInner")
+            .field("revision", &self.revision)
+            .field("bytes", &self.bytes.as_ref().map(Vec::len))
+            .field("watchers", &self.watchers.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl MemoryDocumentStore {
@@ -1230,14 +1739,54 @@ impl DocumentStore for MemoryDocumentStore {
         expected: Option<Revision>,
         bytes: &[u8],
     ) -> Result<CasOutcome, DocumentStoreError> {
-        let mut inner = self.inner.lock();
-        let current = inner.bytes.as_ref().map(|_| Revision(inner.revision));
-        if current != expected {
-            return Ok(CasOutcome::Conflict { current });
+        let (revision, watchers) = {
+            let mut inner = self.inner.lock();
+            let current = inner.bytes.as_ref().map(|_| Revision(inner.revision));
+            if current != expected {
+                return Ok(CasOutcome::Conflict { current });
+            }
+            inner.revision += 1;
+            inner.bytes = Some(bytes.to_vec());
+            let watchers: Vec<_> = inner.watchers.iter().map(|(_, w)| Arc::clone(w)).collect();
+            (Revision(inner.revision), watchers)
+        };
+        // Called outside the lock (a callback may read the store), in the writer's thread,
+        // so a watcher has seen the change when the write returns.
+        for watcher in watchers {
+            watcher(WatchEvent::Changed(DocumentChange {
+                revision,
+                bytes: Some(bytes.to_vec()),
+            }));
         }
-        inner.revision += 1;
-        inner.bytes = Some(bytes.to_vec());
-        Ok(CasOutcome::Stored(Revision(inner.revision)))
+        Ok(CasOutcome::Stored(revision))
+    }
+
+    fn watch(
+        &self,
+        after: Revision,
+        on_event: WatchCallback,
+    ) -> Result<Option<DocumentWatch>, DocumentStoreError> {
+        let on_event = Arc::new(on_event);
+        let (id, missed) = {
+            let mut inner = self.inner.lock();
+            inner.next_watch += 1;
+            let id = inner.next_watch;
+            inner.watchers.push((id, Arc::clone(&on_event)));
+            let missed = (inner.revision > after.0).then(|| DocumentChange {
+                revision: Revision(inner.revision),
+                bytes: inner.bytes.clone(),
+            });
+            (id, missed)
+        };
+        if let Some(change) = missed {
+            on_event(WatchEvent::Changed(change));
+        }
+        let inner: Weak<Mutex<MemoryInner>> = Arc::downgrade(&self.inner);
+        Ok(Some(DocumentWatch::new(move || {
+            if let Some(inner) = inner.upgrade() {
+                inner.lock().watchers.retain(|(w, _)| *w != id);
+            }
+        })))
     }
 }
 

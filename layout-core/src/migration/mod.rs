@@ -3,7 +3,7 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | [`document`] | versioned JSON documents: [`DocumentMigrator`] with a checked chain of [`DocumentMigration`]s, the [`DocumentStore`] trait, [`FileDocumentStore`], [`MemoryDocumentStore`] |
+//! | [`document`] | versioned JSON documents: [`DocumentMigrator`] with a checked chain of [`DocumentMigration`]s, the [`DocumentStore`] trait, [`FileDocumentStore`], [`MemoryDocumentStore`], [`SharedDocument`] (fenced against newer releases) |
 //! | [`background`] | [`BackgroundMigration`] over [`MigrationSource`] / [`MigrationSink`]: batches, checkpoints, progress, throttling, pause/resume/cancel, and [`DualWrite`] for the write path |
 //! | [`table`] | [`MigratingTable`]: the contract for requests while a table migrates, over a [`MigratingStore`] |
 //! | [`memory`] | [`MemoryMigrationStore`], an in-memory [`MigratingStore`] |
@@ -30,10 +30,11 @@ pub use background::{
     RowTransform, Sleeper, ThreadSleeper, WriteScope, WriteTarget, DEFAULT_BATCH_SIZE,
 };
 pub use document::{
-    AppliedStep, CasOutcome, ChainError, ChainProblem, DocumentError, DocumentMigration,
-    DocumentMigrator, DocumentMigratorBuilder, DocumentStore, DocumentStoreError,
-    FileDocumentStore, LoadOutcome, LoadedDocument, MemoryDocumentStore, Migrated, Revision,
-    StepError, StoredDocument,
+    AppliedStep, CasOutcome, ChainError, ChainProblem, DocumentChange, DocumentError,
+    DocumentMigration, DocumentMigrator, DocumentMigratorBuilder, DocumentStore,
+    DocumentStoreError, DocumentWatch, FileDocumentStore, Freshness, LoadOutcome, LoadedDocument,
+    MemoryDocumentStore, Migrated, Revision, SharedDocument, StepError, StoredDocument,
+    WatchCallback, WatchEvent,
 };
 pub use memory::MemoryMigrationStore;
 #[cfg(feature = "redb")]

@@ -10,6 +10,9 @@
 #[path = "../cluster_common/mod.rs"]
 mod cluster_common;
 mod documents;
+#[path = "../fenced_common/mod.rs"]
+mod fenced_common;
+mod fenced_documents;
 mod moves;
 mod restart;
 mod server;

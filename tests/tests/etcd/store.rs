@@ -1,4 +1,5 @@
-//! The etcd cluster store's records: the store contract on etcd, the migration of the
+//! The etcd cluster store's records: the kit's conformance suites on etcd (the cluster
+//! store, a moving store between two prefixes, the document store), the migration of the
 //! first release's documents (format 1) on connect, the bytes a member change writes
 //! (independent of the number of members), and paged listings.
 //!
@@ -14,7 +15,7 @@ use std::thread;
 
 use layout_core::cluster::{
     AuditEntry, CasOutcome, ClusterStore, EtcdDocumentStore, EtcdOptions, EtcdStore, Exclusion,
-    KindRecord, KindState, MemberRecord, MemberRole, StoreError, AUDIT_RETENTION,
+    KindRecord, KindState, MemberRecord, MemberRole, MovingStore, StoreError, AUDIT_RETENTION,
 };
 use layout_core::migration::{CasOutcome as DocumentCas, DocumentStore};
 use serde_json::{json, Value};
@@ -115,123 +116,44 @@ fn create(store: &EtcdStore, kind: &str) -> u64 {
 }
 
 #[test]
-fn store_contract_holds_on_etcd() {
+fn store_conformance_of_the_etcd_cluster_store() {
     let stores = AtomicUsize::new(0);
-    crate::store_contract::run_all(&|| {
+    layout_testkit::conformance::cluster_store(|| {
         let n = stores.fetch_add(1, Ordering::SeqCst);
-        Arc::new(fresh(&format!("store-contract-{n}"))) as Arc<dyn ClusterStore>
+        fresh(&format!("store-contract-{n}"))
     });
 }
 
 #[test]
-fn store_kind_records_are_created_once_and_swapped_at_their_revision() {
-    let store = fresh("store-kinds");
-    assert!(store.kinds().unwrap().is_empty());
-    assert!(store.load_kind(KIND).unwrap().is_none());
-    let r1 = create(&store, KIND);
-    assert_eq!(
-        store
-            .swap_kind(KIND, None, &KindRecord::new(KIND, 2))
-            .unwrap(),
-        CasOutcome::Conflict
-    );
-    let mut record = KindRecord::new(KIND, 2);
-    let r2 = swapped(store.swap_kind(KIND, Some(r1), &record).unwrap());
-    assert_ne!(r1, r2);
-    record.cluster_layout_version = 3;
-    assert_eq!(
-        store.swap_kind(KIND, Some(r1), &record).unwrap(),
-        CasOutcome::Conflict
-    );
-    let loaded = store.load_kind(KIND).unwrap().unwrap();
-    assert_eq!(
-        (loaded.revision, loaded.value.cluster_layout_version),
-        (r2, 2)
-    );
-    // Ids holding `/` and `%` are escaped in keys and listed as they are.
-    for kind in ["a/b", "a%2Fb", "a", "%"] {
-        create(&store, kind);
-    }
-    assert_eq!(
-        store.kinds().unwrap(),
-        ["%", "a", "a%2Fb", "a/b", KIND].map(String::from)
-    );
-    assert_eq!(store.load_kind("a/b").unwrap().unwrap().value.kind, "a/b");
+fn store_conformance_of_a_moving_store_between_two_etcd_prefixes() {
+    let stores = AtomicUsize::new(0);
+    let next = || {
+        let n = stores.fetch_add(1, Ordering::SeqCst);
+        Arc::new(fresh(&format!("moving-contract-{n}"))) as Arc<dyn ClusterStore>
+    };
+    layout_testkit::conformance::cluster_store(|| {
+        let moving = MovingStore::new(next());
+        moving.begin(next()).unwrap();
+        moving
+    });
+    layout_testkit::conformance::cluster_store(|| {
+        let moving = MovingStore::new(next());
+        moving.begin(next()).unwrap();
+        moving.switch().unwrap();
+        moving
+    });
 }
 
 #[test]
-fn store_member_swaps_compare_the_member_and_the_kind_record() {
-    let store = fresh("store-members");
-    // No kind record: a member cannot be stored at any kind revision.
-    assert_eq!(
-        store
-            .swap_member(KIND, "dn1", None, 1, &member(1, 1))
-            .unwrap(),
-        CasOutcome::Conflict
-    );
-    let kind_rev = create(&store, KIND);
-    let m1 = swapped(
-        store
-            .swap_member(KIND, "dn1", None, kind_rev, &member(1, 1))
-            .unwrap(),
-    );
-    // Created only if absent.
-    assert_eq!(
-        store
-            .swap_member(KIND, "dn1", None, kind_rev, &member(1, 2))
-            .unwrap(),
-        CasOutcome::Conflict
-    );
-    // Members never conflict with each other.
-    swapped(
-        store
-            .swap_member(KIND, "rack/1%dn2", None, kind_rev, &member(1, 1))
-            .unwrap(),
-    );
-    let m1b = swapped(
-        store
-            .swap_member(KIND, "dn1", Some(m1), kind_rev, &member(2, 2))
-            .unwrap(),
-    );
-    assert_eq!(
-        store
-            .swap_member(KIND, "dn1", Some(m1), kind_rev, &member(3, 3))
-            .unwrap(),
-        CasOutcome::Conflict
-    );
-    // The kind record moved (a finalization started): a member change decided on the
-    // old one is a conflict.
-    let kind_rev2 = swapped(
-        store
-            .swap_kind(KIND, Some(kind_rev), &KindRecord::new(KIND, 2))
-            .unwrap(),
-    );
-    assert_eq!(
-        store
-            .swap_member(KIND, "dn1", Some(m1b), kind_rev, &member(3, 3))
-            .unwrap(),
-        CasOutcome::Conflict
-    );
-    swapped(
-        store
-            .swap_member(KIND, "dn1", Some(m1b), kind_rev2, &member(3, 3))
-            .unwrap(),
-    );
-    let members = store.members(KIND).unwrap();
-    let ids: Vec<&str> = members.iter().map(|(id, _)| id.as_str()).collect();
-    assert_eq!(ids, ["dn1", "rack/1%dn2"]);
-    assert_eq!(members[0].1.value, member(3, 3));
-    assert_eq!(
-        store
-            .load_member(KIND, "rack/1%dn2")
-            .unwrap()
-            .unwrap()
-            .value,
-        member(1, 1)
-    );
-    assert!(store.load_member(KIND, "rack").unwrap().is_none());
-    // Another kind's members are its own.
-    assert!(store.members("d").unwrap().is_empty());
+fn store_conformance_of_the_etcd_document_store() {
+    let stores = AtomicUsize::new(0);
+    layout_testkit::conformance::document_store(|| {
+        let n = stores.fetch_add(1, Ordering::SeqCst);
+        EtcdDocumentStore::new(
+            Arc::new(fresh(&format!("document-contract-{n}"))),
+            "scheduler-state",
+        )
+    });
 }
 
 #[test]

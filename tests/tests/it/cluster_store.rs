@@ -1,11 +1,10 @@
-//! The embedded cluster store (redb): the store contract in memory and on a file,
-//! persistence, the migration of the first release's file (format 1), damage, and the
-//! `MovingStore` on the record API.
+//! The embedded cluster store (redb): persistence, the migration of the first release's
+//! file (format 1), damage, and the `MovingStore` on the record API. (The store contract
+//! itself: `layout_testkit::conformance`, run in `conformance.rs`.)
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use layout_core::cluster::{
@@ -15,7 +14,7 @@ use layout_core::cluster::{
 };
 use serde_json::json;
 
-use crate::store_contract::{self, audit_entry, member};
+use crate::store_contract::{audit_entry, member};
 
 const KIND: &str = "datanode";
 
@@ -68,23 +67,6 @@ fn revisions(store: &dyn ClusterStore) -> BTreeMap<String, u64> {
         .into_iter()
         .map(|(id, m)| (id, m.revision))
         .collect()
-}
-
-#[test]
-fn cluster_store_contract_in_memory() {
-    store_contract::run_all(&|| Arc::new(EmbeddedStore::in_memory()));
-}
-
-#[test]
-fn cluster_store_contract_on_a_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let n = AtomicUsize::new(0);
-    store_contract::run_all(&|| {
-        let path = dir
-            .path()
-            .join(format!("state-{}", n.fetch_add(1, Ordering::Relaxed)));
-        Arc::new(EmbeddedStore::open(path).unwrap())
-    });
 }
 
 #[test]
@@ -617,21 +599,4 @@ fn cluster_store_moving_store_copies_mirrors_and_switches() {
         new.load_state(KIND).unwrap()
     );
     assert!(matches!(moving.rollback(), Err(StoreError::Move { .. })));
-}
-
-#[test]
-fn cluster_store_contract_through_a_moving_store() {
-    // Before a move, during one and after the switch, the adapter is a store like any.
-    store_contract::run_all(&|| Arc::new(MovingStore::new(Arc::new(EmbeddedStore::in_memory()))));
-    store_contract::run_all(&|| {
-        let moving = MovingStore::new(Arc::new(EmbeddedStore::in_memory()));
-        moving.begin(Arc::new(EmbeddedStore::in_memory())).unwrap();
-        Arc::new(moving)
-    });
-    store_contract::run_all(&|| {
-        let moving = MovingStore::new(Arc::new(EmbeddedStore::in_memory()));
-        moving.begin(Arc::new(EmbeddedStore::in_memory())).unwrap();
-        moving.switch().unwrap();
-        Arc::new(moving)
-    });
 }

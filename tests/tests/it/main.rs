@@ -14,8 +14,11 @@ mod cluster_link;
 mod cluster_move;
 mod cluster_store;
 mod concurrency;
+mod conformance;
 mod damaged_file;
 mod factory;
+#[path = "../fenced_common/mod.rs"]
+mod fenced_common;
 mod file_storage;
 mod finalizer;
 mod finalizer_model;

@@ -3,9 +3,13 @@
 
 use std::sync::Arc;
 
+use layout_core::crash_point;
+use layout_core::migration::document::{
+    CRASH_BEFORE_STORE, CRASH_POINTS, CRASH_STEP_APPLIED, CRASH_STORED,
+};
 use layout_core::migration::{
     CasOutcome, ChainProblem, DocumentError, DocumentMigration, DocumentMigrator, DocumentStore,
-    FileDocumentStore, LoadOutcome, MemoryDocumentStore, StepError,
+    FileDocumentStore, Freshness, LoadOutcome, MemoryDocumentStore, StepError,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -283,36 +287,19 @@ fn typed_documents_are_encoded_stamped_and_decoded_through_the_chain() {
     assert_eq!(m.decode::<SchedulerState>(doc).unwrap(), state);
 }
 
-fn check_store_contract(store: &dyn DocumentStore) {
-    assert!(store.load().unwrap().is_none());
-    let CasOutcome::Stored(r1) = store.compare_and_swap(None, b"{\"a\":1}").unwrap() else {
-        panic!("first create must win");
-    };
-    assert!(matches!(
-        store.compare_and_swap(None, b"{}").unwrap(),
-        CasOutcome::Conflict { current: Some(r) } if r == r1
-    ));
-    let CasOutcome::Stored(r2) = store.compare_and_swap(Some(r1), b"{\"a\":2}").unwrap() else {
-        panic!("a CAS at the current revision must win");
-    };
-    assert_ne!(r1, r2);
-    assert!(matches!(
-        store.compare_and_swap(Some(r1), b"{\"a\":3}").unwrap(),
-        CasOutcome::Conflict { current: Some(r) } if r == r2
-    ));
-    let stored = store.load().unwrap().unwrap();
-    assert_eq!(
-        (stored.revision, stored.bytes.as_slice()),
-        (r2, &b"{\"a\":2}"[..])
-    );
-}
-
+/// (The compare-and-swap contract itself: `layout_testkit::conformance::document_store`,
+/// run in `conformance.rs`.)
 #[test]
-fn memory_and_file_stores_keep_the_compare_and_swap_contract() {
-    check_store_contract(&MemoryDocumentStore::new());
+fn the_file_store_replaces_atomically_and_leaves_only_the_document_and_its_lock() {
     let dir = tempfile::tempdir().unwrap();
     let store = FileDocumentStore::new(dir.path().join("nested/state.json"));
-    check_store_contract(&store);
+    let CasOutcome::Stored(first) = store.compare_and_swap(None, b"{\"a\":1}").unwrap() else {
+        panic!("the first create must win");
+    };
+    assert!(matches!(
+        store.compare_and_swap(Some(first), b"{\"a\":2}").unwrap(),
+        CasOutcome::Stored(_)
+    ));
     // Atomic replace leaves no temporary file behind; the lock file stays.
     let names: Vec<_> = std::fs::read_dir(dir.path().join("nested"))
         .unwrap()
@@ -469,4 +456,270 @@ fn eight_processes_sharing_a_file_store_migrate_exactly_once() {
         stored, expected,
         "the chain was applied once to the stored document"
     );
+}
+
+/// A fenced document on a store that can watch (memory): a peer's write is a change to
+/// reload, a newer release's migration a refusal, learned without reading the store.
+#[test]
+fn a_fenced_document_tells_a_peers_write_from_a_newer_releases_migration() {
+    use crate::fenced_common::{release_1, release_2};
+    let store: Arc<dyn DocumentStore> = Arc::new(MemoryDocumentStore::with_document(
+        br#"{"jobs": ["a"]}"#.to_vec(),
+    ));
+    let old_release = release_1();
+    let mut old = old_release.open(Arc::clone(&store)).unwrap().unwrap();
+    assert!(old.is_watched());
+    assert_eq!(old.loaded_version(), 2);
+    assert!(matches!(
+        old.loaded().outcome,
+        LoadOutcome::Migrated { from: 1, to: 2, .. }
+    ));
+
+    // A peer of the same release writes: the old holder's save conflicts (no refusal),
+    // and a read reloads the peer's document.
+    let mut peer = old_release.open(Arc::clone(&store)).unwrap().unwrap();
+    let mut doc = peer.document().clone();
+    doc["queues"]["default"] = json!(["a", "b"]);
+    assert!(matches!(peer.save(doc).unwrap(), CasOutcome::Stored(_)));
+    assert!(old.is_stale());
+    assert!(matches!(
+        old.check().unwrap(),
+        Freshness::ChangedByPeer { .. }
+    ));
+    assert!(matches!(
+        old.save(old.document().clone()).unwrap(),
+        CasOutcome::Conflict { .. }
+    ));
+    assert_eq!(old.read().unwrap()["queues"]["default"], json!(["a", "b"]));
+    assert_eq!(old.check().unwrap(), Freshness::Current);
+
+    // A newer release migrates: known at once, every later write and read refused, and
+    // the newer document stays as it was.
+    let new_release = release_2();
+    let new = new_release.open(Arc::clone(&store)).unwrap().unwrap();
+    assert!(matches!(
+        new.loaded().outcome,
+        LoadOutcome::Migrated { from: 2, to: 3, .. }
+    ));
+    assert_eq!(
+        old.check().unwrap(),
+        Freshness::MigratedByNewerRelease { stored_version: 3 }
+    );
+    let err = old.save(old.document().clone()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DocumentError::MigratedByNewerRelease {
+                loaded_version: 2,
+                stored_version: 3,
+                our_version: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(
+            "migrated the document to version 3 after this process loaded it at version 2"
+        ),
+        "{err}"
+    );
+    assert!(matches!(
+        old.read(),
+        Err(DocumentError::MigratedByNewerRelease { .. })
+    ));
+    assert!(matches!(
+        old.reload(),
+        Err(DocumentError::MigratedByNewerRelease {
+            stored_version: 3,
+            ..
+        })
+    ));
+    assert_eq!(store.load().unwrap().unwrap().revision, new.revision());
+}
+
+/// The file store cannot watch: a fenced document reads its revision on every check,
+/// read and save, so the refusal comes before the write all the same.
+#[test]
+fn a_fenced_document_on_the_file_store_checks_the_revision_on_every_read_and_save() {
+    use crate::fenced_common::{release_1, release_2};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.json");
+    std::fs::write(&path, br#"{"jobs": ["a"]}"#).unwrap();
+    let old_release = release_1();
+    let mut old = old_release
+        .open(Arc::new(FileDocumentStore::new(&path)))
+        .unwrap()
+        .unwrap();
+    assert!(!old.is_watched());
+    assert_eq!(old.check().unwrap(), Freshness::Current);
+
+    let new_release = release_2();
+    let new = new_release
+        .open(Arc::new(FileDocumentStore::new(&path)))
+        .unwrap()
+        .unwrap();
+    let migrated = std::fs::read(&path).unwrap();
+    assert!(matches!(
+        new.loaded().outcome,
+        LoadOutcome::Migrated { from: 2, to: 3, .. }
+    ));
+    assert_eq!(
+        old.wait_for_change(BOUND).unwrap(),
+        Freshness::MigratedByNewerRelease { stored_version: 3 }
+    );
+    assert!(matches!(
+        old.read(),
+        Err(DocumentError::MigratedByNewerRelease { .. })
+    ));
+    let err = old.save(old.document().clone()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DocumentError::MigratedByNewerRelease {
+                loaded_version: 2,
+                stored_version: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        migrated,
+        "nothing written over it"
+    );
+}
+
+#[test]
+fn two_releases_of_a_scheduler_on_one_file_document_the_older_refuses_its_next_write() {
+    if crate::fenced_common::play_child() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let shared = crate::fenced_common::Shared::File(dir.path().join("state.json"));
+    crate::fenced_common::run_two_releases(
+        "migration_document::two_releases_of_a_scheduler_on_one_file_document_the_older_refuses_its_next_write",
+        &shared,
+    );
+}
+
+const CRASH_AT: &str = "LAYOUT_TEST_DOCUMENT_CRASH_AT";
+
+/// A child that loads (and migrates) the file document, reporting every crash point it
+/// passes; with `CRASH_AT=<point>:<hit>` it stops at that pass until it is killed.
+fn crash_child() {
+    let store = FileDocumentStore::new(std::env::var(RACE_DOC).unwrap());
+    let crash_at = std::env::var(CRASH_AT).ok().map(|v| {
+        let (point, hit) = v.rsplit_once(':').unwrap();
+        (point.to_owned(), hit.parse::<usize>().unwrap())
+    });
+    let hits = std::sync::Mutex::new(Vec::<&'static str>::new());
+    let _guard = crash_point::observe(move |name| {
+        let hit = {
+            let mut hits = hits.lock().unwrap();
+            hits.push(name);
+            hits.iter().filter(|n| **n == name).count()
+        };
+        report_step(format!("point {name}:{hit}"));
+        if crash_at
+            .as_ref()
+            .is_some_and(|(p, h)| p == name && *h == hit)
+        {
+            report_step("crashing");
+            layout_testkit::crash::block_until_killed();
+        }
+    })
+    .unwrap();
+    let loaded = race_migrator().load(&store).unwrap().unwrap();
+    report_step(format!(
+        "loaded {}",
+        serde_json::to_string(&loaded.document).unwrap()
+    ));
+}
+
+/// A process killed (SIGKILL) at each crash point of a document migration (every step applied,
+/// before the compare-and-swap, after it) leaves a document that the next start loads
+/// or migrates with every step applied exactly once.
+#[test]
+fn a_document_migration_killed_at_each_crash_point_is_finished_by_the_next_start() {
+    const TEST: &str =
+        "migration_document::a_document_migration_killed_at_each_crash_point_is_finished_by_the_next_start";
+    if child_role().as_deref() == Some("crash-loader") {
+        crash_child();
+        return;
+    }
+    let old = br#"{"workers": 3}"#;
+    let expected = json!({"workers": 3, "applied": ["v0->v1", "v1->v2"], "version": 2});
+    let dir = tempfile::tempdir().unwrap();
+
+    // A crash-free run discovers the crash points passed.
+    let path = dir.path().join("discover.json");
+    std::fs::write(&path, old).unwrap();
+    let output = ChildCommand::new(TEST, "crash-loader")
+        .env(RACE_DOC, &path)
+        .spawn()
+        .unwrap()
+        .wait(BOUND)
+        .unwrap();
+    assert!(output.success(), "{output:?}");
+    let points: Vec<String> = output
+        .steps
+        .iter()
+        .filter_map(|s| s.strip_prefix("point "))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        points,
+        [
+            format!("{CRASH_STEP_APPLIED}:1"),
+            format!("{CRASH_STEP_APPLIED}:2"),
+            format!("{CRASH_BEFORE_STORE}:1"),
+            format!("{CRASH_STORED}:1"),
+        ]
+    );
+    assert!(CRASH_POINTS
+        .iter()
+        .all(|p| points.iter().any(|q| q.starts_with(&format!("{p}:")))));
+
+    for point in &points {
+        let path = dir
+            .path()
+            .join(format!("{}.json", point.replace([':'], "-")));
+        std::fs::write(&path, old).unwrap();
+        let mut child = ChildCommand::new(TEST, "crash-loader")
+            .env(RACE_DOC, &path)
+            .env(CRASH_AT, point)
+            .spawn()
+            .unwrap();
+        child.wait_for_step("crashing", BOUND).unwrap();
+        child.kill().unwrap();
+        assert!(child.wait(BOUND).unwrap().was_killed());
+        // The next start.
+        let stored_before: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let loaded = race_migrator()
+            .load(&FileDocumentStore::new(&path))
+            .unwrap()
+            .unwrap();
+        assert_eq!(loaded.document, expected, "after a crash at {point}");
+        let stored: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(stored, expected, "after a crash at {point}");
+        if point.starts_with(CRASH_STORED) {
+            assert_eq!(
+                stored_before, expected,
+                "stored before the crash at {point}"
+            );
+            assert_eq!(loaded.outcome, LoadOutcome::Current { version: 2 });
+        } else {
+            assert_eq!(
+                stored_before,
+                json!({"workers": 3}),
+                "nothing stored before {point}"
+            );
+            assert!(matches!(
+                loaded.outcome,
+                LoadOutcome::Migrated { from: 0, to: 2, .. }
+            ));
+        }
+    }
 }

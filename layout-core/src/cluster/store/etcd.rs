@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, SortOrder,
-    SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions,
+    SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
@@ -22,7 +22,8 @@ use crate::cluster::state::{
     CLUSTER_STATE_FORMAT,
 };
 use crate::migration::{
-    CasOutcome as DocumentCas, DocumentStore, DocumentStoreError, Revision, StoredDocument,
+    CasOutcome as DocumentCas, DocumentChange, DocumentStore, DocumentStoreError, DocumentWatch,
+    Revision, StoredDocument, WatchCallback, WatchEvent,
 };
 
 /// How an [`EtcdStore`] connects.
@@ -1254,6 +1255,11 @@ impl ClusterStore for EtcdStore {
 /// every store a transaction comparing it. Of several processes that start together and
 /// load an old document, exactly one stores the migrated one; the others load it.
 ///
+/// It can [`watch`](DocumentStore::watch) the key (an etcd watch from the revision after
+/// the one loaded, on the store's runtime thread), so a
+/// [`SharedDocument`](crate::migration::SharedDocument) learns of a newer release's
+/// migration as soon as etcd reports it.
+///
 /// ```no_run
 /// use std::sync::Arc;
 /// use layout_core::cluster::{EtcdDocumentStore, EtcdOptions, EtcdStore};
@@ -1364,6 +1370,57 @@ impl DocumentStore for EtcdDocumentStore {
                 current: current.map(|r| Revision(revision_of(r))),
             },
         })
+    }
+
+    fn watch(
+        &self,
+        after: Revision,
+        on_event: WatchCallback,
+    ) -> Result<Option<DocumentWatch>, DocumentStoreError> {
+        let runtime = self
+            .store
+            .runtime
+            .as_ref()
+            .ok_or_else(|| DocumentStoreError::Backend {
+                location: self.location(),
+                reason: "the store is closed".to_owned(),
+            })?;
+        let mut client = self.store.client.clone();
+        let key = self.key.clone();
+        let start = revision_to_etcd(after.0.saturating_add(1));
+        let task = runtime.spawn(async move {
+            let lost = |reason: String| on_event(WatchEvent::Lost { reason });
+            let options = WatchOptions::new().with_start_revision(start);
+            let mut stream = match client.watch(key, Some(options)).await {
+                Ok(stream) => stream,
+                Err(e) => return lost(format!("starting the watch failed: {e}")),
+            };
+            loop {
+                let response = match stream.message().await {
+                    Ok(Some(response)) => response,
+                    Ok(None) => return lost("etcd ended the watch".to_owned()),
+                    Err(e) => return lost(format!("the watch failed: {e}")),
+                };
+                if response.canceled() {
+                    return lost(format!(
+                        "etcd cancelled the watch (compacted at revision {}): {}",
+                        response.compact_revision(),
+                        response.cancel_reason()
+                    ));
+                }
+                for event in response.events() {
+                    let Some(kv) = event.kv() else { continue };
+                    on_event(WatchEvent::Changed(DocumentChange {
+                        revision: Revision(revision_of(kv.mod_revision())),
+                        bytes: match event.event_type() {
+                            EventType::Put => Some(kv.value().to_vec()),
+                            EventType::Delete => None,
+                        },
+                    }));
+                }
+            }
+        });
+        Ok(Some(DocumentWatch::new(move || task.abort())))
     }
 }
 
