@@ -90,6 +90,12 @@
 //!
 //! # Features
 //!
+//! `coordination`: coordinated mini clusters
+//! ([`MiniClusterBuilder::coordinated`](cluster::MiniClusterBuilder)): the project's own
+//! coordinator and members over the member link, rolling upgrades, exclusions, late
+//! joiners, and seeded cluster plans that crash the coordinator or a member at every
+//! cluster crash point (`cluster::plan`; enables `layout-core/http`).
+//!
 //! `failpoints`: crash injection at the finalizer's failpoints (enables
 //! `layout-core/failpoints`); the crash matrix and crashes in mixed-version plans need
 //! it. Failpoints are process-global: put the tests that use them in a test binary of

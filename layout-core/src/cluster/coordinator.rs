@@ -358,6 +358,23 @@ pub enum ClusterFinalizeOutcome {
     },
 }
 
+/// The failpoints of a cluster finalization on the coordinator (`fail` crate, compiled in
+/// with the `failpoints` feature), in the order a finalization passes them, each once:
+/// - `cluster::started`: checkpoint `started` is stored, the coordinator's own layout is
+///   not finalized yet;
+/// - `cluster::coordinator_finalized`: checkpoint `coordinator finalized` is stored
+///   (members are told to finalize from now on);
+/// - `cluster::members_finalized`: checkpoint `members finalized` is stored, `complete`
+///   is not.
+///
+/// A coordinator killed at any of them resumes from the stored checkpoint (its driver, or
+/// `finalize` again).
+pub const CLUSTER_FAILPOINTS: &[&str] = &[
+    "cluster::started",
+    "cluster::coordinator_finalized",
+    "cluster::members_finalized",
+];
+
 /// A member, as shown by [`Coordinator::status`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberStatus {
@@ -1485,6 +1502,7 @@ impl Coordinator {
                     Some(target),
                     "every member not excluded reported the target",
                 )?;
+                fail::fail_point!("cluster::members_finalized");
             }
         }
         let now = self.now();
@@ -1947,6 +1965,8 @@ impl Coordinator {
             )?;
         }
 
+        fail::fail_point!("cluster::started");
+
         // The coordinator's own layout.
         if let Some(local) = self.options.locals.get(kind) {
             if local.metadata_layout_version() < target {
@@ -1984,6 +2004,7 @@ impl Coordinator {
                 Some(target),
                 "members are told to finalize",
             )?;
+            fail::fail_point!("cluster::coordinator_finalized");
         }
         self.complete_if_ready(kind)?;
 

@@ -66,7 +66,8 @@ pub mod store;
 
 pub use coordinator::{
     Blocker, ClusterError, ClusterFinalizeOutcome, ClusterStatus, Coordinator, CoordinatorDriver,
-    CoordinatorOptions, FinalizationJob, MemberStatus, RefusedMember, MAX_DRIVER_BACKOFF,
+    CoordinatorOptions, FinalizationJob, MemberStatus, RefusedMember, CLUSTER_FAILPOINTS,
+    MAX_DRIVER_BACKOFF,
 };
 pub use link::CoordinatorLink;
 #[cfg(feature = "http")]

@@ -50,6 +50,8 @@ const ENV_NEW_SLV: &str = "LAYOUT_TESTKIT_NODE_NEW_SLV";
 const ENV_SLV: &str = "LAYOUT_TESTKIT_NODE_SLV";
 const ENV_INTENT: &str = "LAYOUT_TESTKIT_NODE_INTENT";
 const ENV_PARAMS: &str = "LAYOUT_TESTKIT_NODE_PARAMS";
+#[cfg(feature = "coordination")]
+const ENV_MEMBER: &str = "LAYOUT_TESTKIT_NODE_MEMBER";
 
 /// Serves as a child-process node of component type `C` when this process was started
 /// as one, and returns `true` once told to stop (the test function should then return);
@@ -70,6 +72,10 @@ const ENV_PARAMS: &str = "LAYOUT_TESTKIT_NODE_PARAMS";
 /// # }
 /// ```
 pub fn run_as_child_node<C: TestComponent>() -> bool {
+    #[cfg(feature = "coordination")]
+    if super::coordinated::run_as_child_coordinator::<C::Feature>(std::any::type_name::<C>()) {
+        return true;
+    }
     if child_role().as_deref() != Some(NODE_ROLE) {
         return false;
     }
@@ -82,6 +88,10 @@ pub fn run_as_child_node<C: TestComponent>() -> bool {
 
 /// Whether this process is a child-process node (of any component type).
 pub(crate) fn is_node_process() -> bool {
+    #[cfg(feature = "coordination")]
+    if child_role().as_deref() == Some(super::coordinated::COORDINATOR_ROLE) {
+        return true;
+    }
     child_role().as_deref() == Some(NODE_ROLE)
 }
 
@@ -205,18 +215,32 @@ impl ChildNode {
             .env(ENV_SLV, slv.to_string())
             .env(ENV_INTENT, intent_name(intent))
             .env(ENV_PARAMS, params);
+        #[cfg(feature = "coordination")]
+        let command = match &spec.member {
+            Some(link) => command.env(ENV_MEMBER, link.env()),
+            None => command,
+        };
         let child_error = |source| ClusterError::Child {
             node: spec.name.clone(),
             source: Box::new(source),
         };
         let mut process = command.spawn().map_err(child_error)?;
-        let first = process.next_step(0, BOUND).map_err(child_error)?;
+        // Steps the component reports while it starts (a member told to finalize as it
+        // registers runs its actions at once) come before `ready`: not for the kit.
+        let mut cursor = 0;
+        let first = loop {
+            let step = process.next_step(cursor, BOUND).map_err(child_error)?;
+            cursor += 1;
+            if step == "ready" || step.starts_with("start-failed ") {
+                break step;
+            }
+        };
         let words: Vec<&str> = first.split(' ').collect();
         match words.as_slice() {
             ["ready"] => Ok(Self {
                 name: spec.name.clone(),
                 process,
-                cursor: 1,
+                cursor,
                 next_id: 1,
             }),
             ["start-failed", kind, message] => {
@@ -451,6 +475,28 @@ impl ChildNode {
         }
     }
 
+    /// Arms a crash at the member's next local finalization
+    /// ([`MEMBER_FINALIZE_FAILPOINT`](super::coordinated::MEMBER_FINALIZE_FAILPOINT)).
+    #[cfg(feature = "coordination")]
+    pub(crate) fn arm_member_crash(&mut self) -> Result<(), ClusterError> {
+        self.request("arm a member crash", "arm-member-crash", &[])
+            .map(drop)
+    }
+
+    /// Waits until the child reported `step`.
+    #[cfg(feature = "coordination")]
+    pub(crate) fn wait_for_step(&mut self, step: &str) -> Result<(), ClusterError> {
+        self.process
+            .wait_for_step(step, BOUND)
+            .map_err(|e| self.child_error(e))
+    }
+
+    /// The member's heartbeat errors so far.
+    #[cfg(feature = "coordination")]
+    pub(crate) fn member_errors(&mut self) -> Result<Vec<String>, ClusterError> {
+        self.request("member errors", "member-errors", &[])
+    }
+
     /// Asks the child to stop and waits for it to exit; kills it if it does not.
     pub(crate) fn stop(mut self) -> Result<(), ClusterError> {
         let stopped = self.request("stop", "stop", &[]);
@@ -516,6 +562,14 @@ fn spec_from_env() -> Result<(NodeSpec, u32, StartIntent), String> {
         params,
         storage: StorageKind::File,
         child_test: None,
+        #[cfg(feature = "coordination")]
+        member: match std::env::var(ENV_MEMBER) {
+            Ok(text) => Some(
+                super::coordinated::MemberLink::from_env(&text)
+                    .ok_or_else(|| format!("bad member link {text:?} in {ENV_MEMBER}"))?,
+            ),
+            Err(_) => None,
+        },
     };
     Ok((
         spec,
@@ -598,6 +652,14 @@ fn serve<C: TestComponent>() {
                 ],
             }),
             Some("cancel-prepare") => running.cancel_prepare(name).map(|()| Vec::new()),
+            #[cfg(feature = "coordination")]
+            Some("arm-member-crash") => arm_member_crash(name),
+            #[cfg(feature = "coordination")]
+            Some("member-errors") => Ok(running
+                .member
+                .as_ref()
+                .map(|m| m.errors())
+                .unwrap_or_default()),
             Some("stop") => {
                 reply(id, Ok(Vec::new()));
                 return;
@@ -659,4 +721,27 @@ fn finalize_in_child<C: TestComponent>(
         summary.metadata_layout_version.to_string(),
         summary.finalized.join(","),
     ])
+}
+
+/// Arms the member's crash point in this child: the next local finalization reports
+/// `member-crashpoint` at its first failpoint and blocks until killed.
+#[cfg(feature = "coordination")]
+fn arm_member_crash(name: &str) -> Result<Vec<String>, ClusterError> {
+    let unsupported = |what: String| ClusterError::Unsupported {
+        node: name.to_owned(),
+        what,
+    };
+    if !crate::inject::failpoints_enabled() {
+        return Err(unsupported(
+            "crash injection needs the failpoints compiled in: enable layout-testkit's \
+             `failpoints` feature"
+                .to_owned(),
+        ));
+    }
+    fail::cfg_callback(super::coordinated::MEMBER_FINALIZE_FAILPOINT, || {
+        report_step("member-crashpoint");
+        block_until_killed();
+    })
+    .map_err(|e| unsupported(format!("could not arm the member's crash point: {e}")))?;
+    Ok(Vec::new())
 }

@@ -61,6 +61,25 @@ pub enum ClusterError {
         /// The finalizer's error.
         message: String,
     },
+    /// The coordinator refused the node's member as it registered (an old binary after
+    /// finalization, an excluded member back with old software, ...): the refusal's
+    /// text. A child-process node reports it as [`ClusterError::Remote`] of kind
+    /// `MemberRefused`; [`member_refusal`](Self::member_refusal) reads either.
+    #[error("node {node}: the coordinator refused its member: {message}")]
+    MemberRefused {
+        /// The node.
+        node: String,
+        /// The refusal.
+        message: String,
+    },
+    /// The kit's coordinator failed (to start, to answer, to finalize, to exclude).
+    #[error("the coordinator: {operation} failed: {message}")]
+    Coordinator {
+        /// What was asked.
+        operation: String,
+        /// Why.
+        message: String,
+    },
     /// A child-process node reported an error. `kind` names the error's variant
     /// (`DiskNewerThanSoftware`, `Finalize`, `Component`, ...), so tests check it the
     /// same way in both modes (see [`ClusterError::layout_error_kind`]).
@@ -160,6 +179,15 @@ impl ClusterError {
         self.layout_error_kind() == Some("DiskNewerThanSoftware")
     }
 
+    /// The coordinator's refusal of a node's member (in either mode), if this is one.
+    pub fn member_refusal(&self) -> Option<&str> {
+        match self {
+            Self::MemberRefused { message, .. } => Some(message),
+            Self::Remote { kind, message, .. } if kind == "MemberRefused" => Some(message),
+            _ => None,
+        }
+    }
+
     /// The node the error is about, if any.
     pub fn node(&self) -> Option<&str> {
         match self {
@@ -172,9 +200,10 @@ impl ClusterError {
             | Self::Child { node, .. }
             | Self::Protocol { node, .. }
             | Self::NotRunning { node }
-            | Self::Unsupported { node, .. } => Some(node),
+            | Self::Unsupported { node, .. }
+            | Self::MemberRefused { node, .. } => Some(node),
             Self::NoSuchNode { name, .. } | Self::WrongType { name, .. } => Some(name),
-            Self::InvalidConfig(_) | Self::Io { .. } => None,
+            Self::InvalidConfig(_) | Self::Io { .. } | Self::Coordinator { .. } => None,
         }
     }
 
@@ -193,6 +222,8 @@ impl ClusterError {
             Self::NoSuchNode { .. } => "NoSuchNode",
             Self::WrongType { .. } => "WrongType",
             Self::Unsupported { .. } => "Unsupported",
+            Self::MemberRefused { .. } => "MemberRefused",
+            Self::Coordinator { .. } => "Coordinator",
             Self::InvalidConfig(_) => "InvalidConfig",
             Self::Io { .. } => "Io",
         }

@@ -3,9 +3,13 @@
 //! each in a child process of its own.
 
 mod child;
+#[cfg(feature = "coordination")]
+mod coordinated;
 mod error;
 mod node;
 mod observed;
+#[cfg(feature = "coordination")]
+pub mod plan;
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -18,6 +22,11 @@ use layout_core::LayoutFeature;
 use tempfile::TempDir;
 
 pub use child::{run_as_child_node, NODE_ROLE};
+#[cfg(feature = "coordination")]
+pub use coordinated::{
+    CoordinatedStatus, CoordinationOptions, CoordinationStore, MemberView, COORDINATOR_ID,
+    COORDINATOR_ROLE, DEFAULT_CLUSTER_TOKEN, MEMBER_FINALIZE_FAILPOINT,
+};
 pub use error::ClusterError;
 pub use node::{
     ClusterNode, FinalizeRun, FinalizeSummary, Node, NodeStatus, RunOutcome, StartOptions,
@@ -150,6 +159,9 @@ pub(crate) trait KindFactory: Send + Sync {
     fn catalog(&self) -> &'static str;
     fn latest(&self) -> u32;
     fn create(&self, spec: NodeSpec) -> Box<dyn NodeObject>;
+    /// Opens a coordinator's own layout of this kind's catalog.
+    #[cfg(feature = "coordination")]
+    fn coordinator_layout(&self) -> coordinated::OpenLayout;
 }
 
 struct Factory<C>(PhantomData<fn() -> C>);
@@ -166,6 +178,10 @@ impl<C: TestComponent> KindFactory for Factory<C> {
     }
     fn create(&self, spec: NodeSpec) -> Box<dyn NodeObject> {
         Box::new(Node::<C>::new(spec))
+    }
+    #[cfg(feature = "coordination")]
+    fn coordinator_layout(&self) -> coordinated::OpenLayout {
+        Arc::new(coordinated::open_coordinator_layout::<C::Feature>)
     }
 }
 
@@ -200,9 +216,26 @@ pub struct MiniClusterBuilder {
     storage: StorageKind,
     child_test: Option<String>,
     root: Option<PathBuf>,
+    #[cfg(feature = "coordination")]
+    coordination: Option<CoordinationOptions>,
 }
 
 impl MiniClusterBuilder {
+    /// Runs the project's own cluster coordination (feature `coordination`): a dedicated
+    /// coordinator (in this process, or a child process of its own with
+    /// [`child_processes`](Self::child_processes)) runs the real `Coordinator`, its
+    /// driver and the member link on loopback, on the store `options` names; every node
+    /// runs a real `Member` that registers over the link as it starts (a refused one
+    /// does not start: [`ClusterError::member_refusal`]), heartbeats, finalizes in the
+    /// background when the coordinator says so, and leaves when stopped cleanly. The
+    /// coordinator runs the kind's new SLV (it is upgraded first) and starts at the
+    /// kind's initial MLV. One kind only.
+    #[cfg(feature = "coordination")]
+    pub fn coordinated(mut self, options: CoordinationOptions) -> Self {
+        self.coordination = Some(options);
+        self
+    }
+
     /// Adds a kind of node.
     pub fn kind<C: TestComponent>(mut self, kind: Kind<C>) -> Self {
         self.kinds
@@ -314,6 +347,8 @@ impl MiniClusterBuilder {
                     })?,
             ),
         };
+        #[cfg(feature = "coordination")]
+        let (coordinator, member) = coordinated::start_coordinator(&self, &infos, root.path())?;
         let mut nodes: Vec<Box<dyn NodeObject>> = Vec::new();
         for ((config, factory), info) in self.kinds.iter().zip(&infos) {
             for index in 0..config.nodes {
@@ -335,6 +370,8 @@ impl MiniClusterBuilder {
                     params: config.params.clone(),
                     storage: self.storage,
                     child_test: self.child_test.clone(),
+                    #[cfg(feature = "coordination")]
+                    member: member.clone(),
                 }));
             }
         }
@@ -342,6 +379,11 @@ impl MiniClusterBuilder {
             nodes,
             kinds: infos,
             child_processes: self.child_test.is_some(),
+            template: self.clone(),
+            #[cfg(feature = "coordination")]
+            coordinator,
+            #[cfg(feature = "coordination")]
+            member,
             root,
         };
         for node in &cluster.nodes {
@@ -353,7 +395,8 @@ impl MiniClusterBuilder {
 
 impl fmt::Debug for MiniClusterBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MiniClusterBuilder")
+        let mut debug = f.debug_struct("MiniClusterBuilder");
+        debug
             .field(
                 "kinds",
                 &self
@@ -364,8 +407,10 @@ impl fmt::Debug for MiniClusterBuilder {
             )
             .field("storage", &self.storage)
             .field("child_test", &self.child_test)
-            .field("root", &self.root)
-            .finish()
+            .field("root", &self.root);
+        #[cfg(feature = "coordination")]
+        debug.field("coordination", &self.coordination);
+        debug.finish()
     }
 }
 
@@ -472,6 +517,12 @@ pub struct MiniCluster {
     nodes: Vec<Box<dyn NodeObject>>,
     kinds: Vec<KindInfo>,
     child_processes: bool,
+    /// The builder, for nodes added later.
+    template: MiniClusterBuilder,
+    #[cfg(feature = "coordination")]
+    coordinator: Option<parking_lot::Mutex<coordinated::CoordinatorNode>>,
+    #[cfg(feature = "coordination")]
+    member: Option<coordinated::MemberLink>,
     // Declared last: the nodes stop before their directories are removed.
     root: Root,
 }
@@ -484,6 +535,8 @@ impl MiniCluster {
             storage: StorageKind::File,
             child_test: None,
             root: None,
+            #[cfg(feature = "coordination")]
+            coordination: None,
         }
     }
 
@@ -600,7 +653,8 @@ impl Drop for MiniCluster {
 
 impl fmt::Debug for MiniCluster {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MiniCluster")
+        let mut debug = f.debug_struct("MiniCluster");
+        debug
             .field("root", &self.root.path())
             .field("child_processes", &self.child_processes)
             .field("kinds", &self.kinds)
@@ -612,6 +666,11 @@ impl fmt::Debug for MiniCluster {
                     .map(|n| n.as_cluster_node())
                     .collect::<Vec<_>>(),
             )
-            .finish()
+            .field("template", &self.template);
+        #[cfg(feature = "coordination")]
+        debug
+            .field("coordinated", &self.coordinator.is_some())
+            .field("member_link", &self.member);
+        debug.finish()
     }
 }

@@ -43,6 +43,9 @@ pub(crate) struct NodeSpec {
     pub(crate) storage: StorageKind,
     /// The exact libtest name to re-run as the node's process (child-process mode).
     pub(crate) child_test: Option<String>,
+    /// The coordinator's link, when the cluster is coordinated: the node runs a member.
+    #[cfg(feature = "coordination")]
+    pub(crate) member: Option<super::coordinated::MemberLink>,
 }
 
 impl NodeSpec {
@@ -239,6 +242,15 @@ pub trait ClusterNode: Send + Sync + fmt::Debug {
 pub(crate) trait NodeObject: ClusterNode {
     fn as_any(&self) -> &dyn Any;
     fn as_cluster_node(&self) -> &dyn ClusterNode;
+    /// Arms a crash in the member's next local finalization (child-process nodes).
+    #[cfg(feature = "coordination")]
+    fn arm_member_crash(&self) -> Result<(), ClusterError>;
+    /// Waits until the child reported `step`, then SIGKILLs the node.
+    #[cfg(feature = "coordination")]
+    fn kill_at_step(&self, step: &str) -> Result<(), ClusterError>;
+    /// The member's heartbeat errors so far.
+    #[cfg(feature = "coordination")]
+    fn member_errors(&self) -> Result<Vec<String>, ClusterError>;
 }
 
 /// A running in-process node: the manager, the finalizer and the component.
@@ -246,6 +258,9 @@ pub(crate) struct Running<C: TestComponent> {
     pub(crate) lvm: Arc<LayoutVersionManager<C::Feature>>,
     pub(crate) finalizer: Arc<UpgradeFinalizer<C::Feature, C>>,
     pub(crate) component: Arc<C>,
+    /// The node's member of a coordinated cluster, heartbeating.
+    #[cfg(feature = "coordination")]
+    pub(crate) member: Option<Arc<super::coordinated::MemberRunner>>,
 }
 
 impl<C: TestComponent> Clone for Running<C> {
@@ -254,6 +269,8 @@ impl<C: TestComponent> Clone for Running<C> {
             lvm: Arc::clone(&self.lvm),
             finalizer: Arc::clone(&self.finalizer),
             component: Arc::clone(&self.component),
+            #[cfg(feature = "coordination")]
+            member: self.member.clone(),
         }
     }
 }
@@ -328,10 +345,27 @@ impl<C: TestComponent> Running<C> {
                 source: Box::new(other),
             },
         })?;
+        let finalizer = Arc::clone(started.finalizer());
+        let component = Arc::clone(started.component());
+        #[cfg(feature = "coordination")]
+        let member = match &spec.member {
+            Some(link) => Some(Arc::new(super::coordinated::MemberRunner::start(
+                &spec.name,
+                &spec.kind,
+                link,
+                Arc::new(layout_core::cluster::FinalizerLayout::new(
+                    Arc::clone(&finalizer),
+                    Arc::clone(&component),
+                )),
+            )?)),
+            None => None,
+        };
         Ok(Self {
             lvm: Arc::clone(started.manager()),
-            finalizer: Arc::clone(started.finalizer()),
-            component: Arc::clone(started.component()),
+            finalizer,
+            component,
+            #[cfg(feature = "coordination")]
+            member,
         })
     }
 
@@ -665,6 +699,11 @@ impl<C: TestComponent> ClusterNode for Node<C> {
         match backend {
             Backend::Child(child) => child.kill(),
             Backend::Local(running) => {
+                // A kill leaves no word: the member's lease lapses.
+                #[cfg(feature = "coordination")]
+                if let Some(member) = &running.member {
+                    member.abandon();
+                }
                 drop(running);
                 Ok(())
             }
@@ -717,6 +756,44 @@ impl<C: TestComponent> ClusterNode for Node<C> {
 }
 
 impl<C: TestComponent> NodeObject for Node<C> {
+    #[cfg(feature = "coordination")]
+    fn arm_member_crash(&self) -> Result<(), ClusterError> {
+        self.with_running(
+            |_| {
+                Err(ClusterError::Unsupported {
+                    node: self.spec.name.clone(),
+                    what: "crashing a member in its finalization needs a child-process cluster"
+                        .to_owned(),
+                })
+            },
+            ChildNode::arm_member_crash,
+        )
+    }
+
+    #[cfg(feature = "coordination")]
+    fn member_errors(&self) -> Result<Vec<String>, ClusterError> {
+        self.with_running(
+            |r| Ok(r.member.as_ref().map(|m| m.errors()).unwrap_or_default()),
+            ChildNode::member_errors,
+        )
+    }
+
+    #[cfg(feature = "coordination")]
+    fn kill_at_step(&self, step: &str) -> Result<(), ClusterError> {
+        let mut state = self.state.lock();
+        let Backend::Child(child) = &mut state.backend else {
+            return Err(ClusterError::Unsupported {
+                node: self.spec.name.clone(),
+                what: "killing a node at a step needs a running child-process node".to_owned(),
+            });
+        };
+        child.wait_for_step(step)?;
+        match std::mem::replace(&mut state.backend, Backend::Stopped) {
+            Backend::Child(child) => child.kill(),
+            _ => Ok(()),
+        }
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }

@@ -11,8 +11,8 @@ use layout_core::migration::{
 use layout_testkit::crash::{child_role, report_step, ChildCommand};
 use serde_json::json;
 
-use crate::cluster_common::BOUND;
 use crate::server;
+use layout_tests::cluster::BOUND;
 
 const ENDPOINT_ENV: &str = "LAYOUT_ETCD_ENDPOINT";
 const PREFIX_ENV: &str = "LAYOUT_ETCD_PREFIX";

@@ -1,5 +1,5 @@
 //! The cluster against a real etcd (Debian's `etcd-server`) started by the tests on
-//! loopback: the member-process scenarios of `cluster_common`, lease expiry, the single
+//! loopback: the member-process scenarios of `layout_tests::cluster`, lease expiry, the single
 //! finalizer under a race, a coordinator restarted with the same id taking its finalizer
 //! claim back, live moves of a cluster's state between stores, and the
 //! document-migration race on the etcd document store.
@@ -7,8 +7,6 @@
 //! Fails (never skips) when `etcd` is missing: `scripts/test` installs it.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-#[path = "../cluster_common/mod.rs"]
-mod cluster_common;
 mod documents;
 #[path = "../fenced_common/mod.rs"]
 mod fenced_common;
@@ -26,55 +24,44 @@ use std::thread;
 use std::time::Duration;
 
 use layout_core::cluster::{
-    ClusterError, ClusterFinalizeOutcome, ClusterStore, Coordinator, CoordinatorOptions,
-    EtcdOptions, EtcdStore, LocalError, LocalLayout, MemberReport,
+    ClusterError, ClusterFinalizeOutcome, Coordinator, CoordinatorOptions, LocalError, LocalLayout,
+    MemberReport,
 };
 use layout_core::{LayoutVersionManager, ManagerOptions, MemoryStorage, StartIntent};
-use layout_testkit::crash::child_role;
+use layout_testkit::cluster::CoordinationOptions;
+use layout_testkit::MiniCluster;
 
-use cluster_common::{Cluster, DnFeature, KIND, NEW, OLD};
+use layout_tests::cluster::{self as scenarios, DnFeature, KIND, NEW, OLD};
 
 /// Member leases on etcd: short, so a dead member is noticed promptly, yet many
 /// heartbeat intervals long, so a live member never lapses on a busy machine.
 const LEASE: Duration = Duration::from_secs(2);
 
-fn etcd_cluster(test: &str) -> (tempfile::TempDir, Cluster) {
-    let root = tempfile::tempdir().unwrap();
-    let options = EtcdOptions::new(
-        [server::shared().endpoint().to_owned()],
-        server::prefix(test),
-    );
-    let open: cluster_common::OpenStore = Box::new(move || {
-        Arc::new(EtcdStore::connect(options.clone()).unwrap()) as Arc<dyn ClusterStore>
-    });
-    let options = CoordinatorOptions::default()
-        .with_member_lease_ttl(LEASE)
-        .with_finalizer_lease_ttl(Duration::from_secs(2));
-    let cluster = Cluster::start(test, root.path(), open, options);
-    (root, cluster)
+/// Five member processes on the shared etcd, under a prefix of the test's own.
+fn etcd_cluster(test: &str) -> MiniCluster {
+    let options = CoordinationOptions::default()
+        .with_etcd(server::shared().endpoint(), server::prefix(test))
+        .with_member_lease(LEASE);
+    scenarios::five_members(test, options).build().unwrap()
 }
 
 #[test]
 fn five_member_processes_roll_upgrade_finalize_and_catch_up_after_a_sigkill() {
-    if child_role().is_some() {
-        cluster_common::member_child();
+    if scenarios::run_as_member() {
         return;
     }
-    let (_root, mut cluster) = etcd_cluster(&layout_testkit::test_name!());
-    let expire: cluster_common::ExpireMember = Box::new(cluster_common::wait_until_dead);
-    cluster_common::rolling_upgrade_and_finalization(&mut cluster, &expire);
+    let mut cluster = etcd_cluster(&layout_testkit::test_name!());
+    scenarios::rolling_upgrade_and_finalization(&mut cluster);
 }
 
 #[test]
 fn five_member_processes_an_exclusion_survives_a_coordinator_restart() {
-    if child_role().is_some() {
-        cluster_common::member_child();
+    if scenarios::run_as_member() {
         return;
     }
-    let (_root, mut cluster) = etcd_cluster(&layout_testkit::test_name!());
     // A real lease: the killed member's key vanishes once its TTL passes.
-    let expire: cluster_common::ExpireMember = Box::new(cluster_common::wait_until_dead);
-    cluster_common::exclusion_survives_a_coordinator_restart(&mut cluster, &expire);
+    let mut cluster = etcd_cluster(&layout_testkit::test_name!());
+    scenarios::exclusion_survives_a_coordinator_restart(&mut cluster);
 }
 
 #[test]
@@ -110,7 +97,7 @@ fn a_member_lease_expires_on_etcd_when_it_stops_heartbeating_and_its_membership_
             }
         })
     };
-    cluster_common::wait_until_dead(&coordinator, "dn1");
+    scenarios::wait_until_dead(&coordinator, "dn1");
     let status = coordinator.status(KIND).unwrap();
     assert!(status.member("dn2").unwrap().live);
     // Dead, but still a member: it still counts for finalization.

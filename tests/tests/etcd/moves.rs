@@ -14,8 +14,8 @@ use layout_core::cluster::{
 use layout_core::{LayoutVersionManager, ManagerOptions, MemoryStorage, StartIntent};
 use parking_lot::{Condvar, Mutex};
 
-use crate::cluster_common::{DnFeature, BOUND, KIND, NEW, OLD};
 use crate::server::{self, EtcdServer};
+use layout_tests::cluster::{DnFeature, BOUND, KIND, NEW, OLD};
 
 const MEMBERS: usize = 3;
 const TTL: Duration = Duration::from_secs(2);

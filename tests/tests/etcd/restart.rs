@@ -19,8 +19,8 @@ use layout_core::LayoutVersionManager;
 use layout_testkit::crash::{block_until_killed, child_role, report_step, ChildCommand};
 use parking_lot::Mutex;
 
-use crate::cluster_common::{self as common, DnFeature, BOUND, KIND, NEW, OLD};
 use crate::server;
+use layout_tests::cluster::{self as common, DnFeature, BOUND, KIND, NEW, OLD};
 
 const ENDPOINT_ENV: &str = "LAYOUT_ETCD_RESTART_ENDPOINT";
 const PREFIX_ENV: &str = "LAYOUT_ETCD_RESTART_PREFIX";

@@ -1,5 +1,5 @@
 //! Cluster-wide finalization on the embedded store: the protocol's rules in process, a
-//! store move, and the scenarios of `cluster_common` with five member processes.
+//! store move, and the scenarios of `layout_tests::cluster` with five member processes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +10,10 @@ use layout_core::cluster::{
     Member, MemberReport, MovePhase, MovingStore, Refusal,
 };
 use layout_core::{LayoutVersionManager, ManagerOptions, ManualClock, MemoryStorage, StartIntent};
-use layout_testkit::crash::child_role;
+use layout_testkit::cluster::CoordinationOptions;
+use layout_testkit::MiniCluster;
 
-use crate::cluster_common::{self as common, Cluster, DnFeature, KIND, NEW, OLD};
+use layout_tests::cluster::{self as common, DnFeature, KIND, NEW, OLD};
 
 /// How long a background local finalization may take in these tests.
 const BOUND: Duration = Duration::from_secs(30);
@@ -454,61 +455,27 @@ fn on_the_embedded_store_a_coordinator_restarted_with_the_same_id_takes_its_clai
     );
 }
 
-/// Makes a killed member's lease lapse on the injected clock: moving it past the TTL is
-/// what a dead member's silence does. A heartbeat the member sent just before it was
-/// killed may still be answered after the first move (marking it live at the new time),
-/// so the clock moves past the TTL again once such a request has had time to land.
-fn expire_on(clock: &ManualClock, coordinator: &Coordinator, member: &str) {
-    let dead = || {
-        !coordinator
-            .status(KIND)
-            .unwrap()
-            .member(member)
-            .unwrap()
-            .live
-    };
-    clock.advance(Duration::from_secs(3));
-    std::thread::sleep(Duration::from_millis(300));
-    clock.advance(Duration::from_secs(3));
-    assert!(dead(), "{member} is still live after its lease");
-}
-
-fn embedded_cluster(test: &str, clock: Arc<ManualClock>) -> (tempfile::TempDir, Cluster) {
-    let root = tempfile::tempdir().unwrap();
-    let path = root.path().join("cluster-state");
-    let open: common::OpenStore =
-        Box::new(move || Arc::new(EmbeddedStore::open(&path).unwrap()) as Arc<dyn ClusterStore>);
-    let options = CoordinatorOptions::default()
-        .with_member_lease_ttl(Duration::from_secs(2))
-        .with_clock(clock);
-    let cluster = Cluster::start(test, root.path(), open, options);
-    (root, cluster)
+/// Five member processes on the embedded store (the coordinator in this process).
+fn embedded_cluster(test: &str) -> MiniCluster {
+    common::five_members(test, CoordinationOptions::default())
+        .build()
+        .unwrap()
 }
 
 #[test]
 fn five_member_processes_roll_upgrade_finalize_and_catch_up_after_a_sigkill() {
-    if child_role().is_some() {
-        common::member_child();
+    if common::run_as_member() {
         return;
     }
-    let clock = Arc::new(ManualClock::at_ms(1_767_225_600_000));
-    let (_root, mut cluster) = embedded_cluster(&layout_testkit::test_name!(), clock.clone());
-    let expire: common::ExpireMember = Box::new(move |coordinator, member| {
-        expire_on(&clock, coordinator, member);
-    });
-    common::rolling_upgrade_and_finalization(&mut cluster, &expire);
+    let mut cluster = embedded_cluster(&layout_testkit::test_name!());
+    common::rolling_upgrade_and_finalization(&mut cluster);
 }
 
 #[test]
 fn five_member_processes_an_exclusion_survives_a_coordinator_restart() {
-    if child_role().is_some() {
-        common::member_child();
+    if common::run_as_member() {
         return;
     }
-    let clock = Arc::new(ManualClock::at_ms(1_767_225_600_000));
-    let (_root, mut cluster) = embedded_cluster(&layout_testkit::test_name!(), clock.clone());
-    let expire: common::ExpireMember = Box::new(move |coordinator, member| {
-        expire_on(&clock, coordinator, member);
-    });
-    common::exclusion_survives_a_coordinator_restart(&mut cluster, &expire);
+    let mut cluster = embedded_cluster(&layout_testkit::test_name!());
+    common::exclusion_survives_a_coordinator_restart(&mut cluster);
 }

@@ -18,7 +18,7 @@ use layout_core::{
     MemoryStorage, StartIntent, UpgradeFinalizer,
 };
 
-use crate::cluster_common::{DnFeature, BOUND, KIND, NEW, OLD};
+use layout_tests::cluster::{DnFeature, BOUND, KIND, NEW, OLD};
 
 /// A layout whose versions the test sets: a member "upgraded" in place, to show the
 /// protocol's recovery without a second process.

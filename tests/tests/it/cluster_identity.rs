@@ -16,7 +16,7 @@ use layout_core::ManualClock;
 use layout_testkit::cluster::ObservedStore;
 use parking_lot::Mutex;
 
-use crate::cluster_common::{KIND, NEW, OLD};
+use layout_tests::cluster::{KIND, NEW, OLD};
 
 fn clock() -> Arc<ManualClock> {
     Arc::new(ManualClock::at_ms(1_767_225_600_000))

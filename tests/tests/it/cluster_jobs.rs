@@ -15,7 +15,7 @@ use layout_core::ManualClock;
 use layout_testkit::cluster::ObservedStore;
 use parking_lot::Mutex;
 
-use crate::cluster_common::{KIND, NEW, OLD};
+use layout_tests::cluster::{KIND, NEW, OLD};
 
 /// A safety bound on waits; never a timing assertion.
 const BOUND: Duration = Duration::from_secs(30);

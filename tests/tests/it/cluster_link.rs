@@ -14,7 +14,7 @@ use layout_core::http::{BearerToken, ClientConfig, EndpointConfig, EndpointError
 use layout_core::ManualClock;
 use layout_testkit::PlanRng;
 
-use crate::cluster_common::KIND;
+use layout_tests::cluster::KIND;
 
 const TOKEN: &str = "member-link-token-0123456789";
 

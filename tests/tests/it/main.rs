@@ -5,8 +5,6 @@ mod actions;
 mod binding;
 mod catalogs;
 mod cluster;
-#[path = "../cluster_common/mod.rs"]
-mod cluster_common;
 mod cluster_fence;
 mod cluster_identity;
 mod cluster_jobs;
