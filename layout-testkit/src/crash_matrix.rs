@@ -1,5 +1,12 @@
-//! [`CrashMatrix`]: a scenario run once per failpoint of the finalizer (and per pass of
-//! it), crashing there, restarting, finishing, and checking invariants.
+//! [`CrashMatrix`]: a scenario run once per crash point its finalization passes (and per
+//! pass of it), crashing there, restarting, finishing, and checking invariants.
+//!
+//! The crash points are discovered, not listed: a crash-free run traces every point the
+//! finalization passes, the finalizer's own steps ([`FAILPOINTS`]) and every point inside
+//! its actions (a background migration's batch boundaries, an action's own
+//! [`ActionContext::crash_point`](layout_core::ActionContext::crash_point)s), and the
+//! matrix crashes at each pass of each. See [`crate::inject`] for how a crash is made and
+//! which threads count.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -8,7 +15,7 @@ use layout_core::FAILPOINTS;
 
 use crate::cluster::{ClusterError, MiniCluster, MiniClusterBuilder, RunOutcome};
 use crate::component::{HookError, HookResult};
-use crate::inject::{failpoints_enabled, CrashPoint, Exclusive, Injection};
+use crate::inject::{passed_points, CrashPoint, Exclusive, Injection, PassedPoint};
 
 /// Built-in invariant: the crashed node starts again.
 pub const INVARIANT_RESTARTS: &str = "the node restarts after the crash";
@@ -43,8 +50,10 @@ impl fmt::Display for Violation {
 pub struct CrashCase {
     /// Where it crashed.
     pub point: CrashPoint,
-    /// How many times a crash-free run passes that failpoint.
+    /// How many times a crash-free run passes that crash point.
     pub hits: usize,
+    /// Whether the point is inside an upgrade action (see [`PassedPoint::inside_action`]).
+    pub inside_action: bool,
     /// The MLV the node had published when it crashed (`None`: it did not crash).
     pub published_mlv: Option<u32>,
     /// The MLV after the restart (`None`: it did not restart).
@@ -60,18 +69,22 @@ impl CrashCase {
     }
 }
 
-/// What a [`CrashMatrix`] found: one case per crash point, every failpoint listed.
+/// What a [`CrashMatrix`] found: every crash point the scenario passes, with its hit
+/// count, and one case per pass crashed at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CrashMatrixReport {
     /// The node that crashed.
     pub node: String,
     /// Whether the nodes were child processes (killed with SIGKILL) or in-process
-    /// (a panic at the failpoint, everything dropped).
+    /// (a simulated crash at the point, everything dropped).
     pub child_processes: bool,
-    /// The failpoints a crash-free run passed, in order.
+    /// The crash points a crash-free run passed, in order.
     pub trace: Vec<&'static str>,
-    /// Every case, in the order of [`FAILPOINTS`] then hit.
+    /// Every crash point the crash-free run passed, each once, in the order first
+    /// passed, with its hit count and whether it is inside an action.
+    pub points: Vec<PassedPoint>,
+    /// Every case, in the order of [`points`](Self::points) then hit.
     pub cases: Vec<CrashCase>,
     /// Failpoints of [`FAILPOINTS`] the scenario never passes (no case could crash
     /// there).
@@ -79,13 +92,19 @@ pub struct CrashMatrixReport {
 }
 
 impl CrashMatrixReport {
-    /// Whether every failpoint was crashed at and no invariant broke.
+    /// Whether every finalizer step was passed and crashed at, and no invariant broke.
     pub fn is_ok(&self) -> bool {
         self.not_passed.is_empty() && self.cases.iter().all(CrashCase::is_ok)
     }
 
-    /// The failpoints crashed at.
+    /// The crash points crashed at (of the finalizer and inside actions; see
+    /// [`points_crashed`](Self::points_crashed), the same set).
     pub fn failpoints_crashed(&self) -> BTreeSet<&'static str> {
+        self.points_crashed()
+    }
+
+    /// The crash points crashed at.
+    pub fn points_crashed(&self) -> BTreeSet<&'static str> {
         self.cases
             .iter()
             .filter(|c| c.published_mlv.is_some())
@@ -100,7 +119,12 @@ impl CrashMatrixReport {
             .flat_map(|c| c.violations.iter().map(move |v| (c.point, v)))
     }
 
-    /// The names of the invariants that crashes at `failpoint` broke.
+    /// The crash points passed inside upgrade actions.
+    pub fn points_inside_actions(&self) -> impl Iterator<Item = &PassedPoint> + '_ {
+        self.points.iter().filter(|p| p.inside_action)
+    }
+
+    /// The names of the invariants that crashes at crash point `failpoint` broke.
     pub fn broken_at(&self, failpoint: &str) -> BTreeSet<&str> {
         self.violations()
             .filter(|(p, _)| p.failpoint == failpoint)
@@ -112,7 +136,7 @@ impl CrashMatrixReport {
     ///
     /// # Panics
     ///
-    /// When a failpoint was not crashed at or an invariant broke.
+    /// When a finalizer step was not crashed at or an invariant broke.
     #[track_caller]
     pub fn assert_ok(&self) {
         assert!(self.is_ok(), "{self}");
@@ -122,24 +146,40 @@ impl CrashMatrixReport {
 impl fmt::Display for CrashMatrixReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let broken = self.cases.iter().filter(|c| !c.is_ok()).count();
+        let inside = self.points_inside_actions().count();
         writeln!(
             f,
-            "crash matrix on node {} ({}): {} crash points over {} failpoints; {broken} broke \
-             an invariant",
+            "crash matrix on node {} ({}): {} crashes over {} crash points ({inside} inside \
+             actions); {broken} broke an invariant",
             self.node,
             if self.child_processes {
                 "child processes, SIGKILL"
             } else {
-                "in-process, panic and drop"
+                "in-process, simulated crash and drop"
             },
             self.cases.len(),
-            FAILPOINTS.len(),
+            self.points.len(),
         )?;
+        writeln!(f, "crash points passed by the crash-free run:")?;
+        for point in &self.points {
+            writeln!(
+                f,
+                "  {:<40} {:>3} hit(s)  {}",
+                point.name,
+                point.hits,
+                if point.inside_action {
+                    "inside an action"
+                } else {
+                    "finalizer"
+                }
+            )?;
+        }
+        writeln!(f, "crashes:")?;
         for case in &self.cases {
             let at = |v: Option<u32>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
             write!(
                 f,
-                "  {:<28} hit {}/{}  published MLV {:>2}, recovered MLV {:>2}  ",
+                "  {:<40} hit {}/{}  published MLV {:>2}, recovered MLV {:>2}  ",
                 case.point.failpoint,
                 case.point.hit,
                 case.hits,
@@ -156,7 +196,7 @@ impl fmt::Display for CrashMatrixReport {
         for failpoint in &self.not_passed {
             writeln!(
                 f,
-                "  {failpoint:<28} NOT PASSED by this scenario: no crash there"
+                "  {failpoint:<40} NOT PASSED by this scenario: no crash there"
             )?;
         }
         Ok(())
@@ -167,7 +207,8 @@ impl fmt::Display for CrashMatrixReport {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CrashMatrixError {
-    /// The failpoints are compiled out.
+    /// The failpoints are compiled out. Not returned any more: crash points need no
+    /// cargo feature. Kept so that code matching it still compiles.
     #[error(
         "the crash matrix needs the failpoints compiled in: enable layout-testkit's \
          `failpoints` feature"
@@ -193,7 +234,7 @@ pub enum CrashMatrixError {
         #[source]
         source: HookError,
     },
-    /// The crash node had nothing to finalize, so no failpoint is passed.
+    /// The crash node had nothing to finalize, so no crash point is passed.
     #[error(
         "crash matrix: node {node} has nothing to finalize (MLV = SLV after the upgrade); pin \
          its kind to an older version"
@@ -220,8 +261,11 @@ fn list(violations: &[Violation]) -> String {
 
 type ClusterHook<'a> = Box<dyn FnMut(&MiniCluster) -> HookResult + 'a>;
 
-/// Runs a scenario once per failpoint in [`FAILPOINTS`] (and, by default, once per pass
-/// of each), crashing one node there, and reports which crash broke which invariant.
+/// Runs a scenario once per crash point its finalization passes (and, by default, once
+/// per pass of each), crashing one node there, and reports which crash broke which
+/// invariant. The points are discovered by a crash-free run: the finalizer's steps
+/// ([`FAILPOINTS`]) and every point inside its actions, such as each batch boundary of a
+/// background migration; no list to keep, no knob in the component.
 ///
 /// Each run, on a fresh cluster from the builder:
 /// 1. build the cluster (nodes at their kind's initial MLV and old SLV);
@@ -229,17 +273,20 @@ type ClusterHook<'a> = Box<dyn FnMut(&MiniCluster) -> HookResult + 'a>;
 /// 3. upgrade every node below its kind's new SLV (prepare, restart);
 /// 4. the [`pre_finalized`](Self::pre_finalized) callback (write while pre-finalized);
 /// 5. finalize the [`crash node`](Self::crash_node) with the crash injected: in-process,
-///    a panic at the failpoint, and the node's manager, finalizer and component are
-///    dropped; in child-process mode, a SIGKILL while the child is stopped there;
+///    a simulated crash (an unwind the finalizer lets through) at the point, and the
+///    node's manager, finalizer and component are dropped; in child-process mode, a
+///    SIGKILL while the child is stopped there;
 /// 6. restart the crashed node and check the built-in invariants
 ///    ([`INVARIANT_RESTARTS`], [`INVARIANT_MLV_NEVER_GOES_BACKWARDS`]);
 /// 7. finalize every node ([`INVARIANT_FINALIZATION_COMPLETES`]);
 /// 8. every [`invariant`](Self::invariant) callback.
 ///
-/// A crash-free run first lists the failpoints passed; it must break no invariant.
+/// A crash-free run first lists the crash points passed; it must break no invariant.
 ///
-/// Needs the `failpoints` feature. In-process runs hold `fail`'s scenario lock, so put
-/// tests that use it in a test binary of their own (failpoints are process-global).
+/// Crash points are process-global: in-process runs hold the kit's injection lock, and
+/// any other work of the process that passes a crash point meanwhile counts (see
+/// [`crate::inject`]). Put tests that use it in a test binary of their own, or run them
+/// with cargo-nextest (one process per test).
 pub struct CrashMatrix<'a> {
     builder: MiniClusterBuilder,
     setup: Option<ClusterHook<'a>>,
@@ -295,7 +342,8 @@ impl<'a> CrashMatrix<'a> {
         self
     }
 
-    /// Crash at every pass of each failpoint (the default), or only at its first.
+    /// Crash at every pass of each crash point (the default), or only at its first (a
+    /// migration of many batches passes its points once per batch).
     #[must_use]
     pub fn every_hit(mut self, every_hit: bool) -> Self {
         self.every_hit = every_hit;
@@ -305,9 +353,6 @@ impl<'a> CrashMatrix<'a> {
     /// Runs the matrix. `Err` when it could not run; broken invariants are in the
     /// report ([`CrashMatrixReport::is_ok`]).
     pub fn run(mut self) -> Result<CrashMatrixReport, CrashMatrixError> {
-        if !failpoints_enabled() {
-            return Err(CrashMatrixError::FailpointsDisabled);
-        }
         let child_processes = self.builder.is_child_processes();
         let _exclusive = Exclusive::take(!child_processes);
 
@@ -322,21 +367,25 @@ impl<'a> CrashMatrix<'a> {
                 node: reference.node,
             });
         }
+        let points = passed_points(&reference.trace);
+        let not_passed: Vec<&'static str> = FAILPOINTS
+            .iter()
+            .copied()
+            .filter(|f| !reference.trace.contains(f))
+            .collect();
         let mut cases = Vec::new();
-        let mut not_passed = Vec::new();
-        for &failpoint in FAILPOINTS {
-            let hits = reference.trace.iter().filter(|f| **f == failpoint).count();
-            if hits == 0 {
-                not_passed.push(failpoint);
-                continue;
-            }
-            let last = if self.every_hit { hits } else { 1 };
+        for passed in &points {
+            let last = if self.every_hit { passed.hits } else { 1 };
             for hit in 1..=last {
-                let point = CrashPoint { failpoint, hit };
+                let point = CrashPoint {
+                    failpoint: passed.name,
+                    hit,
+                };
                 let run = self.run_case(Injection::Crash(point), &format!("crash at {point}"))?;
                 cases.push(CrashCase {
                     point,
-                    hits,
+                    hits: passed.hits,
+                    inside_action: passed.inside_action,
                     published_mlv: run.published_mlv,
                     recovered_mlv: run.recovered_mlv,
                     violations: run.violations,
@@ -347,6 +396,7 @@ impl<'a> CrashMatrix<'a> {
             node: reference.node,
             child_processes,
             trace: reference.trace,
+            points,
             cases,
             not_passed,
         })

@@ -10,10 +10,14 @@
 //!   that returns the service's own start-up (`layout_core::startup::ComponentStartup`).
 //! - [`UpgradeTest`]: the seed's stages in order, with a callback at each: the old
 //!   version, this version pre-finalized, the old version again (downgraded), this
-//!   version finalized; then the old version must be refused.
-//! - [`CrashMatrix`]: a scenario once per failpoint of the finalizer (and per pass of
-//!   each), crashing there, restarting, finishing and checking invariants; the report
-//!   says which failpoint broke which invariant.
+//!   version finalized; then the old version must be refused; opted in, the finalization
+//!   interrupted at every crash point, then restarted or downgraded
+//!   ([`InterruptedFinalization`]).
+//! - [`CrashMatrix`]: a scenario once per crash point its finalization passes (the
+//!   finalizer's steps and every point inside its actions, such as each batch of a
+//!   background migration; discovered by a crash-free run), and per pass of each,
+//!   crashing there, restarting, finishing and checking invariants; the report says
+//!   which crash point broke which invariant.
 //! - [`MixedVersionTest`]: seeded random mixed-version plans (start version, order of
 //!   upgrades, restarts and kills, downgrade or not, crashes, hooks); a seed replays
 //!   exactly.
@@ -81,10 +85,10 @@
 //! | [`component`] | [`TestComponent`], [`NodeContext`], [`NodeInfo`], [`PrepareOutcome`] |
 //! | [`adapter`] | [`Service`], [`Adapted`]: a component from another crate, started with its own start-up |
 //! | [`cluster`] | [`MiniCluster`], [`Kind`], [`Node`], [`ClusterNode`], [`run_as_child_node`] |
-//! | [`upgrade_test`] | [`UpgradeTest`], [`Stage`] |
+//! | [`upgrade_test`] | [`UpgradeTest`], [`Stage`], [`InterruptedFinalization`] |
 //! | [`crash_matrix`] | [`CrashMatrix`], [`CrashMatrixReport`] |
 //! | [`plan`] | [`MixedVersionTest`], [`Plan`], [`PlanRng`] |
-//! | [`inject`] | crash injection at failpoints: [`CrashPoint`], [`Injection`], [`expected_hits`] |
+//! | [`inject`] | crash injection at crash points: [`CrashPoint`], [`Injection`], [`passed_points`], [`expected_hits`] |
 //! | [`catalog_lock`] | [`CatalogLock`], [`assert_catalog_locked`] |
 //! | [`crash`] | the child-process crash harness: [`ChildCommand`], [`ChildProcess`], [`child_role`], [`report_step`], [`block_until_killed`], [`test_name!`] |
 //!
@@ -96,10 +100,12 @@
 //! joiners, and seeded cluster plans that crash the coordinator or a member at every
 //! cluster crash point (`cluster::plan`; enables `layout-core/http`).
 //!
-//! `failpoints`: crash injection at the finalizer's failpoints (enables
-//! `layout-core/failpoints`); the crash matrix and crashes in mixed-version plans need
-//! it. Failpoints are process-global: put the tests that use them in a test binary of
-//! their own and run it with cargo-nextest (one process per test).
+//! `failpoints`: enables `layout-core/failpoints` (the finalizer's `fail` failpoints);
+//! crashes in mixed-version plans need it. The crash matrix and the
+//! interrupted-finalization stage need no feature: they crash at crash points
+//! (`layout_core::crash_point`), which are always compiled in. Both are process-global:
+//! put the tests that inject crashes in a test binary of their own and run it with
+//! cargo-nextest (one process per test); see [`inject`].
 
 /// The chapter "Testing your upgrades" (`docs/testing-upgrades.md`): its examples are
 /// compiled and run as doctests.
@@ -140,9 +146,14 @@ pub use crash_matrix::{
     INVARIANT_CRASH_POINT_REACHED, INVARIANT_FINALIZATION_COMPLETES,
     INVARIANT_MLV_NEVER_GOES_BACKWARDS, INVARIANT_RESTARTS,
 };
-pub use inject::{expected_hits, failpoints_enabled, CrashPoint, Injection};
+pub use inject::{
+    expected_hits, failpoints_enabled, passed_points, CrashPoint, Injection, PassedPoint,
+};
 pub use plan::{
     failpoints_crashed, HookContext, MixedVersionTest, Plan, PlanFailure, PlanReport, PlanRng,
     PlanStep, SEED_ENV,
 };
-pub use upgrade_test::{Stage, StageFailure, UpgradeReport, UpgradeTest, UpgradeTestError};
+pub use upgrade_test::{
+    InterruptedCase, InterruptedFinalization, Stage, StageFailure, UpgradeReport, UpgradeTest,
+    UpgradeTestError,
+};

@@ -1,10 +1,14 @@
 //! [`UpgradeTest`]: the seed's acceptance stages of an upgrade, in order, with the user's
-//! callback at each.
+//! callback at each, and, opted in, the finalization interrupted at every crash point
+//! ([`InterruptedFinalization`]).
 
 use std::fmt;
 
-use crate::cluster::{ClusterError, ClusterNode, MiniCluster, MiniClusterBuilder, StartOptions};
+use crate::cluster::{
+    ClusterError, ClusterNode, MiniCluster, MiniClusterBuilder, RunOutcome, StartOptions,
+};
 use crate::component::{HookError, HookResult};
+use crate::inject::{passed_points, CrashPoint, Exclusive, Injection};
 use layout_core::StartIntent;
 
 /// A stage of an [`UpgradeTest`], in the order they run.
@@ -22,16 +26,24 @@ pub enum Stage {
     ThisVersionFinalized,
     /// The old binary must refuse to start on the finalized disk.
     DowngradeRefused,
+    /// Opted in with [`UpgradeTest::with_interrupted_finalization`]: on fresh clusters,
+    /// the finalization is interrupted at each crash point it passes (the finalizer's
+    /// steps and every point inside its actions), then (a) the new release restarts and
+    /// finishes, and (b) the operator downgrades to the old release, which must read and
+    /// write everything, then upgrades again and finishes; the user's callbacks check the
+    /// data after each.
+    InterruptedFinalization,
 }
 
 impl Stage {
     /// Every stage, in order.
-    pub const ALL: [Stage; 5] = [
+    pub const ALL: [Stage; 6] = [
         Stage::OldVersion,
         Stage::ThisVersionPreFinalized,
         Stage::OldVersionDowngraded,
         Stage::ThisVersionFinalized,
         Stage::DowngradeRefused,
+        Stage::InterruptedFinalization,
     ];
 
     /// The stage's name: the name of its callback setter.
@@ -42,6 +54,7 @@ impl Stage {
             Stage::OldVersionDowngraded => "with_old_version_downgraded",
             Stage::ThisVersionFinalized => "with_this_version_finalized",
             Stage::DowngradeRefused => "downgrade_after_finalize_refused",
+            Stage::InterruptedFinalization => "with_interrupted_finalization",
         }
     }
 
@@ -55,6 +68,10 @@ impl Stage {
             }
             Stage::ThisVersionFinalized => "this version, finalized",
             Stage::DowngradeRefused => "the old software refused on the finalized disk",
+            Stage::InterruptedFinalization => {
+                "finalization interrupted at a crash point, then the new release restarted, \
+                 or the old release run, and the finalization finished"
+            }
         }
     }
 
@@ -64,7 +81,7 @@ impl Stage {
             Stage::ThisVersionPreFinalized => Some(1),
             Stage::OldVersionDowngraded => Some(2),
             Stage::ThisVersionFinalized => Some(3),
-            Stage::DowngradeRefused => None,
+            Stage::DowngradeRefused | Stage::InterruptedFinalization => None,
         }
     }
 }
@@ -97,8 +114,15 @@ pub enum StageFailure {
 pub struct UpgradeTestError {
     /// The stage.
     pub stage: Stage,
-    /// The step within it (`upgrading kv-1 to SLV 3`, `the callback`, ...).
+    /// The step within it (`upgrading kv-1 to SLV 3`, `the callback`, ...). In the
+    /// interrupted-finalization stage: the crash point, the path after it and the step
+    /// or callback that failed.
     pub step: String,
+    /// In the interrupted-finalization stage: where the finalization was interrupted.
+    pub crash_point: Option<CrashPoint>,
+    /// When a user callback failed: the stage whose callback it is (in the
+    /// interrupted-finalization stage, the callback run again there).
+    pub callback: Option<Stage>,
     /// What failed.
     #[source]
     pub failure: Box<StageFailure>,
@@ -112,6 +136,69 @@ pub struct UpgradeReport {
     pub cluster: MiniCluster,
     /// What happened, one line per event.
     pub log: Vec<String>,
+    /// The crashes of the interrupted-finalization stage, in order (empty when it was
+    /// not opted in).
+    pub interrupted: Vec<InterruptedCase>,
+}
+
+/// Which crashes the interrupted-finalization stage makes; see
+/// [`UpgradeTest::with_interrupted_finalization`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InterruptedFinalization {
+    /// Crash at every pass of each crash point, or only at its first (the default).
+    pub every_hit: bool,
+    /// The node whose finalization is interrupted (default: the first node built).
+    pub crash_node: Option<String>,
+}
+
+impl Default for InterruptedFinalization {
+    fn default() -> Self {
+        Self::first_hit()
+    }
+}
+
+impl InterruptedFinalization {
+    /// One crash per crash point, at its first pass: two fresh clusters per point
+    /// (restart, downgrade). Each batch boundary of a migration is one point whose first
+    /// pass already leaves the migration half done.
+    pub fn first_hit() -> Self {
+        Self {
+            every_hit: false,
+            crash_node: None,
+        }
+    }
+
+    /// One crash per pass of each crash point (a migration of n batches: n crashes per
+    /// batch boundary): thorough, and two fresh clusters per pass.
+    pub fn every_hit() -> Self {
+        Self {
+            every_hit: true,
+            crash_node: None,
+        }
+    }
+
+    /// The node whose finalization is interrupted (default: the first node built).
+    #[must_use]
+    pub fn crash_node(mut self, name: impl Into<String>) -> Self {
+        self.crash_node = Some(name.into());
+        self
+    }
+}
+
+/// One crash of the interrupted-finalization stage, which both paths after it passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InterruptedCase {
+    /// Where the finalization was interrupted.
+    pub point: CrashPoint,
+    /// Whether the point is inside an upgrade action.
+    pub inside_action: bool,
+    /// The MLV the crashed node had published when it crashed.
+    pub published_mlv: u32,
+    /// Whether the old release ran after the crash (path b); `false` when it was
+    /// refused because the crash came after a feature's new MLV was stored.
+    pub downgraded: bool,
 }
 
 type StageHook<'a> = Box<dyn FnMut(&MiniCluster) -> HookResult + 'a>;
@@ -133,6 +220,9 @@ type StageHook<'a> = Box<dyn FnMut(&MiniCluster) -> HookResult + 'a>;
 ///    the new features work.
 /// 5. Every node is stopped and started with the old SLV, which must be refused
 ///    (`DiskNewerThanSoftware`); then started again with this version.
+/// 6. Opted in with [`with_interrupted_finalization`](Self::with_interrupted_finalization):
+///    the finalization interrupted at every crash point, each followed by a restart and
+///    by a downgrade, on fresh clusters (see there).
 ///
 /// ```
 /// use layout_core::{LayoutFeature};
@@ -170,6 +260,7 @@ type StageHook<'a> = Box<dyn FnMut(&MiniCluster) -> HookResult + 'a>;
 pub struct UpgradeTest<'a> {
     builder: MiniClusterBuilder,
     hooks: [Option<StageHook<'a>>; 4],
+    interrupted: Option<InterruptedFinalization>,
 }
 
 impl<'a> UpgradeTest<'a> {
@@ -181,6 +272,7 @@ impl<'a> UpgradeTest<'a> {
         Self {
             builder,
             hooks: [None, None, None, None],
+            interrupted: None,
         }
     }
 
@@ -225,6 +317,45 @@ impl<'a> UpgradeTest<'a> {
         self.hook(Stage::ThisVersionFinalized, hook)
     }
 
+    /// Opts in to the interrupted-finalization stage ([`Stage::InterruptedFinalization`]),
+    /// which runs after the other stages, each case on a fresh cluster:
+    ///
+    /// 1. A crash-free run finds the crash points: the old version and its callback,
+    ///    the upgrade and the pre-finalized callback, the crash node's finalization
+    ///    traced, every node finalized, the finalized callback.
+    /// 2. For each crash point passed (its first pass, or every pass with
+    ///    [`InterruptedFinalization::every_hit`]), twice, on a fresh cluster: the old
+    ///    version and its callback, the upgrade and the pre-finalized callback, then the
+    ///    crash node's finalization crashed there (in process: a simulated crash and
+    ///    everything of the node dropped; child processes: SIGKILL). Then:
+    ///    - (a) the crashed node restarts with this version (`Normal`); when every node
+    ///      is still pre-finalized (no feature was finalized before the crash), the
+    ///      pre-finalized callback runs again (reads and writes while a migration is
+    ///      half done); every node finalizes; the finalized callback checks the data;
+    ///    - (b) the operator downgrades: the crashed node starts with the old SLV, every
+    ///      other node is prepared and restarted with it; the downgraded callback runs
+    ///      (the old release reads everything and writes); every node is upgraded again,
+    ///      the pre-finalized callback runs, every node finalizes, and the finalized
+    ///      callback checks the data. When the crash came after a new MLV was stored, the
+    ///      old release is refused (`DiskNewerThanSoftware`, as it must be) and (b)
+    ///      continues like (a).
+    ///
+    /// A failure is an [`UpgradeTestError`] of this stage whose
+    /// [`crash_point`](UpgradeTestError::crash_point) is the point, whose
+    /// [`callback`](UpgradeTestError::callback) is the broken check (when a callback
+    /// failed), and whose message names both and the path.
+    ///
+    /// It is opt-in because it asks more of the callbacks: they run on several fresh
+    /// clusters, and the pre-finalized one runs again on a cluster that already ran it.
+    /// Write them against a model of the data that the old-version callback (the first
+    /// of every fresh cluster) resets, and check the data against the model rather than
+    /// against a fixed list. And it costs two cluster runs per crash point.
+    #[must_use]
+    pub fn with_interrupted_finalization(mut self, crashes: InterruptedFinalization) -> Self {
+        self.interrupted = Some(crashes);
+        self
+    }
+
     /// Runs every stage; the first failure stops the test and says where.
     pub fn run(mut self) -> Result<UpgradeReport, UpgradeTestError> {
         let mut log = Vec::new();
@@ -242,7 +373,21 @@ impl<'a> UpgradeTest<'a> {
         Self::finalize(&cluster, &mut log)?;
         self.call(Stage::ThisVersionFinalized, &cluster, &mut log)?;
         Self::refuse_old_version(&cluster, &mut log)?;
-        Ok(UpgradeReport { cluster, log })
+        let interrupted = if let Some(crashes) = self.interrupted.clone() {
+            let _exclusive = Exclusive::take(!cluster.is_child_processes());
+            self.interrupt_finalization(&crashes, &mut log)?
+        } else {
+            log.push(format!(
+                "{}: not run (opt in with UpgradeTest::with_interrupted_finalization)",
+                Stage::InterruptedFinalization
+            ));
+            Vec::new()
+        };
+        Ok(UpgradeReport {
+            cluster,
+            log,
+            interrupted,
+        })
     }
 
     /// Stage 1: checks the kinds, builds the cluster, checks every node runs the old SLV.
@@ -448,6 +593,8 @@ impl<'a> UpgradeTest<'a> {
             hook(cluster).map_err(|e| UpgradeTestError {
                 stage,
                 step: "the callback".to_owned(),
+                crash_point: None,
+                callback: Some(stage),
                 failure: Box::new(StageFailure::Callback(e)),
             })?;
             log.push(format!("{stage}: callback passed"));
@@ -456,10 +603,336 @@ impl<'a> UpgradeTest<'a> {
     }
 }
 
+/// The interrupted-finalization stage.
+impl UpgradeTest<'_> {
+    fn interrupt_finalization(
+        &mut self,
+        crashes: &InterruptedFinalization,
+        log: &mut Vec<String>,
+    ) -> Result<Vec<InterruptedCase>, UpgradeTestError> {
+        let stage = Stage::InterruptedFinalization;
+        let what = "the crash-free run".to_owned();
+        let re = reframe(&what, None);
+        let (cluster, _) = self.fresh_pre_finalized().map_err(&re)?;
+        let node =
+            crash_node(&cluster, crashes).map_err(|e| re(fail(stage, "the crash node", e)))?;
+        let node_name = node.name().to_owned();
+        let step = format!("finalizing {node_name}, tracing its crash points");
+        let run = node
+            .finalize_injected(None, Injection::Trace)
+            .map_err(|e| re(fail(stage, &step, e)))?;
+        if !matches!(run.outcome, RunOutcome::Finalized(_)) {
+            return Err(re(check(
+                stage,
+                &step,
+                "the crash-free finalization crashed".to_owned(),
+            )));
+        }
+        Self::finish_all(&cluster).map_err(&re)?;
+        self.call(Stage::ThisVersionFinalized, &cluster, &mut Vec::new())
+            .map_err(&re)?;
+        drop(cluster);
+        let points = passed_points(&run.trace);
+        if points.is_empty() {
+            return Err(re(check(
+                stage,
+                &step,
+                format!("{node_name} passed no crash point: it had nothing to finalize"),
+            )));
+        }
+        log.push(format!(
+            "{stage}: the finalization of {node_name} passes {} crash points: {}",
+            points.len(),
+            points
+                .iter()
+                .map(|p| format!(
+                    "{} x{}{}",
+                    p.name,
+                    p.hits,
+                    if p.inside_action {
+                        " (inside an action)"
+                    } else {
+                        ""
+                    }
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        let mut cases = Vec::new();
+        for passed in &points {
+            let last = if crashes.every_hit { passed.hits } else { 1 };
+            for hit in 1..=last {
+                let point = CrashPoint {
+                    failpoint: passed.name,
+                    hit,
+                };
+                let at = format!(
+                    "crash at {point}{} on {node_name}",
+                    if passed.inside_action {
+                        " (inside an action)"
+                    } else {
+                        ""
+                    }
+                );
+                let published_mlv = self.restart_after_crash(point, &at, crashes, log)?;
+                let downgraded = self.downgrade_after_crash(point, &at, crashes, log)?;
+                cases.push(InterruptedCase {
+                    point,
+                    inside_action: passed.inside_action,
+                    published_mlv,
+                    downgraded,
+                });
+            }
+        }
+        Ok(cases)
+    }
+
+    /// A fresh cluster through the old version and the upgrade, with their callbacks:
+    /// every node pre-finalized. Also returns the MLVs the old version started at.
+    fn fresh_pre_finalized(&mut self) -> Result<(MiniCluster, Vec<u32>), UpgradeTestError> {
+        // Their steps are logged once, by the main stages.
+        let mut quiet = Vec::new();
+        let cluster = self.start_old_version(&mut quiet)?;
+        let pinned = mlvs(&cluster).map_err(|e| fail(Stage::OldVersion, "reading the MLVs", e))?;
+        self.call(Stage::OldVersion, &cluster, &mut quiet)?;
+        Self::change_binaries(
+            Stage::ThisVersionPreFinalized,
+            &cluster,
+            &pinned,
+            &mut quiet,
+        )?;
+        self.call(Stage::ThisVersionPreFinalized, &cluster, &mut quiet)?;
+        Ok((cluster, pinned))
+    }
+
+    /// A fresh pre-finalized cluster whose crash node's finalization crashed at `point`.
+    fn crashed_at(
+        &mut self,
+        point: CrashPoint,
+        crashes: &InterruptedFinalization,
+    ) -> Result<(MiniCluster, Vec<u32>, String, u32), UpgradeTestError> {
+        let stage = Stage::InterruptedFinalization;
+        let (cluster, pinned) = self.fresh_pre_finalized()?;
+        let node = crash_node(&cluster, crashes).map_err(|e| fail(stage, "the crash node", e))?;
+        let step = format!("finalizing {}, crashing at {point}", node.name());
+        let run = node
+            .finalize_injected(None, Injection::Crash(point))
+            .map_err(|e| fail(stage, &step, e))?;
+        let RunOutcome::Crashed { published_mlv, .. } = run.outcome else {
+            return Err(check(
+                stage,
+                &step,
+                format!(
+                    "the finalization ended without passing {point}, which the crash-free run \
+                     passed: the scenario is not deterministic"
+                ),
+            ));
+        };
+        let name = node.name().to_owned();
+        Ok((cluster, pinned, name, published_mlv))
+    }
+
+    /// (a): the crashed node restarts with this version; every node finishes.
+    fn restart_after_crash(
+        &mut self,
+        point: CrashPoint,
+        at: &str,
+        crashes: &InterruptedFinalization,
+        log: &mut Vec<String>,
+    ) -> Result<u32, UpgradeTestError> {
+        let stage = Stage::InterruptedFinalization;
+        let what = format!("{at}, then (a) this version restarted and finished");
+        let re = reframe(&what, Some(point));
+        let (cluster, pinned, name, published) = self.crashed_at(point, crashes).map_err(&re)?;
+        let node = cluster
+            .node_dyn(&name)
+            .map_err(|e| re(fail(stage, "the crash node", e)))?;
+        node.start(StartOptions::default())
+            .map_err(|e| re(fail(stage, &format!("restarting {name}"), e)))?;
+        let again = self.pre_finalized_again(&cluster, &pinned).map_err(&re)?;
+        Self::finish_all(&cluster).map_err(&re)?;
+        self.call(Stage::ThisVersionFinalized, &cluster, &mut Vec::new())
+            .map_err(&re)?;
+        log.push(format!(
+            "{stage}: {at} (published MLV {published}): (a) restarted{}, finished, checked",
+            if again {
+                ", pre-finalized callback again"
+            } else {
+                ""
+            }
+        ));
+        Ok(published)
+    }
+
+    /// (b): the old release on every node, its checks, this version again, finished.
+    /// `false` when the old release is refused because a new MLV was stored before the
+    /// crash.
+    fn downgrade_after_crash(
+        &mut self,
+        point: CrashPoint,
+        at: &str,
+        crashes: &InterruptedFinalization,
+        log: &mut Vec<String>,
+    ) -> Result<bool, UpgradeTestError> {
+        let stage = Stage::InterruptedFinalization;
+        let what =
+            format!("{at}, then (b) downgraded to the old release, upgraded again and finished");
+        let re = reframe(&what, Some(point));
+        let (cluster, pinned, name, _) = self.crashed_at(point, crashes).map_err(&re)?;
+        let node = cluster
+            .node_dyn(&name)
+            .map_err(|e| re(fail(stage, "the crash node", e)))?;
+        let old = node.old_software_layout_version();
+        let step = format!("starting {name} with the old SLV {old}");
+        let downgraded = match node.start(StartOptions::default().with_software_layout_version(old))
+        {
+            Ok(()) => {
+                for other in cluster.nodes().filter(|n| n.name() != name) {
+                    let step = format!(
+                        "downgrading {} to SLV {}",
+                        other.name(),
+                        other.old_software_layout_version()
+                    );
+                    other.downgrade().map_err(|e| re(fail(stage, &step, e)))?;
+                }
+                let now = mlvs(&cluster).map_err(|e| re(fail(stage, "reading the MLVs", e)))?;
+                self.call(Stage::OldVersionDowngraded, &cluster, &mut Vec::new())
+                    .map_err(&re)?;
+                Self::change_binaries(
+                    Stage::ThisVersionPreFinalized,
+                    &cluster,
+                    &now,
+                    &mut Vec::new(),
+                )
+                .map_err(&re)?;
+                true
+            }
+            Err(e) if e.is_disk_newer_than_software() => {
+                log.push(format!(
+                    "{stage}: {at}: the old release is refused (a new MLV was stored before \
+                     the crash): DiskNewerThanSoftware"
+                ));
+                node.start(StartOptions::default())
+                    .map_err(|e| re(fail(stage, &format!("restarting {name}"), e)))?;
+                false
+            }
+            Err(e) => return Err(re(fail(stage, &step, e))),
+        };
+        self.pre_finalized_again(&cluster, &pinned).map_err(&re)?;
+        Self::finish_all(&cluster).map_err(&re)?;
+        self.call(Stage::ThisVersionFinalized, &cluster, &mut Vec::new())
+            .map_err(&re)?;
+        log.push(format!(
+            "{stage}: {at}: (b) {}, upgraded again, finished, checked",
+            if downgraded {
+                "the old release ran its checks"
+            } else {
+                "the old release refused"
+            }
+        ));
+        Ok(downgraded)
+    }
+
+    /// The pre-finalized callback again, when every node is still at the MLV it started
+    /// at (nothing finalized before the crash: this version runs pre-finalized). Whether
+    /// it ran.
+    fn pre_finalized_again(
+        &mut self,
+        cluster: &MiniCluster,
+        pinned: &[u32],
+    ) -> Result<bool, UpgradeTestError> {
+        let stage = Stage::ThisVersionPreFinalized;
+        let now = mlvs(cluster).map_err(|e| fail(stage, "reading the MLVs", e))?;
+        if now == pinned {
+            self.call(stage, cluster, &mut Vec::new())?;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// Every node at this version's SLV, finalized (a running node at it is not
+    /// restarted: no prepare marker may outlive a `Normal` start).
+    fn finish_all(cluster: &MiniCluster) -> Result<(), UpgradeTestError> {
+        let stage = Stage::ThisVersionFinalized;
+        for node in cluster.nodes() {
+            let new = node.new_software_layout_version();
+            let step = format!("finishing the finalization of {} at SLV {new}", node.name());
+            if !node.is_running() {
+                node.start(StartOptions::default().with_software_layout_version(new))
+                    .map_err(|e| fail(stage, &step, e))?;
+            } else if node.software_layout_version() != new {
+                node.upgrade().map_err(|e| fail(stage, &step, e))?;
+            }
+            node.finalize().map_err(|e| fail(stage, &step, e))?;
+            let status = node.status().map_err(|e| fail(stage, &step, e))?;
+            if status.is_pre_finalized() {
+                return Err(check(
+                    stage,
+                    &step,
+                    format!(
+                        "{} is still pre-finalized after finalizing: MLV {} SLV {}",
+                        node.name(),
+                        status.metadata_layout_version,
+                        status.software_layout_version
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every node's MLV, in order.
+fn mlvs(cluster: &MiniCluster) -> Result<Vec<u32>, ClusterError> {
+    cluster
+        .nodes()
+        .map(ClusterNode::metadata_layout_version)
+        .collect()
+}
+
+/// The node whose finalization the stage interrupts.
+fn crash_node<'c>(
+    cluster: &'c MiniCluster,
+    crashes: &InterruptedFinalization,
+) -> Result<&'c dyn ClusterNode, ClusterError> {
+    match &crashes.crash_node {
+        Some(name) => cluster.node_dyn(name),
+        None => cluster
+            .nodes()
+            .next()
+            .ok_or_else(|| ClusterError::InvalidConfig("the cluster has no node".to_owned())),
+    }
+}
+
+/// Re-frames an error of a step of the interrupted-finalization stage: the stage, the
+/// crash point, and `what` led there in front of the failed step or callback.
+fn reframe(
+    what: &str,
+    point: Option<CrashPoint>,
+) -> impl Fn(UpgradeTestError) -> UpgradeTestError + '_ {
+    move |e| {
+        let inner = match e.callback {
+            Some(callback) => format!("the {callback} callback"),
+            None if e.stage == Stage::InterruptedFinalization => e.step,
+            None => format!("{} ({})", e.step, e.stage),
+        };
+        UpgradeTestError {
+            stage: Stage::InterruptedFinalization,
+            step: format!("{what}: {inner}"),
+            crash_point: point.or(e.crash_point),
+            callback: e.callback,
+            failure: e.failure,
+        }
+    }
+}
+
 fn fail(stage: Stage, step: &str, error: ClusterError) -> UpgradeTestError {
     UpgradeTestError {
         stage,
         step: step.to_owned(),
+        crash_point: None,
+        callback: None,
         failure: Box::new(StageFailure::Cluster(error)),
     }
 }
@@ -468,6 +941,8 @@ fn check(stage: Stage, step: &str, what: String) -> UpgradeTestError {
     UpgradeTestError {
         stage,
         step: step.to_owned(),
+        crash_point: None,
+        callback: None,
         failure: Box::new(StageFailure::Check(what)),
     }
 }
@@ -484,6 +959,7 @@ impl fmt::Debug for UpgradeTest<'_> {
                     .map(|s| s.name())
                     .collect::<Vec<_>>(),
             )
+            .field("interrupted_finalization", &self.interrupted)
             .finish()
     }
 }

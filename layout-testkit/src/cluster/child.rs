@@ -4,12 +4,13 @@
 //!
 //! The protocol, one line each way:
 //! - parent to child (stdin): `<id> <verb> <field>...`; verbs `status`, `finalize
-//!   <target|-> <none|trace|crash:<failpoint>:<hit>>`, `call <operation> <argument>`,
+//!   <target|-> <none|trace|crash:<crash point>:<hit>>`, `call <operation> <argument>`,
 //!   `prepare`, `cancel-prepare`, `stop`;
 //! - child to parent (steps): `ready`, `start-failed <kind> <message>`, `reply <id> ok
-//!   <field>...`, `reply <id> err <kind> <message>`, `fp <failpoint>` (a failpoint
-//!   passed), `crashpoint <failpoint> <hit> <published MLV>` (the child then blocks
-//!   until killed).
+//!   <field>...`, `reply <id> err <kind> <message>`, `fp <crash point>` (a crash point
+//!   passed, its name a field), `crashpoint <crash point> <hit> <published MLV>` (the
+//!   child then blocks until killed, and so does every thread of it that passes a crash
+//!   point after that).
 //!
 //! Every field is `'` followed by the text, percent-encoded, so none is empty or holds a
 //! space.
@@ -30,7 +31,7 @@ use crate::component::{PrepareOutcome, TestComponent};
 use crate::crash::{
     block_until_killed, child_role, report_step, ChildCommand, ChildProcess, ORPHANED_EXIT_CODE,
 };
-use crate::inject::{failpoint_named, Armed, CrashPoint, Injection};
+use crate::inject::{Armed, CrashPoint, Injection};
 
 /// The role of a child-process node.
 pub const NODE_ROLE: &str = "layout-testkit-node";
@@ -315,15 +316,16 @@ impl ChildNode {
             }
             match words.as_slice() {
                 ["fp", name] => {
-                    if let Some(name) = failpoint_named(name) {
-                        return Ok(Event::Pass(name));
-                    }
+                    let point = decode(name).and_then(|name| CrashPoint::new(&name, 1));
+                    return match point {
+                        Some(point) => Ok(Event::Pass(point.failpoint)),
+                        None => Err(self.protocol(step.clone())),
+                    };
                 }
-                ["crashpoint", failpoint, hit, mlv] => {
-                    let point = hit
-                        .parse()
-                        .ok()
-                        .and_then(|hit| CrashPoint::new(failpoint, hit));
+                ["crashpoint", name, hit, mlv] => {
+                    let point = decode(name)
+                        .zip(hit.parse().ok())
+                        .and_then(|(name, hit)| CrashPoint::new(&name, hit));
                     return match (point, mlv.parse()) {
                         (Some(point), Ok(mlv)) => Ok(Event::Crash { point, mlv }),
                         _ => Err(self.protocol(step.clone())),
@@ -691,21 +693,18 @@ fn finalize_in_child<C: TestComponent>(
     };
     let injection = injection_named(injection).ok_or_else(protocol)?;
     let lvm = Arc::clone(&running.lvm);
-    let reporting = injection != Injection::None;
     let armed = Armed::arm(
         injection,
-        move |failpoint| {
-            if reporting {
-                report_step(format!("fp {failpoint}"));
+        |name| report_step(format!("fp {}", encode(name))),
+        move |point, first| {
+            if first {
+                report_step(format!(
+                    "crashpoint {} {} {}",
+                    encode(point.failpoint),
+                    point.hit,
+                    lvm.metadata_layout_version()
+                ));
             }
-        },
-        move |point| {
-            report_step(format!(
-                "crashpoint {} {} {}",
-                point.failpoint,
-                point.hit,
-                lvm.metadata_layout_version()
-            ));
             block_until_killed();
         },
     )

@@ -19,9 +19,8 @@ use super::child::ChildNode;
 use super::error::ClusterError;
 use super::StorageKind;
 use crate::component::{NodeInfo, PrepareOutcome, TestComponent};
-use crate::inject::{
-    install_quiet_panic_hook, Armed, CrashPoint, Exclusive, InjectedCrash, Injection,
-};
+use crate::inject::{install_quiet_panic_hook, Armed, CrashPoint, Exclusive, Injection};
+use layout_core::crash_point::SimulatedCrash;
 
 /// The client id the kit finalizes as.
 pub const TESTKIT_CLIENT: &str = "layout-testkit";
@@ -134,14 +133,15 @@ pub enum RunOutcome {
     },
 }
 
-/// A finalization with an [`Injection`]: how it ended and the failpoints it passed.
+/// A finalization with an [`Injection`]: how it ended and the crash points it passed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FinalizeRun {
     /// How it ended.
     pub outcome: RunOutcome,
-    /// The failpoints passed, in order (with [`Injection::Trace`] or
-    /// [`Injection::Crash`]; empty otherwise).
+    /// The crash points passed, in order (with [`Injection::Trace`] or
+    /// [`Injection::Crash`]; empty otherwise): the finalizer's steps and every point
+    /// inside its actions (see [`passed_points`](crate::passed_points)).
     pub trace: Vec<&'static str>,
 }
 
@@ -230,7 +230,7 @@ pub trait ClusterNode: Send + Sync + fmt::Debug {
         }
     }
     /// Finalizes up to `target` (default: the SLV) with an injection: a trace of the
-    /// failpoints passed, or a crash at one of them (needs the `failpoints` feature).
+    /// crash points passed, or a crash at one of them (see [`crate::inject`]).
     fn finalize_injected(
         &self,
         target: Option<u32>,
@@ -570,10 +570,23 @@ impl<C: TestComponent> Node<C> {
         let name = &self.spec.name;
         let _exclusive = Exclusive::take(true);
         install_quiet_panic_hook();
+        // The MLV readers saw when the crash happened (on whichever thread).
+        let published = Arc::new(Mutex::new(None));
+        let at_crash = Arc::clone(&published);
+        let lvm = Arc::clone(&running.lvm);
         let armed = Armed::arm(
             injection,
             |_| {},
-            |point| std::panic::panic_any(InjectedCrash(point)),
+            move |point, first| {
+                if first {
+                    *at_crash.lock() = Some(lvm.metadata_layout_version());
+                }
+                SimulatedCrash {
+                    point: point.failpoint,
+                    hit: point.hit,
+                }
+                .raise()
+            },
         )
         .map_err(|what| ClusterError::Unsupported {
             node: name.clone(),
@@ -581,27 +594,28 @@ impl<C: TestComponent> Node<C> {
         })?;
         let result = catch_unwind(AssertUnwindSafe(|| running.finalize(name, target)));
         let trace = armed.trace();
+        let crashed = armed.crashed();
         drop(armed);
-        match result {
-            Ok(summary) => Ok(FinalizeRun {
+        match (result, crashed) {
+            (Err(payload), _) if !SimulatedCrash::is_payload(&*payload) => resume_unwind(payload),
+            // The crash, here or on another thread of the node's work (which may have
+            // made the finalization fail or let it return): everything of the running
+            // instance is dropped.
+            (_, Some(at)) => {
+                let published_mlv = published
+                    .lock()
+                    .unwrap_or_else(|| running.lvm.metadata_layout_version());
+                self.state.lock().backend = Backend::Stopped;
+                Ok(FinalizeRun {
+                    outcome: RunOutcome::Crashed { at, published_mlv },
+                    trace,
+                })
+            }
+            (Ok(summary), None) => Ok(FinalizeRun {
                 outcome: RunOutcome::Finalized(summary?),
                 trace,
             }),
-            Err(payload) => match payload.downcast::<InjectedCrash>() {
-                Ok(crash) => {
-                    let published_mlv = running.lvm.metadata_layout_version();
-                    // The crash: everything of the running instance is dropped.
-                    self.state.lock().backend = Backend::Stopped;
-                    Ok(FinalizeRun {
-                        outcome: RunOutcome::Crashed {
-                            at: crash.0,
-                            published_mlv,
-                        },
-                        trace,
-                    })
-                }
-                Err(other) => resume_unwind(other),
-            },
+            (Err(payload), None) => resume_unwind(payload),
         }
     }
 }

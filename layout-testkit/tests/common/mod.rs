@@ -4,7 +4,7 @@
 //! | version | feature | on disk |
 //! |---|---|---|
 //! | 0 | `Initial` | one file per record, `records/<key>`: `v1\n<value>` |
-//! | 1 | `RecordChecksums` | records written as `v2 <crc32>\n<value>`; `OnFinalize` rewrites every v1 record as v2 |
+//! | 1 | `RecordChecksums` | records written as `v2 <crc32>\n<value>`; `OnFinalize` rewrites every v1 record as v2, passing the crash point [`CRASH_RECORD_REWRITTEN`] after each |
 //! | 2 | `KeyIndex` | a sorted key index `index`, kept up to date by writes; `OnFinalize` builds it; `ValidateInPrefinalize` removes a half-built `index.tmp` |
 //! | 3 | `Tombstones` | deletes append to `tombstones/log`; `OnFirstUpgradeStart` creates `tombstones/` (harmless to the old software), `OnFinalize` writes `tombstones/ENABLED` |
 //!
@@ -235,7 +235,11 @@ impl Kv {
     }
 }
 
-/// `RecordChecksums`: rewrites every v1 record as v2. Idempotent.
+/// The crash point `RecordChecksums`' action passes after each record it rewrote.
+pub(crate) const CRASH_RECORD_REWRITTEN: &str = "kv::record_rewritten";
+
+/// `RecordChecksums`: rewrites every v1 record as v2, a crash point after each.
+/// Idempotent.
 fn rewrite_records(kv: &Kv, ctx: &ActionContext<'_, KvFeature>) -> Result<(), ActionError> {
     let keys = kv.keys()?;
     let total = keys.len() as u64;
@@ -244,6 +248,7 @@ fn rewrite_records(kv: &Kv, ctx: &ActionContext<'_, KvFeature>) -> Result<(), Ac
         let text = fs::read_to_string(&path)?;
         if let Some(value) = text.strip_prefix("v1\n") {
             replace(&path, encode_v2(value).as_bytes())?;
+            ctx.crash_point(CRASH_RECORD_REWRITTEN);
         }
         ctx.report_progress(done as u64 + 1, Some(total));
     }

@@ -1,5 +1,6 @@
-//! The crash matrix over every failpoint of the finalizer, on the key-value store (three
-//! features with real actions), and the negative control that proves it bites.
+//! The crash matrix over every failpoint of the finalizer and every crash point inside
+//! the actions, on the key-value store (three features with real actions, one passing a
+//! crash point per record it rewrites), and the negative control that proves it bites.
 
 use std::collections::BTreeSet;
 
@@ -9,7 +10,9 @@ use layout_testkit::{
     INVARIANT_MLV_NEVER_GOES_BACKWARDS,
 };
 
-use crate::common::{every_node_checks, ingest, kv_cluster, kv_kind, verify, Kv, KvFeature};
+use crate::common::{
+    every_node_checks, ingest, kv_cluster, kv_kind, verify, Kv, KvFeature, CRASH_RECORD_REWRITTEN,
+};
 
 /// Records per node per phase.
 const N: usize = 4;
@@ -31,16 +34,41 @@ fn matrix(builder: layout_testkit::MiniClusterBuilder) -> CrashMatrix<'static> {
 fn assert_every_failpoint_and_hit(report: &layout_testkit::CrashMatrixReport) {
     println!("{report}");
     report.assert_ok();
-    let crashed: BTreeSet<&str> = report.failpoints_crashed();
-    assert_eq!(crashed, FAILPOINTS.iter().copied().collect::<BTreeSet<_>>());
-    // Three features to finalize: every pass of every failpoint.
-    let expected: usize = FAILPOINTS.iter().map(|f| expected_hits(f, 3)).sum();
+    let crashed: BTreeSet<&str> = report.points_crashed();
+    let mut expected_points: BTreeSet<&str> = FAILPOINTS.iter().copied().collect();
+    expected_points.insert(CRASH_RECORD_REWRITTEN);
+    assert_eq!(crashed, expected_points);
+    // The action's own crash point, discovered inside it: one pass per v1 record the
+    // node holds (N old, N written pre-finalized).
+    let inside: Vec<_> = report.points_inside_actions().collect();
+    assert_eq!(inside.len(), 1, "{report}");
+    assert_eq!(
+        (inside[0].name, inside[0].hits),
+        (CRASH_RECORD_REWRITTEN, 2 * N)
+    );
+    // Three features to finalize: every pass of every failpoint, and of the action's.
+    let expected: usize = FAILPOINTS
+        .iter()
+        .map(|f| expected_hits(f, 3))
+        .sum::<usize>()
+        + 2 * N;
     assert_eq!(report.cases.len(), expected, "{report}");
-    // Each case's own text lists its failpoint.
+    // The report lists every crash point with its hits, and each case.
     let text = report.to_string();
     for failpoint in FAILPOINTS {
         assert!(text.contains(failpoint), "{failpoint} missing from\n{text}");
     }
+    assert!(
+        text.contains(&format!(
+            "{CRASH_RECORD_REWRITTEN:<40} {:>3} hit(s)  inside an action",
+            2 * N
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{CRASH_RECORD_REWRITTEN:<40} hit {0}/{0}", 2 * N)),
+        "{text}"
+    );
 }
 
 #[test]
