@@ -1740,6 +1740,7 @@ impl Coordinator {
             .name("coordinator-driver".to_owned())
             .spawn(move || {
                 let mut backoff = HashMap::new();
+                let mut audited = HashSet::new();
                 loop {
                     {
                         let mut stopped = stopping.0.lock();
@@ -1753,7 +1754,7 @@ impl Coordinator {
                     let Some(coordinator) = coordinator.upgrade() else {
                         return;
                     };
-                    coordinator.drive_once(&mut backoff, interval);
+                    coordinator.drive_once(&mut backoff, &mut audited, interval);
                 }
             })?;
         Ok(CoordinatorDriver {
@@ -1764,7 +1765,16 @@ impl Coordinator {
 
     /// One tick of the driver (see [`spawn_driver`](Self::spawn_driver)). `backoff`: per
     /// kind, when to try again after a failure and the delay that led there.
-    fn drive_once(&self, backoff: &mut HashMap<String, (Instant, Duration)>, interval: Duration) {
+    ///
+    /// `audited`: the (kind, target) finalizations whose audit trail this driver has
+    /// checked for the checkpoint entries a crash can lose (see
+    /// [`record_lost_checkpoints`](Self::record_lost_checkpoints)).
+    fn drive_once(
+        &self,
+        backoff: &mut HashMap<String, (Instant, Duration)>,
+        audited: &mut HashSet<(String, u32)>,
+        interval: Duration,
+    ) {
         let kinds = match self.store.kinds() {
             Ok(kinds) => kinds,
             Err(e) => {
@@ -1790,6 +1800,20 @@ impl Coordinator {
                     continue;
                 }
             };
+            if let Some(f) = &record.finalization {
+                if f.checkpoint != Checkpoint::Started
+                    && !audited.contains(&(kind.clone(), f.target))
+                {
+                    match self.record_lost_checkpoints(&kind, f.target, f.checkpoint) {
+                        Ok(()) => {
+                            audited.insert((kind.clone(), f.target));
+                        }
+                        Err(e) => {
+                            tracing::warn!(kind = %kind, error = %e, "coordinator driver: cannot check the audit trail; retrying");
+                        }
+                    }
+                }
+            }
             let Some(f) = record.finalization_in_progress().cloned() else {
                 continue;
             };
@@ -1816,6 +1840,56 @@ impl Coordinator {
                 }
             }
         }
+    }
+
+    /// A checkpoint and its audit entry are two writes: a coordinator that stops between
+    /// them leaves the checkpoint stored and the entry missing. Appends each missing
+    /// entry of the finalization to `target` (`coordinator-finalized`,
+    /// `members-finalized`, `finalization-complete`, each once the checkpoint has reached
+    /// it), saying it was recorded late.
+    /// Only when the trail still holds that finalization's `finalization-started` entry:
+    /// an entry pruned by retention is not lost.
+    fn record_lost_checkpoints(
+        &self,
+        kind: &str,
+        target: u32,
+        checkpoint: Checkpoint,
+    ) -> Result<(), ClusterError> {
+        let audit = self.store.audit(kind)?;
+        let Some(started) = audit
+            .iter()
+            .rposition(|e| e.event == "finalization-started" && e.version == Some(target))
+        else {
+            return Ok(());
+        };
+        let since = &audit[started..];
+        let expected = [
+            (Checkpoint::CoordinatorFinalized, "coordinator-finalized"),
+            (Checkpoint::MembersFinalized, "members-finalized"),
+            (Checkpoint::Complete, "finalization-complete"),
+        ]
+        .into_iter()
+        .filter(|(reached, _)| checkpoint >= *reached)
+        .map(|(_, event)| event);
+        for event in expected {
+            if since
+                .iter()
+                .any(|e| e.event == event && e.version == Some(target))
+            {
+                continue;
+            }
+            tracing::warn!(kind = %kind, target, event, "the audit entry of a stored checkpoint is missing (the coordinator stopped between the two writes); recording it now");
+            self.audit(
+                kind,
+                "coordinator-driver",
+                event,
+                None,
+                Some(target),
+                "recorded after a restart: the coordinator that stored this checkpoint \
+                 stopped before recording it",
+            )?;
+        }
+        Ok(())
     }
 
     fn resolve_target(

@@ -272,3 +272,74 @@ fn the_driver_backs_off_a_finalization_that_keeps_failing() {
     }
     assert_eq!(checkpoint(&*store), Some(Checkpoint::Started));
 }
+
+#[test]
+fn a_checkpoint_whose_audit_entry_a_crash_lost_is_recorded_late_by_the_next_driver() {
+    // A complete finalization, then its state as a coordinator killed between a checkpoint
+    // write and its audit entry leaves it: `complete` stored, the last two entries lost.
+    let first: Arc<dyn ClusterStore> = Arc::new(EmbeddedStore::in_memory());
+    let coordinator = Arc::new(
+        Coordinator::open(
+            Arc::clone(&first),
+            options("scm").with_local(KIND, Local::at(OLD)),
+        )
+        .unwrap(),
+    );
+    coordinator
+        .register(&MemberReport::new(KIND, "dn1", NEW, OLD))
+        .unwrap();
+    let driver = coordinator.spawn_driver(TICK).unwrap();
+    coordinator.finalize(KIND, Some(NEW), "ops").unwrap();
+    coordinator
+        .heartbeat(&MemberReport::new(KIND, "dn1", NEW, NEW))
+        .unwrap();
+    wait_until("the finalization complete", || {
+        checkpoint(&*first) == Some(Checkpoint::Complete)
+    });
+    drop(driver);
+    let mut state = first.load_state(KIND).unwrap().unwrap();
+    let lost = ["members-finalized", "finalization-complete"];
+    state.audit.retain(|e| !lost.contains(&e.event.as_str()));
+    drop(coordinator);
+
+    let store: Arc<dyn ClusterStore> = Arc::new(EmbeddedStore::in_memory());
+    store.import(KIND, &state).unwrap();
+    let restarted = Arc::new(
+        Coordinator::open(
+            Arc::clone(&store),
+            options("scm").with_local(KIND, Local::at(NEW)),
+        )
+        .unwrap(),
+    );
+    let _driver = restarted.spawn_driver(TICK).unwrap();
+    wait_until("the lost entries recorded", || {
+        store
+            .audit(KIND)
+            .unwrap()
+            .iter()
+            .any(|e| e.event == "finalization-complete")
+    });
+    let audit = store.audit(KIND).unwrap();
+    let events: Vec<&str> = audit.iter().map(|e| e.event.as_str()).collect();
+    let started = events
+        .iter()
+        .position(|e| *e == "finalization-started")
+        .unwrap();
+    assert_eq!(
+        events[started..],
+        [
+            "finalization-started",
+            "coordinator-finalized",
+            "members-finalized",
+            "finalization-complete"
+        ],
+        "each checkpoint's entry once, in order"
+    );
+    let late = &audit[audit.len() - 2..];
+    assert!(
+        late.iter()
+            .all(|e| e.version == Some(NEW) && e.detail.contains("recorded after a restart")),
+        "{late:?}"
+    );
+    assert!(restarted.status(KIND).unwrap().audit.len() >= 4);
+}
