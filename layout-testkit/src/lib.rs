@@ -8,7 +8,7 @@
 //!   directory; finalize one node or all. The component implements [`TestComponent`],
 //!   or, when it lives in another crate than the test, is [`Adapted`] over a [`Service`]
 //!   that returns the service's own start-up (`layout_core::startup::ComponentStartup`).
-//! - [`UpgradeTest`]: the seed's stages in order, with a callback at each: the old
+//! - [`UpgradeTest`]: the stages of an upgrade in order, with a callback at each: the old
 //!   version, this version pre-finalized, the old version again (downgraded), this
 //!   version finalized; then the old version must be refused; opted in, the finalization
 //!   interrupted at every crash point, then restarted or downgraded

@@ -1,4 +1,4 @@
-//! [`UpgradeTest`]: the seed's acceptance stages of an upgrade, in order, with the user's
+//! [`UpgradeTest`]: the stages an upgrade must pass, in order, with the user's
 //! callback at each, and, opted in, the finalization interrupted at every crash point
 //! ([`InterruptedFinalization`]).
 
@@ -203,7 +203,7 @@ pub struct InterruptedCase {
 
 type StageHook<'a> = Box<dyn FnMut(&MiniCluster) -> HookResult + 'a>;
 
-/// Runs the seed's upgrade stages on a [`MiniCluster`], calling the user's callback at
+/// Runs the stages of an upgrade on a [`MiniCluster`], calling the user's callback at
 /// each, and checks what the kit can check itself between them:
 ///
 /// 1. [`with_old_version`](Self::with_old_version): every node runs its kind's old SLV on
