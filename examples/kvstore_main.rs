@@ -28,6 +28,11 @@
 //! (and presents its `--tls-cert`); with TLS the coordinator may serve members beyond
 //! loopback (`--coordinator-host 0.0.0.0`).
 //!
+//! The value-index migration: `--migration-batch-size N`, `--migration-max-rows-per-sec N`
+//! and `--migration-latency-budget-ms N` set its batch size and throttle (changeable while
+//! it runs with `layoutctl migration-settings`). A single node killed or restarted while
+//! it runs resumes it by itself at start-up unless an operator cancelled the finalization.
+//!
 //! Logs go to stderr, filtered by `RUST_LOG` (default `info`).
 //!
 //! The coordinator node's admin token guards `POST /cluster/finalize` and
@@ -44,7 +49,7 @@ use clap::{Parser, ValueEnum};
 use layout_core::http::{BearerToken, ClientTls, ServerTls};
 use layout_core::{LayoutFeature, StartIntent};
 use layout_examples::kvstore::{
-    ClusterConfig, ClusterStoreConfig, FencedReads, KvFeature, KvNode, KvNodeConfig,
+    ClusterConfig, ClusterStoreConfig, FencedReads, KvFeature, KvNode, KvNodeConfig, KvOptions,
 };
 
 /// The environment variable holding the admin token when no flag gives it.
@@ -153,6 +158,18 @@ struct Args {
     /// coordinator that requires client certificates.
     #[arg(long, requires = "join")]
     tls_ca: Option<PathBuf>,
+    /// Keys per batch of the value-index migration (one transaction and checkpoint
+    /// each); changeable while it runs with `layoutctl migration-settings`.
+    #[arg(long, default_value = "10000", value_parser = clap::value_parser!(u64).range(1..))]
+    migration_batch_size: u64,
+    /// The most rows per second the value-index migration copies (default: no limit).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    migration_max_rows_per_sec: Option<u64>,
+    /// A foreground-latency budget for the value-index migration, in milliseconds: it
+    /// waits between batches while the 99th percentile of the puts' latency is over it
+    /// (default: none).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    migration_latency_budget_ms: Option<u64>,
 }
 
 fn cluster_config(args: &Args) -> Result<Option<ClusterConfig>, String> {
@@ -334,7 +351,20 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             Intent::Upgrade => StartIntent::Upgrade,
             Intent::Downgrade => StartIntent::Downgrade,
         })
-        .with_listen(args.listen);
+        .with_listen(args.listen)
+        .with_store_options(
+            KvOptions::default()
+                .with_migration_batch(usize::try_from(args.migration_batch_size).map_err(|_| {
+                    format!(
+                        "--migration-batch-size {} is too large",
+                        args.migration_batch_size
+                    )
+                })?)
+                .with_migration_max_rows_per_sec(args.migration_max_rows_per_sec)
+                .with_migration_latency_budget(
+                    args.migration_latency_budget_ms.map(Duration::from_millis),
+                ),
+        );
     if let Some(initial) = &args.initial_version {
         config = config.with_initial_version(feature(initial)?);
     }

@@ -68,7 +68,7 @@ pub use component::NOT_PREPARED_CONDITION;
 pub use error::KvError;
 pub use feature::KvFeature;
 pub use http::{MAX_CONCURRENT_REQUESTS, MAX_CONNECTIONS, MAX_HEAD_BYTES};
-pub use node::{AdminConfig, KvNode, KvNodeConfig};
+pub use node::{AdminConfig, KvNode, KvNodeConfig, INDEX_MIGRATION};
 #[doc(hidden)]
 pub use store::StorageBackendFactory;
 pub use store::{

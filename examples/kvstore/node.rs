@@ -11,7 +11,7 @@ use layout_core::admin::AdminService;
 use layout_core::http::{AdminMetrics, Registry, ServerTls};
 use layout_core::startup::{ComponentStartup, PrepareParts, StartedComponent};
 use layout_core::{
-    FileStorage, LayoutFeature, LayoutVersionManager, ManagerOptions, StartIntent,
+    FileStorage, FinalizeHandle, LayoutFeature, LayoutVersionManager, ManagerOptions, StartIntent,
     UpgradeFinalizer, VERSION_FILE_NAME,
 };
 
@@ -22,6 +22,10 @@ use super::error::KvError;
 use super::feature::KvFeature;
 use super::http::{DataApiSettings, MetricsSlot};
 use super::store::{actions, KvOptions, KvStore, DB_FILE_NAME};
+
+/// The name the value-index migration has on the admin API (`GET /v1/migrations`,
+/// `POST /v1/migration-settings`, `layoutctl migrations`).
+pub const INDEX_MIGRATION: &str = super::index::MIGRATION_NAME;
 
 /// The admin endpoint of a node.
 #[derive(Clone)]
@@ -159,6 +163,8 @@ impl Default for KvNodeConfig {
 pub struct KvNode {
     manager: Arc<LayoutVersionManager<KvFeature>>,
     store: Arc<KvStore>,
+    /// The finalization resumed at start-up, if one was.
+    resumed: parking_lot::Mutex<Option<FinalizeHandle<KvFeature>>>,
     finalizer: Arc<UpgradeFinalizer<KvFeature, KvStore>>,
     /// The admin service: served by the admin endpoint when configured, and the source
     /// of the layout metrics either way.
@@ -252,7 +258,7 @@ impl KvNode {
             }
             None => None,
         };
-        let service = Arc::new(started.admin_service());
+        let service = Arc::new(with_index_migration(started.admin_service(), &store));
         let admin = match Self::start_admin(&config, &service, &mut started) {
             Ok(admin) => admin,
             Err(e) => {
@@ -265,6 +271,7 @@ impl KvNode {
             }
         };
         metrics.serve(node_metrics(&service, &store, cluster.as_ref()));
+        let resumed = resume_at_startup(&config, &finalizer, &store);
         tracing::info!(
             dir = %config.dir.display(),
             slv = manager.software_layout_version(),
@@ -276,6 +283,7 @@ impl KvNode {
         Ok(KvNode {
             manager,
             store,
+            resumed: parking_lot::Mutex::new(resumed),
             finalizer,
             service,
             admin,
@@ -310,6 +318,18 @@ impl KvNode {
     /// The layout version manager.
     pub fn manager(&self) -> &Arc<LayoutVersionManager<KvFeature>> {
         &self.manager
+    }
+
+    /// Waits for the finalization this node resumed at start-up (see
+    /// `UpgradeFinalizer::resume_interrupted`), if it resumed one, and returns its
+    /// outcome; `None` when it resumed none (or it was already waited for).
+    pub fn wait_for_resumed_finalization(
+        &self,
+    ) -> Option<
+        Result<layout_core::FinalizeOutcome<KvFeature>, layout_core::FinalizeError<KvFeature>>,
+    > {
+        let handle = self.resumed.lock().take()?;
+        Some(handle.join())
     }
 
     /// The finalizer.
@@ -432,6 +452,24 @@ impl KvNode {
             cluster.stop();
         }
         self.store.clear_cluster_routes();
+        if let Some(handle) = self.resumed.lock().take() {
+            // A stop is a restart, not an operator's cancel: the migration stops between
+            // batches (nothing stored says cancelled) and the next start resumes it.
+            if !handle.is_finished() {
+                if let Some(control) = self.store.index_migration_control() {
+                    control.cancel();
+                }
+            }
+            match handle.join() {
+                Ok(outcome) => tracing::info!(
+                    mlv = outcome.metadata_layout_version(),
+                    "the finalization resumed at start-up is done"
+                ),
+                Err(e) => {
+                    tracing::info!(error = %e, "the finalization resumed at start-up stopped");
+                }
+            }
+        }
         if let Some(server) = self.admin.take() {
             server.shutdown();
             if let Some(Err(e)) = self.service.join_finalization() {
@@ -445,6 +483,35 @@ impl KvNode {
 impl Drop for KvNode {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A single node killed or restarted in the middle of its index migration resumes it at
+/// start-up, in the background, as the client that started it, unless an operator
+/// cancelled it. (In a cluster the coordinator drives each node's finalization.)
+fn resume_at_startup(
+    config: &KvNodeConfig,
+    finalizer: &Arc<UpgradeFinalizer<KvFeature, KvStore>>,
+    store: &Arc<KvStore>,
+) -> Option<FinalizeHandle<KvFeature>> {
+    if config.cluster.is_some() {
+        return None;
+    }
+    finalizer.start_resume_interrupted(Arc::clone(store))
+}
+
+/// The node's admin service (finalization and prepare, from the start-up) with the
+/// value-index migration's progress and settings (`GET /v1/migrations`,
+/// `POST /v1/migration-settings`).
+fn with_index_migration(service: AdminService, store: &Arc<KvStore>) -> AdminService {
+    match store.index_migration_control() {
+        Some(control) => {
+            let progress_of = Arc::clone(store);
+            service.with_migration(INDEX_MIGRATION, control, move || {
+                progress_of.index_migration_progress()
+            })
+        }
+        None => service,
     }
 }
 

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use layout_core::binding::redb::{self as bound_redb, OpenOptions};
-use layout_core::migration::{BackgroundMigration, BatchEvent, DualWrite, MigrationState};
+use layout_core::migration::{
+    BackgroundMigration, BatchEvent, DualWrite, MigrationControl, MigrationState, MigrationTuning,
+};
 use layout_core::{
     disallowed_until, ActionContext, ActionError, ActionRegistry, Clock, LayoutAware,
     LayoutFeature, LayoutVersionManager, Phase, Preparable, PrepareController, PrepareOptions,
@@ -76,6 +78,12 @@ pub struct KvOptions {
     pub listen: SocketAddr,
     /// Keys per batch of the value-index migration (default 10,000).
     pub migration_batch: usize,
+    /// The most rows per second the value-index migration copies (default: no limit).
+    pub migration_max_rows_per_sec: Option<u64>,
+    /// The foreground-latency budget of the value-index migration (default: none): it
+    /// waits between batches while the 99th percentile of the puts' latency is over it
+    /// (see `layout_core::migration::MigrationTuning`).
+    pub migration_latency_budget: Option<Duration>,
     /// The clock TTLs are measured with (default: the system clock).
     pub clock: Arc<dyn Clock>,
     /// The largest request body accepted, in bytes (default 1 MiB).
@@ -109,6 +117,8 @@ impl Default for KvOptions {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             migration_batch: layout_core::migration::DEFAULT_BATCH_SIZE,
+            migration_max_rows_per_sec: None,
+            migration_latency_budget: None,
             clock: Arc::new(SystemClock),
             max_body_bytes: 1 << 20,
             request_timeout: Duration::from_secs(10),
@@ -131,6 +141,20 @@ impl KvOptions {
     #[must_use]
     pub fn with_migration_batch(mut self, batch: usize) -> Self {
         self.migration_batch = batch.max(1);
+        self
+    }
+
+    /// Sets [`migration_max_rows_per_sec`](Self::migration_max_rows_per_sec).
+    #[must_use]
+    pub fn with_migration_max_rows_per_sec(mut self, rows_per_sec: Option<u64>) -> Self {
+        self.migration_max_rows_per_sec = rows_per_sec;
+        self
+    }
+
+    /// Sets [`migration_latency_budget`](Self::migration_latency_budget).
+    #[must_use]
+    pub fn with_migration_latency_budget(mut self, budget: Option<Duration>) -> Self {
+        self.migration_latency_budget = budget;
         self
     }
 
@@ -169,6 +193,11 @@ impl fmt::Debug for KvOptions {
         f.debug_struct("KvOptions")
             .field("listen", &self.listen)
             .field("migration_batch", &self.migration_batch)
+            .field(
+                "migration_max_rows_per_sec",
+                &self.migration_max_rows_per_sec,
+            )
+            .field("migration_latency_budget", &self.migration_latency_budget)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("request_timeout", &self.request_timeout)
             .field("prepare_timeout", &self.prepare_timeout)
@@ -183,16 +212,31 @@ pub struct MigrationFigures {
     pub state: String,
     /// Rows of `kv` done (over all runs).
     pub rows_done: u64,
-    /// Rows in `kv` when the current run started, when known.
+    /// Rows in `kv`, counted when the current run started (kept in the checkpoint, so
+    /// known at once after a restart, and never below `rows_done`); `None` only before
+    /// the migration started.
     pub rows_total: Option<u64>,
     /// Batches committed (over all runs).
     pub batches: u64,
     /// Runs started (1 + resumes).
     pub runs: u32,
-    /// From the first batch to completion (or to now), on the store's clock, in ms.
+    /// How long the migration has been running, over all runs, on the store's clock, in
+    /// ms; the time the node was down is not counted.
     pub elapsed_ms: u64,
     /// Whether the copy is complete.
     pub complete: bool,
+    /// Keys per batch now.
+    #[serde(default)]
+    pub batch_size: usize,
+    /// The rate ceiling now, if any.
+    #[serde(default)]
+    pub max_rows_per_sec: Option<u64>,
+    /// The foreground-latency budget now, in ms, if any.
+    #[serde(default)]
+    pub latency_budget_ms: Option<u64>,
+    /// The wait the latency budget adds before each batch now, in ms.
+    #[serde(default)]
+    pub latency_delay_ms: u64,
 }
 
 impl MigrationFigures {
@@ -304,6 +348,7 @@ struct IndexMigration {
     store: Arc<IndexStore>,
     migration: BackgroundMigration,
     routing: DualWrite<KvFeature>,
+    control: MigrationControl,
 }
 
 /// The engine: the database and the write/read paths.
@@ -638,7 +683,11 @@ impl Engine {
                 store.clone(),
                 store.clone(),
             )
-            .batch_size(options.migration_batch.max(1))
+            .tuning(
+                MigrationTuning::new(options.migration_batch.max(1))
+                    .with_max_rows_per_sec(options.migration_max_rows_per_sec)
+                    .with_latency_budget(options.migration_latency_budget),
+            )
             .clock(Arc::clone(&options.clock));
             let migration = match &options.index_batch_hook {
                 Some(hook) => {
@@ -650,10 +699,12 @@ impl Engine {
             .open()?;
             reset_stale_index(&lvm, &migration, applied, index_synced)?;
             let routing = migration.dual_write(Arc::clone(&lvm), KvFeature::ValueIndex);
+            let control = migration.control();
             Some(IndexMigration {
                 store,
                 migration,
                 routing,
+                control,
             })
         } else {
             None
@@ -1016,11 +1067,12 @@ impl Engine {
         let checkpoint = layout_core::migration::MigrationSink::load_checkpoint(&*index.store)
             .ok()
             .flatten();
-        let elapsed_ms = checkpoint.as_ref().map_or(0, |c| {
-            c.completed_ms
-                .unwrap_or_else(|| self.clock.now_ms())
-                .saturating_sub(c.started_ms)
-        });
+        let elapsed_ms = u64::try_from(progress.elapsed.as_millis()).unwrap_or(u64::MAX);
+        let rows_done = checkpoint.as_ref().map_or(progress.done, |c| c.done);
+        let rows_total = progress
+            .total
+            .or_else(|| checkpoint.as_ref().and_then(|c| c.total))
+            .map(|t| t.max(rows_done));
         let complete =
             index.migration.is_complete() || checkpoint.as_ref().is_some_and(|c| c.complete);
         Some(MigrationFigures {
@@ -1029,12 +1081,19 @@ impl Engine {
             } else {
                 progress.state.as_str().to_owned()
             },
-            rows_done: checkpoint.as_ref().map_or(progress.done, |c| c.done),
-            rows_total: progress.total,
+            rows_done,
+            rows_total,
             batches: checkpoint.as_ref().map_or(progress.batches, |c| c.batches),
             runs: progress.runs,
             elapsed_ms,
             complete,
+            batch_size: progress.tuning.batch_size,
+            max_rows_per_sec: progress.tuning.max_rows_per_sec,
+            latency_budget_ms: progress
+                .tuning
+                .latency_budget
+                .map(|b| u64::try_from(b.as_millis()).unwrap_or(u64::MAX)),
+            latency_delay_ms: u64::try_from(progress.latency_delay.as_millis()).unwrap_or(u64::MAX),
         })
     }
 
@@ -1336,8 +1395,16 @@ impl Shared {
     fn write(&self, request: &'static str, op: &Op) -> Result<(u64, bool), KvError> {
         self.check_write_fence()?;
         let _permit = self.prepare.begin_write(request)?;
-        let _w = self.engine.write_lock.lock();
-        self.engine.apply(op)
+        let began = std::time::Instant::now();
+        let result = {
+            let _w = self.engine.write_lock.lock();
+            self.engine.apply(op)
+        };
+        // The foreground latency the index migration's latency budget watches (puts).
+        if let Some(index) = &self.engine.index {
+            index.control.observe_latency(began.elapsed());
+        }
+        result
     }
 
     pub(crate) fn put(&self, key: &str, value: &str) -> Result<u64, KvError> {
@@ -1562,6 +1629,22 @@ impl KvStore {
     /// The value-index migration's figures, when the software knows `ValueIndex`.
     pub fn index_migration(&self) -> Option<MigrationFigures> {
         self.shared.engine.index_figures()
+    }
+
+    /// The value-index migration's progress (with its settings and elapsed time), when
+    /// the software knows `ValueIndex`.
+    pub fn index_migration_progress(&self) -> Option<layout_core::migration::MigrationProgress> {
+        self.shared
+            .engine
+            .index
+            .as_ref()
+            .map(|i| i.migration.progress())
+    }
+
+    /// The value-index migration's control (pause, resume, cancel, and its batch size and
+    /// throttle, changeable while it runs), when the software knows `ValueIndex`.
+    pub fn index_migration_control(&self) -> Option<MigrationControl> {
+        self.shared.engine.index.as_ref().map(|i| i.control.clone())
     }
 
     /// Stores `value` under `key`; returns the write's applied index.

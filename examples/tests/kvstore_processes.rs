@@ -1208,3 +1208,288 @@ fn a_member_process_starts_and_serves_while_its_coordinator_is_down_and_register
     kv1.stop();
     kv0.stop();
 }
+
+// ---------------------------------------------------------------------------------------
+// An index migration that resumes itself (issue 16).
+
+/// Where the workload writes.
+const RESUME_PREFIX: &str = "wl/";
+/// Keys in the node before its index migration starts.
+const RESUME_SEED_KEYS: usize = 2_000;
+/// SIGKILLs during the migration.
+const RESUME_KILLS: u32 = 5;
+
+/// One client thread writing to whichever process serves now, recording every write
+/// and how it ended (acknowledged, refused, in doubt) for the checker.
+struct ResumeWorkload {
+    recorder: layout_examples::workload::Recorder,
+    addr: Arc<Mutex<Option<SocketAddr>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ResumeWorkload {
+    fn start(addr: SocketAddr) -> ResumeWorkload {
+        let recorder = layout_examples::workload::Recorder::new(RESUME_PREFIX);
+        recorder.set_phase("migrating");
+        let target = Arc::new(Mutex::new(Some(addr)));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (recorder, target, stop) =
+                (recorder.clone(), Arc::clone(&target), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let Some(addr) = *target.lock() else {
+                        std::thread::sleep(POLL_EVERY);
+                        continue;
+                    };
+                    i += 1;
+                    // New keys, and every third write overwrites an earlier key.
+                    let key = if i.is_multiple_of(3) {
+                        format!("{RESUME_PREFIX}k{}", i / 2)
+                    } else {
+                        format!("{RESUME_PREFIX}k{i}")
+                    };
+                    let value = format!("v{i}");
+                    let pending = recorder.begin_put(&key, &value);
+                    match KvClient::with_timeout(addr, Duration::from_secs(10)).put(&key, &value) {
+                        Ok(index) => pending.acknowledged(Some(index)),
+                        Err(e @ ClientError::Unreachable { .. }) => {
+                            pending.refused(format!("not sent: {e}"));
+                            std::thread::sleep(POLL_EVERY);
+                        }
+                        Err(e) => {
+                            pending.in_doubt(e.to_string());
+                            std::thread::sleep(POLL_EVERY);
+                        }
+                    }
+                }
+            })
+        };
+        ResumeWorkload {
+            recorder,
+            addr: target,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn point_at(&self, addr: Option<SocketAddr>) {
+        *self.addr.lock() = addr;
+    }
+
+    fn stop(mut self) -> layout_examples::workload::Recorder {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("the workload thread panicked");
+        }
+        self.recorder.clone()
+    }
+}
+
+/// The value-index migration's figures on `kv`.
+fn index_figures(kv: &Kv) -> layout_examples::kvstore::MigrationFigures {
+    status(kv)
+        .index_migration
+        .unwrap_or_else(|| panic!("{}: the software knows ValueIndex", kv.name))
+}
+
+/// After kill `kill`: the restarted node resumed its migration at start-up, by itself, as
+/// the client that started it, from where it was (past `done_at_kill`), knowing the total.
+fn assert_resumed_by_itself(kv: &Kv, scratch: &Scratch, kill: u32, done_at_kill: u64) {
+    let resumed = poll_until(&format!("kill {kill}: resumed by itself"), || {
+        let f = index_figures(kv);
+        (f.runs == kill + 1 && (f.rows_done > done_at_kill || f.complete)).then_some(f)
+    });
+    assert!(
+        resumed.rows_total.is_some_and(|t| t >= resumed.rows_done),
+        "the total is known at once after a restart: {resumed:?}"
+    );
+    let finalization = layoutctl_json(
+        &kv.endpoint(),
+        &scratch.token_file,
+        &["finalization-status"],
+    );
+    assert_eq!(
+        finalization["resumed_at_startup"], true,
+        "kill {kill}: {finalization}"
+    );
+    assert_eq!(
+        finalization["client_id"], "kvstore-processes-test",
+        "kill {kill}: the client that started it: {finalization}"
+    );
+    assert_eq!(finalization["resumes"], kill, "kill {kill}: {finalization}");
+}
+
+#[test]
+fn a_node_killed_five_times_during_its_index_migration_resumes_it_by_itself_each_time() {
+    let scratch = Scratch::new();
+    let dir = scratch.path("node");
+    let token = scratch.token();
+    // A slow, throttled migration in small batches, so every kill lands in the middle.
+    let args = [
+        "--dir",
+        &dir,
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--admin-token-file",
+        &token,
+        "--software-version",
+        "CompareAndSwap",
+        "--initial-version",
+        "Initial",
+        "--migration-batch-size",
+        "25",
+        "--migration-max-rows-per-sec",
+        "500",
+    ];
+    let mut kv = Kv::start("node", &args);
+    assert_eq!((kv.slv, kv.mlv), (4, 0), "pre-finalized at the old layout");
+    let client = kv.client();
+    for i in 0..RESUME_SEED_KEYS {
+        client
+            .put(&format!("seed/{i:05}"), &format!("colour-{}", i % 7))
+            .expect("seed");
+    }
+    let workload = ResumeWorkload::start(kv.http);
+
+    // The operator finalizes once; nobody sends finalize again.
+    let started = layoutctl_json(&kv.endpoint(), &scratch.token_file, &["finalize"]);
+    assert!(
+        matches!(started["outcome"].as_str(), Some("started")),
+        "the migration runs in the background: {started}"
+    );
+    for kill in 1..=RESUME_KILLS {
+        // The run before this kill; the restart after it starts run `kill + 1`.
+        let runs = kill;
+        // Mid-migration, with progress made by this run: kill it.
+        let figures = poll_until(&format!("kill {kill}: the run {runs} copies rows"), || {
+            let f = index_figures(&kv);
+            (f.runs == runs && f.rows_done > 0 && f.state == "running").then_some(f)
+        });
+        let done_at_kill = figures.rows_done;
+        assert!(
+            !figures.complete,
+            "kill {kill} lands mid-migration: {figures:?}"
+        );
+        workload.point_at(None);
+        kv.kill();
+        kv = Kv::start(&format!("node after kill {kill}"), &args);
+        workload.point_at(Some(kv.http));
+        assert_resumed_by_itself(&kv, &scratch, kill, done_at_kill);
+    }
+
+    // It finishes by itself: finalized, the index complete.
+    poll_until("finalized without another finalize", || {
+        (status(&kv).mlv == 4).then_some(())
+    });
+    let figures = index_figures(&kv);
+    assert!(figures.complete, "{figures:?}");
+    assert_eq!(figures.runs, RESUME_KILLS + 1, "{figures:?}");
+    assert!(
+        figures.rows_total.is_some_and(|t| t >= figures.rows_done),
+        "{figures:?}"
+    );
+    let text = layoutctl_ok(&kv.endpoint(), &scratch.token_file, &["migrations"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("kv_by_value: complete"),
+        "{}",
+        show(&text)
+    );
+
+    // Every acknowledged write is there, with its value; the index finds the seed.
+    let recorder = workload.stop();
+    let listing = kv.client().list(RESUME_PREFIX).expect("list");
+    let report = recorder
+        .check_listing(
+            &layout_examples::workload::Expectations::new().min_acks("migrating", 50),
+            listing,
+        )
+        .unwrap_or_else(|failure| panic!("acknowledged writes lost: {failure}"));
+    assert!(report.keys_checked > 0);
+    let seeded = kv.client().find_by_value("colour-3").expect("by-value");
+    assert_eq!(
+        seeded.iter().filter(|k| k.starts_with("seed/")).count(),
+        (0..RESUME_SEED_KEYS).filter(|i| i % 7 == 3).count(),
+        "the index covers every seeded key"
+    );
+    kv.stop();
+}
+
+#[test]
+fn the_index_migration_settings_change_while_it_runs_through_layoutctl() {
+    let scratch = Scratch::new();
+    let dir = scratch.path("node");
+    let token = scratch.token();
+    let args = [
+        "--dir",
+        &dir,
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--admin-token-file",
+        &token,
+        "--software-version",
+        "CompareAndSwap",
+        "--initial-version",
+        "Initial",
+        "--migration-batch-size",
+        "10",
+        "--migration-max-rows-per-sec",
+        "100",
+    ];
+    let kv = Kv::start("node", &args);
+    let client = kv.client();
+    for i in 0..300 {
+        client.put(&format!("k{i:04}"), "v").expect("seed");
+    }
+    let endpoint = kv.endpoint();
+    let listed = layoutctl_json(&endpoint, &scratch.token_file, &["migrations"]);
+    assert_eq!(listed["migrations"][0]["name"], "kv_by_value", "{listed}");
+    assert_eq!(listed["migrations"][0]["batch_size"], 10, "{listed}");
+    assert_eq!(listed["migrations"][0]["max_rows_per_sec"], 100, "{listed}");
+
+    layoutctl_json(&endpoint, &scratch.token_file, &["finalize"]);
+    poll_until("the migration runs", || {
+        (index_figures(&kv).rows_done > 0).then_some(())
+    });
+    let changed = layoutctl_json(
+        &endpoint,
+        &scratch.token_file,
+        &[
+            "migration-settings",
+            "--batch-size",
+            "50",
+            "--max-rows-per-sec",
+            "0",
+            "--latency-budget-ms",
+            "250",
+        ],
+    );
+    assert_eq!(changed["batch_size"], 50, "{changed}");
+    assert_eq!(changed["max_rows_per_sec"], Value::Null, "{changed}");
+    assert_eq!(changed["latency_budget_ms"], 250, "{changed}");
+    let figures = index_figures(&kv);
+    assert_eq!(
+        (
+            figures.batch_size,
+            figures.max_rows_per_sec,
+            figures.latency_budget_ms
+        ),
+        (50, None, Some(250)),
+        "{figures:?}"
+    );
+    let refused = layoutctl(
+        &endpoint,
+        &scratch.token_file,
+        &["migration-settings", "--batch-size", "0"],
+    );
+    assert!(!refused.status.success(), "{}", show(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--batch-size"),
+        "{}",
+        show(&refused)
+    );
+    poll_until("finalized", || (status(&kv).mlv == 4).then_some(()));
+    kv.stop();
+}

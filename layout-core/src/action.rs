@@ -159,6 +159,13 @@ pub trait ProgressSink: Send + Sync {
     fn progress(&self, done: u64, total: Option<u64>);
     /// A message for the operator.
     fn message(&self, message: &str);
+    /// The action has been active for `elapsed` in all, over every run and restart (a
+    /// figure the action keeps itself, such as a background migration's checkpoint). The
+    /// finalizer's status then reports it, rather than the time since the finalization
+    /// started, so downtime is not counted. Default: ignored.
+    fn elapsed(&self, elapsed: std::time::Duration) {
+        let _ = elapsed;
+    }
 }
 
 struct NoProgress;
@@ -230,6 +237,12 @@ impl<'a, F: LayoutFeature> ActionContext<'a, F> {
     /// Reports progress: `done` of `total` units.
     pub fn report_progress(&self, done: u64, total: Option<u64>) {
         self.progress.progress(done, total);
+    }
+
+    /// Reports how long the action has been active in all, over every run and restart
+    /// (see [`ProgressSink::elapsed`]).
+    pub fn report_elapsed(&self, elapsed: std::time::Duration) {
+        self.progress.elapsed(elapsed);
     }
 
     /// Passes the crash point `name` (see [`crate::crash_point`]): call it wherever the

@@ -141,7 +141,7 @@ pub use finalizer::{
     condition, ConditionCheck, ConditionFailure, ConditionOverride, DryRun, FinalizationStatus,
     FinalizeCondition, FinalizeError, FinalizeGate, FinalizeHandle, FinalizeOutcome,
     FinalizePolicy, FinalizeRequest, FnCondition, PlannedStep, PrefinalizeError, PrefinalizeReport,
-    Progress, StatusReport, UpgradeFinalizer, AUTO_FINALIZE_CLIENT, FAILPOINTS,
+    Progress, StartupResume, StatusReport, UpgradeFinalizer, AUTO_FINALIZE_CLIENT, FAILPOINTS,
 };
 pub use gate::LayoutAware;
 pub use manager::{FeatureInfo, FeatureStatus, LayoutVersionManager, StepOutcome};
@@ -152,7 +152,7 @@ pub use prepare::{
     REQUEST_PREPARE,
 };
 pub use state::{
-    DataId, FinalizationRecord, HistoryEntry, LayoutState, VetoRecord, FORMAT_VERSION,
+    CancelRecord, DataId, FinalizationRecord, HistoryEntry, LayoutState, VetoRecord, FORMAT_VERSION,
 };
 pub use storage::{
     Damage, FileStorage, InjectedFailure, LayoutStorage, MemoryStorage, StorageError,

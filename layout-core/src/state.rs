@@ -212,8 +212,11 @@ impl VetoRecord {
     }
 }
 
-/// The record of a finalization: started by whom, towards which version, and whether it
-/// finished. Persisted, so a finalization resumed after a restart keeps its client.
+/// The record of a finalization: started by whom, towards which version, which
+/// feature's `OnFinalize` action is running, whether an operator cancelled it, and
+/// whether it finished. Persisted, so a finalization resumed after a restart keeps its
+/// client, and a component restarted in the middle of an action knows what to resume
+/// (see [`UpgradeFinalizer::resume_interrupted`](crate::UpgradeFinalizer::resume_interrupted)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct FinalizationRecord {
@@ -225,6 +228,19 @@ pub struct FinalizationRecord {
     pub started_at_ms: u64,
     /// When it finished, if it did.
     pub finished_at_ms: Option<u64>,
+    /// The feature whose `OnFinalize` action was running when this record was last
+    /// stored (by name), `None` between actions, after a failed action, and in files
+    /// written before this field existed. A record left unfinished with a running
+    /// feature means the process stopped (crashed, was killed or restarted) in the
+    /// middle of that action.
+    pub running_feature: Option<String>,
+    /// The name of that feature's `OnFinalize` action.
+    pub running_action: Option<String>,
+    /// The operator's cancel, if the finalization was cancelled: it is then not resumed
+    /// at start-up until an operator finalizes again.
+    pub cancelled: Option<CancelRecord>,
+    /// How many times the finalization was resumed at start-up without an operator.
+    pub resumes: u32,
 }
 
 impl FinalizationRecord {
@@ -235,6 +251,39 @@ impl FinalizationRecord {
             target_version,
             started_at_ms,
             finished_at_ms: None,
+            running_feature: None,
+            running_action: None,
+            cancelled: None,
+            resumes: 0,
+        }
+    }
+
+    /// Whether the finalization is unfinished and was stopped by a crash or a restart
+    /// in the middle of an `OnFinalize` action, not by an operator's cancel: what
+    /// [`UpgradeFinalizer::resume_interrupted`](crate::UpgradeFinalizer::resume_interrupted)
+    /// resumes.
+    pub fn is_interrupted(&self) -> bool {
+        self.finished_at_ms.is_none() && self.running_feature.is_some() && self.cancelled.is_none()
+    }
+}
+
+/// An operator's cancel of a finalization (`finalization.cancelled.*` in the VERSION
+/// file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CancelRecord {
+    /// Who cancelled (a client id; `operator` when the caller did not say).
+    pub client_id: String,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+}
+
+impl CancelRecord {
+    /// A cancel by `client_id` at `at_ms`.
+    pub fn new(client_id: impl Into<String>, at_ms: u64) -> Self {
+        Self {
+            client_id: client_id.into(),
+            at_ms,
         }
     }
 }

@@ -8,6 +8,9 @@
 //! | finalization status | none (read-only), or [`FinalizationStatusParams`] (drains a client's messages) | [`FinalizationStatusResponse`] |
 //! | prepare | [`PrepareParams`] | [`PrepareResponse`] |
 //! | cancel-prepare | [`PrepareParams`] | [`PrepareResponse`] |
+//! | cancel-finalization | [`CancelFinalizationParams`] | [`FinalizationStatusResponse`] |
+//! | migrations | none | [`MigrationsResponse`]: each background migration's progress and settings |
+//! | migration-settings | [`MigrationSettingsParams`]: batch size, rate ceiling, latency budget | [`MigrationView`] |
 //!
 //! [`AdminService`] serves them for one component. Errors are [`AdminError`]s: a
 //! machine-readable [`ErrorCode`] (with its HTTP status) and a message. Every request
@@ -25,8 +28,9 @@ pub mod http;
 
 pub use service::{AdminService, DEFAULT_FINALIZE_START_WAIT};
 pub use types::{
-    AdminError, ConditionView, DryRunView, ErrorBody, ErrorCode, ErrorResponse, FeatureView,
-    FeaturesResponse, FinalizationStatusParams, FinalizationStatusResponse, FinalizeParams,
-    FinalizeResponse, OverrideParams, PlannedStepView, PrepareParams, PrepareResponse,
-    ProgressView, StatusResponse, VetoView, API_VERSION,
+    AdminError, CancelFinalizationParams, ConditionView, DryRunView, ErrorBody, ErrorCode,
+    ErrorResponse, FeatureView, FeaturesResponse, FinalizationStatusParams,
+    FinalizationStatusResponse, FinalizeParams, FinalizeResponse, MigrationSettingsParams,
+    MigrationView, MigrationsResponse, OverrideParams, PlannedStepView, PrepareParams,
+    PrepareResponse, ProgressView, StatusResponse, VetoView, API_VERSION,
 };

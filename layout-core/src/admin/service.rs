@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use super::types::{
-    AdminError, ConditionView, DryRunView, ErrorCode, FeatureView, FeaturesResponse,
-    FinalizationStatusParams, FinalizationStatusResponse, FinalizeParams, FinalizeResponse,
-    PlannedStepView, PrepareParams, PrepareResponse, ProgressView, StatusResponse, VetoView,
-    API_VERSION,
+    AdminError, CancelFinalizationParams, ConditionView, DryRunView, ErrorCode, FeatureView,
+    FeaturesResponse, FinalizationStatusParams, FinalizationStatusResponse, FinalizeParams,
+    FinalizeResponse, MigrationSettingsParams, MigrationView, MigrationsResponse, PlannedStepView,
+    PrepareParams, PrepareResponse, ProgressView, StatusResponse, VetoView, API_VERSION,
 };
 use crate::clock::to_ms;
 use crate::error::LayoutError;
@@ -19,6 +19,7 @@ use crate::finalizer::{
     FinalizeError, FinalizeHandle, FinalizeOutcome, FinalizeRequest, StatusReport, UpgradeFinalizer,
 };
 use crate::manager::FeatureStatus;
+use crate::migration::{MigrationControl, MigrationProgress};
 use crate::prepare::{Preparable, PrepareController, PrepareError, PrepareState};
 
 /// How long `finalize` waits for a background finalization to end before it answers
@@ -55,6 +56,39 @@ trait Backend: Send + Sync {
         start_wait: Duration,
     ) -> Result<FinalizeResponse, AdminError>;
     fn join_finalization(&self) -> Option<Result<FinalizeResponse, AdminError>>;
+    fn cancel_finalization(&self, client: &str) -> Result<FinalizationStatusResponse, AdminError>;
+}
+
+/// A background migration the admin API shows and tunes; see
+/// [`AdminService::with_migration`].
+struct AdminMigration {
+    name: String,
+    control: MigrationControl,
+    progress: Box<dyn Fn() -> Option<MigrationProgress> + Send + Sync>,
+}
+
+impl AdminMigration {
+    fn view(&self) -> MigrationView {
+        let tuning = self.control.tuning();
+        let progress = (self.progress)();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        MigrationView {
+            name: self.name.clone(),
+            state: progress
+                .as_ref()
+                .map_or("not started", |p| p.state.as_str())
+                .to_owned(),
+            done: progress.as_ref().map_or(0, |p| p.done),
+            total: progress.as_ref().and_then(|p| p.total),
+            batches: progress.as_ref().map_or(0, |p| p.batches),
+            runs: progress.as_ref().map_or(0, |p| p.runs),
+            elapsed_ms: progress.as_ref().map_or(0, |p| ms(p.elapsed)),
+            batch_size: tuning.batch_size,
+            max_rows_per_sec: tuning.max_rows_per_sec,
+            latency_budget_ms: tuning.latency_budget.map(ms),
+            latency_delay_ms: progress.as_ref().map_or(0, |p| ms(p.latency_delay)),
+        }
+    }
 }
 
 struct Typed<F: LayoutFeature, C> {
@@ -99,6 +133,7 @@ pub struct AdminService {
     backend: Arc<dyn Backend>,
     prepare: Option<(Arc<PrepareController>, Arc<dyn Preparable>)>,
     start_wait: Duration,
+    migrations: Vec<AdminMigration>,
 }
 
 impl AdminService {
@@ -116,7 +151,112 @@ impl AdminService {
             }),
             prepare: None,
             start_wait: DEFAULT_FINALIZE_START_WAIT,
+            migrations: Vec::new(),
         }
+    }
+
+    /// Shows the background migration `name` in `migrations` and lets
+    /// `migration-settings` change its batch size and throttle through `control` while
+    /// it runs. `progress` reads its progress (`None` while there is none to show).
+    #[must_use]
+    pub fn with_migration(
+        mut self,
+        name: impl Into<String>,
+        control: MigrationControl,
+        progress: impl Fn() -> Option<MigrationProgress> + Send + Sync + 'static,
+    ) -> Self {
+        self.migrations.push(AdminMigration {
+            name: name.into(),
+            control,
+            progress: Box::new(progress),
+        });
+        self
+    }
+
+    /// Every registered background migration, its progress and its settings.
+    pub fn migrations(&self) -> MigrationsResponse {
+        MigrationsResponse {
+            api_version: API_VERSION,
+            migrations: self.migrations.iter().map(AdminMigration::view).collect(),
+        }
+    }
+
+    /// Changes a background migration's settings while it runs (from its next batch);
+    /// answers the migration as it is then. Refused with `invalid-argument` for a batch
+    /// size of 0, with `not-found` for an unknown migration (or no name when there are
+    /// several), with `not-supported` when none is registered.
+    pub fn set_migration_settings(
+        &self,
+        params: &MigrationSettingsParams,
+    ) -> Result<MigrationView, AdminError> {
+        check_api_version(params.api_version)?;
+        let migration = match (&params.name, self.migrations.as_slice()) {
+            (_, []) => {
+                return Err(AdminError::new(
+                    ErrorCode::NotSupported,
+                    format!(
+                        "component {} has no background migration to tune",
+                        self.component_name()
+                    ),
+                ))
+            }
+            (None, [only]) => only,
+            (name, all) => {
+                let names: Vec<&str> = all.iter().map(|m| m.name.as_str()).collect();
+                let found = name
+                    .as_deref()
+                    .and_then(|n| all.iter().find(|m| m.name == n));
+                found.ok_or_else(|| {
+                    AdminError::new(
+                        ErrorCode::NotFound,
+                        format!(
+                            "no background migration {}; this component has: {}",
+                            name.as_deref().map_or_else(
+                                || "named (give a name)".to_owned(),
+                                |n| format!("{n:?}")
+                            ),
+                            names.join(", ")
+                        ),
+                    )
+                })?
+            }
+        };
+        let mut tuning = migration.control.tuning();
+        if let Some(batch) = params.batch_size {
+            tuning.batch_size = batch;
+        }
+        if let Some(rate) = params.max_rows_per_sec {
+            tuning.max_rows_per_sec = (rate > 0).then_some(rate);
+        }
+        if let Some(budget) = params.latency_budget_ms {
+            tuning.latency_budget = (budget > 0).then(|| Duration::from_millis(budget));
+        }
+        migration.control.set_tuning(tuning).map_err(|reason| {
+            AdminError::new(
+                ErrorCode::InvalidArgument,
+                format!("migration {}: {reason}", migration.name),
+            )
+        })?;
+        tracing::info!(
+            client = params.client_id.as_deref().unwrap_or("-"),
+            migration = %migration.name,
+            "admin: migration settings changed"
+        );
+        Ok(migration.view())
+    }
+
+    /// Cancels the finalization for `client_id`: a running one stops before its next
+    /// feature (a background migration between batches), and the cancel is stored, so
+    /// the component does not resume it at its next start (see
+    /// [`UpgradeFinalizer::cancel_by`]). Answers the finalization status.
+    pub fn cancel_finalization(
+        &self,
+        params: &CancelFinalizationParams,
+    ) -> Result<FinalizationStatusResponse, AdminError> {
+        check_api_version(params.api_version)?;
+        check_client_id(&params.client_id)?;
+        tracing::info!(client = %params.client_id, "admin: cancel finalization");
+        self.backend.cancel_finalization(&params.client_id)
     }
 
     /// Serves prepare and cancel-prepare with `controller`, preparing `component`.
@@ -380,6 +520,8 @@ fn status_view<F: LayoutFeature>(report: StatusReport<F>) -> FinalizationStatusR
         }),
         veto_active: report.veto_active,
         auto_finalize_at_ms: report.auto_finalize_at.map(to_ms),
+        resumed_at_startup: report.resumed_at_startup,
+        resumes: report.resumes,
     }
 }
 
@@ -497,6 +639,13 @@ impl<F: LayoutFeature, C: Send + Sync + 'static> Backend for Typed<F, C> {
     fn join_finalization(&self) -> Option<Result<FinalizeResponse, AdminError>> {
         let handle = self.running.lock().take()?;
         Some(Self::outcome(handle.join()))
+    }
+
+    fn cancel_finalization(&self, client: &str) -> Result<FinalizationStatusResponse, AdminError> {
+        self.finalizer
+            .cancel_by(client)
+            .map_err(|e| finalize_error(&e))?;
+        self.finalization_status(None, false)
     }
 
     fn finalization_status(

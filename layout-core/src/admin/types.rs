@@ -156,6 +156,151 @@ impl Default for PrepareParams {
     }
 }
 
+/// `POST cancel-finalization`: stops a running finalization before its next feature (a
+/// background migration between batches) and stores the cancel, so the component does
+/// not resume it by itself at its next start; the next `finalize` continues it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CancelFinalizationParams {
+    /// Must be [`API_VERSION`].
+    pub api_version: u32,
+    /// Who cancels (stored with the cancel, shown in the VERSION file).
+    pub client_id: String,
+}
+
+impl CancelFinalizationParams {
+    /// A cancel by `client_id`.
+    pub fn new(client_id: impl Into<String>) -> Self {
+        Self {
+            api_version: API_VERSION,
+            client_id: client_id.into(),
+        }
+    }
+}
+
+/// One background migration of the component, its progress and its settings, as
+/// `GET migrations` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct MigrationView {
+    /// Its name.
+    pub name: String,
+    /// `not started`, `running`, `paused`, `interrupted` or `complete`.
+    pub state: String,
+    /// Rows done over all runs.
+    pub done: u64,
+    /// Rows in all, when known (persisted with the run's start, so known at once after
+    /// a restart).
+    pub total: Option<u64>,
+    /// Batches committed over all runs.
+    pub batches: u64,
+    /// Runs started (1 + resumes).
+    pub runs: u32,
+    /// How long it has run over all runs, in ms (downtime excluded).
+    pub elapsed_ms: u64,
+    /// Keys per batch now.
+    pub batch_size: usize,
+    /// The rate ceiling now, if any.
+    pub max_rows_per_sec: Option<u64>,
+    /// The foreground-latency budget now, in ms, if any.
+    pub latency_budget_ms: Option<u64>,
+    /// The wait the latency budget adds before each batch now, in ms.
+    pub latency_delay_ms: u64,
+}
+
+/// `GET migrations`: the component's background migrations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct MigrationsResponse {
+    /// [`API_VERSION`].
+    pub api_version: u32,
+    /// Every migration the component registered.
+    pub migrations: Vec<MigrationView>,
+}
+
+/// `POST migration-settings`: changes a background migration's batch size and throttle
+/// while it runs (from its next batch). Absent fields stay as they are; `0` for
+/// `max_rows_per_sec` or `latency_budget_ms` removes that limit; a batch size of `0` is
+/// refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct MigrationSettingsParams {
+    /// Must be [`API_VERSION`].
+    pub api_version: u32,
+    /// Who asks (logged).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// The migration; may be left out when the component has exactly one.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Keys per batch.
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    /// The rate ceiling in rows per second (`0`: none).
+    #[serde(default)]
+    pub max_rows_per_sec: Option<u64>,
+    /// The foreground-latency budget in ms (`0`: none).
+    #[serde(default)]
+    pub latency_budget_ms: Option<u64>,
+}
+
+impl MigrationSettingsParams {
+    /// A request that changes nothing yet, for the component's only migration.
+    pub fn new() -> Self {
+        Self {
+            api_version: API_VERSION,
+            client_id: None,
+            name: None,
+            batch_size: None,
+            max_rows_per_sec: None,
+            latency_budget_ms: None,
+        }
+    }
+
+    /// For the migration `name`.
+    #[must_use]
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// By `client_id` (logged).
+    #[must_use]
+    pub fn with_client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = Some(client_id.into());
+        self
+    }
+
+    /// Sets the batch size.
+    #[must_use]
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = Some(batch_size);
+        self
+    }
+
+    /// Sets the rate ceiling (`0`: none).
+    #[must_use]
+    pub fn with_max_rows_per_sec(mut self, rows_per_sec: u64) -> Self {
+        self.max_rows_per_sec = Some(rows_per_sec);
+        self
+    }
+
+    /// Sets the latency budget in ms (`0`: none).
+    #[must_use]
+    pub fn with_latency_budget_ms(mut self, budget_ms: u64) -> Self {
+        self.latency_budget_ms = Some(budget_ms);
+        self
+    }
+}
+
+impl Default for MigrationSettingsParams {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// `GET status`: everything about the component's layout at once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -248,6 +393,13 @@ pub struct FinalizationStatusResponse {
     pub veto_active: bool,
     /// When automatic finalization will run (ms since the Unix epoch), if scheduled.
     pub auto_finalize_at_ms: Option<u64>,
+    /// Whether the current (or last) run resumed an interrupted finalization at
+    /// start-up, without an operator; `client_id` is who started it.
+    #[serde(default)]
+    pub resumed_at_startup: bool,
+    /// How many times the finalization was resumed at start-up (stored in its record).
+    #[serde(default)]
+    pub resumes: u32,
 }
 
 /// Where a running finalization is.

@@ -19,7 +19,7 @@ pub use condition::{condition, ConditionOverride, FinalizeCondition, FinalizeGat
 pub use error::{ConditionFailure, FinalizeError, PrefinalizeError};
 pub use status::{
     ConditionCheck, DryRun, FinalizationStatus, FinalizeOutcome, PlannedStep, PrefinalizeReport,
-    Progress, StatusReport,
+    Progress, StartupResume, StatusReport,
 };
 
 use crate::action::{ActionContext, ActionError, ActionRegistry, Phase, ProgressSink};
@@ -27,7 +27,7 @@ use crate::clock::{from_ms, Clock, SystemClock};
 use crate::error::LayoutError;
 use crate::feature::LayoutFeature;
 use crate::manager::LayoutVersionManager;
-use crate::state::{FinalizationRecord, HistoryEntry, VetoRecord};
+use crate::state::{CancelRecord, FinalizationRecord, HistoryEntry, VetoRecord};
 
 /// The names of the finalizer's failpoints (feature `failpoints`), in the order a
 /// finalization passes them. A crash-free finalization of at least one feature passes
@@ -85,6 +85,9 @@ pub struct FinalizeRequest<F> {
     pub takeover: bool,
     /// Failing conditions to override, each with a reason.
     pub overrides: Vec<ConditionOverride>,
+    /// Set by [`UpgradeFinalizer::resume_interrupted`]: the run resumes an interrupted
+    /// finalization at start-up, without an operator.
+    at_startup: bool,
 }
 
 impl<F> FinalizeRequest<F> {
@@ -95,6 +98,7 @@ impl<F> FinalizeRequest<F> {
             target: None,
             takeover: false,
             overrides: Vec::new(),
+            at_startup: false,
         }
     }
 
@@ -134,6 +138,13 @@ struct Shared<F> {
     /// Finalization runs that ended in an error since this finalizer was built.
     failures: u64,
     messages: VecDeque<String>,
+    /// Whether the current (or last) run resumed an interrupted finalization at start-up.
+    resumed_at_startup: bool,
+    /// The active time the running action last reported (see
+    /// [`ActionContext::report_elapsed`]), and when.
+    action_elapsed: Option<(Duration, SystemTime)>,
+    /// When this process began the current run.
+    run_started: Option<SystemTime>,
 }
 
 impl<F> Shared<F> {
@@ -236,6 +247,9 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
                 last_error: None,
                 failures: 0,
                 messages: VecDeque::new(),
+                resumed_at_startup: false,
+                action_elapsed: None,
+                run_started: None,
             }),
             lvm,
         }
@@ -434,9 +448,154 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
         }
     }
 
-    /// Asks a running finalization to stop before its next feature.
+    /// Asks a running finalization to stop before its next feature, as client
+    /// `operator`; see [`cancel_by`](Self::cancel_by). A failure to store the cancel is
+    /// logged (the running finalization stops all the same).
     pub fn cancel(&self) {
+        if let Err(e) = self.cancel_by("operator") {
+            tracing::warn!(
+                target: "layout_core::finalizer",
+                error = %e,
+                "the cancel could not be stored; a restart would resume the finalization"
+            );
+        }
+    }
+
+    /// Cancels the finalization for `client_id`: a running one stops before its next
+    /// feature (an action that checks [`ActionContext::is_cancelled`] sooner), and the
+    /// cancel is stored in the finalization record, so
+    /// [`resume_interrupted`](Self::resume_interrupted) does not resume it at the next
+    /// start-up. An operator's next finalize clears it. Without an unfinished
+    /// finalization there is nothing to store.
+    pub fn cancel_by(&self, client_id: &str) -> Result<(), FinalizeError<F>> {
         self.cancel.store(true, Ordering::SeqCst);
+        let now = self.clock.now_ms();
+        let stored = self.lvm.update_state(|s| {
+            match s
+                .finalization
+                .as_mut()
+                .filter(|r| r.finished_at_ms.is_none())
+            {
+                Some(record) => {
+                    record.cancelled = Some(CancelRecord::new(client_id, now));
+                    true
+                }
+                None => false,
+            }
+        })?;
+        if stored {
+            tracing::info!(
+                target: "layout_core::finalizer",
+                client = client_id,
+                "finalization cancelled; it will not be resumed at start-up"
+            );
+            self.shared
+                .lock()
+                .push(format!("Client {client_id} cancelled the finalization."));
+        }
+        Ok(())
+    }
+
+    /// Resumes, at start-up and without an operator, a finalization that a crash, a kill
+    /// or a restart interrupted in the middle of an `OnFinalize` action (its record is
+    /// unfinished and names the running feature, see
+    /// [`FinalizationRecord::is_interrupted`]), as the client that started it and towards
+    /// its target, in the caller's thread. A finalization an operator cancelled is not
+    /// resumed ([`StartupResume::Cancelled`]); nor is one that stopped on a failed action
+    /// or between features ([`StartupResume::NothingToResume`]): those wait for an
+    /// operator.
+    ///
+    /// Call it once at start-up, after
+    /// [`run_prefinalize_actions`](Self::run_prefinalize_actions); a component that
+    /// serves while the action runs (a background migration) calls
+    /// [`start_resume_interrupted`](Self::start_resume_interrupted) instead. The decision
+    /// is logged (target `layout_core::finalizer`), the record counts the resume
+    /// (`finalization.resumes`), and [`report_status`](Self::report_status) shows the
+    /// client and [`StatusReport::resumed_at_startup`].
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use layout_core::*;
+    ///
+    /// #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]
+    /// enum Feature {
+    ///     #[layout(version = 0, description = "Initial layout")]
+    ///     Initial,
+    ///     #[layout(version = 1, description = "An index")]
+    ///     Index,
+    /// }
+    /// struct Component;
+    ///
+    /// let opts = ManagerOptions::default().with_start_intent(StartIntent::Init).with_initial_layout_version(0);
+    /// let lvm = Arc::new(LayoutVersionManager::<Feature>::open(MemoryStorage::new(), opts)?);
+    /// let finalizer = UpgradeFinalizer::new(lvm, ActionRegistry::<Feature, Component>::empty());
+    /// // Nothing was interrupted: nothing to do.
+    /// assert!(matches!(finalizer.resume_interrupted(&Component), StartupResume::NothingToResume));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn resume_interrupted(&self, component: &C) -> StartupResume<F> {
+        match self.startup_request() {
+            Ok(request) => StartupResume::Resumed(self.finalize_with(request, component)),
+            Err(other) => other,
+        }
+    }
+
+    /// [`resume_interrupted`](Self::resume_interrupted) in a background thread: the
+    /// component serves while the interrupted action (a background migration) finishes.
+    /// `None` when nothing is resumed (the reason is logged); otherwise the handle of the
+    /// run, as [`start_finalize_with`](Self::start_finalize_with) returns it.
+    pub fn start_resume_interrupted(
+        self: &Arc<Self>,
+        component: Arc<C>,
+    ) -> Option<FinalizeHandle<F>>
+    where
+        C: Send + Sync,
+    {
+        self.startup_request()
+            .ok()
+            .map(|request| self.start_finalize_with(request, component))
+    }
+
+    /// The request that resumes an interrupted finalization, or why there is none.
+    fn startup_request(&self) -> Result<FinalizeRequest<F>, StartupResume<F>> {
+        let Some(record) = self
+            .lvm
+            .state()
+            .finalization
+            .filter(|r| r.finished_at_ms.is_none() && self.lvm.needs_finalization())
+        else {
+            return Err(StartupResume::NothingToResume);
+        };
+        if let Some(cancel) = &record.cancelled {
+            tracing::info!(
+                target: "layout_core::finalizer",
+                client = %record.client_id,
+                cancelled_by = %cancel.client_id,
+                "an unfinished finalization was cancelled by an operator; not resuming it at \
+                 start-up (finalize again to continue)"
+            );
+            return Err(StartupResume::Cancelled {
+                client_id: record.client_id,
+                cancelled_by: cancel.client_id.clone(),
+                cancelled_at_ms: cancel.at_ms,
+            });
+        }
+        let Some(feature) = record.running_feature.clone() else {
+            return Err(StartupResume::NothingToResume);
+        };
+        tracing::info!(
+            target: "layout_core::finalizer",
+            client = %record.client_id,
+            target_version = record.target_version,
+            feature = %feature,
+            action = record.running_action.as_deref().unwrap_or(""),
+            "resuming an interrupted finalization at start-up"
+        );
+        let mut request = FinalizeRequest::new(record.client_id);
+        request.target = F::from_layout_version(record.target_version)
+            .filter(|f| f.layout_version() <= self.lvm.software_layout_version());
+        request.at_startup = true;
+        Ok(request)
     }
 
     /// Resumes a finalization that a crash or restart interrupted (its record is stored
@@ -555,11 +714,17 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
         };
         let mut progress = shared.progress.clone();
         if let Some(p) = progress.as_mut() {
-            p.elapsed = self
-                .clock
-                .now()
-                .duration_since(p.started_at)
-                .unwrap_or_default();
+            // Active time, not wall time since the finalization started: what the action
+            // reported (its own figure survives restarts) plus the time since, or else the
+            // time this process has run it. Downtime is not counted.
+            let now = self.clock.now();
+            p.elapsed = match shared.action_elapsed {
+                Some((reported, at)) => reported + now.duration_since(at).unwrap_or_default(),
+                None => shared
+                    .run_started
+                    .and_then(|s| now.duration_since(s).ok())
+                    .unwrap_or_default(),
+            };
         }
         Ok(StatusReport {
             status: shared.status,
@@ -575,6 +740,8 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
             veto: state.veto,
             veto_active,
             auto_finalize_at,
+            resumed_at_startup: shared.resumed_at_startup,
+            resumes: state.finalization.map_or(0, |r| r.resumes),
         })
     }
 
@@ -878,8 +1045,32 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
             shared.client = Some(client.to_owned());
             shared.target = Some(target);
             shared.last_error = None;
-            shared.push("Finalization started.".to_owned());
+            shared.resumed_at_startup = request.at_startup;
+            shared.run_started = Some(self.clock.now());
+            shared.action_elapsed = None;
+            if request.at_startup {
+                let feature = unfinished
+                    .as_ref()
+                    .and_then(|r| r.running_feature.clone())
+                    .unwrap_or_default();
+                shared.push(format!(
+                    "Finalization by client {client} resumed at start-up (feature {feature} \
+                     was being finalized when the component stopped)."
+                ));
+            } else {
+                shared.push("Finalization started.".to_owned());
+            }
         }
+        if request.at_startup {
+            self.lvm.update_state(|s| {
+                if let Some(r) = s.finalization.as_mut() {
+                    r.resumes = r.resumes.saturating_add(1);
+                }
+            })?;
+        }
+        // An operator's finalize lifts an earlier cancel (the per-action record below
+        // keeps one that arrives while this run goes on).
+        let mut lift_cancel = !request.at_startup;
         tracing::info!(
             target: "layout_core::finalizer",
             client,
@@ -942,6 +1133,43 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
                     elapsed: Duration::ZERO,
                 });
             }
+            if let Some(action) = action {
+                // Durable before the action runs: a process stopped in the middle of it
+                // is resumed at its next start (`resume_interrupted`).
+                let recorder = self
+                    .shared
+                    .lock()
+                    .client
+                    .clone()
+                    .unwrap_or_else(|| client.to_owned());
+                let lift = std::mem::take(&mut lift_cancel);
+                // The step before already named this action (see below): no write then.
+                let named = self.lvm.state().finalization.is_some_and(|r| {
+                    r.finished_at_ms.is_none()
+                        && r.client_id == recorder
+                        && r.target_version == target
+                        && r.running_feature.as_deref() == Some(feature.name())
+                        && r.running_action.as_deref() == Some(action.name())
+                        && !(lift && r.cancelled.is_some())
+                });
+                if !named {
+                    self.lvm.update_state(|s| {
+                        let record = s.finalization.get_or_insert_with(|| {
+                            FinalizationRecord::new(&recorder, target, started_ms)
+                        });
+                        if record.finished_at_ms.is_some() {
+                            *record = FinalizationRecord::new(&recorder, target, started_ms);
+                        }
+                        recorder.clone_into(&mut record.client_id);
+                        record.target_version = target;
+                        record.running_feature = Some(feature.name().to_owned());
+                        record.running_action = Some(action.name().to_owned());
+                        if lift {
+                            record.cancelled = None;
+                        }
+                    })?;
+                }
+            }
             fail::fail_point!("finalize::before_action");
             crate::crash_point::hit("finalize::before_action");
             match action {
@@ -954,6 +1182,19 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
                         |c, ctx| action.run(c, ctx),
                     )
                     .map_err(|source| {
+                        if !source.is_cancelled() {
+                            // A failed action is not an interruption: it waits for an
+                            // operator rather than being retried at every start.
+                            let cleared = self.lvm.update_state(|s| {
+                                if let Some(r) = s.finalization.as_mut() {
+                                    r.running_feature = None;
+                                    r.running_action = None;
+                                }
+                            });
+                            if let Err(e) = cleared {
+                                tracing::warn!(target: "layout_core::finalizer", error = %e, "could not store that the action failed");
+                            }
+                        }
                         if source.is_cancelled() {
                             FinalizeError::Cancelled {
                                 next: feature,
@@ -995,6 +1236,13 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
                     *record = FinalizationRecord::new(&recorder, target, started_ms);
                 }
                 record.target_version = target;
+                // The next feature's action, if it has one, is named in the same write,
+                // so a run of several features stores one commit per feature.
+                let next = features
+                    .get(i + 1)
+                    .and_then(|&f| self.registry.get(f, Phase::OnFinalize).map(|a| (f, a)));
+                record.running_feature = next.map(|(f, _)| f.name().to_owned());
+                record.running_action = next.map(|(_, a)| a.name().to_owned());
                 if last {
                     record.finished_at_ms = Some(step_ms);
                 }
@@ -1068,6 +1316,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
         let _entered = span.enter();
         let sink = StatusSink {
             shared: &self.shared,
+            clock: &*self.clock,
         };
         let ctx = ActionContext::new(feature, phase, &sink, &self.cancel).with_attempt(attempt);
         tracing::info!(target: "layout_core::action", "running upgrade action");
@@ -1096,6 +1345,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
 
 struct StatusSink<'a, F> {
     shared: &'a Mutex<Shared<F>>,
+    clock: &'a dyn Clock,
 }
 
 impl<F: Send> ProgressSink for StatusSink<'_, F> {
@@ -1107,6 +1357,9 @@ impl<F: Send> ProgressSink for StatusSink<'_, F> {
     }
     fn message(&self, message: &str) {
         self.shared.lock().push(message.to_owned());
+    }
+    fn elapsed(&self, elapsed: Duration) {
+        self.shared.lock().action_elapsed = Some((elapsed, self.clock.now()));
     }
 }
 

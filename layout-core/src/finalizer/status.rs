@@ -103,6 +103,36 @@ pub struct StatusReport<F> {
     pub veto_active: bool,
     /// When automatic finalization will run, under the auto policy, if nothing stops it.
     pub auto_finalize_at: Option<SystemTime>,
+    /// Whether the current (or last) run resumed an interrupted finalization at start-up,
+    /// without an operator (see
+    /// [`UpgradeFinalizer::resume_interrupted`](super::UpgradeFinalizer::resume_interrupted));
+    /// [`client_id`](Self::client_id) is the client that started it.
+    pub resumed_at_startup: bool,
+    /// How many times the unfinished (or last) finalization was resumed at start-up, as
+    /// stored in its record.
+    pub resumes: u32,
+}
+
+/// What [`UpgradeFinalizer::resume_interrupted`](super::UpgradeFinalizer::resume_interrupted)
+/// did at start-up.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartupResume<F: crate::LayoutFeature> {
+    /// No finalization was interrupted in the middle of an `OnFinalize` action: none is
+    /// unfinished, or the last one stopped on a failed action or between features (those
+    /// wait for an operator).
+    NothingToResume,
+    /// The interrupted finalization was cancelled by an operator: not resumed.
+    Cancelled {
+        /// The client that started it.
+        client_id: String,
+        /// Who cancelled it.
+        cancelled_by: String,
+        /// When (ms since the Unix epoch).
+        cancelled_at_ms: u64,
+    },
+    /// It was resumed, as its own client; the run's result.
+    Resumed(Result<FinalizeOutcome<F>, super::FinalizeError<F>>),
 }
 
 /// What a successful finalization did.

@@ -27,6 +27,7 @@
 //! before it reads its first batch, and the switch is persisted with the first
 //! checkpoint, so it survives a restart.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -122,6 +123,21 @@ pub struct Checkpoint {
     pub started_ms: u64,
     /// When it completed.
     pub completed_ms: Option<u64>,
+    /// How long the migration has been running, over every run, up to
+    /// [`updated_ms`](Self::updated_ms), in ms: the time between a run's start and its
+    /// batches, never the time the component was down (0 in a checkpoint written before
+    /// this field existed).
+    #[serde(default)]
+    pub active_ms: u64,
+    /// When this checkpoint was written (ms since the epoch, on the migration's clock);
+    /// 0 in a checkpoint written before this field existed.
+    #[serde(default)]
+    pub updated_ms: u64,
+    /// The rows in the source, as counted when the current run started (and never below
+    /// [`done`](Self::done)), so a restarted component knows the total before its first
+    /// batch; `None` when the source cannot count them cheaply.
+    #[serde(default)]
+    pub total: Option<u64>,
 }
 
 impl Checkpoint {
@@ -148,11 +164,29 @@ impl Checkpoint {
         if let Some(last) = last_key {
             next.last_key = Some(last.to_vec());
         }
+        if self.updated_ms > 0 {
+            next.active_ms += now_ms.saturating_sub(self.updated_ms);
+        }
+        next.updated_ms = now_ms;
+        next.total = self.total.map(|t| t.max(next.done));
         if read < batch_size {
             next.complete = true;
             next.completed_ms = Some(now_ms);
+            next.total = Some(next.done);
         }
         next
+    }
+
+    /// How long the migration has been running at `now_ms`, downtime excluded: the
+    /// stored [`active_ms`](Self::active_ms), plus the time since the checkpoint was
+    /// written when a run is going on (`running`).
+    pub fn active_elapsed(&self, now_ms: u64, running: bool) -> Duration {
+        let since = if running && self.updated_ms > 0 && !self.complete {
+            now_ms.saturating_sub(self.updated_ms)
+        } else {
+            0
+        };
+        Duration::from_millis(self.active_ms.saturating_add(since))
     }
 
     /// The checkpoint as bytes (JSON), for stores that keep it as a value.
@@ -243,7 +277,7 @@ pub enum MigrationError {
         /// The migration.
         migration: String,
     },
-    /// The options are invalid.
+    /// The options (or a live change of them) are invalid.
     #[error("migration {migration}: invalid options: {reason}")]
     InvalidOptions {
         /// The migration.
@@ -490,6 +524,14 @@ pub struct MigrationProgress {
     pub last_key: Option<Vec<u8>>,
     /// The error that stopped the last run, if any.
     pub last_error: Option<String>,
+    /// How long the migration has been running over all runs, downtime excluded (kept in
+    /// the checkpoint, see [`Checkpoint::active_ms`]).
+    pub elapsed: Duration,
+    /// The settings in force now (changed live through [`MigrationControl`]).
+    pub tuning: MigrationTuning,
+    /// The wait the latency budget adds before each batch now (zero without a budget or
+    /// while foreground latency is within it).
+    pub latency_delay: Duration,
 }
 
 impl MigrationProgress {
@@ -505,6 +547,9 @@ impl MigrationProgress {
             eta: None,
             last_key: None,
             last_error: None,
+            elapsed: Duration::ZERO,
+            tuning: MigrationTuning::default(),
+            latency_delay: Duration::ZERO,
         }
     }
 }
@@ -543,7 +588,92 @@ pub enum BatchEvent {
     },
 }
 
-/// Pauses, resumes and cancels a background migration, from any thread.
+/// The settings of a running migration that an operator may change while it runs (see
+/// [`MigrationControl::set_tuning`]).
+///
+/// - `batch_size`: keys per batch (one transaction and one checkpoint each). Smaller
+///   batches hold the store's write lock for less time at once.
+/// - `max_rows_per_sec`: a ceiling on the copy rate; the migration waits between batches
+///   to stay below it.
+/// - `latency_budget`: a foreground-latency budget. The component feeds the latency of
+///   its foreground requests with [`MigrationControl::observe_latency`]; before each
+///   batch the migration takes the 99th percentile of the latencies observed since the
+///   previous batch, and while it is over the budget it waits before each batch, doubling
+///   the wait (from [`MIN_LATENCY_DELAY`] up to [`MAX_LATENCY_DELAY`]); once it is within
+///   the budget again the wait shortens by [`MIN_LATENCY_DELAY`] each batch, down to
+///   none. No observation since the last batch leaves the wait as it is. So the migration
+///   yields to foreground traffic when it hurts it and speeds up again, gradually, when
+///   it does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct MigrationTuning {
+    /// Keys per batch.
+    pub batch_size: usize,
+    /// The most rows per second, if limited.
+    pub max_rows_per_sec: Option<u64>,
+    /// The foreground-latency budget, if any.
+    pub latency_budget: Option<Duration>,
+}
+
+impl Default for MigrationTuning {
+    fn default() -> Self {
+        Self {
+            batch_size: DEFAULT_BATCH_SIZE,
+            max_rows_per_sec: None,
+            latency_budget: None,
+        }
+    }
+}
+
+impl MigrationTuning {
+    /// Settings with `batch_size` keys per batch and no throttle.
+    pub fn new(batch_size: usize) -> Self {
+        Self {
+            batch_size,
+            ..Self::default()
+        }
+    }
+
+    /// With a rate ceiling (`None`: none).
+    #[must_use]
+    pub fn with_max_rows_per_sec(mut self, rows_per_sec: Option<u64>) -> Self {
+        self.max_rows_per_sec = rows_per_sec;
+        self
+    }
+
+    /// With a foreground-latency budget (`None`: none).
+    #[must_use]
+    pub fn with_latency_budget(mut self, budget: Option<Duration>) -> Self {
+        self.latency_budget = budget;
+        self
+    }
+
+    /// Why these settings are refused, if they are: a batch size of 0, a rate of 0, a
+    /// budget of 0.
+    pub fn check(&self) -> Result<(), String> {
+        if self.batch_size == 0 {
+            return Err("the batch size is 0".to_owned());
+        }
+        if self.max_rows_per_sec == Some(0) {
+            return Err("the maximum rate is 0 rows per second".to_owned());
+        }
+        if self.latency_budget.is_some_and(|b| b.is_zero()) {
+            return Err("the latency budget is 0".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// The shortest wait the latency budget adds before a batch once latency is over it.
+pub const MIN_LATENCY_DELAY: Duration = Duration::from_millis(5);
+/// The longest wait the latency budget adds before a batch.
+pub const MAX_LATENCY_DELAY: Duration = Duration::from_secs(2);
+/// At most this many foreground latencies are kept between two batches (the oldest are
+/// dropped).
+const MAX_LATENCY_SAMPLES: usize = 4096;
+
+/// Pauses, resumes and cancels a background migration, and changes its
+/// [`MigrationTuning`], from any thread, while it runs.
 #[derive(Debug, Clone, Default)]
 pub struct MigrationControl {
     inner: Arc<ControlInner>,
@@ -553,6 +683,8 @@ pub struct MigrationControl {
 struct ControlInner {
     flags: Mutex<ControlFlags>,
     changed: Condvar,
+    tuning: Mutex<MigrationTuning>,
+    latencies: Mutex<VecDeque<Duration>>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -562,6 +694,49 @@ struct ControlFlags {
 }
 
 impl MigrationControl {
+    /// The settings in force.
+    pub fn tuning(&self) -> MigrationTuning {
+        *self.inner.tuning.lock()
+    }
+
+    /// Changes the settings; the migration applies them from its next batch. Refused
+    /// (with the reason, nothing changed) when [`MigrationTuning::check`] refuses them.
+    pub fn set_tuning(&self, tuning: MigrationTuning) -> Result<(), String> {
+        tuning.check()?;
+        *self.inner.tuning.lock() = tuning;
+        tracing::info!(
+            target: "layout_core::migration",
+            batch_size = tuning.batch_size,
+            max_rows_per_sec = ?tuning.max_rows_per_sec,
+            latency_budget_ms = ?tuning.latency_budget.map(|b| b.as_millis()),
+            "background migration settings changed"
+        );
+        Ok(())
+    }
+
+    /// Records the latency of one foreground request, for the latency budget (see
+    /// [`MigrationTuning`]). Cheap; call it from the component's request path whether or
+    /// not a budget is set (without one the samples are dropped at the next batch).
+    pub fn observe_latency(&self, latency: Duration) {
+        let mut samples = self.inner.latencies.lock();
+        if samples.len() == MAX_LATENCY_SAMPLES {
+            samples.pop_front();
+        }
+        samples.push_back(latency);
+    }
+
+    /// The 99th percentile of the latencies observed since the last call, if any, and
+    /// forgets them.
+    fn take_latency_p99(&self) -> Option<Duration> {
+        let mut samples: Vec<Duration> = self.inner.latencies.lock().drain(..).collect();
+        if samples.is_empty() {
+            return None;
+        }
+        samples.sort_unstable();
+        let index = (samples.len() * 99).div_ceil(100).saturating_sub(1);
+        samples.get(index).copied()
+    }
+
     /// Pauses the migration before its next batch.
     pub fn pause(&self) {
         self.inner.flags.lock().paused = true;
@@ -743,6 +918,7 @@ pub struct BackgroundMigrationBuilder {
     sink: Arc<dyn MigrationSink>,
     batch_size: usize,
     max_rows_per_sec: Option<u64>,
+    latency_budget: Option<Duration>,
     transform: Option<RowTransform>,
     clock: Arc<dyn Clock>,
     sleeper: Arc<dyn Sleeper>,
@@ -763,6 +939,23 @@ impl BackgroundMigrationBuilder {
     #[must_use]
     pub fn max_rows_per_sec(mut self, rows_per_sec: u64) -> Self {
         self.max_rows_per_sec = Some(rows_per_sec);
+        self
+    }
+
+    /// Slows down while foreground latency is over `budget` (see [`MigrationTuning`]);
+    /// the component feeds latencies with [`MigrationControl::observe_latency`].
+    #[must_use]
+    pub fn latency_budget(mut self, budget: Duration) -> Self {
+        self.latency_budget = Some(budget);
+        self
+    }
+
+    /// All three settings at once.
+    #[must_use]
+    pub fn tuning(mut self, tuning: MigrationTuning) -> Self {
+        self.batch_size = tuning.batch_size;
+        self.max_rows_per_sec = tuning.max_rows_per_sec;
+        self.latency_budget = tuning.latency_budget;
         self
     }
 
@@ -802,18 +995,19 @@ impl BackgroundMigrationBuilder {
     /// Reads the checkpoint (so the state, the progress and the write routing are right
     /// before anything runs) and builds the migration.
     pub fn open(self) -> Result<BackgroundMigration, MigrationError> {
-        if self.batch_size == 0 {
+        let tuning = MigrationTuning {
+            batch_size: self.batch_size,
+            max_rows_per_sec: self.max_rows_per_sec,
+            latency_budget: self.latency_budget,
+        };
+        if let Err(reason) = tuning.check() {
             return Err(MigrationError::InvalidOptions {
                 migration: self.name,
-                reason: "the batch size is 0".to_owned(),
+                reason,
             });
         }
-        if self.max_rows_per_sec == Some(0) {
-            return Err(MigrationError::InvalidOptions {
-                migration: self.name,
-                reason: "the maximum rate is 0 rows per second".to_owned(),
-            });
-        }
+        let control = MigrationControl::default();
+        *control.inner.tuning.lock() = tuning;
         let checkpoint = self.sink.load_checkpoint()?;
         let mut progress = MigrationProgress::new();
         let fence = Arc::new(WriteFence::default());
@@ -830,20 +1024,21 @@ impl BackgroundMigrationBuilder {
             progress.batches = cp.batches;
             progress.runs = cp.runs;
             progress.last_key.clone_from(&cp.last_key);
+            progress.total = cp.total.map(|t| t.max(cp.done));
+            progress.elapsed = cp.active_elapsed(0, false);
         }
         Ok(BackgroundMigration {
             name: self.name,
             source: self.source,
             sink: self.sink,
-            batch_size: self.batch_size,
-            max_rows_per_sec: self.max_rows_per_sec,
             transform: self.transform,
             clock: self.clock,
             sleeper: self.sleeper,
             hook: self.hook,
             in_store: self.in_store,
-            control: MigrationControl::default(),
+            control,
             progress: Arc::new(Mutex::new(progress)),
+            active: Mutex::new(checkpoint.map(|cp| (cp.active_ms, cp.updated_ms))),
             fence,
             completed,
             running: AtomicBool::new(false),
@@ -857,6 +1052,7 @@ impl fmt::Debug for BackgroundMigrationBuilder {
             .field("name", &self.name)
             .field("batch_size", &self.batch_size)
             .field("max_rows_per_sec", &self.max_rows_per_sec)
+            .field("latency_budget", &self.latency_budget)
             .finish_non_exhaustive()
     }
 }
@@ -888,8 +1084,6 @@ pub struct BackgroundMigration {
     name: String,
     source: Arc<dyn MigrationSource>,
     sink: Arc<dyn MigrationSink>,
-    batch_size: usize,
-    max_rows_per_sec: Option<u64>,
     transform: Option<RowTransform>,
     clock: Arc<dyn Clock>,
     sleeper: Arc<dyn Sleeper>,
@@ -897,6 +1091,8 @@ pub struct BackgroundMigration {
     in_store: bool,
     control: MigrationControl,
     progress: Arc<Mutex<MigrationProgress>>,
+    /// The last checkpoint's active time and write time (ms), for the elapsed figure.
+    active: Mutex<Option<(u64, u64)>>,
     fence: Arc<WriteFence>,
     completed: Arc<AtomicBool>,
     running: AtomicBool,
@@ -936,6 +1132,7 @@ impl BackgroundMigration {
             sink,
             batch_size: DEFAULT_BATCH_SIZE,
             max_rows_per_sec: None,
+            latency_budget: None,
             transform: None,
             clock: Arc::new(SystemClock),
             sleeper: Arc::new(ThreadSleeper),
@@ -949,9 +1146,9 @@ impl BackgroundMigration {
         &self.name
     }
 
-    /// Keys per batch.
+    /// Keys per batch now (see [`MigrationControl::set_tuning`]).
     pub fn batch_size(&self) -> usize {
-        self.batch_size
+        self.control.tuning().batch_size
     }
 
     /// The transform, if any (the component applies it to old rows it serves during the
@@ -960,14 +1157,34 @@ impl BackgroundMigration {
         self.transform.as_ref()
     }
 
-    /// Pause, resume and cancel.
+    /// Pause, resume, cancel, and change the settings while it runs.
     pub fn control(&self) -> MigrationControl {
         self.control.clone()
     }
 
-    /// A snapshot of the progress.
+    /// A snapshot of the progress. Its `elapsed` counts the time the migration has run
+    /// (over every run), never the time the component was down.
     pub fn progress(&self) -> MigrationProgress {
-        self.progress.lock().clone()
+        let mut progress = self.progress.lock().clone();
+        progress.tuning = self.control.tuning();
+        if let Some((active_ms, updated_ms)) = *self.active.lock() {
+            let running = matches!(
+                progress.state,
+                MigrationState::Running | MigrationState::Paused
+            );
+            let since = if running && updated_ms > 0 {
+                self.clock.now_ms().saturating_sub(updated_ms)
+            } else {
+                0
+            };
+            progress.elapsed = Duration::from_millis(active_ms.saturating_add(since));
+        }
+        progress
+    }
+
+    /// Remembers the active time of the checkpoint just written or read.
+    fn note_checkpoint(&self, checkpoint: &Checkpoint) {
+        *self.active.lock() = Some((checkpoint.active_ms, checkpoint.updated_ms));
     }
 
     /// Whether the copy is complete.
@@ -1037,6 +1254,7 @@ impl BackgroundMigration {
         }
         self.completed.store(false, Ordering::Release);
         *self.progress.lock() = MigrationProgress::new();
+        *self.active.lock() = None;
         tracing::info!(target: "layout_core::migration", migration = %self.name, "migration reset");
         Ok(())
     }
@@ -1092,8 +1310,10 @@ impl BackgroundMigration {
             if let Some(cp) = current.as_ref().filter(|cp| cp.complete) {
                 self.mark_complete();
                 self.sink.finish()?;
+                self.note_checkpoint(cp);
                 let mut progress = self.progress.lock();
                 progress.done = cp.done;
+                progress.total = Some(cp.total.unwrap_or(cp.done).max(cp.done));
                 progress.batches = cp.batches;
                 progress.runs = cp.runs;
                 progress.eta = Some(Duration::ZERO);
@@ -1111,17 +1331,25 @@ impl BackgroundMigration {
                 let mut started = self.fence.started.write();
                 *started = true;
             }
+            // The total is counted before the run's start is stored, so it is known (and
+            // persisted) before the first batch; the downtime before this run is not
+            // counted: the active time resumes from now.
+            let counted = self.source.total_rows()?;
+            let now_ms = self.clock.now_ms();
             let mut next = current.clone().unwrap_or_else(|| Checkpoint {
-                started_ms: self.clock.now_ms(),
+                started_ms: now_ms,
                 ..Checkpoint::default()
             });
             next.runs += 1;
+            next.updated_ms = now_ms;
+            next.total = counted.map(|t| t.max(next.done));
             match self.sink.write_batch(current.as_ref(), &[], &next)? {
                 BatchWrite::Written { .. } => break next,
                 BatchWrite::Conflict { .. } => {}
             }
         };
-        let total = self.source.total_rows()?;
+        self.note_checkpoint(&checkpoint);
+        let mut total = checkpoint.total;
         let run_start = self.clock.now();
         let done_at_start = checkpoint.done;
         let batches_at_start = checkpoint.batches;
@@ -1160,7 +1388,13 @@ impl BackgroundMigration {
         self.emit(&BatchEvent::RunStarted {
             checkpoint: checkpoint.clone(),
         });
+        if let Some(ctx) = ctx {
+            ctx.elapsed(checkpoint.active_elapsed(0, false));
+        }
         let mut reported_decile = decile(checkpoint.done, total);
+        // The rate ceiling is measured from when it was last set (or changed).
+        let mut rate_window: (Option<u64>, SystemTime, u64) = (None, run_start, checkpoint.done);
+        let mut latency_delay = Duration::ZERO;
         while !checkpoint.complete {
             if let Err(Interrupt::Cancelled) = self.wait_while_paused(ctx) {
                 tracing::info!(target: "layout_core::migration", migration = %self.name, done = checkpoint.done, "background migration cancelled");
@@ -1169,7 +1403,12 @@ impl BackgroundMigration {
                     done: checkpoint.done,
                 });
             }
-            self.throttle(run_start, checkpoint.done - done_at_start);
+            let tuning = self.control.tuning();
+            if rate_window.0 != tuning.max_rows_per_sec {
+                rate_window = (tuning.max_rows_per_sec, self.clock.now(), checkpoint.done);
+            }
+            self.throttle(&rate_window, checkpoint.done);
+            latency_delay = self.latency_wait(tuning.latency_budget, latency_delay);
             let batch_span = tracing::debug_span!(
                 target: "layout_core::migration",
                 "batch",
@@ -1181,9 +1420,9 @@ impl BackgroundMigration {
                 index: checkpoint.batches,
             });
             crate::crash_point::hit(CRASH_BEFORE_BATCH);
-            let outcome = match self.copy_in_store(&checkpoint)? {
+            let outcome = match self.copy_in_store(&checkpoint, tuning.batch_size)? {
                 Some(outcome) => outcome,
-                None => self.copy_through_source(&checkpoint)?,
+                None => self.copy_through_source(&checkpoint, tuning.batch_size)?,
             };
             match outcome {
                 BatchCopy::Copied {
@@ -1193,6 +1432,7 @@ impl BackgroundMigration {
                     crate::crash_point::hit(CRASH_BATCH_COMMITTED);
                     written += rows;
                     checkpoint = next;
+                    self.note_checkpoint(&checkpoint);
                 }
                 BatchCopy::Conflict { current } => {
                     // Everything was deleted meanwhile (or the migration was reset):
@@ -1201,6 +1441,7 @@ impl BackgroundMigration {
                         Some(current) => {
                             tracing::info!(target: "layout_core::migration", migration = %self.name, "checkpoint changed under the migration; continuing from it");
                             checkpoint = current;
+                            self.note_checkpoint(&checkpoint);
                             continue;
                         }
                         None => {
@@ -1217,9 +1458,12 @@ impl BackgroundMigration {
                 checkpoint.done,
                 total,
             );
+            total = checkpoint.total.or(total).map(|t| t.max(checkpoint.done));
             {
                 let mut progress = self.progress.lock();
                 progress.done = checkpoint.done;
+                progress.total = total;
+                progress.latency_delay = latency_delay;
                 progress.batches = checkpoint.batches;
                 progress.written = written;
                 progress.last_key.clone_from(&checkpoint.last_key);
@@ -1235,6 +1479,7 @@ impl BackgroundMigration {
             );
             if let Some(ctx) = ctx {
                 ctx.progress(checkpoint.done, total);
+                ctx.elapsed(checkpoint.active_elapsed(0, false));
                 let now_decile = decile(checkpoint.done, total);
                 if now_decile > reported_decile && !checkpoint.complete {
                     reported_decile = now_decile;
@@ -1261,7 +1506,8 @@ impl BackgroundMigration {
         {
             let mut progress = self.progress.lock();
             progress.eta = Some(Duration::ZERO);
-            progress.total = progress.total.or(Some(checkpoint.done));
+            progress.total = Some(progress.total.unwrap_or(0).max(checkpoint.done));
+            progress.latency_delay = Duration::ZERO;
         }
         self.emit(&BatchEvent::Completed {
             done: checkpoint.done,
@@ -1295,7 +1541,11 @@ impl BackgroundMigration {
 
     /// One batch through the sink's own copy, when the source and the sink are one store
     /// and it supports that.
-    fn copy_in_store(&self, checkpoint: &Checkpoint) -> Result<Option<BatchCopy>, MigrationError> {
+    fn copy_in_store(
+        &self,
+        checkpoint: &Checkpoint,
+        batch_size: usize,
+    ) -> Result<Option<BatchCopy>, MigrationError> {
         if !self.in_store {
             return Ok(None);
         }
@@ -1303,18 +1553,22 @@ impl BackgroundMigration {
         let transform: Option<&dyn Fn(Row) -> Result<Option<Row>, MigrationError>> =
             self.transform.as_ref().map(|_| &transform as _);
         self.sink
-            .copy_next_batch(checkpoint, self.batch_size, transform, self.clock.now_ms())
+            .copy_next_batch(checkpoint, batch_size, transform, self.clock.now_ms())
     }
 
     /// One batch: read from the source, transform, write to the sink.
-    fn copy_through_source(&self, checkpoint: &Checkpoint) -> Result<BatchCopy, MigrationError> {
+    fn copy_through_source(
+        &self,
+        checkpoint: &Checkpoint,
+        batch_size: usize,
+    ) -> Result<BatchCopy, MigrationError> {
         let rows = self
             .source
-            .read_batch(checkpoint.last_key.as_deref(), self.batch_size)?;
+            .read_batch(checkpoint.last_key.as_deref(), batch_size)?;
         let next = checkpoint.after_batch(
             rows.len(),
             rows.last().map(|r| r.key.as_slice()),
-            self.batch_size,
+            batch_size,
             self.clock.now_ms(),
         );
         let mut out = Vec::with_capacity(rows.len());
@@ -1398,18 +1652,47 @@ impl BackgroundMigration {
         }
     }
 
-    /// Waits so that this run stays at or below the maximum rate.
-    fn throttle(&self, run_start: SystemTime, done_this_run: u64) {
-        let Some(rate) = self.max_rows_per_sec else {
+    /// Waits so that the rows done since the rate was set stay at or below it.
+    fn throttle(&self, window: &(Option<u64>, SystemTime, u64), done: u64) {
+        let (Some(rate), since, done_then) = *window else {
             return;
         };
         #[allow(clippy::cast_precision_loss)]
-        let due = run_start + Duration::from_secs_f64(done_this_run as f64 / rate as f64);
+        let due =
+            since + Duration::from_secs_f64(done.saturating_sub(done_then) as f64 / rate as f64);
         if let Ok(wait) = due.duration_since(self.clock.now()) {
             if !wait.is_zero() {
                 self.sleeper.sleep(wait);
             }
         }
+    }
+
+    /// The latency budget's wait before a batch: doubled while the foreground p99 since
+    /// the last batch is over the budget, shortened by [`MIN_LATENCY_DELAY`] while within
+    /// it, none without a budget.
+    fn latency_wait(&self, budget: Option<Duration>, delay: Duration) -> Duration {
+        let p99 = self.control.take_latency_p99();
+        let Some(budget) = budget else {
+            return Duration::ZERO;
+        };
+        let delay = match p99 {
+            Some(p99) if p99 > budget => (delay * 2).clamp(MIN_LATENCY_DELAY, MAX_LATENCY_DELAY),
+            // Back slowly, so the wait settles near what the foreground traffic needs
+            // instead of swinging between none and the longest.
+            Some(_) => delay.saturating_sub(MIN_LATENCY_DELAY),
+            None => delay,
+        };
+        if !delay.is_zero() {
+            tracing::debug!(
+                target: "layout_core::migration",
+                migration = %self.name,
+                delay_ms = delay.as_millis(),
+                p99_us = ?p99.map(|p| p.as_micros()),
+                "foreground latency over budget; waiting before the batch"
+            );
+            self.sleeper.sleep(delay);
+        }
+        delay
     }
 
     fn rate_and_eta(
@@ -1442,8 +1725,7 @@ impl fmt::Debug for BackgroundMigration {
             .field("name", &self.name)
             .field("source", &self.source.source_location())
             .field("sink", &self.sink.sink_location())
-            .field("batch_size", &self.batch_size)
-            .field("max_rows_per_sec", &self.max_rows_per_sec)
+            .field("tuning", &self.control.tuning())
             .field("progress", &self.progress())
             .finish_non_exhaustive()
     }
@@ -1474,6 +1756,7 @@ pub(crate) fn printable(key: &[u8]) -> String {
 /// What a run reports to, when it runs as an upgrade action.
 trait Reporter {
     fn progress(&self, done: u64, total: Option<u64>);
+    fn elapsed(&self, elapsed: Duration);
     fn message(&self, message: String);
     fn is_cancelled(&self) -> bool;
 }
@@ -1481,6 +1764,9 @@ trait Reporter {
 impl<F: LayoutFeature> Reporter for ActionContext<'_, F> {
     fn progress(&self, done: u64, total: Option<u64>) {
         self.report_progress(done, total);
+    }
+    fn elapsed(&self, elapsed: Duration) {
+        self.report_elapsed(elapsed);
     }
     fn message(&self, message: String) {
         ActionContext::message(self, message);

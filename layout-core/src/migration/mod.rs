@@ -26,8 +26,9 @@ pub use crate::cluster::EtcdDocumentStore;
 pub use background::{
     BackgroundMigration, BackgroundMigrationBuilder, BatchCopy, BatchEvent, BatchHook, BatchWrite,
     BoxError, Checkpoint, ClockSleeper, DualWrite, MigrationControl, MigrationError,
-    MigrationProgress, MigrationReport, MigrationSink, MigrationSource, MigrationState, Row,
-    RowTransform, Sleeper, ThreadSleeper, WriteScope, WriteTarget, DEFAULT_BATCH_SIZE,
+    MigrationProgress, MigrationReport, MigrationSink, MigrationSource, MigrationState,
+    MigrationTuning, Row, RowTransform, Sleeper, ThreadSleeper, WriteScope, WriteTarget,
+    DEFAULT_BATCH_SIZE, MAX_LATENCY_DELAY, MIN_LATENCY_DELAY,
 };
 pub use document::{
     AppliedStep, CasOutcome, ChainError, ChainProblem, DocumentChange, DocumentError,

@@ -14,7 +14,10 @@
 //! Lines are `key=value`; lines starting with `#` are comments. Values escape `\`,
 //! control characters and newlines (`\\`, `\n`, `\r`, `\t`, `\xHH`). Optional keys:
 //! `finalization.client`, `finalization.target`, `finalization.started.ms`,
-//! `finalization.finished.ms`, `history.N.{at.ms,client,event,from,to,detail}`,
+//! `finalization.finished.ms`, `finalization.feature` and `finalization.action` (the
+//! `OnFinalize` action running), `finalization.cancelled.client` and
+//! `finalization.cancelled.ms` (an operator's cancel), `finalization.resumes` (resumes at
+//! start-up; absent when 0), `history.N.{at.ms,client,event,from,to,detail}`,
 //! `prepare.index`, `veto.{reason,client,at.ms,expires.ms}`, `data.id` (32 lowercase hex
 //! digits: the [`DataId`] of the component's data; absent in files
 //! written before it existed, which stay readable). Keys this release does not know are kept, in order, and written
@@ -26,7 +29,7 @@ use std::fmt;
 use std::fmt::Write as _;
 
 use crate::state::{
-    DataId, FinalizationRecord, HistoryEntry, LayoutState, VetoRecord, FORMAT_VERSION,
+    CancelRecord, DataId, FinalizationRecord, HistoryEntry, LayoutState, VetoRecord, FORMAT_VERSION,
 };
 
 const CHECKSUM_KEY: &str = "checksum";
@@ -159,6 +162,19 @@ pub fn encode(state: &LayoutState) -> String {
         put("finalization.started.ms", &record.started_at_ms.to_string());
         if let Some(finished) = record.finished_at_ms {
             put("finalization.finished.ms", &finished.to_string());
+        }
+        if let Some(feature) = &record.running_feature {
+            put("finalization.feature", feature);
+        }
+        if let Some(action) = &record.running_action {
+            put("finalization.action", action);
+        }
+        if let Some(cancel) = &record.cancelled {
+            put("finalization.cancelled.client", &cancel.client_id);
+            put("finalization.cancelled.ms", &cancel.at_ms.to_string());
+        }
+        if record.resumes > 0 {
+            put("finalization.resumes", &record.resumes.to_string());
         }
     }
     for (i, entry) in state.history.iter().enumerate() {
@@ -438,6 +454,15 @@ fn key_meaning(key: &str) -> Option<&'static str> {
         "finalization.target" => "the layout version the last finalization moves towards",
         "finalization.started.ms" => "when the last finalization started (ms since the epoch)",
         "finalization.finished.ms" => "when the last finalization finished (ms since the epoch)",
+        "finalization.feature" => {
+            "the feature whose onFinalize action was running (resumed at start-up unless cancelled)"
+        }
+        "finalization.action" => "the name of that onFinalize action",
+        "finalization.cancelled.client" => {
+            "who cancelled the finalization (it is not resumed at start-up)"
+        }
+        "finalization.cancelled.ms" => "when the finalization was cancelled (ms since the epoch)",
+        "finalization.resumes" => "how many times the finalization was resumed at start-up",
         "prepare.index" => {
             "prepared at this log index: writes and finalize are refused until prepare is cancelled"
         }
@@ -504,6 +529,16 @@ impl Fields {
                 target_version: self.take_num("finalization.target")?,
                 started_at_ms: self.take_num("finalization.started.ms")?,
                 finished_at_ms: self.take_opt_num("finalization.finished.ms")?,
+                running_feature: self.map.remove("finalization.feature"),
+                running_action: self.map.remove("finalization.action"),
+                cancelled: match self.map.remove("finalization.cancelled.client") {
+                    None => None,
+                    Some(client_id) => Some(CancelRecord {
+                        client_id,
+                        at_ms: self.take_num("finalization.cancelled.ms")?,
+                    }),
+                },
+                resumes: self.take_opt_num("finalization.resumes")?.unwrap_or(0),
             }),
         };
         let mut history = Vec::new();
@@ -576,10 +611,15 @@ impl Fields {
 }
 
 fn is_orphaned_known_key(key: &str) -> bool {
-    const FINALIZATION: [&str; 6] = [
+    const FINALIZATION: [&str; 11] = [
         "finalization.target",
         "finalization.started.ms",
         "finalization.finished.ms",
+        "finalization.feature",
+        "finalization.action",
+        "finalization.cancelled.client",
+        "finalization.cancelled.ms",
+        "finalization.resumes",
         "veto.client",
         "veto.at.ms",
         "veto.expires.ms",
@@ -691,6 +731,10 @@ mod tests {
             target_version: 3,
             started_at_ms: 1_700_000_000_000,
             finished_at_ms: Some(1_700_000_000_500),
+            running_feature: Some("MultiTenancy".into()),
+            running_action: Some("create tables".into()),
+            cancelled: Some(CancelRecord::new("ops", 1_700_000_000_400)),
+            resumes: 2,
         });
         state
             .history
@@ -722,6 +766,51 @@ mod tests {
         let text = encode(&state);
         assert!(!text.contains("data.id"));
         assert_eq!(decode(text.as_bytes()), Ok(state));
+    }
+
+    /// A file written before the running feature, the cancel and the resume count
+    /// existed (as a release before them wrote it, byte for byte): it reads, with none of
+    /// them, so the finalization it records is not taken for an interrupted one.
+    #[test]
+    fn a_finalization_record_written_before_resume_at_start_up_stays_readable() {
+        let body = "# layout-core VERSION file: the on-disk layout of one component.\n\
+                    # Do not edit by hand: the checksum line guards every byte above it.\n\
+                    format.version=1\n\
+                    component=om\n\
+                    layout.version=1\n\
+                    layout.feature=A\n\
+                    first.upgrade.version=2\n\
+                    finalization.client=ops\n\
+                    finalization.target=2\n\
+                    finalization.started.ms=1767225600000\n";
+        let text = format!(
+            "{body}checksum=crc32:{:08x}\n",
+            crc32fast::hash(body.as_bytes())
+        );
+        let state = decode(text.as_bytes()).expect("an old file reads");
+        let record = state.finalization.expect("its finalization record");
+        assert_eq!(record.client_id, "ops");
+        assert_eq!(record.running_feature, None);
+        assert_eq!(record.cancelled, None);
+        assert_eq!(record.resumes, 0);
+        assert!(!record.is_interrupted());
+        assert!(state.extra.is_empty());
+        // Written back unchanged: nothing new appears for a record without the new fields.
+        assert_eq!(encode(&decode(text.as_bytes()).expect("reads")), text);
+    }
+
+    #[test]
+    fn a_cancel_without_its_client_is_damage() {
+        let mut text = encode(&LayoutState::new("om", 1, "B"));
+        let body_end = text.rfind("checksum=").expect("checksum line");
+        text.truncate(body_end);
+        text.push_str("finalization.cancelled.ms=5\n");
+        let checksum = crc32fast::hash(text.as_bytes());
+        let _ = writeln!(text, "{CHECKSUM_PREFIX}{checksum:08x}");
+        assert!(matches!(
+            decode(text.as_bytes()),
+            Err(DecodeError::Damaged(Damage::BadValue { key, .. })) if key == "finalization.cancelled.ms"
+        ));
     }
 
     #[test]

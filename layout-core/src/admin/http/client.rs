@@ -7,8 +7,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::admin::types::{
-    AdminError, ErrorCode, ErrorResponse, FeaturesResponse, FinalizationStatusParams,
-    FinalizationStatusResponse, FinalizeParams, FinalizeResponse, PrepareParams, PrepareResponse,
+    AdminError, CancelFinalizationParams, ErrorCode, ErrorResponse, FeaturesResponse,
+    FinalizationStatusParams, FinalizationStatusResponse, FinalizeParams, FinalizeResponse,
+    MigrationSettingsParams, MigrationView, MigrationsResponse, PrepareParams, PrepareResponse,
     StatusResponse,
 };
 use crate::http::ClientConfig;
@@ -185,6 +186,27 @@ impl AdminClient {
     /// `POST /v1/cancel-prepare`.
     pub fn cancel_prepare(&self, params: &PrepareParams) -> Result<PrepareResponse, ClientError> {
         self.post("cancel-prepare", params)
+    }
+
+    /// `POST /v1/cancel-finalization`.
+    pub fn cancel_finalization(
+        &self,
+        params: &CancelFinalizationParams,
+    ) -> Result<FinalizationStatusResponse, ClientError> {
+        self.post("cancel-finalization", params)
+    }
+
+    /// `GET /v1/migrations`.
+    pub fn migrations(&self) -> Result<MigrationsResponse, ClientError> {
+        self.get("migrations")
+    }
+
+    /// `POST /v1/migration-settings`.
+    pub fn set_migration_settings(
+        &self,
+        params: &MigrationSettingsParams,
+    ) -> Result<MigrationView, ClientError> {
+        self.post("migration-settings", params)
     }
 
     /// Sends `method` (`GET` or `POST`) to `path` on the endpoint's host (a path of its

@@ -120,6 +120,35 @@ fn routes(service: &Arc<AdminService>, config: &HttpConfig) -> Router {
             }),
         )
         .route(
+            "/v1/cancel-finalization",
+            post({
+                let s = Arc::clone(&s);
+                move |req: Request| {
+                    call_with_body(Arc::clone(&s), req, "cancel-finalization", |s, p| {
+                        s.cancel_finalization(&p)
+                    })
+                }
+            }),
+        )
+        .route(
+            "/v1/migrations",
+            get({
+                let s = Arc::clone(&s);
+                move || call(Arc::clone(&s), |s| Ok(s.migrations()))
+            }),
+        )
+        .route(
+            "/v1/migration-settings",
+            post({
+                let s = Arc::clone(&s);
+                move |req: Request| {
+                    call_with_body(Arc::clone(&s), req, "migration-settings", |s, p| {
+                        s.set_migration_settings(&p)
+                    })
+                }
+            }),
+        )
+        .route(
             "/v1/cancel-prepare",
             post({
                 let s = Arc::clone(&s);

@@ -18,8 +18,9 @@ use layout_core::admin::http::{
     AdminClient, BearerToken, ClientError, DEFAULT_ADMIN_PORT, DEFAULT_CLIENT_TIMEOUT,
 };
 use layout_core::admin::{
-    ErrorCode, FeatureView, FinalizationStatusParams, FinalizationStatusResponse, FinalizeParams,
-    FinalizeResponse, PrepareParams, PrepareResponse, StatusResponse,
+    CancelFinalizationParams, ErrorCode, FeatureView, FinalizationStatusParams,
+    FinalizationStatusResponse, FinalizeParams, FinalizeResponse, MigrationSettingsParams,
+    MigrationView, PrepareParams, PrepareResponse, StatusResponse,
 };
 use layout_core::http::{ClientConfig, ClientTls};
 use serde::Serialize;
@@ -135,6 +136,16 @@ enum Command {
     Prepare,
     /// Cancel prepare: accept writes again.
     CancelPrepare,
+    /// Cancel the finalization: a running one stops before its next feature (a
+    /// background migration between batches), and the component does not resume it by
+    /// itself at its next start; `finalize` continues it.
+    CancelFinalize,
+    /// The component's background migrations: progress (elapsed time excludes downtime)
+    /// and settings.
+    Migrations,
+    /// Change a background migration's batch size and throttle while it runs (from its
+    /// next batch). Prints the migration with its new settings.
+    MigrationSettings(MigrationSettingsArgs),
     /// A cluster's coordinator: status, exclude a dead member, move the cluster state
     /// to another store. Talks to the coordinator node's cluster routes
     /// (`<endpoint><prefix>/...`; for kvstore, --endpoint is the node's data endpoint).
@@ -151,6 +162,24 @@ enum Command {
         #[arg(long, value_name = "PATH")]
         dir: PathBuf,
     },
+}
+
+/// `layoutctl migration-settings ...`.
+#[derive(clap::Args)]
+struct MigrationSettingsArgs {
+    /// The migration (may be left out when the component has only one).
+    #[arg(long)]
+    name: Option<String>,
+    /// Keys per batch (at least 1).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    batch_size: Option<u64>,
+    /// The most rows per second (0: no limit).
+    #[arg(long)]
+    max_rows_per_sec: Option<u64>,
+    /// The foreground-latency budget in milliseconds (0: none): the migration waits
+    /// between batches while the component's request latency (p99) is over it.
+    #[arg(long)]
+    latency_budget_ms: Option<u64>,
 }
 
 /// `layoutctl cluster ...`.
@@ -494,6 +523,28 @@ fn run(cli: Cli) -> Result<u8, Failure> {
                 print_prepare(&state);
             }
         }
+        Command::CancelFinalize => {
+            let status = client.cancel_finalization(&CancelFinalizationParams::new(client_id))?;
+            if json {
+                print_json(&status);
+            } else {
+                say!("finalization cancelled; it will not be resumed at start-up");
+                print_finalization(&status);
+            }
+        }
+        Command::Migrations => {
+            let migrations = client.migrations()?;
+            if json {
+                print_json(&migrations);
+            } else if migrations.migrations.is_empty() {
+                say!("no background migrations");
+            } else {
+                for m in &migrations.migrations {
+                    print_migration(m);
+                }
+            }
+        }
+        Command::MigrationSettings(args) => migration_settings(&client, client_id, args, json)?,
         Command::Finalize(args) => return finalize(&client, &client_id, args, json),
         Command::Cluster { prefix, command } => {
             return cluster(&client, &client_id, &prefix, command, json)
@@ -706,6 +757,12 @@ fn print_finalization(s: &FinalizationStatusResponse) {
     if let Some(client) = &s.client_id {
         say!("client         {client}");
     }
+    if s.resumed_at_startup {
+        say!(
+            "resumed        at start-up, without an operator ({} time(s) in all)",
+            s.resumes
+        );
+    }
     if let Some(p) = &s.progress {
         let total = p.total.map(|t| format!(" of {t}")).unwrap_or_default();
         say!(
@@ -728,6 +785,63 @@ fn print_finalization(s: &FinalizationStatusResponse) {
     for m in &s.messages {
         say!("message        {m}");
     }
+}
+
+/// `layoutctl migration-settings`.
+fn migration_settings(
+    client: &AdminClient,
+    client_id: String,
+    args: MigrationSettingsArgs,
+    json: bool,
+) -> Result<(), Failure> {
+    let mut params = MigrationSettingsParams::new().with_client_id(client_id);
+    if let Some(name) = args.name {
+        params = params.with_name(name);
+    }
+    if let Some(batch) = args.batch_size {
+        let batch = usize::try_from(batch)
+            .map_err(|_| Failure::new(exit::USAGE, format!("--batch-size {batch} is too large")))?;
+        params = params.with_batch_size(batch);
+    }
+    if let Some(rate) = args.max_rows_per_sec {
+        params = params.with_max_rows_per_sec(rate);
+    }
+    if let Some(budget) = args.latency_budget_ms {
+        params = params.with_latency_budget_ms(budget);
+    }
+    let view = client.set_migration_settings(&params)?;
+    if json {
+        print_json(&view);
+    } else {
+        print_migration(&view);
+    }
+    Ok(())
+}
+
+fn print_migration(m: &MigrationView) {
+    let total = m.total.map(|t| format!(" of {t}")).unwrap_or_default();
+    say!(
+        "migration      {}: {} ({}{total} rows, {} batches, run {}, {} ms)",
+        m.name,
+        m.state,
+        m.done,
+        m.batches,
+        m.runs,
+        m.elapsed_ms
+    );
+    say!(
+        "settings       batch size {}, max rows/s {}, latency budget {}{}",
+        m.batch_size,
+        m.max_rows_per_sec
+            .map_or_else(|| "none".to_owned(), |r| r.to_string()),
+        m.latency_budget_ms
+            .map_or_else(|| "none".to_owned(), |b| format!("{b} ms")),
+        if m.latency_delay_ms > 0 {
+            format!(" (waiting {} ms before each batch)", m.latency_delay_ms)
+        } else {
+            String::new()
+        }
+    );
 }
 
 fn print_prepare_line(p: &PrepareResponse) {
