@@ -62,8 +62,8 @@ use crate::clock::Clock;
 use crate::error::LayoutError;
 use crate::feature::LayoutFeature;
 use crate::finalizer::{
-    FinalizeCondition, FinalizeError, FinalizeGate, FinalizeOutcome, FinalizePolicy,
-    PrefinalizeError, PrefinalizeReport, UpgradeFinalizer,
+    FinalizeCondition, FinalizeGate, FinalizeHandle, FinalizePolicy, PrefinalizeError,
+    PrefinalizeReport, UpgradeFinalizer,
 };
 use crate::manager::LayoutVersionManager;
 use crate::options::ManagerOptions;
@@ -147,17 +147,6 @@ pub enum StartupError<F: LayoutFeature> {
     /// A start-up action failed: the component must not serve.
     #[error(transparent)]
     StartupActions(PrefinalizeError<F>),
-    /// Resuming an interrupted finalization failed (see
-    /// [`ComponentStartup::resume_interrupted`]).
-    #[error(
-        "start-up of component {component}: resuming the interrupted finalization failed: {source}"
-    )]
-    Resume {
-        /// The component's name.
-        component: String,
-        /// The finalizer's error.
-        source: Box<FinalizeError<F>>,
-    },
     /// [`ComponentStartup::map_component`] was called after
     /// [`configure_finalizer`](ComponentStartup::configure_finalizer): that hook is
     /// typed on the component and cannot follow it into another type.
@@ -352,17 +341,17 @@ impl<F: LayoutFeature, C: Send + Sync + 'static> ComponentStartup<F, C> {
         self
     }
 
-    /// Resume a finalization that a crash or restart interrupted, at start-up, right
-    /// after the start-up actions and before the component serves (default: off, the
-    /// operator or a cluster coordinator resumes it).
+    /// Resume, at start-up and without an operator, a finalization that a crash, a kill
+    /// or a restart interrupted in the middle of an `OnFinalize` action (default: off: a
+    /// cluster member leaves that to its coordinator).
     ///
-    /// This is the one place start-up resumes a finalization: today it calls
-    /// [`UpgradeFinalizer::resume`], which finishes the stored unfinished finalization
-    /// with its stored client and target; its outcome is
-    /// [`StartedComponent::resumed`]. A failure refuses the start
-    /// ([`StartupError::Resume`]). The finalizer stores its record with the first
-    /// feature it finalizes, so a finalization interrupted before that left nothing to
-    /// resume.
+    /// The one place start-up resumes a finalization: right after the start-up actions,
+    /// [`UpgradeFinalizer::start_resume_interrupted`] runs it in a background thread, as
+    /// the client that started it and towards its target, so the component serves while
+    /// the interrupted action (an online migration) finishes; its handle is
+    /// [`StartedComponent::take_resumed`]. A finalization an operator cancelled is not
+    /// resumed, nor one that stopped on a failed action or between features (those wait
+    /// for an operator); the decision is logged.
     #[must_use]
     pub fn resume_interrupted(mut self, resume: bool) -> Self {
         self.resume_interrupted = resume;
@@ -479,18 +468,11 @@ impl<F: LayoutFeature, C: Send + Sync + 'static> ComponentStartup<F, C> {
         let report = finalizer
             .run_prefinalize_actions(&component)
             .map_err(StartupError::StartupActions)?;
-        // The resume step: the one place start-up finishes an interrupted finalization.
+        let component = Arc::new(component);
+        let finalizer = Arc::new(finalizer);
+        // The resume step: the one place start-up resumes an interrupted finalization.
         let resumed = if self.resume_interrupted {
-            match finalizer.resume(&component) {
-                Some(Ok(outcome)) => Some(outcome),
-                Some(Err(source)) => {
-                    return Err(StartupError::Resume {
-                        component: name,
-                        source: Box::new(source),
-                    })
-                }
-                None => None,
-            }
+            finalizer.start_resume_interrupted(Arc::clone(&component))
         } else {
             None
         };
@@ -498,8 +480,8 @@ impl<F: LayoutFeature, C: Send + Sync + 'static> ComponentStartup<F, C> {
         let mut started = StartedComponent {
             name,
             manager,
-            component: Arc::new(component),
-            finalizer: Arc::new(finalizer),
+            component,
+            finalizer,
             prepare,
             report,
             resumed,
@@ -576,7 +558,7 @@ pub struct StartedComponent<F: LayoutFeature, C> {
     finalizer: Arc<UpgradeFinalizer<F, C>>,
     prepare: Option<PrepareParts>,
     report: PrefinalizeReport<F>,
-    resumed: Option<FinalizeOutcome<F>>,
+    resumed: Option<FinalizeHandle<F>>,
     #[cfg(feature = "admin-http")]
     admin: Option<crate::admin::http::AdminServer>,
 }
@@ -612,11 +594,17 @@ impl<F: LayoutFeature, C: Send + Sync + 'static> StartedComponent<F, C> {
         &self.report
     }
 
-    /// The outcome of the interrupted finalization resumed at start-up, if
-    /// [`resume_interrupted`](ComponentStartup::resume_interrupted) was on and there
-    /// was one.
-    pub fn resumed(&self) -> Option<&FinalizeOutcome<F>> {
-        self.resumed.as_ref()
+    /// The finalization resumed at start-up, running in the background, if
+    /// [`resume_interrupted`](ComponentStartup::resume_interrupted) was on and one was
+    /// interrupted (taken once): [`FinalizeHandle::join`] waits for its outcome,
+    /// [`FinalizeHandle::cancel`] stops it.
+    pub fn take_resumed(&mut self) -> Option<FinalizeHandle<F>> {
+        self.resumed.take()
+    }
+
+    /// Whether a finalization was resumed at start-up (and its handle not yet taken).
+    pub fn is_resuming(&self) -> bool {
+        self.resumed.is_some()
     }
 
     /// The admin service of this component: its finalizer, and prepare when a prepare

@@ -1,8 +1,12 @@
 //! `ComponentStartup`: the one start-up path, through the public API.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
+use std::thread;
+
+use layout_core::crash_point::{self, SimulatedCrash};
 
 use layout_core::startup::{ComponentStartup, PrepareParts, StartupError};
 use layout_core::{
@@ -29,7 +33,12 @@ struct Store {
     finalized: AtomicU32,
     fail_validation: AtomicBool,
     fail_finalize: AtomicBool,
+    /// The Checksums action passes crash point [`MID_ACTION`] halfway.
+    crash_mid_action: AtomicBool,
 }
+
+/// A crash point inside the Checksums action.
+const MID_ACTION: &str = "store::checksums_half_written";
 
 impl Preparable for Store {
     fn applied_index(&self) -> u64 {
@@ -62,7 +71,10 @@ fn registry() -> Result<ActionRegistry<Feature, Store>, layout_core::RegistryErr
             s.finalized.fetch_add(1, Ordering::SeqCst);
             Ok(())
         })
-        .on_finalize(Feature::Checksums, |s: &Store, _ctx| {
+        .on_finalize(Feature::Checksums, |s: &Store, ctx| {
+            if s.crash_mid_action.load(Ordering::SeqCst) {
+                ctx.crash_point(MID_ACTION);
+            }
             if s.fail_finalize.load(Ordering::SeqCst) {
                 return Err(ActionError::new("checksum rewrite failed"));
             }
@@ -104,7 +116,7 @@ fn start_opens_the_manager_under_the_components_name_and_runs_the_startup_action
         .unwrap();
     assert_eq!(started.component().finalized.load(Ordering::SeqCst), 1);
     assert_eq!(started.manager().metadata_layout_version(), 2);
-    assert!(started.resumed().is_none());
+    assert!(!started.is_resuming());
 }
 
 #[test]
@@ -214,10 +226,66 @@ fn the_constructors_own_error_comes_back_unchanged() {
 }
 
 #[test]
-fn resume_interrupted_finishes_a_finalization_left_unfinished_and_only_when_asked() {
+fn resume_interrupted_finishes_a_finalization_a_crash_interrupted_and_only_when_asked() {
     let storage = Arc::new(MemoryStorage::new());
-    // A finalization that fails in its second action stays recorded, unfinished, at
-    // Index.
+    // The process "dies" halfway through the Checksums action: a simulated crash at its
+    // crash point unwinds through the finalizer, leaving the record interrupted there.
+    let started = startup(&storage, || {
+        let store = Store::default();
+        store.crash_mid_action.store(true, Ordering::SeqCst);
+        store
+    })
+    .start()
+    .unwrap();
+    let me = thread::current().id();
+    let observer = crash_point::observe(move |point| {
+        if point == MID_ACTION && thread::current().id() == me {
+            SimulatedCrash { point, hit: 1 }.raise();
+        }
+    })
+    .unwrap();
+    let crashed = catch_unwind(AssertUnwindSafe(|| {
+        started.finalizer().finalize("ops", started.component())
+    }));
+    drop(observer);
+    assert!(crashed.is_err(), "the simulated crash ended the run");
+    assert_eq!(started.manager().metadata_layout_version(), 1);
+    drop(started);
+
+    // Without resume: still pre-finalized, nothing resumed.
+    let started = startup(&storage, Store::default).start().unwrap();
+    assert!(!started.is_resuming());
+    assert_eq!(started.manager().metadata_layout_version(), 1);
+    drop(started);
+
+    // With resume: the start resumes it in the background, as the client that started it.
+    let mut started = startup(&storage, Store::default)
+        .resume_interrupted(true)
+        .start()
+        .unwrap();
+    let resumed = started
+        .take_resumed()
+        .expect("the interrupted finalization was resumed")
+        .join()
+        .unwrap();
+    assert_eq!(resumed.metadata_layout_version(), 2);
+    assert_eq!(resumed.finalized(), [Feature::Checksums]);
+    assert_eq!(started.manager().metadata_layout_version(), 2);
+    let status = started.finalizer().report_status(None, false).unwrap();
+    assert_eq!(status.client_id.as_deref(), Some("ops"));
+    drop(started);
+
+    // Nothing left to resume on the next start.
+    let started = startup(&storage, Store::default)
+        .resume_interrupted(true)
+        .start()
+        .unwrap();
+    assert!(!started.is_resuming());
+}
+
+#[test]
+fn resume_interrupted_leaves_a_failed_action_to_the_operator() {
+    let storage = Arc::new(MemoryStorage::new());
     let started = startup(&storage, || {
         let store = Store::default();
         store.fail_finalize.store(true, Ordering::SeqCst);
@@ -230,34 +298,16 @@ fn resume_interrupted_finishes_a_finalization_left_unfinished_and_only_when_aske
         matches!(failed, Err(FinalizeError::ActionFailed { .. })),
         "{failed:?}"
     );
-    assert_eq!(started.manager().metadata_layout_version(), 1);
     drop(started);
-
-    // Without resume: still pre-finalized, nothing resumed.
-    let started = startup(&storage, Store::default).start().unwrap();
-    assert!(started.resumed().is_none());
-    assert_eq!(started.manager().metadata_layout_version(), 1);
-    drop(started);
-
-    // With resume: the start finishes it before returning.
     let started = startup(&storage, Store::default)
         .resume_interrupted(true)
         .start()
         .unwrap();
-    let resumed = started
-        .resumed()
-        .expect("the interrupted finalization was resumed");
-    assert_eq!(resumed.metadata_layout_version(), 2);
-    assert_eq!(resumed.finalized(), [Feature::Checksums]);
-    assert_eq!(started.manager().metadata_layout_version(), 2);
-    drop(started);
-
-    // Nothing left to resume on the next start.
-    let started = startup(&storage, Store::default)
-        .resume_interrupted(true)
-        .start()
-        .unwrap();
-    assert!(started.resumed().is_none());
+    assert!(
+        !started.is_resuming(),
+        "a failed action waits for an operator"
+    );
+    assert_eq!(started.manager().metadata_layout_version(), 1);
 }
 
 #[test]

@@ -321,7 +321,7 @@ impl<C: TestComponent> Running<C> {
             (StorageKind::Memory, Some(memory)) => startup.storage(Arc::clone(memory)),
             _ => startup.storage(FileStorage::new(spec.layout_dir())),
         };
-        let started = startup.start().map_err(|e| match e {
+        let mut started = startup.start().map_err(|e| match e {
             StartupError::Manager(source) => ClusterError::Layout {
                 node: node(),
                 source: Box::new(source),
@@ -345,6 +345,17 @@ impl<C: TestComponent> Running<C> {
                 source: Box::new(other),
             },
         })?;
+        // A service that resumes an interrupted finalization at start-up does so here
+        // too; the kit waits for it, so what follows (a finalization, a check) never
+        // races it. Its outcome is the finalizer's status, as in the service.
+        if let Some(resumed) = started.take_resumed() {
+            if let Err(e) = resumed.join() {
+                eprintln!(
+                    "layout-testkit: node {}: the finalization resumed at start-up failed: {e}",
+                    spec.name
+                );
+            }
+        }
         let finalizer = Arc::clone(started.finalizer());
         let component = Arc::clone(started.component());
         #[cfg(feature = "coordination")]
