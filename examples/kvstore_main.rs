@@ -66,8 +66,16 @@ enum Intent {
 }
 
 #[derive(Parser, Debug)]
-#[command(about = "A key/value service whose on-disk layout upgrades with layout-core")]
+#[command(
+    about = "A key/value service whose on-disk layout upgrades with layout-core",
+    after_help = "Side-by-side copy into another kvstore: kvstore copy --from URL --to URL \
+                  [--transform NAME] [--continuous] (kvstore copy --help)"
+)]
 struct Args {
+    /// A test seam: run the store's clock this many ms ahead (negative: behind) of the
+    /// system clock, to simulate clock skew between nodes.
+    #[arg(long, hide = true, allow_hyphen_values = true)]
+    clock_offset_ms: Option<i64>,
     /// The node's directory (layout state in `layout/`, data in `data/`).
     #[arg(long)]
     dir: PathBuf,
@@ -398,6 +406,10 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(tls) = server_tls(args)? {
         config = config.with_tls(tls);
     }
+    if let Some(offset_ms) = args.clock_offset_ms {
+        let clock = layout_examples::kvstore::copy::OffsetClock { offset_ms };
+        config.store = config.store.clone().with_clock(std::sync::Arc::new(clock));
+    }
     let node = KvNode::start(config)?;
     println!("http {}", node.http_addr());
     if let Some(admin) = node.admin_addr() {
@@ -454,6 +466,11 @@ fn stdin_is_a_pipe() -> bool {
 }
 
 fn main() -> ExitCode {
+    // `kvstore copy ...`: the side-by-side copy (docs/kvstore.md, "Copy side by side").
+    if std::env::args_os().nth(1).is_some_and(|a| a == "copy") {
+        install_logging();
+        return layout_examples::kvstore::copy::run_cli(std::env::args_os().skip(2));
+    }
     let args = Args::parse();
     install_logging();
     match run(&args) {

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use layout_core::http::ClientConfig;
 use layout_core::LayoutFeature;
 
+use super::changes::{KvChangeCursor, KvChangesPage, KvCopyOutcome, KvCopyWrite};
 use super::cluster::{
     KvClusterExclusion, KvClusterFinalize, KvClusterMove, KvClusterStatus, KvMoveTarget,
 };
@@ -183,6 +184,11 @@ struct Deleted {
 #[derive(Deserialize)]
 struct Entry {
     value: String,
+}
+
+#[derive(Deserialize)]
+struct CopyAnswer {
+    outcomes: Vec<KvCopyOutcome>,
 }
 
 #[derive(Deserialize)]
@@ -455,6 +461,70 @@ impl KvClient {
     /// Abandons the move before its switch (`POST /cluster/move/rollback`).
     pub fn cluster_move_rollback(&self) -> Result<KvClusterMove, ClientError> {
         self.send("POST", "/cluster/move/rollback", Some(&json!({})))
+    }
+
+    /// One page of changes (`GET /changes`): live keys and tombstones with their
+    /// versions and update times, in `(updated_ms, key)` order, from `since_ms`
+    /// (inclusive) or after `after`; at most `limit` (server default 1,000, at most
+    /// 10,000), with a `next` whenever more follow.
+    pub fn changes_page(
+        &self,
+        since_ms: u64,
+        after: Option<&KvChangeCursor>,
+        limit: Option<usize>,
+    ) -> Result<KvChangesPage, ClientError> {
+        let mut path = format!("/changes?since_ms={since_ms}");
+        if let Some(after) = after {
+            let _ = write!(
+                path,
+                "&after_ms={}&after_key={}",
+                after.updated_ms,
+                encode_component(&after.key)
+            );
+        }
+        if let Some(limit) = limit {
+            let _ = write!(path, "&limit={limit}");
+        }
+        self.send("GET", &path, None)
+    }
+
+    /// Copied writes (`POST /copy`), each stored only if the store holds no version of
+    /// its key at or above the one offered; one outcome per write, in order.
+    pub fn copy_write(&self, writes: &[KvCopyWrite]) -> Result<Vec<KvCopyOutcome>, ClientError> {
+        let body = json!({ "writes": writes });
+        let answer: CopyAnswer = self.send("POST", "/copy", Some(&body))?;
+        Ok(answer.outcomes)
+    }
+
+    /// Purges the tombstones deleted before `before_ms` (`POST /changes/purge`);
+    /// returns how many.
+    pub fn purge_tombstones(&self, before_ms: u64) -> Result<u64, ClientError> {
+        let answer: Value = self.send(
+            "POST",
+            &format!("/changes/purge?before_ms={before_ms}"),
+            Some(&json!({})),
+        )?;
+        Ok(answer["purged"].as_u64().unwrap_or_default())
+    }
+
+    /// The high-water mark saved under `name` by a copy into this store.
+    pub fn copy_mark(&self, name: &str) -> Result<Option<Value>, ClientError> {
+        let answer: Value = self.send(
+            "GET",
+            &format!("/copy-marks/{}", encode_component(name)),
+            None,
+        )?;
+        Ok(Some(answer["mark"].clone()).filter(|m| !m.is_null()))
+    }
+
+    /// Saves the high-water mark of the copy `name` into this store.
+    pub fn set_copy_mark(&self, name: &str, mark: &Value) -> Result<(), ClientError> {
+        let _: Value = self.send(
+            "PUT",
+            &format!("/copy-marks/{}", encode_component(name)),
+            Some(&json!({ "mark": mark })),
+        )?;
+        Ok(())
     }
 
     /// Sends a raw request (method, path with query, body) and returns the status and

@@ -172,6 +172,13 @@ fn routes(shared: Arc<Shared>, settings: &DataApiSettings) -> Router {
             post(|State(s): S, Key(key): Key, req: Request| cas(s, key, req)),
         )
         .route("/by-value", get(by_value))
+        .route("/changes", get(super::copy::http::changes))
+        .route("/changes/purge", post(super::copy::http::purge))
+        .route("/copy", post(super::copy::http::copy))
+        .route(
+            "/copy-marks/{*name}",
+            get(super::copy::http::get_mark).put(super::copy::http::put_mark),
+        )
         .route("/status", get(status))
         .route("/cluster/", any(cluster))
         .route("/cluster/{*rest}", any(cluster))
@@ -198,15 +205,15 @@ fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response
     json_response(status, &error_body(kind, &message.into(), None))
 }
 
-fn bad_request(message: impl Into<String>) -> Response {
+pub(super) fn bad_request(message: impl Into<String>) -> Response {
     error(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
-fn ok(value: &impl Serialize) -> Response {
+pub(super) fn ok(value: &impl Serialize) -> Response {
     json_response(StatusCode::OK, value)
 }
 
-fn kv_error(e: &KvError) -> Response {
+pub(super) fn kv_error(e: &KvError) -> Response {
     let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if status.is_server_error() && !matches!(e, KvError::Prepared(_)) {
         tracing::warn!(error = %e, "kvstore request failed");
@@ -241,7 +248,7 @@ fn kv_error_format(refusal: &Refusal) -> Response {
 }
 
 /// Runs `work` (store calls) on the endpoint's blocking pool.
-async fn run<W>(work: W) -> Response
+pub(super) async fn run<W>(work: W) -> Response
 where
     W: FnOnce() -> Response + Send + 'static,
 {
@@ -251,7 +258,9 @@ where
 }
 
 /// Reads the whole body and decodes it as JSON.
-async fn json_body<T: for<'de> Deserialize<'de>>(request: Request) -> Result<T, Response> {
+pub(super) async fn json_body<T: for<'de> Deserialize<'de>>(
+    request: Request,
+) -> Result<T, Response> {
     let body = read_body(request)
         .await
         .map_err(|refusal| refusal.render(kv_error_format))?;
@@ -328,7 +337,7 @@ fn check_utf8_query(raw: &str) -> Result<(), String> {
 
 /// Decodes the query string into `T` (after [`check_escapes`] and
 /// [`check_utf8_query`]); the error is a 400's message.
-fn query<T: for<'de> Deserialize<'de>>(uri: &Uri) -> Result<T, String> {
+pub(super) fn query<T: for<'de> Deserialize<'de>>(uri: &Uri) -> Result<T, String> {
     check_escapes(uri.query().unwrap_or_default())?;
     check_utf8_query(uri.query().unwrap_or_default())?;
     Query::<T>::try_from_uri(uri)
@@ -375,7 +384,7 @@ struct ByValueParams {
 
 /// A page's `limit`: [`DEFAULT_LIST_LIMIT`] when absent; the store checks its range.
 /// The error is a 400's message.
-fn page_limit(limit: Option<&str>) -> Result<usize, String> {
+pub(super) fn page_limit(limit: Option<&str>) -> Result<usize, String> {
     match limit {
         None => Ok(DEFAULT_LIST_LIMIT),
         Some(text) => text.parse().map_err(|_| {

@@ -47,10 +47,12 @@
 #[doc = include_str!("../../docs/kvstore.md")]
 mod guide {}
 
+mod changes;
 mod client;
 pub mod cluster;
 pub mod codec;
 mod component;
+pub mod copy;
 mod error;
 mod feature;
 mod http;
@@ -58,6 +60,7 @@ mod index;
 mod node;
 mod store;
 
+pub use changes::{KvChange, KvChangeCursor, KvChangesPage, KvCopyOutcome, KvCopyWrite, KvStamp};
 pub use client::{encode_component, ClientError, KvClient, DEFAULT_TIMEOUT};
 pub use cluster::{
     ClusterConfig, ClusterRole, ClusterStoreConfig, FencedReads, KvClusterBlocker,

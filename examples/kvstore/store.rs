@@ -27,6 +27,9 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 
+use super::changes::{
+    self, KvChange, KvChangeCursor, KvChangesPage, KvCopyOutcome, KvCopyWrite, KvStamp,
+};
 use super::cluster::{ClusterRoutes, FencedReads, NodeFence};
 use super::codec::{decode_any, Codecs};
 use super::error::KvError;
@@ -341,6 +344,40 @@ enum Op {
     Delete {
         key: String,
     },
+    /// A write copied from another store (`POST /copy`): keeps the given version and
+    /// update time; `value: None` deletes.
+    Copy {
+        key: String,
+        #[serde(default)]
+        value: Option<String>,
+        version: u64,
+        updated_ms: u64,
+    },
+}
+
+impl Op {
+    fn key(&self) -> &str {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key } | Op::Copy { key, .. } => key,
+        }
+    }
+
+    /// The value the key holds after the write (`None`: deleted).
+    fn new_value(&self) -> Option<&str> {
+        match self {
+            Op::Put { value, .. } => Some(value),
+            Op::Copy { value, .. } => value.as_deref(),
+            Op::Delete { .. } => None,
+        }
+    }
+
+    /// The modified time of the key's row: now, or the time a copied write carries.
+    fn row_ms(&self, now: u64) -> u64 {
+        match self {
+            Op::Copy { updated_ms, .. } => *updated_ms,
+            _ => now,
+        }
+    }
 }
 
 /// The value-index migration of this process.
@@ -448,6 +485,9 @@ fn prepare_tables(db: &Database, path: &Path) -> Result<Recorded, KvError> {
         txn.open_table(KV).map_err(KvError::db(path, "open kv"))?;
         txn.open_table(OPLOG)
             .map_err(KvError::db(path, "open kv_oplog"))?;
+        txn.open_table(changes::COPY_MARKS)
+            .map_err(KvError::db(path, "open kv_copy_marks"))?;
+        sync_changes(&txn).map_err(KvError::db(path, "index kv changes"))?;
         let meta = txn
             .open_table(META)
             .map_err(KvError::db(path, "open kv_meta"))?;
@@ -460,6 +500,59 @@ fn prepare_tables(db: &Database, path: &Path) -> Result<Recorded, KvError> {
     };
     txn.commit().map_err(KvError::db(path, "commit"))?;
     Ok(recorded)
+}
+
+/// Brings `kv_versions` and `kv_changes` in step with `kv` when a write did not
+/// maintain them (a store written by a release without them): a key without a stamp, or
+/// whose stamp's time differs from its row's, gets a new version at its row's time; a
+/// stamped live key absent from `kv` becomes a tombstone. Runs at every open, in the
+/// transaction that creates the tables; a no-op when they follow `kv` already.
+fn sync_changes(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let mut meta = txn.open_table(META)?;
+    let applied = read_meta(&meta, META_APPLIED)?;
+    let synced = read_meta(&meta, changes::META_CHANGES_SYNCED)?;
+    let fresh = txn
+        .list_tables()?
+        .all(|t| t.name() != changes::VERSIONS.name());
+    txn.open_table(changes::VERSIONS)?;
+    txn.open_table(changes::CHANGES)?;
+    if !fresh && synced >= applied {
+        return Ok(());
+    }
+    let kv = txn.open_table(KV)?;
+    let now = layout_core::clock::to_ms(std::time::SystemTime::now());
+    for row in kv.iter()? {
+        let (k, v) = row?;
+        let (key, modified) = (k.value().to_vec(), v.value().0);
+        let previous = changes::stamp_in(txn, &key)?;
+        if previous.is_some_and(|p| !p.deleted && p.updated_ms == modified) {
+            continue;
+        }
+        let stamp = KvStamp {
+            version: changes::next_version(previous, modified),
+            updated_ms: modified,
+            deleted: false,
+        };
+        changes::record(txn, &key, previous, stamp)?;
+    }
+    let mut gone = Vec::new();
+    for row in txn.open_table(changes::VERSIONS)?.iter()? {
+        let (k, v) = row?;
+        if !v.value().2 && kv.get(k.value())?.is_none() {
+            gone.push(k.value().to_vec());
+        }
+    }
+    for key in gone {
+        let previous = changes::stamp_in(txn, &key)?;
+        let stamp = KvStamp {
+            version: changes::next_version(previous, now),
+            updated_ms: now,
+            deleted: true,
+        };
+        changes::record(txn, &key, previous, stamp)?;
+    }
+    meta.insert(changes::META_CHANGES_SYNCED, applied)?;
+    Ok(())
 }
 
 /// How long a reopen waits for the transactions begun on the old database to end (it
@@ -753,21 +846,20 @@ impl Engine {
         let txn = self.db.begin_write().map_err(self.db_err("begin write"))?;
         let (index, existed) = {
             let mut kv = txn.open_table(KV).map_err(self.db_err("open kv"))?;
-            let key = match op {
-                Op::Put { key, .. } | Op::Delete { key } => key.as_str(),
-            };
-            let previous = match op {
-                Op::Put { value, .. } => {
+            let (key, new_value) = (op.key(), op.new_value());
+            let previous = match new_value {
+                Some(value) => {
                     let record = self.codecs.for_put(&self.lvm).encode(value);
-                    kv.insert(key.as_bytes(), (now, record.as_slice()))
+                    kv.insert(key.as_bytes(), (op.row_ms(now), record.as_slice()))
                         .map_err(self.db_err("insert kv"))?
                         .map(|g| g.value().1.to_vec())
                 }
-                Op::Delete { .. } => kv
+                None => kv
                     .remove(key.as_bytes())
                     .map_err(self.db_err("remove kv"))?
                     .map(|g| g.value().1.to_vec()),
             };
+            self.record_change(&txn, op, previous.is_some(), now)?;
             if write_index {
                 let mut idx = txn.open_table(INDEX).map_err(self.db_err("open index"))?;
                 if let Some(old) = &previous {
@@ -788,7 +880,7 @@ impl Engine {
                             .map_err(self.db_err("insert tombstone"))?;
                     }
                 }
-                if let Op::Put { value, .. } = op {
+                if let Some(value) = new_value {
                     idx.insert(index_key(value, key).as_slice(), ())
                         .map_err(self.db_err("insert index entry"))?;
                 }
@@ -817,6 +909,8 @@ impl Engine {
             let index = read_meta(&meta, META_APPLIED).map_err(self.db_err("read kv_meta"))? + 1;
             meta.insert(META_APPLIED, index)
                 .map_err(self.db_err("write kv_meta"))?;
+            meta.insert(changes::META_CHANGES_SYNCED, index)
+                .map_err(self.db_err("write kv_meta"))?;
             // After the record was encoded: never below the layout it was written in.
             bound_redb::record_written_at(&txn, &self.lvm)
                 .map_err(self.db_err("record the layout binding"))?;
@@ -836,6 +930,39 @@ impl Engine {
         txn.commit().map_err(self.db_err("commit"))?;
         self.db.applied.store(index, Ordering::SeqCst);
         Ok((index, existed))
+    }
+
+    /// Records the version, update time and tombstone flag `op` gives its key, and its
+    /// row in the change index (`existed`: the key had a row in `kv` before `op`).
+    fn record_change(
+        &self,
+        txn: &redb::WriteTransaction,
+        op: &Op,
+        existed: bool,
+        now: u64,
+    ) -> Result<(), KvError> {
+        let key = op.key().as_bytes();
+        let before = changes::stamp_in(txn, key).map_err(self.db_err("read kv_versions"))?;
+        let stamp = match op {
+            Op::Copy {
+                version,
+                updated_ms,
+                value,
+                ..
+            } => KvStamp {
+                version: *version,
+                updated_ms: *updated_ms,
+                deleted: value.is_none(),
+            },
+            // A delete of an absent key changes nothing.
+            Op::Delete { .. } if !existed => return Ok(()),
+            Op::Delete { .. } | Op::Put { .. } => KvStamp {
+                version: changes::next_version(before, now),
+                updated_ms: now,
+                deleted: matches!(op, Op::Delete { .. }),
+            },
+        };
+        changes::record(txn, key, before, stamp).map_err(self.db_err("record the change"))
     }
 
     /// The live value of `key` (expired values are absent), read in `txn`.
@@ -968,6 +1095,171 @@ impl Engine {
             last = Some(key);
         }
         Ok(page)
+    }
+
+    /// One page of changes (live keys and tombstones) in `(updated_ms, key)` order from
+    /// `since_ms` (inclusive), after `after`, at most `limit` rows and about
+    /// [`MAX_LIST_PAGE_BYTES`], read in one read transaction; `next` whenever more follow.
+    fn changes_page(
+        &self,
+        since_ms: u64,
+        after: Option<(u64, &str)>,
+        limit: usize,
+    ) -> Result<KvChangesPage, KvError> {
+        let txn = self.db.begin_read().map_err(self.db_err("begin read"))?;
+        let meta = txn.open_table(META).map_err(self.db_err("open kv_meta"))?;
+        let purged_through_ms =
+            read_meta(&meta, changes::META_PURGED_THROUGH).map_err(self.db_err("read kv_meta"))?;
+        let start_ms = after.map_or(since_ms, |(ms, _)| ms);
+        if start_ms > 0 && start_ms < purged_through_ms {
+            return Err(KvError::BadRequest(format!(
+                "changes from {start_ms} ms on are incomplete: tombstones deleted before                  {purged_through_ms} ms were purged; a copy resuming from there would miss                  deletes (copy into an empty destination from the start)"
+            )));
+        }
+        let mut page = KvChangesPage {
+            items: Vec::new(),
+            next: None,
+            purged_through_ms,
+        };
+        let table = txn
+            .open_table(changes::CHANGES)
+            .map_err(self.db_err("open kv_changes"))?;
+        let versions = txn
+            .open_table(changes::VERSIONS)
+            .map_err(self.db_err("open kv_versions"))?;
+        let start = match after {
+            Some((ms, key)) => Bound::Excluded((ms, key.as_bytes())),
+            None => Bound::Included((since_ms, &b""[..])),
+        };
+        let (mut read, mut bytes) = (0, 0);
+        let mut last: Option<KvChangeCursor> = None;
+        for row in table
+            .range::<(u64, &[u8])>((start, Bound::Unbounded))
+            .map_err(self.db_err("range kv_changes"))?
+        {
+            let (k, _) = row.map_err(self.db_err("read kv_changes"))?;
+            let (updated_ms, raw_key) = k.value();
+            if read == limit {
+                page.next = last;
+                break;
+            }
+            let key = String::from_utf8_lossy(raw_key).into_owned();
+            let (version, _, deleted) = versions
+                .get(raw_key)
+                .map_err(self.db_err("read kv_versions"))?
+                .map(|g| g.value())
+                .ok_or_else(|| KvError::Corrupt {
+                    key: key.clone(),
+                    reason: "a change without a version".into(),
+                })?;
+            let value = if deleted {
+                None
+            } else {
+                self.read_entry(&txn, &key)?.map(|e| e.value)
+            };
+            let size = key.len() + value.as_ref().map_or(0, String::len);
+            if !page.items.is_empty() && bytes + size > MAX_LIST_PAGE_BYTES {
+                page.next = last;
+                break;
+            }
+            bytes += size;
+            page.items.push(KvChange {
+                deleted: value.is_none(),
+                key: key.clone(),
+                value,
+                version,
+                updated_ms,
+            });
+            read += 1;
+            last = Some(KvChangeCursor { updated_ms, key });
+        }
+        Ok(page)
+    }
+
+    /// The stamp of `key` (its version, update time, and whether it is a tombstone).
+    fn stamp(&self, key: &str) -> Result<Option<KvStamp>, KvError> {
+        let txn = self.db.begin_read().map_err(self.db_err("begin read"))?;
+        let versions = txn
+            .open_table(changes::VERSIONS)
+            .map_err(self.db_err("open kv_versions"))?;
+        Ok(versions
+            .get(key.as_bytes())
+            .map_err(self.db_err("read kv_versions"))?
+            .map(|g| {
+                let (version, updated_ms, deleted) = g.value();
+                KvStamp {
+                    version,
+                    updated_ms,
+                    deleted,
+                }
+            }))
+    }
+
+    /// Removes the tombstones deleted before `before_ms`; returns how many.
+    fn purge_tombstones(&self, before_ms: u64) -> Result<u64, KvError> {
+        let txn = self.db.begin_write().map_err(self.db_err("begin write"))?;
+        let mut purged = 0;
+        {
+            let mut table = txn
+                .open_table(changes::CHANGES)
+                .map_err(self.db_err("open kv_changes"))?;
+            let mut versions = txn
+                .open_table(changes::VERSIONS)
+                .map_err(self.db_err("open kv_versions"))?;
+            let mut doomed = Vec::new();
+            for row in table
+                .range::<(u64, &[u8])>(..(before_ms, &b""[..]))
+                .map_err(self.db_err("range kv_changes"))?
+            {
+                let (k, _) = row.map_err(self.db_err("read kv_changes"))?;
+                let (ms, key) = k.value();
+                let deleted = versions
+                    .get(key)
+                    .map_err(self.db_err("read kv_versions"))?
+                    .is_some_and(|g| g.value().2);
+                if deleted {
+                    doomed.push((ms, key.to_vec()));
+                }
+            }
+            for (ms, key) in doomed {
+                table
+                    .remove((ms, key.as_slice()))
+                    .map_err(self.db_err("remove kv_changes"))?;
+                versions
+                    .remove(key.as_slice())
+                    .map_err(self.db_err("remove kv_versions"))?;
+                purged += 1;
+            }
+            let mut meta = txn.open_table(META).map_err(self.db_err("open kv_meta"))?;
+            let through = read_meta(&meta, changes::META_PURGED_THROUGH)
+                .map_err(self.db_err("read kv_meta"))?;
+            meta.insert(changes::META_PURGED_THROUGH, through.max(before_ms))
+                .map_err(self.db_err("write kv_meta"))?;
+        }
+        txn.commit().map_err(self.db_err("commit"))?;
+        Ok(purged)
+    }
+
+    /// The copy mark `name`, as saved.
+    fn copy_mark(&self, name: &str) -> Result<Option<String>, KvError> {
+        let txn = self.db.begin_read().map_err(self.db_err("begin read"))?;
+        let marks = txn
+            .open_table(changes::COPY_MARKS)
+            .map_err(self.db_err("open kv_copy_marks"))?;
+        Ok(marks
+            .get(name)
+            .map_err(self.db_err("read kv_copy_marks"))?
+            .map(|g| g.value().to_owned()))
+    }
+
+    fn set_copy_mark(&self, name: &str, mark: &str) -> Result<(), KvError> {
+        let txn = self.db.begin_write().map_err(self.db_err("begin write"))?;
+        txn.open_table(changes::COPY_MARKS)
+            .map_err(self.db_err("open kv_copy_marks"))?
+            .insert(name, mark)
+            .map_err(self.db_err("write kv_copy_marks"))?;
+        txn.commit().map_err(self.db_err("commit"))?;
+        Ok(())
     }
 
     /// One page of the live keys holding `value` that sort after `after`, read from the
@@ -1509,6 +1801,79 @@ impl Shared {
         self.engine.find_by_value_page(value, after, limit)
     }
 
+    /// See [`KvStore::changes_page`].
+    pub(crate) fn changes_page(
+        &self,
+        since_ms: u64,
+        after: Option<(u64, &str)>,
+        limit: usize,
+    ) -> Result<KvChangesPage, KvError> {
+        check_page(after.map(|(_, k)| k), limit)?;
+        self.check_read_fence()?;
+        self.engine.changes_page(since_ms, after, limit)
+    }
+
+    /// See [`KvStore::stamp`].
+    pub(crate) fn stamp(&self, key: &str) -> Result<Option<KvStamp>, KvError> {
+        check_key(key)?;
+        self.check_read_fence()?;
+        self.engine.stamp(key)
+    }
+
+    /// See [`KvStore::copy_write`].
+    pub(crate) fn copy_write(&self, writes: &[KvCopyWrite]) -> Result<Vec<KvCopyOutcome>, KvError> {
+        self.check_write_fence()?;
+        let _permit = self.prepare.begin_write("Copy")?;
+        let _w = self.engine.write_lock.lock();
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for w in writes {
+            if let Err(e) = check_key(&w.key) {
+                outcomes.push(KvCopyOutcome::Failed {
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+            if let Some(held) = self.engine.stamp(&w.key)? {
+                if held.version >= w.version {
+                    outcomes.push(KvCopyOutcome::NotNewer {
+                        held_version: held.version,
+                    });
+                    continue;
+                }
+            }
+            self.engine.apply(&Op::Copy {
+                key: w.key.clone(),
+                value: w.value.clone(),
+                version: w.version,
+                updated_ms: w.updated_ms,
+            })?;
+            outcomes.push(KvCopyOutcome::Written);
+        }
+        Ok(outcomes)
+    }
+
+    /// See [`KvStore::purge_tombstones`].
+    pub(crate) fn purge_tombstones(&self, before_ms: u64) -> Result<u64, KvError> {
+        self.check_write_fence()?;
+        let _permit = self.prepare.begin_write("PurgeTombstones")?;
+        let _w = self.engine.write_lock.lock();
+        self.engine.purge_tombstones(before_ms)
+    }
+
+    /// See [`KvStore::copy_mark`].
+    pub(crate) fn copy_mark(&self, name: &str) -> Result<Option<String>, KvError> {
+        check_key(name)?;
+        self.engine.copy_mark(name)
+    }
+
+    /// See [`KvStore::set_copy_mark`].
+    pub(crate) fn set_copy_mark(&self, name: &str, mark: &str) -> Result<(), KvError> {
+        check_key(name)?;
+        self.check_write_fence()?;
+        let _w = self.engine.write_lock.lock();
+        self.engine.set_copy_mark(name, mark)
+    }
+
     pub(crate) fn status(&self) -> Result<KvStatus, KvError> {
         let lvm = &self.engine.lvm;
         let state = self.prepare.state();
@@ -1696,6 +2061,47 @@ impl KvStore {
         limit: usize,
     ) -> Result<KvPage, KvError> {
         self.shared.list_page(prefix, after, limit)
+    }
+
+    /// One page of changes (live keys and tombstones, with versions and update times)
+    /// in `(updated_ms, key)` order: from `since_ms` (inclusive) or after `after`, at
+    /// most `limit` (1 to [`MAX_LIST_LIMIT`]); [`KvChangesPage::next`] whenever more
+    /// follow. Refused ([`KvError::BadRequest`]) when it starts before purged tombstones.
+    pub fn changes_page(
+        &self,
+        since_ms: u64,
+        after: Option<(u64, &str)>,
+        limit: usize,
+    ) -> Result<KvChangesPage, KvError> {
+        self.shared.changes_page(since_ms, after, limit)
+    }
+
+    /// The version, update time and tombstone flag of `key`, if it was ever written
+    /// (and its tombstone not purged).
+    pub fn stamp(&self, key: &str) -> Result<Option<KvStamp>, KvError> {
+        self.shared.stamp(key)
+    }
+
+    /// Copied writes, each stored (keeping its version and update time; a `None` value
+    /// deletes, leaving a tombstone) only if the store holds no version of the key at
+    /// or above it.
+    pub fn copy_write(&self, writes: &[KvCopyWrite]) -> Result<Vec<KvCopyOutcome>, KvError> {
+        self.shared.copy_write(writes)
+    }
+
+    /// Purges the tombstones deleted before `before_ms`; returns how many.
+    pub fn purge_tombstones(&self, before_ms: u64) -> Result<u64, KvError> {
+        self.shared.purge_tombstones(before_ms)
+    }
+
+    /// The high-water mark a copy into this store saved under `name`.
+    pub fn copy_mark(&self, name: &str) -> Result<Option<String>, KvError> {
+        self.shared.copy_mark(name)
+    }
+
+    /// Saves the high-water mark of the copy `name`.
+    pub fn set_copy_mark(&self, name: &str, mark: &str) -> Result<(), KvError> {
+        self.shared.set_copy_mark(name, mark)
     }
 
     /// All the keys holding `value`, in key order (needs `ValueIndex`): every page of

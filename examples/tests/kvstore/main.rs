@@ -3,6 +3,7 @@
 mod basic;
 mod cluster;
 mod cluster_move;
+mod copy;
 mod data_binding;
 mod degraded;
 mod errors;

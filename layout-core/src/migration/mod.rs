@@ -41,9 +41,11 @@ pub use memory::MemoryMigrationStore;
 #[cfg(feature = "redb")]
 pub use redb_store::RedbMigrationStore;
 pub use side_by_side::{
-    Cursor, Entity, EntityDestination, EntityFailure, EntitySource, EntityStamp, MemoryEntityStore,
-    Page, PageRequest, SideBySideBuilder, SideBySideError, SideBySideMigration, SideBySideReport,
-    SkipRule, StopReason, StopSignal, MAX_FAILURES_KEPT,
+    Cursor, CutOverReport, Entity, EntityDestination, EntityFailure, EntitySource,
+    FileHighWaterMark, HighWaterMarkStore, IdPage, MemoryEntityStore, MemoryHighWaterMark,
+    MergedSource, Page, PageProgress, PageRequest, PutOutcome, SideBySideBuilder, SideBySideError,
+    SideBySideMigration, SideBySideReport, StopReason, StopSignal, DEFAULT_OVERLAP_WINDOW,
+    MAX_FAILURES_KEPT,
 };
 pub use table::{
     KeyView, LiveWrite, MigratingStore, MigratingTable, NewEntry, NotMigratedPolicy, ScanView,

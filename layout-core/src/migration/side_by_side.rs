@@ -1,39 +1,65 @@
-//! Side-by-side migration: fill a new deployment from an old one, entity by entity.
+//! Side-by-side migration: fill a new deployment ("green") from an old one ("blue"),
+//! entity by entity, while blue keeps taking writes, until cut-over.
 //!
 //! A [`SideBySideMigration`] lists entities from an [`EntitySource`] in pages ordered by
-//! `(updated_ms, id)`, starting at a high-water mark, and writes them to an
-//! [`EntityDestination`], optionally transformed and filtered. An entity the destination
-//! already holds at the same or a newer version is skipped, so a rerun is idempotent.
-//! [`run_continuous`](SideBySideMigration::run_continuous) repeats passes from the last
-//! high-water mark until stopped, to keep the new side current until cut-over.
+//! `(updated_ms, id)`, from its high-water mark, and hands each page to an
+//! [`EntityDestination`], optionally transformed and filtered:
 //!
-//! The high-water mark is *inclusive*: the next pass lists entities updated at or after
-//! it, so an update made in the same millisecond as the mark, after the pass read that
-//! millisecond, is picked up by the next pass (and what was already copied is skipped).
-//! The mark only advances over entities handled without failure, so a failed entity is
-//! retried by the next pass.
+//! - **Deletes propagate.** A source lists a deleted entity as a *tombstone*
+//!   ([`Entity::tombstone`], `deleted: true`) at the time of its deletion, in the same
+//!   `(updated_ms, id)` order as live entities: a store that keeps tombstones lists them,
+//!   a store with a change feed lists its delete events. The destination applies a
+//!   tombstone the conditional way it applies a write (and keeps it, so an older write
+//!   read late cannot resurrect the entity). [`propagate_deletes(false)`](SideBySideBuilder::propagate_deletes)
+//!   counts tombstones without applying them.
+//! - **Writes are conditional.** [`EntityDestination::write`] stores a version only if
+//!   the destination holds no version of the entity at or above it (a tombstone counts),
+//!   atomically per entity; otherwise it answers [`PutOutcome::NotNewer`], counted as
+//!   `skipped`. So a rerun is idempotent and green may already take writes of its own: a
+//!   newer entity there is never overwritten.
+//! - **The high-water mark is persisted** through a [`HighWaterMarkStore`] after every
+//!   page (in the destination, a file, a document store): a copier restarted after a
+//!   crash resumes from it ([`SideBySideReport::resumed_from`]). The mark only advances
+//!   over entities handled without failure, so a failed entity is retried.
+//! - **An overlap window** ([`overlap_window`](SideBySideBuilder::overlap_window),
+//!   default [`DEFAULT_OVERLAP_WINDOW`]) makes every pass re-read from the mark minus the
+//!   window: a commit that became visible late with an earlier update time, or a source
+//!   node whose clock runs behind another's ([`MergedSource`]), is still copied; what was
+//!   copied already comes back as `skipped`. The window must exceed the worst clock skew
+//!   between source nodes plus the longest commit delay.
+//! - **Cut-over check.** [`compare`](SideBySideMigration::compare) pages both sides in id
+//!   order (memory bounded by two pages) and reports whether green equals the transform
+//!   of blue: counts, missing, extra and differing entities, and a SHA-256 digest of each
+//!   side.
+//!
+//! Every page passes the crash points of [`CRASH_POINTS`] (see [`crate::crash_point`]).
 //!
 //! ```
 //! use std::sync::Arc;
 //! use layout_core::migration::{Entity, MemoryEntityStore, SideBySideMigration};
 //! use serde_json::json;
 //!
-//! let old = Arc::new(MemoryEntityStore::new());
-//! old.upsert(Entity::new("job-1", 1, 100, json!({"cron": "* * * * *"})));
-//! old.upsert(Entity::new("job-2", 1, 200, json!({"cron": "0 * * * *"})));
-//! let new = Arc::new(MemoryEntityStore::new());
-//! let migration = SideBySideMigration::builder(old.clone(), new.clone())
+//! let blue = Arc::new(MemoryEntityStore::new());
+//! blue.upsert(Entity::new("job-1", 1, 100, json!({"cron": "* * * * *"})));
+//! blue.upsert(Entity::new("job-2", 1, 200, json!({"cron": "0 * * * *"})));
+//! let green = Arc::new(MemoryEntityStore::new());
+//! let migration = SideBySideMigration::builder(blue.clone(), green.clone())
 //!     .transform(|mut e| { e.data["schema"] = json!(2); Ok(e) })
 //!     .build()?;
 //! let first = migration.run_pass()?;
-//! assert_eq!((first.copied, first.transformed, first.high_water_mark_ms), (2, 2, Some(200)));
-//! let again = migration.run_pass()?;            // idempotent
-//! assert_eq!((again.copied, again.skipped), (0, 1)); // only the entity at the mark is relisted
+//! assert_eq!((first.copied, first.transformed), (2, 2));
+//! blue.delete("job-1", 2, 300);                 // a tombstone
+//! let second = migration.run_pass()?;           // the window re-reads; nothing twice
+//! assert_eq!((second.copied, second.deleted, second.skipped), (0, 1, 1));
+//! let check = migration.compare()?;
+//! assert!(check.agree, "{check:?}");
+//! assert_eq!((check.source_count, check.destination_count), (1, 1));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -41,30 +67,52 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 
 use super::background::{Sleeper, ThreadSleeper};
 use super::document::StepError;
 use crate::clock::{Clock, SystemClock};
 
-/// One version of an entity.
+/// Crash point (see [`crate::crash_point`]): a page was read; none of its writes is done.
+pub const CRASH_BEFORE_PAGE_WRITES: &str = "side_by_side::before_page_writes";
+/// Crash point: a page's writes are done; the high-water mark is not persisted yet.
+pub const CRASH_PAGE_WRITTEN: &str = "side_by_side::page_written";
+/// Crash point: the high-water mark after a page is persisted.
+pub const CRASH_MARK_SAVED: &str = "side_by_side::mark_saved";
+
+/// Every crash point of a side-by-side pass, in the order a page passes them.
+pub const CRASH_POINTS: &[&str] = &[
+    CRASH_BEFORE_PAGE_WRITES,
+    CRASH_PAGE_WRITTEN,
+    CRASH_MARK_SAVED,
+];
+
+/// The default overlap window: each pass re-reads the last 5 s before the mark.
+pub const DEFAULT_OVERLAP_WINDOW: Duration = Duration::from_secs(5);
+
+/// One version of an entity, or its tombstone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Entity {
     /// Its identity.
     pub id: String,
-    /// Its version: increases with every update.
+    /// Its version: increases with every update (and with its deletion), comparable
+    /// between the source and the destination.
     pub version: u64,
-    /// When this version was written (ms since the epoch).
+    /// When this version was written (ms since the epoch, on the writer's clock).
     pub updated_ms: u64,
-    /// Its content.
+    /// Its content (`null` for a tombstone).
     pub data: Value,
     /// Whether this is the authoritative copy (a source holding replicas lists the
     /// others too; they are not copied).
     pub authoritative: bool,
+    /// Whether this is a tombstone: the entity was deleted at `updated_ms`.
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 impl Entity {
-    /// An authoritative entity version.
+    /// An authoritative, live entity version.
     pub fn new(id: impl Into<String>, version: u64, updated_ms: u64, data: Value) -> Self {
         Self {
             id: id.into(),
@@ -72,6 +120,15 @@ impl Entity {
             updated_ms,
             data,
             authoritative: true,
+            deleted: false,
+        }
+    }
+
+    /// The tombstone of entity `id`, deleted at `updated_ms` as version `version`.
+    pub fn tombstone(id: impl Into<String>, version: u64, updated_ms: u64) -> Self {
+        Self {
+            deleted: true,
+            ..Self::new(id, version, updated_ms, Value::Null)
         }
     }
 
@@ -82,38 +139,36 @@ impl Entity {
         self
     }
 
-    /// Its version and update time.
-    pub fn stamp(&self) -> EntityStamp {
-        EntityStamp {
-            version: self.version,
+    /// Its position in `(updated_ms, id)` order.
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
             updated_ms: self.updated_ms,
+            id: self.id.clone(),
         }
     }
 }
 
-/// What the destination holds of an entity: enough to decide whether to copy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct EntityStamp {
-    /// Its version.
-    pub version: u64,
-    /// Its update time.
-    pub updated_ms: u64,
-}
-
-/// Where a page starts: after this entity in `(updated_ms, id)` order.
+/// A position in `(updated_ms, id)` order: a page starts after it; the high-water mark
+/// is one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Cursor {
-    /// The update time of the last entity of the previous page.
+    /// An update time (ms).
     pub updated_ms: u64,
-    /// Its id.
+    /// An id.
     pub id: String,
+}
+
+impl fmt::Display for Cursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}ms/{:?}", self.updated_ms, self.id)
+    }
 }
 
 /// A request for one page of entities.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PageRequest {
-    /// Only entities updated at or after this time (inclusive).
+    /// Only entities updated (or deleted) at or after this time (inclusive).
     pub updated_since_ms: u64,
     /// Only entities after this one in `(updated_ms, id)` order.
     pub after: Option<Cursor>,
@@ -121,16 +176,61 @@ pub struct PageRequest {
     pub limit: usize,
 }
 
+impl PageRequest {
+    /// A request; see the fields.
+    pub fn new(updated_since_ms: u64, after: Option<Cursor>, limit: usize) -> Self {
+        Self {
+            updated_since_ms,
+            after,
+            limit,
+        }
+    }
+
+    /// Whether `entity` belongs after this request's start.
+    pub fn admits(&self, entity: &Entity) -> bool {
+        entity.updated_ms >= self.updated_since_ms
+            && self.after.as_ref().is_none_or(|c| {
+                (entity.updated_ms, entity.id.as_str()) > (c.updated_ms, c.id.as_str())
+            })
+    }
+}
+
 /// One page of entities, ordered by `(updated_ms, id)`.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Page {
-    /// The entities (their current version; replicas included, if the source has any).
+    /// The entities (their current version or tombstone; replicas included, if the
+    /// source has any).
     pub entities: Vec<Entity>,
-    /// Where the next page starts; `None` on the last page.
+    /// Where the next page starts; `None` on the last page. A source must never stop
+    /// early without it: a page shorter than asked with a `next` is fine, a missing
+    /// `next` says the listing is complete.
     pub next: Option<Cursor>,
 }
 
-/// A failure of a side-by-side source or destination.
+/// One page of live entities in id order (the cut-over comparison).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct IdPage {
+    /// Live entities (no tombstones, no replicas), in id order.
+    pub entities: Vec<Entity>,
+    /// The id to list after for the next page; `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// What a conditional write did to one entity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The version (or tombstone) was stored.
+    Written,
+    /// The destination holds this version, at or above the one offered: nothing written.
+    NotNewer {
+        /// The version held.
+        held_version: u64,
+    },
+    /// This entity's write failed (the others of the call may have succeeded).
+    Failed(String),
+}
+
+/// A failure of a side-by-side source, destination or mark store.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SideBySideError {
@@ -154,22 +254,46 @@ pub enum SideBySideError {
         /// Why.
         reason: String,
     },
+    /// The high-water mark could not be loaded or saved.
+    #[error("high-water mark {location}: {operation} failed: {reason}")]
+    Mark {
+        /// Where.
+        location: String,
+        /// What was being done.
+        operation: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// The options are invalid.
     #[error("side-by-side migration: invalid options: {0}")]
     InvalidOptions(String),
 }
 
-/// The old side: lists entities in pages and, on request, an entity's history.
+/// The old side: lists entities and tombstones in `(updated_ms, id)` order and live
+/// entities in id order.
 pub trait EntitySource: Send + Sync {
     /// Where it is, for messages.
     fn location(&self) -> String;
 
-    /// Current versions of entities updated at or after `request.updated_since_ms`,
-    /// ordered by `(updated_ms, id)`, after `request.after`, at most `request.limit`.
+    /// Current versions and tombstones of entities updated (or deleted) at or after
+    /// `request.updated_since_ms`, ordered by `(updated_ms, id)`, after `request.after`,
+    /// at most `request.limit`, with a [`Page::next`] whenever more follow.
     fn list(&self, request: &PageRequest) -> Result<Page, SideBySideError>;
 
-    /// Every version of entity `id`, oldest first.
-    fn history(&self, id: &str) -> Result<Vec<Entity>, SideBySideError>;
+    /// Live, authoritative entities with an id above `after`, in id order, at most
+    /// `limit` (for [`SideBySideMigration::compare`]).
+    fn scan(&self, after: Option<&str>, limit: usize) -> Result<IdPage, SideBySideError>;
+
+    /// Every version of entity `id`, oldest first (for
+    /// [`with_history`](SideBySideBuilder::with_history)). By default: refused, the
+    /// source keeps no history.
+    fn history(&self, id: &str) -> Result<Vec<Entity>, SideBySideError> {
+        Err(SideBySideError::Source {
+            location: self.location(),
+            operation: "history",
+            reason: format!("this source keeps no history of {id:?}"),
+        })
+    }
 }
 
 /// The new side.
@@ -177,23 +301,109 @@ pub trait EntityDestination: Send + Sync {
     /// Where it is, for messages.
     fn location(&self) -> String;
 
-    /// The version and update time held for `id`, if any.
-    fn current(&self, id: &str) -> Result<Option<EntityStamp>, SideBySideError>;
+    /// Stores each entity version (a tombstone deletes the entity and is kept) keeping
+    /// its version and update time, each only if the destination holds no version of
+    /// it at or above the one offered, atomically per entity. Answers one outcome per
+    /// entity, in order; an `Err` fails them all.
+    fn write(&self, entities: &[Entity]) -> Result<Vec<PutOutcome>, SideBySideError>;
 
-    /// Stores an entity version (keeping its version and update time as given).
-    fn put(&self, entity: &Entity) -> Result<(), SideBySideError>;
+    /// Live entities with an id above `after`, in id order, at most `limit`.
+    fn scan(&self, after: Option<&str>, limit: usize) -> Result<IdPage, SideBySideError>;
 }
 
-/// How the copier decides that the destination already has an entity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SkipRule {
-    /// The destination's version is at or above the source's (the default).
-    #[default]
-    Version,
-    /// The destination's `(updated_ms, version)` is at or above the source's: a newer
-    /// update time wins; in the same millisecond, the version decides, so an update made
-    /// in the millisecond of the last copy is not skipped.
-    UpdateTime,
+/// Where a migration keeps its high-water mark between runs.
+pub trait HighWaterMarkStore: Send + Sync {
+    /// Where it is, for messages.
+    fn location(&self) -> String;
+
+    /// The mark saved last, if any.
+    fn load(&self) -> Result<Option<Cursor>, SideBySideError>;
+
+    /// Saves `mark` durably (it replaces the previous one).
+    fn save(&self, mark: &Cursor) -> Result<(), SideBySideError>;
+}
+
+/// A mark in memory: lost with the process (tests, one-shot copies).
+#[derive(Debug, Default)]
+pub struct MemoryHighWaterMark {
+    mark: Mutex<Option<Cursor>>,
+}
+
+impl MemoryHighWaterMark {
+    /// No mark yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl HighWaterMarkStore for MemoryHighWaterMark {
+    fn location(&self) -> String {
+        "memory".to_owned()
+    }
+
+    fn load(&self) -> Result<Option<Cursor>, SideBySideError> {
+        Ok(self.mark.lock().clone())
+    }
+
+    fn save(&self, mark: &Cursor) -> Result<(), SideBySideError> {
+        *self.mark.lock() = Some(mark.clone());
+        Ok(())
+    }
+}
+
+/// A mark in a JSON file, replaced atomically (written aside, synced, renamed).
+#[derive(Debug, Clone)]
+pub struct FileHighWaterMark {
+    path: PathBuf,
+}
+
+impl FileHighWaterMark {
+    /// The mark in file `path` (absent: no mark yet).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    fn err(&self, operation: &'static str, reason: impl fmt::Display) -> SideBySideError {
+        SideBySideError::Mark {
+            location: self.path.display().to_string(),
+            operation,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl HighWaterMarkStore for FileHighWaterMark {
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn load(&self) -> Result<Option<Cursor>, SideBySideError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| self.err("load", format!("not a mark: {e}"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.err("load", e)),
+        }
+    }
+
+    fn save(&self, mark: &Cursor) -> Result<(), SideBySideError> {
+        use std::io::Write as _;
+        let mut aside = self.path.clone().into_os_string();
+        aside.push(".tmp");
+        let aside = PathBuf::from(aside);
+        let bytes = serde_json::to_vec(mark).map_err(|e| self.err("save", e))?;
+        let mut file = std::fs::File::create(&aside).map_err(|e| self.err("save", e))?;
+        file.write_all(&bytes).map_err(|e| self.err("save", e))?;
+        file.sync_all().map_err(|e| self.err("save", e))?;
+        std::fs::rename(&aside, &self.path).map_err(|e| self.err("save", e))?;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| self.err("save", e))?;
+        }
+        Ok(())
+    }
 }
 
 /// Why a run stopped before the source was exhausted.
@@ -220,10 +430,15 @@ pub struct EntityFailure {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct SideBySideReport {
-    /// Entity versions written to the destination.
+    /// Entity versions written to the destination (tombstones not included).
     pub copied: u64,
-    /// Entities skipped: the destination already had them.
+    /// Tombstones written to the destination (deletes propagated).
+    pub deleted: u64,
+    /// Entity versions the destination already held at the same or a newer version
+    /// (re-read by the overlap window, or newer in the destination): not written.
     pub skipped: u64,
+    /// Tombstones left unapplied ([`propagate_deletes(false)`](SideBySideBuilder::propagate_deletes)).
+    pub tombstones_ignored: u64,
     /// Entity versions passed through the transform.
     pub transformed: u64,
     /// Entity versions that failed (transform or destination error).
@@ -236,8 +451,10 @@ pub struct SideBySideReport {
     pub pages: u64,
     /// Passes run.
     pub passes: u64,
-    /// The high-water mark after the run: the next pass lists from it, inclusive.
-    pub high_water_mark_ms: Option<u64>,
+    /// The mark the first pass resumed from (loaded from the mark store), if any.
+    pub resumed_from: Option<Cursor>,
+    /// The high-water mark after the run.
+    pub high_water_mark: Option<Cursor>,
     /// Why the run stopped early, if it did.
     pub stopped: Option<StopReason>,
     /// The failures (at most [`MAX_FAILURES_KEPT`]).
@@ -250,23 +467,71 @@ pub const MAX_FAILURES_KEPT: usize = 100;
 impl SideBySideReport {
     fn absorb(&mut self, other: SideBySideReport) {
         self.copied += other.copied;
+        self.deleted += other.deleted;
         self.skipped += other.skipped;
+        self.tombstones_ignored += other.tombstones_ignored;
         self.transformed += other.transformed;
         self.failed += other.failed;
         self.filtered += other.filtered;
         self.replicas += other.replicas;
         self.pages += other.pages;
         self.passes += other.passes;
-        if other.high_water_mark_ms.is_some() {
-            self.high_water_mark_ms = other.high_water_mark_ms;
+        if self.resumed_from.is_none() && self.passes == other.passes {
+            self.resumed_from = other.resumed_from;
+        }
+        if other.high_water_mark.is_some() {
+            self.high_water_mark = other.high_water_mark;
         }
         self.stopped = other.stopped.or(self.stopped);
-        for f in other.failures {
+        self.failure(other.failures);
+    }
+
+    fn failure(&mut self, failures: Vec<EntityFailure>) {
+        for f in failures {
             if self.failures.len() < MAX_FAILURES_KEPT {
                 self.failures.push(f);
             }
         }
     }
+}
+
+/// Progress after one page, for a progress bar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PageProgress {
+    /// The pass (1-based, within this run).
+    pub pass: u64,
+    /// Entities listed by this pass so far.
+    pub listed: u64,
+    /// The pass's report so far.
+    pub report: SideBySideReport,
+}
+
+/// The cut-over check: does the destination equal the transform of the source?
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct CutOverReport {
+    /// Live entities in the source (authoritative, kept by the filter).
+    pub source_count: u64,
+    /// Live entities in the destination.
+    pub destination_count: u64,
+    /// Source entities absent from the destination.
+    pub missing: u64,
+    /// Destination entities absent from the source.
+    pub extra: u64,
+    /// Entities on both sides whose destination data differs from the transformed source.
+    pub differing: u64,
+    /// Source entities whose transform failed.
+    pub transform_failed: u64,
+    /// SHA-256 (hex) over the transformed source entities, in id order.
+    pub source_digest: String,
+    /// SHA-256 (hex) over the destination entities, in id order.
+    pub destination_digest: String,
+    /// Whether both sides agree: nothing missing, extra, differing or failed, and equal
+    /// counts and digests.
+    pub agree: bool,
+    /// Up to [`MAX_FAILURES_KEPT`] ids that disagree, with how.
+    pub examples: Vec<String>,
 }
 
 /// Stops a continuous run (between pages), from any thread.
@@ -294,22 +559,25 @@ impl StopSignal {
 
 type Transform = Arc<dyn Fn(Entity) -> Result<Entity, StepError> + Send + Sync>;
 type Filter = Arc<dyn Fn(&Entity) -> bool + Send + Sync>;
+type OnPage = Arc<dyn Fn(&PageProgress) + Send + Sync>;
 
 /// Builds a [`SideBySideMigration`]; see [`SideBySideMigration::builder`].
 pub struct SideBySideBuilder {
     source: Arc<dyn EntitySource>,
     destination: Arc<dyn EntityDestination>,
+    marks: Arc<dyn HighWaterMarkStore>,
     page_size: usize,
     transform: Option<Transform>,
     filter: Option<Filter>,
-    skip_rule: SkipRule,
+    on_page: Option<OnPage>,
     history: bool,
+    propagate_deletes: bool,
+    overlap_window: Duration,
     deadline: Option<SystemTime>,
     max_concurrent: usize,
     clock: Arc<dyn Clock>,
     sleeper: Arc<dyn Sleeper>,
     poll_interval: Duration,
-    start_from_ms: u64,
 }
 
 impl SideBySideBuilder {
@@ -320,7 +588,8 @@ impl SideBySideBuilder {
         self
     }
 
-    /// Rewrites each entity version on its way (its id must stay).
+    /// Rewrites each live entity version on its way (its id must stay; tombstones are
+    /// not transformed).
     #[must_use]
     pub fn transform(
         mut self,
@@ -330,22 +599,46 @@ impl SideBySideBuilder {
         self
     }
 
-    /// Copies only the entities for which `filter` is true.
+    /// Copies only the live entities for which `filter` is true (tombstones carry no
+    /// data and always pass: deleting what was never copied is harmless).
     #[must_use]
     pub fn filter(mut self, filter: impl Fn(&Entity) -> bool + Send + Sync + 'static) -> Self {
         self.filter = Some(Arc::new(filter));
         self
     }
 
-    /// How to decide that the destination already has an entity (default
-    /// [`SkipRule::Version`]).
+    /// Called after every page (a progress bar).
     #[must_use]
-    pub fn skip_rule(mut self, rule: SkipRule) -> Self {
-        self.skip_rule = rule;
+    pub fn on_page(mut self, on_page: impl Fn(&PageProgress) + Send + Sync + 'static) -> Self {
+        self.on_page = Some(Arc::new(on_page));
         self
     }
 
-    /// Copies every version of each entity, oldest first, instead of the current one.
+    /// Where the high-water mark is kept between runs (default: in memory, lost with
+    /// the process). A run starts from the mark found there.
+    #[must_use]
+    pub fn high_water_marks(mut self, marks: Arc<dyn HighWaterMarkStore>) -> Self {
+        self.marks = marks;
+        self
+    }
+
+    /// How far before the mark each pass re-reads (default [`DEFAULT_OVERLAP_WINDOW`]);
+    /// see the [module docs](self). Zero re-reads only the mark's own millisecond.
+    #[must_use]
+    pub fn overlap_window(mut self, window: Duration) -> Self {
+        self.overlap_window = window;
+        self
+    }
+
+    /// Whether tombstones delete entities in the destination (default true).
+    #[must_use]
+    pub fn propagate_deletes(mut self, propagate: bool) -> Self {
+        self.propagate_deletes = propagate;
+        self
+    }
+
+    /// Copies every version of each entity, oldest first, instead of the current one
+    /// (the source must keep a [history](EntitySource::history)).
     #[must_use]
     pub fn with_history(mut self, history: bool) -> Self {
         self.history = history;
@@ -359,7 +652,7 @@ impl SideBySideBuilder {
         self
     }
 
-    /// Copies at most this many entities at once (default 1).
+    /// Splits a page into at most this many destination writes run at once (default 1).
     #[must_use]
     pub fn max_concurrent(mut self, max_concurrent: usize) -> Self {
         self.max_concurrent = max_concurrent;
@@ -387,14 +680,6 @@ impl SideBySideBuilder {
         self
     }
 
-    /// The high-water mark to start from (default 0: everything), as reported by an
-    /// earlier run.
-    #[must_use]
-    pub fn start_from_ms(mut self, high_water_mark_ms: u64) -> Self {
-        self.start_from_ms = high_water_mark_ms;
-        self
-    }
-
     /// Checks the options and builds the migration.
     pub fn build(self) -> Result<SideBySideMigration, SideBySideError> {
         if self.page_size == 0 {
@@ -405,10 +690,13 @@ impl SideBySideBuilder {
                 "the bound on concurrent copies is 0".into(),
             ));
         }
-        Ok(SideBySideMigration {
-            high_water_mark: Mutex::new(self.start_from_ms),
-            options: self,
-        })
+        if u64::try_from(self.overlap_window.as_millis()).is_err() {
+            return Err(SideBySideError::InvalidOptions(format!(
+                "the overlap window {:?} is too long",
+                self.overlap_window
+            )));
+        }
+        Ok(SideBySideMigration { options: self })
     }
 }
 
@@ -417,8 +705,10 @@ impl fmt::Debug for SideBySideBuilder {
         f.debug_struct("SideBySideBuilder")
             .field("source", &self.source.location())
             .field("destination", &self.destination.location())
+            .field("marks", &self.marks.location())
             .field("page_size", &self.page_size)
-            .field("skip_rule", &self.skip_rule)
+            .field("overlap_window", &self.overlap_window)
+            .field("propagate_deletes", &self.propagate_deletes)
             .field("history", &self.history)
             .field("max_concurrent", &self.max_concurrent)
             .finish_non_exhaustive()
@@ -428,10 +718,10 @@ impl fmt::Debug for SideBySideBuilder {
 /// Copies entities from an old deployment to a new one; see the [module docs](self).
 pub struct SideBySideMigration {
     options: SideBySideBuilder,
-    high_water_mark: Mutex<u64>,
 }
 
-/// What happened to one entity.
+/// What happened to one listed entity, for the mark.
+#[derive(Clone, Copy)]
 enum Outcome {
     Done,
     Failed,
@@ -447,40 +737,44 @@ impl SideBySideMigration {
         SideBySideBuilder {
             source,
             destination,
+            marks: Arc::new(MemoryHighWaterMark::new()),
             page_size: 500,
             transform: None,
             filter: None,
-            skip_rule: SkipRule::default(),
+            on_page: None,
             history: false,
+            propagate_deletes: true,
+            overlap_window: DEFAULT_OVERLAP_WINDOW,
             deadline: None,
             max_concurrent: 1,
             clock: Arc::new(SystemClock),
             sleeper: Arc::new(ThreadSleeper),
             poll_interval: Duration::from_secs(1),
-            start_from_ms: 0,
         }
     }
 
-    /// The high-water mark the next pass starts from (inclusive).
-    pub fn high_water_mark_ms(&self) -> u64 {
-        *self.high_water_mark.lock()
+    /// The high-water mark in the mark store.
+    pub fn high_water_mark(&self) -> Result<Option<Cursor>, SideBySideError> {
+        self.options.marks.load()
     }
 
-    /// One pass: every entity updated at or after the high-water mark, page by page.
+    /// One pass: every entity and tombstone from the mark minus the overlap window on.
     pub fn run_pass(&self) -> Result<SideBySideReport, SideBySideError> {
-        self.pass(None)
+        self.pass(None, 1)
     }
 
     /// Passes until `stop` is given (or the deadline passes), waiting the poll interval
-    /// between passes. Each pass starts from the previous one's high-water mark.
+    /// between passes. Each pass starts from the persisted mark.
     pub fn run_continuous(&self, stop: &StopSignal) -> Result<SideBySideReport, SideBySideError> {
         let mut total = SideBySideReport::default();
+        let mut n = 0;
         loop {
             if stop.is_stopped() {
                 total.stopped = Some(StopReason::Stopped);
                 break;
             }
-            let report = self.pass(Some(stop))?;
+            n += 1;
+            let report = self.pass(Some(stop), n)?;
             let stopped = report.stopped;
             total.absorb(report);
             if stopped.is_some() {
@@ -488,7 +782,6 @@ impl SideBySideMigration {
             }
             self.options.sleeper.sleep(self.options.poll_interval);
         }
-        total.high_water_mark_ms = Some(self.high_water_mark_ms());
         Ok(total)
     }
 
@@ -498,16 +791,23 @@ impl SideBySideMigration {
             .is_some_and(|d| self.options.clock.now() >= d)
     }
 
-    fn pass(&self, stop: Option<&StopSignal>) -> Result<SideBySideReport, SideBySideError> {
+    fn pass(&self, stop: Option<&StopSignal>, n: u64) -> Result<SideBySideReport, SideBySideError> {
         let o = &self.options;
-        let since = self.high_water_mark_ms();
+        let saved = o.marks.load()?;
+        let window_ms = u64::try_from(o.overlap_window.as_millis()).unwrap_or(u64::MAX);
+        let since = saved
+            .as_ref()
+            .map_or(0, |m| m.updated_ms.saturating_sub(window_ms));
         let mut report = SideBySideReport {
             passes: 1,
+            resumed_from: saved.clone(),
             ..SideBySideReport::default()
         };
+        let mut listed = 0;
         let mut after: Option<Cursor> = None;
-        // The mark advances over a prefix of entities handled without failure.
-        let mut mark = since;
+        // The mark advances over a prefix of entities handled without failure, never
+        // backwards (the window re-reads below it).
+        let mut mark = saved;
         let mut mark_stuck = false;
         loop {
             if stop.is_some_and(StopSignal::is_stopped) {
@@ -518,39 +818,36 @@ impl SideBySideMigration {
                 report.stopped = Some(StopReason::Deadline);
                 break;
             }
-            let request = PageRequest {
-                updated_since_ms: since,
-                after: after.clone(),
-                limit: o.page_size,
-            };
-            let page = o.source.list(&request)?;
+            let page = o
+                .source
+                .list(&PageRequest::new(since, after.clone(), o.page_size))?;
             report.pages += 1;
-            // Each entity of the page, in order: `None` when it is left out (a replica,
-            // or filtered), else its index among the candidates.
-            let mut order = Vec::with_capacity(page.entities.len());
-            let mut candidates = Vec::with_capacity(page.entities.len());
-            for entity in page.entities {
-                if !entity.authoritative {
-                    report.replicas += 1;
-                    order.push((entity.updated_ms, None));
-                } else if o.filter.as_ref().is_some_and(|f| !f(&entity)) {
-                    report.filtered += 1;
-                    order.push((entity.updated_ms, None));
-                } else {
-                    order.push((entity.updated_ms, Some(candidates.len())));
-                    candidates.push(entity);
-                }
-            }
-            let outcomes = self.copy_page(&candidates, &mut report);
-            for (updated_ms, index) in order {
-                let outcome = index.map_or(&Outcome::Done, |i| {
-                    outcomes.get(i).unwrap_or(&Outcome::NotRun)
-                });
+            listed += page.entities.len() as u64;
+            crate::crash_point::hit(CRASH_BEFORE_PAGE_WRITES);
+            let outcomes = self.copy_page(&page.entities, &mut report);
+            crate::crash_point::hit(CRASH_PAGE_WRITTEN);
+            let mut candidate = None;
+            for (entity, outcome) in page.entities.iter().zip(&outcomes) {
                 match outcome {
-                    Outcome::Done if !mark_stuck => mark = mark.max(updated_ms),
+                    Outcome::Done if !mark_stuck => candidate = Some(entity.cursor()),
                     Outcome::Done => {}
                     Outcome::Failed | Outcome::NotRun => mark_stuck = true,
                 }
+            }
+            if let Some(candidate) = candidate {
+                if mark.as_ref().is_none_or(|m| candidate > *m) {
+                    o.marks.save(&candidate)?;
+                    crate::crash_point::hit(CRASH_MARK_SAVED);
+                    mark = Some(candidate);
+                }
+            }
+            report.high_water_mark.clone_from(&mark);
+            if let Some(on_page) = &o.on_page {
+                on_page(&PageProgress {
+                    pass: n,
+                    listed,
+                    report: report.clone(),
+                });
             }
             if outcomes.iter().any(|o| matches!(o, Outcome::NotRun)) {
                 report.stopped = Some(StopReason::Deadline);
@@ -561,126 +858,326 @@ impl SideBySideMigration {
                 None => break,
             }
         }
-        *self.high_water_mark.lock() = mark;
-        report.high_water_mark_ms = Some(mark);
+        report.high_water_mark = mark;
         tracing::info!(
             target: "layout_core::migration",
             source = %o.source.location(),
             destination = %o.destination.location(),
             copied = report.copied,
+            deleted = report.deleted,
             skipped = report.skipped,
             failed = report.failed,
-            high_water_mark_ms = mark,
+            high_water_mark = ?report.high_water_mark,
             "side-by-side pass done"
         );
         Ok(report)
     }
 
-    /// Copies one page's entities, at most `max_concurrent` at once.
+    /// Prepares and writes one page; one outcome per listed entity.
     fn copy_page(&self, entities: &[Entity], report: &mut SideBySideReport) -> Vec<Outcome> {
-        let next = AtomicUsize::new(0);
-        let results: Mutex<BTreeMap<usize, (Outcome, SideBySideReport)>> =
-            Mutex::new(BTreeMap::new());
-        let workers = self.options.max_concurrent.min(entities.len()).max(1);
-        let work = || loop {
-            let i = next.fetch_add(1, Ordering::SeqCst);
-            let Some(entity) = entities.get(i) else {
-                break;
-            };
-            let result = if self.deadline_passed() {
-                (Outcome::NotRun, SideBySideReport::default())
+        let mut outcomes = vec![Outcome::Done; entities.len()];
+        let mut writes = self.prepare_page(entities, &mut outcomes, report);
+        // Entities whose preparation failed are not written at all.
+        writes.retain(|(i, _)| matches!(outcomes[*i], Outcome::Done));
+        self.write_page(&writes, &mut outcomes, report);
+        outcomes
+    }
+
+    /// What to write for each entity of a page: `(index in the page, version)`, in order.
+    fn prepare_page(
+        &self,
+        entities: &[Entity],
+        outcomes: &mut [Outcome],
+        report: &mut SideBySideReport,
+    ) -> Vec<(usize, Entity)> {
+        let o = &self.options;
+        // (index in the page, version to write)
+        let mut writes: Vec<(usize, Entity)> = Vec::new();
+        for (i, entity) in entities.iter().enumerate() {
+            if self.deadline_passed() {
+                outcomes[i] = Outcome::NotRun;
+                continue;
+            }
+            if !entity.authoritative {
+                report.replicas += 1;
+                continue;
+            }
+            if !entity.deleted && o.filter.as_ref().is_some_and(|f| !f(entity)) {
+                report.filtered += 1;
+                continue;
+            }
+            if entity.deleted {
+                if o.propagate_deletes {
+                    writes.push((i, entity.clone()));
+                } else {
+                    report.tombstones_ignored += 1;
+                }
+                continue;
+            }
+            let versions = if o.history {
+                match o.source.history(&entity.id) {
+                    Ok(versions) => versions,
+                    Err(e) => {
+                        Self::fail(report, entity, entity.version, e.to_string());
+                        outcomes[i] = Outcome::Failed;
+                        continue;
+                    }
+                }
             } else {
-                self.copy_entity(entity)
+                vec![entity.clone()]
             };
-            results.lock().insert(i, result);
+            for version in versions {
+                if version.deleted {
+                    writes.push((i, version));
+                    continue;
+                }
+                match self.transformed(version, report) {
+                    Ok(v) => writes.push((i, v)),
+                    Err((number, reason)) => {
+                        Self::fail(report, entity, number, reason);
+                        outcomes[i] = Outcome::Failed;
+                    }
+                }
+            }
+        }
+        writes
+    }
+
+    /// Writes a page's versions, in at most `max_concurrent` calls at once.
+    fn write_page(
+        &self,
+        writes: &[(usize, Entity)],
+        outcomes: &mut [Outcome],
+        report: &mut SideBySideReport,
+    ) {
+        let o = &self.options;
+        let chunks = o.max_concurrent.min(writes.len()).max(1);
+        let chunk_len = writes.len().div_ceil(chunks).max(1);
+        let results: Mutex<BTreeMap<usize, Result<Vec<PutOutcome>, String>>> =
+            Mutex::new(BTreeMap::new());
+        let slices: Vec<&[(usize, Entity)]> = writes.chunks(chunk_len).collect();
+        let next = AtomicUsize::new(0);
+        let work = || loop {
+            let c = next.fetch_add(1, Ordering::SeqCst);
+            let Some(slice) = slices.get(c) else { break };
+            let batch: Vec<Entity> = slice.iter().map(|(_, e)| e.clone()).collect();
+            let result = match o.destination.write(&batch) {
+                Ok(out) if out.len() == batch.len() => Ok(out),
+                Ok(out) => Err(format!(
+                    "the destination answered {} outcomes for {} entities",
+                    out.len(),
+                    batch.len()
+                )),
+                Err(e) => Err(e.to_string()),
+            };
+            results.lock().insert(c, result);
         };
-        if workers == 1 {
+        if slices.len() <= 1 {
             work();
         } else {
             std::thread::scope(|scope| {
-                for _ in 0..workers {
+                for _ in 0..slices.len() {
                     scope.spawn(work);
                 }
             });
         }
-        results
-            .into_inner()
-            .into_values()
-            .map(|(outcome, partial)| {
-                report.absorb(partial);
-                outcome
-            })
-            .collect()
-    }
-
-    /// Copies one entity (its current version, or its history).
-    fn copy_entity(&self, entity: &Entity) -> (Outcome, SideBySideReport) {
-        let o = &self.options;
-        let mut report = SideBySideReport::default();
-        let fail = |report: &mut SideBySideReport, version: u64, reason: String| {
-            report.failed += 1;
-            report.failures.push(EntityFailure {
-                id: entity.id.clone(),
-                version,
-                reason,
-            });
-            (Outcome::Failed, std::mem::take(report))
-        };
-        let held = match o.destination.current(&entity.id) {
-            Ok(held) => held,
-            Err(e) => return fail(&mut report, entity.version, e.to_string()),
-        };
-        if held.is_some_and(|h| self.has(h, entity.stamp())) {
-            report.skipped += 1;
-            return (Outcome::Done, report);
-        }
-        let versions = if o.history {
-            match o.source.history(&entity.id) {
-                Ok(versions) => versions,
-                Err(e) => return fail(&mut report, entity.version, e.to_string()),
-            }
-        } else {
-            vec![entity.clone()]
-        };
-        for version in versions {
-            if held.is_some_and(|h| self.has(h, version.stamp())) {
-                continue;
-            }
-            let number = version.version;
-            let version = match &o.transform {
-                Some(t) => {
-                    report.transformed += 1;
-                    match t(version) {
-                        Ok(v) if v.id == entity.id => v,
-                        Ok(v) => {
-                            return fail(
-                                &mut report,
-                                number,
-                                format!("the transform changed the id to {:?}", v.id),
-                            )
-                        }
-                        Err(e) => {
-                            return fail(&mut report, number, format!("transform failed: {e}"))
+        for (c, result) in results.into_inner() {
+            let slice = slices[c];
+            match result {
+                Ok(out) => {
+                    for ((i, entity), outcome) in slice.iter().zip(out) {
+                        match outcome {
+                            PutOutcome::Written if entity.deleted => report.deleted += 1,
+                            PutOutcome::Written => report.copied += 1,
+                            PutOutcome::NotNewer { .. } => report.skipped += 1,
+                            PutOutcome::Failed(reason) => {
+                                Self::fail(report, entity, entity.version, reason);
+                                outcomes[*i] = Outcome::Failed;
+                            }
                         }
                     }
                 }
-                None => version,
-            };
-            if let Err(e) = o.destination.put(&version) {
-                return fail(&mut report, number, e.to_string());
+                Err(reason) => {
+                    for (i, entity) in slice {
+                        Self::fail(report, entity, entity.version, reason.clone());
+                        outcomes[*i] = Outcome::Failed;
+                    }
+                }
             }
-            report.copied += 1;
         }
-        (Outcome::Done, report)
     }
 
-    fn has(&self, held: EntityStamp, source: EntityStamp) -> bool {
-        match self.options.skip_rule {
-            SkipRule::Version => held.version >= source.version,
-            SkipRule::UpdateTime => {
-                (held.updated_ms, held.version) >= (source.updated_ms, source.version)
+    fn fail(report: &mut SideBySideReport, entity: &Entity, version: u64, reason: String) {
+        report.failed += 1;
+        report.failure(vec![EntityFailure {
+            id: entity.id.clone(),
+            version,
+            reason,
+        }]);
+    }
+
+    /// `version` through the transform (counted), or why it failed.
+    fn transformed(
+        &self,
+        version: Entity,
+        report: &mut SideBySideReport,
+    ) -> Result<Entity, (u64, String)> {
+        let Some(t) = &self.options.transform else {
+            return Ok(version);
+        };
+        report.transformed += 1;
+        let (id, number) = (version.id.clone(), version.version);
+        match t(version) {
+            Ok(v) if v.id == id => Ok(v),
+            Ok(v) => Err((
+                number,
+                format!("the transform changed the id to {:?}", v.id),
+            )),
+            Err(e) => Err((number, format!("transform failed: {e}"))),
+        }
+    }
+
+    /// The cut-over check: pages the source and the destination in id order, side by
+    /// side (two pages in memory at a time), and compares the destination with the
+    /// transform of the source. Replicas and entities the filter leaves out are not
+    /// counted on the source side.
+    pub fn compare(&self) -> Result<CutOverReport, SideBySideError> {
+        let o = &self.options;
+        let mut report = CutOverReport::default();
+        let (mut src_digest, mut dst_digest) = (Sha256::new(), Sha256::new());
+        let mut src = IdCursor::new(|after| o.source.scan(after, o.page_size));
+        let mut dst = IdCursor::new(|after| o.destination.scan(after, o.page_size));
+        let example = |report: &mut CutOverReport, what: String| {
+            if report.examples.len() < MAX_FAILURES_KEPT {
+                report.examples.push(what);
+            }
+        };
+        loop {
+            let s = loop {
+                match src.peek()? {
+                    Some(e)
+                        if !e.authoritative
+                            || e.deleted
+                            || o.filter.as_ref().is_some_and(|f| !f(e)) =>
+                    {
+                        src.advance();
+                    }
+                    other => break other.cloned(),
+                }
+            };
+            let d = dst.peek()?.cloned();
+            let take_source = match (&s, &d) {
+                (None, None) => break,
+                (Some(s), Some(d)) => s.id <= d.id,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+            };
+            if let (true, Some(s)) = (take_source, s) {
+                src.advance();
+                report.source_count += 1;
+                let want = self
+                    .transformed(s.clone(), &mut SideBySideReport::default())
+                    .ok();
+                match &want {
+                    Some(w) => digest(&mut src_digest, w),
+                    None => report.transform_failed += 1,
+                }
+                match d.filter(|d| d.id == s.id) {
+                    None => {
+                        report.missing += 1;
+                        example(
+                            &mut report,
+                            format!("{:?}: missing in the destination", s.id),
+                        );
+                    }
+                    Some(d) => {
+                        dst.advance();
+                        report.destination_count += 1;
+                        digest(&mut dst_digest, &d);
+                        if want.is_some_and(|w| w.data != d.data) {
+                            report.differing += 1;
+                            example(&mut report, format!("{:?}: differs", d.id));
+                        }
+                    }
+                }
+            } else if let Some(d) = d {
+                dst.advance();
+                report.destination_count += 1;
+                digest(&mut dst_digest, &d);
+                report.extra += 1;
+                example(&mut report, format!("{:?}: not in the source", d.id));
             }
         }
+        report.source_digest = hex(&src_digest.finalize());
+        report.destination_digest = hex(&dst_digest.finalize());
+        report.agree = report.missing == 0
+            && report.extra == 0
+            && report.differing == 0
+            && report.transform_failed == 0
+            && report.source_count == report.destination_count
+            && report.source_digest == report.destination_digest;
+        Ok(report)
+    }
+}
+
+/// Feeds one entity (id and data, length-prefixed) to a digest.
+fn digest(hasher: &mut Sha256, entity: &Entity) {
+    let data = serde_json::to_vec(&entity.data).unwrap_or_default();
+    hasher.update((entity.id.len() as u64).to_be_bytes());
+    hasher.update(entity.id.as_bytes());
+    hasher.update((data.len() as u64).to_be_bytes());
+    hasher.update(&data);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Walks an id-ordered listing page by page.
+struct IdCursor<F> {
+    fetch: F,
+    page: std::vec::IntoIter<Entity>,
+    head: Option<Entity>,
+    /// Where the next page starts (`None`: the first page).
+    after: Option<String>,
+    /// Whether the last page was read.
+    done: bool,
+}
+
+impl<F: FnMut(Option<&str>) -> Result<IdPage, SideBySideError>> IdCursor<F> {
+    fn new(fetch: F) -> Self {
+        Self {
+            fetch,
+            page: Vec::new().into_iter(),
+            head: None,
+            after: None,
+            done: false,
+        }
+    }
+
+    fn peek(&mut self) -> Result<Option<&Entity>, SideBySideError> {
+        while self.head.is_none() {
+            if let Some(e) = self.page.next() {
+                self.head = Some(e);
+                break;
+            }
+            if self.done {
+                break;
+            }
+            let page = (self.fetch)(self.after.as_deref())?;
+            self.done = page.next.is_none();
+            self.after = page.next;
+            self.page = page.entities.into_iter();
+        }
+        Ok(self.head.as_ref())
+    }
+
+    fn advance(&mut self) {
+        self.head = None;
     }
 }
 
@@ -688,13 +1185,101 @@ impl fmt::Debug for SideBySideMigration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SideBySideMigration")
             .field("options", &self.options)
-            .field("high_water_mark_ms", &self.high_water_mark_ms())
             .finish_non_exhaustive()
     }
 }
 
-/// Entities in memory, with their history: a source (listing replicas too, if added)
-/// and a destination. For tests and examples.
+/// Several sources read as one (a sharded blue: each shard one source, keys disjoint):
+/// pages merge in `(updated_ms, id)` order, so one mark covers all shards, and shards
+/// whose clocks disagree are covered by the overlap window.
+pub struct MergedSource {
+    sources: Vec<Arc<dyn EntitySource>>,
+}
+
+impl MergedSource {
+    /// The sources, read as one.
+    pub fn new(sources: Vec<Arc<dyn EntitySource>>) -> Self {
+        Self { sources }
+    }
+}
+
+impl fmt::Debug for MergedSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MergedSource")
+            .field("sources", &self.location())
+            .finish()
+    }
+}
+
+impl EntitySource for MergedSource {
+    fn location(&self) -> String {
+        let all: Vec<String> = self.sources.iter().map(|s| s.location()).collect();
+        all.join("+")
+    }
+
+    fn list(&self, request: &PageRequest) -> Result<Page, SideBySideError> {
+        let mut all = Vec::new();
+        let mut more = false;
+        for source in &self.sources {
+            let page = source.list(request)?;
+            more |= page.next.is_some();
+            all.extend(page.entities);
+        }
+        all.sort_by(|a, b| (a.updated_ms, &a.id).cmp(&(b.updated_ms, &b.id)));
+        more |= all.len() > request.limit;
+        all.truncate(request.limit);
+        // Each source answered its first entities after the cursor, so the first
+        // `limit` of the merge are the first `limit` overall.
+        let next = if more {
+            all.last()
+                .map(Entity::cursor)
+                .or_else(|| request.after.clone())
+        } else {
+            None
+        };
+        Ok(Page {
+            entities: all,
+            next,
+        })
+    }
+
+    fn scan(&self, after: Option<&str>, limit: usize) -> Result<IdPage, SideBySideError> {
+        let mut all = Vec::new();
+        let mut more = false;
+        for source in &self.sources {
+            let page = source.scan(after, limit)?;
+            more |= page.next.is_some();
+            all.extend(page.entities);
+        }
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        more |= all.len() > limit;
+        all.truncate(limit);
+        let next = if more {
+            all.last()
+                .map(|e| e.id.clone())
+                .or_else(|| after.map(str::to_owned))
+        } else {
+            None
+        };
+        Ok(IdPage {
+            entities: all,
+            next,
+        })
+    }
+
+    fn history(&self, id: &str) -> Result<Vec<Entity>, SideBySideError> {
+        for source in &self.sources {
+            let versions = source.history(id)?;
+            if !versions.is_empty() {
+                return Ok(versions);
+            }
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// Entities in memory, with their history and tombstones: a source (listing replicas
+/// too, if added) and a destination. For tests and examples.
 #[derive(Debug, Default)]
 pub struct MemoryEntityStore {
     inner: Mutex<EntityInner>,
@@ -702,10 +1287,10 @@ pub struct MemoryEntityStore {
 
 #[derive(Debug, Default)]
 struct EntityInner {
-    /// id -> versions, oldest first.
+    /// id -> versions, oldest first (the last may be a tombstone).
     entities: BTreeMap<String, Vec<Entity>>,
     replicas: Vec<Entity>,
-    puts: u64,
+    writes: u64,
 }
 
 impl MemoryEntityStore {
@@ -714,7 +1299,7 @@ impl MemoryEntityStore {
         Self::default()
     }
 
-    /// Adds a version of an entity (its history grows).
+    /// Adds a version of an entity (its history grows), unconditionally.
     pub fn upsert(&self, entity: Entity) {
         self.inner
             .lock()
@@ -724,21 +1309,27 @@ impl MemoryEntityStore {
             .push(entity);
     }
 
+    /// Deletes `id`: its tombstone becomes its current version.
+    pub fn delete(&self, id: &str, version: u64, updated_ms: u64) {
+        self.upsert(Entity::tombstone(id, version, updated_ms));
+    }
+
     /// Adds a replica copy, listed by the source but not authoritative.
     pub fn add_replica(&self, entity: Entity) {
         self.inner.lock().replicas.push(entity.replica());
     }
 
-    /// The current version of `id`.
+    /// The current live version of `id` (`None` if absent or deleted).
     pub fn get(&self, id: &str) -> Option<Entity> {
         self.inner
             .lock()
             .entities
             .get(id)
             .and_then(|v| v.last().cloned())
+            .filter(|e| !e.deleted)
     }
 
-    /// Every version of `id`, oldest first.
+    /// Every version of `id`, oldest first (tombstones included).
     pub fn versions(&self, id: &str) -> Vec<Entity> {
         self.inner
             .lock()
@@ -748,19 +1339,23 @@ impl MemoryEntityStore {
             .unwrap_or_default()
     }
 
-    /// The current version of every entity, by id.
+    /// The current version of every live entity, by id.
     pub fn current_entities(&self) -> BTreeMap<String, Entity> {
         self.inner
             .lock()
             .entities
             .iter()
-            .filter_map(|(id, v)| v.last().map(|e| (id.clone(), e.clone())))
+            .filter_map(|(id, v)| {
+                v.last()
+                    .filter(|e| !e.deleted)
+                    .map(|e| (id.clone(), e.clone()))
+            })
             .collect()
     }
 
-    /// How many puts it received as a destination.
-    pub fn puts(&self) -> u64 {
-        self.inner.lock().puts
+    /// How many versions it stored as a destination.
+    pub fn writes(&self) -> u64 {
+        self.inner.lock().writes
     }
 }
 
@@ -776,13 +1371,7 @@ impl EntitySource for MemoryEntityStore {
             .values()
             .filter_map(|v| v.last())
             .chain(inner.replicas.iter())
-            .filter(|e| e.updated_ms >= request.updated_since_ms)
-            .filter(|e| {
-                request
-                    .after
-                    .as_ref()
-                    .is_none_or(|c| (e.updated_ms, e.id.as_str()) > (c.updated_ms, c.id.as_str()))
-            })
+            .filter(|e| request.admits(e))
             .collect();
         // Replicas sort after the authoritative copy with the same position.
         all.sort_by(|a, b| {
@@ -791,10 +1380,7 @@ impl EntitySource for MemoryEntityStore {
         let more = all.len() > request.limit;
         all.truncate(request.limit);
         let next = if more {
-            all.last().map(|e| Cursor {
-                updated_ms: e.updated_ms,
-                id: e.id.clone(),
-            })
+            all.last().map(|e| e.cursor())
         } else {
             None
         };
@@ -802,6 +1388,26 @@ impl EntitySource for MemoryEntityStore {
             entities: all.into_iter().cloned().collect(),
             next,
         })
+    }
+
+    fn scan(&self, after: Option<&str>, limit: usize) -> Result<IdPage, SideBySideError> {
+        let inner = self.inner.lock();
+        let start = after.map_or(std::ops::Bound::Unbounded, |a| {
+            std::ops::Bound::Excluded(a.to_owned())
+        });
+        let mut page = IdPage::default();
+        for (id, versions) in inner.entities.range((start, std::ops::Bound::Unbounded)) {
+            let Some(current) = versions.last().filter(|e| !e.deleted) else {
+                continue;
+            };
+            if page.entities.len() == limit {
+                page.next = page.entities.last().map(|e| e.id.clone());
+                break;
+            }
+            debug_assert_eq!(id, &current.id);
+            page.entities.push(current.clone());
+        }
+        Ok(page)
     }
 
     fn history(&self, id: &str) -> Result<Vec<Entity>, SideBySideError> {
@@ -814,18 +1420,27 @@ impl EntityDestination for MemoryEntityStore {
         "memory".to_owned()
     }
 
-    fn current(&self, id: &str) -> Result<Option<EntityStamp>, SideBySideError> {
-        Ok(self.get(id).map(|e| e.stamp()))
+    fn write(&self, entities: &[Entity]) -> Result<Vec<PutOutcome>, SideBySideError> {
+        let mut inner = self.inner.lock();
+        Ok(entities
+            .iter()
+            .map(|entity| {
+                let versions = inner.entities.entry(entity.id.clone()).or_default();
+                match versions.last() {
+                    Some(held) if held.version >= entity.version => PutOutcome::NotNewer {
+                        held_version: held.version,
+                    },
+                    _ => {
+                        versions.push(entity.clone());
+                        inner.writes += 1;
+                        PutOutcome::Written
+                    }
+                }
+            })
+            .collect())
     }
 
-    fn put(&self, entity: &Entity) -> Result<(), SideBySideError> {
-        let mut inner = self.inner.lock();
-        inner.puts += 1;
-        inner
-            .entities
-            .entry(entity.id.clone())
-            .or_default()
-            .push(entity.clone());
-        Ok(())
+    fn scan(&self, after: Option<&str>, limit: usize) -> Result<IdPage, SideBySideError> {
+        EntitySource::scan(self, after, limit)
     }
 }
