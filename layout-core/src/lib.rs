@@ -96,6 +96,16 @@ mod adding_a_layout_feature_doc {}
 #[doc = include_str!("../../docs/finalization.md")]
 mod finalization_doc {}
 
+/// Migrations: its Rust examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/migrations.md")]
+mod migrations_doc {}
+
+/// Cluster upgrades: its Rust examples are compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/cluster-upgrade.md")]
+mod cluster_upgrade_doc {}
+
 /// Prepare: its Rust examples are compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../../docs/prepare.md")]
