@@ -239,13 +239,7 @@ impl NodeInfo {
         manager: &Arc<LayoutVersionManager<F>>,
     ) -> NodeContext<F> {
         NodeContext {
-            name: self.name.clone(),
-            kind: self.kind.clone(),
-            index: self.index,
-            dir: self.dir.clone(),
-            data_dir: self.data_dir.clone(),
-            intent: self.intent,
-            params: self.params.clone(),
+            info: self.clone(),
             manager: Arc::clone(manager),
         }
     }
@@ -253,60 +247,21 @@ impl NodeInfo {
 
 /// What a component is told when it opens: who it is, where it lives, its manager.
 pub struct NodeContext<F: LayoutFeature> {
-    pub(crate) name: String,
-    pub(crate) kind: String,
-    pub(crate) index: usize,
-    pub(crate) dir: PathBuf,
-    pub(crate) data_dir: PathBuf,
-    pub(crate) intent: StartIntent,
-    pub(crate) params: BTreeMap<String, String>,
+    pub(crate) info: NodeInfo,
     pub(crate) manager: Arc<LayoutVersionManager<F>>,
 }
 
+impl<F: LayoutFeature> std::ops::Deref for NodeContext<F> {
+    type Target = NodeInfo;
+
+    /// Who the node is, where it lives and why it starts: `ctx.name()`, `ctx.data_dir()`,
+    /// `ctx.start_intent()`, `ctx.param(..)` and the rest of [`NodeInfo`].
+    fn deref(&self) -> &NodeInfo {
+        &self.info
+    }
+}
+
 impl<F: LayoutFeature> NodeContext<F> {
-    /// The node's name (`<kind>-<index>`).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The node's kind.
-    pub fn kind(&self) -> &str {
-        &self.kind
-    }
-
-    /// The node's index among the nodes of its kind (0-based).
-    pub fn index(&self) -> usize {
-        self.index
-    }
-
-    /// The node's own directory; it survives restarts, upgrades and crashes.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// `<dir>/data`, created: where the component keeps its data (the layout state is
-    /// in `<dir>/layout`).
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
-    }
-
-    /// Why the node is starting: `Init` on its first start, `Upgrade` or `Downgrade`
-    /// when its SLV changed, else `Normal`.
-    pub fn start_intent(&self) -> StartIntent {
-        self.intent
-    }
-
-    /// A parameter set on the node's [`Kind`](crate::Kind) with
-    /// [`param`](crate::Kind::param).
-    pub fn param(&self, key: &str) -> Option<&str> {
-        self.params.get(key).map(String::as_str)
-    }
-
-    /// Every parameter.
-    pub fn params(&self) -> &BTreeMap<String, String> {
-        &self.params
-    }
-
     /// The node's layout version manager.
     pub fn manager(&self) -> &Arc<LayoutVersionManager<F>> {
         &self.manager
@@ -316,13 +271,7 @@ impl<F: LayoutFeature> NodeContext<F> {
 impl<F: LayoutFeature> fmt::Debug for NodeContext<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NodeContext")
-            .field("name", &self.name)
-            .field("kind", &self.kind)
-            .field("index", &self.index)
-            .field("dir", &self.dir)
-            .field("data_dir", &self.data_dir)
-            .field("intent", &self.intent)
-            .field("params", &self.params)
+            .field("info", &self.info)
             .field("manager", &self.manager)
             .finish()
     }

@@ -517,18 +517,7 @@ impl<'a> UpgradeTest<'a> {
                 summary.from,
                 summary.metadata_layout_version
             ));
-            if status.is_pre_finalized() {
-                return Err(check(
-                    stage,
-                    &step,
-                    format!(
-                        "{} is still pre-finalized after finalizing: MLV {} SLV {}",
-                        node.name(),
-                        status.metadata_layout_version,
-                        status.software_layout_version
-                    ),
-                ));
-            }
+            finalized_or_refused(stage, &step, node.name(), &status)?;
         }
         Ok(())
     }
@@ -866,18 +855,7 @@ impl UpgradeTest<'_> {
             }
             node.finalize().map_err(|e| fail(stage, &step, e))?;
             let status = node.status().map_err(|e| fail(stage, &step, e))?;
-            if status.is_pre_finalized() {
-                return Err(check(
-                    stage,
-                    &step,
-                    format!(
-                        "{} is still pre-finalized after finalizing: MLV {} SLV {}",
-                        node.name(),
-                        status.metadata_layout_version,
-                        status.software_layout_version
-                    ),
-                ));
-            }
+            finalized_or_refused(stage, &step, node.name(), &status)?;
         }
         Ok(())
     }
@@ -935,6 +913,26 @@ fn fail(stage: Stage, step: &str, error: ClusterError) -> UpgradeTestError {
         callback: None,
         failure: Box::new(StageFailure::Cluster(error)),
     }
+}
+
+/// A node still pre-finalized after finalizing fails the stage.
+fn finalized_or_refused(
+    stage: Stage,
+    step: &str,
+    node: &str,
+    status: &crate::NodeStatus,
+) -> Result<(), UpgradeTestError> {
+    if status.is_pre_finalized() {
+        return Err(check(
+            stage,
+            step,
+            format!(
+                "{node} is still pre-finalized after finalizing: MLV {} SLV {}",
+                status.metadata_layout_version, status.software_layout_version
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check(stage: Stage, step: &str, what: String) -> UpgradeTestError {

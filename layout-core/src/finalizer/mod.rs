@@ -1068,9 +1068,13 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
                 }
             })?;
         }
-        // An operator's finalize lifts an earlier cancel (the per-action record below
-        // keeps one that arrives while this run goes on).
-        let mut lift_cancel = !request.at_startup;
+        // An operator's finalize lifts the cancel stored before it (with its first write);
+        // a cancel that arrives while this run goes on is kept.
+        let lifted_cancel = if request.at_startup {
+            None
+        } else {
+            unfinished.as_ref().and_then(|r| r.cancelled.clone())
+        };
         tracing::info!(
             target: "layout_core::finalizer",
             client,
@@ -1133,53 +1137,59 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
                     elapsed: Duration::ZERO,
                 });
             }
-            if let Some(action) = action {
-                // Durable before the action runs: a process stopped in the middle of it
-                // is resumed at its next start (`resume_interrupted`).
-                let recorder = self
-                    .shared
-                    .lock()
-                    .client
-                    .clone()
-                    .unwrap_or_else(|| client.to_owned());
-                let lift = std::mem::take(&mut lift_cancel);
-                // The step before already named this action (see below): no write then.
+            // The record names the running action when the action first reports (a
+            // long action: a background migration reports before its first batch), so a
+            // process stopped in the middle of it is resumed at its next start
+            // (`resume_interrupted`). An action that never reports costs no commit; the
+            // commit of the feature before names the next action anyway.
+            let recorder = self
+                .shared
+                .lock()
+                .client
+                .clone()
+                .unwrap_or_else(|| client.to_owned());
+            let name_action = |action_name: &str| {
                 let named = self.lvm.state().finalization.is_some_and(|r| {
                     r.finished_at_ms.is_none()
                         && r.client_id == recorder
                         && r.target_version == target
                         && r.running_feature.as_deref() == Some(feature.name())
-                        && r.running_action.as_deref() == Some(action.name())
-                        && !(lift && r.cancelled.is_some())
+                        && r.running_action.as_deref() == Some(action_name)
+                        && (lifted_cancel.is_none() || r.cancelled != lifted_cancel)
                 });
-                if !named {
-                    self.lvm.update_state(|s| {
-                        let record = s.finalization.get_or_insert_with(|| {
-                            FinalizationRecord::new(&recorder, target, started_ms)
-                        });
-                        if record.finished_at_ms.is_some() {
-                            *record = FinalizationRecord::new(&recorder, target, started_ms);
-                        }
-                        recorder.clone_into(&mut record.client_id);
-                        record.target_version = target;
-                        record.running_feature = Some(feature.name().to_owned());
-                        record.running_action = Some(action.name().to_owned());
-                        if lift {
-                            record.cancelled = None;
-                        }
-                    })?;
+                if named {
+                    return;
                 }
-            }
+                let stored = self.lvm.update_state(|s| {
+                    let record = s.finalization.get_or_insert_with(|| {
+                        FinalizationRecord::new(&recorder, target, started_ms)
+                    });
+                    if record.finished_at_ms.is_some() {
+                        *record = FinalizationRecord::new(&recorder, target, started_ms);
+                    }
+                    recorder.clone_into(&mut record.client_id);
+                    record.target_version = target;
+                    record.running_feature = Some(feature.name().to_owned());
+                    record.running_action = Some(action_name.to_owned());
+                    if lifted_cancel.is_some() && record.cancelled == lifted_cancel {
+                        record.cancelled = None;
+                    }
+                });
+                if let Err(e) = stored {
+                    tracing::warn!(target: "layout_core::finalizer", error = %e, "could not record the running action; a restart would not resume it");
+                }
+            };
             fail::fail_point!("finalize::before_action");
             crate::crash_point::hit("finalize::before_action");
             match action {
                 Some(action) => {
-                    self.run_action(
+                    self.run_action_reporting(
                         action.name(),
                         feature,
                         Phase::OnFinalize,
                         component,
                         |c, ctx| action.run(c, ctx),
+                        Some(&|| name_action(action.name())),
                     )
                     .map_err(|source| {
                         if !source.is_cancelled() {
@@ -1243,6 +1253,9 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
                     .and_then(|&f| self.registry.get(f, Phase::OnFinalize).map(|a| (f, a)));
                 record.running_feature = next.map(|(f, _)| f.name().to_owned());
                 record.running_action = next.map(|(_, a)| a.name().to_owned());
+                if lifted_cancel.is_some() && record.cancelled == lifted_cancel {
+                    record.cancelled = None;
+                }
                 if last {
                     record.finished_at_ms = Some(step_ms);
                 }
@@ -1299,6 +1312,20 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
         component: &C,
         run: impl FnOnce(&C, &ActionContext<'_, F>) -> Result<(), ActionError>,
     ) -> Result<(), ActionError> {
+        self.run_action_reporting(name, feature, phase, component, run, None)
+    }
+
+    /// [`run_action`](Self::run_action); `on_report` runs once, before the action's
+    /// first progress, message or elapsed report takes effect.
+    fn run_action_reporting(
+        &self,
+        name: &str,
+        feature: F,
+        phase: Phase,
+        component: &C,
+        run: impl FnOnce(&C, &ActionContext<'_, F>) -> Result<(), ActionError>,
+        on_report: Option<&(dyn Fn() + Sync)>,
+    ) -> Result<(), ActionError> {
         let attempt = {
             let mut attempts = self.attempts.lock();
             let n = attempts.entry((feature, phase)).or_insert(0);
@@ -1317,6 +1344,8 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
         let sink = StatusSink {
             shared: &self.shared,
             clock: &*self.clock,
+            on_report,
+            reported: std::sync::Once::new(),
         };
         let ctx = ActionContext::new(feature, phase, &sink, &self.cancel).with_attempt(attempt);
         tracing::info!(target: "layout_core::action", "running upgrade action");
@@ -1346,19 +1375,33 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
 struct StatusSink<'a, F> {
     shared: &'a Mutex<Shared<F>>,
     clock: &'a dyn Clock,
+    /// Runs once, at the action's first report.
+    on_report: Option<&'a (dyn Fn() + Sync)>,
+    reported: std::sync::Once,
+}
+
+impl<F> StatusSink<'_, F> {
+    fn first_report(&self) {
+        if let Some(on_report) = self.on_report {
+            self.reported.call_once(on_report);
+        }
+    }
 }
 
 impl<F: Send> ProgressSink for StatusSink<'_, F> {
     fn progress(&self, done: u64, total: Option<u64>) {
+        self.first_report();
         if let Some(p) = self.shared.lock().progress.as_mut() {
             p.done = done;
             p.total = total;
         }
     }
     fn message(&self, message: &str) {
+        self.first_report();
         self.shared.lock().push(message.to_owned());
     }
     fn elapsed(&self, elapsed: Duration) {
+        self.first_report();
         self.shared.lock().action_elapsed = Some((elapsed, self.clock.now()));
     }
 }

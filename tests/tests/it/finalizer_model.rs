@@ -127,13 +127,8 @@ fn run(m: &mut Model, client: &'static str, target: Option<u32>, takeover: bool)
         if cancelled {
             return Outcome::Cancelled(v);
         }
-        // Every feature here has an action: the record names it, durably, before it runs
-        // (a new record when none is open), as this run's client towards its target.
-        m.record = Some(Record {
-            client,
-            target,
-            finished: false,
-        });
+        // These actions never report progress: the record is not written before them
+        // (only a reporting action is named on its own).
         for point in ["finalize::before_action", IN_ACTION] {
             if let Some(c) = crashes_at(point) {
                 return dead(m, c);

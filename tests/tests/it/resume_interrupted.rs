@@ -229,7 +229,9 @@ fn a_failed_action_is_not_an_interruption_and_waits_for_an_operator() {
             LayoutVersionManager::<Feature>::open(Arc::clone(&storage), options.clone()).unwrap(),
         );
         let registry = ActionRegistry::<Feature, ()>::builder()
-            .on_finalize(Feature::Index, |(), _ctx| {
+            .on_finalize(Feature::Index, |(), ctx| {
+                // A long action reports first (the record then names it), then fails.
+                ctx.report_progress(0, Some(10));
                 Err(ActionError::new("disk full"))
             })
             .build()
