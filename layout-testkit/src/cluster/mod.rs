@@ -126,7 +126,7 @@ impl<C: TestComponent> Kind<C> {
         self
     }
 
-    /// A parameter for the component ([`NodeContext::param`](crate::NodeContext::param)),
+    /// A parameter for the component ([`NodeInfo::param`](crate::NodeInfo::param), which a `NodeContext` derefs to),
     /// passed to every node of the kind in either mode.
     #[must_use]
     pub fn param(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
