@@ -126,8 +126,8 @@ impl<C: TestComponent> Kind<C> {
         self
     }
 
-    /// A parameter for the component ([`NodeInfo::param`](crate::NodeInfo::param), which a `NodeContext` derefs to),
-    /// passed to every node of the kind in either mode.
+    /// A parameter for the component ([`NodeInfo::param`](crate::NodeInfo::param), which
+    /// a `NodeContext` derefs to), passed to every node of the kind in either mode.
     #[must_use]
     pub fn param(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.config.params.insert(key.into(), value.into());
