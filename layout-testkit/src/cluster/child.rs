@@ -580,6 +580,43 @@ fn spec_from_env() -> Result<(NodeSpec, u32, StartIntent), String> {
     ))
 }
 
+/// One command from the parent: a line `<id> <command> <encoded argument>...`.
+pub(crate) struct ParentCommand {
+    /// The id the answer carries.
+    pub(crate) id: String,
+    /// The command word (`None` on a line with an id only).
+    pub(crate) word: Option<String>,
+    /// The decoded arguments.
+    pub(crate) args: Vec<String>,
+    /// The whole line, for an error that quotes it.
+    pub(crate) line: String,
+}
+
+/// Waits for the parent's next command on stdin, skipping blank lines; exits the process
+/// with [`ORPHANED_EXIT_CODE`] when stdin closes (the parent is gone). One line at a
+/// time, the lock released in between: a crash point's `block_until_killed` reads stdin
+/// too.
+pub(crate) fn next_command() -> ParentCommand {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match io::stdin().read_line(&mut line) {
+            Ok(0) | Err(_) => std::process::exit(ORPHANED_EXIT_CODE),
+            Ok(_) => {}
+        }
+        let mut words = line.split_whitespace();
+        let Some(id) = words.next() else {
+            continue;
+        };
+        return ParentCommand {
+            id: id.to_owned(),
+            word: words.next().map(ToOwned::to_owned),
+            args: words.filter_map(decode).collect(),
+            line: line.clone(),
+        };
+    }
+}
+
 fn reply(id: &str, result: Result<Vec<String>, ClusterError>) {
     match result {
         Ok(fields) => {
@@ -614,22 +651,15 @@ fn serve<C: TestComponent>() {
     };
     report_step("ready");
     let name = spec.name.as_str();
-    let stdin = io::stdin();
-    let mut line = String::new();
     loop {
-        line.clear();
-        // One line at a time, the lock released in between: a crash point's
-        // block_until_killed reads stdin too.
-        match stdin.read_line(&mut line) {
-            Ok(0) | Err(_) => std::process::exit(ORPHANED_EXIT_CODE),
-            Ok(_) => {}
-        }
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let Some((&id, rest)) = words.split_first() else {
-            continue;
-        };
-        let args: Vec<String> = rest.iter().skip(1).filter_map(|w| decode(w)).collect();
-        let result = match rest.first().copied() {
+        let ParentCommand {
+            id,
+            word,
+            args,
+            line,
+        } = next_command();
+        let id = id.as_str();
+        let result = match word.as_deref() {
             Some("status") => {
                 let status = running.status(name);
                 Ok(vec![

@@ -29,13 +29,11 @@ use layout_core::{FileStorage, LayoutFeature, LayoutVersionManager, ManagerOptio
 use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 
-use super::child::{decode, encode};
+use super::child::{decode, encode, next_command, ParentCommand};
 use super::error::ClusterError;
 use super::node::{NodeSpec, TESTKIT_CLIENT};
 use super::{KindInfo, MiniCluster, MiniClusterBuilder, StartOptions};
-use crate::crash::{
-    block_until_killed, child_role, report_step, ChildCommand, ChildProcess, ORPHANED_EXIT_CODE,
-};
+use crate::crash::{block_until_killed, child_role, report_step, ChildCommand, ChildProcess};
 use crate::inject::failpoints_enabled;
 
 /// The role of a child-process coordinator.
@@ -992,20 +990,15 @@ fn serve_coordinator<F: LayoutFeature>() {
         "coordinator-ready {}",
         local.server.local_addr().port()
     ));
-    let stdin = std::io::stdin();
-    let mut line = String::new();
     loop {
-        line.clear();
-        match stdin.read_line(&mut line) {
-            Ok(0) | Err(_) => std::process::exit(ORPHANED_EXIT_CODE),
-            Ok(_) => {}
-        }
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let Some((&id, rest)) = words.split_first() else {
-            continue;
-        };
-        let args: Vec<String> = rest.iter().skip(1).filter_map(|w| decode(w)).collect();
-        let result = match (rest.first().copied(), args.as_slice()) {
+        let ParentCommand {
+            id,
+            word,
+            args,
+            line,
+        } = next_command();
+        let id = id.as_str();
+        let result = match (word.as_deref(), args.as_slice()) {
             (Some("status"), []) => local
                 .status(&kind)
                 .and_then(|s| serde_json::to_string(&s).map_err(|e| e.to_string())),

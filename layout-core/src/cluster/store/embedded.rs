@@ -312,6 +312,37 @@ impl EmbeddedStore {
         })
     }
 
+    /// Stores `bytes` under `key` of `table` with a fresh revision if the stored
+    /// revision is `expected` (`None`: absent), in one transaction.
+    fn swap_record(
+        &self,
+        table: TableDefinition<'_, &str, (u64, &[u8])>,
+        key: &str,
+        expected: Option<u64>,
+        bytes: &[u8],
+        op: &'static str,
+    ) -> Result<CasOutcome, StoreError> {
+        let txn = self.write()?;
+        let revision = {
+            let mut records = txn.open_table(table).on(&self.location, op)?;
+            let current = records
+                .get(key)
+                .on(&self.location, op)?
+                .map(|g| g.value().0);
+            if current != expected {
+                return Ok(CasOutcome::Conflict);
+            }
+            let mut meta = txn.open_table(META).on(&self.location, op)?;
+            let revision = next_revision(&mut meta).on(&self.location, op)?;
+            records
+                .insert(key, (revision, bytes))
+                .on(&self.location, op)?;
+            revision
+        };
+        txn.commit().on(&self.location, op)?;
+        Ok(CasOutcome::Swapped { revision })
+    }
+
     fn read_kind(
         &self,
         txn: &ReadTransaction,
@@ -446,23 +477,7 @@ impl ClusterStore for EmbeddedStore {
         record: &KindRecord,
     ) -> Result<CasOutcome, StoreError> {
         let bytes = self.encode(record)?;
-        let op = "swap kind";
-        let txn = self.write()?;
-        let revision = {
-            let mut kinds = txn.open_table(KINDS).on(&self.location, op)?;
-            let current = kinds.get(kind).on(&self.location, op)?.map(|g| g.value().0);
-            if current != expected {
-                return Ok(CasOutcome::Conflict);
-            }
-            let mut meta = txn.open_table(META).on(&self.location, op)?;
-            let revision = next_revision(&mut meta).on(&self.location, op)?;
-            kinds
-                .insert(kind, (revision, bytes.as_slice()))
-                .on(&self.location, op)?;
-            revision
-        };
-        txn.commit().on(&self.location, op)?;
-        Ok(CasOutcome::Swapped { revision })
+        self.swap_record(KINDS, kind, expected, &bytes, "swap kind")
     }
 
     fn load_member(
@@ -625,26 +640,7 @@ impl ClusterStore for EmbeddedStore {
         record: &MoveRecord,
     ) -> Result<CasOutcome, StoreError> {
         let bytes = self.encode(record)?;
-        let op = "swap move record";
-        let txn = self.write()?;
-        let revision = {
-            let mut table = txn.open_table(MOVE).on(&self.location, op)?;
-            let current = table
-                .get(MOVE_KEY)
-                .on(&self.location, op)?
-                .map(|g| g.value().0);
-            if current != expected {
-                return Ok(CasOutcome::Conflict);
-            }
-            let mut meta = txn.open_table(META).on(&self.location, op)?;
-            let revision = next_revision(&mut meta).on(&self.location, op)?;
-            table
-                .insert(MOVE_KEY, (revision, bytes.as_slice()))
-                .on(&self.location, op)?;
-            revision
-        };
-        txn.commit().on(&self.location, op)?;
-        Ok(CasOutcome::Swapped { revision })
+        self.swap_record(MOVE, MOVE_KEY, expected, &bytes, "swap move record")
     }
 
     /// One read transaction: a consistent snapshot.
