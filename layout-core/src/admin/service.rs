@@ -522,6 +522,7 @@ fn status_view<F: LayoutFeature>(report: StatusReport<F>) -> FinalizationStatusR
         auto_finalize_at_ms: report.auto_finalize_at.map(to_ms),
         resumed_at_startup: report.resumed_at_startup,
         resumes: report.resumes,
+        cancelled_by: report.cancelled_by,
     }
 }
 

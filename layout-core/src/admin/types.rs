@@ -400,6 +400,10 @@ pub struct FinalizationStatusResponse {
     /// How many times the finalization was resumed at start-up (stored in its record).
     #[serde(default)]
     pub resumes: u32,
+    /// Who cancelled the unfinished finalization, if an operator did (it is then not
+    /// resumed at start-up until an operator finalizes again).
+    #[serde(default)]
+    pub cancelled_by: Option<String>,
 }
 
 /// Where a running finalization is.

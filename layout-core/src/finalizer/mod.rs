@@ -741,7 +741,12 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
             veto_active,
             auto_finalize_at,
             resumed_at_startup: shared.resumed_at_startup,
-            resumes: state.finalization.map_or(0, |r| r.resumes),
+            resumes: state.finalization.as_ref().map_or(0, |r| r.resumes),
+            cancelled_by: state
+                .finalization
+                .filter(|r| r.finished_at_ms.is_none())
+                .and_then(|r| r.cancelled)
+                .map(|c| c.client_id),
         })
     }
 

@@ -111,6 +111,9 @@ pub struct StatusReport<F> {
     /// How many times the unfinished (or last) finalization was resumed at start-up, as
     /// stored in its record.
     pub resumes: u32,
+    /// Who cancelled the unfinished finalization, if an operator did: it is then not
+    /// resumed at start-up until an operator finalizes again.
+    pub cancelled_by: Option<String>,
 }
 
 /// What [`UpgradeFinalizer::resume_interrupted`](super::UpgradeFinalizer::resume_interrupted)

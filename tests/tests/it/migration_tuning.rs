@@ -271,20 +271,22 @@ fn cancel_finalization_on_the_admin_api_is_stored_with_its_client() {
     let (clock, sleeper) = clock_and_sleeper();
     let m = migration(&store, 10, &sleeper, &clock, |_, _| {});
     let (admin, lvm) = admin_with(&m);
-    // Nothing unfinished: nothing to store.
-    admin
+    // Nothing unfinished: nothing to store, and the answer says no cancel is stored.
+    let answer = admin
         .cancel_finalization(&CancelFinalizationParams::new("oncall"))
         .unwrap();
     assert_eq!(lvm.state().finalization, None);
+    assert_eq!(answer.cancelled_by, None);
     lvm.update_state(|s| {
         s.finalization = Some(layout_core::FinalizationRecord::new("ops", 1, 5));
     })
     .unwrap();
-    admin
+    let answer = admin
         .cancel_finalization(&CancelFinalizationParams::new("oncall"))
         .unwrap();
     let cancel = lvm.state().finalization.unwrap().cancelled.unwrap();
     assert_eq!(cancel.client_id, "oncall");
+    assert_eq!(answer.cancelled_by.as_deref(), Some("oncall"));
     let empty = admin
         .cancel_finalization(&CancelFinalizationParams::new(" "))
         .unwrap_err();

@@ -528,7 +528,13 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             if json {
                 print_json(&status);
             } else {
-                say!("finalization cancelled; it will not be resumed at start-up");
+                match &status.cancelled_by {
+                    Some(_) => say!("finalization cancelled; it will not be resumed at start-up"),
+                    None if status.running => {
+                        say!("finalization cancelled: the run stops before its next feature");
+                    }
+                    None => say!("nothing to cancel: no finalization is unfinished"),
+                }
                 print_finalization(&status);
             }
         }
@@ -756,6 +762,9 @@ fn print_finalization(s: &FinalizationStatusResponse) {
     }
     if let Some(client) = &s.client_id {
         say!("client         {client}");
+    }
+    if let Some(by) = &s.cancelled_by {
+        say!("cancelled      by {by}: not resumed at start-up; finalize to continue");
     }
     if s.resumed_at_startup {
         say!(
