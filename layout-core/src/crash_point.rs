@@ -45,6 +45,17 @@ use parking_lot::RwLock;
 
 type Observer = Arc<dyn Fn(&'static str) + Send + Sync>;
 
+/// A step of the finalizer or the manager: the `fail` failpoint of that name (feature
+/// `failpoints`; the names are [`FAILPOINTS`](crate::FAILPOINTS)) and the crash point,
+/// passed together.
+macro_rules! step {
+    ($name:expr) => {{
+        fail::fail_point!($name);
+        $crate::crash_point::hit($name);
+    }};
+}
+pub(crate) use step;
+
 static OBSERVED: AtomicBool = AtomicBool::new(false);
 static OBSERVER: RwLock<Option<Observer>> = RwLock::new(None);
 

@@ -419,8 +419,7 @@ impl<F: LayoutFeature> LayoutVersionManager<F> {
         if self.publish_before_persist.load(Ordering::Relaxed) {
             // The deliberate bug: the two statements around the failpoint swapped.
             self.mlv.store(version, Ordering::Release);
-            fail::fail_point!(FAILPOINT_AFTER_PERSIST);
-            crate::crash_point::hit(FAILPOINT_AFTER_PERSIST);
+            crate::crash_point::step!(FAILPOINT_AFTER_PERSIST);
             self.storage.store(&next)?;
             *durable = next;
             return Ok(StepOutcome::Finalized {
@@ -431,8 +430,7 @@ impl<F: LayoutFeature> LayoutVersionManager<F> {
         self.storage.store(&next)?;
         *durable = next;
         // The new MLV is durable and not yet visible: a crash here must recover to it.
-        fail::fail_point!(FAILPOINT_AFTER_PERSIST);
-        crate::crash_point::hit(FAILPOINT_AFTER_PERSIST);
+        crate::crash_point::step!(FAILPOINT_AFTER_PERSIST);
         self.mlv.store(version, Ordering::Release);
         tracing::info!(
             component = %self.component,

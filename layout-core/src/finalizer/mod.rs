@@ -1099,8 +1099,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
                 s.history.append(&mut history);
             })?;
         }
-        fail::fail_point!("finalize::started");
-        crate::crash_point::hit("finalize::started");
+        crate::crash_point::step!("finalize::started");
 
         let features: Vec<F> = F::ALL
             .iter()
@@ -1184,8 +1183,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
                     tracing::warn!(target: "layout_core::finalizer", error = %e, "could not record the running action; a restart would not resume it");
                 }
             };
-            fail::fail_point!("finalize::before_action");
-            crate::crash_point::hit("finalize::before_action");
+            crate::crash_point::step!("finalize::before_action");
             match action {
                 Some(action) => {
                     self.run_action_reporting(
@@ -1230,8 +1228,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
                     feature.name()
                 )),
             }
-            fail::fail_point!("finalize::after_action");
-            crate::crash_point::hit("finalize::after_action");
+            crate::crash_point::step!("finalize::after_action");
             let version = feature.layout_version();
             let last = version == target;
             let step_ms = self.clock.now_ms();
@@ -1241,8 +1238,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
                 .client
                 .clone()
                 .unwrap_or_else(|| client.to_owned());
-            fail::fail_point!("finalize::before_persist");
-            crate::crash_point::hit("finalize::before_persist");
+            crate::crash_point::step!("finalize::before_persist");
             self.lvm.finalize_step_with(feature, |s| {
                 let record = s
                     .finalization
@@ -1273,8 +1269,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
                     feature.name(),
                 ));
             })?;
-            fail::fail_point!("finalize::after_publish");
-            crate::crash_point::hit("finalize::after_publish");
+            crate::crash_point::step!("finalize::after_publish");
             finalized.push(feature);
             tracing::info!(
                 target: "layout_core::finalizer",
@@ -1287,8 +1282,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
                 feature.name()
             ));
         }
-        fail::fail_point!("finalize::done");
-        crate::crash_point::hit("finalize::done");
+        crate::crash_point::step!("finalize::done");
         let mlv = self.lvm.metadata_layout_version();
         {
             let mut shared = self.shared.lock();

@@ -58,24 +58,34 @@ fn failpoints_in_layout_core_source() -> BTreeSet<String> {
         })
         .collect();
     let mut names = BTreeSet::new();
-    for text in &texts {
-        for (at, _) in text.match_indices("fail_point!(") {
-            let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
-            if text[line_start..at].trim_start().starts_with("//") {
-                continue; // documentation
-            }
-            let args = text[at + "fail_point!(".len()..].trim_start();
-            let first = args.split([',', ')']).next().unwrap().trim();
-            let name = if let Some(literal) = first.strip_prefix('"') {
-                literal.trim_end_matches('"')
-            } else {
-                let ident = first.rsplit("::").next().unwrap();
-                consts.get(ident).copied().unwrap_or_else(|| {
-                    panic!("cannot resolve the failpoint name `{first}` in layout-core")
-                })
-            };
-            names.insert(name.to_owned());
+    // `fail_point!(name)`, or `crash_point::step!(name)`, which passes both.
+    let calls = texts.iter().flat_map(|text| {
+        ["fail_point!(", "step!("]
+            .into_iter()
+            .flat_map(move |call| {
+                text.match_indices(call)
+                    .map(move |(at, _)| (text.as_str(), at, at + call.len()))
+            })
+    });
+    for (text, at, args_at) in calls {
+        let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+        if text[line_start..at].trim_start().starts_with("//") {
+            continue; // documentation
         }
+        let args = text[args_at..].trim_start();
+        let first = args.split([',', ')']).next().unwrap().trim();
+        if first.starts_with('$') {
+            continue; // the `step!` macro's own definition
+        }
+        let name = if let Some(literal) = first.strip_prefix('"') {
+            literal.trim_end_matches('"')
+        } else {
+            let ident = first.rsplit("::").next().unwrap();
+            consts.get(ident).copied().unwrap_or_else(|| {
+                panic!("cannot resolve the failpoint name `{first}` in layout-core")
+            })
+        };
+        names.insert(name.to_owned());
     }
     names
 }
