@@ -510,6 +510,10 @@ struct KindCache {
     /// While the kind is at `coordinator finalized`: its target, the active members seen
     /// below it, and when the store was last asked.
     pending: Mutex<Option<Pending>>,
+    /// Held while a checkpoint moves and its audit entry is written, so two threads of
+    /// this coordinator cannot record `finalization-complete` before
+    /// `members-finalized`.
+    advancing: Mutex<()>,
 }
 
 struct Pending {
@@ -1450,6 +1454,8 @@ impl Coordinator {
     /// reached the target), then `members finalized` -> `complete`, each a compare-and-swap
     /// of the kind record. Any coordinator may do this: it decides nothing.
     fn complete_if_ready(&self, kind: &str) -> Result<(), ClusterError> {
+        let cache = self.cache(kind);
+        let _advancing = cache.advancing.lock();
         let Some(record) = self.kind_record(kind, true)? else {
             return Ok(());
         };
@@ -1855,6 +1861,8 @@ impl Coordinator {
         target: u32,
         checkpoint: Checkpoint,
     ) -> Result<(), ClusterError> {
+        let cache = self.cache(kind);
+        let _advancing = cache.advancing.lock();
         let audit = self.store.audit(kind)?;
         let Some(started) = audit
             .iter()
