@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
-use layout_core::migration::redb_store::redb::{self, Database, ReadableTable, TableDefinition};
 use layout_core::migration::{BackgroundMigration, RedbMigrationStore, Row};
+use layout_core::redb::{self, Database, ReadableTable, TableDefinition};
 
 const ROWS: u32 = 1_000_000;
 const OLD: &str = "rows";

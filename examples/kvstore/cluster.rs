@@ -119,7 +119,7 @@ impl ClusterStoreConfig {
             #[cfg(feature = "etcd")]
             Self::Etcd { endpoints, prefix } => {
                 let options =
-                    layout_core::cluster::EtcdOptions::new(endpoints.iter().cloned(), prefix);
+                    layout_core::etcd::EtcdOptions::new(endpoints.iter().cloned(), prefix);
                 let store = layout_core::cluster::EtcdStore::connect(options)
                     .map_err(|e| KvError::ClusterCoordinator(Box::new(e.into())))?;
                 Ok(Arc::new(store))

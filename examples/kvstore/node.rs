@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use layout_core::admin::http::{AdminServer, BearerToken, HttpConfig};
+use layout_core::admin::AdminMetrics;
 use layout_core::admin::AdminService;
-use layout_core::http::{AdminMetrics, Registry, ServerTls};
+use layout_core::http::{Registry, ServerTls};
 use layout_core::startup::{ComponentStartup, PrepareParts, StartedComponent};
 use layout_core::{
     FileStorage, FinalizeHandle, LayoutFeature, LayoutVersionManager, ManagerOptions, StartIntent,

@@ -3,7 +3,7 @@
 //!
 //! The finalizer's own steps are crash points (the names in
 //! [`FAILPOINTS`](crate::FAILPOINTS)), and so is every batch boundary of a
-//! [`BackgroundMigration`](crate::migration::BackgroundMigration). An upgrade action
+//! `migration::BackgroundMigration` (feature `migration`). An upgrade action
 //! declares its own with [`ActionContext::crash_point`](crate::ActionContext::crash_point)
 //! (or [`hit`] where it has no context): one call at each place where it has written
 //! part of its work.

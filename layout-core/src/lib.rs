@@ -61,15 +61,31 @@
 //! | [`binding`] | [`DataBinding`](binding::DataBinding): a component's data bound to its layout state, checked at start-up; `binding::redb`: the whole recipe on a redb database (feature `redb`) |
 //! | [`prepare`] | [`PrepareController`]: the write gate, prepare and cancel-prepare, the marker |
 //! | [`startup`] | [`ComponentStartup`](startup::ComponentStartup): one start-up path (manager, component, finalizer, start-up actions, prepare, admin endpoint) for production and the test kit |
-//! | `admin` | the admin API and [`AdminService`](crate::admin::AdminService) (feature `admin`); its HTTP endpoint and client (feature `admin-http`) |
+//! | `admin` | the admin API and `AdminService` (feature `admin`); its HTTP endpoint and client (feature `admin-http`) |
 //! | `http` | the one HTTP stack of every endpoint: axum on hyper on a runtime thread the endpoint owns, bearer tokens, limits, `/metrics`, TLS (features `http`, `tls`) |
 //! | [`clock`] | injectable time: [`SystemClock`], [`ManualClock`] |
 //! | [`crash_point`] | named crash points inside upgrade work, which a test kit observes and crashes at |
-//! | [`cluster`] | cluster-wide finalization: coordinator, members, cluster stores (embedded, etcd), store moves |
+//! | `cluster` | cluster-wide finalization: coordinator, members, cluster stores (embedded, etcd), store moves (feature `cluster`) |
 //! | [`gate`] | [`LayoutAware`] and `#[disallowed_until]`: APIs closed until their feature is finalized |
 //! | [`factory`] | [`LayoutVersionInstanceFactory`]: request handlers per layout version, `#[belongs_to_layout_version]` |
-//! | [`migration`] | migrating state forward: versioned documents, background migrations with dual-write, side-by-side copies |
+//! | `migration` | migrating state forward: versioned documents, background migrations with dual-write, side-by-side copies (feature `migration`) |
+//! | `etcd` | the etcd connection the cluster store and the document store share (feature `etcd`) |
 //! | [`error`] | [`LayoutError`] |
+//!
+//! # Cargo features
+//!
+//! The default build compiles the core only (catalog, manager, storage, actions,
+//! finalizer, gate, factory, prepare, start-up) and the macros (`macros`). The rest is
+//! opt-in:
+//!
+//! | feature | adds |
+//! |---|---|
+//! | `migration` | `migration`: document, background and side-by-side migrations |
+//! | `cluster` | `cluster`: coordinator, members, cluster stores (enables `migration`, which migrates its state documents) |
+//! | `etcd` | `etcd::EtcdConnection`, with `cluster::EtcdStore` and `migration::EtcdDocumentStore` when those are on (needs `protoc`) |
+//! | `redb` | `binding::redb`, `migration::RedbMigrationStore`, and the `redb` crate re-exported |
+//! | `admin`, `admin-http`, `http`, `tls`, `cli` | the admin API, its HTTP endpoint and client, TLS, `layoutctl` |
+//! | `failpoints` | the finalizer's and the stores' failpoints (`fail` crate) for crash tests |
 
 /// The project's README: its Rust example is compiled and run as a doctest.
 #[cfg(doctest)]
@@ -77,7 +93,7 @@
 mod readme {}
 
 /// The data-binding recipe: its Rust example is compiled and run as a doctest.
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "redb"))]
 #[doc = include_str!("../../docs/data-binding.md")]
 mod data_binding_doc {}
 
@@ -97,12 +113,12 @@ mod adding_a_layout_feature_doc {}
 mod finalization_doc {}
 
 /// Migrations: its Rust examples are compiled and run as doctests.
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "migration"))]
 #[doc = include_str!("../../docs/migrations.md")]
 mod migrations_doc {}
 
 /// Cluster upgrades: its Rust examples are compiled and run as doctests.
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "cluster"))]
 #[doc = include_str!("../../docs/cluster-upgrade.md")]
 mod cluster_upgrade_doc {}
 
@@ -120,9 +136,12 @@ pub mod action;
 pub mod admin;
 pub mod binding;
 pub mod clock;
+#[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod crash_point;
 pub mod error;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod factory;
 pub mod feature;
 pub mod finalizer;
@@ -130,6 +149,7 @@ pub mod gate;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod manager;
+#[cfg(feature = "migration")]
 pub mod migration;
 pub mod options;
 pub mod prepare;
@@ -168,6 +188,11 @@ pub use storage::{
     Damage, FileStorage, InjectedFailure, LayoutStorage, MemoryStorage, StorageError,
     VERSION_FILE_NAME,
 };
+
+/// The redb crate that `binding::redb` and the migration backend on redb are built on
+/// (feature `redb`), so users open databases with the same version.
+#[cfg(feature = "redb")]
+pub use redb;
 
 /// `#[derive(LayoutFeature)]`: implements [`LayoutFeature`] for a catalog enum and checks
 /// the catalog at compile time. See the trait for the attribute syntax.

@@ -191,7 +191,7 @@ impl<F: LayoutFeature> StartupError<F> {
 /// [`clock`](Self::clock) and [`configure_finalizer`](Self::configure_finalizer) hooks;
 /// run the start-up actions; resume an interrupted finalization when asked
 /// ([`resume_interrupted`](Self::resume_interrupted)); serve the admin endpoint when
-/// asked (feature `admin-http`, [`admin`](Self::admin)).
+/// asked (feature `admin-http`, `admin`).
 pub struct ComponentStartup<F: LayoutFeature, C> {
     name: String,
     options: ManagerOptions,

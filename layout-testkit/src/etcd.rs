@@ -23,7 +23,8 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use layout_core::cluster::{ClusterStore, EtcdOptions, EtcdStore, StoreError};
+use layout_core::cluster::{ClusterStore, EtcdStore, StoreError};
+use layout_core::etcd::EtcdOptions;
 
 /// How long a server may take to answer its first request (a safety bound).
 const START_BOUND: Duration = Duration::from_secs(30);

@@ -124,6 +124,7 @@ pub mod crash_matrix;
 pub mod etcd;
 pub mod inject;
 pub mod plan;
+mod rng;
 pub mod upgrade_test;
 
 pub use adapter::{Adapted, Service};

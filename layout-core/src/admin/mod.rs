@@ -20,12 +20,16 @@
 //! loopback with a bearer token, and [`http::AdminClient`] calls it; the `cli` feature
 //! builds `layoutctl` on that client.
 
+#[cfg(feature = "http")]
+mod metrics;
 mod service;
 mod types;
 
 #[cfg(feature = "admin-http")]
 pub mod http;
 
+#[cfg(feature = "http")]
+pub use metrics::AdminMetrics;
 pub use service::{AdminService, DEFAULT_FINALIZE_START_WAIT};
 pub use types::{
     AdminError, CancelFinalizationParams, ConditionView, DryRunView, ErrorBody, ErrorCode,

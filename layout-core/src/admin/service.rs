@@ -19,6 +19,7 @@ use crate::finalizer::{
     FinalizeError, FinalizeHandle, FinalizeOutcome, FinalizeRequest, StatusReport, UpgradeFinalizer,
 };
 use crate::manager::FeatureStatus;
+#[cfg(feature = "migration")]
 use crate::migration::{MigrationControl, MigrationProgress};
 use crate::prepare::{Preparable, PrepareController, PrepareError, PrepareState};
 
@@ -61,13 +62,34 @@ trait Backend: Send + Sync {
 
 /// A background migration the admin API shows and tunes; see
 /// [`AdminService::with_migration`].
+#[cfg(feature = "migration")]
 struct AdminMigration {
     name: String,
     control: MigrationControl,
     progress: Box<dyn Fn() -> Option<MigrationProgress> + Send + Sync>,
 }
 
+#[cfg(feature = "migration")]
 impl AdminMigration {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Applies the settings `params` changes, from the migration's next batch.
+    fn tune(&self, params: &MigrationSettingsParams) -> Result<(), String> {
+        let mut tuning = self.control.tuning();
+        if let Some(batch) = params.batch_size {
+            tuning.batch_size = batch;
+        }
+        if let Some(rate) = params.max_rows_per_sec {
+            tuning.max_rows_per_sec = (rate > 0).then_some(rate);
+        }
+        if let Some(budget) = params.latency_budget_ms {
+            tuning.latency_budget = (budget > 0).then(|| Duration::from_millis(budget));
+        }
+        self.control.set_tuning(tuning)
+    }
+
     fn view(&self) -> MigrationView {
         let tuning = self.control.tuning();
         let progress = (self.progress)();
@@ -88,6 +110,25 @@ impl AdminMigration {
             latency_budget_ms: tuning.latency_budget.map(ms),
             latency_delay_ms: progress.as_ref().map_or(0, |p| ms(p.latency_delay)),
         }
+    }
+}
+
+/// Without the `migration` feature no migration can be registered.
+#[cfg(not(feature = "migration"))]
+enum AdminMigration {}
+
+#[cfg(not(feature = "migration"))]
+impl AdminMigration {
+    fn name(&self) -> &str {
+        match *self {}
+    }
+
+    fn tune(&self, _: &MigrationSettingsParams) -> Result<(), String> {
+        match *self {}
+    }
+
+    fn view(&self) -> MigrationView {
+        match *self {}
     }
 }
 
@@ -159,6 +200,7 @@ impl AdminService {
     /// `migration-settings` change its batch size and throttle through `control` while
     /// it runs. `progress` reads its progress (`None` while there is none to show).
     #[must_use]
+    #[cfg(feature = "migration")]
     pub fn with_migration(
         mut self,
         name: impl Into<String>,
@@ -202,10 +244,10 @@ impl AdminService {
             }
             (None, [only]) => only,
             (name, all) => {
-                let names: Vec<&str> = all.iter().map(|m| m.name.as_str()).collect();
+                let names: Vec<&str> = all.iter().map(AdminMigration::name).collect();
                 let found = name
                     .as_deref()
-                    .and_then(|n| all.iter().find(|m| m.name == n));
+                    .and_then(|n| all.iter().find(|m| m.name() == n));
                 found.ok_or_else(|| {
                     AdminError::new(
                         ErrorCode::NotFound,
@@ -221,25 +263,15 @@ impl AdminService {
                 })?
             }
         };
-        let mut tuning = migration.control.tuning();
-        if let Some(batch) = params.batch_size {
-            tuning.batch_size = batch;
-        }
-        if let Some(rate) = params.max_rows_per_sec {
-            tuning.max_rows_per_sec = (rate > 0).then_some(rate);
-        }
-        if let Some(budget) = params.latency_budget_ms {
-            tuning.latency_budget = (budget > 0).then(|| Duration::from_millis(budget));
-        }
-        migration.control.set_tuning(tuning).map_err(|reason| {
+        migration.tune(params).map_err(|reason| {
             AdminError::new(
                 ErrorCode::InvalidArgument,
-                format!("migration {}: {reason}", migration.name),
+                format!("migration {}: {reason}", migration.name()),
             )
         })?;
         tracing::info!(
             client = params.client_id.as_deref().unwrap_or("-"),
-            migration = %migration.name,
+            migration = %migration.name(),
             "admin: migration settings changed"
         );
         Ok(migration.view())

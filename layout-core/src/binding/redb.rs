@@ -8,7 +8,7 @@
 //!
 //! ```
 //! use layout_core::binding::redb::{self as bound_redb, OpenOptions};
-//! use layout_core::migration::redb_store::redb::TableDefinition;
+//! use layout_core::redb::TableDefinition;
 //! use layout_core::{FileStorage, LayoutFeature, LayoutVersionManager, ManagerOptions, StartIntent};
 //!
 //! #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]

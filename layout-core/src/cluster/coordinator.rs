@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use super::member::{LocalError, LocalLayout};
+use super::local::{LocalError, LocalLayout};
 use super::protocol::{
     CoordinatorAnswer, FinalizationProgress, HeartbeatError, Instruction, MemberReport, Refusal,
     PROTOCOL_VERSION,

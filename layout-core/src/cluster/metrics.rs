@@ -8,7 +8,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
 use super::coordinator::{ClusterError, ClusterStatus, Coordinator};
-use crate::http::gauge_family;
+use crate::http::metrics::gauge_family;
 
 /// The states of `layout_cluster_members{state}`, in the order they are decided.
 const STATES: [&str; 4] = ["refused", "excluded", "pending", "finalized"];

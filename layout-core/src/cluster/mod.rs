@@ -51,12 +51,13 @@
 //! | [`member`] | [`Member`] (its [`MemberFence`], its background finalization) and [`LocalLayout`] (a component's own layout) |
 //! | [`link`] | [`CoordinatorLink`]: in process, or over HTTP (feature `http`): `CoordinatorServer` serves the member link behind a cluster token, `HttpLink` is the member's end |
 //! | `metrics` | `ClusterMetrics` (feature `http`): `layout_cluster_members{kind,state}`, `layout_cluster_layout_version{kind}` for Prometheus |
-//! | [`store`] | [`ClusterStore`], [`EmbeddedStore`], `EtcdStore` and `EtcdDocumentStore` (feature `etcd`), [`MovingStore`] |
+//! | [`store`] | [`ClusterStore`], [`EmbeddedStore`], `EtcdStore` (feature `etcd`, on an `etcd::EtcdConnection`), [`MovingStore`] |
 //!
 //! See `docs/cluster-upgrade.md` for the operator's runbook.
 
 pub mod coordinator;
 pub mod link;
+pub mod local;
 pub mod member;
 #[cfg(feature = "http")]
 pub mod metrics;
@@ -75,10 +76,8 @@ pub use link::{
     link_error_format, member_link_routes, CoordinatorServer, HttpLink, LinkError, HEARTBEAT_PATH,
     LEAVE_PATH, REGISTER_PATH,
 };
-pub use member::{
-    BeyondSoftware, FenceCause, FinalizerLayout, LocalError, LocalLayout, Member, MemberError,
-    MemberFence, MemberStep,
-};
+pub use local::{BeyondSoftware, FinalizerLayout, LocalError, LocalLayout};
+pub use member::{FenceCause, Member, MemberError, MemberFence, MemberStep};
 #[cfg(feature = "http")]
 pub use metrics::ClusterMetrics;
 pub use protocol::{
@@ -89,9 +88,9 @@ pub use state::{
     AuditEntry, Checkpoint, ClusterFinalization, Exclusion, KindRecord, KindState, MemberRecord,
     MemberRole, MoveRecord, MoveRole, MoveStage, AUDIT_RETENTION, CLUSTER_STATE_FORMAT,
 };
+#[cfg(feature = "etcd")]
+pub use store::EtcdStore;
 pub use store::{
     CasOutcome, ClusterStore, EmbeddedStore, FinalizerClaim, MovePhase, MoveReport, MoveStatus,
     MovingStore, StoreError, Versioned, DEFAULT_MIRROR_CAPACITY, MOVE_STEPS,
 };
-#[cfg(feature = "etcd")]
-pub use store::{EtcdDocumentStore, EtcdOptions, EtcdStore};

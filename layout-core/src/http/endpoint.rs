@@ -16,7 +16,7 @@ use hyper_util::rt::TokioTimer;
 use tower::ServiceBuilder;
 
 use super::connections::{ConnMark, Connections, TrackingAcceptor};
-use super::refusal::{admin_error_format, ErrorFormat, Refusal};
+use super::refusal::{plain_error_format, ErrorFormat, Refusal};
 use super::token::BearerToken;
 use super::EndpointError;
 
@@ -57,7 +57,7 @@ impl EndpointConfig {
     /// within 5 s more ([`DEFAULT_REQUEST_TIMEOUT`]), a 16 KiB head, a 64 KiB body, 256
     /// connections (the oldest one that has not authenticated is closed to admit a new
     /// one), 16 requests in handlers at once (503 beyond), 5 s for requests in flight to
-    /// finish at shutdown, errors as admin API error bodies.
+    /// finish at shutdown, errors as [`plain_error_format`] bodies.
     pub fn new(addr: SocketAddr) -> Self {
         Self {
             name: "endpoint".to_owned(),
@@ -70,7 +70,7 @@ impl EndpointConfig {
             max_concurrent_requests: 16,
             shutdown_grace: Duration::from_secs(5),
             plaintext_beyond_loopback: true,
-            error_format: admin_error_format,
+            error_format: plain_error_format,
             #[cfg(feature = "tls")]
             tls: None,
         }

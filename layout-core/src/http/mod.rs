@@ -49,7 +49,7 @@
 mod client;
 mod connections;
 mod endpoint;
-mod metrics;
+pub(crate) mod metrics;
 mod refusal;
 #[cfg(feature = "tls")]
 mod tls;
@@ -63,14 +63,12 @@ pub use client::ClientConfig;
 pub use endpoint::{
     blocking, read_body, require_bearer, Endpoint, EndpointConfig, DEFAULT_REQUEST_TIMEOUT,
 };
-pub use metrics::{metrics_router, AdminMetrics, METRICS_CONTENT_TYPE};
+pub use metrics::{metrics_router, METRICS_CONTENT_TYPE};
 pub use prometheus_client::registry::Registry;
-pub use refusal::{admin_error_format, admin_error_response, json_response, ErrorFormat, Refusal};
+pub use refusal::{json_response, plain_error_format, ErrorFormat, Refusal};
 #[cfg(feature = "tls")]
 pub use tls::{ClientTls, ServerTls, TlsError};
 pub use token::{bearer_credentials, token_matches, BearerToken, MAX_TOKEN_LEN, MIN_TOKEN_LEN};
-
-pub(crate) use metrics::gauge_family;
 
 /// An error starting an endpoint, or with its token.
 #[derive(Debug, thiserror::Error)]

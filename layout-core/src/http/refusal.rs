@@ -4,8 +4,6 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::admin::{AdminError, ErrorCode};
-
 /// A request the stack refused on its own: no handler saw it, or its body could not be
 /// read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,17 +55,19 @@ impl Refusal {
         }
     }
 
-    /// The admin API's error code for it.
-    pub fn code(&self) -> ErrorCode {
+    /// Its code on the wire: `unauthorized`, `busy`, `payload-too-large`,
+    /// `request-timeout`, `bad-request`, `not-found`, `method-not-allowed`, `internal`
+    /// (the same words as the admin API's error codes).
+    pub fn code(&self) -> &'static str {
         match self {
-            Self::Unauthorized(_) => ErrorCode::Unauthorized,
-            Self::Busy => ErrorCode::Busy,
-            Self::BodyTooLarge { .. } => ErrorCode::PayloadTooLarge,
-            Self::BodyTimeout => ErrorCode::RequestTimeout,
-            Self::BadRequest(_) => ErrorCode::BadRequest,
-            Self::NotFound { .. } => ErrorCode::NotFound,
-            Self::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
-            Self::Internal(_) => ErrorCode::Internal,
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Busy => "busy",
+            Self::BodyTooLarge { .. } => "payload-too-large",
+            Self::BodyTimeout => "request-timeout",
+            Self::BadRequest(_) => "bad-request",
+            Self::NotFound { .. } => "not-found",
+            Self::MethodNotAllowed { .. } => "method-not-allowed",
+            Self::Internal(_) => "internal",
         }
     }
 
@@ -118,31 +118,28 @@ impl Refusal {
 
 /// How an endpoint writes a [`Refusal`]: the status is set by the stack afterwards, so a
 /// format only chooses the body (and may add headers). The default is
-/// [`admin_error_format`].
+/// [`plain_error_format`]; the admin endpoint writes admin API error bodies
+/// (`admin::http::admin_error_format`).
 pub type ErrorFormat = fn(&Refusal) -> Response;
 
-/// The admin API's error body ([`ErrorResponse`](crate::admin::ErrorResponse)):
-/// `{"api_version":1,"error":{"code":"unauthorized","message":"..."}}`.
-pub fn admin_error_format(refusal: &Refusal) -> Response {
-    admin_error_response(&AdminError::new(refusal.code(), refusal.message()))
-}
-
-/// An [`AdminError`] as a response: its HTTP status and its JSON body, never cached.
-pub fn admin_error_response(error: &AdminError) -> Response {
-    let status =
-        StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = json_response(status, &error.to_response());
-    if error.code() == ErrorCode::Unauthorized {
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"layout\""),
-        );
+/// The stack's own error body: `{"code":"unauthorized","message":"..."}`.
+pub fn plain_error_format(refusal: &Refusal) -> Response {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        code: &'a str,
+        message: String,
     }
-    response
+    json_response(
+        refusal.status(),
+        &Body {
+            code: refusal.code(),
+            message: refusal.message(),
+        },
+    )
 }
 
 /// A JSON response with `status`, not to be cached. A value that cannot be encoded
-/// becomes a 500 with an admin error body.
+/// becomes a 500 whose body says so (in the admin API's error shape).
 pub fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => (

@@ -7,6 +7,7 @@
 //! | [`background`] | [`BackgroundMigration`] over [`MigrationSource`] / [`MigrationSink`]: batches, checkpoints, progress, throttling, pause/resume/cancel, and [`DualWrite`] for the write path |
 //! | [`table`] | [`MigratingTable`]: the contract for requests while a table migrates, over a [`MigratingStore`] |
 //! | [`memory`] | [`MemoryMigrationStore`], an in-memory [`MigratingStore`] |
+//! | `EtcdDocumentStore` | the [`DocumentStore`] on etcd (cargo feature `etcd`), on a shared `etcd::EtcdConnection` |
 //! | `redb_store` | `RedbMigrationStore`, a [`MigratingStore`] on redb (cargo feature `redb`) |
 //! | [`side_by_side`] | [`SideBySideMigration`]: copy entities from an old deployment to a new one, in pages, idempotent, continuous |
 //!
@@ -14,15 +15,14 @@
 
 pub mod background;
 pub mod document;
+#[cfg(feature = "etcd")]
+mod etcd;
 pub mod memory;
 #[cfg(feature = "redb")]
 pub mod redb_store;
 pub mod side_by_side;
 pub mod table;
 
-/// The [`DocumentStore`] on etcd (feature `etcd`); it lives with the etcd cluster store.
-#[cfg(feature = "etcd")]
-pub use crate::cluster::EtcdDocumentStore;
 pub use background::{
     BackgroundMigration, BackgroundMigrationBuilder, BatchCopy, BatchEvent, BatchHook, BatchWrite,
     BoxError, Checkpoint, ClockSleeper, DualWrite, MigrationControl, MigrationError,
@@ -37,6 +37,8 @@ pub use document::{
     MemoryDocumentStore, Migrated, Revision, SharedDocument, StepError, StoredDocument,
     WatchCallback, WatchEvent,
 };
+#[cfg(feature = "etcd")]
+pub use etcd::EtcdDocumentStore;
 pub use memory::MemoryMigrationStore;
 #[cfg(feature = "redb")]
 pub use redb_store::RedbMigrationStore;

@@ -9,9 +9,6 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
-/// The redb crate this backend is built on, so users open databases with the same version.
-pub use redb;
-
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::background::{

@@ -16,8 +16,6 @@
 //! space.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,12 +23,12 @@ use std::time::Duration;
 use layout_core::StartIntent;
 
 use super::error::ClusterError;
-use super::node::{FinalizeRun, FinalizeSummary, NodeSpec, NodeStatus, RunOutcome, Running};
+use super::running::Running;
+use super::values::{FinalizeRun, FinalizeSummary, NodeSpec, NodeStatus, RunOutcome};
+use super::wire::{decode, encode, next_command, ParentCommand};
 use super::StorageKind;
 use crate::component::{PrepareOutcome, TestComponent};
-use crate::crash::{
-    block_until_killed, child_role, report_step, ChildCommand, ChildProcess, ORPHANED_EXIT_CODE,
-};
+use crate::crash::{block_until_killed, child_role, report_step, ChildCommand, ChildProcess};
 use crate::inject::{Armed, CrashPoint, Injection};
 
 /// The role of a child-process node.
@@ -94,39 +92,6 @@ pub(crate) fn is_node_process() -> bool {
         return true;
     }
     child_role().as_deref() == Some(NODE_ROLE)
-}
-
-/// Percent-encodes `text` as one protocol field.
-pub(crate) fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 1);
-    out.push('\'');
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"._:/-,+".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
-}
-
-/// Decodes a field made by [`encode`].
-pub(crate) fn decode(field: &str) -> Option<String> {
-    let body = field.strip_prefix('\'')?;
-    let bytes = body.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = body.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 fn intent_name(intent: StartIntent) -> &'static str {
@@ -567,7 +532,7 @@ fn spec_from_env() -> Result<(NodeSpec, u32, StartIntent), String> {
         #[cfg(feature = "coordination")]
         member: match std::env::var(ENV_MEMBER) {
             Ok(text) => Some(
-                super::coordinated::MemberLink::from_env(&text)
+                super::values::MemberLink::from_env(&text)
                     .ok_or_else(|| format!("bad member link {text:?} in {ENV_MEMBER}"))?,
             ),
             Err(_) => None,
@@ -578,43 +543,6 @@ fn spec_from_env() -> Result<(NodeSpec, u32, StartIntent), String> {
         env_number(ENV_SLV)?,
         intent_named(&env_var(ENV_INTENT)?),
     ))
-}
-
-/// One command from the parent: a line `<id> <command> <encoded argument>...`.
-pub(crate) struct ParentCommand {
-    /// The id the answer carries.
-    pub(crate) id: String,
-    /// The command word (`None` on a line with an id only).
-    pub(crate) word: Option<String>,
-    /// The decoded arguments.
-    pub(crate) args: Vec<String>,
-    /// The whole line, for an error that quotes it.
-    pub(crate) line: String,
-}
-
-/// Waits for the parent's next command on stdin, skipping blank lines; exits the process
-/// with [`ORPHANED_EXIT_CODE`] when stdin closes (the parent is gone). One line at a
-/// time, the lock released in between: a crash point's `block_until_killed` reads stdin
-/// too.
-pub(crate) fn next_command() -> ParentCommand {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        match io::stdin().read_line(&mut line) {
-            Ok(0) | Err(_) => std::process::exit(ORPHANED_EXIT_CODE),
-            Ok(_) => {}
-        }
-        let mut words = line.split_whitespace();
-        let Some(id) = words.next() else {
-            continue;
-        };
-        return ParentCommand {
-            id: id.to_owned(),
-            word: words.next().map(ToOwned::to_owned),
-            args: words.filter_map(decode).collect(),
-            line: line.clone(),
-        };
-    }
 }
 
 fn reply(id: &str, result: Result<Vec<String>, ClusterError>) {

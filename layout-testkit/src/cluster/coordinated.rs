@@ -24,14 +24,14 @@ use layout_core::cluster::{
     CoordinatorOptions, CoordinatorServer, EmbeddedStore, HttpLink, LocalLayout, Member,
     MemberRole, CLUSTER_FAILPOINTS,
 };
-use layout_core::http::{BearerToken, ClientConfig};
+use layout_core::http::BearerToken;
 use layout_core::{FileStorage, LayoutFeature, LayoutVersionManager, ManagerOptions, StartIntent};
 use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 
-use super::child::{decode, encode, next_command, ParentCommand};
 use super::error::ClusterError;
-use super::node::{NodeSpec, TESTKIT_CLIENT};
+use super::values::{MemberLink, NodeSpec, TESTKIT_CLIENT};
+use super::wire::{decode, encode, next_command, ParentCommand};
 use super::{KindInfo, MiniCluster, MiniClusterBuilder, StartOptions};
 use crate::crash::{block_until_killed, child_role, report_step, ChildCommand, ChildProcess};
 use crate::inject::failpoints_enabled;
@@ -288,46 +288,6 @@ impl CoordinatedStatus {
     }
 }
 
-/// What a node needs to join the coordination: the coordinator's link and the lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct MemberLink {
-    pub(crate) url: String,
-    pub(crate) token: String,
-    pub(crate) heartbeat: Duration,
-    pub(crate) lease: Duration,
-}
-
-impl MemberLink {
-    pub(crate) fn env(&self) -> String {
-        format!(
-            "{} {} {} {}",
-            encode(&self.url),
-            encode(&self.token),
-            self.heartbeat.as_millis(),
-            self.lease.as_millis()
-        )
-    }
-
-    pub(crate) fn from_env(text: &str) -> Option<Self> {
-        let words: Vec<&str> = text.split(' ').collect();
-        let [url, token, heartbeat, lease] = words.as_slice() else {
-            return None;
-        };
-        Some(Self {
-            url: decode(url)?,
-            token: decode(token)?,
-            heartbeat: Duration::from_millis(heartbeat.parse().ok()?),
-            lease: Duration::from_millis(lease.parse().ok()?),
-        })
-    }
-
-    fn link(&self) -> Result<HttpLink, String> {
-        let token = BearerToken::new(self.token.clone()).map_err(|e| e.to_string())?;
-        HttpLink::new(&self.url, token, ClientConfig::new(Duration::from_secs(10)))
-            .map_err(|e| e.to_string())
-    }
-}
-
 /// A node's real [`Member`]: registered as the node starts, heartbeating on a thread of
 /// its own; dropping it stops the thread, waits for a background finalization and leaves
 /// (unless [`abandon`](Self::abandon)ed: a kill leaves no word).
@@ -478,7 +438,7 @@ fn open_store(field: &str) -> Result<Arc<dyn ClusterStore>, String> {
         }
         #[cfg(feature = "etcd")]
         ["etcd", endpoint, prefix] => {
-            let options = layout_core::cluster::EtcdOptions::new(
+            let options = layout_core::etcd::EtcdOptions::new(
                 [decode(endpoint).ok_or("a bad etcd endpoint")?],
                 decode(prefix).ok_or("a bad etcd prefix")?,
             );

@@ -10,6 +10,9 @@ mod node;
 mod observed;
 #[cfg(feature = "coordination")]
 pub mod plan;
+mod running;
+mod values;
+mod wire;
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -28,14 +31,14 @@ pub use coordinated::{
     COORDINATOR_ROLE, DEFAULT_CLUSTER_TOKEN, MEMBER_FINALIZE_FAILPOINT,
 };
 pub use error::ClusterError;
-pub use node::{
-    ClusterNode, FinalizeRun, FinalizeSummary, Node, NodeStatus, RunOutcome, StartOptions,
-    TESTKIT_CLIENT,
-};
+pub use node::Node;
 pub use observed::ObservedStore;
+pub use values::{
+    ClusterNode, FinalizeRun, FinalizeSummary, NodeStatus, RunOutcome, StartOptions, TESTKIT_CLIENT,
+};
 
 use crate::component::{PrepareOutcome, TestComponent};
-use node::{NodeObject, NodeSpec};
+use values::{NodeObject, NodeSpec};
 
 /// Where each node keeps its layout state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -522,7 +525,7 @@ pub struct MiniCluster {
     #[cfg(feature = "coordination")]
     coordinator: Option<parking_lot::Mutex<coordinated::CoordinatorNode>>,
     #[cfg(feature = "coordination")]
-    member: Option<coordinated::MemberLink>,
+    member: Option<values::MemberLink>,
     // Declared last: the nodes stop before their directories are removed.
     root: Root,
 }

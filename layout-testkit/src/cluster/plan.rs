@@ -28,7 +28,7 @@
 use std::fmt;
 
 use super::{ClusterError, ClusterNode, MiniCluster, MiniClusterBuilder, StartOptions};
-use crate::plan::PlanRng;
+use crate::rng::PlanRng;
 
 /// A named point of a cluster finalization where a plan crashes a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

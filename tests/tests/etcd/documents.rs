@@ -4,7 +4,7 @@
 use std::sync::{Arc, Barrier};
 use std::thread;
 
-use layout_core::cluster::EtcdDocumentStore;
+use layout_core::migration::EtcdDocumentStore;
 use layout_core::migration::{
     CasOutcome, DocumentMigration, DocumentMigrator, DocumentStore, LoadOutcome,
 };
@@ -33,7 +33,7 @@ fn migrator() -> DocumentMigrator {
 }
 
 fn document(endpoint: &str, prefix: &str) -> EtcdDocumentStore {
-    let etcd = layout_core::cluster::EtcdStore::connect(layout_core::cluster::EtcdOptions::new(
+    let etcd = layout_core::etcd::EtcdConnection::connect(layout_core::etcd::EtcdOptions::new(
         [endpoint.to_owned()],
         prefix,
     ))

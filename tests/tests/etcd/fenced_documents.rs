@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use layout_core::cluster::EtcdDocumentStore;
+use layout_core::migration::EtcdDocumentStore;
 use layout_core::migration::{CasOutcome, DocumentError, DocumentStore, Freshness, LoadOutcome};
 use serde_json::json;
 
@@ -14,7 +14,7 @@ use crate::server;
 
 fn store(prefix: &str) -> Arc<dyn DocumentStore> {
     Arc::new(EtcdDocumentStore::new(
-        Arc::new(server::store(prefix)),
+        Arc::clone(server::store(prefix).connection()),
         "scheduler-state",
     ))
 }

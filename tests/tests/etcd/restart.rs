@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use layout_core::cluster::{
     Checkpoint, ClusterError, ClusterFinalizeOutcome, ClusterStore, Coordinator,
-    CoordinatorOptions, EtcdOptions, EtcdStore, FinalizerClaim, LocalError, LocalLayout,
+    CoordinatorOptions, EtcdStore, FinalizerClaim, LocalError, LocalLayout,
 };
+use layout_core::etcd::EtcdOptions;
 use layout_core::LayoutVersionManager;
 use layout_testkit::crash::{block_until_killed, child_role, report_step, ChildCommand};
 use parking_lot::Mutex;

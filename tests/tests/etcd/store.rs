@@ -14,9 +14,11 @@ use std::sync::Arc;
 use std::thread;
 
 use layout_core::cluster::{
-    AuditEntry, CasOutcome, ClusterStore, EtcdDocumentStore, EtcdOptions, EtcdStore, Exclusion,
-    KindRecord, KindState, MemberRecord, MemberRole, MovingStore, StoreError, AUDIT_RETENTION,
+    AuditEntry, CasOutcome, ClusterStore, EtcdStore, Exclusion, KindRecord, KindState,
+    MemberRecord, MemberRole, MovingStore, StoreError, AUDIT_RETENTION,
 };
+use layout_core::etcd::EtcdOptions;
+use layout_core::migration::EtcdDocumentStore;
 use layout_core::migration::{CasOutcome as DocumentCas, DocumentStore};
 use serde_json::{json, Value};
 
@@ -50,7 +52,7 @@ impl Raw {
 
     /// The key `<cluster prefix>/<name>`.
     fn key(&self, name: &str) -> EtcdDocumentStore {
-        EtcdDocumentStore::new(Arc::clone(&self.base), name)
+        EtcdDocumentStore::new(Arc::clone(self.base.connection()), name)
     }
 
     /// Writes `value` at `<cluster prefix>/<name>` (which must be absent).
@@ -150,7 +152,7 @@ fn store_conformance_of_the_etcd_document_store() {
     layout_testkit::conformance::document_store(|| {
         let n = stores.fetch_add(1, Ordering::SeqCst);
         EtcdDocumentStore::new(
-            Arc::new(fresh(&format!("document-contract-{n}"))),
+            Arc::clone(fresh(&format!("document-contract-{n}")).connection()),
             "scheduler-state",
         )
     });

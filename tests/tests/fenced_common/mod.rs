@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[cfg(feature = "etcd")]
-use layout_core::cluster::{EtcdDocumentStore, EtcdOptions, EtcdStore};
+use layout_core::etcd::{EtcdConnection, EtcdOptions};
+#[cfg(feature = "etcd")]
+use layout_core::migration::EtcdDocumentStore;
 use layout_core::migration::{
     CasOutcome, DocumentError, DocumentMigration, DocumentMigrator, DocumentStore,
     FileDocumentStore, Freshness, LoadOutcome,
@@ -65,8 +67,9 @@ impl Shared {
             Self::File(path) => Arc::new(FileDocumentStore::new(path)),
             #[cfg(feature = "etcd")]
             Self::Etcd(endpoint, prefix) => {
-                let etcd = EtcdStore::connect(EtcdOptions::new([endpoint.clone()], prefix.clone()))
-                    .unwrap();
+                let etcd =
+                    EtcdConnection::connect(EtcdOptions::new([endpoint.clone()], prefix.clone()))
+                        .unwrap();
                 Arc::new(EtcdDocumentStore::new(Arc::new(etcd), "scheduler-state"))
             }
         }

@@ -198,7 +198,7 @@ mod on_redb {
 
     use layout_core::binding::redb::{self as bound_redb, OpenOptions, RedbBindingError};
     use layout_core::binding::{BindingError, DataBinding};
-    use layout_core::migration::redb_store::redb::{self, ReadableDatabase, TableDefinition};
+    use layout_core::redb::{self, ReadableDatabase, TableDefinition};
     use layout_core::{FileStorage, ManagerOptions, VERSION_FILE_NAME};
 
     use crate::catalogs::{init_at, Om, OmFeature};

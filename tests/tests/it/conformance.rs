@@ -341,8 +341,8 @@ fn migrating_store_conformance_in_memory() {
 #[cfg(feature = "redb")]
 #[test]
 fn migrating_store_conformance_on_redb() {
-    use layout_core::migration::redb_store::redb;
     use layout_core::migration::RedbMigrationStore;
+    use layout_core::redb;
     let paths = Paths::new();
     conformance::migrating_store(|| {
         let db = Arc::new(redb::Database::create(paths.fresh("rows.redb")).unwrap());

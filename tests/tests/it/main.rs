@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod actions;
+mod architecture;
 mod binding;
 mod catalogs;
 mod cluster;

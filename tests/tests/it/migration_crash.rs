@@ -5,10 +5,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use layout_core::migration::redb_store::redb;
 use layout_core::migration::{
     BackgroundMigration, BatchEvent, Checkpoint, MigrationSink, RedbMigrationStore, Row, StepError,
 };
+use layout_core::redb;
 
 use layout_testkit::crash::{child_role, report_step, ChildCommand};
 

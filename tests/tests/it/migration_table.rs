@@ -271,8 +271,8 @@ fn concurrent_requests_with_retryable_errors_for_keys_not_yet_migrated() {
 #[cfg(feature = "redb")]
 #[test]
 fn concurrent_requests_during_a_redb_migration_lose_nothing_and_resurrect_nothing() {
-    use layout_core::migration::redb_store::redb;
     use layout_core::migration::RedbMigrationStore;
+    use layout_core::redb;
     let dir = tempfile::tempdir().unwrap();
     let db = Arc::new(redb::Database::create(dir.path().join("users.redb")).unwrap());
     let store = Arc::new(RedbMigrationStore::new(db, "users-v2", "users", "users_v2"));
@@ -411,8 +411,8 @@ fn concurrent_updates_of_the_same_keys_lose_no_increment_before_during_and_after
 #[cfg(feature = "redb")]
 #[test]
 fn concurrent_updates_of_the_same_keys_lose_no_increment_during_a_redb_migration() {
-    use layout_core::migration::redb_store::redb;
     use layout_core::migration::RedbMigrationStore;
+    use layout_core::redb;
     let dir = tempfile::tempdir().unwrap();
     let db = Arc::new(redb::Database::create(dir.path().join("counters.redb")).unwrap());
     let store = Arc::new(RedbMigrationStore::new(

@@ -10,7 +10,7 @@
 //! | `POST /v1/finalize` | finalize or dry run | [`FinalizeParams`](super::FinalizeParams) |
 //! | `POST /v1/prepare` | prepare | [`PrepareParams`](super::PrepareParams) |
 //! | `POST /v1/cancel-prepare` | cancel prepare | [`PrepareParams`](super::PrepareParams) |
-//! | `GET /metrics` | Prometheus text ([`crate::http::AdminMetrics`]) | none |
+//! | `GET /metrics` | Prometheus text ([`crate::admin::AdminMetrics`]) | none |
 //!
 //! Every request needs `Authorization: Bearer <token>` (`/metrics` too, unless
 //! [`HttpConfig::with_open_metrics`]); the token is compared in constant time over
@@ -63,7 +63,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use client::{AdminClient, ClientError, DEFAULT_CLIENT_TIMEOUT};
-pub use server::{admin_routes, AdminServer};
+pub use server::{admin_error_format, admin_error_response, admin_routes, AdminServer};
 
 pub use crate::http::{
     bearer_credentials, token_matches, BearerToken, MAX_TOKEN_LEN, MIN_TOKEN_LEN,

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::Request;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
@@ -15,7 +16,7 @@ use super::{HttpConfig, HttpError};
 use crate::admin::types::{AdminError, ErrorCode};
 use crate::admin::AdminService;
 use crate::http::{
-    admin_error_response, blocking, json_response, read_body, require_bearer, Endpoint, Refusal,
+    blocking, json_response, read_body, require_bearer, Endpoint, ErrorFormat, Refusal,
 };
 
 /// The admin endpoint: serves an [`AdminService`] over HTTP/JSON until shut down.
@@ -32,7 +33,10 @@ impl AdminServer {
     #[allow(clippy::needless_pass_by_value)] // the endpoint holds the service from here on
     pub fn start(service: Arc<AdminService>, config: HttpConfig) -> Result<Self, HttpError> {
         let router = routes(&service, &config);
-        let endpoint = Endpoint::start(router, config.endpoint)?;
+        let endpoint = Endpoint::start(
+            router,
+            config.endpoint.with_error_format(admin_error_format),
+        )?;
         Ok(Self { endpoint })
     }
 
@@ -69,7 +73,7 @@ pub fn admin_routes(service: &Arc<AdminService>, config: &HttpConfig) -> Router 
 }
 
 fn routes(service: &Arc<AdminService>, config: &HttpConfig) -> Router {
-    let format = config.endpoint.error_format();
+    let format: ErrorFormat = admin_error_format;
     let s = Arc::clone(service);
     let api = Router::new()
         .route(
@@ -162,7 +166,7 @@ fn routes(service: &Arc<AdminService>, config: &HttpConfig) -> Router {
     // An explicit fallback, so an unknown path is behind the token too.
     let api = api.fallback(|| async { axum::http::StatusCode::NOT_FOUND });
     let mut registry = crate::http::Registry::default();
-    crate::http::AdminMetrics::register(service, &mut registry);
+    crate::admin::AdminMetrics::register(service, &mut registry);
     let metrics = crate::http::metrics_router(Arc::new(registry));
     let api = require_bearer(api, config.token.clone(), format);
     if config.open_metrics {
@@ -216,7 +220,37 @@ where
 }
 
 fn refusal_error(refusal: &Refusal) -> AdminError {
-    AdminError::new(refusal.code(), refusal.message())
+    let code = match refusal {
+        Refusal::Unauthorized(_) => ErrorCode::Unauthorized,
+        Refusal::Busy => ErrorCode::Busy,
+        Refusal::BodyTooLarge { .. } => ErrorCode::PayloadTooLarge,
+        Refusal::BodyTimeout => ErrorCode::RequestTimeout,
+        Refusal::BadRequest(_) => ErrorCode::BadRequest,
+        Refusal::NotFound { .. } => ErrorCode::NotFound,
+        Refusal::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
+        Refusal::Internal(_) => ErrorCode::Internal,
+    };
+    AdminError::new(code, refusal.message())
+}
+
+/// The admin API's error body ([`ErrorResponse`](crate::admin::ErrorResponse)) for a
+/// refusal of the HTTP stack: `{"api_version":1,"error":{"code":"unauthorized","message":"..."}}`.
+pub fn admin_error_format(refusal: &Refusal) -> Response {
+    admin_error_response(&refusal_error(refusal))
+}
+
+/// An [`AdminError`] as a response: its HTTP status and its JSON body, never cached.
+pub fn admin_error_response(error: &AdminError) -> Response {
+    let status =
+        StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = json_response(status, &error.to_response());
+    if error.code() == ErrorCode::Unauthorized {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"layout\""),
+        );
+    }
+    response
 }
 
 fn reply<T: Serialize>(result: Result<T, AdminError>) -> Response {

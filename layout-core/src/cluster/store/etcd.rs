@@ -1,4 +1,4 @@
-//! The cluster store on etcd (feature `etcd`).
+//! The cluster store on etcd (features `cluster` and `etcd`).
 
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions,
-    SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp, TxnOpResponse, TxnResponse,
 };
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
 use super::{CasOutcome, ClusterStore, FinalizerClaim, StoreError, Versioned};
@@ -21,43 +20,7 @@ use crate::cluster::state::{
     self, AuditEntry, KindRecord, KindState, MemberRecord, MoveRecord, AUDIT_RETENTION,
     CLUSTER_STATE_FORMAT,
 };
-use crate::migration::{
-    CasOutcome as DocumentCas, DocumentChange, DocumentStore, DocumentStoreError, DocumentWatch,
-    Revision, StoredDocument, WatchCallback, WatchEvent,
-};
-
-/// How an [`EtcdStore`] connects.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct EtcdOptions {
-    /// The etcd endpoints (`http://127.0.0.1:2379`).
-    pub endpoints: Vec<String>,
-    /// The key prefix every key of this cluster lives under (`/layout/my-cluster`).
-    pub prefix: String,
-    /// The bound on each request (connecting included). Default: 10 s.
-    pub timeout: Duration,
-}
-
-impl EtcdOptions {
-    /// Endpoints and a key prefix, with the default timeout.
-    pub fn new(
-        endpoints: impl IntoIterator<Item = impl Into<String>>,
-        prefix: impl Into<String>,
-    ) -> Self {
-        Self {
-            endpoints: endpoints.into_iter().map(Into::into).collect(),
-            prefix: prefix.into().trim_end_matches('/').to_owned(),
-            timeout: Duration::from_secs(10),
-        }
-    }
-
-    /// Sets the bound on each request.
-    #[must_use]
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-}
+use crate::etcd::{revision_of, revision_to_etcd, EtcdConnection, EtcdError, EtcdOptions};
 
 /// A held finalizer claim: its lease and the task keeping it alive.
 #[derive(Debug)]
@@ -172,7 +135,7 @@ enum OldKey {
 ///   document (migrated again at the next connect) or the records and the tombstone.
 ///   Every kind created by this release gets the same tombstone, in the transaction that
 ///   creates its record, so the first release refuses it too.
-/// - `P/documents/<name>`: the documents of [`EtcdDocumentStore`].
+/// - `P/documents/<name>`: the documents of [`EtcdDocumentStore`](crate::migration::EtcdDocumentStore).
 ///
 /// Liveness is not stored (the coordinator keeps it in memory, from heartbeats); the
 /// first release's `P/live/<kind>/<member>` keys lapse with their leases.
@@ -183,9 +146,8 @@ enum OldKey {
 /// callers need no async runtime. Do not call it from inside an async task (blocking
 /// there panics); use `spawn_blocking`.
 pub struct EtcdStore {
+    connection: Arc<EtcdConnection>,
     options: EtcdOptions,
-    runtime: Option<Runtime>,
-    client: Client,
     claims: Mutex<HashMap<String, Claim>>,
 }
 
@@ -196,44 +158,26 @@ impl EtcdStore {
     /// [`StoreError::Damaged`], one of a newer format [`StoreError::UnsupportedFormat`];
     /// either way it is left untouched and the connection refused.
     pub fn connect(options: EtcdOptions) -> Result<Self, StoreError> {
-        let location = location_of(&options);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("layout-etcd")
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::Backend {
-                location: location.clone(),
-                operation: "start the runtime",
-                message: e.to_string(),
-            })?;
-        let connect = ConnectOptions::new()
-            .with_connect_timeout(options.timeout)
-            .with_timeout(options.timeout);
-        let endpoints = options.endpoints.clone();
-        let client = runtime
-            .block_on(async {
-                tokio::time::timeout(options.timeout, Client::connect(endpoints, Some(connect)))
-                    .await
-            })
-            .map_err(|_| StoreError::Backend {
-                location: location.clone(),
-                operation: "connect",
-                message: format!("no answer within {:?}", options.timeout),
-            })?
-            .map_err(|e| StoreError::Backend {
-                location,
-                operation: "connect",
-                message: e.to_string(),
-            })?;
+        let connection = EtcdConnection::connect(options).map_err(StoreError::from)?;
+        Self::on(Arc::new(connection))
+    }
+
+    /// The cluster store on an open connection (which an
+    /// [`EtcdDocumentStore`](crate::migration::EtcdDocumentStore) may share), with the
+    /// same migration of the first release's kinds as [`Self::connect`].
+    pub fn on(connection: Arc<EtcdConnection>) -> Result<Self, StoreError> {
         let store = Self {
-            options,
-            runtime: Some(runtime),
-            client,
+            options: connection.options().clone(),
+            connection,
             claims: Mutex::new(HashMap::new()),
         };
         store.migrate()?;
         Ok(store)
+    }
+
+    /// The connection it runs on.
+    pub fn connection(&self) -> &Arc<EtcdConnection> {
+        &self.connection
     }
 
     /// The options it was connected with.
@@ -284,7 +228,7 @@ impl EtcdStore {
         format!("{}/finalizer/{kind}", self.options.prefix)
     }
 
-    /// Runs `f` with a client on the store's runtime, bounded by the timeout.
+    /// Runs `f` with a client on the connection's runtime, bounded by the timeout.
     fn run<T, Fut>(
         &self,
         operation: &'static str,
@@ -293,21 +237,7 @@ impl EtcdStore {
     where
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let backend = |message: String| StoreError::Backend {
-            location: self.location(),
-            operation,
-            message,
-        };
-        let runtime = self
-            .runtime
-            .as_ref()
-            .ok_or_else(|| backend("the store is closed".to_owned()))?;
-        let timeout = self.options.timeout;
-        let fut = f(self.client.clone());
-        runtime
-            .block_on(async { tokio::time::timeout(timeout, fut).await })
-            .map_err(|_| backend(format!("no answer within {timeout:?}")))?
-            .map_err(|e| backend(e.to_string()))
+        self.connection.run(operation, f).map_err(StoreError::from)
     }
 
     /// One key's value and `mod_revision`; `None` when absent.
@@ -701,10 +631,6 @@ impl EtcdStore {
     }
 }
 
-fn location_of(options: &EtcdOptions) -> String {
-    format!("etcd {} {}", options.endpoints.join(","), options.prefix)
-}
-
 /// An id as used inside a key: `%` as `%25`, `/` as `%2F`.
 fn escape(id: &str) -> Cow<'_, str> {
     if id.contains(['%', '/']) {
@@ -753,14 +679,6 @@ fn encode(location: &str, value: &impl Serialize) -> Result<Vec<u8>, StoreError>
         operation: "encode",
         message: e.to_string(),
     })
-}
-
-fn revision_of(value: i64) -> u64 {
-    u64::try_from(value).unwrap_or_default()
-}
-
-fn revision_to_etcd(revision: u64) -> i64 {
-    i64::try_from(revision).unwrap_or(i64::MAX)
 }
 
 /// The outcome of a transaction that stored: its revision.
@@ -866,7 +784,7 @@ async fn claim_txn(
 
 impl ClusterStore for EtcdStore {
     fn location(&self) -> String {
-        location_of(&self.options)
+        self.options.location()
     }
 
     fn kinds(&self) -> Result<Vec<String>, StoreError> {
@@ -1192,26 +1110,23 @@ impl ClusterStore for EtcdStore {
         }
         // Keep the claim's lease alive while it is held (and the process lives).
         let interval = (ttl / 3).max(Duration::from_millis(200));
-        let mut client = self.client.clone();
+        let mut client = self.connection.client();
         let keeper = self
-            .runtime
-            .as_ref()
-            .map(|rt| {
-                rt.spawn(async move {
-                    let Ok((mut keeper, mut stream)) = client.lease_keep_alive(lease).await else {
+            .connection
+            .spawn(async move {
+                let Ok((mut keeper, mut stream)) = client.lease_keep_alive(lease).await else {
+                    return;
+                };
+                loop {
+                    tokio::time::sleep(interval).await;
+                    if keeper.keep_alive().await.is_err() {
                         return;
-                    };
-                    loop {
-                        tokio::time::sleep(interval).await;
-                        if keeper.keep_alive().await.is_err() {
-                            return;
-                        }
-                        match stream.message().await {
-                            Ok(Some(resp)) if resp.ttl() > 0 => {}
-                            _ => return,
-                        }
                     }
-                })
+                    match stream.message().await {
+                        Ok(Some(resp)) if resp.ttl() > 0 => {}
+                        _ => return,
+                    }
+                }
             })
             .ok_or_else(|| StoreError::Backend {
                 location: self.location(),
@@ -1249,181 +1164,6 @@ impl ClusterStore for EtcdStore {
     }
 }
 
-/// One versioned document of the document-migration path
-/// ([`DocumentMigrator`](crate::migration::DocumentMigrator)) on etcd: the key
-/// `P/documents/<name>` under the store's prefix, its revision the key's `mod_revision`,
-/// every store a transaction comparing it. Of several processes that start together and
-/// load an old document, exactly one stores the migrated one; the others load it.
-///
-/// It can [`watch`](DocumentStore::watch) the key (an etcd watch from the revision after
-/// the one loaded, on the store's runtime thread), so a
-/// [`SharedDocument`](crate::migration::SharedDocument) learns of a newer release's
-/// migration as soon as etcd reports it.
-///
-/// ```no_run
-/// use std::sync::Arc;
-/// use layout_core::cluster::{EtcdDocumentStore, EtcdOptions, EtcdStore};
-/// use layout_core::migration::{DocumentMigration, DocumentMigrator};
-///
-/// let etcd = Arc::new(EtcdStore::connect(EtcdOptions::new(["http://127.0.0.1:2379"], "/my-cluster"))?);
-/// let store = EtcdDocumentStore::new(etcd, "scheduler-state");
-/// let migrator = DocumentMigrator::builder("scheduler-state")
-///     .step(DocumentMigration::new(0, 1, |mut doc| { doc["queues"] = serde_json::json!([]); Ok(doc) }))
-///     .build()?;
-/// let loaded = migrator.load(&store)?; // migrated once, whoever starts first
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[derive(Debug, Clone)]
-pub struct EtcdDocumentStore {
-    store: Arc<EtcdStore>,
-    key: String,
-}
-
-impl EtcdDocumentStore {
-    /// The document `name` under `store`'s prefix (it shares the store's connection and
-    /// runtime).
-    pub fn new(store: Arc<EtcdStore>, name: &str) -> Self {
-        let key = format!("{}/documents/{name}", store.options.prefix);
-        Self { store, key }
-    }
-
-    /// The etcd key.
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
-    fn error(&self, e: &StoreError) -> DocumentStoreError {
-        DocumentStoreError::Backend {
-            location: self.location(),
-            reason: e.to_string(),
-        }
-    }
-}
-
-impl DocumentStore for EtcdDocumentStore {
-    fn location(&self) -> String {
-        format!(
-            "etcd {} {}",
-            self.store.options.endpoints.join(","),
-            self.key
-        )
-    }
-
-    fn load(&self) -> Result<Option<StoredDocument>, DocumentStoreError> {
-        let key = self.key.clone();
-        let found: Option<(i64, Vec<u8>)> = self
-            .store
-            .run("load a document", |mut c| async move {
-                let resp = c.get(key, None).await?;
-                Ok(resp
-                    .kvs()
-                    .first()
-                    .map(|kv| (kv.mod_revision(), kv.value().to_vec())))
-            })
-            .map_err(|e| self.error(&e))?;
-        Ok(found.map(|(revision, bytes)| StoredDocument {
-            revision: Revision(revision_of(revision)),
-            bytes,
-        }))
-    }
-
-    fn compare_and_swap(
-        &self,
-        expected: Option<Revision>,
-        bytes: &[u8],
-    ) -> Result<DocumentCas, DocumentStoreError> {
-        let key = self.key.clone();
-        let value = bytes.to_vec();
-        let compare = match expected {
-            None => Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-            Some(Revision(revision)) => Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                i64::try_from(revision).unwrap_or(i64::MAX),
-            ),
-        };
-        let outcome: Result<i64, Option<i64>> = self
-            .store
-            .run("compare and swap a document", |mut c| async move {
-                let txn = Txn::new()
-                    .when([compare])
-                    .and_then([TxnOp::put(key.clone(), value, None)])
-                    .or_else([TxnOp::get(key, None)]);
-                let resp = c.txn(txn).await?;
-                if resp.succeeded() {
-                    return Ok(Ok(resp
-                        .header()
-                        .map_or(0, etcd_client::ResponseHeader::revision)));
-                }
-                let current = resp.op_responses().into_iter().find_map(|r| match r {
-                    TxnOpResponse::Get(get) => {
-                        get.kvs().first().map(etcd_client::KeyValue::mod_revision)
-                    }
-                    _ => None,
-                });
-                Ok(Err(current))
-            })
-            .map_err(|e| self.error(&e))?;
-        Ok(match outcome {
-            Ok(revision) => DocumentCas::Stored(Revision(revision_of(revision))),
-            Err(current) => DocumentCas::Conflict {
-                current: current.map(|r| Revision(revision_of(r))),
-            },
-        })
-    }
-
-    fn watch(
-        &self,
-        after: Revision,
-        on_event: WatchCallback,
-    ) -> Result<Option<DocumentWatch>, DocumentStoreError> {
-        let runtime = self
-            .store
-            .runtime
-            .as_ref()
-            .ok_or_else(|| DocumentStoreError::Backend {
-                location: self.location(),
-                reason: "the store is closed".to_owned(),
-            })?;
-        let mut client = self.store.client.clone();
-        let key = self.key.clone();
-        let start = revision_to_etcd(after.0.saturating_add(1));
-        let task = runtime.spawn(async move {
-            let lost = |reason: String| on_event(WatchEvent::Lost { reason });
-            let options = WatchOptions::new().with_start_revision(start);
-            let mut stream = match client.watch(key, Some(options)).await {
-                Ok(stream) => stream,
-                Err(e) => return lost(format!("starting the watch failed: {e}")),
-            };
-            loop {
-                let response = match stream.message().await {
-                    Ok(Some(response)) => response,
-                    Ok(None) => return lost("etcd ended the watch".to_owned()),
-                    Err(e) => return lost(format!("the watch failed: {e}")),
-                };
-                if response.canceled() {
-                    return lost(format!(
-                        "etcd cancelled the watch (compacted at revision {}): {}",
-                        response.compact_revision(),
-                        response.cancel_reason()
-                    ));
-                }
-                for event in response.events() {
-                    let Some(kv) = event.kv() else { continue };
-                    on_event(WatchEvent::Changed(DocumentChange {
-                        revision: Revision(revision_of(kv.mod_revision())),
-                        bytes: match event.event_type() {
-                            EventType::Put => Some(kv.value().to_vec()),
-                            EventType::Delete => None,
-                        },
-                    }));
-                }
-            }
-        });
-        Ok(Some(DocumentWatch::new(move || task.abort())))
-    }
-}
-
 impl Drop for EtcdStore {
     fn drop(&mut self) {
         let claims: Vec<(String, String)> = self
@@ -1435,9 +1175,6 @@ impl Drop for EtcdStore {
         for (kind, holder) in claims {
             let _ = self.release_finalizer(&kind, &holder);
         }
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
     }
 }
 
@@ -1446,5 +1183,15 @@ impl std::fmt::Debug for EtcdStore {
         f.debug_struct("EtcdStore")
             .field("location", &self.location())
             .finish_non_exhaustive()
+    }
+}
+
+impl From<EtcdError> for StoreError {
+    fn from(e: EtcdError) -> Self {
+        StoreError::Backend {
+            location: e.location,
+            operation: e.operation,
+            message: e.message,
+        }
     }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 pub use embedded::EmbeddedStore;
 #[cfg(feature = "etcd")]
-pub use etcd::{EtcdDocumentStore, EtcdOptions, EtcdStore};
+pub use etcd::EtcdStore;
 pub use moving::{
     MovePhase, MoveReport, MoveStatus, MovingStore, DEFAULT_MIRROR_CAPACITY, MOVE_STEPS,
 };
