@@ -1,12 +1,11 @@
-//! Shared code of the runnable examples.
+//! The first examples to run; this library itself is empty.
 //!
-//! - [`kvstore`]: a real key/value service whose on-disk layout is upgraded with
-//!   `layout-core` (`cargo run -p layout-examples --example kvstore`).
-//! - [`walkthrough`]: the upgrade story on `kvstore`, told and checked step by step
-//!   (`cargo run --example walkthrough`).
-//! - [`workload`]: a recorder and checker of client writes for end-to-end upgrade tests:
-//!   nothing acknowledged may be lost or changed.
-
-pub mod kvstore;
-pub mod walkthrough;
-pub mod workload;
+//! - `cargo run --example quickstart` (`examples/quickstart.rs`): the smallest complete
+//!   use of `layout-core`, under 100 lines: a catalog, a layout version manager on a
+//!   directory, an API gated until its feature is finalized, one upgrade action, and the
+//!   finalization, each step printed.
+//! - `cargo run --example walkthrough` (`examples/walkthrough.rs`): the upgrade story on
+//!   the `kvstore` example service, told and checked step by step (the `walkthrough`
+//!   package).
+//!
+//! The `kvstore` service itself is the `kvstore` package (`cargo run -p kvstore`).

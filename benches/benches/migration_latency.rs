@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use layout_examples::kvstore::{KvFeature, KvNode, KvNodeConfig, KvOptions, KvStore};
+use kvstore::{KvFeature, KvNode, KvNodeConfig, KvOptions, KvStore};
 
 /// Keys in the store before the migration (seeding them through the store, one durable
 /// commit each, takes about a minute here).

@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
+use kvstore::copy::{KvDestination, KvMarks, KvSource};
+use kvstore::{KvClient, KvNode, KvNodeConfig};
 use layout_benches::{in_turn, report_interleaved};
 use layout_core::migration::SideBySideMigration;
-use layout_examples::kvstore::copy::{KvDestination, KvMarks, KvSource};
-use layout_examples::kvstore::{KvClient, KvNode, KvNodeConfig};
 use tempfile::TempDir;
 
 const KEYS: u64 = 2_000;

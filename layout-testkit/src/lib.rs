@@ -1,5 +1,5 @@
 //! Test kit for `layout-core`: the tools a component's tests (and this workspace's own)
-//! use to show that layout upgrades are safe (DESIGN section 11).
+//! use to show that layout upgrades are safe.
 //!
 //! - [`MiniCluster`]: N components of one or more kinds, each in its own directory with
 //!   its own layout version manager, pinned to an MLV and capped at an SLV (the "binary"
@@ -24,6 +24,8 @@
 //! - [`assert_catalog_locked`]: a checked-in lock file of a catalog, so removing,
 //!   renaming, renumbering or reordering a feature fails a test.
 //! - [`crash`]: the child-process crash harness under all of it.
+//! - [`workload`]: a recorder and checker of client writes for end-to-end upgrade tests:
+//!   nothing acknowledged may be lost or changed, whatever crashed meanwhile.
 //! - `etcd` (feature `etcd`): a real etcd server on loopback for tests of the cluster
 //!   store.
 //!
@@ -91,6 +93,7 @@
 //! | [`inject`] | crash injection at crash points: [`CrashPoint`], [`Injection`], [`passed_points`], [`expected_hits`] |
 //! | [`catalog_lock`] | [`CatalogLock`], [`assert_catalog_locked`] |
 //! | [`crash`] | the child-process crash harness: [`ChildCommand`], [`ChildProcess`], [`child_role`], [`report_step`], [`block_until_killed`], [`test_name!`] |
+//! | [`workload`] | client writes recorded and checked against what the service returns: [`workload::Recorder`], [`workload::Expectations`] |
 //!
 //! # Features
 //!
@@ -126,6 +129,7 @@ pub mod inject;
 pub mod plan;
 mod rng;
 pub mod upgrade_test;
+pub mod workload;
 
 pub use adapter::{Adapted, Service};
 pub use catalog_lock::{

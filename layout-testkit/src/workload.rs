@@ -20,7 +20,7 @@
 //! per phase (and refusals where writes must be refused).
 //!
 //! ```
-//! use layout_examples::workload::{Expectations, Recorder};
+//! use layout_testkit::workload::{Expectations, Recorder};
 //!
 //! let recorder = Recorder::new("wl/");
 //! recorder.set_phase("old version");

@@ -89,7 +89,7 @@ impl ClientError {
 /// use std::path::Path;
 /// use std::time::Duration;
 /// use layout_core::http::{ClientConfig, ClientTls};
-/// use layout_examples::kvstore::KvClient;
+/// use kvstore::KvClient;
 ///
 /// let tls = ClientTls::with_ca_file(Path::new("/etc/kvstore/ca.pem"))?
 ///     .with_identity_files(Path::new("client.pem"), Path::new("client-key.pem"))?;

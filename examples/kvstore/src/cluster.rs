@@ -1,5 +1,5 @@
 //! Cluster mode: a kvstore node runs the cluster coordinator or is a member of one, with
-//! `layout_core::cluster` doing the coordination (DESIGN.md section 9).
+//! `layout_core::cluster` doing the coordination (see `docs/cluster-upgrade.md`).
 //!
 //! - The **coordinator node** serves its own data like any node, and also runs a
 //!   [`Coordinator`] over a [`ClusterStore`] (the embedded store in a directory by

@@ -31,7 +31,7 @@
 //! intent `upgrade` or `downgrade` cancels it.
 //!
 //! ```no_run
-//! use layout_examples::kvstore::{KvClient, KvNode, KvNodeConfig};
+//! use kvstore::{KvClient, KvNode, KvNodeConfig};
 //!
 //! let dir = tempfile::tempdir()?;
 //! let node = KvNode::start(KvNodeConfig::new(dir.path()))?;
@@ -44,7 +44,7 @@
 
 /// The kvstore guide (`docs/kvstore.md`): its Rust examples are compiled as doctests.
 #[cfg(doctest)]
-#[doc = include_str!("../../docs/kvstore.md")]
+#[doc = include_str!("../../../docs/kvstore.md")]
 mod guide {}
 
 mod changes;

@@ -1,7 +1,7 @@
 //! The kvstore service.
 //!
 //! ```text
-//! cargo run -p layout-examples --example kvstore -- --dir /tmp/kv \
+//! cargo run -p kvstore -- --dir /tmp/kv \
 //!     --admin-listen 127.0.0.1:9868 --admin-token-file /tmp/kv-token
 //! ```
 //!
@@ -46,11 +46,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use layout_core::http::{BearerToken, ClientTls, ServerTls};
-use layout_core::{LayoutFeature, StartIntent};
-use layout_examples::kvstore::{
+use kvstore::{
     ClusterConfig, ClusterStoreConfig, FencedReads, KvFeature, KvNode, KvNodeConfig, KvOptions,
 };
+use layout_core::http::{BearerToken, ClientTls, ServerTls};
+use layout_core::{LayoutFeature, StartIntent};
 
 /// The environment variable holding the admin token when no flag gives it.
 const ADMIN_TOKEN_ENV: &str = "KVSTORE_ADMIN_TOKEN";
@@ -294,7 +294,7 @@ fn etcd_store(endpoints: &str, prefix: &str) -> Result<ClusterStoreConfig, Strin
 fn etcd_store(_endpoints: &str, _prefix: &str) -> Result<ClusterStoreConfig, String> {
     Err(
         "--cluster-store etcd:... needs a kvstore built with the `etcd` feature \
-         (cargo run -p layout-examples --features etcd --example kvstore); \
+         (cargo run -p kvstore --features etcd); \
          the embedded store needs nothing extra"
             .to_owned(),
     )
@@ -407,7 +407,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         config = config.with_tls(tls);
     }
     if let Some(offset_ms) = args.clock_offset_ms {
-        let clock = layout_examples::kvstore::copy::OffsetClock { offset_ms };
+        let clock = kvstore::copy::OffsetClock { offset_ms };
         config.store = config.store.clone().with_clock(std::sync::Arc::new(clock));
     }
     let node = KvNode::start(config)?;
@@ -469,7 +469,7 @@ fn main() -> ExitCode {
     // `kvstore copy ...`: the side-by-side copy (docs/kvstore.md, "Copy side by side").
     if std::env::args_os().nth(1).is_some_and(|a| a == "copy") {
         install_logging();
-        return layout_examples::kvstore::copy::run_cli(std::env::args_os().skip(2));
+        return kvstore::copy::run_cli(std::env::args_os().skip(2));
     }
     let args = Args::parse();
     install_logging();

@@ -57,9 +57,9 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use kvstore::{ClientError, KvClient, KvFeature, KvStore};
 use layout_core::LayoutFeature;
-use layout_examples::kvstore::{ClientError, KvClient, KvFeature, KvStore};
-use layout_examples::workload::{CheckReport, Expectations, Recorder};
+use layout_testkit::workload::{CheckReport, Expectations, Recorder};
 use layout_testkit::{
     run_as_child_node, test_name, ClusterNode, CrashPoint, HookResult, Injection, Kind,
     MiniCluster, MiniClusterBuilder, RunOutcome, StartOptions, UpgradeTest,
@@ -225,7 +225,7 @@ impl Workload {
     fn wait_for(
         &self,
         phase: &str,
-        done: impl Fn(&layout_examples::workload::PhaseCounts) -> bool,
+        done: impl Fn(&layout_testkit::workload::PhaseCounts) -> bool,
         what: &str,
     ) -> HookResult {
         let deadline = Instant::now() + BOUND;

@@ -1,12 +1,11 @@
 //! The real binaries, driven from outside as an operator drives them: the `kvstore`
-//! example (`cargo run --example kvstore`) started and stopped as child processes, its
-//! admin endpoint driven with the real `layoutctl`, its data and cluster APIs over HTTP.
+//! binary (`cargo run -p kvstore`) started and stopped as child processes, its admin
+//! endpoint driven with the real `layoutctl`, its data and cluster APIs over HTTP.
 //!
-//! Needs both binaries in the target directory this test runs from:
-//! `target/<profile>/examples/kvstore` (cargo builds the examples when it builds the tests:
-//! `cargo build -p layout-examples --examples`) and `target/<profile>/layoutctl`
-//! (`cargo build -p layout-core --features cli --bin layoutctl`). `scripts/test` builds
-//! both. A missing binary fails the test, naming the command that builds it.
+//! Cargo builds the `kvstore` binary with these tests; `layoutctl` must be in the target
+//! directory this test runs from, `target/<profile>/layoutctl`
+//! (`cargo build -p layout-core --features cli --bin layoutctl`; a workspace build with
+//! all features, as `scripts/test` runs, builds it). A missing binary fails the test, naming the command that builds it.
 //!
 //! Every child is bounded: killed when its guard drops, every wait has a bound and a
 //! message, and every "eventually" is a condition polled under a bound. Everything
@@ -21,7 +20,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use layout_examples::kvstore::{ClientError, KvClient, KvStatus};
+use kvstore::{ClientError, KvClient, KvStatus};
 use parking_lot::Mutex;
 use serde_json::Value;
 
@@ -60,10 +59,7 @@ fn binary(relative: &str, build_with: &str) -> PathBuf {
 }
 
 fn kvstore_bin() -> PathBuf {
-    binary(
-        "examples/kvstore",
-        "cargo build -p layout-examples --examples --all-features",
-    )
+    PathBuf::from(env!("CARGO_BIN_EXE_kvstore"))
 }
 
 fn layoutctl_bin() -> PathBuf {
@@ -1222,7 +1218,7 @@ const RESUME_KILLS: u32 = 5;
 /// One client thread writing to whichever process serves now, recording every write
 /// and how it ended (acknowledged, refused, in doubt) for the checker.
 struct ResumeWorkload {
-    recorder: layout_examples::workload::Recorder,
+    recorder: layout_testkit::workload::Recorder,
     addr: Arc<Mutex<Option<SocketAddr>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -1230,7 +1226,7 @@ struct ResumeWorkload {
 
 impl ResumeWorkload {
     fn start(addr: SocketAddr) -> ResumeWorkload {
-        let recorder = layout_examples::workload::Recorder::new(RESUME_PREFIX);
+        let recorder = layout_testkit::workload::Recorder::new(RESUME_PREFIX);
         recorder.set_phase("migrating");
         let target = Arc::new(Mutex::new(Some(addr)));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1279,7 +1275,7 @@ impl ResumeWorkload {
         *self.addr.lock() = addr;
     }
 
-    fn stop(mut self) -> layout_examples::workload::Recorder {
+    fn stop(mut self) -> layout_testkit::workload::Recorder {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {
             thread.join().expect("the workload thread panicked");
@@ -1289,7 +1285,7 @@ impl ResumeWorkload {
 }
 
 /// The value-index migration's figures on `kv`.
-fn index_figures(kv: &Kv) -> layout_examples::kvstore::MigrationFigures {
+fn index_figures(kv: &Kv) -> kvstore::MigrationFigures {
     status(kv)
         .index_migration
         .unwrap_or_else(|| panic!("{}: the software knows ValueIndex", kv.name))
@@ -1403,7 +1399,7 @@ fn a_node_killed_five_times_during_its_index_migration_resumes_it_by_itself_each
     let listing = kv.client().list(RESUME_PREFIX).expect("list");
     let report = recorder
         .check_listing(
-            &layout_examples::workload::Expectations::new().min_acks("migrating", 50),
+            &layout_testkit::workload::Expectations::new().min_acks("migrating", 50),
             listing,
         )
         .unwrap_or_else(|failure| panic!("acknowledged writes lost: {failure}"));

@@ -1,8 +1,8 @@
-//! The upgrade story on [`kvstore`](crate::kvstore), told and checked step by step.
+//! The upgrade story on [`kvstore`], told and checked step by step.
 //!
-//! `cargo run --example walkthrough` calls [`run_with`] with a temporary directory and
+//! `cargo run --example walkthrough` ([`run_program`]) calls [`run_with`] with a temporary directory and
 //! standard output. The story, on one `kvstore` node (in-process, HTTP on loopback
-//! ephemeral ports), driven through its HTTP API ([`KvClient`](crate::kvstore::KvClient))
+//! ephemeral ports), driven through its HTTP API ([`KvClient`](kvstore::KvClient))
 //! and its admin endpoint (the [`AdminClient`](layout_core::admin::http::AdminClient) that
 //! `layoutctl` uses):
 //!
@@ -26,7 +26,7 @@
 //!
 //! ```no_run
 //! let dir = tempfile::tempdir()?;
-//! let report = layout_examples::walkthrough::run(&mut std::io::stdout(), dir.path())?;
+//! let report = walkthrough::run(&mut std::io::stdout(), dir.path())?;
 //! assert_eq!(report.stages.len(), 7);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -37,7 +37,9 @@ mod story;
 mod table;
 
 use std::fmt;
+use std::io::IsTerminal as _;
 use std::path::Path;
+use std::process::ExitCode;
 use std::time::Duration;
 
 pub use table::StatusRow;
@@ -298,4 +300,63 @@ pub fn run_with(
     options: &WalkthroughOptions,
 ) -> Result<WalkthroughReport, WalkthroughError> {
     story::Story::new(out, dir, options).tell()
+}
+
+/// The whole program of the `walkthrough` binary and of `cargo run --example walkthrough`:
+/// the story in a temporary directory on standard output, with a progress bar on a
+/// terminal and plain progress lines otherwise. A failed check or step is printed on
+/// standard error with its causes, and the exit code is then non-zero. The node's own
+/// log goes to standard error, filtered by `RUST_LOG` (default `warn`, so the story stays
+/// readable and warnings still show).
+pub fn run_program() -> ExitCode {
+    install_logging();
+    let dir = match tempfile::tempdir() {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("walkthrough: cannot create a temporary directory: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let stdout = std::io::stdout();
+    // A progress bar on a terminal, plain progress lines in a pipe or a log.
+    let progress = if stdout.is_terminal() {
+        ProgressMode::Bar
+    } else {
+        ProgressMode::Lines
+    };
+    let options = WalkthroughOptions::default().with_progress(progress);
+    let mut out = stdout.lock();
+    match run_with(&mut out, dir.path(), &options) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            drop(out);
+            eprintln!("\nwalkthrough: FAILED: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to standard error, filtered by `RUST_LOG` (default `warn`).
+fn install_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = match EnvFilter::try_from_default_env() {
+        Ok(filter) => filter,
+        Err(e) => {
+            if std::env::var_os(EnvFilter::DEFAULT_ENV).is_some() {
+                eprintln!("walkthrough: warning: ignoring RUST_LOG ({e}); logging at warn");
+            }
+            EnvFilter::new("warn")
+        }
+    };
+    // A second call (a program that installed its own subscriber) keeps the first.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
 }

@@ -15,7 +15,7 @@ use super::finalize::{finalized_feature, watch, Watched};
 use super::narrator::{Narrator, Told};
 use super::table::{render, StatusRow};
 use super::{IndexFigures, Stage, StageReport, WalkthroughOptions, WalkthroughReport};
-use crate::kvstore::{
+use kvstore::{
     ClientError as KvClientError, KvClient, KvError, KvFeature, KvNode, KvNodeConfig, KvOptions,
 };
 

@@ -1,6 +1,6 @@
 //! Runs the walkthrough end to end, as `cargo run --example walkthrough` does.
 
-use layout_examples::walkthrough::{self, Stage};
+use walkthrough::Stage;
 
 #[test]
 fn walkthrough_tells_every_stage_and_every_claim_holds() {

@@ -1,7 +1,7 @@
 //! put/get/list/delete over HTTP, node start and shutdown, the testkit component.
 
+use kvstore::{KvClient, KvFeature, KvStore};
 use layout_core::{LayoutFeature, StartIntent};
-use layout_examples::kvstore::{KvClient, KvFeature, KvStore};
 use layout_testkit::{Kind, MiniCluster};
 
 use crate::support::node;

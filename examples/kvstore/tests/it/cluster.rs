@@ -8,13 +8,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use layout_core::cluster::{HeartbeatError, MemberError, Refusal};
-use layout_core::http::BearerToken;
-use layout_core::{LayoutFeature, StartIntent};
-use layout_examples::kvstore::{
+use kvstore::{
     ClientError, ClusterConfig, ClusterStoreConfig, KvClient, KvError, KvFeature, KvNode,
     KvNodeConfig, CLUSTER_CONDITION,
 };
+use layout_core::cluster::{HeartbeatError, MemberError, Refusal};
+use layout_core::http::BearerToken;
+use layout_core::{LayoutFeature, StartIntent};
 
 use crate::support::TOKEN;
 
@@ -869,8 +869,8 @@ impl layout_core::cluster::LocalLayout for Layout {
 
 #[test]
 fn a_member_superseded_by_another_process_refuses_writes_after_one_heartbeat_and_recovers() {
+    use kvstore::CLUSTER_KIND;
     use layout_core::cluster::Member;
-    use layout_examples::kvstore::CLUSTER_KIND;
 
     let dirs = Dirs::new();
     let new = KvFeature::latest();
@@ -960,7 +960,7 @@ fn a_member_ahead_of_the_cluster_starts_fenced_and_recovers_when_the_cluster_fin
 
 #[test]
 fn fenced_reads_can_be_refused_too() {
-    use layout_examples::kvstore::FencedReads;
+    use kvstore::FencedReads;
 
     let dirs = Dirs::new();
     let new = KvFeature::latest();

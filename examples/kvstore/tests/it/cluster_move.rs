@@ -3,40 +3,24 @@
 //! heartbeating throughout), refused begins, a restart that resumes the switched move,
 //! and an exclusion with who, when and the required SLV in the status.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use layout_core::cluster::{ClusterStore, EmbeddedStore, KindRecord, MoveStage};
-use layout_core::{LayoutFeature, StartIntent};
-use layout_examples::kvstore::{
+use kvstore::{
     ClientError, ClusterConfig, ClusterStoreConfig, KvClient, KvFeature, KvMoveTarget, KvNode,
     KvNodeConfig, CLUSTER_KIND, CLUSTER_STATE_FILE,
 };
+use layout_core::cluster::{ClusterStore, EmbeddedStore, KindRecord, MoveStage};
+use layout_core::{LayoutFeature, StartIntent};
 
 use crate::cluster::{cluster_token, wait_until};
 use crate::support::TOKEN;
 
 const HEARTBEAT: Duration = Duration::from_millis(50);
 
-fn layoutctl() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in target/<profile>/deps");
-    let path = profile_dir.join(format!("layoutctl{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.is_file(),
-        "layoutctl not found at {}: build it first with \
-         `cargo build -p layout-core --features cli --bin layoutctl`",
-        path.display()
-    );
-    path
-}
-
 fn layoutctl_run(node: &KvNode, args: &[&str]) -> Output {
-    Command::new(layoutctl())
+    Command::new(crate::support::layoutctl_bin())
         .args([
             "--endpoint",
             &format!("http://{}", node.http_addr()),
@@ -271,7 +255,7 @@ fn cluster_exclude_through_layoutctl_records_who_when_and_the_required_slv() {
     assert_eq!(kv1["exclusion"]["excluded_by"], "ops-alice", "{status}");
     assert!(kv1["exclusion"]["at_ms"].as_u64().is_some_and(|t| t > 0));
     // Text output too.
-    let out = Command::new(layoutctl())
+    let out = Command::new(crate::support::layoutctl_bin())
         .args([
             "--endpoint",
             &format!("http://{}", kv0.http_addr()),

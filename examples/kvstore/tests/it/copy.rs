@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use layout_examples::kvstore::KvClient;
+use kvstore::KvClient;
 
 use super::support::kvstore_bin;
 

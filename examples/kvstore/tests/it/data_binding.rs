@@ -7,8 +7,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use kvstore::{KvFeature, KvNode, KvNodeConfig, DB_FILE_NAME};
 use layout_core::{FileStorage, LayoutFeature, LayoutStorage, StartIntent, VERSION_FILE_NAME};
-use layout_examples::kvstore::{KvFeature, KvNode, KvNodeConfig, DB_FILE_NAME};
 
 use crate::support::{fresh_prefinalized, node};
 

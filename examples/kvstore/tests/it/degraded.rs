@@ -11,11 +11,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use layout_core::migration::BatchEvent;
-use layout_core::LayoutFeature;
-use layout_examples::kvstore::{
+use kvstore::{
     ClientError, KvClient, KvFeature, KvNode, KvNodeConfig, KvOptions, StorageBackendFactory,
 };
+use layout_core::migration::BatchEvent;
+use layout_core::LayoutFeature;
 use redb::backends::FileBackend;
 use redb::StorageBackend;
 

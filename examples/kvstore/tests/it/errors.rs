@@ -4,8 +4,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use kvstore::{ClientError, KvClient, KvFeature, MAX_KEY_BYTES};
 use layout_core::{LayoutFeature, StartIntent};
-use layout_examples::kvstore::{ClientError, KvClient, KvFeature, MAX_KEY_BYTES};
 
 use crate::support::node;
 

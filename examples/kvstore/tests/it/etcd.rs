@@ -4,10 +4,8 @@
 
 use std::time::Duration;
 
+use kvstore::{ClusterConfig, ClusterStoreConfig, KvClient, KvFeature, KvNode, KvNodeConfig};
 use layout_core::{LayoutFeature, StartIntent};
-use layout_examples::kvstore::{
-    ClusterConfig, ClusterStoreConfig, KvClient, KvFeature, KvNode, KvNodeConfig,
-};
 use layout_testkit::etcd::EtcdServer;
 
 use crate::cluster::wait_until;
@@ -93,9 +91,9 @@ fn a_cluster_on_etcd_refuses_while_a_member_is_old_then_finalizes_every_node() {
 
 #[test]
 fn a_coordinator_node_moves_its_cluster_state_to_etcd_live_and_restarts_on_it() {
+    use kvstore::{KvMoveTarget, CLUSTER_KIND};
     use layout_core::cluster::{ClusterStore, EtcdStore};
     use layout_core::etcd::EtcdOptions;
-    use layout_examples::kvstore::{KvMoveTarget, CLUSTER_KIND};
 
     use crate::cluster_move::{coordinator, member, wait_live};
 

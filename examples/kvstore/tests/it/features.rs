@@ -6,10 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use kvstore::codec::COMPACT_TAG;
+use kvstore::{ClientError, KvClient, KvFeature, KvNode, KvNodeConfig, KvOptions};
 use layout_core::migration::BatchEvent;
 use layout_core::{LayoutFeature, ManualClock, StartIntent};
-use layout_examples::kvstore::codec::COMPACT_TAG;
-use layout_examples::kvstore::{ClientError, KvClient, KvFeature, KvNode, KvNodeConfig, KvOptions};
 
 use crate::support::{node, TOKEN};
 

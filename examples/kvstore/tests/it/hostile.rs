@@ -6,8 +6,8 @@ use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
+use kvstore::{KvClient, KvFeature, KvNode};
 use layout_core::{LayoutFeature, StartIntent};
-use layout_examples::kvstore::{KvClient, KvFeature, KvNode};
 
 use crate::support::node;
 

@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use kvstore::{KvClient, KvFeature, KvNode, KvNodeConfig, KvOptions, KvStore};
 use layout_core::migration::BatchEvent;
 use layout_core::{LayoutFeature, StartIntent, UpgradeFinalizer};
-use layout_examples::kvstore::{KvClient, KvFeature, KvNode, KvNodeConfig, KvOptions, KvStore};
 use parking_lot::Mutex;
 
 use crate::support::TOKEN;

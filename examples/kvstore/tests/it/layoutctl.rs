@@ -4,33 +4,15 @@
 //! Needs the `layoutctl` binary in the target directory, next to this test's `deps/`:
 //! `cargo build -p layout-core --features cli --bin layoutctl`.
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
+use kvstore::{ClientError, KvClient, KvFeature};
 use layout_core::LayoutFeature;
-use layout_examples::kvstore::{ClientError, KvClient, KvFeature};
 
 use crate::support::{fresh_prefinalized, TOKEN};
 
-fn layoutctl() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/kvstore-<hash> -> target/<profile>/layoutctl
-    let profile_dir = exe
-        .parent()
-        .and_then(std::path::Path::parent)
-        .expect("the test binary lives in target/<profile>/deps");
-    let path = profile_dir.join(format!("layoutctl{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.is_file(),
-        "layoutctl not found at {}: build it first with \
-         `cargo build -p layout-core --features cli --bin layoutctl` (same target directory)",
-        path.display()
-    );
-    path
-}
-
 fn run(endpoint: &str, args: &[&str]) -> Output {
-    Command::new(layoutctl())
+    Command::new(crate::support::layoutctl_bin())
         .args(["--endpoint", endpoint, "--token", TOKEN])
         .args(args)
         .output()

@@ -1,16 +1,16 @@
 //! Lists in pages: `GET /kv?prefix=P&after=K&limit=N` and `GET /by-value` answer one
 //! bounded page and a `next` cursor; following `next` yields every key exactly once, in
 //! order; malformed cursors and limits are 400s. (The memory bound of many concurrent
-//! lists over large values is measured by `cargo run --release --example list_memory`.)
+//! lists over large values is measured by `cargo run --release -p kvstore --example list_memory`.)
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use layout_core::{LayoutFeature, ManualClock, StartIntent};
-use layout_examples::kvstore::{
+use kvstore::{
     KvClient, KvFeature, KvNode, KvNodeConfig, KvOptions, KvPage, MAX_KEY_BYTES,
     MAX_LIST_PAGE_BYTES,
 };
+use layout_core::{LayoutFeature, ManualClock, StartIntent};
 
 use crate::support::{node, TOKEN};
 

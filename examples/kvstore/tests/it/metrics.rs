@@ -1,8 +1,8 @@
 //! `GET /metrics` on the data API: the node's layout metrics in Prometheus text, behind
 //! the admin token when the node has one.
 
+use kvstore::{KvClient, KvFeature, KvNode, KvNodeConfig};
 use layout_core::StartIntent;
-use layout_examples::kvstore::{KvClient, KvFeature, KvNode, KvNodeConfig};
 
 use crate::support::{fresh_prefinalized, TOKEN};
 
@@ -89,11 +89,11 @@ fn metrics_follow_the_value_index_migration_while_it_runs_and_after() {
     use std::sync::Arc;
     use std::time::Duration;
 
+    use kvstore::KvOptions;
     use layout_core::admin::http::AdminClient;
     use layout_core::admin::FinalizeParams;
     use layout_core::migration::BatchEvent;
     use layout_core::LayoutFeature;
-    use layout_examples::kvstore::KvOptions;
     use parking_lot::Mutex;
 
     const BATCH: usize = 10;

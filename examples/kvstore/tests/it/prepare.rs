@@ -1,8 +1,8 @@
 //! Prepare: writes refused with 503 `prepared`, reads served, the op log purged, a
 //! snapshot exported, the marker kept across a restart and cleared by an upgrade start.
 
+use kvstore::{ClientError, KvClient, KvFeature, SNAPSHOT_DIR};
 use layout_core::{LayoutFeature, PrepareState, StartIntent};
-use layout_examples::kvstore::{ClientError, KvClient, KvFeature, SNAPSHOT_DIR};
 
 use crate::support::{node, TOKEN};
 

@@ -1,7 +1,7 @@
 //! Shared helpers.
 
+use kvstore::{KvFeature, KvNode, KvNodeConfig};
 use layout_core::StartIntent;
-use layout_examples::kvstore::{KvFeature, KvNode, KvNodeConfig};
 
 pub(crate) const TOKEN: &str = "kvstore-test-token-0123456789";
 
@@ -28,18 +28,25 @@ pub(crate) fn fresh_prefinalized(dir: &std::path::Path, software: KvFeature) -> 
     .expect("node starts")
 }
 
-/// The `kvstore` example binary next to this test binary (`target/<profile>/examples`),
-/// built with the tests.
+/// The `kvstore` binary of this package (cargo builds it for the integration tests).
 pub(crate) fn kvstore_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_kvstore"))
+}
+
+/// `layoutctl` in the target directory this test runs from (`target/<profile>/layoutctl`,
+/// beside `target/<profile>/deps/` that holds the test binary). A missing binary fails the
+/// test, naming the command that builds it.
+pub(crate) fn layoutctl_bin() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let profile = exe
+    let profile_dir = exe
         .parent()
         .and_then(std::path::Path::parent)
         .expect("the test binary lives in target/<profile>/deps");
-    let path = profile.join(format!("examples/kvstore{}", std::env::consts::EXE_SUFFIX));
+    let path = profile_dir.join(format!("layoutctl{}", std::env::consts::EXE_SUFFIX));
     assert!(
         path.is_file(),
-        "{} not found: build it with `cargo build --workspace --all-targets --all-features`",
+        "layoutctl not found at {}: build it first with \
+         `cargo build -p layout-core --features cli --bin layoutctl` (same target directory)",
         path.display()
     );
     path

@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use kvstore::{ClientError, KvClient, KvNode, KvNodeConfig};
 use layout_core::admin::http::AdminClient;
 use layout_core::http::{ClientConfig, ClientTls, ServerTls};
-use layout_examples::kvstore::{ClientError, KvClient, KvNode, KvNodeConfig};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -301,8 +301,8 @@ fn the_binary_serves_tls_with_its_flags_and_logs_to_stderr() {
 /// not need its coordinator to serve) but never appear in the cluster state.
 #[test]
 fn a_cluster_over_mtls_admits_only_members_with_a_certificate_of_its_ca() {
+    use kvstore::{ClusterConfig, ClusterStoreConfig};
     use layout_core::http::ClientTls;
-    use layout_examples::kvstore::{ClusterConfig, ClusterStoreConfig};
 
     let pki = Pki::new();
     let token = crate::cluster::cluster_token();
