@@ -7,9 +7,6 @@
 //! `cargo test`. It needs no cargo feature.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-#[path = "../common/mod.rs"]
-mod common;
-
 mod interrupted;
 mod matrix;
 mod records;

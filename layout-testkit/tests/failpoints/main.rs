@@ -7,8 +7,5 @@
 //! same results under cargo-nextest (one process per test) and `cargo test`.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-#[path = "../common/mod.rs"]
-mod common;
-
 mod matrix;
 mod plans;

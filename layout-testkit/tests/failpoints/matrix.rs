@@ -10,7 +10,7 @@ use layout_testkit::{
     INVARIANT_MLV_NEVER_GOES_BACKWARDS,
 };
 
-use crate::common::{
+use layout_testkit_fixture::{
     every_node_checks, ingest, kv_cluster, kv_kind, verify, Kv, KvFeature, CRASH_RECORD_REWRITTEN,
 };
 

@@ -11,7 +11,7 @@ use layout_testkit::{
 };
 use parking_lot::Mutex;
 
-use crate::common::{every_node_checks, kv_kind, parse_scan, KvFeature};
+use layout_testkit_fixture::{every_node_checks, kv_kind, parse_scan, KvFeature};
 
 /// What each node should hold: `node -> key -> value`.
 type Model = Arc<Mutex<BTreeMap<String, BTreeMap<String, String>>>>;

@@ -10,7 +10,7 @@ use layout_testkit::{
     ChildCommand, LockChange, LockVerdict, UPDATE_ENV,
 };
 
-use crate::common::KvFeature;
+use layout_testkit_fixture::KvFeature;
 
 /// The released catalog every variant below changes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]

@@ -8,7 +8,7 @@ use layout_testkit::{
     StartOptions, StorageKind, TestComponent,
 };
 
-use crate::common::{kv_cluster, kv_kind, parse_scan, Kv, KvFeature};
+use layout_testkit_fixture::{kv_cluster, kv_kind, parse_scan, Kv, KvFeature};
 
 /// A second kind of component with a catalog of its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]

@@ -2,9 +2,6 @@
 //! (and their negative control), child-process nodes, the catalog lock.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-#[path = "../common/mod.rs"]
-mod common;
-
 mod catalog_lock;
 mod cluster;
 mod stages;

@@ -7,7 +7,7 @@ use layout_testkit::{
     run_as_child_node, ClusterNode, MiniCluster, Stage, StageFailure, UpgradeTest,
 };
 
-use crate::common::{ingest, kv_cluster, kv_kind, verify, Kv, KvFeature};
+use layout_testkit_fixture::{ingest, kv_cluster, kv_kind, verify, Kv, KvFeature};
 
 /// Records per node per stage.
 const N: usize = 5;

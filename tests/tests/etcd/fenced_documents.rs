@@ -9,8 +9,8 @@ use layout_core::migration::EtcdDocumentStore;
 use layout_core::migration::{CasOutcome, DocumentError, DocumentStore, Freshness, LoadOutcome};
 use serde_json::json;
 
-use crate::fenced_common::{self, release_1, release_2, Shared, BOUND};
 use crate::server;
+use layout_tests::shared_document::{self, release_1, release_2, Shared, BOUND};
 
 fn store(prefix: &str) -> Arc<dyn DocumentStore> {
     Arc::new(EtcdDocumentStore::new(
@@ -91,12 +91,12 @@ fn an_older_release_learns_from_the_watch_before_writing_and_its_write_is_refuse
 
 #[test]
 fn two_releases_of_a_scheduler_on_one_etcd_document_the_older_refuses_its_next_write() {
-    if fenced_common::play_child() {
+    if shared_document::play_child() {
         return;
     }
     let shared = Shared::Etcd(
         server::shared().endpoint().to_owned(),
         server::prefix("fenced-releases"),
     );
-    fenced_common::run_two_releases(&layout_testkit::test_name!(), &shared);
+    shared_document::run_two_releases(&layout_testkit::test_name!(), &shared);
 }

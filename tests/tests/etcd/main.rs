@@ -8,15 +8,11 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod documents;
-#[path = "../fenced_common/mod.rs"]
-mod fenced_common;
 mod fenced_documents;
 mod moves;
 mod restart;
 mod server;
 mod store;
-#[path = "../store_contract/mod.rs"]
-mod store_contract;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};

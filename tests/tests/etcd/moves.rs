@@ -196,7 +196,7 @@ fn a_live_cluster_moves_from_the_embedded_store_to_etcd() {
     move_live_cluster(old, new, || Arc::new(server::store(&prefix)));
 }
 
-/// The seed's scenario on etcd: a live cluster moved to another etcd, switched and
+/// A move refused after a switch, on etcd: a live cluster moved to another etcd, switched and
 /// finalized there (a cluster version and audit entries of its own); then a coordinator
 /// still on the old store begins a move to it. Refused, and the destination is byte for
 /// byte (records and revisions) what it was.
@@ -223,13 +223,13 @@ fn a_stale_move_begin_is_refused_and_leaves_the_etcd_destination_unchanged() {
             .cluster_layout_version,
         NEW
     );
-    let before = crate::store_contract::snapshot(new.as_ref());
+    let before = layout_tests::store_contract::snapshot(new.as_ref());
     assert!(before.kinds[0].1.as_ref().unwrap().audit.len() >= 2);
 
     let stale = MovingStore::new(Arc::clone(&old));
     let err = stale.begin(Arc::clone(&new)).unwrap_err();
     assert!(matches!(err, StoreError::Move { .. }), "{err}");
-    assert_eq!(crate::store_contract::snapshot(new.as_ref()), before);
+    assert_eq!(layout_tests::store_contract::snapshot(new.as_ref()), before);
     // Nor from another store with a state of its own.
     let other: Arc<dyn ClusterStore> = Arc::new(server::store(&server::prefix("stale-other")));
     other
@@ -237,7 +237,7 @@ fn a_stale_move_begin_is_refused_and_leaves_the_etcd_destination_unchanged() {
         .unwrap();
     let err = MovingStore::new(other).begin(Arc::clone(&new)).unwrap_err();
     assert!(matches!(err, StoreError::Move { .. }), "{err}");
-    assert_eq!(crate::store_contract::snapshot(new.as_ref()), before);
+    assert_eq!(layout_tests::store_contract::snapshot(new.as_ref()), before);
 }
 
 /// A coordinator restarted while dual publishing to etcd (fresh connections) resumes the

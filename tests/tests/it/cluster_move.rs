@@ -32,7 +32,7 @@ fn is_move_error(result: Result<(), StoreError>) -> String {
     }
 }
 
-/// The seed's scenario: a cluster moved, switched and finalized on its new store; a
+/// A move refused after a switch: a cluster moved, switched and finalized on its new store; a
 /// coordinator still on the old store then begins a move to the same destination. It is
 /// refused, and the destination (records, revisions, move record) is unchanged; so is a
 /// begin from another store holding a state of its own.
@@ -61,14 +61,14 @@ fn move_a_stale_begin_is_refused_and_the_destination_is_unchanged() {
         (record.role, record.stage, record.by.as_str()),
         (MoveRole::Destination, MoveStage::Switched, "ops")
     );
-    let before = crate::store_contract::snapshot(new.as_ref());
+    let before = layout_tests::store_contract::snapshot(new.as_ref());
 
     // A stale coordinator on the old store.
     let stale = MovingStore::new(Arc::clone(&old));
     let message = is_move_error(stale.begin(Arc::clone(&new)));
     assert!(message.contains("moved to"), "{message}");
     assert_eq!(stale.phase(), MovePhase::Current);
-    assert_eq!(crate::store_contract::snapshot(new.as_ref()), before);
+    assert_eq!(layout_tests::store_contract::snapshot(new.as_ref()), before);
 
     // Another store with a state of its own: the destination is not empty.
     let other: Arc<dyn ClusterStore> = Arc::new(EmbeddedStore::in_memory());
@@ -77,7 +77,7 @@ fn move_a_stale_begin_is_refused_and_the_destination_is_unchanged() {
         .unwrap();
     let message = is_move_error(MovingStore::new(other).begin(Arc::clone(&new)));
     assert!(message.contains("another move"), "{message}");
-    assert_eq!(crate::store_contract::snapshot(new.as_ref()), before);
+    assert_eq!(layout_tests::store_contract::snapshot(new.as_ref()), before);
 }
 
 /// `begin` refuses a destination that is not empty (a kind, no record) and a source
@@ -95,11 +95,14 @@ fn move_begin_refuses_a_used_destination_and_resumes_the_same_move() {
     let used = open("used");
     used.swap_kind("om", None, &KindRecord::new("om", 4))
         .unwrap();
-    let before = crate::store_contract::snapshot(used.as_ref());
+    let before = layout_tests::store_contract::snapshot(used.as_ref());
     let moving = MovingStore::new(Arc::clone(&old));
     let message = is_move_error(moving.begin(Arc::clone(&used)));
     assert!(message.contains("not empty"), "{message}");
-    assert_eq!(crate::store_contract::snapshot(used.as_ref()), before);
+    assert_eq!(
+        layout_tests::store_contract::snapshot(used.as_ref()),
+        before
+    );
     assert!(
         old.load_move().unwrap().is_none(),
         "a refusal writes nothing"

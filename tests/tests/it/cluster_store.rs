@@ -14,7 +14,7 @@ use layout_core::cluster::{
 };
 use serde_json::json;
 
-use crate::store_contract::{audit_entry, member};
+use layout_tests::store_contract::{audit_entry, member};
 
 const KIND: &str = "datanode";
 

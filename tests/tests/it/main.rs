@@ -16,8 +16,6 @@ mod concurrency;
 mod conformance;
 mod damaged_file;
 mod factory;
-#[path = "../fenced_common/mod.rs"]
-mod fenced_common;
 mod file_storage;
 mod finalizer;
 mod finalizer_model;
@@ -36,5 +34,3 @@ mod resume_interrupted;
 mod seeded;
 mod startup;
 mod steps;
-#[path = "../store_contract/mod.rs"]
-mod store_contract;

@@ -462,7 +462,7 @@ fn eight_processes_sharing_a_file_store_migrate_exactly_once() {
 /// reload, a newer release's migration a refusal, learned without reading the store.
 #[test]
 fn a_fenced_document_tells_a_peers_write_from_a_newer_releases_migration() {
-    use crate::fenced_common::{release_1, release_2};
+    use layout_tests::shared_document::{release_1, release_2};
     let store: Arc<dyn DocumentStore> = Arc::new(MemoryDocumentStore::with_document(
         br#"{"jobs": ["a"]}"#.to_vec(),
     ));
@@ -542,7 +542,7 @@ fn a_fenced_document_tells_a_peers_write_from_a_newer_releases_migration() {
 /// read and save, so the refusal comes before the write all the same.
 #[test]
 fn a_fenced_document_on_the_file_store_checks_the_revision_on_every_read_and_save() {
-    use crate::fenced_common::{release_1, release_2};
+    use layout_tests::shared_document::{release_1, release_2};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.json");
     std::fs::write(&path, br#"{"jobs": ["a"]}"#).unwrap();
@@ -593,12 +593,12 @@ fn a_fenced_document_on_the_file_store_checks_the_revision_on_every_read_and_sav
 
 #[test]
 fn two_releases_of_a_scheduler_on_one_file_document_the_older_refuses_its_next_write() {
-    if crate::fenced_common::play_child() {
+    if layout_tests::shared_document::play_child() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let shared = crate::fenced_common::Shared::File(dir.path().join("state.json"));
-    crate::fenced_common::run_two_releases(
+    let shared = layout_tests::shared_document::Shared::File(dir.path().join("state.json"));
+    layout_tests::shared_document::run_two_releases(
         "migration_document::two_releases_of_a_scheduler_on_one_file_document_the_older_refuses_its_next_write",
         &shared,
     );

@@ -1,9 +1,12 @@
-//! The seed's shared-document story with processes of two releases: schedulers of an
+//! The shared-document story with processes of two releases: schedulers of an
 //! older release share one document; schedulers of a newer release are started (the
 //! first migrates, the others load its result), and an older scheduler still running
 //! learns of the migration before its next write and has that write refused, naming both
 //! versions. Run on any shared document store (the file store in `it`, a real etcd in
 //! `etcd`): the children open the store the parent names in their environment.
+
+// Test scenarios: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,18 +23,18 @@ use layout_testkit::crash::{report_step, ChildCommand, ChildProcess};
 use serde_json::{json, Value};
 
 /// A safety bound for every wait (never a timing assertion).
-pub(crate) const BOUND: Duration = Duration::from_secs(60);
+pub const BOUND: Duration = Duration::from_secs(60);
 
 const STORE_ENV: &str = "LAYOUT_FENCED_STORE";
 
 /// The role of a scheduler of the older release (it writes version 2).
-pub(crate) const OLD_ROLE: &str = "scheduler-release-1";
+pub const OLD_ROLE: &str = "scheduler-release-1";
 /// The role prefix of a scheduler of the newer release (it writes version 3).
-pub(crate) const NEW_ROLE: &str = "scheduler-release-2";
+pub const NEW_ROLE: &str = "scheduler-release-2";
 
 /// Where the shared document lives, as the parent passes it to its children.
 #[derive(Debug, Clone)]
-pub(crate) enum Shared {
+pub enum Shared {
     /// A file.
     File(std::path::PathBuf),
     /// A key on etcd: endpoint and prefix.
@@ -62,7 +65,7 @@ impl Shared {
     }
 
     /// Opens the document store.
-    pub(crate) fn open(&self) -> Arc<dyn DocumentStore> {
+    pub fn open(&self) -> Arc<dyn DocumentStore> {
         match self {
             Self::File(path) => Arc::new(FileDocumentStore::new(path)),
             #[cfg(feature = "etcd")]
@@ -77,7 +80,7 @@ impl Shared {
 }
 
 /// The older release: the document's versions 1 (unversioned) and 2.
-pub(crate) fn release_1() -> DocumentMigrator {
+pub fn release_1() -> DocumentMigrator {
     DocumentMigrator::builder("scheduler-state")
         .base_version(1)
         .step(DocumentMigration::new(1, 2, |mut doc| {
@@ -90,7 +93,7 @@ pub(crate) fn release_1() -> DocumentMigrator {
 }
 
 /// The newer release: version 3 adds a pause flag per queue.
-pub(crate) fn release_2() -> DocumentMigrator {
+pub fn release_2() -> DocumentMigrator {
     DocumentMigrator::builder("scheduler-state")
         .base_version(1)
         .step(DocumentMigration::new(1, 2, |mut doc| {
@@ -125,7 +128,7 @@ fn with_job(document: &Value, job: &str) -> Value {
 
 /// A scheduler of the older release: opens the document, schedules one job (a write),
 /// then waits for a change without writing, and tries its next write.
-pub(crate) fn old_scheduler_child() {
+pub fn old_scheduler_child() {
     let store = Shared::from_env().open();
     let migrator = release_1();
     let mut shared = migrator.open(store).unwrap().unwrap();
@@ -156,7 +159,7 @@ pub(crate) fn old_scheduler_child() {
 
 /// A scheduler of the newer release: opens the document (migrating it, or loading the
 /// migration of a peer) and schedules one job.
-pub(crate) fn new_scheduler_child() {
+pub fn new_scheduler_child() {
     let store = Shared::from_env().open();
     let migrator = release_2();
     let mut shared = migrator.open(store).unwrap().unwrap();
@@ -174,7 +177,7 @@ pub(crate) fn new_scheduler_child() {
 
 /// Runs the story on `shared` (which holds nothing yet); `test` is the calling test's
 /// name (its children re-run it).
-pub(crate) fn run_two_releases(test: &str, shared: &Shared) {
+pub fn run_two_releases(test: &str, shared: &Shared) {
     // The document as the release before versioning wrote it: version 1.
     let store = shared.open();
     assert!(matches!(
@@ -262,7 +265,7 @@ pub(crate) fn run_two_releases(test: &str, shared: &Shared) {
 
 /// Plays this process's child role of [`run_two_releases`], if it has one: `true` when
 /// it did (the test then returns).
-pub(crate) fn play_child() -> bool {
+pub fn play_child() -> bool {
     match layout_testkit::crash::child_role().as_deref() {
         Some(OLD_ROLE) => old_scheduler_child(),
         Some(role) if role.starts_with(NEW_ROLE) => new_scheduler_child(),

@@ -1,9 +1,7 @@
-//! Helpers shared by the cluster-store tests of several binaries
-//! (`#[path = "../store_contract/mod.rs"] mod store_contract;`): records to store and a
-//! [`snapshot`] of everything a store holds. The store contract itself is
+//! Helpers shared by the cluster-store tests of several binaries (`it` and `etcd`):
+//! records to store and a [`snapshot`] of everything a store holds. The store contract itself is
 //! `layout_testkit::conformance::cluster_store`, run against every store in
 //! `it/conformance.rs` and `etcd/store.rs`.
-#![allow(dead_code)] // every binary including it may use only some of the helpers
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use layout_core::cluster::{
@@ -11,7 +9,7 @@ use layout_core::cluster::{
 };
 
 /// A member record at `(slv, mlv)`.
-pub(crate) fn member(slv: u32, mlv: u32) -> MemberRecord {
+pub fn member(slv: u32, mlv: u32) -> MemberRecord {
     MemberRecord {
         role: MemberRole::Member,
         incarnation: format!("incarnation-{slv}-{mlv}"),
@@ -24,7 +22,7 @@ pub(crate) fn member(slv: u32, mlv: u32) -> MemberRecord {
 }
 
 /// An audit entry whose detail is `detail`.
-pub(crate) fn audit_entry(detail: &str) -> AuditEntry {
+pub fn audit_entry(detail: &str) -> AuditEntry {
     AuditEntry {
         at_ms: 5_000,
         actor: "contract".to_owned(),
@@ -36,16 +34,19 @@ pub(crate) fn audit_entry(detail: &str) -> AuditEntry {
 }
 
 /// A kind's state, its record's revision and its members' revisions.
-pub(crate) type KindSnapshot = (String, Option<KindState>, Option<u64>, Vec<(String, u64)>);
+pub type KindSnapshot = (String, Option<KindState>, Option<u64>, Vec<(String, u64)>);
 
 /// Everything a store holds, revisions included: two equal snapshots are the same bytes.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Snapshot {
-    pub(crate) kinds: Vec<KindSnapshot>,
-    pub(crate) move_record: Option<Versioned<MoveRecord>>,
+pub struct Snapshot {
+    /// Every kind: its state and the revisions of its records.
+    pub kinds: Vec<KindSnapshot>,
+    /// The move record, if any.
+    pub move_record: Option<Versioned<MoveRecord>>,
 }
 
-pub(crate) fn snapshot(store: &dyn ClusterStore) -> Snapshot {
+/// Everything `store` holds now.
+pub fn snapshot(store: &dyn ClusterStore) -> Snapshot {
     let kinds = store
         .kinds()
         .unwrap()
