@@ -1,4 +1,4 @@
-//! The cost of the test kit (DESIGN section 12): a 3-node in-process `MiniCluster` built,
+//! The cost of the test kit (BENCHMARKS.md): a 3-node in-process `MiniCluster` built,
 //! started and finalized, against opening and finalizing 3 bare managers on the same
 //! storage, in the same run (target: within 3x).
 //!

@@ -5,13 +5,13 @@
 //! handlers of 1,024 requests of a fixed pseudo-random mix and hands each to `black_box`
 //! (the `_dispatch` group also calls each handler once, as a request dispatcher does).
 //!
-//! Groups, each a ratio against its `baseline_` in the same run (targets from DESIGN.md
-//! section 12):
+//! Groups, each a ratio against its `baseline_` in the same run (targets in
+//! BENCHMARKS.md):
 //! - `factory_by_kind`: a hand-written `match` on (request kind, MLV) against `get_slot`
 //!   (target 1.2x) and `get` with an enum key (target 2x);
 //! - `factory_by_name`: a hand-written `match` on the key string and the MLV against `get`
 //!   with a `&str` key (target 2x);
-//! - `factory_vs_classic_1_thread` / `_2_threads`: the classic design of the seed, built
+//! - `factory_vs_classic_1_thread` / `_2_threads`: the classic design, built
 //!   here (a read-write lock around a hash map of one priority queue per key; the queue's
 //!   top is the instance in use), with the same hash as the factory's key index
 //!   (`KeyBuildHasher`, which the classic map also finds faster than `rustc-hash`'s
@@ -185,7 +185,7 @@ impl HandWritten {
     }
 }
 
-/// The seed's design: under a read-write lock, per key a min-heap holding every instance
+/// The classic design: under a read-write lock, per key a min-heap holding every instance
 /// above the MLV plus the one in use (at its top). `get` peeks; a finalize listener pops.
 struct Classic {
     instances: RwLock<HashMap<&'static str, BinaryHeap<Reverse<Entry>>, KeyBuildHasher>>,

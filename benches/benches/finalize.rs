@@ -1,4 +1,4 @@
-//! The cost of finalizing N layout features on `FileStorage` (DESIGN section 12): at most
+//! The cost of finalizing N layout features on `FileStorage` (BENCHMARKS.md): at most
 //! N + 1 durable commits of the VERSION file, and time within 1.5x of N hand-written
 //! atomic replaces of a VERSION file measured in the same run.
 //!

@@ -127,6 +127,21 @@ mod cluster_upgrade_doc {}
 #[doc = include_str!("../../docs/prepare.md")]
 mod prepare_doc {}
 
+/// `layoutctl`'s guide: any Rust example in it is compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/cli.md")]
+mod cli_doc {}
+
+/// The catalogue of errors: any Rust example in it is compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/errors.md")]
+mod errors_doc {}
+
+/// The `VERSION` file: any Rust example in it is compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/version-file.md")]
+mod version_file_doc {}
+
 // Generated code names `::layout_core::...`; this makes those paths resolve here too.
 #[allow(unused_extern_crates)]
 extern crate self as layout_core;

@@ -145,7 +145,7 @@ pub trait TestComponent: Sized + Send + Sync + 'static {
         finalizer
     }
 
-    /// Prepares the component for a change of binary (DESIGN section 7): close the write
+    /// Prepares the component for a change of binary (`docs/prepare.md`): close the write
     /// gate, flush, snapshot, purge the log, persist the marker. The kit calls it before
     /// every upgrade and downgrade of a node in an [`UpgradeTest`](crate::UpgradeTest),
     /// a crash matrix or a mixed-version plan, then restarts the node with the

@@ -154,9 +154,9 @@ fn a_five_node_child_process_plan_with_a_coordinator_sigkill_passes_and_replays_
 
 /// How many seeds run together. Each plan builds a five-process cluster and waits out
 /// two to four member leases (a crash-upgraded member, the excluded one, a member
-/// crashed in its finalization); 50 is what the issue asks, and with four crash points
-/// drawn uniformly, 50 seeds miss one with a probability below 1e-5 (and the seeds are
-/// fixed: the test is deterministic).
+/// crashed in its finalization). With four crash points drawn uniformly, 50 seeds miss
+/// one with a probability below 1e-5 (and the seeds are fixed: the test is
+/// deterministic).
 const SEEDS: u64 = 50;
 
 #[test]
