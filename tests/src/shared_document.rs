@@ -5,8 +5,8 @@
 //! versions. Run on any shared document store (the file store in `it`, a real etcd in
 //! `etcd`): the children open the store the parent names in their environment.
 
-// Test scenarios: a failed unwrap is a failed test.
-#![allow(clippy::unwrap_used)]
+// Test scenarios: a failed unwrap is a failed test, and every failure is a panic.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! records to store and a [`snapshot`] of everything a store holds. The store contract itself is
 //! `layout_testkit::conformance::cluster_store`, run against every store in
 //! `it/conformance.rs` and `etcd/store.rs`.
-#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)] // a failed unwrap is a failed test
 
 use layout_core::cluster::{
     AuditEntry, ClusterStore, KindState, MemberRecord, MemberRole, MoveRecord, Versioned,
