@@ -1,9 +1,13 @@
-//! Time, injectable: soak periods, veto expiry, elapsed times and timestamps in the
-//! persisted history are tested without sleeping.
+//! Time, injectable: soak periods, veto expiry, elapsed times, timestamps in the
+//! persisted history and a migration's throttle waits ([`Sleeper`]) are tested without
+//! sleeping.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
 
 /// A source of wall-clock time.
 pub trait Clock: Send + Sync + fmt::Debug {
@@ -75,5 +79,57 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
         from_ms(self.ms.load(Ordering::SeqCst))
+    }
+}
+
+/// Waits. Background migrations throttle with it; tests inject one that moves a
+/// [`ManualClock`] instead of sleeping.
+pub trait Sleeper: Send + Sync + fmt::Debug {
+    /// Waits `duration`.
+    fn sleep(&self, duration: Duration);
+}
+
+/// Sleeps the thread.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ThreadSleeper;
+
+impl Sleeper for ThreadSleeper {
+    fn sleep(&self, duration: Duration) {
+        std::thread::sleep(duration);
+    }
+}
+
+/// A [`Sleeper`] that advances a [`ManualClock`] instead of
+/// sleeping, and records every wait. For tests.
+#[derive(Debug)]
+pub struct ClockSleeper {
+    clock: Arc<ManualClock>,
+    waits: Mutex<Vec<Duration>>,
+}
+
+impl ClockSleeper {
+    /// A sleeper advancing `clock`.
+    pub fn new(clock: Arc<ManualClock>) -> Self {
+        Self {
+            clock,
+            waits: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Every wait so far.
+    pub fn waits(&self) -> Vec<Duration> {
+        self.waits.lock().clone()
+    }
+
+    /// The sum of the waits.
+    pub fn total(&self) -> Duration {
+        self.waits.lock().iter().sum()
+    }
+}
+
+impl Sleeper for ClockSleeper {
+    fn sleep(&self, duration: Duration) {
+        self.waits.lock().push(duration);
+        self.clock.advance(duration);
     }
 }

@@ -63,7 +63,7 @@
 //! | [`startup`] | [`ComponentStartup`](startup::ComponentStartup): one start-up path (manager, component, finalizer, start-up actions, prepare, admin endpoint) for production and the test kit |
 //! | `admin` | the admin API and `AdminService` (feature `admin`); its HTTP endpoint and client (feature `admin-http`) |
 //! | `http` | the one HTTP stack of every endpoint: axum on hyper on a runtime thread the endpoint owns, bearer tokens, limits, `/metrics`, TLS (features `http`, `tls`) |
-//! | [`clock`] | injectable time: [`SystemClock`], [`ManualClock`] |
+//! | [`clock`] | injectable time: [`SystemClock`], [`ManualClock`], the [`Sleeper`] that waits |
 //! | [`crash_point`] | named crash points inside upgrade work, which a test kit observes and crashes at |
 //! | `cluster` | cluster-wide finalization: coordinator, members, cluster stores (embedded, etcd), store moves (feature `cluster`) |
 //! | [`gate`] | [`LayoutAware`] and `#[disallowed_until]`: APIs closed until their feature is finalized |
@@ -176,7 +176,7 @@ pub use action::{
     Action, ActionContext, ActionError, ActionOrigin, ActionRegistry, ActionRegistryBuilder, Phase,
     ProgressSink, RegisteredAction, RegistryError, RegistryProblem,
 };
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ClockSleeper, ManualClock, Sleeper, SystemClock, ThreadSleeper};
 pub use error::LayoutError;
 pub use factory::{
     FactoryError, LayoutVersionInstanceFactory, RegistrationProblem, SkippedRegistration, Slot,
@@ -197,7 +197,8 @@ pub use prepare::{
     REQUEST_PREPARE,
 };
 pub use state::{
-    CancelRecord, DataId, FinalizationRecord, HistoryEntry, LayoutState, VetoRecord, FORMAT_VERSION,
+    CancelRecord, DataId, FinalizationRecord, HistoryEntry, HistoryEvent, LayoutState, VetoRecord,
+    FORMAT_VERSION,
 };
 pub use storage::{
     Damage, FileStorage, InjectedFailure, LayoutStorage, MemoryStorage, StorageError,

@@ -296,8 +296,8 @@ pub struct HistoryEntry {
     pub at_ms: u64,
     /// Who did it (a client id).
     pub client_id: String,
-    /// What happened, one word: `finalized`, `override`, `takeover`, ...
-    pub event: String,
+    /// What happened.
+    pub event: HistoryEvent,
     /// The MLV before.
     pub from_version: u32,
     /// The MLV after.
@@ -311,7 +311,7 @@ impl HistoryEntry {
     pub fn new(
         at_ms: u64,
         client_id: impl Into<String>,
-        event: impl Into<String>,
+        event: HistoryEvent,
         from_version: u32,
         to_version: u32,
         detail: impl Into<String>,
@@ -319,10 +319,77 @@ impl HistoryEntry {
         Self {
             at_ms,
             client_id: client_id.into(),
-            event: event.into(),
+            event,
             from_version,
             to_version,
             detail: detail.into(),
         }
+    }
+}
+
+/// What a [`HistoryEntry`] records. `VERSION` stores it as one word (`finalized`,
+/// `override`, `takeover`, `veto`, `veto-lifted`).
+///
+/// A word this release does not know (a newer release wrote it, and a downgraded binary
+/// reads the file) is kept as [`Other`](Self::Other) and written back unchanged.
+///
+/// ```
+/// use layout_core::state::HistoryEvent;
+///
+/// assert_eq!(HistoryEvent::from_word("veto-lifted"), HistoryEvent::VetoLifted);
+/// assert_eq!(HistoryEvent::VetoLifted.as_str(), "veto-lifted");
+/// let newer = HistoryEvent::from_word("rolled-back");
+/// assert_eq!(newer, HistoryEvent::Other("rolled-back".to_owned()));
+/// assert_eq!(newer.as_str(), "rolled-back");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HistoryEvent {
+    /// A feature was finalized (`finalized`); the entry's detail names it.
+    Finalized,
+    /// A failing finalize condition was overridden (`override`); the detail says which,
+    /// why, and how it failed.
+    Override,
+    /// A client took over an unfinished finalization (`takeover`); the detail names the
+    /// client it was taken from.
+    Takeover,
+    /// Automatic finalization was vetoed (`veto`); the detail is the reason.
+    Veto,
+    /// The veto was lifted (`veto-lifted`).
+    VetoLifted,
+    /// A word this release does not know, kept as it was read.
+    Other(String),
+}
+
+impl HistoryEvent {
+    /// The event for the word `VERSION` stores; an unknown word is
+    /// [`Other`](Self::Other).
+    pub fn from_word(word: &str) -> Self {
+        match word {
+            "finalized" => Self::Finalized,
+            "override" => Self::Override,
+            "takeover" => Self::Takeover,
+            "veto" => Self::Veto,
+            "veto-lifted" => Self::VetoLifted,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+
+    /// The word `VERSION` stores.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Finalized => "finalized",
+            Self::Override => "override",
+            Self::Takeover => "takeover",
+            Self::Veto => "veto",
+            Self::VetoLifted => "veto-lifted",
+            Self::Other(word) => word,
+        }
+    }
+}
+
+impl fmt::Display for HistoryEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
     }
 }

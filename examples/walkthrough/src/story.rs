@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use layout_core::admin::http::AdminClient;
-use layout_core::admin::{FinalizeParams, FinalizeResponse, PrepareParams};
+use layout_core::admin::{
+    FinalizeParams, FinalizeResponse, PrepareParams, WireFeatureStatus, WirePrepareState,
+};
 use layout_core::{LayoutError, LayoutFeature, StartIntent};
 
 use super::finalize::{finalized_feature, watch, Watched};
@@ -624,7 +626,9 @@ impl<'a> Story<'a> {
                  applied ({applied}), so every acknowledged one ({})",
                 self.last_applied
             ),
-            state.state == "PREPARE_COMPLETED" && index >= applied && applied >= self.last_applied,
+            state.state == WirePrepareState::Prepared
+                && index >= applied
+                && applied >= self.last_applied,
             format_args!(
                 "PREPARE_COMPLETED at an index >= {applied} >= {}",
                 self.last_applied
@@ -845,7 +849,7 @@ impl<'a> Story<'a> {
         let finalized: Vec<String> = admin
             .features
             .iter()
-            .filter(|f| f.version > 0 && f.status == "finalized")
+            .filter(|f| f.version > 0 && f.status == WireFeatureStatus::Finalized)
             .map(|f| f.name.clone())
             .collect();
         let row = StatusRow {
@@ -856,7 +860,7 @@ impl<'a> Story<'a> {
             prepared: admin
                 .prepare
                 .index
-                .filter(|_| admin.prepare.state != "NOT_PREPARED"),
+                .filter(|_| admin.prepare.state != WirePrepareState::NotPrepared),
             keys: kv.keys,
             finalized,
             catalog_features: KvFeature::ALL.len() - 1,

@@ -30,20 +30,8 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
-use super::AdminService;
+use super::{AdminService, WireFinalizationStatus, WirePrepareState};
 use crate::http::metrics::{counter, gauge, gauge_family};
-
-/// The finalization statuses, for `layout_finalization_status{status}`.
-const FINALIZATION_STATUSES: [&str; 5] = [
-    "ALREADY_FINALIZED",
-    "FINALIZATION_REQUIRED",
-    "STARTING_FINALIZATION",
-    "FINALIZATION_IN_PROGRESS",
-    "FINALIZATION_DONE",
-];
-
-/// The prepare states, for `layout_prepare_state{state}`.
-const PREPARE_STATES: [&str; 3] = ["NOT_PREPARED", "PREPARE_GATE_ENABLED", "PREPARE_COMPLETED"];
 
 /// The metrics of a component's layout, read from its [`AdminService`] at each scrape.
 ///
@@ -141,11 +129,12 @@ impl Collector for AdminMetrics {
             i64::try_from(status.features.len()).unwrap_or(i64::MAX),
         )?;
         let fin = &status.finalization;
-        let series: Vec<_> = FINALIZATION_STATUSES
+        // One series per status this release knows, in the order of the documentation.
+        let series: Vec<_> = WireFinalizationStatus::KNOWN
             .iter()
             .map(|s| {
                 (
-                    vec![("status", (*s).to_owned())],
+                    vec![("status", s.as_str().to_owned())],
                     i64::from(fin.status == *s),
                 )
             })
@@ -208,11 +197,11 @@ impl Collector for AdminMetrics {
             "Finalization runs that ended in an error since the component started",
             fin.failures,
         )?;
-        let series: Vec<_> = PREPARE_STATES
+        let series: Vec<_> = WirePrepareState::KNOWN
             .iter()
             .map(|s| {
                 (
-                    vec![("state", (*s).to_owned())],
+                    vec![("state", s.as_str().to_owned())],
                     i64::from(status.prepare.state == *s),
                 )
             })

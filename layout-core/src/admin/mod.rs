@@ -36,5 +36,6 @@ pub use types::{
     ErrorResponse, FeatureView, FeaturesResponse, FinalizationStatusParams,
     FinalizationStatusResponse, FinalizeParams, FinalizeResponse, MigrationSettingsParams,
     MigrationView, MigrationsResponse, OverrideParams, PlannedStepView, PrepareParams,
-    PrepareResponse, ProgressView, StatusResponse, VetoView, API_VERSION,
+    PrepareResponse, ProgressView, StatusResponse, VetoView, WireFeatureStatus,
+    WireFinalizationStatus, WireMigrationState, WirePrepareState, API_VERSION,
 };

@@ -18,9 +18,8 @@ use crate::feature::LayoutFeature;
 use crate::finalizer::{
     FinalizeError, FinalizeHandle, FinalizeOutcome, FinalizeRequest, StatusReport, UpgradeFinalizer,
 };
-use crate::manager::FeatureStatus;
 #[cfg(feature = "migration")]
-use crate::migration::{MigrationControl, MigrationProgress};
+use crate::migration::{MigrationControl, MigrationProgress, MigrationState};
 use crate::prepare::{Preparable, PrepareController, PrepareError, PrepareState};
 
 /// How long `finalize` waits for a background finalization to end before it answers
@@ -98,8 +97,8 @@ impl AdminMigration {
             name: self.name.clone(),
             state: progress
                 .as_ref()
-                .map_or("not started", |p| p.state.as_str())
-                .to_owned(),
+                .map_or(MigrationState::NotStarted, |p| p.state)
+                .into(),
             done: progress.as_ref().map_or(0, |p| p.done),
             total: progress.as_ref().and_then(|p| p.total),
             batches: progress.as_ref().map_or(0, |p| p.batches),
@@ -445,7 +444,7 @@ impl AdminService {
         PrepareResponse {
             api_version: API_VERSION,
             supported: self.prepare.is_some(),
-            state: state.as_str().to_owned(),
+            state: state.into(),
             index: state.index(),
             last_failure: self.prepare.as_ref().and_then(|(c, _)| c.last_failure()),
         }
@@ -523,7 +522,7 @@ fn finalize_error<F: LayoutFeature>(err: &FinalizeError<F>) -> AdminError {
 fn status_view<F: LayoutFeature>(report: StatusReport<F>) -> FinalizationStatusResponse {
     FinalizationStatusResponse {
         api_version: API_VERSION,
-        status: report.status.as_str().to_owned(),
+        status: report.status.into(),
         // The run, not the status: a finalization answered `Started` is still checking its
         // conditions before the status says so, and a watcher must not stop there.
         running: report.running,
@@ -657,12 +656,7 @@ impl<F: LayoutFeature, C: Send + Sync + 'static> Backend for Typed<F, C> {
                     name: info.feature.name().to_owned(),
                     version: info.feature.layout_version(),
                     description: info.feature.description().to_owned(),
-                    status: match info.status {
-                        FeatureStatus::Finalized => "finalized",
-                        FeatureStatus::NotFinalized => "not-finalized",
-                        FeatureStatus::BeyondSoftware => "beyond-software",
-                    }
-                    .to_owned(),
+                    status: info.status.into(),
                     deprecated: info.feature.is_deprecated(),
                 })
                 .collect(),

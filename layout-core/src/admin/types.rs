@@ -8,6 +8,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::finalizer::FinalizationStatus;
+use crate::manager::FeatureStatus;
+use crate::migration::MigrationState;
+use crate::prepare::PrepareState;
+
 /// The version of the admin API this release speaks. Request bodies must carry it;
 /// responses report it. HTTP paths carry it as `/v1/...`.
 pub const API_VERSION: u32 = 1;
@@ -187,7 +192,7 @@ pub struct MigrationView {
     /// Its name.
     pub name: String,
     /// `not started`, `running`, `paused`, `interrupted` or `complete`.
-    pub state: String,
+    pub state: WireMigrationState,
     /// Rows done over all runs.
     pub done: u64,
     /// Rows in all, when known (persisted with the run's start, so known at once after
@@ -354,7 +359,7 @@ pub struct FeatureView {
     /// Its description.
     pub description: String,
     /// `finalized`, `not-finalized` or `beyond-software`.
-    pub status: String,
+    pub status: WireFeatureStatus,
     /// Whether it is deprecated.
     pub deprecated: bool,
 }
@@ -367,7 +372,7 @@ pub struct FinalizationStatusResponse {
     pub api_version: u32,
     /// `ALREADY_FINALIZED`, `FINALIZATION_REQUIRED`, `STARTING_FINALIZATION`,
     /// `FINALIZATION_IN_PROGRESS` or `FINALIZATION_DONE`.
-    pub status: String,
+    pub status: WireFinalizationStatus,
     /// Whether a finalization is running.
     pub running: bool,
     /// MLV.
@@ -530,7 +535,7 @@ pub struct PrepareResponse {
     /// Whether the component supports prepare at all.
     pub supported: bool,
     /// `NOT_PREPARED`, `PREPARE_GATE_ENABLED` or `PREPARE_COMPLETED`.
-    pub state: String,
+    pub state: WirePrepareState,
     /// The prepare index, when prepared.
     pub index: Option<u64>,
     /// Why the last prepare failed, with its cause (e.g. "No space left on device"),
@@ -723,5 +728,189 @@ impl AdminError {
 impl From<ErrorResponse> for AdminError {
     fn from(response: ErrorResponse) -> Self {
         Self::new(response.error.code, response.error.message)
+    }
+}
+
+/// A wire enum: each variant is one word in the JSON, and a word this release does not
+/// know reads as `Unknown(word)` (so a client keeps working against a newer server) and
+/// is written back as the same word.
+macro_rules! wire_words {
+    (
+        $(#[$meta:meta])*
+        $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $word:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        ///
+        /// A word this release does not know (a newer server sent it) reads as
+        /// `Unknown(word)`, so parsing never fails on it; it is written back unchanged.
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(from = "String", into = "String")]
+        #[non_exhaustive]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )+
+            /// A word this release does not know, as the server sent it.
+            Unknown(String),
+        }
+
+        impl $name {
+            /// Every variant this release knows, in the order of the documentation.
+            pub const KNOWN: &'static [Self] = &[$(Self::$variant),+];
+
+            /// The variant for `word`; [`Unknown`](Self::Unknown) for a word this
+            /// release does not know.
+            pub fn from_word(word: &str) -> Self {
+                match word {
+                    $( $word => Self::$variant, )+
+                    other => Self::Unknown(other.to_owned()),
+                }
+            }
+
+            /// The word on the wire.
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $( Self::$variant => $word, )+
+                    Self::Unknown(word) => word,
+                }
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(word: String) -> Self {
+                match Self::from_word(&word) {
+                    Self::Unknown(_) => Self::Unknown(word),
+                    known => known,
+                }
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(value: $name) -> Self {
+                match value {
+                    $name::Unknown(word) => word,
+                    known => known.as_str().to_owned(),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.pad(self.as_str())
+            }
+        }
+    };
+}
+
+wire_words! {
+    /// [`FeatureView::status`]: a catalog feature's [`FeatureStatus`], in its wire words.
+    WireFeatureStatus {
+        /// `finalized`: at or below the MLV.
+        Finalized = "finalized",
+        /// `not-finalized`: known to the software, not finalized yet.
+        NotFinalized = "not-finalized",
+        /// `beyond-software`: above the software layout version.
+        BeyondSoftware = "beyond-software",
+    }
+}
+
+impl From<FeatureStatus> for WireFeatureStatus {
+    fn from(status: FeatureStatus) -> Self {
+        match status {
+            FeatureStatus::Finalized => Self::Finalized,
+            FeatureStatus::NotFinalized => Self::NotFinalized,
+            FeatureStatus::BeyondSoftware => Self::BeyondSoftware,
+        }
+    }
+}
+
+wire_words! {
+    /// [`FinalizationStatusResponse::status`]: the [`FinalizationStatus`], in its wire
+    /// words (Apache Ozone's).
+    WireFinalizationStatus {
+        /// `ALREADY_FINALIZED`: nothing to finalize when the component started.
+        AlreadyFinalized = "ALREADY_FINALIZED",
+        /// `FINALIZATION_REQUIRED`: MLV < SLV and no finalization running.
+        FinalizationRequired = "FINALIZATION_REQUIRED",
+        /// `STARTING_FINALIZATION`: accepted, preflight passed, no feature finalized yet.
+        StartingFinalization = "STARTING_FINALIZATION",
+        /// `FINALIZATION_IN_PROGRESS`: features are being finalized.
+        FinalizationInProgress = "FINALIZATION_IN_PROGRESS",
+        /// `FINALIZATION_DONE`: a finalization brought MLV to SLV.
+        FinalizationDone = "FINALIZATION_DONE",
+    }
+}
+
+impl WireFinalizationStatus {
+    /// Whether the status says a finalization is running (starting or in progress).
+    pub fn is_running(&self) -> bool {
+        matches!(
+            self,
+            Self::StartingFinalization | Self::FinalizationInProgress
+        )
+    }
+}
+
+impl From<FinalizationStatus> for WireFinalizationStatus {
+    fn from(status: FinalizationStatus) -> Self {
+        match status {
+            FinalizationStatus::AlreadyFinalized => Self::AlreadyFinalized,
+            FinalizationStatus::FinalizationRequired => Self::FinalizationRequired,
+            FinalizationStatus::StartingFinalization => Self::StartingFinalization,
+            FinalizationStatus::FinalizationInProgress => Self::FinalizationInProgress,
+            FinalizationStatus::FinalizationDone => Self::FinalizationDone,
+        }
+    }
+}
+
+wire_words! {
+    /// [`PrepareResponse::state`]: the [`PrepareState`] without its index (which is
+    /// [`PrepareResponse::index`]), in its wire words (Apache Ozone's).
+    WirePrepareState {
+        /// `NOT_PREPARED`: writes are accepted.
+        NotPrepared = "NOT_PREPARED",
+        /// `PREPARE_GATE_ENABLED`: the write gate is up, a prepare is running.
+        GateEnabled = "PREPARE_GATE_ENABLED",
+        /// `PREPARE_COMPLETED`: prepared.
+        Prepared = "PREPARE_COMPLETED",
+    }
+}
+
+impl From<PrepareState> for WirePrepareState {
+    fn from(state: PrepareState) -> Self {
+        match state {
+            PrepareState::NotPrepared => Self::NotPrepared,
+            PrepareState::GateEnabled => Self::GateEnabled,
+            PrepareState::Prepared { .. } => Self::Prepared,
+        }
+    }
+}
+
+wire_words! {
+    /// [`MigrationView::state`]: a background migration's [`MigrationState`], in its wire
+    /// words.
+    WireMigrationState {
+        /// `not started`: no checkpoint yet.
+        NotStarted = "not started",
+        /// `running`: copying.
+        Running = "running",
+        /// `paused`: paused between batches.
+        Paused = "paused",
+        /// `interrupted`: started, not running now; the next run resumes.
+        Interrupted = "interrupted",
+        /// `complete`: done.
+        Complete = "complete",
+    }
+}
+
+impl From<MigrationState> for WireMigrationState {
+    fn from(state: MigrationState) -> Self {
+        match state {
+            MigrationState::NotStarted => Self::NotStarted,
+            MigrationState::Running => Self::Running,
+            MigrationState::Paused => Self::Paused,
+            MigrationState::Interrupted => Self::Interrupted,
+            MigrationState::Complete => Self::Complete,
+        }
     }
 }

@@ -27,7 +27,7 @@ use crate::clock::{from_ms, Clock, SystemClock};
 use crate::error::LayoutError;
 use crate::feature::LayoutFeature;
 use crate::manager::LayoutVersionManager;
-use crate::state::{CancelRecord, FinalizationRecord, HistoryEntry, VetoRecord};
+use crate::state::{CancelRecord, FinalizationRecord, HistoryEntry, HistoryEvent, VetoRecord};
 
 /// The names of the finalizer's failpoints (feature `failpoints`), in the order a
 /// finalization passes them. A crash-free finalization of at least one feature passes
@@ -763,8 +763,14 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
         let mlv = self.lvm.metadata_layout_version();
         self.lvm.update_state(|s| {
             s.veto = Some(VetoRecord::new(reason, client_id, now, expires));
-            s.history
-                .push(HistoryEntry::new(now, client_id, "veto", mlv, mlv, reason));
+            s.history.push(HistoryEntry::new(
+                now,
+                client_id,
+                HistoryEvent::Veto,
+                mlv,
+                mlv,
+                reason,
+            ));
         })?;
         self.shared.lock().push(format!(
             "Client {client_id} vetoed automatic finalization: {reason}"
@@ -782,7 +788,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
                 s.history.push(HistoryEntry::new(
                     now,
                     client_id,
-                    "veto-lifted",
+                    HistoryEvent::VetoLifted,
                     mlv,
                     mlv,
                     "",
@@ -915,7 +921,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
                 s.history.push(HistoryEntry::new(
                     now,
                     to,
-                    "takeover",
+                    HistoryEvent::Takeover,
                     mlv,
                     mlv,
                     format!("from {from}"),
@@ -988,7 +994,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
                 history.push(HistoryEntry::new(
                     now_ms,
                     client,
-                    "takeover",
+                    HistoryEvent::Takeover,
                     mlv,
                     mlv,
                     format!("from {}", record.client_id),
@@ -1023,7 +1029,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
                     Some(o) => history.push(HistoryEntry::new(
                         now_ms,
                         client,
-                        "override",
+                        HistoryEvent::Override,
                         mlv,
                         mlv,
                         format!(
@@ -1263,7 +1269,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
                 s.history.push(HistoryEntry::new(
                     step_ms,
                     &recorder,
-                    "finalized",
+                    HistoryEvent::Finalized,
                     version - 1,
                     version,
                     feature.name(),

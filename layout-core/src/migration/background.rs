@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use super::document::StepError;
 use crate::action::{ActionContext, ActionError};
 use crate::clock::{Clock, SystemClock};
+pub use crate::clock::{ClockSleeper, Sleeper, ThreadSleeper};
 use crate::feature::LayoutFeature;
 use crate::manager::LayoutVersionManager;
 
@@ -412,58 +413,6 @@ pub type BatchHook = Box<dyn Fn(&BatchEvent) + Send + Sync>;
 
 /// Rewrites one row; `Ok(None)` drops it. Keys must stay the same.
 pub type RowTransform = Arc<dyn Fn(Row) -> Result<Option<Row>, StepError> + Send + Sync>;
-
-/// Waits. The migration throttles with it; tests inject one that moves a
-/// [`ManualClock`](crate::ManualClock) instead of sleeping.
-pub trait Sleeper: Send + Sync + fmt::Debug {
-    /// Waits `duration`.
-    fn sleep(&self, duration: Duration);
-}
-
-/// Sleeps the thread.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ThreadSleeper;
-
-impl Sleeper for ThreadSleeper {
-    fn sleep(&self, duration: Duration) {
-        std::thread::sleep(duration);
-    }
-}
-
-/// A [`Sleeper`] that advances a [`ManualClock`](crate::ManualClock) instead of
-/// sleeping, and records every wait. For tests.
-#[derive(Debug)]
-pub struct ClockSleeper {
-    clock: Arc<crate::ManualClock>,
-    waits: Mutex<Vec<Duration>>,
-}
-
-impl ClockSleeper {
-    /// A sleeper advancing `clock`.
-    pub fn new(clock: Arc<crate::ManualClock>) -> Self {
-        Self {
-            clock,
-            waits: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Every wait so far.
-    pub fn waits(&self) -> Vec<Duration> {
-        self.waits.lock().clone()
-    }
-
-    /// The sum of the waits.
-    pub fn total(&self) -> Duration {
-        self.waits.lock().iter().sum()
-    }
-}
-
-impl Sleeper for ClockSleeper {
-    fn sleep(&self, duration: Duration) {
-        self.waits.lock().push(duration);
-        self.clock.advance(duration);
-    }
-}
 
 /// Where a background migration is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use super::background::{
     BatchWrite, Checkpoint, MigrationError, MigrationSink, MigrationSource, Row,
 };
-use super::table::{KeyView, LiveWrite, MigratingStore, NewEntry, ScanView};
+use super::table::{ClearTables, KeyView, LiveWrite, MigratingStore, NewEntry, ScanView};
 
 type Table = BTreeMap<Vec<u8>, (Vec<u8>, u64)>;
 
@@ -264,12 +264,12 @@ impl MigratingStore for MemoryMigrationStore {
         Ok(true)
     }
 
-    fn clear(&self, old: bool, new: bool) -> Result<(), MigrationError> {
+    fn clear(&self, tables: ClearTables) -> Result<(), MigrationError> {
         let mut inner = self.inner.lock();
-        if old {
+        if tables.includes_old() {
             inner.old.clear();
         }
-        if new {
+        if tables.includes_new() {
             inner.new.clear();
         }
         inner.tombstones.clear();

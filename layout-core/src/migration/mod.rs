@@ -50,6 +50,6 @@ pub use side_by_side::{
     MAX_FAILURES_KEPT,
 };
 pub use table::{
-    KeyView, LiveWrite, MigratingStore, MigratingTable, NewEntry, NotMigratedPolicy, ScanView,
-    SearchResult, TableError,
+    ClearTables, KeyView, LiveWrite, MigratingStore, MigratingTable, NewEntry, NotMigratedPolicy,
+    ScanView, SearchResult, TableError,
 };

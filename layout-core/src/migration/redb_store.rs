@@ -15,7 +15,7 @@ use super::background::{
     BatchCopy, BatchWrite, CheckedTransform, Checkpoint, MigrationError, MigrationSink,
     MigrationSource, Row,
 };
-use super::table::{KeyView, LiveWrite, MigratingStore, NewEntry, ScanView};
+use super::table::{ClearTables, KeyView, LiveWrite, MigratingStore, NewEntry, ScanView};
 
 /// The table of checkpoints: migration name -> checkpoint (JSON).
 const CHECKPOINTS: TableDefinition<'static, &str, &[u8]> =
@@ -662,13 +662,13 @@ impl MigratingStore for RedbMigrationStore {
         Ok(true)
     }
 
-    fn clear(&self, old: bool, new: bool) -> Result<(), MigrationError> {
+    fn clear(&self, tables: ClearTables) -> Result<(), MigrationError> {
         let txn = self.db.begin_write().map_err(self.err("begin write"))?;
-        if old {
+        if tables.includes_old() {
             txn.delete_table(self.old_def())
                 .map_err(self.err("delete old table"))?;
         }
-        if new {
+        if tables.includes_new() {
             txn.delete_table(self.new_def())
                 .map_err(self.err("delete new table"))?;
         }

@@ -128,10 +128,44 @@ pub trait MigratingStore: MigrationSource + MigrationSink {
         write: &LiveWrite,
     ) -> Result<bool, MigrationError>;
 
-    /// Deletes everything in the chosen tables, and the tombstones. If a migration is
-    /// under way (a checkpoint exists and is not complete), in the same step it is marked
-    /// complete with its epoch bumped, so a batch read before the delete is discarded.
-    fn clear(&self, old: bool, new: bool) -> Result<(), MigrationError>;
+    /// Deletes everything in `tables`, and the tombstones. If a migration is under way
+    /// (a checkpoint exists and is not complete), in the same step it is marked complete
+    /// with its epoch bumped, so a batch read before the delete is discarded.
+    fn clear(&self, tables: ClearTables) -> Result<(), MigrationError>;
+}
+
+/// Which tables [`MigratingStore::clear`] empties (the tombstones are always deleted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClearTables {
+    /// The old layout's table only.
+    Old,
+    /// The new layout's table only.
+    New,
+    /// Both tables.
+    Both,
+}
+
+impl ClearTables {
+    /// Whether the old layout's table is emptied.
+    pub fn includes_old(self) -> bool {
+        matches!(self, Self::Old | Self::Both)
+    }
+
+    /// Whether the new layout's table is emptied.
+    pub fn includes_new(self) -> bool {
+        matches!(self, Self::New | Self::Both)
+    }
+}
+
+impl From<WriteTarget> for ClearTables {
+    /// The tables a write to `target` goes to.
+    fn from(target: WriteTarget) -> Self {
+        match target {
+            WriteTarget::OldOnly => Self::Old,
+            WriteTarget::Both => Self::Both,
+            WriteTarget::NewOnly => Self::New,
+        }
+    }
 }
 
 /// What a read of a key not yet migrated returns while the migration runs.
@@ -420,7 +454,7 @@ impl<F: LayoutFeature> MigratingTable<F> {
     /// Deletes every row.
     pub fn clear(&self) -> Result<(), TableError> {
         let scope = self.routing.begin();
-        self.store.clear(scope.writes_old(), scope.writes_new())?;
+        self.store.clear(scope.target().into())?;
         Ok(())
     }
 

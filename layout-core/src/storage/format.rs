@@ -29,7 +29,8 @@ use std::fmt;
 use std::fmt::Write as _;
 
 use crate::state::{
-    CancelRecord, DataId, FinalizationRecord, HistoryEntry, LayoutState, VetoRecord, FORMAT_VERSION,
+    CancelRecord, DataId, FinalizationRecord, HistoryEntry, HistoryEvent, LayoutState, VetoRecord,
+    FORMAT_VERSION,
 };
 
 const CHECKSUM_KEY: &str = "checksum";
@@ -180,7 +181,7 @@ pub fn encode(state: &LayoutState) -> String {
     for (i, entry) in state.history.iter().enumerate() {
         put(&format!("history.{i}.at.ms"), &entry.at_ms.to_string());
         put(&format!("history.{i}.client"), &entry.client_id);
-        put(&format!("history.{i}.event"), &entry.event);
+        put(&format!("history.{i}.event"), entry.event.as_str());
         put(
             &format!("history.{i}.from"),
             &entry.from_version.to_string(),
@@ -561,7 +562,7 @@ impl Fields {
             history.push(HistoryEntry {
                 at_ms: parse_num("history.N.at.ms", &at)?,
                 client_id,
-                event,
+                event: HistoryEvent::from_word(&event),
                 from_version: parse_num("history.N.from", &from)?,
                 to_version: parse_num("history.N.to", &to)?,
                 detail,
@@ -736,13 +737,18 @@ mod tests {
             cancelled: Some(CancelRecord::new("ops", 1_700_000_000_400)),
             resumes: 2,
         });
-        state
-            .history
-            .push(HistoryEntry::new(1, "a", "finalized", 0, 1, "x\u{1}y"));
+        state.history.push(HistoryEntry::new(
+            1,
+            "a",
+            HistoryEvent::Finalized,
+            0,
+            1,
+            "x\u{1}y",
+        ));
         state.history.push(HistoryEntry::new(
             2,
             "b",
-            "override",
+            HistoryEvent::Override,
             1,
             1,
             "reason: ünïcode",
@@ -797,6 +803,69 @@ mod tests {
         assert!(state.extra.is_empty());
         // Written back unchanged: nothing new appears for a record without the new fields.
         assert_eq!(encode(&decode(text.as_bytes()).expect("reads")), text);
+    }
+
+    /// A history written by a release that stored the event as a free word (byte for
+    /// byte): every word this release knows reads as its event, and the file is written
+    /// back unchanged.
+    #[test]
+    fn history_events_keep_their_words_in_the_file() {
+        let words = ["finalized", "override", "takeover", "veto", "veto-lifted"];
+        let mut body = "# layout-core VERSION file: the on-disk layout of one component.\n\
+                        # Do not edit by hand: the checksum line guards every byte above it.\n\
+                        format.version=1\n\
+                        component=om\n\
+                        layout.version=1\n\
+                        layout.feature=A\n\
+                        first.upgrade.version=1\n"
+            .to_owned();
+        for (i, word) in words.iter().enumerate() {
+            let _ = write!(
+                body,
+                "history.{i}.at.ms={i}\nhistory.{i}.client=ops\nhistory.{i}.event={word}\n\
+                 history.{i}.from=0\nhistory.{i}.to=1\nhistory.{i}.detail=\n"
+            );
+        }
+        let text = format!(
+            "{body}checksum=crc32:{:08x}\n",
+            crc32fast::hash(body.as_bytes())
+        );
+        let state = decode(text.as_bytes()).expect("an old file reads");
+        let events: Vec<HistoryEvent> = state.history.iter().map(|h| h.event.clone()).collect();
+        assert_eq!(
+            events,
+            [
+                HistoryEvent::Finalized,
+                HistoryEvent::Override,
+                HistoryEvent::Takeover,
+                HistoryEvent::Veto,
+                HistoryEvent::VetoLifted,
+            ]
+        );
+        assert_eq!(encode(&state), text);
+    }
+
+    /// A newer release wrote an event this release does not know; a downgraded binary
+    /// reads it as `Other` and writes the same word back.
+    #[test]
+    fn an_unknown_history_event_survives_a_round_trip() {
+        let mut state = LayoutState::new("om", 1, "B");
+        state.history.push(HistoryEntry::new(
+            5,
+            "ops",
+            HistoryEvent::from_word("rolled-back"),
+            1,
+            0,
+            "newer",
+        ));
+        let text = encode(&state);
+        assert!(text.contains("history.0.event=rolled-back\n"), "{text}");
+        let read = decode(text.as_bytes()).expect("reads");
+        assert_eq!(
+            read.history[0].event,
+            HistoryEvent::Other("rolled-back".to_owned())
+        );
+        assert_eq!(encode(&read), text);
     }
 
     #[test]

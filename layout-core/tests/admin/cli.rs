@@ -582,7 +582,7 @@ fn a_prepare_whose_answer_is_lost_reports_what_the_status_shows() {
     assert!(text.contains("prepared at log index"), "{text}");
     assert_eq!(
         fx.service.status().unwrap().prepare.state,
-        "PREPARE_COMPLETED"
+        layout_core::admin::WirePrepareState::Prepared
     );
 
     // cancel-prepare never delivered: the client cannot know; the status says where the
@@ -598,7 +598,7 @@ fn a_prepare_whose_answer_is_lost_reports_what_the_status_shows() {
     assert!(log.contains("prepare state PREPARE_COMPLETED"), "{log}");
     assert_eq!(
         fx.service.status().unwrap().prepare.state,
-        "PREPARE_COMPLETED"
+        layout_core::admin::WirePrepareState::Prepared
     );
 }
 

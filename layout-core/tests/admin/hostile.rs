@@ -350,7 +350,10 @@ fn still_serves(fx: &Fixture) {
 fn still_changes_state(fx: &Fixture) {
     let client = fx.client();
     let prepared = client.prepare(&PrepareParams::default()).unwrap();
-    assert_eq!(prepared.state, "PREPARE_COMPLETED");
+    assert_eq!(
+        prepared.state,
+        layout_core::admin::WirePrepareState::Prepared
+    );
     let done = fx.finalize(&FinalizeParams::new("ops"));
     assert_eq!(done.unwrap_err().code(), Some(ErrorCode::Prepared));
     client.cancel_prepare(&PrepareParams::default()).unwrap();

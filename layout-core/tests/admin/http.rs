@@ -33,12 +33,18 @@ fn the_client_reads_status_and_features_and_finalizes() {
         (1, 3)
     );
     assert!(status.needs_finalization);
-    assert_eq!(status.finalization.status, "FINALIZATION_REQUIRED");
-    assert_eq!(status.prepare.state, "NOT_PREPARED");
+    assert_eq!(
+        status.finalization.status,
+        layout_core::admin::WireFinalizationStatus::FinalizationRequired
+    );
+    assert_eq!(
+        status.prepare.state,
+        layout_core::admin::WirePrepareState::NotPrepared
+    );
     assert_eq!(status.features.len(), 4);
     assert_eq!(
         client.features().unwrap().features[2].status,
-        "not-finalized"
+        layout_core::admin::WireFeatureStatus::NotFinalized
     );
 
     let plan = client
@@ -106,7 +112,10 @@ fn prepare_restart_with_the_new_release_finalize_and_status_through_the_client()
     });
     let client = fx.client();
     let status = client.status().unwrap();
-    assert_eq!(status.prepare.state, "NOT_PREPARED");
+    assert_eq!(
+        status.prepare.state,
+        layout_core::admin::WirePrepareState::NotPrepared
+    );
     assert_eq!(
         (
             status.metadata_layout_version,
@@ -123,7 +132,10 @@ fn prepare_restart_with_the_new_release_finalize_and_status_through_the_client()
     );
     let status = client.status().unwrap();
     assert_eq!(status.metadata_layout_version, 3);
-    assert_eq!(status.finalization.status, "FINALIZATION_DONE");
+    assert_eq!(
+        status.finalization.status,
+        layout_core::admin::WireFinalizationStatus::FinalizationDone
+    );
     assert!(!status.needs_finalization);
 }
 
@@ -365,7 +377,10 @@ fn finalize_while_prepared_is_409_and_prepare_errors_are_reported() {
     fx.node.stuck.store(true, Ordering::SeqCst);
     let err = client.prepare(&PrepareParams::default()).unwrap_err();
     assert_eq!(api_code(&err), (503, ErrorCode::PrepareTimeout));
-    assert_eq!(client.status().unwrap().prepare.state, "NOT_PREPARED");
+    assert_eq!(
+        client.status().unwrap().prepare.state,
+        layout_core::admin::WirePrepareState::NotPrepared
+    );
 }
 
 #[test]

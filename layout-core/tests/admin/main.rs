@@ -10,3 +10,4 @@ mod service;
 mod slow_clients;
 mod support;
 mod tls;
+mod wire;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use layout_core::{
-    DataId, FinalizationRecord, HistoryEntry, LayoutState, LayoutStorage, VetoRecord,
+    DataId, FinalizationRecord, HistoryEntry, HistoryEvent, LayoutState, LayoutStorage, VetoRecord,
 };
 
 use super::{run, Clause, ConformanceReport};
@@ -67,8 +67,8 @@ fn full_state() -> LayoutState {
     finalization.finished_at_ms = Some(2_000);
     state.finalization = Some(finalization);
     state.history = vec![
-        HistoryEntry::new(500, "ops", "finalize", 1, 2, "first"),
-        HistoryEntry::new(1_500, "ops", "finalize", 2, 3, "second"),
+        HistoryEntry::new(500, "ops", HistoryEvent::Finalized, 1, 2, "first"),
+        HistoryEntry::new(1_500, "ops", HistoryEvent::Finalized, 2, 3, "second"),
     ];
     state.prepare_index = Some(42);
     state.veto = Some(VetoRecord::new(

@@ -3,8 +3,8 @@
 
 #[allow(unused_imports)] // the doc links name the halves
 use layout_core::migration::{
-    BatchWrite, Checkpoint, KeyView, LiveWrite, MigratingStore, MigrationSink, MigrationSource,
-    NewEntry, Row,
+    BatchWrite, Checkpoint, ClearTables, KeyView, LiveWrite, MigratingStore, MigrationSink,
+    MigrationSource, NewEntry, Row,
 };
 
 use super::{run, Clause, ConformanceReport};
@@ -377,7 +377,7 @@ fn clear_completes_a_running_migration(store: &dyn MigratingStore) {
         .write_batch(None, &[row("k1", "n1")], &running)
         .unwrap();
     delete_with_tombstone(store, "k2");
-    store.clear(true, true).unwrap();
+    store.clear(ClearTables::Both).unwrap();
     let scan = store.scan(b"").unwrap();
     assert!(
         scan.old.is_empty() && scan.new.is_empty() && scan.tombstones.is_empty(),

@@ -13,10 +13,10 @@ use layout_core::cluster::{
     MemberRecord, MoveRecord, MovingStore, StoreError, Versioned,
 };
 use layout_core::migration::{
-    BatchWrite, CasOutcome as DocumentCas, Checkpoint, DocumentStore, DocumentStoreError,
-    FileDocumentStore, KeyView, LiveWrite, MemoryDocumentStore, MemoryMigrationStore,
-    MigratingStore, MigrationError, MigrationSink, MigrationSource, Revision, Row, ScanView,
-    StoredDocument,
+    BatchWrite, CasOutcome as DocumentCas, Checkpoint, ClearTables, DocumentStore,
+    DocumentStoreError, FileDocumentStore, KeyView, LiveWrite, MemoryDocumentStore,
+    MemoryMigrationStore, MigratingStore, MigrationError, MigrationSink, MigrationSource, Revision,
+    Row, ScanView, StoredDocument,
 };
 use layout_core::{FileStorage, LayoutState, LayoutStorage, MemoryStorage, StorageError};
 use layout_testkit::conformance;
@@ -412,8 +412,8 @@ impl MigratingStore for LosesTheCheckpoint {
     ) -> Result<bool, MigrationError> {
         self.0.apply_if_unchanged(key, expected, write)
     }
-    fn clear(&self, old: bool, new: bool) -> Result<(), MigrationError> {
-        self.0.clear(old, new)
+    fn clear(&self, tables: ClearTables) -> Result<(), MigrationError> {
+        self.0.clear(tables)
     }
 }
 

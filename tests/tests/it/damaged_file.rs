@@ -8,7 +8,8 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use layout_core::{
-    FileStorage, FinalizationRecord, HistoryEntry, LayoutError, ManagerOptions, StartIntent,
+    FileStorage, FinalizationRecord, HistoryEntry, HistoryEvent, LayoutError, ManagerOptions,
+    StartIntent,
 };
 
 use crate::catalogs::{Om, OmFeature};
@@ -28,7 +29,7 @@ fn rich_version_file(dir: &Path) -> Vec<u8> {
         s.history.push(HistoryEntry::new(
             1_700_000_000_100,
             "admin@host",
-            "finalized",
+            HistoryEvent::Finalized,
             0,
             1,
             "BucketLayoutSupport",

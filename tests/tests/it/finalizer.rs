@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use layout_core::{
     condition, ActionError, ActionRegistry, FileStorage, FinalizationStatus, FinalizeError,
-    FinalizeOutcome, FinalizePolicy, FinalizeRequest, InjectedFailure, LayoutError,
+    FinalizeOutcome, FinalizePolicy, FinalizeRequest, HistoryEvent, InjectedFailure, LayoutError,
     LayoutVersionManager, ManagerOptions, ManualClock, MemoryStorage, Phase, PrefinalizeError,
     UpgradeFinalizer, AUTO_FINALIZE_CLIENT,
 };
@@ -532,9 +532,9 @@ fn an_unfinished_finalization_keeps_its_client_across_a_restart() {
         Some("bob")
     );
     let history = storage.snapshot().unwrap().history;
-    assert!(history
-        .iter()
-        .any(|h| h.event == "takeover" && h.client_id == "bob" && h.detail == "from alice"));
+    assert!(history.iter().any(|h| h.event == HistoryEvent::Takeover
+        && h.client_id == "bob"
+        && h.detail == "from alice"));
 }
 
 #[test]
@@ -615,7 +615,10 @@ fn conditions_are_all_checked_first_and_an_override_is_recorded() {
         .with_override("members-reachable", "dn-3 is decommissioned");
     finalizer.finalize_with(both, &service).unwrap();
     let history = storage.snapshot().unwrap().history;
-    let overrides: Vec<_> = history.iter().filter(|h| h.event == "override").collect();
+    let overrides: Vec<_> = history
+        .iter()
+        .filter(|h| h.event == HistoryEvent::Override)
+        .collect();
     assert_eq!(overrides.len(), 2);
     assert!(overrides[0]
         .detail
@@ -923,7 +926,7 @@ fn auto_finalize_waits_for_the_soak_period_and_respects_a_veto_until_it_expires(
     assert!(state
         .history
         .iter()
-        .any(|h| h.event == "veto" && h.client_id == "ops"));
+        .any(|h| h.event == HistoryEvent::Veto && h.client_id == "ops"));
     assert!(finalizer.tick(&service).is_none(), "nothing left to do");
 }
 
@@ -939,7 +942,10 @@ fn manual_policy_never_finalizes_by_itself_and_a_lifted_veto_is_recorded() {
     finalizer.clear_veto("ops").unwrap();
     let state = storage.snapshot().unwrap();
     assert!(state.veto.is_none());
-    assert!(state.history.iter().any(|h| h.event == "veto-lifted"));
+    assert!(state
+        .history
+        .iter()
+        .any(|h| h.event == HistoryEvent::VetoLifted));
     assert_eq!(state.layout_version, 1);
 }
 

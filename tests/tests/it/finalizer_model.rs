@@ -17,7 +17,7 @@ use std::thread;
 use layout_core::crash_point::{self, SimulatedCrash};
 use layout_core::{
     ActionContext, ActionError, ActionRegistry, FinalizeError, FinalizeOutcome, FinalizeRequest,
-    LayoutFeature, LayoutVersionManager, ManagerOptions, MemoryStorage, StartIntent,
+    HistoryEvent, LayoutFeature, LayoutVersionManager, ManagerOptions, MemoryStorage, StartIntent,
     UpgradeFinalizer, FAILPOINTS,
 };
 use parking_lot::Mutex;
@@ -423,7 +423,7 @@ impl StateMachineTest for Sut {
         let finalized = state
             .history
             .iter()
-            .filter(|h| h.event == "finalized")
+            .filter(|h| h.event == HistoryEvent::Finalized)
             .count();
         assert_eq!(
             finalized, model.finalized_entries,

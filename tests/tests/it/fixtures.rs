@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use layout_core::{
-    FileStorage, FinalizationRecord, HistoryEntry, LayoutState, LayoutStorage,
+    FileStorage, FinalizationRecord, HistoryEntry, HistoryEvent, LayoutState, LayoutStorage,
     LayoutVersionManager, ManagerOptions,
 };
 
@@ -32,7 +32,7 @@ fn fixtures() -> Vec<(&'static str, LayoutState)> {
     finalizing.history.push(HistoryEntry::new(
         1_767_225_600_000,
         "ops@admin-1",
-        "override",
+        HistoryEvent::Override,
         1,
         1,
         "condition no-open-containers: container 17 stuck, ticket OPS-4411",
@@ -40,7 +40,7 @@ fn fixtures() -> Vec<(&'static str, LayoutState)> {
     finalizing.history.push(HistoryEntry::new(
         1_767_225_601_000,
         "ops@admin-1",
-        "finalized",
+        HistoryEvent::Finalized,
         1,
         2,
         "MultiTenancy",

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use layout_core::{
-    FileStorage, HistoryEntry, InjectedFailure, LayoutError, LayoutStorage, ManagerOptions,
-    MemoryStorage, StepOutcome, StorageError,
+    FileStorage, HistoryEntry, HistoryEvent, InjectedFailure, LayoutError, LayoutStorage,
+    ManagerOptions, MemoryStorage, StepOutcome, StorageError,
 };
 
 use crate::catalogs::{init_at, Om, OmFeature};
@@ -145,7 +145,7 @@ fn a_step_can_record_history_in_the_same_write() {
         s.history.push(HistoryEntry::new(
             5,
             "admin",
-            "finalized",
+            HistoryEvent::Finalized,
             0,
             1,
             "BucketLayoutSupport",

@@ -245,7 +245,7 @@ fn to_json(
             "veto": s.veto.as_ref().map(|v| json!({"reason": v.reason, "client_id": v.client_id,
                 "set_at_ms": v.set_at_ms, "expires_at_ms": v.expires_at_ms})),
             "history": s.history.iter().map(|h| json!({"at_ms": h.at_ms, "client_id": h.client_id,
-                "event": h.event, "from_version": h.from_version, "to_version": h.to_version,
+                "event": h.event.as_str(), "from_version": h.from_version, "to_version": h.to_version,
                 "detail": h.detail})).collect::<Vec<_>>(),
             "unknown_keys": s.extra,
         })

@@ -20,7 +20,7 @@ use layout_core::admin::http::{
 use layout_core::admin::{
     CancelFinalizationParams, ErrorCode, FeatureView, FinalizationStatusParams,
     FinalizationStatusResponse, FinalizeParams, FinalizeResponse, MigrationSettingsParams,
-    MigrationView, PrepareParams, PrepareResponse, StatusResponse,
+    MigrationView, PrepareParams, PrepareResponse, StatusResponse, WirePrepareState,
 };
 use layout_core::http::{ClientConfig, ClientTls};
 use serde::Serialize;
@@ -1076,9 +1076,9 @@ fn after_lost_prepare(
     })?;
     let state = &status.prepare;
     let reached = if prepare {
-        state.state == "PREPARE_COMPLETED"
+        state.state == WirePrepareState::Prepared
     } else {
-        state.state == "NOT_PREPARED"
+        state.state == WirePrepareState::NotPrepared
     };
     if reached {
         if !json {
