@@ -185,8 +185,9 @@ pub use feature::{validate_catalog, CatalogError, LayoutFeature};
 pub use finalizer::{
     condition, ConditionCheck, ConditionFailure, ConditionOverride, DryRun, FinalizationStatus,
     FinalizeCondition, FinalizeError, FinalizeGate, FinalizeHandle, FinalizeOutcome,
-    FinalizePolicy, FinalizeRequest, FnCondition, PlannedStep, PrefinalizeError, PrefinalizeReport,
-    Progress, StartupResume, StatusReport, UpgradeFinalizer, AUTO_FINALIZE_CLIENT, FAILPOINTS,
+    FinalizePolicy, FinalizeRefusal, FinalizeRequest, FnCondition, PlannedStep, PrefinalizeError,
+    PrefinalizeReport, Progress, StartupResume, StatusReport, UpgradeFinalizer,
+    AUTO_FINALIZE_CLIENT, FAILPOINTS,
 };
 pub use gate::LayoutAware;
 pub use manager::{FeatureInfo, FeatureStatus, LayoutVersionManager, StepOutcome};

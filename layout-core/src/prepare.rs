@@ -87,7 +87,7 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use crate::clock::{Clock, SystemClock};
 use crate::error::LayoutError;
 use crate::feature::LayoutFeature;
-use crate::finalizer::FinalizeGate;
+use crate::finalizer::{FinalizeGate, FinalizeRefusal};
 use crate::manager::LayoutVersionManager;
 use crate::options::StartIntent;
 
@@ -1001,16 +1001,16 @@ impl PrepareController {
     }
 }
 
+/// The one channel through which prepare refuses finalization: a finalizer with this
+/// controller as a gate refuses while the write gate is up.
 impl FinalizeGate for PrepareController {
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), FinalizeRefusal> {
         if !self.is_gate_enabled() {
             return Ok(());
         }
         Err(match self.state() {
-            PrepareState::Prepared { index } => {
-                format!("the component is prepared (prepare index {index})")
-            }
-            _ => "the prepare write gate is up (a prepare is running)".to_owned(),
+            PrepareState::Prepared { index } => FinalizeRefusal::Prepared { index },
+            _ => FinalizeRefusal::PrepareRunning,
         })
     }
 }

@@ -62,8 +62,8 @@ use crate::clock::Clock;
 use crate::error::LayoutError;
 use crate::feature::LayoutFeature;
 use crate::finalizer::{
-    FinalizeCondition, FinalizeGate, FinalizeHandle, FinalizePolicy, PrefinalizeError,
-    PrefinalizeReport, UpgradeFinalizer,
+    FinalizeCondition, FinalizeGate, FinalizeHandle, FinalizePolicy, FinalizeRefusal,
+    PrefinalizeError, PrefinalizeReport, UpgradeFinalizer,
 };
 use crate::manager::LayoutVersionManager;
 use crate::options::ManagerOptions;
@@ -527,7 +527,7 @@ impl<C, D> FinalizeCondition<D> for Projected<C, D> {
     fn name(&self) -> &str {
         self.inner.name()
     }
-    fn check(&self, component: &D) -> Result<(), String> {
+    fn check(&self, component: &D) -> Result<(), FinalizeRefusal> {
         self.inner.check((self.project)(component))
     }
     fn override_refusal(&self) -> Option<String> {
@@ -542,7 +542,7 @@ impl<C> FinalizeCondition<C> for BoxedCondition<C> {
     fn name(&self) -> &str {
         self.0.name()
     }
-    fn check(&self, component: &C) -> Result<(), String> {
+    fn check(&self, component: &C) -> Result<(), FinalizeRefusal> {
         self.0.check(component)
     }
     fn override_refusal(&self) -> Option<String> {

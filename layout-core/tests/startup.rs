@@ -373,7 +373,7 @@ fn a_mapped_startup_keeps_the_registry_and_the_conditions() {
             if gate.load(Ordering::SeqCst) {
                 Ok(())
             } else {
-                Err("outside the maintenance window".to_owned())
+                Err("outside the maintenance window".into())
             }
         }))
         .map_component(Wrapper, |w: &Wrapper| &w.0)

@@ -459,7 +459,7 @@ pub(crate) fn cluster_condition(role: &ClusterRole) -> impl FinalizeCondition<Kv
         if CLUSTER_FINALIZING.with(std::cell::Cell::get) {
             Ok(())
         } else {
-            Err(reason.clone())
+            Err(reason.clone().into())
         }
     })
     .not_overridable(no_override)

@@ -44,7 +44,7 @@ impl TestComponent for KvStore {
     ) -> UpgradeFinalizer<KvFeature, KvStore> {
         finalizer.with_condition(condition(NOT_PREPARED_CONDITION, |store: &KvStore| {
             if store.prepare_controller().is_gate_enabled() {
-                Err("the kvstore is prepared; cancel prepare first".to_owned())
+                Err("the kvstore is prepared; cancel prepare first".into())
             } else {
                 Ok(())
             }

@@ -291,7 +291,10 @@ impl AdminService {
     }
 
     /// Serves prepare and cancel-prepare with `controller`, preparing `component`.
-    /// Without it those answer [`ErrorCode::NotSupported`].
+    /// Without it those answer [`ErrorCode::NotSupported`]. The controller must also be
+    /// a gate of the finalizer ([`UpgradeFinalizer::with_gate`], as
+    /// [`ComponentStartup`](crate::startup::ComponentStartup) does): that gate is what
+    /// refuses finalize while prepared.
     #[must_use]
     pub fn with_prepare(
         mut self,
@@ -371,16 +374,8 @@ impl AdminService {
     pub fn finalize(&self, params: &FinalizeParams) -> Result<FinalizeResponse, AdminError> {
         check_api_version(params.api_version)?;
         check_client_id(&params.client_id)?;
-        if !params.dry_run {
-            if let Some((controller, _)) = &self.prepare {
-                if let Err(reason) = crate::finalizer::FinalizeGate::check(&**controller) {
-                    return Err(AdminError::new(
-                        ErrorCode::Prepared,
-                        format!("finalization refused: {reason}; cancel prepare first"),
-                    ));
-                }
-            }
-        }
+        // A prepared component is refused by the finalizer itself: the prepare
+        // controller is one of its gates (see `with_prepare`).
         self.backend.finalize(params, self.start_wait)
     }
 
@@ -601,7 +596,7 @@ impl<F: LayoutFeature, C: Send + Sync + 'static> Typed<F, C> {
                     .map(|c| ConditionView {
                         name: c.name,
                         passed: c.result.is_ok(),
-                        reason: c.result.err(),
+                        reason: c.result.err().map(|r| r.to_string()),
                     })
                     .collect(),
                 blocked_by: plan.blocked_by,
@@ -629,12 +624,6 @@ impl<F: LayoutFeature, C: Send + Sync + 'static> Typed<F, C> {
             }),
             Err(e) => Err(finalize_error(&e)),
         }
-    }
-
-    fn is_running(&self) -> bool {
-        self.finalizer
-            .report_status(None, false)
-            .is_ok_and(|s| s.running)
     }
 }
 
@@ -702,17 +691,18 @@ impl<F: LayoutFeature, C: Send + Sync + 'static> Backend for Typed<F, C> {
             return self.dry_run(&request);
         }
         let mut running = self.running.lock();
-        if running.as_ref().is_some_and(|h| !h.is_finished()) || self.is_running() {
+        self.finalizer
+            .contention()
+            .map_err(|e| finalize_error(&e))?;
+        if running.as_ref().is_some_and(|h| !h.is_finished()) {
+            // The thread of the last run has not ended yet: the same contention error.
             let holder = self
                 .finalizer
                 .report_status(None, false)
                 .ok()
                 .and_then(|s| s.client_id)
                 .unwrap_or_default();
-            return Err(AdminError::new(
-                ErrorCode::FinalizationInProgress,
-                format!("finalization is already in progress, started by client {holder}"),
-            ));
+            return Err(finalize_error(&FinalizeError::<F>::InProgress { holder }));
         }
         if let Some(done) = running.take() {
             // Its result is in the status (last error); reap the thread.

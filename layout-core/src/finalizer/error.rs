@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use super::condition::FinalizeRefusal;
 use crate::action::ActionError;
 use crate::error::LayoutError;
 use crate::feature::LayoutFeature;
@@ -13,7 +14,7 @@ pub struct ConditionFailure {
     /// The condition.
     pub name: String,
     /// Why it fails.
-    pub reason: String,
+    pub reason: FinalizeRefusal,
 }
 
 impl fmt::Display for ConditionFailure {
@@ -29,7 +30,10 @@ impl fmt::Display for ConditionFailure {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FinalizeError<F: LayoutFeature> {
-    /// Another finalization is running; refused at once, never blocks.
+    /// Another finalization is running; refused at once, never blocks. The one
+    /// finalization-contention error: a finalize call, a dry run's
+    /// [`blocked_by`](crate::DryRun::blocked_by) and the admin API's
+    /// `finalization-in-progress` answer all say this.
     #[error("finalization is already in progress, started by client {holder}")]
     InProgress {
         /// The client running it.
@@ -46,11 +50,13 @@ pub enum FinalizeError<F: LayoutFeature> {
         /// The client that asked.
         client: String,
     },
-    /// The component is prepared (or its write gate is up): finalize is refused.
+    /// A gate refuses: the component is prepared or its prepare write gate is up
+    /// ([`FinalizeRefusal::Prepared`], [`FinalizeRefusal::PrepareRunning`], from the
+    /// prepare controller), or another [`FinalizeGate`](crate::FinalizeGate) refuses.
     #[error("finalization refused: {reason}; cancel prepare first")]
     Prepared {
-        /// Why (names the prepare index when known).
-        reason: String,
+        /// Why (the prepare index when prepared).
+        reason: FinalizeRefusal,
     },
     /// Finalize conditions failed; nothing was touched.
     #[error(

@@ -194,8 +194,8 @@ pub struct PlannedStep<F> {
 pub struct ConditionCheck {
     /// The condition.
     pub name: String,
-    /// `Err(reason)` when it fails.
-    pub result: Result<(), String>,
+    /// `Err(why)` when it fails.
+    pub result: Result<(), super::FinalizeRefusal>,
 }
 
 /// What a finalization would do, without doing it.

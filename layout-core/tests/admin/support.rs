@@ -232,10 +232,9 @@ impl Fixture {
             .with_condition(condition("no-open-containers", |node: &Node| {
                 match node.open_containers.load(Ordering::SeqCst) {
                     0 => Ok(()),
-                    n => Err(format!(
-                        "{n} containers are open{}",
-                        node.condition_detail.lock()
-                    )),
+                    n => Err(
+                        format!("{n} containers are open{}", node.condition_detail.lock()).into(),
+                    ),
                 }
             }))
             .with_gate(prepare.clone());

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use layout_core::{
     condition, ActionError, ActionRegistry, FileStorage, FinalizationStatus, FinalizeError,
-    FinalizeOutcome, FinalizePolicy, FinalizeRequest, HistoryEvent, InjectedFailure, LayoutError,
-    LayoutVersionManager, ManagerOptions, ManualClock, MemoryStorage, Phase, PrefinalizeError,
-    UpgradeFinalizer, AUTO_FINALIZE_CLIENT,
+    FinalizeOutcome, FinalizePolicy, FinalizeRefusal, FinalizeRequest, HistoryEvent,
+    InjectedFailure, LayoutError, LayoutVersionManager, ManagerOptions, ManualClock, MemoryStorage,
+    Phase, PrefinalizeError, UpgradeFinalizer, AUTO_FINALIZE_CLIENT,
 };
 use parking_lot::Mutex;
 
@@ -577,13 +577,13 @@ fn conditions_are_all_checked_first_and_an_override_is_recorded() {
         FinalizeError::ConditionsFailed { failures } => {
             let names: Vec<_> = failures
                 .iter()
-                .map(|f| (f.name.as_str(), f.reason.as_str()))
+                .map(|f| (f.name.as_str(), f.reason.to_string()))
                 .collect();
             assert_eq!(
                 names,
                 [
-                    ("no-open-containers", "container 17 is open"),
-                    ("members-reachable", "dn-3 is unreachable")
+                    ("no-open-containers", "container 17 is open".to_owned()),
+                    ("members-reachable", "dn-3 is unreachable".to_owned())
                 ]
             );
         }
@@ -703,7 +703,10 @@ fn dry_run_lists_steps_actions_and_conditions_and_touches_nothing() {
             (OmFeature::SnapshotDiff, None)
         ]
     );
-    assert_eq!(plan.conditions[0].result, Err("3% free".to_owned()));
+    assert_eq!(
+        plan.conditions[0].result,
+        Err(FinalizeRefusal::Reason("3% free".to_owned()))
+    );
     assert_eq!(plan.blocked_by, None);
     assert_eq!(storage.snapshot(), before);
     let partial = finalizer
@@ -766,44 +769,45 @@ fn a_target_beyond_the_software_is_refused() {
     );
 }
 
+/// A gate refuses finalization, and the dry run says so; once it opens, finalization
+/// runs. (A prepared component refuses through its prepare controller, which is such a
+/// gate: see the prepare tests.)
 #[test]
-fn finalize_is_refused_while_prepared_or_gated() {
+fn finalize_is_refused_while_a_gate_is_up() {
     let storage = Arc::new(MemoryStorage::new());
-    let finalizer = finalizer_on(Arc::clone(&storage), init_at(0), Registry::empty());
-    finalizer
-        .layout_manager()
-        .update_state(|s| s.prepare_index = Some(77))
-        .unwrap();
-    let err = finalizer
-        .finalize("admin", &Service::default())
-        .unwrap_err();
-    assert!(
-        matches!(&err, FinalizeError::Prepared { reason } if reason.contains("77")),
-        "{err:?}"
-    );
-    assert!(finalizer
-        .dry_run(None, &Service::default())
-        .unwrap()
-        .blocked_by
-        .is_some());
-    finalizer
-        .layout_manager()
-        .update_state(|s| s.prepare_index = None)
-        .unwrap();
-
+    let _ = finalizer_on(Arc::clone(&storage), init_at(0), Registry::empty());
     let gate_up = Arc::new(Mutex::new(true));
     let gate = Arc::clone(&gate_up);
     let finalizer = reopen(&storage, Registry::empty()).with_gate(Arc::new(move || {
         if *gate.lock() {
-            Err("the write gate is up".to_owned())
+            Err("the write gate is up".into())
         } else {
             Ok(())
         }
     }));
-    assert!(matches!(
-        finalizer.finalize("admin", &Service::default()),
-        Err(FinalizeError::Prepared { .. })
-    ));
+    let err = finalizer
+        .finalize("admin", &Service::default())
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            FinalizeError::Prepared { reason: FinalizeRefusal::Reason(reason) }
+                if reason == "the write gate is up"
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "finalization refused: the write gate is up; cancel prepare first"
+    );
+    assert_eq!(
+        finalizer
+            .dry_run(None, &Service::default())
+            .unwrap()
+            .blocked_by
+            .as_deref(),
+        Some(err.to_string().as_str())
+    );
     assert_eq!(finalizer.layout_manager().metadata_layout_version(), 0);
     *gate_up.lock() = false;
     finalizer.finalize("admin", &Service::default()).unwrap();

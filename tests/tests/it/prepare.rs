@@ -8,10 +8,10 @@ use std::thread;
 use std::time::Duration;
 
 use layout_core::{
-    ActionRegistry, FileStorage, FinalizeError, FinalizeGate, LayoutError, ManagerOptions,
-    ManualClock, MarkerProblem, MemoryStorage, Preparable, PrepareController, PrepareError,
-    PrepareOptions, PrepareState, PrepareStep, PrepareStepError, StartIntent, StorageError,
-    UpgradeFinalizer, WriteRejected, REQUEST_CANCEL_PREPARE, REQUEST_PREPARE,
+    ActionRegistry, FileStorage, FinalizeError, FinalizeGate, FinalizeRefusal, LayoutError,
+    ManagerOptions, ManualClock, MarkerProblem, MemoryStorage, Preparable, PrepareController,
+    PrepareError, PrepareOptions, PrepareState, PrepareStep, PrepareStepError, StartIntent,
+    StorageError, UpgradeFinalizer, WriteRejected, REQUEST_CANCEL_PREPARE, REQUEST_PREPARE,
 };
 use parking_lot::{Condvar, Mutex};
 
@@ -336,7 +336,13 @@ fn the_gate_refuses_finalize_while_a_prepare_waits_and_cancel_stops_it() {
     let seen = seen.lock().clone();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].0, PrepareState::GateEnabled);
-    assert!(seen[0].1.as_ref().unwrap_err().contains("write gate is up"));
+    assert_eq!(seen[0].1, Err(FinalizeRefusal::PrepareRunning));
+    assert!(seen[0]
+        .1
+        .as_ref()
+        .unwrap_err()
+        .to_string()
+        .contains("write gate is up"));
     assert_eq!(controller.state(), PrepareState::NotPrepared);
     assert_eq!(lvm.state().prepare_index, None);
 }
@@ -401,7 +407,15 @@ fn finalize_is_refused_while_prepared() {
     gate.prepare(&node).unwrap();
 
     let err = finalizer.finalize("ops", &()).unwrap_err();
-    assert!(matches!(err, FinalizeError::Prepared { .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            FinalizeError::Prepared {
+                reason: FinalizeRefusal::Prepared { index: 0 }
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("prepare index 0"), "{err}");
     let dry = finalizer.dry_run(None, &()).unwrap();
     assert!(dry.blocked_by.is_some());
