@@ -311,7 +311,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
         let mlv = self.lvm.metadata_layout_version();
         let mut history = Vec::new();
         if let Some(record) = &unfinished {
-            if let Some(takeover) = self.check_ownership(request, record, now_ms, mlv)? {
+            if let Some(takeover) = check_ownership(request, record, now_ms, mlv)? {
                 history.push(takeover);
             }
         }
@@ -343,35 +343,6 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
             unfinished,
             history,
         }))
-    }
-
-    /// An unfinished finalization of another client is refused without takeover; with
-    /// it, the takeover's history entry.
-    fn check_ownership(
-        &self,
-        request: &FinalizeRequest<F>,
-        unfinished: &FinalizationRecord,
-        now_ms: u64,
-        mlv: u32,
-    ) -> Result<Option<HistoryEntry>, FinalizeError<F>> {
-        let client = request.client_id.as_str();
-        if unfinished.client_id == client {
-            return Ok(None);
-        }
-        if !request.takeover {
-            return Err(FinalizeError::OwnedByAnotherClient {
-                holder: unfinished.client_id.clone(),
-                client: client.to_owned(),
-            });
-        }
-        Ok(Some(HistoryEntry::new(
-            now_ms,
-            client,
-            HistoryEvent::Takeover,
-            mlv,
-            mlv,
-            format!("from {}", unfinished.client_id),
-        )))
     }
 
     /// Every condition: the failing ones refuse the run unless overridden; the
@@ -751,4 +722,32 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
             metadata_layout_version: mlv,
         }
     }
+}
+
+/// An unfinished finalization of another client is refused without takeover; with
+/// it, the takeover's history entry.
+fn check_ownership<F: LayoutFeature>(
+    request: &FinalizeRequest<F>,
+    unfinished: &FinalizationRecord,
+    now_ms: u64,
+    mlv: u32,
+) -> Result<Option<HistoryEntry>, FinalizeError<F>> {
+    let client = request.client_id.as_str();
+    if unfinished.client_id == client {
+        return Ok(None);
+    }
+    if !request.takeover {
+        return Err(FinalizeError::OwnedByAnotherClient {
+            holder: unfinished.client_id.clone(),
+            client: client.to_owned(),
+        });
+    }
+    Ok(Some(HistoryEntry::new(
+        now_ms,
+        client,
+        HistoryEvent::Takeover,
+        mlv,
+        mlv,
+        format!("from {}", unfinished.client_id),
+    )))
 }
