@@ -372,6 +372,13 @@ fn a_second_finalize_during_the_first_is_refused_at_once_and_actions_run_once() 
         matches!(&err, FinalizeError::InProgress { holder } if holder == "alice"),
         "{err:?}"
     );
+    // One contention error: the dry run is blocked by the same words.
+    let plan = finalizer.dry_run(None, &service).unwrap();
+    assert_eq!(plan.blocked_by.as_deref(), Some(err.to_string().as_str()));
+    assert_eq!(
+        err.to_string(),
+        "finalization is already in progress, started by client alice"
+    );
     let status = finalizer.report_status(None, false).unwrap();
     assert_eq!(status.status, FinalizationStatus::FinalizationInProgress);
     let progress = status.progress.unwrap();
