@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use layout_core::admin::WireMigrationState;
 use layout_core::binding::redb::{self as bound_redb, OpenOptions};
 use layout_core::migration::{
     BackgroundMigration, BatchEvent, DualWrite, MigrationControl, MigrationState, MigrationTuning,
@@ -212,7 +213,7 @@ impl fmt::Debug for KvOptions {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MigrationFigures {
     /// `not started`, `running`, `paused`, `interrupted` or `complete`.
-    pub state: String,
+    pub state: WireMigrationState,
     /// Rows of `kv` done (over all runs).
     pub rows_done: u64,
     /// Rows in `kv`, counted when the current run started (kept in the checkpoint, so
@@ -1369,9 +1370,9 @@ impl Engine {
             index.migration.is_complete() || checkpoint.as_ref().is_some_and(|c| c.complete);
         Some(MigrationFigures {
             state: if complete {
-                MigrationState::Complete.as_str().to_owned()
+                MigrationState::Complete.into()
             } else {
-                progress.state.as_str().to_owned()
+                progress.state.into()
             },
             rows_done,
             rows_total,

@@ -1362,7 +1362,10 @@ fn a_node_killed_five_times_during_its_index_migration_resumes_it_by_itself_each
         // Mid-migration, with progress made by this run: kill it.
         let figures = poll_until(&format!("kill {kill}: the run {runs} copies rows"), || {
             let f = index_figures(&kv);
-            (f.runs == runs && f.rows_done > 0 && f.state == "running").then_some(f)
+            (f.runs == runs
+                && f.rows_done > 0
+                && f.state == layout_core::admin::WireMigrationState::Running)
+                .then_some(f)
         });
         let done_at_kill = figures.rows_done;
         assert!(

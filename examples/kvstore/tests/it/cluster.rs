@@ -160,7 +160,11 @@ fn assert_finalized_node(node: &KvNode, id: &str, n: usize) {
         .store()
         .index_migration()
         .expect("the value-index migration ran");
-    assert_eq!(figures.state, "complete", "{id}: {figures:?}");
+    assert_eq!(
+        figures.state,
+        layout_core::admin::WireMigrationState::Complete,
+        "{id}: {figures:?}"
+    );
     assert!(figures.rows_done >= n as u64, "{id}: {figures:?}");
     assert!(client
         .compare_and_swap(&format!("{id}-000"), Some("shade-0"), "swapped")

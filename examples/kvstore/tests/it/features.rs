@@ -229,7 +229,10 @@ fn value_index_is_complete_and_consistent_with_writes_made_during_its_migration(
         .contains(&"k091".to_owned()));
     let figures = node.store().index_migration().expect("figures");
     assert!(figures.complete);
-    assert_eq!(figures.state, "complete");
+    assert_eq!(
+        figures.state,
+        layout_core::admin::WireMigrationState::Complete
+    );
     assert!(figures.batches >= 10, "{figures:?}");
     assert!(figures.rows_done >= 99, "{figures:?}");
     let status = client.status().expect("status");

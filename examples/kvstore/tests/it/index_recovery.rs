@@ -100,7 +100,11 @@ fn new_release_stopped_mid_migration(dir: &Path, recorder: &Arc<Recorder>) -> Kv
     );
     let figures = node.store().index_migration().expect("figures");
     assert!(!figures.complete, "{figures:?}");
-    assert_eq!(figures.state, "interrupted", "{figures:?}");
+    assert_eq!(
+        figures.state,
+        layout_core::admin::WireMigrationState::Interrupted,
+        "{figures:?}"
+    );
     assert_eq!(figures.batches, BATCHES_BEFORE_STOP, "{figures:?}");
     assert_eq!(
         figures.rows_done,
@@ -185,7 +189,11 @@ fn an_older_release_writing_mid_migration_makes_a_normal_start_rebuild_the_index
     );
     recorder.attach(&node, None);
     let figures = node.store().index_migration().expect("figures");
-    assert_eq!(figures.state, "not started", "reset on open: {figures:?}");
+    assert_eq!(
+        figures.state,
+        layout_core::admin::WireMigrationState::NotStarted,
+        "reset on open: {figures:?}"
+    );
     node.finalizer()
         .finalize("test", node.store())
         .expect("finalize");
@@ -238,7 +246,11 @@ fn the_same_release_restarting_mid_migration_resumes_from_the_checkpoint() {
     );
     recorder.attach(&node, None);
     let figures = node.store().index_migration().expect("figures");
-    assert_eq!(figures.state, "interrupted", "kept on open: {figures:?}");
+    assert_eq!(
+        figures.state,
+        layout_core::admin::WireMigrationState::Interrupted,
+        "kept on open: {figures:?}"
+    );
     assert_eq!(figures.batches, BATCHES_BEFORE_STOP, "{figures:?}");
     KvClient::new(node.http_addr())
         .put("k091", "changed")
