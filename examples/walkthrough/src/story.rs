@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use layout_core::admin::http::AdminClient;
 use layout_core::admin::{
-    FinalizeParams, FinalizeResponse, PrepareParams, WireFeatureStatus, WirePrepareState,
+    FinalizeParams, FinalizeResponse, PrepareParams, WireFeatureStatus, WireFinalizationStatus,
+    WirePrepareState,
 };
 use layout_core::{LayoutError, LayoutFeature, StartIntent};
 
@@ -334,8 +335,8 @@ impl<'a> Story<'a> {
         )?;
         self.n.check_eq(
             "finalization status is FINALIZATION_DONE",
-            &"FINALIZATION_DONE",
-            &last.status.as_str(),
+            &WireFinalizationStatus::FinalizationDone,
+            &last.status,
         )?;
         self.end_stage(&new, (4, 4), None)?;
         Ok(new)
