@@ -84,8 +84,8 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
     /// Resumes, at start-up and without an operator, a finalization that a crash, a kill
     /// or a restart interrupted in the middle of an `OnFinalize` action (its record is
     /// unfinished and names the running feature, see
-    /// [`FinalizationRecord::is_interrupted`](crate::FinalizationRecord::is_interrupted)), as the client that started it and towards
-    /// its target, in the caller's thread. A finalization an operator cancelled is not
+    /// [`FinalizationRecord::is_interrupted`](crate::FinalizationRecord::is_interrupted)),
+    /// as the client that started it and towards its target, in the caller's thread. A finalization an operator cancelled is not
     /// resumed ([`StartupResume::Cancelled`]); nor is one that stopped on a failed action
     /// or between features ([`StartupResume::NothingToResume`]): those wait for an
     /// operator.

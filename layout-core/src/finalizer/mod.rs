@@ -115,7 +115,8 @@ pub struct UpgradeFinalizer<F: LayoutFeature, C> {
     policy: FinalizePolicy,
     clock: Arc<dyn Clock>,
     /// Asks the running finalization (and its action) to stop; outside the lock, because
-    /// an action polls it through [`ActionContext::is_cancelled`](crate::ActionContext::is_cancelled).
+    /// an action polls it through
+    /// [`ActionContext::is_cancelled`](crate::ActionContext::is_cancelled).
     cancel: AtomicBool,
     /// Everything else about the current and last run, behind one lock.
     run: Mutex<RunState<F>>,

@@ -14,7 +14,8 @@ pub struct FinalizeRequest<F> {
     pub takeover: bool,
     /// Failing conditions to override, each with a reason.
     pub overrides: Vec<ConditionOverride>,
-    /// Set by [`UpgradeFinalizer::resume_interrupted`](super::UpgradeFinalizer::resume_interrupted):
+    /// Set by
+    /// [`UpgradeFinalizer::resume_interrupted`](super::UpgradeFinalizer::resume_interrupted):
     /// the run resumes an interrupted finalization at start-up, without an operator.
     pub(super) at_startup: bool,
 }
