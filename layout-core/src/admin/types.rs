@@ -2,7 +2,10 @@
 //!
 //! Requests are strict: unknown fields, wrong types and numbers out of range are
 //! refused, and every request body carries [`API_VERSION`]. Responses are lenient for
-//! readers (a newer server may add fields) and carry the API version too.
+//! readers (a newer server may add fields) and carry the API version too. Statuses and
+//! states are enums ([`WireFinalizationStatus`], [`WirePrepareState`],
+//! [`WireFeatureStatus`], [`WireMigrationState`]) whose JSON is one word; a word a newer
+//! server sends that this release does not know reads as their `Unknown(word)`.
 
 use std::fmt;
 
