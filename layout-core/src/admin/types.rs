@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::finalizer::FinalizationStatus;
 use crate::manager::FeatureStatus;
+#[cfg(feature = "migration")]
 use crate::migration::MigrationState;
 use crate::prepare::PrepareState;
 
@@ -890,8 +891,8 @@ impl From<PrepareState> for WirePrepareState {
 }
 
 wire_words! {
-    /// [`MigrationView::state`]: a background migration's [`MigrationState`], in its wire
-    /// words.
+    /// [`MigrationView::state`]: a background migration's state
+    /// (`migration::MigrationState`, feature `migration`), in its wire words.
     WireMigrationState {
         /// `not started`: no checkpoint yet.
         NotStarted = "not started",
@@ -906,6 +907,7 @@ wire_words! {
     }
 }
 
+#[cfg(feature = "migration")]
 impl From<MigrationState> for WireMigrationState {
     fn from(state: MigrationState) -> Self {
         match state {
