@@ -64,6 +64,7 @@
 //! | `admin` | the admin API and `AdminService` (feature `admin`); its HTTP endpoint and client (feature `admin-http`) |
 //! | `http` | the one HTTP stack of every endpoint: axum on hyper on a runtime thread the endpoint owns, bearer tokens, limits, `/metrics`, TLS (features `http`, `tls`) |
 //! | [`clock`] | injectable time: [`SystemClock`], [`ManualClock`], the [`Sleeper`] that waits |
+//! | [`durable`] | durable files: atomic replace (temp file, fsync, rename, directory fsync), durable remove, the checksummed envelope |
 //! | [`crash_point`] | named crash points inside upgrade work, which a test kit observes and crashes at |
 //! | `cluster` | cluster-wide finalization: coordinator, members, cluster stores (embedded, etcd), store moves (feature `cluster`) |
 //! | [`gate`] | [`LayoutAware`] and `#[disallowed_until]`: APIs closed until their feature is finalized |
@@ -154,6 +155,7 @@ pub mod clock;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod crash_point;
+pub mod durable;
 pub mod error;
 #[cfg(feature = "etcd")]
 pub mod etcd;
