@@ -398,7 +398,9 @@ fn interleaved_ratio(n: u32, initial: &str, texts: &[String], pairs: usize) {
     });
 }
 
-/// An atomic replace of the VERSION file in `dir`, by hand.
+/// The benchmark's baseline, deliberately hand-written (not `layout_core::durable`): the
+/// bare cost of an atomic replace of the VERSION file in `dir` (temporary file, fsync,
+/// rename, directory fsync), which the finalizer's commits are measured against.
 fn atomic_replace(dir: &Path, bytes: &[u8]) {
     let temp = dir.join(".VERSION.tmp");
     let mut file = File::create(&temp).expect("create temp");

@@ -76,7 +76,7 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::fs;
-use std::io::{self, Write as _};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -85,6 +85,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use crate::clock::{Clock, SystemClock};
+use crate::durable;
 use crate::error::LayoutError;
 use crate::feature::LayoutFeature;
 use crate::finalizer::{FinalizeGate, FinalizeRefusal};
@@ -642,8 +643,9 @@ impl PrepareController {
     /// With [`StartIntent::Upgrade`] or [`StartIntent::Downgrade`] prepare is cancelled
     /// locally: the marker file (if kept) is removed and the component starts not
     /// prepared. A bad marker is [`PrepareError::Marker`], and nothing is written. A
-    /// leftover temporary marker file (`<marker file>.tmp`, from a prepare killed while
-    /// writing it) is removed first, and logged at warn.
+    /// leftover temporary marker file (`.<marker file>.<pid>.<n>.tmp`, or
+    /// `<marker file>.tmp` of earlier releases, from a prepare killed while writing it) is
+    /// removed first, and logged at warn.
     pub fn restore<F: LayoutFeature>(
         lvm: Arc<LayoutVersionManager<F>>,
         component: &dyn Preparable,
@@ -664,7 +666,7 @@ impl PrepareController {
         };
         if let Some(path) = &controller.marker_file {
             // A prepare killed while it wrote the marker file leaves its temporary file.
-            remove_leftover_temp(&marker_temp_path(path))?;
+            remove_leftover_temps(path)?;
         }
         let index = controller.validate_marker(component)?;
         if let Some(index) = index {
@@ -1059,44 +1061,47 @@ fn read_marker_file(path: &Path) -> Result<Option<u64>, MarkerProblem> {
     }
 }
 
-/// Writes the marker file atomically: a temp file in the same directory, fsynced,
-/// renamed over, directory fsynced.
+/// Writes the marker file atomically and durably ([`durable::replace`]: a temporary file
+/// created exclusively in the same directory, fsynced, renamed over, directory fsynced).
 fn write_marker_file(path: &Path, index: u64) -> Result<(), PrepareError> {
-    let err = |operation: &'static str| {
-        move |source: io::Error| PrepareError::MarkerFile {
-            path: path.to_owned(),
-            operation,
-            source,
-        }
-    };
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(err("create directory"))?;
-    let temp = marker_temp_path(path);
-    remove_leftover_temp(&temp)?;
-    let written = (|| {
-        // Exclusively: never through a symlink or a file planted at the temporary path.
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)?;
-        file.write_all(index.to_string().as_bytes())?;
-        file.sync_all()
-    })()
-    .map_err(err("write temporary file"))
-    .and_then(|()| fs::rename(&temp, path).map_err(err("rename")));
-    if let Err(e) = written {
-        let _ = fs::remove_file(&temp);
-        return Err(e);
-    }
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(err("fsync directory"))
+    fs::create_dir_all(dir).map_err(|source| PrepareError::MarkerFile {
+        path: path.to_owned(),
+        operation: "create directory",
+        source,
+    })?;
+    remove_leftover_temps(path)?;
+    durable::replace(path, index.to_string().as_bytes())
+        .map(drop)
+        .map_err(marker_file_error)
 }
 
-/// The temporary file the marker file is written to: `<marker file>.tmp`, next to it.
+fn marker_file_error(e: durable::Error) -> PrepareError {
+    PrepareError::MarkerFile {
+        path: e.path().to_owned(),
+        operation: e.step().as_str(),
+        source: e.into_io_error(),
+    }
+}
+
+/// Removes the temporary marker files a prepare killed while writing left behind: those
+/// of [`durable::replace`] and `<marker file>.tmp` of earlier releases. Unlinked, never
+/// followed; each logged at warn. Prepare runs are serialized, so none is in use.
+fn remove_leftover_temps(path: &Path) -> Result<(), PrepareError> {
+    remove_leftover_temp(&marker_temp_path(path))?;
+    for temp in durable::remove_leftover_temp_files(path).map_err(marker_file_error)? {
+        tracing::warn!(
+            path = %temp.display(),
+            "removed a leftover temporary prepare marker file (from an interrupted prepare)"
+        );
+    }
+    Ok(())
+}
+
+/// The temporary marker file of earlier releases: `<marker file>.tmp`, next to it.
 fn marker_temp_path(path: &Path) -> PathBuf {
     let mut temp_name = path.file_name().unwrap_or_default().to_os_string();
     temp_name.push(".tmp");
@@ -1133,25 +1138,5 @@ fn remove_leftover_temp(temp: &Path) -> Result<(), PrepareError> {
 }
 
 fn remove_marker_file(path: &Path) -> Result<(), PrepareError> {
-    match fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(PrepareError::MarkerFile {
-                path: path.to_owned(),
-                operation: "remove",
-                source,
-            })
-        }
-    }
-    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| PrepareError::MarkerFile {
-                path: path.to_owned(),
-                operation: "fsync directory",
-                source,
-            })?;
-    }
-    Ok(())
+    durable::remove(path).map_err(marker_file_error)
 }

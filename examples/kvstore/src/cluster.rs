@@ -1174,22 +1174,12 @@ impl StoreMover {
     }
 }
 
-/// Writes `value` as JSON to `path` durably: a temporary file, synced, renamed.
+/// Writes `value` as JSON to `path` durably ([`layout_core::durable::replace`]).
 fn write_atomically(path: &Path, value: &impl Serialize) -> Result<(), String> {
     let bytes = serde_json::to_vec_pretty(value).map_err(|e| e.to_string())?;
-    let temp = path.with_extension("json.tmp");
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    };
-    write().map_err(|e| format!("cannot write {}: {e}", path.display()))
+    layout_core::durable::replace(path, &bytes)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 fn move_error(e: &StoreError) -> (u16, Value) {

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use layout_core::admin::WireMigrationState;
 use layout_core::binding::redb::{self as bound_redb, OpenOptions};
+use layout_core::durable;
 use layout_core::migration::{
     BackgroundMigration, BatchEvent, DualWrite, MigrationControl, MigrationState, MigrationTuning,
 };
@@ -1422,24 +1423,21 @@ impl Engine {
             read_meta(&meta, META_APPLIED).map_err(self.db_err("read kv_meta"))?
         };
         let final_path = snapshot_dir.join(format!("snapshot-{index:020}.jsonl"));
-        let tmp_path = snapshot_dir.join(format!(".snapshot-{index:020}.tmp"));
-        // A failed snapshot removes its temporary file (a full disk must not stay full).
-        let written = self.write_snapshot_file(&txn, index, &tmp_path, &final_path);
-        if let Err(e) = written {
-            if let Err(remove) = fs::remove_file(&tmp_path) {
-                if remove.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(
-                        path = %tmp_path.display(),
-                        error = %remove,
-                        "cannot remove the temporary file of a failed snapshot"
-                    );
-                }
+        // One durable replace: a temporary file (`.snapshot-<index>.jsonl.<pid>.<n>.tmp`,
+        // created exclusively) written, fsynced, renamed, the directory fsynced; removed
+        // on any failure (a full disk must not stay full).
+        match durable::replace_with(&final_path, |file| {
+            self.write_snapshot_file(&txn, index, file, &final_path)
+        }) {
+            Ok(_) => {}
+            Err(durable::ReplaceError::Write(e)) => return Err(e),
+            Err(durable::ReplaceError::Durable(e)) => {
+                return Err(KvError::Io {
+                    context: e.step().as_str(),
+                    path: e.path().to_owned(),
+                    source: e.into_io_error(),
+                })
             }
-            return Err(e);
-        }
-        if let Ok(d) = fs::File::open(&snapshot_dir) {
-            // Best effort: make the rename durable.
-            let _ = d.sync_all();
         }
         drop(txn);
         let txn = self.db.begin_write().map_err(self.db_err("begin write"))?;
@@ -1453,13 +1451,12 @@ impl Engine {
         Ok(index)
     }
 
-    /// Writes the snapshot at `index` to `tmp_path` (created exclusively), fsyncs it and
-    /// renames it to `final_path`.
+    /// Writes the snapshot at `index` to `file`, the temporary file of `final_path`.
     fn write_snapshot_file(
         &self,
         txn: &redb::ReadTransaction,
         index: u64,
-        tmp_path: &Path,
+        file: &mut fs::File,
         final_path: &Path,
     ) -> Result<(), KvError> {
         let io = |context: &'static str, path: &Path| {
@@ -1471,21 +1468,9 @@ impl Engine {
             }
         };
         {
-            // A leftover of a killed prepare at this index: never written through.
-            match fs::remove_file(tmp_path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(io("cannot remove", tmp_path)(e));
-                }
-                _ => {}
-            }
-            let file = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(tmp_path)
-                .map_err(io("cannot create", tmp_path))?;
             let mut out = std::io::BufWriter::new(file);
             let header = serde_json::json!({"snapshot_index": index, "layout_version": self.lvm.metadata_layout_version()});
-            writeln!(out, "{header}").map_err(io("cannot write", tmp_path))?;
+            writeln!(out, "{header}").map_err(io("cannot write", final_path))?;
             let kv = txn.open_table(KV).map_err(self.db_err("open kv"))?;
             for item in kv.iter().map_err(self.db_err("iterate kv"))? {
                 let (k, v) = item.map_err(self.db_err("read kv"))?;
@@ -1497,16 +1482,11 @@ impl Engine {
                     reason,
                 })?;
                 let line = serde_json::json!({"key": key, "value": value, "modified_ms": ms, "expires_at_ms": expires_at_ms});
-                writeln!(out, "{line}").map_err(io("cannot write", tmp_path))?;
+                writeln!(out, "{line}").map_err(io("cannot write", final_path))?;
             }
-            let file = out.into_inner().map_err(|e| KvError::Io {
-                context: "cannot write",
-                path: tmp_path.to_owned(),
-                source: e.into_error(),
-            })?;
-            file.sync_all().map_err(io("cannot fsync", tmp_path))?;
+            out.flush().map_err(io("cannot write", final_path))?;
         }
-        fs::rename(tmp_path, final_path).map_err(io("cannot rename", tmp_path))
+        Ok(())
     }
 
     fn purge(&self, through: u64) -> Result<(), KvError> {

@@ -34,7 +34,7 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Write as _};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -43,6 +43,9 @@ use parking_lot::{Condvar, Mutex};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+use crate::durable;
 
 /// The function of one step, forward or back.
 type StepFn = Box<dyn Fn(Value) -> Result<Value, StepError> + Send + Sync>;
@@ -1794,10 +1797,14 @@ impl DocumentStore for MemoryDocumentStore {
 ///
 /// Loads read the file (replaced atomically, so never torn). A compare-and-swap takes an
 /// exclusive lock on a lock file beside it (`<name>.lock`, via [`std::fs::File::lock`]),
-/// compares, writes a temporary file in the same directory, fsyncs it, renames it over
-/// the document and fsyncs the directory. The revision is a 64-bit digest of the content
-/// (FNV-1a), so it needs no extra state; two equal contents have the same revision,
-/// which is harmless for a compare-and-swap of whole documents.
+/// compares, and replaces the document with [`durable::replace`](crate::durable::replace)
+/// (a temporary file created exclusively in the same directory, fsynced, renamed over the
+/// document, the directory fsynced); temporary files a crashed writer left are removed
+/// under the lock. The file holds the document's bytes as they are (other tools and
+/// earlier releases read it). The revision is a 64-bit digest of the content (the first
+/// 8 bytes of its SHA-256), so it needs no extra state; two equal contents have the same
+/// revision, which is harmless for a compare-and-swap of whole documents. It is never
+/// stored: each process computes it from the bytes it reads.
 ///
 /// ```
 /// use layout_core::migration::{CasOutcome, DocumentStore, FileDocumentStore};
@@ -1814,7 +1821,6 @@ impl DocumentStore for MemoryDocumentStore {
 pub struct FileDocumentStore {
     path: PathBuf,
     lock_path: PathBuf,
-    temp_path: PathBuf,
 }
 
 impl FileDocumentStore {
@@ -1825,12 +1831,7 @@ impl FileDocumentStore {
             .file_name()
             .map_or_else(|| "document".into(), |n| n.to_string_lossy().into_owned());
         let lock_path = path.with_file_name(format!("{name}.lock"));
-        let temp_path = path.with_file_name(format!(".{name}.tmp"));
-        Self {
-            path,
-            lock_path,
-            temp_path,
-        }
+        Self { path, lock_path }
     }
 
     /// The document's path.
@@ -1849,6 +1850,10 @@ impl FileDocumentStore {
             operation,
             source,
         }
+    }
+
+    fn durable(&self, e: durable::Error) -> DocumentStoreError {
+        self.io(e.step().as_str(), e.into_io_error())
     }
 
     fn read(&self) -> Result<Option<Vec<u8>>, DocumentStoreError> {
@@ -1896,41 +1901,26 @@ impl DocumentStore for FileDocumentStore {
         if current != expected {
             return Ok(CasOutcome::Conflict { current });
         }
-        let written = write_synced(&self.temp_path, bytes)
-            .map_err(|e| self.io("write temporary file", e))
-            .and_then(|()| {
-                fs::rename(&self.temp_path, &self.path).map_err(|e| self.io("rename", e))
-            });
-        if let Err(e) = written {
-            let _ = fs::remove_file(&self.temp_path);
-            return Err(e);
+        // Writers are serialized by the lock: no temporary file is in use now.
+        for temp in durable::remove_leftover_temp_files(&self.path).map_err(|e| self.durable(e))? {
+            tracing::warn!(
+                location = %self.location(),
+                temp = %temp.display(),
+                "removed a temporary document file left by an interrupted write"
+            );
         }
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| self.io("fsync directory", e))?;
+        durable::replace(&self.path, bytes).map_err(|e| self.durable(e))?;
         drop(lock);
         Ok(CasOutcome::Stored(digest(bytes)))
     }
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
-}
-
-/// FNV-1a, 64 bits.
+/// The revision of `bytes`: the first 8 bytes of their SHA-256.
 fn digest(bytes: &[u8]) -> Revision {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    Revision(hash)
+    let hash = Sha256::digest(bytes);
+    let mut first = [0; 8];
+    first.copy_from_slice(&hash[..8]);
+    Revision(u64::from_be_bytes(first))
 }
 
 #[cfg(test)]

@@ -72,6 +72,7 @@ use sha2::{Digest as _, Sha256};
 use super::background::{Sleeper, ThreadSleeper};
 use super::document::StepError;
 use crate::clock::{Clock, SystemClock};
+use crate::durable;
 
 /// Crash point (see [`crate::crash_point`]): a page was read; none of its writes is done.
 pub const CRASH_BEFORE_PAGE_WRITES: &str = "side_by_side::before_page_writes";
@@ -351,7 +352,22 @@ impl HighWaterMarkStore for MemoryHighWaterMark {
     }
 }
 
-/// A mark in a JSON file, replaced atomically (written aside, synced, renamed).
+/// A mark in a file: JSON in the checksummed envelope of [`durable`], replaced with
+/// [`durable::replace`] (a temporary file created exclusively, fsynced, renamed over the
+/// mark, the directory fsynced). A damaged mark is refused with the envelope's reason. A
+/// mark written by an earlier release (plain JSON, no envelope) is still read.
+///
+/// ```
+/// use layout_core::migration::side_by_side::{Cursor, FileHighWaterMark, HighWaterMarkStore};
+///
+/// let dir = tempfile::tempdir()?;
+/// let mark = FileHighWaterMark::new(dir.path().join("mark"));
+/// assert!(mark.load()?.is_none());
+/// let cursor = Cursor { updated_ms: 42, id: "user/7".to_owned() };
+/// mark.save(&cursor)?;
+/// assert_eq!(mark.load()?, Some(cursor));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct FileHighWaterMark {
     path: PathBuf,
@@ -378,30 +394,26 @@ impl HighWaterMarkStore for FileHighWaterMark {
     }
 
     fn load(&self) -> Result<Option<Cursor>, SideBySideError> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| self.err("load", format!("not a mark: {e}"))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(self.err("load", e)),
-        }
+        let bytes = match std::fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.err("load", e)),
+        };
+        // Plain JSON: a mark written by an earlier release.
+        let json = if durable::is_envelope(&bytes) {
+            durable::decode_envelope(&bytes).map_err(|e| self.err("load", e))?
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(json)
+            .map(Some)
+            .map_err(|e| self.err("load", format!("not a mark: {e}")))
     }
 
     fn save(&self, mark: &Cursor) -> Result<(), SideBySideError> {
-        use std::io::Write as _;
-        let mut aside = self.path.clone().into_os_string();
-        aside.push(".tmp");
-        let aside = PathBuf::from(aside);
-        let bytes = serde_json::to_vec(mark).map_err(|e| self.err("save", e))?;
-        let mut file = std::fs::File::create(&aside).map_err(|e| self.err("save", e))?;
-        file.write_all(&bytes).map_err(|e| self.err("save", e))?;
-        file.sync_all().map_err(|e| self.err("save", e))?;
-        std::fs::rename(&aside, &self.path).map_err(|e| self.err("save", e))?;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| self.err("save", e))?;
-        }
+        let json = serde_json::to_vec(mark).map_err(|e| self.err("save", e))?;
+        durable::replace(&self.path, &durable::encode_envelope(&json))
+            .map_err(|e| self.err("save", e))?;
         Ok(())
     }
 }

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Read as _, Write as _};
+use std::io::{self, Read as _};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
@@ -10,14 +10,11 @@ use parking_lot::Mutex;
 
 use super::format::{self, DecodeError};
 use super::{LayoutStorage, StorageError};
+use crate::durable;
 use crate::state::{LayoutState, FORMAT_VERSION};
 
 /// The name of the layout state file inside a component's directory.
 pub const VERSION_FILE_NAME: &str = "VERSION";
-
-/// The temporary file a store writes before renaming it over `VERSION`. The name is
-/// reserved: whatever is found there is removed (unlinked, never followed).
-const TEMP_FILE_NAME: &str = ".VERSION.tmp";
 
 /// Keeps the layout state in a human-readable, checksummed `VERSION` file.
 ///
@@ -34,10 +31,12 @@ const TEMP_FILE_NAME: &str = ".VERSION.tmp";
 /// temporary file. A handle that has neither loaded nor stored (a tool writing a state
 /// it built itself) replaces what is there, as before.
 ///
-/// The temporary file (`.VERSION.tmp`, next to the file that is replaced) is created
-/// exclusively, so it is never opened through a symlink or a hard link planted there; a
-/// leftover one (from a crash, or planted) is unlinked, logged at warn, and created
-/// afresh. A store that fails removes its temporary file.
+/// The write is [`durable::replace`](crate::durable::replace): the temporary file
+/// (`.VERSION.<pid>.<n>.tmp`, next to the file that is replaced) is created exclusively,
+/// so it is never opened through a symlink or a hard link planted there. Before each
+/// store, leftover temporary files of `VERSION` (from a crash, or planted; `.VERSION.tmp`
+/// of earlier releases too) are unlinked, never followed, and logged at warn. A store
+/// that fails removes its temporary file.
 ///
 /// ```
 /// use layout_core::{FileStorage, LayoutStorage};
@@ -318,38 +317,20 @@ impl FileStorage {
         Ok((found.target, found.identity.link))
     }
 
-    /// Creates the temporary file exclusively: never through a symlink or an existing
-    /// file. A leftover one is unlinked (not followed) first.
-    fn create_temp(&self, temp: &Path) -> Result<fs::File, StorageError> {
-        let create = || {
-            fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(temp)
-        };
-        match create() {
-            Ok(file) => return Ok(file),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(self.io_error("create temporary file", e)),
+    /// Removes the temporary files an interrupted store left next to `target` (or that
+    /// were planted there): unlinked, never followed, each logged at warn.
+    fn remove_leftover_temps(&self, target: &Path) -> Result<(), StorageError> {
+        let removed = durable::remove_leftover_temp_files(target)
+            .map_err(|e| self.io_error("remove leftover temporary file", e.into_io_error()))?;
+        for temp in removed {
+            tracing::warn!(
+                location = %self.location(),
+                temp = %temp.display(),
+                "removed a leftover temporary file (from an interrupted write, or planted); \
+                 it was unlinked, never followed"
+            );
         }
-        let kind = fs::symlink_metadata(temp).map_or("file", |m| {
-            if m.file_type().is_symlink() {
-                "symlink"
-            } else if m.is_dir() {
-                "directory"
-            } else {
-                "file"
-            }
-        });
-        tracing::warn!(
-            location = %self.location(),
-            temp = %temp.display(),
-            kind,
-            "removing a leftover temporary file (from an interrupted write, or planted); \
-             it is unlinked, never followed"
-        );
-        fs::remove_file(temp).map_err(|e| self.io_error("remove leftover temporary file", e))?;
-        create().map_err(|e| self.io_error("create temporary file", e))
+        Ok(())
     }
 }
 
@@ -404,20 +385,25 @@ impl LayoutStorage for FileStorage {
             .filter(|p| !p.as_os_str().is_empty())
             .map_or_else(|| self.dir.clone(), Path::to_path_buf);
         fs::create_dir_all(&target_dir).map_err(|e| self.io_error("create directory", e))?;
-        let temp = target_dir.join(TEMP_FILE_NAME);
-        let file = self.create_temp(&temp)?;
-        let written = write_synced(file, text.as_bytes())
-            .map_err(|e| self.io_error("write temporary file", e))
-            .and_then(|meta| {
-                fs::rename(&temp, &target).map_err(|e| self.io_error("rename", e))?;
-                Ok(meta)
-            });
-        let meta = match written {
+        self.remove_leftover_temps(&target)?;
+        // The shared routine: a temporary file created exclusively, fsynced, renamed over
+        // the target, the directory fsynced.
+        let meta = match durable::replace(&target, text.as_bytes()) {
             Ok(meta) => meta,
-            Err(e) => {
-                let _ = fs::remove_file(&temp);
-                return Err(e);
+            Err(e) if e.replaced() => {
+                // Only the directory fsync failed: the new file is in place, and it is
+                // what this handle checks against next (when it can tell which it is).
+                if let Ok(meta) = fs::metadata(&target) {
+                    *seen = Seen::File(Identity {
+                        link,
+                        dev: meta.dev(),
+                        ino: meta.ino(),
+                        bytes: text.into_bytes(),
+                    });
+                }
+                return Err(self.io_error(e.step().as_str(), e.into_io_error()));
             }
+            Err(e) => return Err(self.io_error(e.step().as_str(), e.into_io_error())),
         };
         // The rename preserved the temporary file's inode: that is VERSION now.
         *seen = Seen::File(Identity {
@@ -426,16 +412,6 @@ impl LayoutStorage for FileStorage {
             ino: meta.ino(),
             bytes: text.into_bytes(),
         });
-        sync_dir(&target_dir).map_err(|e| self.io_error("fsync directory", e))
+        Ok(())
     }
-}
-
-fn write_synced(mut file: fs::File, bytes: &[u8]) -> io::Result<fs::Metadata> {
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    file.metadata()
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    fs::File::open(dir)?.sync_all()
 }

@@ -2,7 +2,7 @@
 //! their runs durably, the steps a child reports, and the checks made after a restart.
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, OpenOptions};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -129,7 +129,9 @@ impl Journal {
         file.write_all(format!("{} {attempt}\n", feature.name()).as_bytes())?;
         file.sync_all()?;
         if created {
-            File::open(self.path.parent().unwrap())?.sync_all()?;
+            // An append-only journal, not a replaced file: the new name is made durable.
+            layout_core::durable::sync_directory(self.path.parent().unwrap())
+                .map_err(layout_core::durable::Error::into_io_error)?;
         }
         Ok(attempt)
     }

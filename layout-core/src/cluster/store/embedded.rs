@@ -15,6 +15,7 @@ use redb::{
 use serde::Deserialize;
 
 use super::{CasOutcome, ClusterStore, FinalizerClaim, StoreError, Versioned};
+use crate::durable;
 use crate::cluster::state::{
     upgrade_kind_document, AuditEntry, KindRecord, KindState, MemberRecord, MoveRecord,
     AUDIT_RETENTION, CLUSTER_STATE_FORMAT,
@@ -169,7 +170,16 @@ impl EmbeddedStore {
             Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", e)),
         }
         // A database left half-built by a crash (first creation or migration): the file at
-        // `path` was never replaced, so it is garbage.
+        // `path` was never replaced, so it is garbage. `.migrating` is the temporary
+        // database of earlier releases.
+        for temp in durable::remove_leftover_temp_files(&path)
+            .map_err(|e| io_err("remove stale temporary database", e.into_io_error()))?
+        {
+            tracing::info!(
+                path = %temp.display(),
+                "cluster store: removed a database left half-built by a crash"
+            );
+        }
         let migrating = sibling(&path, ".migrating");
         match fs::remove_file(&migrating) {
             Ok(()) => tracing::info!(
@@ -186,7 +196,7 @@ impl EmbeddedStore {
                     .read_to_end(&mut prefix)
                     .map_err(|e| io_err("read", e))?;
                 if prefix.starts_with(HEADER.as_bytes()) {
-                    migrate_format_1(&path, &migrating, &location)?;
+                    migrate_format_1(&path, &location)?;
                 } else if prefix.is_empty() {
                     return Err(StoreError::Damaged {
                         location,
@@ -202,7 +212,7 @@ impl EmbeddedStore {
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                build_database(&path, &migrating, &location, &[])?;
+                build_database(&path, &location, &[])?;
             }
             Err(e) => return Err(io_err("open", e)),
         }
@@ -747,12 +757,6 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-fn parent_dir(path: &Path) -> &Path {
-    path.parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or_else(|| Path::new("."))
-}
-
 /// Opens the existing database at `path`. It is checked read-only first (a database
 /// that is damaged, foreign or of a newer format is refused before anything is written
 /// to it), then opened for writing (which repairs it after a crash, if needed).
@@ -845,52 +849,53 @@ fn check_meta(db: &impl ReadableDatabase, location: &str) -> Result<(), StoreErr
     Ok(())
 }
 
-/// Builds a new database at `temp` holding `kinds`, makes it durable, and renames it over
-/// `path` (the directory fsynced): `path` holds either what it held or the whole new
-/// database.
+/// Builds a new database holding `kinds` in a temporary file and puts it in place of
+/// `path` with [`durable::replace_with`] (fsynced, renamed over `path`, the directory
+/// fsynced): `path` holds either what it held or the whole new database.
 fn build_database(
     path: &Path,
-    temp: &Path,
     location: &str,
     kinds: &[(String, KindState)],
 ) -> Result<(), StoreError> {
-    let io_err = |operation, source| StoreError::Io {
-        location: location.to_owned(),
-        operation,
-        source,
-    };
-    let built = (|| {
+    let built = durable::replace_with(path, |file: &mut fs::File| -> Result<(), StoreError> {
+        let file = file
+            .try_clone()
+            .map_err(|e| io_error(location, "create database", e))?;
         let db = redb::Builder::new()
-            .create(temp)
+            .create_file(file)
             .map_err(|e| storage_error(location, "create database", e.into()))?;
-        let store = EmbeddedStore::with_database(db, temp.display().to_string(), None);
+        let store = EmbeddedStore::with_database(db, format!("{location} (new)"), None);
         store.initialize()?;
         let txn = store.write()?;
         for (kind, state) in kinds {
             store.import_in(&txn, kind, state)?;
         }
         txn.commit().on(&store.location, "import")?;
-        drop(store);
-        fs::File::open(temp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| io_err("fsync new database", e))
-    })();
-    if built.is_err() {
-        let _ = fs::remove_file(temp);
+        Ok(())
+    });
+    match built {
+        Ok(_) => Ok(()),
+        Err(durable::ReplaceError::Write(e)) => Err(e),
+        Err(durable::ReplaceError::Durable(e)) => Err(StoreError::Io {
+            location: location.to_owned(),
+            operation: e.step().as_str(),
+            source: e.into_io_error(),
+        }),
     }
-    built?;
-    fs::rename(temp, path).map_err(|e| io_err("rename new database into place", e))?;
-    sync_dir(parent_dir(path)).map_err(|e| io_err("fsync directory", e))
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    fs::File::open(dir).and_then(|d| d.sync_all())
+fn io_error(location: &str, operation: &'static str, source: io::Error) -> StoreError {
+    StoreError::Io {
+        location: location.to_owned(),
+        operation,
+        source,
+    }
 }
 
 /// Migrates the format-1 file at `path` (one checksummed document) to a database: decodes
-/// it (refusing damage), upgrades every kind, builds the database at `temp`, keeps the old
-/// file as `<file>.format-1`, and renames the database over `path`.
-fn migrate_format_1(path: &Path, temp: &Path, location: &str) -> Result<(), StoreError> {
+/// it (refusing damage), upgrades every kind, keeps the old file as `<file>.format-1`, and
+/// puts a new database in place of `path`.
+fn migrate_format_1(path: &Path, location: &str) -> Result<(), StoreError> {
     let io_err = |operation, source| StoreError::Io {
         location: location.to_owned(),
         operation,
@@ -918,18 +923,16 @@ fn migrate_format_1(path: &Path, temp: &Path, location: &str) -> Result<(), Stor
         })?;
         kinds.push((kind, state));
     }
-    // Keep the old file (a hard link, else a copy) before it is replaced.
+    // Keep the old file (a durable copy) before it is replaced.
     let backup = backup_path(path, &bytes);
     if !backup.exists() {
-        if fs::hard_link(path, &backup).is_err() {
-            fs::copy(path, &backup).map_err(|e| io_err("keep the format-1 file", e))?;
-            fs::File::open(&backup)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| io_err("fsync the format-1 file", e))?;
-        }
-        sync_dir(parent_dir(path)).map_err(|e| io_err("fsync directory", e))?;
+        durable::replace(&backup, &bytes).map_err(|e| StoreError::Io {
+            location: location.to_owned(),
+            operation: "keep the format-1 file",
+            source: e.into_io_error(),
+        })?;
     }
-    build_database(path, temp, location, &kinds)?;
+    build_database(path, location, &kinds)?;
     tracing::info!(
         path = %path.display(),
         kinds = kinds.len(),
