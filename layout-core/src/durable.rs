@@ -245,8 +245,8 @@ impl<E> From<Error> for ReplaceError<E> {
     }
 }
 
-/// Like [`replace`], with the content written by `write` to the temporary file (opened
-/// for writing, empty): for content streamed or built in place (a database file). The
+/// Like [`replace`], with the content written by `write` to the temporary file (empty,
+/// opened for reading and writing): for content streamed or built in place (a database file). The
 /// temporary file is removed on any failure, `write`'s included.
 pub fn replace_with<E>(
     path: &Path,
@@ -296,6 +296,7 @@ fn create_temp(path: &Path) -> Result<(PathBuf, fs::File), Error> {
         // Exclusively: O_CREAT | O_EXCL never follows a symlink, never opens a file
         // planted at the name.
         match fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .open(&temp)

@@ -15,6 +15,7 @@ mod cluster_store;
 mod concurrency;
 mod conformance;
 mod damaged_file;
+mod durable;
 mod factory;
 mod file_storage;
 mod finalizer;
