@@ -185,7 +185,9 @@ fn a_remove_whose_directory_fsync_fails_reports_it_and_a_retry_succeeds() {
     assert_eq!(failure.step, Step::SyncDirectory.as_str(), "{failure:?}");
     assert_eq!(failure.path, path.display().to_string(), "{failure:?}");
     assert!(
-        failure.message.contains(durable::FAIL_REMOVE_SYNC_DIRECTORY),
+        failure
+            .message
+            .contains(durable::FAIL_REMOVE_SYNC_DIRECTORY),
         "{failure:?}"
     );
     // The unlink happened; only its durability is unknown.

@@ -151,7 +151,12 @@ fn a_remove_unlinks_the_file_and_a_missing_file_is_not_an_error() {
 
 #[test]
 fn an_envelope_round_trips_any_payload() {
-    for payload in [&b""[..], b"x", b"{\"updated_ms\":1,\"id\":\"a\"}", &[0xff; 4096]] {
+    for payload in [
+        &b""[..],
+        b"x",
+        b"{\"updated_ms\":1,\"id\":\"a\"}",
+        &[0xff; 4096],
+    ] {
         let bytes = durable::encode_envelope(payload);
         assert!(durable::is_envelope(&bytes));
         assert_eq!(bytes.len(), durable::ENVELOPE_HEADER_LEN + payload.len());
@@ -199,7 +204,10 @@ fn a_damaged_envelope_is_refused_with_what_is_wrong() {
         durable::decode_envelope(b"{\"id\":\"a\"}"),
         Err(EnvelopeError::NotAnEnvelope)
     );
-    assert_eq!(durable::decode_envelope(b""), Err(EnvelopeError::NotAnEnvelope));
+    assert_eq!(
+        durable::decode_envelope(b""),
+        Err(EnvelopeError::NotAnEnvelope)
+    );
     // A newer format.
     let mut newer = good;
     newer[durable::ENVELOPE_MAGIC.len()] = durable::ENVELOPE_FORMAT + 1;
@@ -253,10 +261,7 @@ fn a_damaged_high_water_mark_is_refused_naming_the_damage() {
     fs::write(&path, &bytes).unwrap();
     let message = mark.load().unwrap_err().to_string();
     assert!(message.contains("checksum mismatch"), "{message}");
-    assert!(
-        message.contains(&path.display().to_string()),
-        "{message}"
-    );
+    assert!(message.contains(&path.display().to_string()), "{message}");
 }
 
 #[test]

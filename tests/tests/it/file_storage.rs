@@ -63,7 +63,9 @@ fn assert_no_temp_file(dir: &Path) {
     let temps: Vec<String> = fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".VERSION") && n.ends_with(".tmp"))
+        .filter(|n| {
+            n.starts_with(".VERSION") && Path::new(n).extension().is_some_and(|e| e == "tmp")
+        })
         .collect();
     assert!(
         temps.is_empty(),

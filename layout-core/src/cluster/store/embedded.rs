@@ -15,11 +15,11 @@ use redb::{
 use serde::Deserialize;
 
 use super::{CasOutcome, ClusterStore, FinalizerClaim, StoreError, Versioned};
-use crate::durable;
 use crate::cluster::state::{
     upgrade_kind_document, AuditEntry, KindRecord, KindState, MemberRecord, MoveRecord,
     AUDIT_RETENTION, CLUSTER_STATE_FORMAT,
 };
+use crate::durable;
 
 /// The header line of the format-1 file (one checksummed JSON document).
 const HEADER: &str = "layout-cluster-state";
