@@ -1797,7 +1797,7 @@ impl DocumentStore for MemoryDocumentStore {
 ///
 /// Loads read the file (replaced atomically, so never torn). A compare-and-swap takes an
 /// exclusive lock on a lock file beside it (`<name>.lock`, via [`std::fs::File::lock`]),
-/// compares, and replaces the document with [`durable::replace`](crate::durable::replace)
+/// compares, and replaces the document with [`durable::replace`]
 /// (a temporary file created exclusively in the same directory, fsynced, renamed over the
 /// document, the directory fsynced); temporary files a crashed writer left are removed
 /// under the lock. The file holds the document's bytes as they are (other tools and

@@ -31,7 +31,7 @@ pub const VERSION_FILE_NAME: &str = "VERSION";
 /// temporary file. A handle that has neither loaded nor stored (a tool writing a state
 /// it built itself) replaces what is there, as before.
 ///
-/// The write is [`durable::replace`](crate::durable::replace): the temporary file
+/// The write is [`durable::replace`]: the temporary file
 /// (`.VERSION.<pid>.<n>.tmp`, next to the file that is replaced) is created exclusively,
 /// so it is never opened through a symlink or a hard link planted there. Before each
 /// store, leftover temporary files of `VERSION` (from a crash, or planted; `.VERSION.tmp`
