@@ -340,11 +340,14 @@ fn rename(temp: &Path, path: &Path) -> Result<(), Error> {
     fs::rename(temp, path).map_err(|e| Error::new(path, Step::Rename, e))
 }
 
-/// Fsyncs the directory of `path`.
+/// Fsyncs the directory `dir`: the one place a directory is fsynced.
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Fsyncs the directory of `path`; an error names `path`.
 fn sync_parent(path: &Path) -> Result<(), Error> {
-    fs::File::open(parent_dir(path))
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::new(path, Step::SyncDirectory, e))
+    fsync_dir(parent_dir(path)).map_err(|e| Error::new(path, Step::SyncDirectory, e))
 }
 
 fn sync_dir_after_rename(path: &Path) -> Result<(), Error> {
@@ -369,9 +372,7 @@ fn sync_dir_after_remove(path: &Path) -> Result<(), Error> {
 /// (a hard link, a file created by a library). [`replace`] and [`remove`] do this on
 /// their own.
 pub fn sync_directory(dir: &Path) -> Result<(), Error> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::new(dir, Step::SyncDirectory, e))
+    fsync_dir(dir).map_err(|e| Error::new(dir, Step::SyncDirectory, e))
 }
 
 /// Removes the file at `path` and fsyncs its directory, so the removal survives a crash.
