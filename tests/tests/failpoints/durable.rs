@@ -216,3 +216,51 @@ fn every_durable_failpoint_has_a_test() {
     tested.sort_unstable();
     assert_eq!(listed, tested);
 }
+
+/// The `VERSION` file's store fails at the directory fsync after its rename: the error
+/// names the step, the new state is in place, and the same handle's next store goes on
+/// (it checks against the file it put there, not the one it replaced: no
+/// `ChangedUnderneath`).
+#[test]
+fn a_version_store_whose_directory_fsync_fails_can_store_again() {
+    use layout_core::{FileStorage, LayoutState, LayoutStorage, StorageError};
+
+    if child_role().is_some() {
+        let storage = FileStorage::new(child_root());
+        let mut state = storage.load().unwrap().unwrap();
+        state.layout_version = 2;
+        state.layout_feature = "Second".to_owned();
+        fail::cfg(durable::FAIL_SYNC_DIRECTORY, "1*return").unwrap();
+        match storage.store(&state) {
+            Err(StorageError::Io { operation, .. }) => {
+                report_step(format!("first store failed at {operation}"));
+            }
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
+        state.layout_version = 3;
+        state.layout_feature = "Third".to_owned();
+        storage.store(&state).unwrap();
+        report_step("second store done");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    FileStorage::new(dir.path())
+        .store(&LayoutState::new("Component", 1, "First"))
+        .unwrap();
+    let mut child = ChildCommand::new(layout_testkit::test_name!(), "durable")
+        .env(ROOT_ENV, dir.path())
+        .spawn()
+        .unwrap();
+    let output = child.wait(BOUND).unwrap();
+    assert!(output.success(), "{output:?}");
+    assert_eq!(
+        output.steps,
+        [
+            format!("first store failed at {}", Step::SyncDirectory.as_str()),
+            "second store done".to_owned()
+        ]
+    );
+    let stored = FileStorage::new(dir.path()).load().unwrap().unwrap();
+    assert_eq!(stored.layout_version, 3);
+    assert_eq!(names(dir.path()), ["VERSION"]);
+}
