@@ -8,7 +8,6 @@
 
 use std::any::Any;
 use std::collections::BTreeMap;
-use std::error::Error as StdError;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -54,7 +53,8 @@ impl fmt::Display for Phase {
     }
 }
 
-/// The error an upgrade action returns: a message and, optionally, its cause.
+/// The error an upgrade action returns: a [`StepError`](crate::StepError) (a message
+/// and, optionally, its cause), the one error every step of upgrade work returns.
 ///
 /// ```
 /// use layout_core::ActionError;
@@ -63,95 +63,7 @@ impl fmt::Display for Phase {
 /// let err = ActionError::with_source("could not create the tenant table", io);
 /// assert_eq!(err.to_string(), "could not create the tenant table: disk full");
 /// ```
-#[derive(Debug)]
-pub struct ActionError {
-    message: String,
-    source: Option<Box<dyn StdError + Send + Sync + 'static>>,
-    cancelled: bool,
-}
-
-impl ActionError {
-    /// An error with a message.
-    pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            source: None,
-            cancelled: false,
-        }
-    }
-
-    /// An error with a message and the cause.
-    pub fn with_source(
-        message: impl Into<String>,
-        source: impl StdError + Send + Sync + 'static,
-    ) -> Self {
-        Self {
-            message: message.into(),
-            source: Some(Box::new(source)),
-            cancelled: false,
-        }
-    }
-
-    /// The action stopped because finalization was cancelled.
-    pub fn cancelled() -> Self {
-        Self {
-            message: "cancelled".to_owned(),
-            source: None,
-            cancelled: true,
-        }
-    }
-
-    /// Whether the action stopped because it was cancelled.
-    pub fn is_cancelled(&self) -> bool {
-        self.cancelled
-    }
-
-    /// The message (without the cause).
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-impl fmt::Display for ActionError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.source {
-            Some(source) => write!(f, "{}: {source}", self.message),
-            None => f.write_str(&self.message),
-        }
-    }
-}
-
-impl StdError for ActionError {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source
-            .as_deref()
-            .map(|s| s as &(dyn StdError + 'static))
-    }
-}
-
-impl From<std::io::Error> for ActionError {
-    fn from(e: std::io::Error) -> Self {
-        Self::with_source("I/O error", e)
-    }
-}
-
-impl From<crate::LayoutError> for ActionError {
-    fn from(e: crate::LayoutError) -> Self {
-        Self::with_source("layout error", e)
-    }
-}
-
-impl From<String> for ActionError {
-    fn from(message: String) -> Self {
-        Self::new(message)
-    }
-}
-
-impl From<&str> for ActionError {
-    fn from(message: &str) -> Self {
-        Self::new(message)
-    }
-}
+pub type ActionError = crate::error::StepError;
 
 /// Receives what a running action reports. The finalizer implements it to feed status.
 pub trait ProgressSink: Send + Sync {

@@ -175,3 +175,134 @@ fn not_finalized_message(operation: Option<&str>, feature: &str, version: u32, m
         ),
     }
 }
+
+/// Any error, boxed: the cause a [`StepError`] carries, and what the hooks of a component
+/// (opening its layout, finalizing a cluster member's layout) return.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A failed step of upgrade work, as the code that ran it reports it: a message for the
+/// operator and, optionally, its cause. Upgrade actions ([`ActionError`](crate::ActionError)
+/// is this type), prepare steps ([`Preparable`](crate::Preparable)) and document migration
+/// steps (feature `migration`) all return it.
+///
+/// Its text names the causes too: `with_source("cannot snapshot", e)` displays as
+/// `cannot snapshot: <e>: <e's cause>...` (a cause whose text is already in the message is
+/// not repeated), so the cause reaches the operator wherever the error is shown as text.
+/// [`source`](std::error::Error::source) still returns it.
+///
+/// ```
+/// use layout_core::StepError;
+///
+/// let io = std::io::Error::other("disk full");
+/// let err = StepError::with_source("could not create the tenant table", io);
+/// assert_eq!(err.to_string(), "could not create the tenant table: disk full");
+/// assert_eq!(err.message(), "could not create the tenant table");
+/// ```
+#[derive(Debug)]
+pub struct StepError {
+    message: String,
+    source: Option<BoxError>,
+    cancelled: bool,
+}
+
+impl StepError {
+    /// An error with a message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+            cancelled: false,
+        }
+    }
+
+    /// An error with a message and its cause.
+    pub fn with_source(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            message: message.into(),
+            source: Some(Box::new(source)),
+            cancelled: false,
+        }
+    }
+
+    /// The work stopped because finalization was cancelled.
+    pub fn cancelled() -> Self {
+        Self {
+            message: "cancelled".to_owned(),
+            source: None,
+            cancelled: true,
+        }
+    }
+
+    /// Whether the work stopped because it was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled
+    }
+
+    /// The message, without the cause.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut text = self.message.clone();
+        let mut cause = self
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static));
+        while let Some(err) = cause {
+            let part = err.to_string();
+            if !part.is_empty() && !text.contains(&part) {
+                if !text.is_empty() {
+                    text.push_str(": ");
+                }
+                text.push_str(&part);
+            }
+            cause = err.source();
+        }
+        f.write_str(&text)
+    }
+}
+
+impl std::error::Error for StepError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<std::io::Error> for StepError {
+    fn from(e: std::io::Error) -> Self {
+        Self::with_source("I/O error", e)
+    }
+}
+
+impl From<LayoutError> for StepError {
+    fn from(e: LayoutError) -> Self {
+        Self::with_source("layout error", e)
+    }
+}
+
+impl From<String> for StepError {
+    fn from(message: String) -> Self {
+        Self::new(message)
+    }
+}
+
+impl From<&str> for StepError {
+    fn from(message: &str) -> Self {
+        Self::new(message)
+    }
+}
+
+#[cfg(any(feature = "migration", feature = "admin"))]
+impl From<serde_json::Error> for StepError {
+    fn from(e: serde_json::Error) -> Self {
+        Self::with_source("invalid document", e)
+    }
+}

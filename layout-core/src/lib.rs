@@ -179,7 +179,7 @@ pub use action::{
     ProgressSink, RegisteredAction, RegistryError, RegistryProblem,
 };
 pub use clock::{Clock, ClockSleeper, ManualClock, Sleeper, SystemClock, ThreadSleeper};
-pub use error::LayoutError;
+pub use error::{BoxError, LayoutError, StepError};
 pub use factory::{
     FactoryError, LayoutVersionInstanceFactory, RegistrationProblem, SkippedRegistration, Slot,
 };
@@ -196,8 +196,7 @@ pub use manager::{FeatureInfo, FeatureStatus, LayoutVersionManager, StepOutcome}
 pub use options::{ManagerOptions, StartIntent};
 pub use prepare::{
     MarkerProblem, Preparable, PrepareController, PrepareError, PrepareOptions, PrepareState,
-    PrepareStep, PrepareStepError, WritePermit, WriteRejected, REQUEST_CANCEL_PREPARE,
-    REQUEST_PREPARE,
+    PrepareStep, WritePermit, WriteRejected, REQUEST_CANCEL_PREPARE, REQUEST_PREPARE,
 };
 pub use state::{
     CancelRecord, DataId, FinalizationRecord, HistoryEntry, HistoryEvent, LayoutState, VetoRecord,

@@ -474,7 +474,7 @@ impl<F: LayoutFeature> LayoutVersionManager<F> {
     /// stores it durably. Changing the MLV, its feature, the component or the format is
     /// refused with [`LayoutError::ForbiddenStateUpdate`]; nothing is stored then. When
     /// storing fails, the in-memory copy keeps the old state.
-    pub fn update_state<R>(
+    pub(crate) fn update_state<R>(
         &self,
         update: impl FnOnce(&mut LayoutState) -> R,
     ) -> Result<R, LayoutError> {
@@ -584,5 +584,47 @@ impl<F: LayoutFeature> fmt::Debug for LayoutVersionManager<F> {
             .field("software_layout_version", &self.slv)
             .field("storage", &self.storage.location())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::{LayoutError, LayoutFeature, LayoutVersionManager, ManagerOptions, MemoryStorage};
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]
+    enum Feature {
+        #[layout(version = 0, description = "Initial layout")]
+        Initial,
+        #[layout(version = 1, description = "One")]
+        One,
+    }
+
+    #[test]
+    fn state_updates_may_not_move_the_mlv_or_rename_the_component() {
+        let storage = Arc::new(MemoryStorage::new());
+        let options = ManagerOptions::default()
+            .with_start_intent(crate::StartIntent::Init)
+            .with_initial_layout_version(0);
+        let lvm = LayoutVersionManager::<Feature>::open(Arc::clone(&storage), options).unwrap();
+        let before = storage.snapshot();
+        let err = lvm.update_state(|s| s.layout_version = 1).unwrap_err();
+        assert!(
+            matches!(err, LayoutError::ForbiddenStateUpdate(_)),
+            "{err:?}"
+        );
+        let err = lvm
+            .update_state(|s| s.component = "other".into())
+            .unwrap_err();
+        assert!(
+            matches!(err, LayoutError::ForbiddenStateUpdate(_)),
+            "{err:?}"
+        );
+        assert_eq!(storage.snapshot(), before);
+        assert_eq!(lvm.metadata_layout_version(), 0);
+        lvm.update_state(|s| s.first_upgrade_version = 1).unwrap();
+        assert_eq!(storage.snapshot().unwrap().first_upgrade_version, 1);
+        assert!(!lvm.is_allowed(Feature::One));
     }
 }

@@ -46,13 +46,13 @@
 //! struct Log { applied: AtomicU64, snapshot: AtomicU64 }
 //! impl Preparable for Log {
 //!     fn applied_index(&self) -> u64 { self.applied.load(Ordering::SeqCst) }
-//!     fn flush(&self) -> Result<u64, PrepareStepError> { Ok(self.applied_index()) }
-//!     fn snapshot(&self, _index: u64) -> Result<u64, PrepareStepError> {
+//!     fn flush(&self) -> Result<u64, StepError> { Ok(self.applied_index()) }
+//!     fn snapshot(&self, _index: u64) -> Result<u64, StepError> {
 //!         self.snapshot.store(self.applied_index(), Ordering::SeqCst);
 //!         Ok(self.applied_index())
 //!     }
 //!     fn last_snapshot_index(&self) -> u64 { self.snapshot.load(Ordering::SeqCst) }
-//!     fn purge_log(&self, _index: u64) -> Result<(), PrepareStepError> { Ok(()) }
+//!     fn purge_log(&self, _index: u64) -> Result<(), StepError> { Ok(()) }
 //! }
 //!
 //! let opts = ManagerOptions::default().with_start_intent(StartIntent::Init);
@@ -86,7 +86,7 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use crate::clock::{Clock, SystemClock};
 use crate::durable;
-use crate::error::LayoutError;
+use crate::error::{LayoutError, StepError};
 use crate::feature::LayoutFeature;
 use crate::finalizer::{FinalizeGate, FinalizeRefusal};
 use crate::manager::LayoutVersionManager;
@@ -128,16 +128,16 @@ pub trait Preparable: Send + Sync {
     }
 
     /// Makes everything applied durable; returns the highest index now durable.
-    fn flush(&self) -> Result<u64, PrepareStepError>;
+    fn flush(&self) -> Result<u64, StepError>;
 
     /// Takes a snapshot covering at least `index`; returns the snapshot's index.
-    fn snapshot(&self, index: u64) -> Result<u64, PrepareStepError>;
+    fn snapshot(&self, index: u64) -> Result<u64, StepError>;
 
     /// The index of the last snapshot taken (0 when none).
     fn last_snapshot_index(&self) -> u64;
 
     /// Removes log entries through `index` (they are covered by a snapshot).
-    fn purge_log(&self, index: u64) -> Result<(), PrepareStepError>;
+    fn purge_log(&self, index: u64) -> Result<(), StepError>;
 
     /// The prepare index the component recorded in its own state (for example a flag in
     /// its snapshot), if it keeps one. Restore cross-checks it against the marker: a
@@ -154,83 +154,6 @@ pub trait Preparable: Send + Sync {
     fn wait_for_apply(&self, index: u64, max_wait: Duration) {
         let _ = index;
         std::thread::sleep(max_wait.min(Duration::from_millis(1)));
-    }
-}
-
-/// A failure reported by a [`Preparable`] step (flush, snapshot, purge).
-///
-/// Its message names the cause too: `with_source("cannot snapshot", e)` displays as
-/// `cannot snapshot: <e>: <e's cause>...` (a cause whose text is already in the message is
-/// not repeated), so the cause (`No space left on device (os error 28)`) reaches the
-/// operator wherever the error is shown as text. [`source`](StdError::source) still
-/// returns it.
-///
-/// ```
-/// use layout_core::PrepareStepError;
-///
-/// let disk_full = std::io::Error::from_raw_os_error(28);
-/// let err = PrepareStepError::with_source("cannot snapshot the store", disk_full);
-/// assert!(err.to_string().starts_with("cannot snapshot the store: No space left on device"));
-/// assert_eq!(err.message(), "cannot snapshot the store");
-/// ```
-#[derive(Debug)]
-pub struct PrepareStepError {
-    message: String,
-    source: Option<Box<dyn StdError + Send + Sync>>,
-}
-
-impl fmt::Display for PrepareStepError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut text = self.message.clone();
-        let mut cause = self
-            .source
-            .as_deref()
-            .map(|e| e as &(dyn StdError + 'static));
-        while let Some(err) = cause {
-            let part = err.to_string();
-            if !part.is_empty() && !text.contains(&part) {
-                if !text.is_empty() {
-                    text.push_str(": ");
-                }
-                text.push_str(&part);
-            }
-            cause = err.source();
-        }
-        f.write_str(&text)
-    }
-}
-
-impl StdError for PrepareStepError {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn StdError + 'static))
-    }
-}
-
-impl PrepareStepError {
-    /// A failure described by `message`.
-    pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    /// A failure described by `message`, caused by `source`.
-    pub fn with_source(
-        message: impl Into<String>,
-        source: impl StdError + Send + Sync + 'static,
-    ) -> Self {
-        Self {
-            message: message.into(),
-            source: Some(Box::new(source)),
-        }
-    }
-
-    /// The message, without the cause.
-    pub fn message(&self) -> &str {
-        &self.message
     }
 }
 
@@ -864,7 +787,7 @@ impl PrepareController {
         index: u64,
         generation: u64,
     ) -> Result<(), PrepareError> {
-        let failed = |step: PrepareStep, source: PrepareStepError| PrepareError::StepFailed {
+        let failed = |step: PrepareStep, source: StepError| PrepareError::StepFailed {
             step,
             index,
             source: Box::new(source),
@@ -876,7 +799,7 @@ impl PrepareController {
         if snapshot < index {
             return Err(failed(
                 PrepareStep::Snapshot,
-                PrepareStepError::new(format!(
+                StepError::new(format!(
                     "the snapshot covers index {snapshot}, below the prepare index {index}"
                 )),
             ));

@@ -59,7 +59,7 @@ use std::sync::Arc;
 
 use crate::action::{ActionRegistry, RegistryError};
 use crate::clock::Clock;
-use crate::error::LayoutError;
+use crate::error::{BoxError, LayoutError};
 use crate::feature::LayoutFeature;
 use crate::finalizer::{
     FinalizeCondition, FinalizeGate, FinalizeHandle, FinalizePolicy, FinalizeRefusal,
@@ -70,10 +70,7 @@ use crate::options::ManagerOptions;
 use crate::prepare::{Preparable, PrepareController};
 use crate::storage::LayoutStorage;
 
-/// The error a component's constructor returns: any error.
-pub type OpenError = Box<dyn StdError + Send + Sync + 'static>;
-
-type OpenFn<F, C> = Box<dyn FnOnce(&Arc<LayoutVersionManager<F>>) -> Result<C, OpenError>>;
+type OpenFn<F, C> = Box<dyn FnOnce(&Arc<LayoutVersionManager<F>>) -> Result<C, BoxError>>;
 type ActionsFn<F, C> =
     Box<dyn FnOnce(&Arc<LayoutVersionManager<F>>) -> Result<ActionRegistry<F, C>, RegistryError>>;
 type PrepareFn<C> = Box<dyn FnOnce(&C) -> PrepareParts>;
@@ -139,7 +136,7 @@ pub enum StartupError<F: LayoutFeature> {
         /// The component's name.
         component: String,
         /// What the constructor returned.
-        source: OpenError,
+        source: BoxError,
     },
     /// The action registry could not be built (a wiring mistake).
     #[error(transparent)]
@@ -273,7 +270,7 @@ impl<F: LayoutFeature, C: Send + Sync + 'static> ComponentStartup<F, C> {
         open: impl FnOnce(&Arc<LayoutVersionManager<F>>) -> Result<C, E> + 'static,
     ) -> Self
     where
-        E: Into<OpenError>,
+        E: Into<BoxError>,
     {
         self.open = Some(Box::new(move |manager| open(manager).map_err(Into::into)));
         self

@@ -9,10 +9,11 @@ use std::thread;
 use layout_core::crash_point::{self, SimulatedCrash};
 
 use layout_core::startup::{ComponentStartup, PrepareParts, StartupError};
+use layout_core::StepError;
 use layout_core::{
     condition, ActionError, ActionRegistry, FinalizeError, LayoutError, LayoutFeature,
     LayoutVersionManager, ManagerOptions, MemoryStorage, PrefinalizeError, Preparable,
-    PrepareController, PrepareOptions, PrepareStepError, StartIntent,
+    PrepareController, PrepareOptions, StartIntent,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]
@@ -44,16 +45,16 @@ impl Preparable for Store {
     fn applied_index(&self) -> u64 {
         0
     }
-    fn flush(&self) -> Result<u64, PrepareStepError> {
+    fn flush(&self) -> Result<u64, StepError> {
         Ok(0)
     }
-    fn snapshot(&self, index: u64) -> Result<u64, PrepareStepError> {
+    fn snapshot(&self, index: u64) -> Result<u64, StepError> {
         Ok(index)
     }
     fn last_snapshot_index(&self) -> u64 {
         0
     }
-    fn purge_log(&self, _index: u64) -> Result<(), PrepareStepError> {
+    fn purge_log(&self, _index: u64) -> Result<(), StepError> {
         Ok(())
     }
 }

@@ -58,11 +58,11 @@ use layout_core::admin::http::{bearer_credentials, BearerToken};
 use layout_core::cluster::{
     BeyondSoftware, Blocker, ClusterError, ClusterFinalizeOutcome, ClusterStatus, ClusterStore,
     Coordinator, CoordinatorDriver, CoordinatorLink, CoordinatorOptions, CoordinatorServer,
-    EmbeddedStore, Exclusion, HeartbeatError, HttpLink, LocalError, LocalLayout, Member,
-    MemberError, MemberFence, MemberRole, MemberStep, MovePhase, MoveReport, MovingStore,
-    StoreError,
+    EmbeddedStore, Exclusion, HeartbeatError, HttpLink, LocalLayout, Member, MemberError,
+    MemberFence, MemberRole, MemberStep, MovePhase, MoveReport, MovingStore, StoreError,
 };
 use layout_core::http::{ClientConfig, ClientTls, EndpointConfig, EndpointError, ServerTls};
+use layout_core::BoxError;
 use layout_core::{
     condition, FinalizeCondition, FinalizeRequest, LayoutFeature, LayoutVersionManager,
     UpgradeFinalizer,
@@ -412,7 +412,7 @@ impl LocalLayout for NodeLayout {
         self.finalizer.layout_manager().metadata_layout_version()
     }
 
-    fn finalize_to(&self, version: u32, client_id: &str) -> Result<u32, LocalError> {
+    fn finalize_to(&self, version: u32, client_id: &str) -> Result<u32, BoxError> {
         let manager = self.finalizer.layout_manager();
         if manager.metadata_layout_version() >= version {
             return Ok(manager.metadata_layout_version());
@@ -425,7 +425,7 @@ impl LocalLayout for NodeLayout {
                     catalog: KvFeature::CATALOG_NAME,
                     requested: version,
                     software_layout_version: slv,
-                }) as LocalError
+                }) as BoxError
             })?;
         let request = FinalizeRequest::new(client_id)
             .with_target(target)

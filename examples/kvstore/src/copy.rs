@@ -22,8 +22,9 @@ use std::time::Duration;
 use clap::Parser;
 use layout_core::migration::{
     Cursor, Entity, EntityDestination, EntitySource, HighWaterMarkStore, IdPage, MergedSource,
-    Page, PageRequest, PutOutcome, SideBySideError, SideBySideMigration, StepError, StopSignal,
+    Page, PageRequest, PutOutcome, SideBySideError, SideBySideMigration, StopSignal,
 };
+use layout_core::StepError;
 use serde_json::Value;
 
 use super::changes::{KvChangeCursor, KvCopyOutcome, KvCopyWrite};

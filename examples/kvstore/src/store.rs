@@ -18,10 +18,11 @@ use layout_core::durable;
 use layout_core::migration::{
     BackgroundMigration, BatchEvent, DualWrite, MigrationControl, MigrationState, MigrationTuning,
 };
+use layout_core::StepError;
 use layout_core::{
     disallowed_until, ActionContext, ActionError, ActionRegistry, Clock, LayoutAware,
     LayoutFeature, LayoutVersionManager, Phase, Preparable, PrepareController, PrepareOptions,
-    PrepareStepError, RegistryError, SystemClock,
+    RegistryError, SystemClock,
 };
 use parking_lot::{Mutex, RwLock};
 use redb::{
@@ -1569,7 +1570,7 @@ impl Preparable for Engine {
         self.db.applied.load(Ordering::SeqCst)
     }
 
-    fn flush(&self) -> Result<u64, PrepareStepError> {
+    fn flush(&self) -> Result<u64, StepError> {
         // Every write commits durably; an empty durable commit makes sure nothing is
         // pending, under the write lock so the index read is the one made durable.
         let _w = self.write_lock.lock();
@@ -1577,22 +1578,22 @@ impl Preparable for Engine {
             let txn = self.db.begin_write().map_err(self.db_err("begin write"))?;
             txn.commit().map_err(self.db_err("commit"))
         };
-        commit().map_err(|e| PrepareStepError::with_source("cannot flush the kvstore", e))?;
+        commit().map_err(|e| StepError::with_source("cannot flush the kvstore", e))?;
         Ok(self.applied_index())
     }
 
-    fn snapshot(&self, _index: u64) -> Result<u64, PrepareStepError> {
+    fn snapshot(&self, _index: u64) -> Result<u64, StepError> {
         self.write_snapshot()
-            .map_err(|e| PrepareStepError::with_source("cannot snapshot the kvstore", e))
+            .map_err(|e| StepError::with_source("cannot snapshot the kvstore", e))
     }
 
     fn last_snapshot_index(&self) -> u64 {
         self.db.last_snapshot.load(Ordering::SeqCst)
     }
 
-    fn purge_log(&self, index: u64) -> Result<(), PrepareStepError> {
+    fn purge_log(&self, index: u64) -> Result<(), StepError> {
         self.purge(index)
-            .map_err(|e| PrepareStepError::with_source("cannot purge the kvstore op log", e))
+            .map_err(|e| StepError::with_source("cannot purge the kvstore op log", e))
     }
 }
 
@@ -1600,16 +1601,16 @@ impl Preparable for Shared {
     fn applied_index(&self) -> u64 {
         self.engine.applied_index()
     }
-    fn flush(&self) -> Result<u64, PrepareStepError> {
+    fn flush(&self) -> Result<u64, StepError> {
         self.engine.flush()
     }
-    fn snapshot(&self, index: u64) -> Result<u64, PrepareStepError> {
+    fn snapshot(&self, index: u64) -> Result<u64, StepError> {
         self.engine.snapshot(index)
     }
     fn last_snapshot_index(&self) -> u64 {
         self.engine.last_snapshot_index()
     }
-    fn purge_log(&self, index: u64) -> Result<(), PrepareStepError> {
+    fn purge_log(&self, index: u64) -> Result<(), StepError> {
         self.engine.purge_log(index)
     }
 }

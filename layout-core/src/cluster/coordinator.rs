@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use super::local::{LocalError, LocalLayout};
+use super::local::LocalLayout;
 use super::protocol::{
     CoordinatorAnswer, FinalizationProgress, HeartbeatError, Instruction, MemberReport, Refusal,
     PROTOCOL_VERSION,
@@ -19,6 +19,7 @@ use super::state::{
 };
 use super::store::{CasOutcome, ClusterStore, FinalizerClaim, StoreError, Versioned};
 use crate::clock::{Clock, SystemClock};
+use crate::error::BoxError;
 
 /// The longest a coordinator's driver waits before it tries again to advance a
 /// finalization that keeps failing (see [`Coordinator::spawn_driver`]).
@@ -258,7 +259,7 @@ pub enum ClusterError {
         target: u32,
         /// The cause.
         #[source]
-        source: LocalError,
+        source: BoxError,
     },
     /// An exclusion needs a reason (it is recorded and shown).
     #[error("excluding {kind} member {member_id} needs a reason; it is recorded and shown")]

@@ -4,16 +4,13 @@
 //! ([`FinalizerLayout`]). The coordinator and the member both depend on it; it depends on
 //! neither.
 
-use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::error::BoxError;
 use crate::feature::LayoutFeature;
 use crate::finalizer::{FinalizeRequest, UpgradeFinalizer};
 use crate::manager::LayoutVersionManager;
-
-/// The error a [`LocalLayout`] returns when finalizing fails.
-pub type LocalError = Box<dyn StdError + Send + Sync + 'static>;
 
 /// A component's own layout, as the cluster sees it: its SLV and MLV, and a way to
 /// finalize it up to a version. Used by members (finalize when instructed) and by the
@@ -27,7 +24,7 @@ pub trait LocalLayout: Send + Sync {
     /// The metadata layout version, as on disk.
     fn metadata_layout_version(&self) -> u32;
     /// Finalizes up to `version` (a no-op at or above it); returns the MLV after.
-    fn finalize_to(&self, version: u32, client_id: &str) -> Result<u32, LocalError>;
+    fn finalize_to(&self, version: u32, client_id: &str) -> Result<u32, BoxError>;
 }
 
 impl<L: LocalLayout + ?Sized> LocalLayout for Arc<L> {
@@ -37,7 +34,7 @@ impl<L: LocalLayout + ?Sized> LocalLayout for Arc<L> {
     fn metadata_layout_version(&self) -> u32 {
         (**self).metadata_layout_version()
     }
-    fn finalize_to(&self, version: u32, client_id: &str) -> Result<u32, LocalError> {
+    fn finalize_to(&self, version: u32, client_id: &str) -> Result<u32, BoxError> {
         (**self).finalize_to(version, client_id)
     }
 }
@@ -57,7 +54,7 @@ pub struct BeyondSoftware {
     pub software_layout_version: u32,
 }
 
-fn target_feature<F: LayoutFeature>(version: u32, slv: u32) -> Result<F, LocalError> {
+fn target_feature<F: LayoutFeature>(version: u32, slv: u32) -> Result<F, BoxError> {
     F::from_layout_version(version)
         .filter(|f| f.layout_version() <= slv)
         .ok_or_else(|| {
@@ -65,7 +62,7 @@ fn target_feature<F: LayoutFeature>(version: u32, slv: u32) -> Result<F, LocalEr
                 catalog: F::CATALOG_NAME,
                 requested: version,
                 software_layout_version: slv,
-            }) as LocalError
+            }) as BoxError
         })
 }
 
@@ -76,7 +73,7 @@ impl<F: LayoutFeature> LocalLayout for LayoutVersionManager<F> {
     fn metadata_layout_version(&self) -> u32 {
         LayoutVersionManager::metadata_layout_version(self)
     }
-    fn finalize_to(&self, version: u32, _client_id: &str) -> Result<u32, LocalError> {
+    fn finalize_to(&self, version: u32, _client_id: &str) -> Result<u32, BoxError> {
         let slv = LayoutVersionManager::software_layout_version(self);
         target_feature::<F>(version, slv)?;
         for feature in self.unfinalized_features() {
@@ -114,7 +111,7 @@ impl<F: LayoutFeature, C: Send + Sync + 'static> LocalLayout for FinalizerLayout
     fn metadata_layout_version(&self) -> u32 {
         self.finalizer.layout_manager().metadata_layout_version()
     }
-    fn finalize_to(&self, version: u32, client_id: &str) -> Result<u32, LocalError> {
+    fn finalize_to(&self, version: u32, client_id: &str) -> Result<u32, BoxError> {
         let lvm = self.finalizer.layout_manager();
         if lvm.metadata_layout_version() >= version {
             return Ok(lvm.metadata_layout_version());

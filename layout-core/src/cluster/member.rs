@@ -11,8 +11,9 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::link::CoordinatorLink;
-use super::local::{LocalError, LocalLayout};
+use super::local::LocalLayout;
 use super::protocol::{CoordinatorAnswer, HeartbeatError, Instruction, MemberReport, Refusal};
+use crate::error::BoxError;
 
 /// What a member's registration or heartbeat did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +51,7 @@ pub enum MemberError {
         version: u32,
         /// The cause.
         #[source]
-        source: LocalError,
+        source: BoxError,
     },
 }
 
@@ -171,7 +172,7 @@ struct JobState {
     /// The target of the running finalization.
     running: Option<u32>,
     /// The last finished one, not reported yet: its target and outcome.
-    finished: Option<(u32, Result<u32, LocalError>)>,
+    finished: Option<(u32, Result<u32, BoxError>)>,
 }
 
 /// The member side of the protocol, transport-free: it builds [`MemberReport`]s from its
@@ -401,7 +402,7 @@ impl Member {
     fn failed(
         &self,
         e: HeartbeatError,
-        finished: Option<(u32, Result<u32, LocalError>)>,
+        finished: Option<(u32, Result<u32, BoxError>)>,
     ) -> MemberError {
         self.put_back(finished);
         if let HeartbeatError::Refused(refusal) = &e {
@@ -412,7 +413,7 @@ impl Member {
         e.into()
     }
 
-    fn put_back(&self, finished: Option<(u32, Result<u32, LocalError>)>) {
+    fn put_back(&self, finished: Option<(u32, Result<u32, BoxError>)>) {
         if let Some(finished) = finished {
             let mut state = self.job.state.lock();
             if state.finished.is_none() {
@@ -424,7 +425,7 @@ impl Member {
     fn follow(
         &mut self,
         answer: CoordinatorAnswer,
-        finished: Option<(u32, Result<u32, LocalError>)>,
+        finished: Option<(u32, Result<u32, BoxError>)>,
     ) -> Result<MemberStep, MemberError> {
         let finalized_to = match finished {
             None => None,

@@ -76,7 +76,7 @@ pub use link::{
     link_error_format, member_link_routes, CoordinatorServer, HttpLink, LinkError, HEARTBEAT_PATH,
     LEAVE_PATH, REGISTER_PATH,
 };
-pub use local::{BeyondSoftware, FinalizerLayout, LocalError, LocalLayout};
+pub use local::{BeyondSoftware, FinalizerLayout, LocalLayout};
 pub use member::{FenceCause, Member, MemberError, MemberFence, MemberStep};
 #[cfg(feature = "http")]
 pub use metrics::ClusterMetrics;

@@ -36,10 +36,11 @@ use std::time::{Duration, SystemTime};
 use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard};
 use serde::{Deserialize, Serialize};
 
-use super::document::StepError;
 use crate::action::{ActionContext, ActionError};
 use crate::clock::{Clock, SystemClock};
 pub use crate::clock::{ClockSleeper, Sleeper, ThreadSleeper};
+use crate::error::BoxError;
+use crate::error::StepError;
 use crate::feature::LayoutFeature;
 use crate::manager::LayoutVersionManager;
 
@@ -201,9 +202,6 @@ impl Checkpoint {
         serde_json::from_slice(bytes)
     }
 }
-
-/// A boxed error from a store.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A failure of a background migration.
 #[derive(Debug, thiserror::Error)]

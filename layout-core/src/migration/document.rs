@@ -46,72 +46,10 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use crate::durable;
+use crate::error::StepError;
 
 /// The function of one step, forward or back.
 type StepFn = Box<dyn Fn(Value) -> Result<Value, StepError> + Send + Sync>;
-
-/// The error a migration step returns: a message and, optionally, its cause.
-#[derive(Debug)]
-pub struct StepError {
-    message: String,
-    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
-}
-
-impl StepError {
-    /// An error with a message.
-    pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            source: None,
-        }
-    }
-
-    /// An error with a message and its cause.
-    pub fn with_source(
-        message: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Self {
-        Self {
-            message: message.into(),
-            source: Some(Box::new(source)),
-        }
-    }
-}
-
-impl fmt::Display for StepError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.source {
-            Some(source) => write!(f, "{}: {source}", self.message),
-            None => f.write_str(&self.message),
-        }
-    }
-}
-
-impl std::error::Error for StepError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|s| s as &(dyn std::error::Error + 'static))
-    }
-}
-
-impl From<String> for StepError {
-    fn from(message: String) -> Self {
-        Self::new(message)
-    }
-}
-
-impl From<&str> for StepError {
-    fn from(message: &str) -> Self {
-        Self::new(message)
-    }
-}
-
-impl From<serde_json::Error> for StepError {
-    fn from(e: serde_json::Error) -> Self {
-        Self::with_source("invalid document", e)
-    }
-}
 
 /// One step of a document's version chain: `from -> to`, and optionally the way back.
 ///

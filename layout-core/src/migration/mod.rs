@@ -25,17 +25,17 @@ pub mod table;
 
 pub use background::{
     BackgroundMigration, BackgroundMigrationBuilder, BatchCopy, BatchEvent, BatchHook, BatchWrite,
-    BoxError, Checkpoint, ClockSleeper, DualWrite, MigrationControl, MigrationError,
-    MigrationProgress, MigrationReport, MigrationSink, MigrationSource, MigrationState,
-    MigrationTuning, Row, RowTransform, Sleeper, ThreadSleeper, WriteScope, WriteTarget,
-    DEFAULT_BATCH_SIZE, MAX_LATENCY_DELAY, MIN_LATENCY_DELAY,
+    Checkpoint, ClockSleeper, DualWrite, MigrationControl, MigrationError, MigrationProgress,
+    MigrationReport, MigrationSink, MigrationSource, MigrationState, MigrationTuning, Row,
+    RowTransform, Sleeper, ThreadSleeper, WriteScope, WriteTarget, DEFAULT_BATCH_SIZE,
+    MAX_LATENCY_DELAY, MIN_LATENCY_DELAY,
 };
 pub use document::{
     AppliedStep, CasOutcome, ChainError, ChainProblem, DocumentChange, DocumentError,
     DocumentMigration, DocumentMigrator, DocumentMigratorBuilder, DocumentStore,
     DocumentStoreError, DocumentWatch, FileDocumentStore, Freshness, LoadOutcome, LoadedDocument,
-    MemoryDocumentStore, Migrated, Revision, SharedDocument, StepError, StoredDocument,
-    WatchCallback, WatchEvent,
+    MemoryDocumentStore, Migrated, Revision, SharedDocument, StoredDocument, WatchCallback,
+    WatchEvent,
 };
 #[cfg(feature = "etcd")]
 pub use etcd::EtcdDocumentStore;

@@ -70,9 +70,9 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use super::background::{Sleeper, ThreadSleeper};
-use super::document::StepError;
 use crate::clock::{Clock, SystemClock};
 use crate::durable;
+use crate::error::StepError;
 
 /// Crash point (see [`crate::crash_point`]): a page was read; none of its writes is done.
 pub const CRASH_BEFORE_PAGE_WRITES: &str = "side_by_side::before_page_writes";

@@ -27,7 +27,7 @@ use super::background::{
     printable, BackgroundMigration, Checkpoint, DualWrite, MigrationError, MigrationSink,
     MigrationSource, Row, RowTransform, WriteScope, WriteTarget,
 };
-use super::document::StepError;
+use crate::error::StepError;
 use crate::feature::LayoutFeature;
 use crate::manager::LayoutVersionManager;
 

@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use layout_core::admin::http::{AdminClient, AdminServer, ClientError, HttpConfig};
 use layout_core::admin::{AdminService, FinalizeParams, FinalizeResponse};
+use layout_core::StepError;
 use layout_core::{
     condition, ActionError, ActionRegistry, FileStorage, LayoutFeature, LayoutVersionManager,
-    ManagerOptions, ManualClock, Preparable, PrepareController, PrepareOptions, PrepareStepError,
-    StartIntent, UpgradeFinalizer,
+    ManagerOptions, ManualClock, Preparable, PrepareController, PrepareOptions, StartIntent,
+    UpgradeFinalizer,
 };
 use parking_lot::{Condvar, Mutex};
 
@@ -104,14 +105,12 @@ impl Preparable for Node {
         // A stuck log has one entry accepted that never applies.
         self.applied_index() + u64::from(self.stuck.load(Ordering::SeqCst))
     }
-    fn flush(&self) -> Result<u64, PrepareStepError> {
+    fn flush(&self) -> Result<u64, StepError> {
         Ok(self.applied_index())
     }
-    fn snapshot(&self, _index: u64) -> Result<u64, PrepareStepError> {
+    fn snapshot(&self, _index: u64) -> Result<u64, StepError> {
         if self.fail_snapshot.load(Ordering::SeqCst) {
-            return Err(PrepareStepError::new(
-                "disk full while writing the snapshot",
-            ));
+            return Err(StepError::new("disk full while writing the snapshot"));
         }
         let mut log = self.log.lock();
         log.1 = log.0;
@@ -120,7 +119,7 @@ impl Preparable for Node {
     fn last_snapshot_index(&self) -> u64 {
         self.log.lock().1
     }
-    fn purge_log(&self, _index: u64) -> Result<(), PrepareStepError> {
+    fn purge_log(&self, _index: u64) -> Result<(), StepError> {
         Ok(())
     }
     fn wait_for_apply(&self, _index: u64, max_wait: Duration) {

@@ -29,8 +29,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use layout_core::migration::{
-    BackgroundMigration, DualWrite, LiveWrite, MemoryMigrationStore, Row, StepError, WriteTarget,
+    BackgroundMigration, DualWrite, LiveWrite, MemoryMigrationStore, Row, WriteTarget,
 };
+use layout_core::StepError;
 use layout_core::{
     ActionContext, ActionError, ActionRegistry, LayoutFeature, LayoutVersionManager, RegistryError,
     StartIntent,

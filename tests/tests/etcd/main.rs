@@ -20,9 +20,10 @@ use std::thread;
 use std::time::Duration;
 
 use layout_core::cluster::{
-    ClusterError, ClusterFinalizeOutcome, Coordinator, CoordinatorOptions, LocalError, LocalLayout,
+    ClusterError, ClusterFinalizeOutcome, Coordinator, CoordinatorOptions, LocalLayout,
     MemberReport,
 };
+use layout_core::BoxError;
 use layout_core::{LayoutVersionManager, ManagerOptions, MemoryStorage, StartIntent};
 use layout_testkit::cluster::CoordinationOptions;
 use layout_testkit::MiniCluster;
@@ -126,7 +127,7 @@ impl LocalLayout for Shared {
     fn metadata_layout_version(&self) -> u32 {
         self.lvm.metadata_layout_version()
     }
-    fn finalize_to(&self, version: u32, client_id: &str) -> Result<u32, LocalError> {
+    fn finalize_to(&self, version: u32, client_id: &str) -> Result<u32, BoxError> {
         let before = self.lvm.metadata_layout_version();
         let after = LocalLayout::finalize_to(&self.lvm, version, client_id)?;
         self.finalized

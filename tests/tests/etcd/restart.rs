@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use layout_core::cluster::{
     Checkpoint, ClusterError, ClusterFinalizeOutcome, ClusterStore, Coordinator,
-    CoordinatorOptions, EtcdStore, FinalizerClaim, LocalError, LocalLayout,
+    CoordinatorOptions, EtcdStore, FinalizerClaim, LocalLayout,
 };
 use layout_core::etcd::EtcdOptions;
+use layout_core::BoxError;
 use layout_core::LayoutVersionManager;
 use layout_testkit::crash::{block_until_killed, child_role, report_step, ChildCommand};
 use parking_lot::Mutex;
@@ -50,7 +51,7 @@ impl LocalLayout for HangingLayout {
     fn metadata_layout_version(&self) -> u32 {
         self.0.metadata_layout_version()
     }
-    fn finalize_to(&self, _version: u32, _client_id: &str) -> Result<u32, LocalError> {
+    fn finalize_to(&self, _version: u32, _client_id: &str) -> Result<u32, BoxError> {
         report_step("in-local-finalize");
         block_until_killed();
     }
@@ -71,7 +72,7 @@ impl LocalLayout for ProbingLayout {
     fn metadata_layout_version(&self) -> u32 {
         self.lvm.metadata_layout_version()
     }
-    fn finalize_to(&self, version: u32, client_id: &str) -> Result<u32, LocalError> {
+    fn finalize_to(&self, version: u32, client_id: &str) -> Result<u32, BoxError> {
         *self.answer.lock() = Some(self.other.finalize(KIND, None, "ops"));
         LocalLayout::finalize_to(&*self.lvm, version, client_id)
     }
@@ -305,7 +306,7 @@ impl LocalLayout for ThenLayout {
     fn metadata_layout_version(&self) -> u32 {
         self.lvm.metadata_layout_version()
     }
-    fn finalize_to(&self, version: u32, client_id: &str) -> Result<u32, LocalError> {
+    fn finalize_to(&self, version: u32, client_id: &str) -> Result<u32, BoxError> {
         let mlv = LocalLayout::finalize_to(&*self.lvm, version, client_id)?;
         if let Some(then) = self.then.lock().take() {
             then();

@@ -21,14 +21,17 @@ fn init_creates_a_data_id_that_survives_restarts_and_never_changes() {
     let id = lvm.data_id().expect("Init creates a data id");
     let text = fs::read_to_string(dir.path().join(VERSION_FILE_NAME)).unwrap();
     assert!(text.contains(&format!("data.id={id}\n")), "{text}");
-    lvm.finalize_step(OmFeature::BucketLayoutSupport).unwrap();
     let err = lvm
-        .update_state(|s| s.data_id = Some(DataId::random()))
+        .finalize_step_with(OmFeature::BucketLayoutSupport, |s| {
+            s.data_id = Some(DataId::random());
+        })
         .unwrap_err();
     assert!(
         matches!(err, LayoutError::ForbiddenStateUpdate(_)),
         "{err:?}"
     );
+    assert_eq!(lvm.metadata_layout_version(), 0);
+    lvm.finalize_step(OmFeature::BucketLayoutSupport).unwrap();
     drop(lvm);
     assert_eq!(reopen(dir.path()).data_id(), Some(id));
 

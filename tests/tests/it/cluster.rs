@@ -142,7 +142,7 @@ fn checkpoints_advance_as_members_report_and_a_failed_coordinator_step_resumes()
         fn metadata_layout_version(&self) -> u32 {
             self.lvm.metadata_layout_version()
         }
-        fn finalize_to(&self, v: u32, c: &str) -> Result<u32, layout_core::cluster::LocalError> {
+        fn finalize_to(&self, v: u32, c: &str) -> Result<u32, layout_core::BoxError> {
             if self.fail.swap(false, std::sync::atomic::Ordering::SeqCst) {
                 return Err("disk full".into());
             }
@@ -396,11 +396,7 @@ impl layout_core::cluster::LocalLayout for DyingLayout {
     fn metadata_layout_version(&self) -> u32 {
         self.0.metadata_layout_version()
     }
-    fn finalize_to(
-        &self,
-        _version: u32,
-        _client_id: &str,
-    ) -> Result<u32, layout_core::cluster::LocalError> {
+    fn finalize_to(&self, _version: u32, _client_id: &str) -> Result<u32, layout_core::BoxError> {
         panic!("the coordinator dies in the middle of its finalization");
     }
 }

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use layout_core::cluster::{
     ClusterError, Coordinator, CoordinatorAnswer, CoordinatorLink, CoordinatorOptions,
-    EmbeddedStore, FinalizerLayout, HeartbeatError, LocalError, LocalLayout, Member, MemberError,
-    MemberReport, Refusal,
+    EmbeddedStore, FinalizerLayout, HeartbeatError, LocalLayout, Member, MemberError, MemberReport,
+    Refusal,
 };
+use layout_core::BoxError;
 use layout_core::{
     ActionContext, ActionError, ActionRegistry, LayoutVersionManager, ManagerOptions, ManualClock,
     MemoryStorage, StartIntent, UpgradeFinalizer,
@@ -44,7 +45,7 @@ impl LocalLayout for SetLayout {
     fn metadata_layout_version(&self) -> u32 {
         self.mlv.load(Ordering::SeqCst)
     }
-    fn finalize_to(&self, version: u32, _client_id: &str) -> Result<u32, LocalError> {
+    fn finalize_to(&self, version: u32, _client_id: &str) -> Result<u32, BoxError> {
         self.mlv.fetch_max(version, Ordering::SeqCst);
         Ok(self.metadata_layout_version())
     }
@@ -194,7 +195,7 @@ fn a_failed_background_finalization_is_reported_once_and_retried_at_the_next_ins
         fn metadata_layout_version(&self) -> u32 {
             self.inner.metadata_layout_version()
         }
-        fn finalize_to(&self, version: u32, client_id: &str) -> Result<u32, LocalError> {
+        fn finalize_to(&self, version: u32, client_id: &str) -> Result<u32, BoxError> {
             if self.fail.swap(false, Ordering::SeqCst) {
                 return Err("the disk is full".into());
             }

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use layout_core::cluster::{
     Checkpoint, ClusterError, ClusterStore, Coordinator, CoordinatorOptions, EmbeddedStore,
-    FinalizerClaim, HeartbeatError, LocalError, LocalLayout, Member, MemberReport, MemberRole,
-    Refusal,
+    FinalizerClaim, HeartbeatError, LocalLayout, Member, MemberReport, MemberRole, Refusal,
 };
+use layout_core::BoxError;
 use layout_core::ManualClock;
 use layout_testkit::cluster::ObservedStore;
 use parking_lot::Mutex;
@@ -64,7 +64,7 @@ impl LocalLayout for Local {
     fn metadata_layout_version(&self) -> u32 {
         u32::try_from(self.mlv.load(Ordering::SeqCst)).unwrap()
     }
-    fn finalize_to(&self, version: u32, _client_id: &str) -> Result<u32, LocalError> {
+    fn finalize_to(&self, version: u32, _client_id: &str) -> Result<u32, BoxError> {
         let gate = self.gate.lock().clone();
         if let Some(gate) = gate {
             gate.wait(); // entered

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use layout_core::cluster::{
     Checkpoint, ClusterError, ClusterFinalizeOutcome, ClusterStore, Coordinator,
-    CoordinatorOptions, EmbeddedStore, LocalError, LocalLayout, MemberReport,
+    CoordinatorOptions, EmbeddedStore, LocalLayout, MemberReport,
 };
+use layout_core::BoxError;
 use layout_core::ManualClock;
 use layout_testkit::cluster::ObservedStore;
 use parking_lot::Mutex;
@@ -51,7 +52,7 @@ impl LocalLayout for Local {
     fn metadata_layout_version(&self) -> u32 {
         self.mlv.load(Ordering::SeqCst)
     }
-    fn finalize_to(&self, version: u32, _client_id: &str) -> Result<u32, LocalError> {
+    fn finalize_to(&self, version: u32, _client_id: &str) -> Result<u32, BoxError> {
         if self.fail.load(Ordering::SeqCst) {
             return Err("the disk is full".into());
         }
@@ -236,7 +237,7 @@ impl LocalLayout for FailingLocal {
     fn metadata_layout_version(&self) -> u32 {
         OLD
     }
-    fn finalize_to(&self, _version: u32, _client_id: &str) -> Result<u32, LocalError> {
+    fn finalize_to(&self, _version: u32, _client_id: &str) -> Result<u32, BoxError> {
         self.attempts.lock().push(Instant::now());
         Err("the disk is full".into())
     }

@@ -21,11 +21,9 @@ fn rich_version_file(dir: &Path) -> Vec<u8> {
         .with_initial_layout_version(0)
         .with_component_name("om-1");
     let lvm = Om::open(FileStorage::new(dir), opts).unwrap();
-    lvm.update_state(|s| {
-        s.finalization = Some(FinalizationRecord::new("admin@host", 3, 1_700_000_000_000));
-    })
-    .unwrap();
     lvm.finalize_step_with(OmFeature::BucketLayoutSupport, |s| {
+        s.finalization = Some(FinalizationRecord::new("admin@host", 3, 1_700_000_000_000));
+        s.prepare_index = Some(1234);
         s.history.push(HistoryEntry::new(
             1_700_000_000_100,
             "admin@host",
@@ -36,7 +34,6 @@ fn rich_version_file(dir: &Path) -> Vec<u8> {
         ));
     })
     .unwrap();
-    lvm.update_state(|s| s.prepare_index = Some(1234)).unwrap();
     fs::read(dir.join("VERSION")).unwrap()
 }
 

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use layout_core::migration::{
     BackgroundMigration, BatchEvent, ClockSleeper, MemoryMigrationStore, MigrationError,
-    MigrationSource, MigrationState, Row, StepError, WriteTarget,
+    MigrationSource, MigrationState, Row, WriteTarget,
 };
+use layout_core::StepError;
 use layout_core::{
     ActionRegistry, FinalizationStatus, FinalizeError, LayoutFeature, LayoutVersionManager,
     ManagerOptions, ManualClock, MemoryStorage, StartIntent, UpgradeFinalizer,

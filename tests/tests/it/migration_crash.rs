@@ -6,9 +6,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use layout_core::migration::{
-    BackgroundMigration, BatchEvent, Checkpoint, MigrationSink, RedbMigrationStore, Row, StepError,
+    BackgroundMigration, BatchEvent, Checkpoint, MigrationSink, RedbMigrationStore, Row,
 };
 use layout_core::redb;
+use layout_core::StepError;
 
 use layout_testkit::crash::{child_role, report_step, ChildCommand};
 

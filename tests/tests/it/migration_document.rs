@@ -9,8 +9,9 @@ use layout_core::migration::document::{
 };
 use layout_core::migration::{
     CasOutcome, ChainProblem, DocumentError, DocumentMigration, DocumentMigrator, DocumentStore,
-    FileDocumentStore, Freshness, LoadOutcome, MemoryDocumentStore, StepError,
+    FileDocumentStore, Freshness, LoadOutcome, MemoryDocumentStore,
 };
+use layout_core::StepError;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 

@@ -15,8 +15,9 @@ use layout_core::migration::side_by_side::CRASH_POINTS;
 use layout_core::migration::{
     Entity, EntityDestination, EntitySource, FileHighWaterMark, IdPage, MemoryEntityStore,
     MergedSource, Page, PageRequest, PutOutcome, SideBySideError, SideBySideMigration, Sleeper,
-    StepError, StopReason, StopSignal,
+    StopReason, StopSignal,
 };
+use layout_core::StepError;
 use layout_core::{Clock, ManualClock};
 use parking_lot::Mutex;
 use serde_json::json;

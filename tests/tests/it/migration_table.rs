@@ -8,8 +8,9 @@ use std::sync::{mpsc, Arc};
 
 use layout_core::migration::{
     BackgroundMigration, BatchEvent, MemoryMigrationStore, MigratingStore, MigratingTable,
-    MigrationError, MigrationSource, NotMigratedPolicy, Row, StepError, TableError, WriteTarget,
+    MigrationError, MigrationSource, NotMigratedPolicy, Row, TableError, WriteTarget,
 };
+use layout_core::StepError;
 use layout_core::{ActionRegistry, LayoutVersionManager, UpgradeFinalizer};
 use parking_lot::Mutex;
 

@@ -157,11 +157,18 @@ enum Feature {
 fn admin_with(
     migration: &BackgroundMigration,
 ) -> (AdminService, Arc<LayoutVersionManager<Feature>>) {
+    admin_on(migration, Arc::new(MemoryStorage::new()))
+}
+
+/// The admin service of a component whose layout state is in `storage`.
+fn admin_on(
+    migration: &BackgroundMigration,
+    storage: Arc<MemoryStorage>,
+) -> (AdminService, Arc<LayoutVersionManager<Feature>>) {
     let options = ManagerOptions::default()
         .with_start_intent(StartIntent::Init)
         .with_initial_layout_version(0);
-    let lvm =
-        Arc::new(LayoutVersionManager::<Feature>::open(MemoryStorage::new(), options).unwrap());
+    let lvm = Arc::new(LayoutVersionManager::<Feature>::open(storage, options).unwrap());
     let finalizer = Arc::new(UpgradeFinalizer::new(
         Arc::clone(&lvm),
         ActionRegistry::<Feature, ()>::empty(),
@@ -270,17 +277,21 @@ fn cancel_finalization_on_the_admin_api_is_stored_with_its_client() {
     let store = rows(1);
     let (clock, sleeper) = clock_and_sleeper();
     let m = migration(&store, 10, &sleeper, &clock, |_, _| {});
-    let (admin, lvm) = admin_with(&m);
+    let storage = Arc::new(MemoryStorage::new());
+    let (admin, lvm) = admin_on(&m, Arc::clone(&storage));
     // Nothing unfinished: nothing to store, and the answer says no cancel is stored.
     let answer = admin
         .cancel_finalization(&CancelFinalizationParams::new("oncall"))
         .unwrap();
     assert_eq!(lvm.state().finalization, None);
     assert_eq!(answer.cancelled_by, None);
-    lvm.update_state(|s| {
-        s.finalization = Some(layout_core::FinalizationRecord::new("ops", 1, 5));
-    })
-    .unwrap();
+    // A finalization left unfinished on disk (as after a crash), then a restart.
+    drop((admin, lvm));
+    storage.replace(storage.snapshot().map(|mut s| {
+        s.finalization = Some(layout_core::state::FinalizationRecord::new("ops", 1, 5));
+        s
+    }));
+    let (admin, lvm) = admin_on(&m, storage);
     let answer = admin
         .cancel_finalization(&CancelFinalizationParams::new("oncall"))
         .unwrap();

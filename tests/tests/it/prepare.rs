@@ -7,11 +7,12 @@ use std::sync::{Arc, Barrier, OnceLock};
 use std::thread;
 use std::time::Duration;
 
+use layout_core::StepError;
 use layout_core::{
     ActionRegistry, FileStorage, FinalizeError, FinalizeGate, FinalizeRefusal, LayoutError,
     ManagerOptions, ManualClock, MarkerProblem, MemoryStorage, Preparable, PrepareController,
-    PrepareError, PrepareOptions, PrepareState, PrepareStep, PrepareStepError, StartIntent,
-    StorageError, UpgradeFinalizer, WriteRejected, REQUEST_CANCEL_PREPARE, REQUEST_PREPARE,
+    PrepareError, PrepareOptions, PrepareState, PrepareStep, StartIntent, StorageError,
+    UpgradeFinalizer, WriteRejected, REQUEST_CANCEL_PREPARE, REQUEST_PREPARE,
 };
 use parking_lot::{Condvar, Mutex};
 
@@ -77,9 +78,9 @@ impl Node {
         *self.fail.lock() = step;
     }
 
-    fn failing(&self, step: PrepareStep) -> Result<(), PrepareStepError> {
+    fn failing(&self, step: PrepareStep) -> Result<(), StepError> {
         if *self.fail.lock() == Some(step) {
-            Err(PrepareStepError::new(format!("injected {step} failure")))
+            Err(StepError::new(format!("injected {step} failure")))
         } else {
             Ok(())
         }
@@ -101,13 +102,13 @@ impl Preparable for Node {
     fn last_log_index(&self) -> u64 {
         self.log.lock().last
     }
-    fn flush(&self) -> Result<u64, PrepareStepError> {
+    fn flush(&self) -> Result<u64, StepError> {
         self.failing(PrepareStep::Flush)?;
         let mut log = self.log.lock();
         log.flushed = log.applied;
         Ok(log.flushed)
     }
-    fn snapshot(&self, _index: u64) -> Result<u64, PrepareStepError> {
+    fn snapshot(&self, _index: u64) -> Result<u64, StepError> {
         self.failing(PrepareStep::Snapshot)?;
         let mut log = self.log.lock();
         log.snapshot = log.flushed;
@@ -116,7 +117,7 @@ impl Preparable for Node {
     fn last_snapshot_index(&self) -> u64 {
         self.log.lock().snapshot
     }
-    fn purge_log(&self, index: u64) -> Result<(), PrepareStepError> {
+    fn purge_log(&self, index: u64) -> Result<(), StepError> {
         self.failing(PrepareStep::PurgeLog)?;
         self.log.lock().entries.retain(|&i| i > index);
         Ok(())
@@ -713,11 +714,11 @@ impl Preparable for DiskFullOnSnapshot {
     fn last_log_index(&self) -> u64 {
         self.0.last_log_index()
     }
-    fn flush(&self) -> Result<u64, PrepareStepError> {
+    fn flush(&self) -> Result<u64, StepError> {
         self.0.flush()
     }
-    fn snapshot(&self, _index: u64) -> Result<u64, PrepareStepError> {
-        Err(PrepareStepError::with_source(
+    fn snapshot(&self, _index: u64) -> Result<u64, StepError> {
+        Err(StepError::with_source(
             "cannot write the snapshot",
             std::io::Error::from_raw_os_error(28),
         ))
@@ -725,7 +726,7 @@ impl Preparable for DiskFullOnSnapshot {
     fn last_snapshot_index(&self) -> u64 {
         self.0.last_snapshot_index()
     }
-    fn purge_log(&self, index: u64) -> Result<(), PrepareStepError> {
+    fn purge_log(&self, index: u64) -> Result<(), StepError> {
         self.0.purge_log(index)
     }
 }

@@ -390,8 +390,11 @@ fn a_capped_binary_sees_features_beyond_it() {
 fn upgrade_or_downgrade_intent_clears_the_prepare_marker_and_normal_keeps_it() {
     let storage = Arc::new(MemoryStorage::new());
     let lvm = Om::open(Arc::clone(&storage), init_at(1)).unwrap();
-    lvm.update_state(|s| s.prepare_index = Some(42)).unwrap();
     drop(lvm);
+    storage.replace(storage.snapshot().map(|mut s| {
+        s.prepare_index = Some(42);
+        s
+    }));
     let lvm = Om::open(Arc::clone(&storage), ManagerOptions::default()).unwrap();
     assert_eq!(lvm.state().prepare_index, Some(42));
     drop(lvm);

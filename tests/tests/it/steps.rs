@@ -164,29 +164,6 @@ fn a_step_can_record_history_in_the_same_write() {
 }
 
 #[test]
-fn state_updates_may_not_move_the_mlv() {
-    let storage = Arc::new(MemoryStorage::new());
-    let lvm = Om::open(Arc::clone(&storage), init_at(0)).unwrap();
-    let before = storage.snapshot();
-    let err = lvm.update_state(|s| s.layout_version = 3).unwrap_err();
-    assert!(
-        matches!(err, LayoutError::ForbiddenStateUpdate(_)),
-        "{err:?}"
-    );
-    let err = lvm
-        .update_state(|s| s.component = "other".into())
-        .unwrap_err();
-    assert!(
-        matches!(err, LayoutError::ForbiddenStateUpdate(_)),
-        "{err:?}"
-    );
-    assert_eq!(storage.snapshot(), before);
-    assert_eq!(lvm.metadata_layout_version(), 0);
-    lvm.update_state(|s| s.first_upgrade_version = 3).unwrap();
-    assert_eq!(storage.snapshot().unwrap().first_upgrade_version, 3);
-}
-
-#[test]
 fn keys_written_by_a_newer_release_survive_a_step_of_this_one() {
     let dir = tempfile::tempdir().unwrap();
     let storage = FileStorage::new(dir.path());

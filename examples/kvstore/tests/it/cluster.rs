@@ -866,7 +866,7 @@ impl layout_core::cluster::LocalLayout for Layout {
     fn metadata_layout_version(&self) -> u32 {
         0
     }
-    fn finalize_to(&self, _: u32, _: &str) -> Result<u32, layout_core::cluster::LocalError> {
+    fn finalize_to(&self, _: u32, _: &str) -> Result<u32, layout_core::BoxError> {
         Err("not in this test".into())
     }
 }
