@@ -13,11 +13,10 @@
 //!   with a `&str` key (target 2x);
 //! - `factory_vs_classic_1_thread` / `_2_threads`: the classic design, built
 //!   here (a read-write lock around a hash map of one priority queue per key; the queue's
-//!   top is the instance in use), with the same hash as the factory's key index
-//!   (`KeyBuildHasher`, which the classic map also finds faster than `rustc-hash`'s
-//!   `FxHasher`), against `get_slot` and `get` (target: at least 5x faster). With 2
-//!   threads, a second thread runs the same lookups on the same structure during the whole
-//!   measurement.
+//!   top is the instance in use), with the same hasher as the factory's key map
+//!   (`KeyBuildHasher`: `foldhash`'s fast hasher with a fixed seed), against `get_slot`
+//!   and `get` (target: at least 5x faster). With 2 threads, a second thread runs the same
+//!   lookups on the same structure during the whole measurement.
 //!
 //! Criterion measures one function after the other; on a shared machine a burst of load
 //! lands on one side only. Under `cargo bench`, each comparison is therefore also measured

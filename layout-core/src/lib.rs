@@ -236,10 +236,10 @@ pub use layout_macros::belongs_to_layout_version;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::action::{into_action_result, ActionFnPtr, ActionSubmission};
-    pub use crate::factory::key_index::{KeyBuildHasher, KeyHasher};
     pub use crate::factory::registration::{
         construct_handler, FeatureRef, HandlerRegistration, RegistrableHandler,
     };
+    pub use crate::factory::KeyBuildHasher;
     pub use crate::gate::support::{
         closed, manager_of, refuse, self_manager, AnyFeature, Closed, FeatureOf, GatedReturn,
     };

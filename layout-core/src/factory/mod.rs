@@ -53,29 +53,21 @@
 //! Registration precomputes, per key, the instance serving each MLV from 0 to the software
 //! layout version (SLV). [`get_slot`](LayoutVersionInstanceFactory::get_slot) is then one
 //! atomic load of the MLV and one array index; [`get`](LayoutVersionInstanceFactory::get)
-//! adds one lookup of the key in the factory's own key index. Neither takes a lock nor
-//! allocates, and both read the MLV on every call, so an instance never lags behind a
-//! finalization.
+//! adds one lookup of the key in a hash map from each key to its row of that table. Neither
+//! walks the versions, takes a lock or allocates, and both read the MLV on every call, so
+//! an instance never lags behind a finalization.
 //!
-//! The key index is an open-addressing table built for the registered keys: registration
-//! chooses its hash seed so that each key lands in a cell of its own (if a few seeds cannot
-//! avoid a collision, the displaced keys probe the next cells, and the others are still
-//! found at home). A lookup is then one hash, one index and one comparison:
+//! The map is a `hashbrown` table hashed with `foldhash`'s fast hasher (fixed seed), which
+//! keeps each registered key's hash, computed once at registration. A lookup hashes the
+//! key through its `Hash` (a string key by its text, not its address: a key decoded from a
+//! request is found like the literal it was registered with), takes the first registered
+//! key of that very hash, and confirms it with one `==`. Correctness never rests on the
+//! hash: a key that is not confirmed (an unknown key, or one of two registered keys that
+//! share a hash) is looked for again, on a cold path, comparing every key of its hash.
 //!
-//! - a string key (`&'static str`, `String`, `Box<str>`, `Arc<str>`, `Rc<str>`,
-//!   `Cow<'static, str>`) is hashed from its length and two 8-byte loads of its text, and
-//!   compared by the same three words, in registers: no call to `memcmp`, no hash of every
-//!   byte. The words cover a key of up to 16 bytes entirely; a longer one is also compared
-//!   with `==`. The key's address plays no part, so a key decoded from a request is found
-//!   as fast as the literal it was registered with.
-//! - any other key (an enum of request types, an integer) is hashed through its `Hash`
-//!   into one word and compared with its `Eq`: for a field-less enum, one multiply and a
-//!   byte comparison.
-//!
-//! The hash is not randomized, and needs not be: the table holds only the keys the program
-//! registered, and a lookup of any other key (whatever an attacker sends) costs at most the
-//! longest probe among them (none in the usual case). Correctness never rests on the hash:
-//! every hit is confirmed by comparing the key.
+//! The hash needs no randomization: the map holds only the keys the program registered at
+//! start-up, so no request can grow it, and a lookup of any other key costs at most one
+//! probe sequence among them.
 //!
 //! # Registered with an attribute
 //!
@@ -84,15 +76,16 @@
 //! See there for the linking pitfall and the start-up guard,
 //! [`expect`](LayoutVersionInstanceFactory::expect).
 
-pub(crate) mod key_index;
 pub(crate) mod registration;
+#[cfg(test)]
+mod tests;
 
 use std::borrow::Borrow;
 use std::fmt;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use key_index::KeyIndex;
+use hashbrown::HashTable;
 
 use crate::feature::LayoutFeature;
 use crate::manager::LayoutVersionManager;
@@ -101,6 +94,11 @@ pub use registration::{RegistrationProblem, SkippedRegistration};
 
 /// Marks a table cell whose MLV no instance of the key serves.
 const NONE: usize = usize::MAX;
+
+/// The hasher of the factory's key map: `foldhash`'s fast hasher with a fixed seed (see
+/// [the cost](crate::factory#cost)).
+#[doc(hidden)]
+pub type KeyBuildHasher = foldhash::fast::FixedState;
 
 /// Gives each factory an identity, so a [`Slot`] of another factory is refused.
 static NEXT_FACTORY_ID: AtomicU32 = AtomicU32::new(0);
@@ -112,10 +110,9 @@ static NEXT_FACTORY_ID: AtomicU32 = AtomicU32::new(0);
 /// registered, nor a second one for the same (key, version); a key whose lowest version is
 /// above the MLV is "not supported before finalization" of that version's feature.
 ///
-/// `K` is the request key (a request type name, an enum of request types); it is cloned
-/// into errors, and owns its data (`'static`: a string literal, a `String`, an enum), which
-/// lets [`get`](Self::get) recognise string keys and compare them without `memcmp` (see
-/// [the cost](crate::factory#cost)).
+/// `K` is the request key (a request type name, an enum of request types): anything
+/// `Hash + Eq`, cloned into errors. String keys (`&str`, `String`, `Box<str>`, ...) are
+/// hashed and compared by their text (see [the cost](crate::factory#cost)).
 ///
 /// The factory has no interior mutability: build it at start-up, then share it (`&`,
 /// `Arc`) between threads; reads need no lock.
@@ -124,8 +121,10 @@ pub struct LayoutVersionInstanceFactory<F: LayoutFeature, K, V> {
     software_layout_version: u32,
     /// `software_layout_version + 1`: the number of MLVs a key's table row covers.
     width: usize,
-    /// Key -> the first table cell of its row (its slot's base).
-    index: KeyIndex<K>,
+    /// Each key, with its hash and the first table cell of its row (its slot's base).
+    index: HashTable<KeyEntry<K>>,
+    /// The hasher of the keys in `index`.
+    hasher: KeyBuildHasher,
     /// One row per key, in registration order.
     rows: Vec<Row<F, K>>,
     /// Every instance, in registration order.
@@ -135,6 +134,14 @@ pub struct LayoutVersionInstanceFactory<F: LayoutFeature, K, V> {
     table: Vec<usize>,
     /// Registrations `from_registry` left out because they are above the SLV.
     skipped: Vec<SkippedRegistration<F>>,
+}
+
+/// A key in the factory's key map, with its hash, computed once at registration.
+struct KeyEntry<K> {
+    hash: u64,
+    key: K,
+    /// The first table cell of the key's row.
+    base: usize,
 }
 
 /// One key's instances, ascending by layout version.
@@ -243,7 +250,7 @@ pub enum FactoryError<F: LayoutFeature, K: fmt::Debug> {
 impl<F, K, V> LayoutVersionInstanceFactory<F, K, V>
 where
     F: LayoutFeature,
-    K: Hash + Eq + Clone + fmt::Debug + 'static,
+    K: Hash + Eq + Clone + fmt::Debug,
 {
     /// An empty factory for `manager`'s catalog, accepting instances up to its software
     /// layout version.
@@ -253,7 +260,8 @@ where
             id: NEXT_FACTORY_ID.fetch_add(1, Ordering::Relaxed),
             software_layout_version,
             width: index_of(software_layout_version).saturating_add(1),
-            index: KeyIndex::new(),
+            index: HashTable::new(),
+            hasher: KeyBuildHasher::default(),
             rows: Vec::new(),
             values: Vec::new(),
             table: Vec::new(),
@@ -275,7 +283,8 @@ where
                 software_layout_version: self.software_layout_version,
             });
         }
-        let base = if let Some(base) = self.index.get(&key) {
+        let hash = self.hasher.hash_one(&key);
+        let base = if let Some(base) = self.find(hash, &key) {
             base
         } else {
             let base = self.table.len();
@@ -285,7 +294,12 @@ where
                 features: Vec::new(),
                 instances: Vec::new(),
             });
-            self.index.insert(key.clone(), base);
+            let entry = KeyEntry {
+                hash,
+                key: key.clone(),
+                base,
+            };
+            self.index.insert_unique(hash, entry, |entry| entry.hash);
             base
         };
         let row_index = base / self.width;
@@ -328,25 +342,42 @@ where
         manager: &LayoutVersionManager<F>,
         key: &K,
     ) -> Result<&V, FactoryError<F, K>> {
-        match self.index.get_at_home(key) {
-            Some(base) => self.serve(manager, base),
-            None => self.get_away_from_home(manager, key),
+        let hash = self.hasher.hash_one(key);
+        // The first key of this hash, then one comparison: two registered keys of the same
+        // hash (or an unknown key of a registered key's hash) take the cold path.
+        match self.index.find(hash, |entry| entry.hash == hash) {
+            Some(entry) if entry.key == *key => self.serve(manager, entry.base),
+            _ => self.get_cold(manager, key, hash),
         }
     }
 
-    /// [`get`](Self::get) of a key not in its home cell of the key index: a key displaced
-    /// by a collision, or an unknown one.
+    /// [`get`](Self::get) of a key that is not the first registered key of its hash: an
+    /// unknown key, or one whose hash another key shares.
     #[cold]
     #[inline(never)]
-    fn get_away_from_home(
+    fn get_cold(
         &self,
         manager: &LayoutVersionManager<F>,
         key: &K,
+        hash: u64,
     ) -> Result<&V, FactoryError<F, K>> {
-        match self.index.probe(key) {
+        match self.find(hash, key) {
             Some(base) => self.serve(manager, base),
             None => Err(FactoryError::UnknownKey { key: key.clone() }),
         }
+    }
+
+    /// The base of the row of `key` (or of a borrowed form of it), whose hash is `hash`.
+    fn find<Q>(&self, hash: u64, key: &Q) -> Option<usize>
+    where
+        K: Borrow<Q>,
+        Q: Eq + ?Sized,
+    {
+        self.index
+            .find(hash, |entry| {
+                entry.hash == hash && entry.key.borrow() == key
+            })
+            .map(|entry| entry.base)
     }
 
     /// Resolves `key` once, for [`get_slot`](Self::get_slot). `None` when no instance is
@@ -356,7 +387,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.index.find(key).map(|base| Slot {
+        self.find(self.hasher.hash_one(key), key).map(|base| Slot {
             factory: self.id,
             base,
         })
@@ -418,8 +449,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.index
-            .find(key)
+        self.find(self.hasher.hash_one(key), key)
             .and_then(|base| self.rows.get(base / self.width))
             .map_or(&[], |row| row.features.as_slice())
     }
