@@ -146,10 +146,7 @@ fn keys_may_borrow_from_the_request_they_were_read_from() {
         .split(';')
         .map(|field| {
             let key = field.trim_start_matches("op=");
-            factory
-                .get(&lvm, &key)
-                .map(|value| *value)
-                .map_err(|e| e.to_string())
+            factory.get(&lvm, &key).copied().map_err(|e| e.to_string())
         })
         .collect();
     assert_eq!(
