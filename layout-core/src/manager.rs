@@ -63,10 +63,6 @@ pub struct LayoutVersionManager<F: LayoutFeature> {
     storage: Box<dyn LayoutStorage>,
     /// The state as last durably stored; held while storing, so changes are serialized.
     durable: Mutex<LayoutState>,
-    /// Test-only: publish a new MLV before storing it (a deliberate bug; see
-    /// [`LayoutVersionManager::__set_publish_before_persist`]).
-    #[cfg(feature = "test-mutations")]
-    publish_before_persist: std::sync::atomic::AtomicBool,
     catalog: PhantomData<fn() -> F>,
 }
 
@@ -227,8 +223,6 @@ impl<F: LayoutFeature> LayoutVersionManager<F> {
             created,
             storage: Box::new(storage),
             durable: Mutex::new(state),
-            #[cfg(feature = "test-mutations")]
-            publish_before_persist: std::sync::atomic::AtomicBool::new(false),
             catalog: PhantomData,
         })
     }
@@ -415,18 +409,6 @@ impl<F: LayoutFeature> LayoutVersionManager<F> {
         check_update(&durable, &next)?;
         next.layout_version = version;
         feature.name().clone_into(&mut next.layout_feature);
-        #[cfg(feature = "test-mutations")]
-        if self.publish_before_persist.load(Ordering::Relaxed) {
-            // The deliberate bug: the two statements around the failpoint swapped.
-            self.mlv.store(version, Ordering::Release);
-            crate::crash_point::step!(FAILPOINT_AFTER_PERSIST);
-            self.storage.store(&next)?;
-            *durable = next;
-            return Ok(StepOutcome::Finalized {
-                from: mlv,
-                to: version,
-            });
-        }
         self.storage.store(&next)?;
         *durable = next;
         // The new MLV is durable and not yet visible: a crash here must recover to it.
@@ -442,18 +424,6 @@ impl<F: LayoutFeature> LayoutVersionManager<F> {
             from: mlv,
             to: version,
         })
-    }
-
-    /// Test-only (feature `test-mutations`): when `on`, every later finalization step
-    /// *publishes* the new MLV before it *stores* it, with the
-    /// `finalize::after_persist` failpoint between the two: the bug the manager's
-    /// ordering exists to prevent. A test kit's crash matrix must catch it (a crash there
-    /// loses a published MLV). Not public API; never switch it on outside a negative
-    /// control.
-    #[cfg(feature = "test-mutations")]
-    #[doc(hidden)]
-    pub fn __set_publish_before_persist(&self, on: bool) {
-        self.publish_before_persist.store(on, Ordering::Relaxed);
     }
 
     /// [`finalize_step`](Self::finalize_step) by raw layout version (as replayed from a

@@ -128,6 +128,7 @@ pub mod etcd;
 pub mod inject;
 pub mod plan;
 mod rng;
+mod unsynced;
 pub mod upgrade_test;
 pub mod workload;
 
@@ -158,6 +159,7 @@ pub use plan::{
     failpoints_crashed, HookContext, MixedVersionTest, Plan, PlanFailure, PlanReport, PlanRng,
     PlanStep, SEED_ENV,
 };
+pub use unsynced::UnsyncedStorage;
 pub use upgrade_test::{
     InterruptedCase, InterruptedFinalization, Stage, StageFailure, UpgradeReport, UpgradeTest,
     UpgradeTestError,

@@ -51,6 +51,11 @@ pub enum StorageKind {
     /// [`layout_core::MemoryStorage`], one per node, kept across the node's restarts
     /// (in-process only). Faster; the component's own data still lives in its directory.
     Memory,
+    /// A `VERSION` file behind an [`UnsyncedStorage`](crate::UnsyncedStorage): every
+    /// write is acknowledged before it is durable, a clean stop syncs it and a crash loses
+    /// the last one (in-process only). The negative control of the crash matrix: it must
+    /// catch this.
+    Unsynced,
 }
 
 /// The configuration of one kind of node, without its component type.

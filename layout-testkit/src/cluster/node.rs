@@ -267,6 +267,13 @@ impl<C: TestComponent> ClusterNode for Node<C> {
         match backend {
             Backend::Child(child) => child.stop(),
             Backend::Local(running) => {
+                // A clean stop makes what was acknowledged durable.
+                if let Some(unsynced) = &running.unsynced {
+                    unsynced.sync().map_err(|source| ClusterError::Layout {
+                        node: self.spec.name.clone(),
+                        source: Box::new(source.into()),
+                    })?;
+                }
                 drop(running);
                 Ok(())
             }

@@ -14,6 +14,7 @@ use super::StorageKind;
 use crate::component::{NodeInfo, PrepareOutcome, TestComponent};
 
 use super::values::{FinalizeSummary, NodeSpec, NodeStatus, TESTKIT_CLIENT};
+use crate::unsynced::UnsyncedStorage;
 
 /// A running in-process node: the manager, the finalizer and the component.
 pub(crate) struct Running<C: TestComponent> {
@@ -23,6 +24,9 @@ pub(crate) struct Running<C: TestComponent> {
     /// The node's member of a coordinated cluster, heartbeating.
     #[cfg(feature = "coordination")]
     pub(crate) member: Option<Arc<super::coordinated::MemberRunner>>,
+    /// The storage that acknowledges before it is durable ([`StorageKind::Unsynced`]),
+    /// synced by a clean stop.
+    pub(crate) unsynced: Option<Arc<UnsyncedStorage<FileStorage>>>,
 }
 
 impl<C: TestComponent> Clone for Running<C> {
@@ -33,6 +37,7 @@ impl<C: TestComponent> Clone for Running<C> {
             component: Arc::clone(&self.component),
             #[cfg(feature = "coordination")]
             member: self.member.clone(),
+            unsynced: self.unsynced.clone(),
         }
     }
 }
@@ -79,8 +84,14 @@ impl<C: TestComponent> Running<C> {
                     None => options,
                 }
             });
+        let mut unsynced = None;
         let startup = match (spec.storage, memory) {
             (StorageKind::Memory, Some(memory)) => startup.storage(Arc::clone(memory)),
+            (StorageKind::Unsynced, _) => {
+                let storage = Arc::new(UnsyncedStorage::new(FileStorage::new(spec.layout_dir())));
+                unsynced = Some(Arc::clone(&storage));
+                startup.storage(storage)
+            }
             _ => startup.storage(FileStorage::new(spec.layout_dir())),
         };
         let mut started = startup.start().map_err(|e| match e {
@@ -139,6 +150,7 @@ impl<C: TestComponent> Running<C> {
             component,
             #[cfg(feature = "coordination")]
             member,
+            unsynced,
         })
     }
 
