@@ -34,9 +34,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use layout_core::__private::KeyBuildHasher;
+use layout_core::factory::Slot;
 use layout_core::{
     LayoutFeature, LayoutVersionInstanceFactory, LayoutVersionManager, ManagerOptions,
-    MemoryStorage, Slot, StartIntent,
+    MemoryStorage, StartIntent,
 };
 use parking_lot::RwLock;
 

@@ -29,10 +29,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
+use layout_core::state::LayoutState;
 use layout_core::storage::format;
+use layout_core::storage::VERSION_FILE_NAME;
 use layout_core::{
-    ActionRegistry, FileStorage, LayoutFeature, LayoutState, LayoutStorage, LayoutVersionManager,
-    ManagerOptions, StartIntent, StorageError, UpgradeFinalizer, VERSION_FILE_NAME,
+    ActionRegistry, FileStorage, LayoutFeature, LayoutStorage, LayoutVersionManager,
+    ManagerOptions, StartIntent, StorageError, UpgradeFinalizer,
 };
 use tempfile::TempDir;
 

@@ -425,7 +425,7 @@ fn list(problems: &[RegistryProblem]) -> String {
 ///     .build()?;
 /// registry.expect(&[(OmFeature::MultiTenancy, Phase::OnFinalize)])?;
 /// assert_eq!(registry.len(), 2);
-/// # Ok::<(), layout_core::RegistryError>(())
+/// # Ok::<(), layout_core::action::RegistryError>(())
 /// ```
 pub struct ActionRegistry<F, C> {
     actions: BTreeMap<(F, Phase), RegisteredAction<F, C>>,
@@ -511,7 +511,7 @@ impl<F: LayoutFeature, C: 'static> ActionRegistry<F, C> {
     ///     .build()?;
     /// let wrapped: ActionRegistry<F, Wrapper> = registry.map_component(|w: &Wrapper| &w.0);
     /// assert_eq!(wrapped.len(), 1);
-    /// # Ok::<(), layout_core::RegistryError>(())
+    /// # Ok::<(), layout_core::action::RegistryError>(())
     /// ```
     pub fn map_component<D: 'static>(self, project: fn(&D) -> &C) -> ActionRegistry<F, D> {
         let actions = self

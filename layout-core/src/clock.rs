@@ -45,7 +45,7 @@ impl Clock for SystemClock {
 ///
 /// ```
 /// use std::time::Duration;
-/// use layout_core::{Clock, ManualClock};
+/// use layout_core::clock::{Clock, ManualClock};
 ///
 /// let clock = ManualClock::at_ms(1_000);
 /// clock.advance(Duration::from_secs(2));

@@ -2,7 +2,7 @@
 //! next start must still recover.
 //!
 //! The finalizer's own steps are crash points (the names in
-//! [`FAILPOINTS`](crate::FAILPOINTS)), and so is every batch boundary of a
+//! [`FAILPOINTS`](crate::finalizer::FAILPOINTS)), and so is every batch boundary of a
 //! `migration::BackgroundMigration` (feature `migration`). An upgrade action
 //! declares its own with [`ActionContext::crash_point`](crate::ActionContext::crash_point)
 //! (or [`hit`] where it has no context): one call at each place where it has written
@@ -46,7 +46,7 @@ use parking_lot::RwLock;
 type Observer = Arc<dyn Fn(&'static str) + Send + Sync>;
 
 /// A step of the finalizer or the manager: the `fail` failpoint of that name (feature
-/// `failpoints`; the names are [`FAILPOINTS`](crate::FAILPOINTS)) and the crash point,
+/// `failpoints`; the names are [`FAILPOINTS`](crate::finalizer::FAILPOINTS)) and the crash point,
 /// passed together.
 macro_rules! step {
     ($name:expr) => {{

@@ -1,74 +1,4 @@
-//! Gating APIs on layout features: the [`LayoutAware`] trait and the support of
-//! `#[disallowed_until]`.
-//!
-//! An API that exists only in a new on-disk layout must stay closed while the component
-//! runs pre-finalized (new binary, old layout), so that a downgrade stays possible.
-//! `#[disallowed_until(F::X)]` closes a function until feature `X` is finalized:
-//!
-//! ```
-//! use layout_core::{
-//!     disallowed_until, LayoutAware, LayoutError, LayoutFeature, LayoutVersionManager,
-//!     ManagerOptions, MemoryStorage, StartIntent,
-//! };
-//!
-//! #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]
-//! enum OmFeature {
-//!     #[layout(version = 0, description = "Initial layout")]
-//!     InitialVersion,
-//!     #[layout(version = 1, description = "Multi-tenancy tables")]
-//!     MultiTenancy,
-//! }
-//!
-//! #[derive(Debug, thiserror::Error)]
-//! enum OmError {
-//!     #[error(transparent)]
-//!     Layout(LayoutError),
-//! }
-//!
-//! impl From<LayoutError> for OmError {
-//!     fn from(error: LayoutError) -> Self {
-//!         OmError::Layout(error)
-//!     }
-//! }
-//!
-//! struct OzoneManager {
-//!     lvm: LayoutVersionManager<OmFeature>,
-//! }
-//!
-//! impl LayoutAware<OmFeature> for OzoneManager {
-//!     fn layout_manager(&self) -> &LayoutVersionManager<OmFeature> {
-//!         &self.lvm
-//!     }
-//! }
-//!
-//! impl OzoneManager {
-//!     #[disallowed_until(OmFeature::MultiTenancy)]
-//!     fn create_tenant(&self, name: &str) -> Result<String, OmError> {
-//!         Ok(format!("tenant {name}"))
-//!     }
-//! }
-//!
-//! let opts = ManagerOptions::default()
-//!     .with_start_intent(StartIntent::Init)
-//!     .with_initial_layout_version(0);
-//! let om = OzoneManager {
-//!     lvm: LayoutVersionManager::open(MemoryStorage::new(), opts)?,
-//! };
-//! // Pre-finalized: the call is refused, naming the operation, the feature and the MLV.
-//! let Err(OmError::Layout(LayoutError::NotFinalized { operation, feature, version, metadata_layout_version })) =
-//!     om.create_tenant("t1")
-//! else {
-//!     panic!("a pre-finalized component must refuse create_tenant");
-//! };
-//! assert_eq!((operation, feature, version, metadata_layout_version), (Some("create_tenant"), "MultiTenancy", 1, 0));
-//!
-//! om.lvm.finalize_step(OmFeature::MultiTenancy)?;
-//! assert_eq!(om.create_tenant("t1")?, "tenant t1");
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
-//!
-//! The gate is one atomic load and a compare on the hot path; the refusal is built out of
-//! line. There is no fallback: a function whose manager cannot be found does not compile.
+//! Gating APIs on layout features: [`LayoutAware`] and the support of `#[disallowed_until]`.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -77,6 +7,78 @@ use crate::error::LayoutError;
 use crate::feature::LayoutFeature;
 use crate::manager::LayoutVersionManager;
 
+/// Gating APIs on layout features: the [`LayoutAware`] trait and the support of
+/// `#[disallowed_until]`.
+///
+/// An API that exists only in a new on-disk layout must stay closed while the component
+/// runs pre-finalized (new binary, old layout), so that a downgrade stays possible.
+/// `#[disallowed_until(F::X)]` closes a function until feature `X` is finalized:
+///
+/// ```
+/// use layout_core::{
+///     disallowed_until, LayoutAware, LayoutError, LayoutFeature, LayoutVersionManager,
+///     ManagerOptions, MemoryStorage, StartIntent,
+/// };
+///
+/// #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]
+/// enum OmFeature {
+///     #[layout(version = 0, description = "Initial layout")]
+///     InitialVersion,
+///     #[layout(version = 1, description = "Multi-tenancy tables")]
+///     MultiTenancy,
+/// }
+///
+/// #[derive(Debug, thiserror::Error)]
+/// enum OmError {
+///     #[error(transparent)]
+///     Layout(LayoutError),
+/// }
+///
+/// impl From<LayoutError> for OmError {
+///     fn from(error: LayoutError) -> Self {
+///         OmError::Layout(error)
+///     }
+/// }
+///
+/// struct OzoneManager {
+///     lvm: LayoutVersionManager<OmFeature>,
+/// }
+///
+/// impl LayoutAware<OmFeature> for OzoneManager {
+///     fn layout_manager(&self) -> &LayoutVersionManager<OmFeature> {
+///         &self.lvm
+///     }
+/// }
+///
+/// impl OzoneManager {
+///     #[disallowed_until(OmFeature::MultiTenancy)]
+///     fn create_tenant(&self, name: &str) -> Result<String, OmError> {
+///         Ok(format!("tenant {name}"))
+///     }
+/// }
+///
+/// let opts = ManagerOptions::default()
+///     .with_start_intent(StartIntent::Init)
+///     .with_initial_layout_version(0);
+/// let om = OzoneManager {
+///     lvm: LayoutVersionManager::open(MemoryStorage::new(), opts)?,
+/// };
+/// // Pre-finalized: the call is refused, naming the operation, the feature and the MLV.
+/// let Err(OmError::Layout(LayoutError::NotFinalized { operation, feature, version, metadata_layout_version })) =
+///     om.create_tenant("t1")
+/// else {
+///     panic!("a pre-finalized component must refuse create_tenant");
+/// };
+/// assert_eq!((operation, feature, version, metadata_layout_version), (Some("create_tenant"), "MultiTenancy", 1, 0));
+///
+/// om.lvm.finalize_step(OmFeature::MultiTenancy)?;
+/// assert_eq!(om.create_tenant("t1")?, "tenant t1");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// The gate is one atomic load and a compare on the hot path; the refusal is built out of
+/// line. There is no fallback: a function whose manager cannot be found does not compile.
+///
 /// A component that owns (or can reach) the [`LayoutVersionManager`] of catalog `F`.
 ///
 /// `#[disallowed_until(F::X)]` on a method reaches the manager through this trait on

@@ -49,12 +49,19 @@
 //!
 //! # Map
 //!
+//! The main path is at the root: the catalog ([`LayoutFeature`], [`validate_catalog`],
+//! [`CatalogError`]), the manager ([`LayoutVersionManager`], [`ManagerOptions`],
+//! [`StartIntent`], [`FeatureStatus`]), storage ([`LayoutStorage`], [`FileStorage`],
+//! [`MemoryStorage`]), errors ([`LayoutError`], [`StepError`], [`BoxError`]), actions
+//! ([`Action`], [`ActionContext`], [`ActionRegistry`], [`Phase`]), the finalizer
+//! ([`UpgradeFinalizer`], [`FinalizeRequest`], [`FinalizeOutcome`], [`StatusReport`]),
+//! the gate ([`LayoutAware`], `#[disallowed_until]`), the factory
+//! ([`LayoutVersionInstanceFactory`]), prepare ([`PrepareController`], [`Preparable`]) and
+//! the macros. Everything else lives in its module:
+//!
 //! | module | holds |
 //! |---|---|
-//! | [`feature`] | the [`LayoutFeature`] trait and the catalog checks |
-//! | [`manager`] | [`LayoutVersionManager`], the MLV/SLV gate |
-//! | [`options`] | [`ManagerOptions`] and [`StartIntent`] |
-//! | [`state`] | [`LayoutState`], what is persisted |
+//! | [`state`] | [`LayoutState`](state::LayoutState), what is persisted |
 //! | [`storage`] | the [`LayoutStorage`] trait, [`FileStorage`] (the `VERSION` file), [`MemoryStorage`] |
 //! | [`action`] | upgrade actions: [`Phase`], [`ActionContext`], [`ActionRegistry`] |
 //! | [`finalizer`] | [`UpgradeFinalizer`]: start-up actions, finalization, status, policy |
@@ -63,15 +70,13 @@
 //! | [`startup`] | [`ComponentStartup`](startup::ComponentStartup): one start-up path (manager, component, finalizer, start-up actions, prepare, admin endpoint) for production and the test kit |
 //! | `admin` | the admin API and `AdminService` (feature `admin`); its HTTP endpoint and client (feature `admin-http`) |
 //! | `http` | the one HTTP stack of every endpoint: axum on hyper on a runtime thread the endpoint owns, bearer tokens, limits, `/metrics`, TLS (features `http`, `tls`) |
-//! | [`clock`] | injectable time: [`SystemClock`], [`ManualClock`], the [`Sleeper`] that waits |
+//! | [`clock`] | injectable time: [`SystemClock`](clock::SystemClock), [`ManualClock`](clock::ManualClock), the [`Sleeper`](clock::Sleeper) that waits |
 //! | [`durable`] | durable files: atomic replace (temp file, fsync, rename, directory fsync), durable remove, the checksummed envelope |
 //! | [`crash_point`] | named crash points inside upgrade work, which a test kit observes and crashes at |
 //! | `cluster` | cluster-wide finalization: coordinator, members, cluster stores (embedded, etcd), store moves (feature `cluster`) |
-//! | [`gate`] | [`LayoutAware`] and `#[disallowed_until]`: APIs closed until their feature is finalized |
 //! | [`factory`] | [`LayoutVersionInstanceFactory`]: request handlers per layout version, `#[belongs_to_layout_version]` |
 //! | `migration` | migrating state forward: versioned documents, background migrations with dual-write, side-by-side copies (feature `migration`) |
 //! | `etcd` | the etcd connection the cluster store and the document store share (feature `etcd`) |
-//! | [`error`] | [`LayoutError`] |
 //!
 //! # Cargo features
 //!
@@ -156,56 +161,40 @@ pub mod clock;
 pub mod cluster;
 pub mod crash_point;
 pub mod durable;
-pub mod error;
+mod error;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod factory;
-pub mod feature;
+mod feature;
 pub mod finalizer;
-pub mod gate;
+mod gate;
 #[cfg(feature = "http")]
 pub mod http;
-pub mod manager;
+mod manager;
 #[cfg(feature = "migration")]
 pub mod migration;
-pub mod options;
+mod options;
 pub mod prepare;
 pub mod startup;
 pub mod state;
 pub mod storage;
 
-pub use action::{
-    Action, ActionContext, ActionError, ActionOrigin, ActionRegistry, ActionRegistryBuilder, Phase,
-    ProgressSink, RegisteredAction, RegistryError, RegistryProblem,
-};
-pub use clock::{Clock, ClockSleeper, ManualClock, Sleeper, SystemClock, ThreadSleeper};
+// The main path, at the root: catalog, manager, options, storage, errors, actions,
+// finalizer, gate, factory, prepare (and the macros below). Everything else through its
+// module.
+pub use action::{Action, ActionContext, ActionError, ActionRegistry, Phase};
 pub use error::{BoxError, LayoutError, StepError};
-pub use factory::{
-    FactoryError, LayoutVersionInstanceFactory, RegistrationProblem, SkippedRegistration, Slot,
-};
+pub use factory::{FactoryError, LayoutVersionInstanceFactory};
 pub use feature::{validate_catalog, CatalogError, LayoutFeature};
 pub use finalizer::{
-    condition, ConditionCheck, ConditionFailure, ConditionOverride, DryRun, FinalizationStatus,
-    FinalizeCondition, FinalizeError, FinalizeGate, FinalizeHandle, FinalizeOutcome,
-    FinalizePolicy, FinalizeRefusal, FinalizeRequest, FnCondition, PlannedStep, PrefinalizeError,
-    PrefinalizeReport, Progress, StartupResume, StatusReport, UpgradeFinalizer,
-    AUTO_FINALIZE_CLIENT, FAILPOINTS,
+    FinalizationStatus, FinalizeError, FinalizeOutcome, FinalizePolicy, FinalizeRequest,
+    StatusReport, UpgradeFinalizer,
 };
 pub use gate::LayoutAware;
 pub use manager::{FeatureInfo, FeatureStatus, LayoutVersionManager, StepOutcome};
 pub use options::{ManagerOptions, StartIntent};
-pub use prepare::{
-    MarkerProblem, Preparable, PrepareController, PrepareError, PrepareOptions, PrepareState,
-    PrepareStep, WritePermit, WriteRejected, REQUEST_CANCEL_PREPARE, REQUEST_PREPARE,
-};
-pub use state::{
-    CancelRecord, DataId, FinalizationRecord, HistoryEntry, HistoryEvent, LayoutState, VetoRecord,
-    FORMAT_VERSION,
-};
-pub use storage::{
-    Damage, FileStorage, InjectedFailure, LayoutStorage, MemoryStorage, StorageError,
-    VERSION_FILE_NAME,
-};
+pub use prepare::{Preparable, PrepareController, PrepareError, PrepareState};
+pub use storage::{FileStorage, LayoutStorage, MemoryStorage, StorageError};
 
 /// The redb crate that `binding::redb` and the migration backend on redb are built on
 /// (feature `redb`), so users open databases with the same version.
@@ -218,12 +207,12 @@ pub use redb;
 pub use layout_macros::LayoutFeature;
 
 /// `#[upgrade_action(F::X, phase = ...)]`: registers a function as an upgrade action; see
-/// [`ActionRegistryBuilder::with_registered`].
+/// [`ActionRegistryBuilder::with_registered`](action::ActionRegistryBuilder::with_registered).
 #[cfg(feature = "macros")]
 pub use layout_macros::upgrade_action;
 
 /// `#[disallowed_until(F::X)]`: closes a function until layout feature `X` is finalized;
-/// see [`gate`].
+/// see [`LayoutAware`].
 #[cfg(feature = "macros")]
 pub use layout_macros::disallowed_until;
 

@@ -13,7 +13,7 @@ use crate::state::{DataId, LayoutState};
 use crate::storage::LayoutStorage;
 
 /// The failpoint between storing a new MLV and publishing it (see
-/// [`FAILPOINTS`](crate::FAILPOINTS)).
+/// [`FAILPOINTS`](crate::finalizer::FAILPOINTS)).
 pub(crate) const FAILPOINT_AFTER_PERSIST: &str = "finalize::after_persist";
 
 /// Knows a component's software layout version (SLV) and the metadata layout version on

@@ -34,6 +34,7 @@
 //! use std::sync::Arc;
 //! use std::sync::atomic::{AtomicU64, Ordering};
 //! use layout_core::*;
+//! use layout_core::prepare::{PrepareOptions, REQUEST_CANCEL_PREPARE};
 //!
 //! #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]
 //! enum OmFeature {
@@ -433,7 +434,7 @@ impl PrepareError {
 ///
 /// ```
 /// use std::time::Duration;
-/// use layout_core::PrepareOptions;
+/// use layout_core::prepare::PrepareOptions;
 ///
 /// let opts = PrepareOptions::default()
 ///     .with_timeout(Duration::from_secs(30))

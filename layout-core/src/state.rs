@@ -45,9 +45,8 @@ pub struct LayoutState {
     ///
     /// `None` in a file written before data identities existed. It stays `None` until a
     /// component adopts one with [`binding::adopt`](crate::binding::adopt): the id its
-    /// store already records, or a new one. Once set it never changes
-    /// ([`LayoutVersionManager::update_state`](crate::LayoutVersionManager::update_state)
-    /// refuses to change it).
+    /// store already records, or a new one. Once set it never changes (the manager
+    /// refuses any state change that alters it).
     pub data_id: Option<DataId>,
     /// Keys this release does not know (written by a newer release), preserved verbatim.
     pub extra: BTreeMap<String, String>,

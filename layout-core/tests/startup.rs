@@ -8,12 +8,13 @@ use std::thread;
 
 use layout_core::crash_point::{self, SimulatedCrash};
 
+use layout_core::finalizer::{condition, PrefinalizeError};
+use layout_core::prepare::PrepareOptions;
 use layout_core::startup::{ComponentStartup, PrepareParts, StartupError};
 use layout_core::StepError;
 use layout_core::{
-    condition, ActionError, ActionRegistry, FinalizeError, LayoutError, LayoutFeature,
-    LayoutVersionManager, ManagerOptions, MemoryStorage, PrefinalizeError, Preparable,
-    PrepareController, PrepareOptions, StartIntent,
+    ActionError, ActionRegistry, FinalizeError, LayoutError, LayoutFeature, LayoutVersionManager,
+    ManagerOptions, MemoryStorage, Preparable, PrepareController, StartIntent,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]
@@ -59,7 +60,7 @@ impl Preparable for Store {
     }
 }
 
-fn registry() -> Result<ActionRegistry<Feature, Store>, layout_core::RegistryError> {
+fn registry() -> Result<ActionRegistry<Feature, Store>, layout_core::action::RegistryError> {
     ActionRegistry::builder()
         .validate_in_prefinalize(Feature::Index, |s: &Store, _ctx| {
             if s.fail_validation.load(Ordering::SeqCst) {

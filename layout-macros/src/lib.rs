@@ -109,7 +109,7 @@ pub fn derive_layout_feature(input: TokenStream) -> TokenStream {
 /// let registry = ActionRegistry::<OmFeature, OzoneManager>::builder().with_registered().build()?;
 /// registry.expect(&[(OmFeature::MultiTenancy, Phase::OnFinalize)])?;
 /// assert_eq!(registry.get(OmFeature::MultiTenancy, Phase::OnFinalize).unwrap().name(), "create_tenant_tables");
-/// # Ok::<(), layout_core::RegistryError>(())
+/// # Ok::<(), layout_core::action::RegistryError>(())
 /// ```
 ///
 /// Arguments: the feature as `Catalog::Feature`, `phase = ValidateInPrefinalize |

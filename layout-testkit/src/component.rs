@@ -29,10 +29,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use layout_core::action::RegistryError;
 use layout_core::startup::ComponentStartup;
 use layout_core::{
-    ActionRegistry, LayoutFeature, LayoutVersionManager, RegistryError, StartIntent,
-    UpgradeFinalizer,
+    ActionRegistry, LayoutFeature, LayoutVersionManager, StartIntent, UpgradeFinalizer,
 };
 
 /// The error a component's hooks and the user's test callbacks return: anything that is
@@ -69,7 +69,8 @@ impl fmt::Display for PrepareOutcome {
 /// A component the kit can run as a node of a [`MiniCluster`](crate::MiniCluster).
 ///
 /// ```
-/// use layout_core::{ActionRegistry, LayoutFeature, RegistryError};
+/// use layout_core::{ActionRegistry, LayoutFeature};
+/// use layout_core::action::RegistryError;
 /// use layout_testkit::{HookResult, NodeContext, TestComponent};
 ///
 /// #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]

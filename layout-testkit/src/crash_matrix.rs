@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use layout_core::FAILPOINTS;
+use layout_core::finalizer::FAILPOINTS;
 
 use crate::cluster::{ClusterError, MiniCluster, MiniClusterBuilder, RunOutcome};
 use crate::component::{HookError, HookResult};

@@ -44,7 +44,7 @@ use std::fmt;
 use std::sync::{Arc, Once};
 
 use layout_core::crash_point::{self, ObserverGuard, SimulatedCrash};
-use layout_core::FAILPOINTS;
+use layout_core::finalizer::FAILPOINTS;
 use parking_lot::{Mutex, ReentrantMutex, ReentrantMutexGuard};
 
 /// A crash at the `hit`-th pass (1-based) of one crash point during one finalization.

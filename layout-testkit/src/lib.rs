@@ -30,7 +30,8 @@
 //!   store.
 //!
 //! ```
-//! use layout_core::{ActionRegistry, LayoutFeature, RegistryError};
+//! use layout_core::{ActionRegistry, LayoutFeature};
+//! use layout_core::action::RegistryError;
 //! use layout_testkit::{HookResult, Kind, MiniCluster, NodeContext, TestComponent, UpgradeTest};
 //!
 //! #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]

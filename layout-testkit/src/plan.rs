@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use layout_core::FAILPOINTS;
+use layout_core::finalizer::FAILPOINTS;
 
 use crate::cluster::{
     ClusterError, ClusterNode, KindInfo, MiniCluster, MiniClusterBuilder, RunOutcome, StartOptions,

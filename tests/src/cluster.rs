@@ -13,12 +13,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use layout_core::action::RegistryError;
 use layout_core::cluster::{
     Checkpoint, ClusterError, ClusterFinalizeOutcome, Coordinator, MemberRole,
 };
 use layout_core::{
     ActionContext, ActionError, ActionRegistry, FileStorage, LayoutFeature, LayoutVersionManager,
-    ManagerOptions, RegistryError, StartIntent,
+    ManagerOptions, StartIntent,
 };
 use layout_testkit::cluster::CoordinationOptions;
 use layout_testkit::crash::{block_until_killed, report_step};

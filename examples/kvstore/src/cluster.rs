@@ -61,12 +61,10 @@ use layout_core::cluster::{
     EmbeddedStore, Exclusion, HeartbeatError, HttpLink, LocalLayout, Member, MemberError,
     MemberFence, MemberRole, MemberStep, MovePhase, MoveReport, MovingStore, StoreError,
 };
+use layout_core::finalizer::{condition, FinalizeCondition};
 use layout_core::http::{ClientConfig, ClientTls, EndpointConfig, EndpointError, ServerTls};
 use layout_core::BoxError;
-use layout_core::{
-    condition, FinalizeCondition, FinalizeRequest, LayoutFeature, LayoutVersionManager,
-    UpgradeFinalizer,
-};
+use layout_core::{FinalizeRequest, LayoutFeature, LayoutVersionManager, UpgradeFinalizer};
 use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};

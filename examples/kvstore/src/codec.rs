@@ -12,7 +12,8 @@
 
 use std::sync::Arc;
 
-use layout_core::{LayoutFeature, LayoutVersionInstanceFactory, LayoutVersionManager, Slot};
+use layout_core::factory::Slot;
+use layout_core::{LayoutFeature, LayoutVersionInstanceFactory, LayoutVersionManager};
 use serde::{Deserialize, Serialize};
 
 use super::feature::KvFeature;

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use layout_core::{condition, ActionRegistry, RegistryError, UpgradeFinalizer};
+use layout_core::action::RegistryError;
+use layout_core::finalizer::condition;
+use layout_core::{ActionRegistry, UpgradeFinalizer};
 use layout_testkit::{HookResult, NodeContext, PrepareOutcome, TestComponent};
 
 use super::feature::KvFeature;

@@ -598,7 +598,7 @@ pub struct OffsetClock {
     pub offset_ms: i64,
 }
 
-impl layout_core::Clock for OffsetClock {
+impl layout_core::clock::Clock for OffsetClock {
     fn now(&self) -> std::time::SystemTime {
         let now = std::time::SystemTime::now();
         let by = Duration::from_millis(self.offset_ms.unsigned_abs());

@@ -3,13 +3,16 @@
 use std::io;
 use std::path::PathBuf;
 
+use layout_core::action::RegistryError;
 use layout_core::admin::http::HttpError;
 use layout_core::binding::redb::RedbBindingError;
 use layout_core::binding::BindingError;
 use layout_core::cluster::{ClusterError, MemberError, Refusal};
+use layout_core::finalizer::PrefinalizeError;
 use layout_core::migration::MigrationError;
+use layout_core::prepare::WriteRejected;
 use layout_core::startup::StartupError;
-use layout_core::{LayoutError, PrefinalizeError, PrepareError, RegistryError, WriteRejected};
+use layout_core::{LayoutError, PrepareError};
 
 use super::feature::KvFeature;
 

@@ -9,11 +9,12 @@ use std::sync::Arc;
 use layout_core::admin::http::{AdminServer, BearerToken, HttpConfig};
 use layout_core::admin::AdminMetrics;
 use layout_core::admin::AdminService;
+use layout_core::finalizer::FinalizeHandle;
 use layout_core::http::{Registry, ServerTls};
 use layout_core::startup::{ComponentStartup, PrepareParts, StartedComponent};
+use layout_core::storage::VERSION_FILE_NAME;
 use layout_core::{
-    FileStorage, FinalizeHandle, LayoutFeature, LayoutVersionManager, ManagerOptions, StartIntent,
-    UpgradeFinalizer, VERSION_FILE_NAME,
+    FileStorage, LayoutFeature, LayoutVersionManager, ManagerOptions, StartIntent, UpgradeFinalizer,
 };
 
 use layout_core::cluster::{ClusterFinalizeOutcome, ClusterStatus, Coordinator, MemberStep};

@@ -12,17 +12,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use layout_core::action::RegistryError;
 use layout_core::admin::WireMigrationState;
 use layout_core::binding::redb::{self as bound_redb, OpenOptions};
+use layout_core::clock::{Clock, SystemClock};
 use layout_core::durable;
 use layout_core::migration::{
     BackgroundMigration, BatchEvent, DualWrite, MigrationControl, MigrationState, MigrationTuning,
 };
+use layout_core::prepare::PrepareOptions;
 use layout_core::StepError;
 use layout_core::{
-    disallowed_until, ActionContext, ActionError, ActionRegistry, Clock, LayoutAware,
-    LayoutFeature, LayoutVersionManager, Phase, Preparable, PrepareController, PrepareOptions,
-    RegistryError, SystemClock,
+    disallowed_until, ActionContext, ActionError, ActionRegistry, LayoutAware, LayoutFeature,
+    LayoutVersionManager, Phase, Preparable, PrepareController,
 };
 use parking_lot::{Mutex, RwLock};
 use redb::{

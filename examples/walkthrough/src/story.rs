@@ -753,7 +753,7 @@ impl<'a> Story<'a> {
         let path = self
             .node_dir
             .join("layout")
-            .join(layout_core::VERSION_FILE_NAME);
+            .join(layout_core::storage::VERSION_FILE_NAME);
         let text = std::fs::read_to_string(&path)
             .map_err(self.n.failed(format_args!("reading {}", path.display())))?;
         let fields = text

@@ -6,7 +6,7 @@
 //! tell; the component's store can, if it records two facts next to its data:
 //!
 //! - the [`DataId`] of the layout state it belongs to (created at
-//!   [`StartIntent::Init`](crate::StartIntent::Init), see [`LayoutState::data_id`](crate::LayoutState::data_id));
+//!   [`StartIntent::Init`](crate::StartIntent::Init), see [`LayoutState::data_id`](crate::state::LayoutState::data_id));
 //! - the MLV it was last written at.
 //!
 //! That record is a [`DataBinding`]. At start-up, after opening the manager and before

@@ -81,7 +81,7 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `data_id` | the layout state's [`DataId`](crate::DataId), 32 lowercase hex digits |
+//! | `data_id` | the layout state's [`DataId`](crate::state::DataId), 32 lowercase hex digits |
 //! | `written_at_mlv` | the MLV the data was last written at, in decimal |
 //!
 //! A database without the table, or without its `data_id` row, has no binding (a store

@@ -84,7 +84,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
     /// Resumes, at start-up and without an operator, a finalization that a crash, a kill
     /// or a restart interrupted in the middle of an `OnFinalize` action (its record is
     /// unfinished and names the running feature, see
-    /// [`FinalizationRecord::is_interrupted`](crate::FinalizationRecord::is_interrupted)),
+    /// [`FinalizationRecord::is_interrupted`](crate::state::FinalizationRecord::is_interrupted)),
     /// as the client that started it and towards its target, in the caller's thread. A finalization an operator cancelled is not
     /// resumed ([`StartupResume::Cancelled`]); nor is one that stopped on a failed action
     /// or between features ([`StartupResume::NothingToResume`]): those wait for an
@@ -101,6 +101,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
     /// ```
     /// use std::sync::Arc;
     /// use layout_core::*;
+    /// use layout_core::finalizer::StartupResume;
     ///
     /// #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]
     /// enum Feature {

@@ -50,7 +50,7 @@ impl<G> fmt::Debug for FnCondition<G> {
 /// on a `Result<_, String>`).
 ///
 /// ```
-/// use layout_core::{condition, FinalizeCondition, FinalizeRefusal};
+/// use layout_core::finalizer::{condition, FinalizeCondition, FinalizeRefusal};
 ///
 /// struct Scm { open_containers: usize }
 /// let no_open = condition("no-open-containers", |scm: &Scm| {
@@ -134,7 +134,7 @@ where
 /// a message an operator can act on.
 ///
 /// ```
-/// use layout_core::FinalizeRefusal;
+/// use layout_core::finalizer::FinalizeRefusal;
 ///
 /// assert_eq!(
 ///     FinalizeRefusal::Prepared { index: 42 }.to_string(),

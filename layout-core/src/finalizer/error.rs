@@ -32,7 +32,7 @@ impl fmt::Display for ConditionFailure {
 pub enum FinalizeError<F: LayoutFeature> {
     /// Another finalization is running; refused at once, never blocks. The one
     /// finalization-contention error: a finalize call, a dry run's
-    /// [`blocked_by`](crate::DryRun::blocked_by) and the admin API's
+    /// [`blocked_by`](crate::finalizer::DryRun::blocked_by) and the admin API's
     /// `finalization-in-progress` answer all say this.
     #[error("finalization is already in progress, started by client {holder}")]
     InProgress {
@@ -52,7 +52,7 @@ pub enum FinalizeError<F: LayoutFeature> {
     },
     /// A gate refuses: the component is prepared or its prepare write gate is up
     /// ([`FinalizeRefusal::Prepared`], [`FinalizeRefusal::PrepareRunning`], from the
-    /// prepare controller), or another [`FinalizeGate`](crate::FinalizeGate) refuses.
+    /// prepare controller), or another [`FinalizeGate`](crate::finalizer::FinalizeGate) refuses.
     #[error("finalization refused: {reason}; cancel prepare first")]
     Prepared {
         /// Why (the prepare index when prepared).
@@ -78,7 +78,7 @@ pub enum FinalizeError<F: LayoutFeature> {
         known: Vec<String>,
     },
     /// An override of a condition that cannot be overridden
-    /// ([`FnCondition::not_overridable`](crate::FnCondition::not_overridable)).
+    /// ([`FnCondition::not_overridable`](crate::finalizer::FnCondition::not_overridable)).
     #[error("condition {condition:?} cannot be overridden: {why}")]
     NotOverridable {
         /// The condition.

@@ -25,7 +25,8 @@ pub enum InjectedFailure {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use layout_core::{InjectedFailure, LayoutStorage, MemoryStorage};
+/// use layout_core::{LayoutStorage, MemoryStorage};
+/// use layout_core::storage::InjectedFailure;
 ///
 /// let storage = Arc::new(MemoryStorage::new());
 /// storage.fail_next_store(InjectedFailure::BeforeWrite);

@@ -142,7 +142,7 @@ fn a_started_finalization_is_running_while_its_conditions_are_checked() {
     use std::sync::mpsc;
     use std::time::Duration;
 
-    use layout_core::condition;
+    use layout_core::finalizer::condition;
     use parking_lot::Mutex;
 
     let opts = ManagerOptions::default()

@@ -12,11 +12,13 @@ use std::time::Duration;
 
 use layout_core::admin::http::{AdminClient, AdminServer, ClientError, HttpConfig};
 use layout_core::admin::{AdminService, FinalizeParams, FinalizeResponse};
+use layout_core::clock::ManualClock;
+use layout_core::finalizer::condition;
+use layout_core::prepare::PrepareOptions;
 use layout_core::StepError;
 use layout_core::{
-    condition, ActionError, ActionRegistry, FileStorage, LayoutFeature, LayoutVersionManager,
-    ManagerOptions, ManualClock, Preparable, PrepareController, PrepareOptions, StartIntent,
-    UpgradeFinalizer,
+    ActionError, ActionRegistry, FileStorage, LayoutFeature, LayoutVersionManager, ManagerOptions,
+    Preparable, PrepareController, StartIntent, UpgradeFinalizer,
 };
 use parking_lot::{Condvar, Mutex};
 

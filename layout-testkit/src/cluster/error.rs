@@ -3,7 +3,8 @@
 use std::io;
 use std::path::PathBuf;
 
-use layout_core::{LayoutError, RegistryError};
+use layout_core::action::RegistryError;
+use layout_core::LayoutError;
 
 use crate::component::HookError;
 use crate::crash::CrashError;

@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use layout_core::{
-    DataId, FinalizationRecord, HistoryEntry, HistoryEvent, LayoutState, LayoutStorage, VetoRecord,
+use layout_core::state::{
+    DataId, FinalizationRecord, HistoryEntry, HistoryEvent, LayoutState, VetoRecord,
 };
+use layout_core::LayoutStorage;
 
 use super::{run, Clause, ConformanceReport};
 

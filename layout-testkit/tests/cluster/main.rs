@@ -6,8 +6,9 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use layout_core::action::RegistryError;
 use layout_core::cluster::CLUSTER_FAILPOINTS;
-use layout_core::{ActionContext, ActionError, ActionRegistry, LayoutFeature, RegistryError};
+use layout_core::{ActionContext, ActionError, ActionRegistry, LayoutFeature};
 use layout_testkit::cluster::plan::{
     ClusterCrashPoint, ClusterPlan, ClusterPlanStep, ClusterPlanTest, CLUSTER_CRASH_POINTS,
 };

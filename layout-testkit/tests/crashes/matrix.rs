@@ -4,8 +4,8 @@
 
 use std::collections::BTreeSet;
 
+use layout_core::finalizer::FAILPOINTS;
 use layout_core::migration::background::{CRASH_BATCH_COMMITTED, CRASH_POINTS};
-use layout_core::FAILPOINTS;
 use layout_testkit::{CrashMatrix, Kind, MiniCluster};
 
 use crate::records::{Records, CRASH_REWRITE_STARTED};

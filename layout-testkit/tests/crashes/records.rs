@@ -28,13 +28,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use layout_core::action::RegistryError;
 use layout_core::migration::{
     BackgroundMigration, DualWrite, LiveWrite, MemoryMigrationStore, Row, WriteTarget,
 };
 use layout_core::StepError;
 use layout_core::{
-    ActionContext, ActionError, ActionRegistry, LayoutFeature, LayoutVersionManager, RegistryError,
-    StartIntent,
+    ActionContext, ActionError, ActionRegistry, LayoutFeature, LayoutVersionManager, StartIntent,
 };
 use layout_testkit::{HookResult, NodeContext, TestComponent};
 use parking_lot::Mutex;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use layout_core::FAILPOINTS;
+use layout_core::finalizer::FAILPOINTS;
 use layout_testkit::{
     expected_hits, run_as_child_node, CrashMatrix, Injection, MiniCluster, RunOutcome, StorageKind,
     INVARIANT_MLV_NEVER_GOES_BACKWARDS,

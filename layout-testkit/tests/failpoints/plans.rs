@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use layout_core::FAILPOINTS;
+use layout_core::finalizer::FAILPOINTS;
 use layout_testkit::{
     failpoints_crashed, HookContext, HookResult, MiniCluster, MiniClusterBuilder, MixedVersionTest,
     PlanStep, StorageKind, SEED_ENV,

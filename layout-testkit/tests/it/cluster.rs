@@ -114,7 +114,7 @@ fn a_node_restarted_with_another_binary_keeps_its_directory() {
     assert_eq!(node.manager().unwrap().start_intent(), StartIntent::Normal);
     assert!(dir
         .join("layout")
-        .join(layout_core::VERSION_FILE_NAME)
+        .join(layout_core::storage::VERSION_FILE_NAME)
         .exists());
 }
 

@@ -19,10 +19,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use layout_core::action::RegistryError;
 use layout_core::startup::{ComponentStartup, StartedComponent, StartupError};
 use layout_core::{
     ActionContext, ActionError, ActionRegistry, FactoryError, FileStorage, LayoutFeature,
-    LayoutVersionInstanceFactory, LayoutVersionManager, ManagerOptions, RegistryError,
+    LayoutVersionInstanceFactory, LayoutVersionManager, ManagerOptions,
 };
 
 /// The component's name, recorded in its layout state.

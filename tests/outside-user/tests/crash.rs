@@ -39,7 +39,7 @@ fn every_finalizer_crash_point_recovers_in_process() {
     // It crashed at every failpoint the finalizer has.
     assert_eq!(
         report.failpoints_crashed(),
-        layout_core::FAILPOINTS.iter().copied().collect(),
+        layout_core::finalizer::FAILPOINTS.iter().copied().collect(),
         "{report}"
     );
 }

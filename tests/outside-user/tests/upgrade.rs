@@ -55,7 +55,7 @@ fn the_kit_starts_the_shelf_with_its_own_name_and_registry(
     let names: Vec<&str> = finalizer
         .registry()
         .actions()
-        .map(layout_core::RegisteredAction::name)
+        .map(layout_core::action::RegisteredAction::name)
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
     // And the typed component: the adapter dereferences to the shelf.

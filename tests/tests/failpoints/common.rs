@@ -9,10 +9,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use layout_core::clock::ManualClock;
+use layout_core::finalizer::FAILPOINTS;
+use layout_core::state::LayoutState;
+use layout_core::storage::VERSION_FILE_NAME;
 use layout_core::{
-    ActionContext, ActionError, ActionRegistry, FileStorage, LayoutFeature, LayoutState,
-    LayoutStorage, LayoutVersionManager, ManagerOptions, ManualClock, StartIntent,
-    UpgradeFinalizer, FAILPOINTS, VERSION_FILE_NAME,
+    ActionContext, ActionError, ActionRegistry, FileStorage, LayoutFeature, LayoutStorage,
+    LayoutVersionManager, ManagerOptions, StartIntent, UpgradeFinalizer,
 };
 use layout_testkit::crash::{block_until_killed, report_step};
 

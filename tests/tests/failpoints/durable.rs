@@ -223,7 +223,8 @@ fn every_durable_failpoint_has_a_test() {
 /// `ChangedUnderneath`).
 #[test]
 fn a_version_store_whose_directory_fsync_fails_can_store_again() {
-    use layout_core::{FileStorage, LayoutState, LayoutStorage, StorageError};
+    use layout_core::state::LayoutState;
+    use layout_core::{FileStorage, LayoutStorage, StorageError};
 
     if child_role().is_some() {
         let storage = FileStorage::new(child_root());

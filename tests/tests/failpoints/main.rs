@@ -8,7 +8,7 @@
 //!
 //! | module | shows |
 //! |---|---|
-//! | [`trace`] | a crash-free finalization passes exactly `layout_core::FAILPOINTS`; a crash at every hit of every failpoint recovers to the crash-free state |
+//! | [`trace`] | a crash-free finalization passes exactly `layout_core::finalizer::FAILPOINTS`; a crash at every hit of every failpoint recovers to the crash-free state |
 //! | [`crash_points`] | crash points inside actions and background-migration batches are observed in order; a crash simulated there stops finalization, and a restart finishes |
 //! | [`durable`] | the durable-file routine failing at each step (`durable::FAILPOINTS`): an error naming the step, the old file intact (or the new one, after the rename), no temporary file left, and a retry that succeeds |
 //! | [`sigkill`] | a SIGKILL in every window between steps, with journaling actions, recovers and finishes |

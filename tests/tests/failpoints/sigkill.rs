@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use layout_core::FAILPOINTS;
+use layout_core::finalizer::FAILPOINTS;
 use layout_testkit::crash::{child_role, ChildCommand, ChildProcess};
 
 use crate::common::{

@@ -10,7 +10,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use layout_core::{LayoutFeature, FAILPOINTS};
+use layout_core::finalizer::FAILPOINTS;
+use layout_core::LayoutFeature;
 use layout_testkit::crash::{child_role, report_step, ChildCommand};
 
 use crate::common::{

@@ -4,9 +4,10 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use layout_core::action::{ActionOrigin, RegistryProblem};
 use layout_core::{
-    upgrade_action, ActionContext, ActionError, ActionOrigin, ActionRegistry, MemoryStorage, Phase,
-    RegistryProblem, UpgradeFinalizer,
+    upgrade_action, ActionContext, ActionError, ActionRegistry, MemoryStorage, Phase,
+    UpgradeFinalizer,
 };
 
 use crate::catalogs::{init_at, Om, OmFeature, OmFeatureRenamed};

@@ -4,9 +4,9 @@
 use std::fs;
 
 use layout_core::binding::{self, BindingError, DataBinding};
-use layout_core::{
-    DataId, FileStorage, LayoutError, LayoutStorage, ManagerOptions, VERSION_FILE_NAME,
-};
+use layout_core::state::DataId;
+use layout_core::storage::VERSION_FILE_NAME;
+use layout_core::{FileStorage, LayoutError, LayoutStorage, ManagerOptions};
 
 use crate::catalogs::{init_at, Om, OmFeature};
 
@@ -202,7 +202,8 @@ mod on_redb {
     use layout_core::binding::redb::{self as bound_redb, OpenOptions, RedbBindingError};
     use layout_core::binding::{BindingError, DataBinding};
     use layout_core::redb::{self, ReadableDatabase, TableDefinition};
-    use layout_core::{FileStorage, ManagerOptions, VERSION_FILE_NAME};
+    use layout_core::storage::VERSION_FILE_NAME;
+    use layout_core::{FileStorage, ManagerOptions};
 
     use crate::catalogs::{init_at, Om, OmFeature};
 

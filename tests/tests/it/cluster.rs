@@ -4,12 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use layout_core::clock::ManualClock;
 use layout_core::cluster::{
     AuditEntry, Checkpoint, ClusterError, ClusterFinalizeOutcome, ClusterStore, Coordinator,
     CoordinatorOptions, EmbeddedStore, FinalizerClaim, HeartbeatError, Instruction, KindState,
     Member, MemberReport, MovePhase, MovingStore, Refusal,
 };
-use layout_core::{LayoutVersionManager, ManagerOptions, ManualClock, MemoryStorage, StartIntent};
+use layout_core::{LayoutVersionManager, ManagerOptions, MemoryStorage, StartIntent};
 use layout_testkit::cluster::CoordinationOptions;
 use layout_testkit::MiniCluster;
 

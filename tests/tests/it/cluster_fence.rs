@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use layout_core::clock::ManualClock;
 use layout_core::cluster::{
     ClusterError, Coordinator, CoordinatorAnswer, CoordinatorLink, CoordinatorOptions,
     EmbeddedStore, FinalizerLayout, HeartbeatError, LocalLayout, Member, MemberError, MemberReport,
@@ -15,7 +16,7 @@ use layout_core::cluster::{
 };
 use layout_core::BoxError;
 use layout_core::{
-    ActionContext, ActionError, ActionRegistry, LayoutVersionManager, ManagerOptions, ManualClock,
+    ActionContext, ActionError, ActionRegistry, LayoutVersionManager, ManagerOptions,
     MemoryStorage, StartIntent, UpgradeFinalizer,
 };
 

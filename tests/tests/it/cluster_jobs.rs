@@ -7,12 +7,12 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use layout_core::clock::ManualClock;
 use layout_core::cluster::{
     Checkpoint, ClusterError, ClusterFinalizeOutcome, ClusterStore, Coordinator,
     CoordinatorOptions, EmbeddedStore, LocalLayout, MemberReport,
 };
 use layout_core::BoxError;
-use layout_core::ManualClock;
 use layout_testkit::cluster::ObservedStore;
 use parking_lot::Mutex;
 

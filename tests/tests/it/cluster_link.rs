@@ -5,13 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use layout_core::clock::ManualClock;
 use layout_core::cluster::{
     Checkpoint, ClusterStatus, ClusterStore, Coordinator, CoordinatorLink, CoordinatorOptions,
     CoordinatorServer, EmbeddedStore, HeartbeatError, HttpLink, LinkError, MemberReport, Refusal,
     HEARTBEAT_PATH, LEAVE_PATH, REGISTER_PATH,
 };
 use layout_core::http::{BearerToken, ClientConfig, EndpointConfig, EndpointError};
-use layout_core::ManualClock;
 use layout_testkit::PlanRng;
 
 use layout_tests::cluster::KIND;

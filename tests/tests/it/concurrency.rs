@@ -4,9 +4,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 
+use layout_core::state::LayoutState;
 use layout_core::{
-    LayoutFeature, LayoutState, LayoutStorage, LayoutVersionManager, ManagerOptions, MemoryStorage,
-    StartIntent, StepOutcome, StorageError,
+    LayoutFeature, LayoutStorage, LayoutVersionManager, ManagerOptions, MemoryStorage, StartIntent,
+    StepOutcome, StorageError,
 };
 
 use crate::catalogs::{LongCatalog, OmFeature};

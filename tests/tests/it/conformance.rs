@@ -18,7 +18,8 @@ use layout_core::migration::{
     MemoryMigrationStore, MigratingStore, MigrationError, MigrationSink, MigrationSource, Revision,
     Row, ScanView, StoredDocument,
 };
-use layout_core::{FileStorage, LayoutState, LayoutStorage, MemoryStorage, StorageError};
+use layout_core::state::LayoutState;
+use layout_core::{FileStorage, LayoutStorage, MemoryStorage, StorageError};
 use layout_testkit::conformance;
 
 /// Fresh paths under one temporary directory.

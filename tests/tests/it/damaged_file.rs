@@ -7,10 +7,8 @@ use std::fs;
 use std::path::Path;
 use std::time::SystemTime;
 
-use layout_core::{
-    FileStorage, FinalizationRecord, HistoryEntry, HistoryEvent, LayoutError, ManagerOptions,
-    StartIntent,
-};
+use layout_core::state::{FinalizationRecord, HistoryEntry, HistoryEvent};
+use layout_core::{FileStorage, LayoutError, ManagerOptions, StartIntent};
 
 use crate::catalogs::{Om, OmFeature};
 
@@ -37,7 +35,7 @@ fn rich_version_file(dir: &Path) -> Vec<u8> {
     fs::read(dir.join("VERSION")).unwrap()
 }
 
-fn stored_state(dir: &Path) -> layout_core::LayoutState {
+fn stored_state(dir: &Path) -> layout_core::state::LayoutState {
     layout_core::LayoutStorage::load(&FileStorage::new(dir))
         .unwrap()
         .unwrap()
@@ -58,7 +56,12 @@ fn entries(dir: &Path) -> Vec<String> {
 
 /// Writes `bytes` as the VERSION file, opens it, and checks the rules. Returns whether the
 /// open was refused.
-fn open_damaged(dir: &Path, bytes: &[u8], what: &str, original: &layout_core::LayoutState) -> bool {
+fn open_damaged(
+    dir: &Path,
+    bytes: &[u8],
+    what: &str,
+    original: &layout_core::state::LayoutState,
+) -> bool {
     let path = dir.join("VERSION");
     fs::write(&path, bytes).unwrap();
     let stamp = mtime(&path);

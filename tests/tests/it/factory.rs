@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 
+use layout_core::factory::RegistrationProblem;
 use layout_core::{
     belongs_to_layout_version, FactoryError, LayoutFeature, LayoutVersionInstanceFactory,
-    LayoutVersionManager, ManagerOptions, MemoryStorage, RegistrationProblem, StartIntent,
+    LayoutVersionManager, ManagerOptions, MemoryStorage, StartIntent,
 };
 use layout_handlers_api::{DemoFeature, RequestHandler};
 

@@ -242,7 +242,7 @@ fn a_version_file_created_after_an_empty_load_is_not_overwritten() {
     let storage = FileStorage::new(dir.path());
     assert!(storage.load().unwrap().is_none());
     fs::write(version(&dir), b"someone else's\n").unwrap();
-    let state = layout_core::LayoutState::new("OmFeature", 1, "BucketLayoutSupport");
+    let state = layout_core::state::LayoutState::new("OmFeature", 1, "BucketLayoutSupport");
     let err = storage.store(&state).unwrap_err();
     assert!(
         matches!(

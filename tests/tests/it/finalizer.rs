@@ -4,11 +4,14 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use layout_core::clock::ManualClock;
+use layout_core::finalizer::{condition, FinalizeRefusal, PrefinalizeError, AUTO_FINALIZE_CLIENT};
+use layout_core::state::HistoryEvent;
+use layout_core::storage::InjectedFailure;
 use layout_core::{
-    condition, ActionError, ActionRegistry, FileStorage, FinalizationStatus, FinalizeError,
-    FinalizeOutcome, FinalizePolicy, FinalizeRefusal, FinalizeRequest, HistoryEvent,
-    InjectedFailure, LayoutError, LayoutVersionManager, ManagerOptions, ManualClock, MemoryStorage,
-    Phase, PrefinalizeError, UpgradeFinalizer, AUTO_FINALIZE_CLIENT,
+    ActionError, ActionRegistry, FileStorage, FinalizationStatus, FinalizeError, FinalizeOutcome,
+    FinalizePolicy, FinalizeRequest, LayoutError, LayoutVersionManager, ManagerOptions,
+    MemoryStorage, Phase, UpgradeFinalizer,
 };
 use parking_lot::Mutex;
 

@@ -15,10 +15,12 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::thread;
 
 use layout_core::crash_point::{self, SimulatedCrash};
+use layout_core::finalizer::FAILPOINTS;
+use layout_core::state::HistoryEvent;
 use layout_core::{
     ActionContext, ActionError, ActionRegistry, FinalizeError, FinalizeOutcome, FinalizeRequest,
-    HistoryEvent, LayoutFeature, LayoutVersionManager, ManagerOptions, MemoryStorage, StartIntent,
-    UpgradeFinalizer, FAILPOINTS,
+    LayoutFeature, LayoutVersionManager, ManagerOptions, MemoryStorage, StartIntent,
+    UpgradeFinalizer,
 };
 use parking_lot::Mutex;
 use proptest::prelude::*;

@@ -6,10 +6,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use layout_core::{
-    FileStorage, FinalizationRecord, HistoryEntry, HistoryEvent, LayoutState, LayoutStorage,
-    LayoutVersionManager, ManagerOptions,
-};
+use layout_core::state::{FinalizationRecord, HistoryEntry, HistoryEvent, LayoutState};
+use layout_core::{FileStorage, LayoutStorage, LayoutVersionManager, ManagerOptions};
 
 use crate::catalogs::OmFeature;
 

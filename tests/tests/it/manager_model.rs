@@ -7,9 +7,10 @@
 
 use std::sync::Arc;
 
+use layout_core::storage::InjectedFailure;
 use layout_core::{
-    InjectedFailure, LayoutError, LayoutVersionManager, ManagerOptions, MemoryStorage, StartIntent,
-    StepOutcome, StorageError,
+    LayoutError, LayoutVersionManager, ManagerOptions, MemoryStorage, StartIntent, StepOutcome,
+    StorageError,
 };
 use proptest::prelude::*;
 use proptest_state_machine::{prop_state_machine, ReferenceStateMachine, StateMachineTest};

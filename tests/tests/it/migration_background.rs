@@ -6,6 +6,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use layout_core::clock::ManualClock;
 use layout_core::migration::{
     BackgroundMigration, BatchEvent, ClockSleeper, MemoryMigrationStore, MigrationError,
     MigrationSource, MigrationState, Row, WriteTarget,
@@ -13,7 +14,7 @@ use layout_core::migration::{
 use layout_core::StepError;
 use layout_core::{
     ActionRegistry, FinalizationStatus, FinalizeError, LayoutFeature, LayoutVersionManager,
-    ManagerOptions, ManualClock, MemoryStorage, StartIntent, UpgradeFinalizer,
+    ManagerOptions, MemoryStorage, StartIntent, UpgradeFinalizer,
 };
 use parking_lot::Mutex;
 

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use layout_core::clock::{Clock, ManualClock};
 use layout_core::crash_point::{self, SimulatedCrash};
 use layout_core::migration::side_by_side::CRASH_POINTS;
 use layout_core::migration::{
@@ -18,7 +19,6 @@ use layout_core::migration::{
     StopReason, StopSignal,
 };
 use layout_core::StepError;
-use layout_core::{Clock, ManualClock};
 use parking_lot::Mutex;
 use serde_json::json;
 

@@ -7,12 +7,17 @@ use std::sync::{Arc, Barrier, OnceLock};
 use std::thread;
 use std::time::Duration;
 
+use layout_core::clock::ManualClock;
+use layout_core::finalizer::{FinalizeGate, FinalizeRefusal};
+use layout_core::prepare::{
+    MarkerProblem, PrepareOptions, PrepareStep, WriteRejected, REQUEST_CANCEL_PREPARE,
+    REQUEST_PREPARE,
+};
 use layout_core::StepError;
 use layout_core::{
-    ActionRegistry, FileStorage, FinalizeError, FinalizeGate, FinalizeRefusal, LayoutError,
-    ManagerOptions, ManualClock, MarkerProblem, MemoryStorage, Preparable, PrepareController,
-    PrepareError, PrepareOptions, PrepareState, PrepareStep, StartIntent, StorageError,
-    UpgradeFinalizer, WriteRejected, REQUEST_CANCEL_PREPARE, REQUEST_PREPARE,
+    ActionRegistry, FileStorage, FinalizeError, LayoutError, ManagerOptions, MemoryStorage,
+    Preparable, PrepareController, PrepareError, PrepareState, StartIntent, StorageError,
+    UpgradeFinalizer,
 };
 use parking_lot::{Condvar, Mutex};
 
@@ -390,7 +395,7 @@ fn a_failure_to_persist_the_marker_cancels_prepare() {
     let node = Node::default();
     let gate = controller(&lvm, &node);
     node.put(&gate).unwrap();
-    storage.fail_next_store(layout_core::InjectedFailure::BeforeWrite);
+    storage.fail_next_store(layout_core::storage::InjectedFailure::BeforeWrite);
     let err = gate.prepare(&node).unwrap_err();
     assert_eq!(err.step(), Some(PrepareStep::PersistMarker), "{err:?}");
     assert_eq!(gate.state(), PrepareState::NotPrepared);
@@ -676,7 +681,7 @@ fn a_garbage_marker_in_the_version_file_is_reported_as_damage() {
     assert!(
         matches!(
             &err,
-            LayoutError::Storage(StorageError::Damaged { damage: layout_core::Damage::BadValue { key, .. }, .. })
+            LayoutError::Storage(StorageError::Damaged { damage: layout_core::storage::Damage::BadValue { key, .. }, .. })
                 if key == "prepare.index"
         ),
         "{err:?}"

@@ -10,13 +10,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use layout_core::clock::ManualClock;
 use layout_core::crash_point::SimulatedCrash;
+use layout_core::finalizer::StartupResume;
 use layout_core::migration::{
     BackgroundMigration, BatchEvent, ClockSleeper, MemoryMigrationStore, MigrationState, Row,
 };
 use layout_core::{
     ActionError, ActionRegistry, FinalizationStatus, LayoutFeature, LayoutVersionManager,
-    ManagerOptions, ManualClock, MemoryStorage, StartIntent, StartupResume, UpgradeFinalizer,
+    ManagerOptions, MemoryStorage, StartIntent, UpgradeFinalizer,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]

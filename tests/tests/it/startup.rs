@@ -3,9 +3,10 @@
 use std::fs;
 use std::sync::Arc;
 
+use layout_core::state::LayoutState;
 use layout_core::{
-    FeatureStatus, FileStorage, LayoutError, LayoutFeature, LayoutState, LayoutStorage,
-    LayoutVersionManager, ManagerOptions, MemoryStorage, StartIntent, StorageError,
+    FeatureStatus, FileStorage, LayoutError, LayoutFeature, LayoutStorage, LayoutVersionManager,
+    ManagerOptions, MemoryStorage, StartIntent, StorageError,
 };
 use tempfile::TempDir;
 
@@ -240,7 +241,7 @@ fn an_empty_file_is_damage_not_a_fresh_install() {
         matches!(
             err,
             LayoutError::Storage(StorageError::Damaged {
-                damage: layout_core::Damage::Empty,
+                damage: layout_core::storage::Damage::Empty,
                 ..
             })
         ),

@@ -2,9 +2,11 @@
 
 use std::sync::Arc;
 
+use layout_core::state::{HistoryEntry, HistoryEvent};
+use layout_core::storage::InjectedFailure;
 use layout_core::{
-    FileStorage, HistoryEntry, HistoryEvent, InjectedFailure, LayoutError, LayoutStorage,
-    ManagerOptions, MemoryStorage, StepOutcome, StorageError,
+    FileStorage, LayoutError, LayoutStorage, ManagerOptions, MemoryStorage, StepOutcome,
+    StorageError,
 };
 
 use crate::catalogs::{init_at, Om, OmFeature};

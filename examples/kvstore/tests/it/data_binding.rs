@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use kvstore::{KvFeature, KvNode, KvNodeConfig, DB_FILE_NAME};
-use layout_core::{FileStorage, LayoutFeature, LayoutStorage, StartIntent, VERSION_FILE_NAME};
+use layout_core::storage::VERSION_FILE_NAME;
+use layout_core::{FileStorage, LayoutFeature, LayoutStorage, StartIntent};
 
 use crate::support::{fresh_prefinalized, node};
 
@@ -258,7 +259,7 @@ fn a_store_from_before_bindings_is_adopted() {
     assert_refused(dir.path(), &[&id.to_string()]);
 }
 
-fn node_restarts(dir: &Path) -> Option<layout_core::DataId> {
+fn node_restarts(dir: &Path) -> Option<layout_core::state::DataId> {
     let node = node(dir, KvFeature::latest(), StartIntent::Normal);
     let id = node.manager().data_id();
     node.shutdown().expect("shutdown");

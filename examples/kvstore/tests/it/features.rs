@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use kvstore::codec::COMPACT_TAG;
 use kvstore::{ClientError, KvClient, KvFeature, KvNode, KvNodeConfig, KvOptions};
+use layout_core::clock::ManualClock;
 use layout_core::migration::BatchEvent;
-use layout_core::{LayoutFeature, ManualClock, StartIntent};
+use layout_core::{LayoutFeature, StartIntent};
 
 use crate::support::{node, TOKEN};
 

@@ -10,7 +10,8 @@ use kvstore::{
     KvClient, KvFeature, KvNode, KvNodeConfig, KvOptions, KvPage, MAX_KEY_BYTES,
     MAX_LIST_PAGE_BYTES,
 };
-use layout_core::{LayoutFeature, ManualClock, StartIntent};
+use layout_core::clock::ManualClock;
+use layout_core::{LayoutFeature, StartIntent};
 
 use crate::support::{node, TOKEN};
 

@@ -5,8 +5,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use layout_core::prepare::MARKER_FILE_NAME;
+use layout_core::state::LayoutState;
 use layout_core::storage::format::{inspect, DecodeError, Inspection, LineKind};
-use layout_core::{LayoutState, VERSION_FILE_NAME};
+use layout_core::storage::VERSION_FILE_NAME;
 use serde_json::{json, Value};
 
 use crate::exit;
