@@ -33,6 +33,8 @@ pub struct BackgroundMigrationBuilder {
 
 impl BackgroundMigrationBuilder {
     /// Keys per batch (default [`DEFAULT_BATCH_SIZE`]); one checkpoint per batch.
+    ///
+    /// [`DEFAULT_BATCH_SIZE`]: super::DEFAULT_BATCH_SIZE
     #[must_use]
     pub fn batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size;
@@ -83,6 +85,8 @@ impl BackgroundMigrationBuilder {
     }
 
     /// How the throttle waits (default: [`ThreadSleeper`]).
+    ///
+    /// [`ThreadSleeper`]: super::ThreadSleeper
     #[must_use]
     pub fn sleeper(mut self, sleeper: Arc<dyn Sleeper>) -> Self {
         self.sleeper = sleeper;

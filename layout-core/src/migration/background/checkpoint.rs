@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 ///
 /// Compared whole by [`MigrationSink::write_batch`]: a batch is written only if the
 /// stored checkpoint is still the one the batch started from.
+///
+/// [`MigrationSink::write_batch`]: super::MigrationSink::write_batch
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Checkpoint {
@@ -58,6 +60,8 @@ impl Checkpoint {
     /// The checkpoint after a batch that read `read` rows (of at most `batch_size`), the
     /// last with key `last_key`, at `now_ms`: a short batch completes the copy. For
     /// sinks implementing [`MigrationSink::copy_next_batch`].
+    ///
+    /// [`MigrationSink::copy_next_batch`]: super::MigrationSink::copy_next_batch
     #[must_use]
     pub fn after_batch(
         &self,

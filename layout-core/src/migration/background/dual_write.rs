@@ -41,6 +41,8 @@ impl WriteFence {
 /// layout feature's `OnFinalize` action; see [`BackgroundMigration::dual_write`].
 ///
 /// Hold the [`WriteScope`] from [`begin`](Self::begin) for the duration of the write.
+///
+/// [`BackgroundMigration::dual_write`]: super::BackgroundMigration::dual_write
 pub struct DualWrite<F: LayoutFeature> {
     pub(super) lvm: Arc<LayoutVersionManager<F>>,
     pub(super) feature: F,

@@ -7,6 +7,8 @@ use std::time::Duration;
 use super::{Checkpoint, MigrationTuning};
 
 /// A hook called at each step of a run; see [`BackgroundMigrationBuilder::on_batch`].
+///
+/// [`BackgroundMigrationBuilder::on_batch`]: super::BackgroundMigrationBuilder::on_batch
 pub type BatchHook = Box<dyn Fn(&BatchEvent) + Send + Sync>;
 
 /// Where a background migration is.
@@ -17,6 +19,8 @@ pub enum MigrationState {
     /// Copying.
     Running,
     /// Paused between batches; [`MigrationControl::resume`] continues.
+    ///
+    /// [`MigrationControl::resume`]: super::MigrationControl::resume
     Paused,
     /// Started but not running now (cancelled, failed, or not yet resumed after a
     /// restart); the next run resumes from the checkpoint.
@@ -72,6 +76,8 @@ pub struct MigrationProgress {
     /// the checkpoint, see [`Checkpoint::active_ms`]).
     pub elapsed: Duration,
     /// The settings in force now (changed live through [`MigrationControl`]).
+    ///
+    /// [`MigrationControl`]: super::MigrationControl
     pub tuning: MigrationTuning,
     /// The wait the latency budget adds before each batch now (zero without a budget or
     /// while foreground latency is within it).
@@ -99,6 +105,8 @@ impl MigrationProgress {
 }
 
 /// What a batch hook sees (see [`BackgroundMigrationBuilder::on_batch`]).
+///
+/// [`BackgroundMigrationBuilder::on_batch`]: super::BackgroundMigrationBuilder::on_batch
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchEvent {
     /// A run started (or resumed) from `checkpoint`.

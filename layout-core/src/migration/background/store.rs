@@ -114,6 +114,8 @@ pub trait MigrationSink: Send + Sync {
     /// [`write_batch`](Self::write_batch). Called only when the migration's source and
     /// sink are this same object (see [`BackgroundMigration::builder`]). `Ok(None)` (the
     /// default): not supported; the migration reads through its [`MigrationSource`].
+    ///
+    /// [`BackgroundMigration::builder`]: super::BackgroundMigration::builder
     fn copy_next_batch(
         &self,
         expected: &Checkpoint,

@@ -143,6 +143,8 @@ pub enum DocumentError {
     /// A newer release migrated the shared document after this process loaded it: the
     /// process runs on state it can no longer write, and its write is refused (see
     /// [`SharedDocument`]).
+    ///
+    /// [`SharedDocument`]: super::SharedDocument
     #[error(
         "{document} at {location}: a newer release migrated the document to version \
          {stored_version} after this process loaded it at version {loaded_version}; this \

@@ -93,6 +93,8 @@ pub trait DocumentStore: Send + Sync + fmt::Debug {
     ///
     /// `Ok(None)` (the default): the store cannot watch; a [`SharedDocument`] then reads
     /// the store on every check instead.
+    ///
+    /// [`SharedDocument`]: super::SharedDocument
     fn watch(
         &self,
         after: Revision,

@@ -78,7 +78,9 @@ impl SideBySideBuilder {
     }
 
     /// How far before the mark each pass re-reads (default [`DEFAULT_OVERLAP_WINDOW`]);
-    /// see the [module docs](self). Zero re-reads only the mark's own millisecond.
+    /// see the [module docs](super). Zero re-reads only the mark's own millisecond.
+    ///
+    /// [`DEFAULT_OVERLAP_WINDOW`]: super::DEFAULT_OVERLAP_WINDOW
     #[must_use]
     pub fn overlap_window(mut self, window: Duration) -> Self {
         self.overlap_window = window;
@@ -122,6 +124,8 @@ impl SideBySideBuilder {
     }
 
     /// How a continuous run waits between passes (default: [`ThreadSleeper`]).
+    ///
+    /// [`ThreadSleeper`]: super::ThreadSleeper
     #[must_use]
     pub fn sleeper(mut self, sleeper: Arc<dyn Sleeper>) -> Self {
         self.sleeper = sleeper;

@@ -8,6 +8,8 @@ pub enum StopReason {
     /// The deadline passed.
     Deadline,
     /// [`StopSignal::stop`] was called.
+    ///
+    /// [`StopSignal::stop`]: super::StopSignal::stop
     Stopped,
 }
 
@@ -33,7 +35,9 @@ pub struct SideBySideReport {
     /// Entity versions the destination already held at the same or a newer version
     /// (re-read by the overlap window, or newer in the destination): not written.
     pub skipped: u64,
-    /// Tombstones left unapplied ([`propagate_deletes(false)`](SideBySideBuilder::propagate_deletes)).
+    /// Tombstones left unapplied ([`propagate_deletes(false)`][propagate_deletes]).
+    ///
+    /// [propagate_deletes]: super::SideBySideBuilder::propagate_deletes
     pub tombstones_ignored: u64,
     /// Entity versions passed through the transform.
     pub transformed: u64,

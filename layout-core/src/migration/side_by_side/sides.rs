@@ -19,10 +19,12 @@ pub trait EntitySource: Send + Sync {
 
     /// Live, authoritative entities with an id above `after`, in id order, at most
     /// `limit` (for [`SideBySideMigration::compare`]).
+    ///
+    /// [`SideBySideMigration::compare`]: super::SideBySideMigration::compare
     fn scan(&self, after: Option<&str>, limit: usize) -> Result<IdPage, SideBySideError>;
 
     /// Every version of entity `id`, oldest first (for
-    /// [`with_history`](SideBySideBuilder::with_history)). By default: refused, the
+    /// [`with_history`](super::SideBySideBuilder::with_history)). By default: refused, the
     /// source keeps no history.
     fn history(&self, id: &str) -> Result<Vec<Entity>, SideBySideError> {
         Err(SideBySideError::Source {
