@@ -13,7 +13,7 @@ use std::fmt;
 
 use layout_core::finalizer::FAILPOINTS;
 
-use crate::cluster::{ClusterError, MiniCluster, MiniClusterBuilder, RunOutcome};
+use crate::cluster::{MiniCluster, MiniClusterBuilder, MiniClusterError, RunOutcome};
 use crate::component::{HookError, HookResult};
 use crate::inject::{passed_points, CrashPoint, Exclusive, Injection, PassedPoint};
 
@@ -221,7 +221,7 @@ pub enum CrashMatrixError {
         case: String,
         /// Why.
         #[source]
-        source: ClusterError,
+        source: MiniClusterError,
     },
     /// A scenario callback failed outside the crash.
     #[error("crash matrix, {case}: the {hook} callback failed: {source}")]
@@ -427,7 +427,7 @@ impl<'a> CrashMatrix<'a> {
         let node = match &self.crash_node {
             Some(name) => cluster.node_dyn(name).map_err(cluster_err)?,
             None => cluster.nodes().next().ok_or_else(|| {
-                cluster_err(ClusterError::InvalidConfig(
+                cluster_err(MiniClusterError::InvalidConfig(
                     "the cluster has no node".to_owned(),
                 ))
             })?,
@@ -479,7 +479,7 @@ fn crash_and_restart(
     node: &dyn crate::ClusterNode,
     injection: Injection,
     run: &mut CaseRun,
-) -> Result<(), ClusterError> {
+) -> Result<(), MiniClusterError> {
     let mut violation = |invariant: &str, detail: String| {
         run.violations.push(Violation {
             invariant: invariant.to_owned(),

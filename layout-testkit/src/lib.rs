@@ -139,8 +139,8 @@ pub use catalog_lock::{
     LockCheck, LockVerdict, LockedFeature, UPDATE_ENV,
 };
 pub use cluster::{
-    run_as_child_node, ClusterError, ClusterNode, FinalizeRun, FinalizeSummary, Kind, KindInfo,
-    MiniCluster, MiniClusterBuilder, Node, NodeStatus, RunOutcome, StartOptions, StorageKind,
+    run_as_child_node, ClusterNode, FinalizeRun, FinalizeSummary, Kind, KindInfo, MiniCluster,
+    MiniClusterBuilder, MiniClusterError, Node, NodeStatus, RunOutcome, StartOptions, StorageKind,
     NODE_ROLE, TESTKIT_CLIENT,
 };
 pub use component::{HookError, HookResult, NodeContext, NodeInfo, PrepareOutcome, TestComponent};

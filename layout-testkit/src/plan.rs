@@ -9,7 +9,8 @@ use std::fmt;
 use layout_core::finalizer::FAILPOINTS;
 
 use crate::cluster::{
-    ClusterError, ClusterNode, KindInfo, MiniCluster, MiniClusterBuilder, RunOutcome, StartOptions,
+    ClusterNode, KindInfo, MiniCluster, MiniClusterBuilder, MiniClusterError, RunOutcome,
+    StartOptions,
 };
 use crate::component::{HookError, HookResult};
 use crate::inject::{expected_hits, failpoints_enabled, CrashPoint, Exclusive, Injection};
@@ -429,11 +430,11 @@ impl<'a> MixedVersionTest<'a> {
     }
 
     /// The plan `seed` would run.
-    pub fn plan(&self, seed: u64) -> Result<Plan, ClusterError> {
+    pub fn plan(&self, seed: u64) -> Result<Plan, MiniClusterError> {
         let kinds = self.builder.kinds()?;
         for kind in &kinds {
             if kind.old_software_layout_version >= kind.new_software_layout_version {
-                return Err(ClusterError::InvalidConfig(format!(
+                return Err(MiniClusterError::InvalidConfig(format!(
                     "kind {} has nothing to upgrade (old SLV {} >= new {}); set \
                      Kind::software_layout_version to the oldest start version",
                     kind.name, kind.old_software_layout_version, kind.new_software_layout_version
@@ -560,7 +561,7 @@ impl<'a> MixedVersionTest<'a> {
         log: &mut Vec<String>,
         crashes: &mut Vec<CrashPoint>,
     ) -> Result<(), String> {
-        let text = |e: ClusterError| e.to_string();
+        let text = |e: MiniClusterError| e.to_string();
         let status_line = |node: &dyn ClusterNode| -> Result<String, String> {
             let s = node.status().map_err(text)?;
             Ok(format!(
@@ -638,7 +639,7 @@ fn finalize_step(
     log: &mut Vec<String>,
     crashes: &mut Vec<CrashPoint>,
 ) -> Result<(), String> {
-    let text = |e: ClusterError| e.to_string();
+    let text = |e: MiniClusterError| e.to_string();
     let injection = crash.map_or(Injection::None, Injection::Crash);
     let run = node
         .finalize_injected(Some(target), injection)

@@ -5,7 +5,7 @@
 use std::fmt;
 
 use crate::cluster::{
-    ClusterError, ClusterNode, MiniCluster, MiniClusterBuilder, RunOutcome, StartOptions,
+    ClusterNode, MiniCluster, MiniClusterBuilder, MiniClusterError, RunOutcome, StartOptions,
 };
 use crate::component::{HookError, HookResult};
 use crate::inject::{passed_points, CrashPoint, Exclusive, Injection};
@@ -101,7 +101,7 @@ pub enum StageFailure {
     Callback(#[source] HookError),
     /// A node operation of the stage failed (a start, a restart, a finalization).
     #[error(transparent)]
-    Cluster(#[from] ClusterError),
+    Cluster(#[from] MiniClusterError),
     /// A check of the kit failed.
     #[error("{0}")]
     Check(String),
@@ -862,7 +862,7 @@ impl UpgradeTest<'_> {
 }
 
 /// Every node's MLV, in order.
-fn mlvs(cluster: &MiniCluster) -> Result<Vec<u32>, ClusterError> {
+fn mlvs(cluster: &MiniCluster) -> Result<Vec<u32>, MiniClusterError> {
     cluster
         .nodes()
         .map(ClusterNode::metadata_layout_version)
@@ -873,13 +873,13 @@ fn mlvs(cluster: &MiniCluster) -> Result<Vec<u32>, ClusterError> {
 fn crash_node<'c>(
     cluster: &'c MiniCluster,
     crashes: &InterruptedFinalization,
-) -> Result<&'c dyn ClusterNode, ClusterError> {
+) -> Result<&'c dyn ClusterNode, MiniClusterError> {
     match &crashes.crash_node {
         Some(name) => cluster.node_dyn(name),
         None => cluster
             .nodes()
             .next()
-            .ok_or_else(|| ClusterError::InvalidConfig("the cluster has no node".to_owned())),
+            .ok_or_else(|| MiniClusterError::InvalidConfig("the cluster has no node".to_owned())),
     }
 }
 
@@ -905,7 +905,7 @@ fn reframe(
     }
 }
 
-fn fail(stage: Stage, step: &str, error: ClusterError) -> UpgradeTestError {
+fn fail(stage: Stage, step: &str, error: MiniClusterError) -> UpgradeTestError {
     UpgradeTestError {
         stage,
         step: step.to_owned(),

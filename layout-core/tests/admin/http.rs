@@ -5,7 +5,7 @@ use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use layout_core::admin::http::{AdminClient, ClientError};
+use layout_core::admin::http::{AdminClient, AdminClientError};
 use layout_core::admin::{
     ErrorCode, FinalizationStatusParams, FinalizeParams, FinalizeResponse, PrepareParams,
 };
@@ -14,7 +14,7 @@ use layout_core::StartIntent;
 
 use crate::support::{error_code, raw, read_answer, request, Fixture, OmFeature, Start, TOKEN};
 
-fn api_code(err: &ClientError) -> (u16, ErrorCode) {
+fn api_code(err: &AdminClientError) -> (u16, ErrorCode) {
     (err.http_status().unwrap(), err.code().unwrap())
 }
 
@@ -516,7 +516,7 @@ fn shutdown_stops_the_endpoint() {
     let mut fx = Fixture::start();
     fx.server.take().unwrap().shutdown();
     let err = fx.client().status().unwrap_err();
-    assert!(matches!(err, ClientError::Transport { .. }), "{err:?}");
+    assert!(matches!(err, AdminClientError::Transport { .. }), "{err:?}");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use layout_core::admin::http::{AdminClient, AdminServer, ClientError, HttpConfig};
+use layout_core::admin::http::{AdminClient, AdminClientError, AdminServer, HttpConfig};
 use layout_core::admin::{AdminService, FinalizeParams, FinalizeResponse};
 use layout_core::clock::ManualClock;
 use layout_core::finalizer::condition;
@@ -284,11 +284,11 @@ impl Fixture {
     pub(crate) fn finalize(
         &self,
         params: &FinalizeParams,
-    ) -> Result<FinalizeResponse, ClientError> {
+    ) -> Result<FinalizeResponse, AdminClientError> {
         match self.client().finalize(params)? {
             FinalizeResponse::Started { .. } => {
                 let outcome = self.service.join_finalization().unwrap();
-                outcome.map_err(|error| ClientError::Api {
+                outcome.map_err(|error| AdminClientError::Api {
                     status: error.http_status(),
                     error,
                 })

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use layout_core::admin::http::{AdminClient, ClientError};
+use layout_core::admin::http::{AdminClient, AdminClientError};
 use layout_core::admin::FinalizeParams;
 use layout_core::http::{ClientConfig, ClientTls, ServerTls};
 use rcgen::{
@@ -129,8 +129,8 @@ fn path(p: &Path) -> String {
     p.display().to_string()
 }
 
-fn is_transport(err: &ClientError) -> bool {
-    matches!(err, ClientError::Transport { .. })
+fn is_transport(err: &AdminClientError) -> bool {
+    matches!(err, AdminClientError::Transport { .. })
 }
 
 #[test]

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use layout_core::StartIntent;
 
-use super::error::ClusterError;
+use super::error::MiniClusterError;
 use super::running::Running;
 use super::values::{FinalizeRun, FinalizeSummary, NodeSpec, NodeStatus, RunOutcome};
 use super::wire::{decode, encode, next_command, ParentCommand};
@@ -143,7 +143,7 @@ pub(crate) struct ChildNode {
 
 /// What a child said that matters to the request in flight.
 enum Event {
-    Reply(Result<Vec<String>, ClusterError>),
+    Reply(Result<Vec<String>, MiniClusterError>),
     Pass(&'static str),
     Crash { point: CrashPoint, mlv: u32 },
 }
@@ -156,9 +156,9 @@ impl ChildNode {
         type_name: &str,
         slv: u32,
         intent: StartIntent,
-    ) -> Result<Self, ClusterError> {
+    ) -> Result<Self, MiniClusterError> {
         if spec.storage != StorageKind::File {
-            return Err(ClusterError::InvalidConfig(
+            return Err(MiniClusterError::InvalidConfig(
                 "child-process nodes need StorageKind::File (memory does not outlive a process)"
                     .to_owned(),
             ));
@@ -186,7 +186,7 @@ impl ChildNode {
             Some(link) => command.env(ENV_MEMBER, link.env()),
             None => command,
         };
-        let child_error = |source| ClusterError::Child {
+        let child_error = |source| MiniClusterError::Child {
             node: spec.name.clone(),
             source: Box::new(source),
         };
@@ -211,35 +211,35 @@ impl ChildNode {
             }),
             ["start-failed", kind, message] => {
                 let _ = process.wait(BOUND);
-                Err(ClusterError::Remote {
+                Err(MiniClusterError::Remote {
                     node: spec.name.clone(),
                     operation: "start".to_owned(),
                     kind: (*kind).to_owned(),
                     message: decode(message).unwrap_or_else(|| (*message).to_owned()),
                 })
             }
-            _ => Err(ClusterError::Protocol {
+            _ => Err(MiniClusterError::Protocol {
                 node: spec.name.clone(),
                 answer: first,
             }),
         }
     }
 
-    fn child_error(&self, source: crate::crash::CrashError) -> ClusterError {
-        ClusterError::Child {
+    fn child_error(&self, source: crate::crash::CrashError) -> MiniClusterError {
+        MiniClusterError::Child {
             node: self.name.clone(),
             source: Box::new(source),
         }
     }
 
-    fn protocol(&self, answer: impl Into<String>) -> ClusterError {
-        ClusterError::Protocol {
+    fn protocol(&self, answer: impl Into<String>) -> MiniClusterError {
+        MiniClusterError::Protocol {
             node: self.name.clone(),
             answer: answer.into(),
         }
     }
 
-    fn send(&mut self, verb: &str, fields: &[String]) -> Result<u64, ClusterError> {
+    fn send(&mut self, verb: &str, fields: &[String]) -> Result<u64, MiniClusterError> {
         let id = self.next_id;
         self.next_id += 1;
         let mut line = format!("{id} {verb}");
@@ -253,7 +253,7 @@ impl ChildNode {
         Ok(id)
     }
 
-    fn next_event(&mut self, id: u64) -> Result<Event, ClusterError> {
+    fn next_event(&mut self, id: u64) -> Result<Event, MiniClusterError> {
         let reply = format!("reply {id} ");
         loop {
             let step = self
@@ -270,7 +270,7 @@ impl ChildNode {
                         .map(|v| decode(v).ok_or_else(|| self.protocol(step.clone())))
                         .collect::<Result<Vec<_>, _>>()
                         .map(|v| Event::Reply(Ok(v))),
-                    ["err", kind, message] => Ok(Event::Reply(Err(ClusterError::Remote {
+                    ["err", kind, message] => Ok(Event::Reply(Err(MiniClusterError::Remote {
                         node: self.name.clone(),
                         operation: String::new(),
                         kind: (*kind).to_owned(),
@@ -308,18 +308,18 @@ impl ChildNode {
         operation: &str,
         verb: &str,
         fields: &[String],
-    ) -> Result<Vec<String>, ClusterError> {
+    ) -> Result<Vec<String>, MiniClusterError> {
         let id = self.send(verb, fields)?;
         loop {
             match self.next_event(id)? {
                 Event::Reply(reply) => {
                     return reply.map_err(|e| match e {
-                        ClusterError::Remote {
+                        MiniClusterError::Remote {
                             node,
                             kind,
                             message,
                             ..
-                        } => ClusterError::Remote {
+                        } => MiniClusterError::Remote {
                             node,
                             operation: operation.to_owned(),
                             kind,
@@ -334,7 +334,7 @@ impl ChildNode {
         }
     }
 
-    pub(crate) fn status(&mut self) -> Result<NodeStatus, ClusterError> {
+    pub(crate) fn status(&mut self) -> Result<NodeStatus, MiniClusterError> {
         let fields = self.request("status", "status", &[])?;
         match fields.as_slice() {
             [mlv, slv, unfinalized] => Ok(NodeStatus {
@@ -347,7 +347,11 @@ impl ChildNode {
         }
     }
 
-    pub(crate) fn call(&mut self, operation: &str, argument: &str) -> Result<String, ClusterError> {
+    pub(crate) fn call(
+        &mut self,
+        operation: &str,
+        argument: &str,
+    ) -> Result<String, MiniClusterError> {
         let fields = self.request(
             &format!("call {operation}"),
             "call",
@@ -359,7 +363,7 @@ impl ChildNode {
         }
     }
 
-    pub(crate) fn prepare(&mut self) -> Result<PrepareOutcome, ClusterError> {
+    pub(crate) fn prepare(&mut self) -> Result<PrepareOutcome, MiniClusterError> {
         let fields = self.request("prepare", "prepare", &[])?;
         match fields
             .iter()
@@ -377,7 +381,7 @@ impl ChildNode {
         }
     }
 
-    pub(crate) fn cancel_prepare(&mut self) -> Result<(), ClusterError> {
+    pub(crate) fn cancel_prepare(&mut self) -> Result<(), MiniClusterError> {
         self.request("cancel_prepare", "cancel-prepare", &[])
             .map(drop)
     }
@@ -387,7 +391,7 @@ impl ChildNode {
         &mut self,
         target: Option<u32>,
         injection: Injection,
-    ) -> Result<FinalizeRun, ClusterError> {
+    ) -> Result<FinalizeRun, MiniClusterError> {
         let target_field = target.map_or_else(|| "-".to_owned(), |t| t.to_string());
         let id = self.send(
             "finalize",
@@ -416,8 +420,8 @@ impl ChildNode {
                 }
                 Event::Reply(Err(e)) => {
                     return Err(match e {
-                        ClusterError::Remote { node, message, .. } => {
-                            ClusterError::Finalize { node, message }
+                        MiniClusterError::Remote { node, message, .. } => {
+                            MiniClusterError::Finalize { node, message }
                         }
                         other => other,
                     })
@@ -445,14 +449,14 @@ impl ChildNode {
     /// Arms a crash at the member's next local finalization
     /// ([`MEMBER_FINALIZE_FAILPOINT`](super::coordinated::MEMBER_FINALIZE_FAILPOINT)).
     #[cfg(feature = "coordination")]
-    pub(crate) fn arm_member_crash(&mut self) -> Result<(), ClusterError> {
+    pub(crate) fn arm_member_crash(&mut self) -> Result<(), MiniClusterError> {
         self.request("arm a member crash", "arm-member-crash", &[])
             .map(drop)
     }
 
     /// Waits until the child reported `step`.
     #[cfg(feature = "coordination")]
-    pub(crate) fn wait_for_step(&mut self, step: &str) -> Result<(), ClusterError> {
+    pub(crate) fn wait_for_step(&mut self, step: &str) -> Result<(), MiniClusterError> {
         self.process
             .wait_for_step(step, BOUND)
             .map_err(|e| self.child_error(e))
@@ -460,12 +464,12 @@ impl ChildNode {
 
     /// The member's heartbeat errors so far.
     #[cfg(feature = "coordination")]
-    pub(crate) fn member_errors(&mut self) -> Result<Vec<String>, ClusterError> {
+    pub(crate) fn member_errors(&mut self) -> Result<Vec<String>, MiniClusterError> {
         self.request("member errors", "member-errors", &[])
     }
 
     /// Asks the child to stop and waits for it to exit; kills it if it does not.
-    pub(crate) fn stop(mut self) -> Result<(), ClusterError> {
+    pub(crate) fn stop(mut self) -> Result<(), MiniClusterError> {
         let stopped = self.request("stop", "stop", &[]);
         let output = self.process.wait(BOUND);
         stopped?;
@@ -481,7 +485,7 @@ impl ChildNode {
     }
 
     /// SIGKILLs the child and reaps it.
-    pub(crate) fn kill(mut self) -> Result<(), ClusterError> {
+    pub(crate) fn kill(mut self) -> Result<(), MiniClusterError> {
         self.process.kill().map_err(|e| self.child_error(e))?;
         self.process
             .wait(BOUND)
@@ -545,7 +549,7 @@ fn spec_from_env() -> Result<(NodeSpec, u32, StartIntent), String> {
     ))
 }
 
-fn reply(id: &str, result: Result<Vec<String>, ClusterError>) {
+fn reply(id: &str, result: Result<Vec<String>, MiniClusterError>) {
     match result {
         Ok(fields) => {
             let fields: Vec<String> = fields.iter().map(|f| encode(f)).collect();
@@ -562,7 +566,7 @@ fn reply(id: &str, result: Result<Vec<String>, ClusterError>) {
 /// The child's half: start the node, then serve commands until told to stop.
 fn serve<C: TestComponent>() {
     let started = spec_from_env()
-        .map_err(ClusterError::InvalidConfig)
+        .map_err(MiniClusterError::InvalidConfig)
         .and_then(|(spec, slv, intent)| {
             Running::<C>::open(&spec, slv, intent, None).map(|running| (spec, running))
         });
@@ -599,7 +603,7 @@ fn serve<C: TestComponent>() {
             Some("finalize") => finalize_in_child(&running, name, &args),
             Some("call") => match args.as_slice() {
                 [operation, argument] => running.call(name, operation, argument).map(|r| vec![r]),
-                _ => Err(ClusterError::Protocol {
+                _ => Err(MiniClusterError::Protocol {
                     node: name.to_owned(),
                     answer: line.clone(),
                 }),
@@ -624,7 +628,7 @@ fn serve<C: TestComponent>() {
                 reply(id, Ok(Vec::new()));
                 return;
             }
-            _ => Err(ClusterError::Protocol {
+            _ => Err(MiniClusterError::Protocol {
                 node: name.to_owned(),
                 answer: line.clone(),
             }),
@@ -637,8 +641,8 @@ fn finalize_in_child<C: TestComponent>(
     running: &Running<C>,
     name: &str,
     args: &[String],
-) -> Result<Vec<String>, ClusterError> {
-    let protocol = || ClusterError::Protocol {
+) -> Result<Vec<String>, MiniClusterError> {
+    let protocol = || MiniClusterError::Protocol {
         node: name.to_owned(),
         answer: args.join(" "),
     };
@@ -666,7 +670,7 @@ fn finalize_in_child<C: TestComponent>(
             block_until_killed();
         },
     )
-    .map_err(|what| ClusterError::Unsupported {
+    .map_err(|what| MiniClusterError::Unsupported {
         node: name.to_owned(),
         what,
     })?;
@@ -683,8 +687,8 @@ fn finalize_in_child<C: TestComponent>(
 /// Arms the member's crash point in this child: the next local finalization reports
 /// `member-crashpoint` at its first failpoint and blocks until killed.
 #[cfg(feature = "coordination")]
-fn arm_member_crash(name: &str) -> Result<Vec<String>, ClusterError> {
-    let unsupported = |what: String| ClusterError::Unsupported {
+fn arm_member_crash(name: &str) -> Result<Vec<String>, MiniClusterError> {
+    let unsupported = |what: String| MiniClusterError::Unsupported {
         node: name.to_owned(),
         what,
     };

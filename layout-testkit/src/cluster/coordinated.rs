@@ -29,7 +29,7 @@ use layout_core::{FileStorage, LayoutFeature, LayoutVersionManager, ManagerOptio
 use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 
-use super::error::ClusterError;
+use super::error::MiniClusterError;
 use super::values::{MemberLink, NodeSpec, TESTKIT_CLIENT};
 use super::wire::{decode, encode, next_command, ParentCommand};
 use super::{KindInfo, MiniCluster, MiniClusterBuilder, StartOptions};
@@ -175,19 +175,19 @@ impl CoordinationOptions {
         self.heartbeat
     }
 
-    pub(crate) fn check(&self) -> Result<(), ClusterError> {
+    pub(crate) fn check(&self) -> Result<(), MiniClusterError> {
         BearerToken::new(self.token.clone()).map_err(|e| {
-            ClusterError::InvalidConfig(format!("the cluster token is not usable: {e}"))
+            MiniClusterError::InvalidConfig(format!("the cluster token is not usable: {e}"))
         })?;
         if self.heartbeat.is_zero() || self.member_lease <= self.heartbeat * 2 {
-            return Err(ClusterError::InvalidConfig(format!(
+            return Err(MiniClusterError::InvalidConfig(format!(
                 "the member lease ({:?}) must be more than two heartbeats ({:?}), and a \
                  heartbeat longer than zero",
                 self.member_lease, self.heartbeat
             )));
         }
         if matches!(self.store, CoordinationStore::Etcd { .. }) && !cfg!(feature = "etcd") {
-            return Err(ClusterError::InvalidConfig(
+            return Err(MiniClusterError::InvalidConfig(
                 "an etcd cluster store needs layout-testkit's `etcd` feature".to_owned(),
             ));
         }
@@ -300,7 +300,7 @@ pub(crate) struct MemberRunner {
 
 impl MemberRunner {
     /// Registers node `node` of `kind` (waiting out an earlier, killed process of it),
-    /// then heartbeats. A refusal is an error ([`ClusterError::MemberRefused`]); an
+    /// then heartbeats. A refusal is an error ([`MiniClusterError::MemberRefused`]); an
     /// unreachable coordinator is not (the member registers once it answers, as the
     /// library's members do).
     pub(crate) fn start(
@@ -308,13 +308,13 @@ impl MemberRunner {
         kind: &str,
         link: &MemberLink,
         layout: Arc<dyn LocalLayout>,
-    ) -> Result<Self, ClusterError> {
-        let http = link.link().map_err(ClusterError::InvalidConfig)?;
+    ) -> Result<Self, MiniClusterError> {
+        let http = link.link().map_err(MiniClusterError::InvalidConfig)?;
         let mut member = Member::new(kind, node, layout);
         let wait = link.lease * 3 + Duration::from_secs(5);
         if let Err(e) = member.register_waiting(&http, wait, link.heartbeat) {
             if e.refusal().is_some() {
-                return Err(ClusterError::MemberRefused {
+                return Err(MiniClusterError::MemberRefused {
                     node: node.to_owned(),
                     message: e.to_string(),
                 });
@@ -346,7 +346,7 @@ impl MemberRunner {
                 }
                 (member, http)
             })
-            .map_err(|source| ClusterError::Io {
+            .map_err(|source| MiniClusterError::Io {
                 operation: "start the heartbeat thread of",
                 path: PathBuf::from(node),
                 source,
@@ -529,7 +529,7 @@ impl ChildCoordinator {
         &mut self,
         verb: &str,
         fields: &[String],
-    ) -> Result<Result<String, String>, ClusterError> {
+    ) -> Result<Result<String, String>, MiniClusterError> {
         let id = self.next_id;
         self.next_id += 1;
         let mut line = format!("{id} {verb}");
@@ -557,22 +557,22 @@ impl ChildCoordinator {
     }
 }
 
-fn coordinator_child(source: crate::crash::CrashError) -> ClusterError {
-    ClusterError::Child {
+fn coordinator_child(source: crate::crash::CrashError) -> MiniClusterError {
+    MiniClusterError::Child {
         node: COORDINATOR_ID.to_owned(),
         source: Box::new(source),
     }
 }
 
-fn protocol(answer: &str) -> ClusterError {
-    ClusterError::Protocol {
+fn protocol(answer: &str) -> MiniClusterError {
+    MiniClusterError::Protocol {
         node: COORDINATOR_ID.to_owned(),
         answer: answer.to_owned(),
     }
 }
 
-fn coordinator_error(operation: &str, message: String) -> ClusterError {
-    ClusterError::Coordinator {
+fn coordinator_error(operation: &str, message: String) -> MiniClusterError {
+    MiniClusterError::Coordinator {
         operation: operation.to_owned(),
         message,
     }
@@ -626,7 +626,7 @@ impl CoordinatorNode {
     }
 
     /// Starts the stopped coordinator (on its earlier port after the first start).
-    pub(crate) fn start(&mut self) -> Result<(), ClusterError> {
+    pub(crate) fn start(&mut self) -> Result<(), MiniClusterError> {
         if self.is_running() {
             return Ok(());
         }
@@ -707,7 +707,7 @@ impl CoordinatorNode {
     }
 
     /// Stops the coordinator cleanly.
-    pub(crate) fn stop(&mut self) -> Result<(), ClusterError> {
+    pub(crate) fn stop(&mut self) -> Result<(), MiniClusterError> {
         match std::mem::replace(&mut self.backend, Backend::Stopped) {
             Backend::Stopped | Backend::Local(_) => Ok(()),
             Backend::Child(mut child) => {
@@ -730,7 +730,7 @@ impl CoordinatorNode {
 
     /// Kills the coordinator: SIGKILL in child-process mode; in process, everything is
     /// dropped (the embedded store's claim with it).
-    pub(crate) fn kill(&mut self) -> Result<(), ClusterError> {
+    pub(crate) fn kill(&mut self) -> Result<(), MiniClusterError> {
         match std::mem::replace(&mut self.backend, Backend::Stopped) {
             Backend::Stopped | Backend::Local(_) => Ok(()),
             Backend::Child(mut child) => {
@@ -742,13 +742,13 @@ impl CoordinatorNode {
         }
     }
 
-    fn not_running() -> ClusterError {
-        ClusterError::NotRunning {
+    fn not_running() -> MiniClusterError {
+        MiniClusterError::NotRunning {
             node: COORDINATOR_ID.to_owned(),
         }
     }
 
-    pub(crate) fn status(&mut self) -> Result<CoordinatedStatus, ClusterError> {
+    pub(crate) fn status(&mut self) -> Result<CoordinatedStatus, MiniClusterError> {
         let kind = self.spec.kind.clone();
         match &mut self.backend {
             Backend::Stopped => Err(Self::not_running()),
@@ -766,7 +766,7 @@ impl CoordinatorNode {
 
     /// Starts the cluster's finalization (the coordinator's own part runs on a thread of
     /// its own); returns the target.
-    pub(crate) fn start_finalize(&mut self) -> Result<u32, ClusterError> {
+    pub(crate) fn start_finalize(&mut self) -> Result<u32, MiniClusterError> {
         let kind = self.spec.kind.clone();
         let target = match &mut self.backend {
             Backend::Stopped => Err(Self::not_running()),
@@ -786,7 +786,7 @@ impl CoordinatorNode {
 
     /// Excludes `member`, retrying while the coordinator still takes it for live or
     /// cannot tell yet (bounded).
-    pub(crate) fn exclude(&mut self, member: &str, reason: &str) -> Result<(), ClusterError> {
+    pub(crate) fn exclude(&mut self, member: &str, reason: &str) -> Result<(), MiniClusterError> {
         let kind = self.spec.kind.clone();
         let deadline = Instant::now() + BOUND;
         loop {
@@ -818,14 +818,14 @@ impl CoordinatorNode {
     }
 
     /// Arms a crash at cluster failpoint `failpoint` in the child-process coordinator.
-    pub(crate) fn arm_crash(&mut self, failpoint: &str) -> Result<(), ClusterError> {
+    pub(crate) fn arm_crash(&mut self, failpoint: &str) -> Result<(), MiniClusterError> {
         match &mut self.backend {
             Backend::Child(child) => child
                 .request("arm", &[encode(failpoint)])?
                 .map(drop)
                 .map_err(|m| coordinator_error("arm a crash", m)),
             Backend::Stopped => Err(Self::not_running()),
-            Backend::Local(_) => Err(ClusterError::Unsupported {
+            Backend::Local(_) => Err(MiniClusterError::Unsupported {
                 node: COORDINATOR_ID.to_owned(),
                 what: "crashing the coordinator at a failpoint needs a child-process cluster"
                     .to_owned(),
@@ -835,7 +835,7 @@ impl CoordinatorNode {
 
     /// Waits until the child-process coordinator reached its armed crash point, then
     /// SIGKILLs it there.
-    pub(crate) fn kill_at_crash(&mut self, failpoint: &str) -> Result<(), ClusterError> {
+    pub(crate) fn kill_at_crash(&mut self, failpoint: &str) -> Result<(), MiniClusterError> {
         match &mut self.backend {
             Backend::Child(child) => {
                 child
@@ -996,9 +996,11 @@ fn serve_coordinator<F: LayoutFeature>() {
 /// Coordinated clusters (built with
 /// [`MiniClusterBuilder::coordinated`](crate::MiniClusterBuilder::coordinated)).
 impl MiniCluster {
-    fn coordinator(&self) -> Result<parking_lot::MutexGuard<'_, CoordinatorNode>, ClusterError> {
+    fn coordinator(
+        &self,
+    ) -> Result<parking_lot::MutexGuard<'_, CoordinatorNode>, MiniClusterError> {
         self.coordinator.as_ref().map(Mutex::lock).ok_or_else(|| {
-            ClusterError::InvalidConfig(
+            MiniClusterError::InvalidConfig(
                 "the cluster is not coordinated: build it with .coordinated(..)".to_owned(),
             )
         })
@@ -1010,11 +1012,11 @@ impl MiniCluster {
     /// `status`). Do not keep it across
     /// [`restart_coordinator`](Self::restart_coordinator): the embedded store stays
     /// locked while any handle lives.
-    pub fn coordinator_handle(&self) -> Result<Arc<Coordinator>, ClusterError> {
+    pub fn coordinator_handle(&self) -> Result<Arc<Coordinator>, MiniClusterError> {
         let coordinator = self.coordinator()?;
         coordinator
             .handle()
-            .ok_or_else(|| ClusterError::Unsupported {
+            .ok_or_else(|| MiniClusterError::Unsupported {
                 node: COORDINATOR_ID.to_owned(),
                 what: if coordinator.is_running() {
                     "the coordinator runs in a child process: use \
@@ -1032,7 +1034,7 @@ impl MiniCluster {
     }
 
     /// The coordinator's view of the cluster.
-    pub fn coordinator_status(&self) -> Result<CoordinatedStatus, ClusterError> {
+    pub fn coordinator_status(&self) -> Result<CoordinatedStatus, MiniClusterError> {
         self.coordinator()?.status()
     }
 
@@ -1040,7 +1042,7 @@ impl MiniCluster {
     /// SLV): its own part runs on a thread of its own, members follow in the background
     /// as they are told on their heartbeats. Returns the target. Refusals
     /// (`Blocked` naming the members below it, ...) are errors, at once.
-    pub fn start_cluster_finalization(&self) -> Result<u32, ClusterError> {
+    pub fn start_cluster_finalization(&self) -> Result<u32, MiniClusterError> {
         self.coordinator()?.start_finalize()
     }
 
@@ -1050,7 +1052,7 @@ impl MiniCluster {
         &self,
         what: &str,
         mut done: impl FnMut(&CoordinatedStatus) -> bool,
-    ) -> Result<CoordinatedStatus, ClusterError> {
+    ) -> Result<CoordinatedStatus, MiniClusterError> {
         let deadline = Instant::now() + BOUND;
         let mut last: String;
         loop {
@@ -1073,7 +1075,7 @@ impl MiniCluster {
     /// reported the cluster MLV.
     /// That is, once the cluster MLV reached the target of the last finalization
     /// [`start_cluster_finalization`](Self::start_cluster_finalization) started.
-    pub fn wait_for_cluster_complete(&self) -> Result<CoordinatedStatus, ClusterError> {
+    pub fn wait_for_cluster_complete(&self) -> Result<CoordinatedStatus, MiniClusterError> {
         let target = self.coordinator()?.target.unwrap_or(0);
         self.wait_for_coordinator("the cluster finalization completing", |s| {
             s.cluster_layout_version >= target && s.is_complete()
@@ -1081,7 +1083,11 @@ impl MiniCluster {
     }
 
     /// Waits until member `node` is live to the coordinator with SLV `slv`.
-    pub fn wait_for_member(&self, node: &str, slv: u32) -> Result<CoordinatedStatus, ClusterError> {
+    pub fn wait_for_member(
+        &self,
+        node: &str,
+        slv: u32,
+    ) -> Result<CoordinatedStatus, MiniClusterError> {
         self.wait_for_coordinator(&format!("{node} live with SLV {slv}"), |s| {
             s.member(node)
                 .is_some_and(|m| m.live && m.software_layout_version == slv)
@@ -1090,7 +1096,7 @@ impl MiniCluster {
 
     /// Excludes node `node`'s member with `reason`: it must be dead (killed or stopped);
     /// waits (bounded) until the coordinator no longer takes it for live.
-    pub fn exclude(&self, node: &str, reason: &str) -> Result<(), ClusterError> {
+    pub fn exclude(&self, node: &str, reason: &str) -> Result<(), MiniClusterError> {
         self.node_dyn(node)?;
         self.coordinator()?.exclude(node, reason)
     }
@@ -1098,7 +1104,7 @@ impl MiniCluster {
     /// Upgrades one member of a rolling upgrade: prepares it, restarts it cleanly on its
     /// kind's new SLV (its member leaves, and the new process registers at once), and
     /// waits until the coordinator sees it live with that SLV.
-    pub fn upgrade_member(&self, node: &str) -> Result<(), ClusterError> {
+    pub fn upgrade_member(&self, node: &str) -> Result<(), MiniClusterError> {
         let n = self.node_dyn(node)?;
         n.upgrade()?;
         self.wait_for_member(node, n.new_software_layout_version())
@@ -1108,7 +1114,7 @@ impl MiniCluster {
     /// Upgrades a member that crashed: SIGKILLs it (in process: drops it without a
     /// word), restarts it on the new SLV (it waits out its killed process's lease, as
     /// the library's members do) and waits until it is live with that SLV.
-    pub fn crash_and_upgrade_member(&self, node: &str) -> Result<(), ClusterError> {
+    pub fn crash_and_upgrade_member(&self, node: &str) -> Result<(), MiniClusterError> {
         let n = self.node_dyn(node)?;
         n.kill()?;
         n.start(
@@ -1120,7 +1126,7 @@ impl MiniCluster {
 
     /// A rolling upgrade: [`upgrade_member`](Self::upgrade_member) for every running
     /// node, in build order.
-    pub fn rolling_upgrade(&self) -> Result<(), ClusterError> {
+    pub fn rolling_upgrade(&self) -> Result<(), MiniClusterError> {
         let names: Vec<String> = self
             .nodes()
             .filter(|n| n.is_running())
@@ -1132,22 +1138,22 @@ impl MiniCluster {
     /// Adds a late joiner to kind `kind` (named `<kind>-<next index>`): a fresh install
     /// of the kind's new release, pinned to the cluster's current MLV (as the runbook
     /// says new members must be), started, registered. Returns its name.
-    pub fn add_late_joiner(&mut self, kind: &str) -> Result<String, ClusterError> {
+    pub fn add_late_joiner(&mut self, kind: &str) -> Result<String, MiniClusterError> {
         let slv = self
             .kinds
             .iter()
             .find(|k| k.name == kind)
             .map(|k| k.new_software_layout_version)
-            .ok_or_else(|| ClusterError::InvalidConfig(format!("no kind named {kind}")))?;
+            .ok_or_else(|| MiniClusterError::InvalidConfig(format!("no kind named {kind}")))?;
         self.add_node(kind, slv)
     }
 
     /// Adds a node to kind `kind` running software `slv` (named `<kind>-<next index>`),
     /// a fresh install pinned to the cluster's current MLV (or `slv` if lower), and
     /// starts it: its member registers. Returns its name. A refused member (an old
-    /// binary after finalization) is an error ([`ClusterError::member_refusal`]); the
+    /// binary after finalization) is an error ([`MiniClusterError::member_refusal`]); the
     /// node is kept, stopped.
-    pub fn add_node(&mut self, kind: &str, slv: u32) -> Result<String, ClusterError> {
+    pub fn add_node(&mut self, kind: &str, slv: u32) -> Result<String, MiniClusterError> {
         let cluster_version = self.coordinator_status()?.cluster_layout_version;
         let (config, factory) = self
             .template
@@ -1155,17 +1161,17 @@ impl MiniCluster {
             .iter()
             .find(|(c, _)| c.name == kind)
             .cloned()
-            .ok_or_else(|| ClusterError::InvalidConfig(format!("no kind named {kind}")))?;
+            .ok_or_else(|| MiniClusterError::InvalidConfig(format!("no kind named {kind}")))?;
         let info = self
             .kinds
             .iter()
             .find(|k| k.name == kind)
             .cloned()
-            .ok_or_else(|| ClusterError::InvalidConfig(format!("no kind named {kind}")))?;
+            .ok_or_else(|| MiniClusterError::InvalidConfig(format!("no kind named {kind}")))?;
         let index = self.nodes.iter().filter(|n| n.kind() == kind).count();
         let name = format!("{kind}-{index}");
         let dir = self.root().join(&name);
-        std::fs::create_dir_all(&dir).map_err(|source| ClusterError::Io {
+        std::fs::create_dir_all(&dir).map_err(|source| MiniClusterError::Io {
             operation: "create",
             path: dir.clone(),
             source,
@@ -1191,18 +1197,18 @@ impl MiniCluster {
     }
 
     /// SIGKILLs the coordinator (in process: drops it).
-    pub fn kill_coordinator(&self) -> Result<(), ClusterError> {
+    pub fn kill_coordinator(&self) -> Result<(), MiniClusterError> {
         self.coordinator()?.kill()
     }
 
     /// Starts the stopped coordinator again, on the same port and store: it resumes an
     /// unfinished finalization by its driver.
-    pub fn start_coordinator(&self) -> Result<(), ClusterError> {
+    pub fn start_coordinator(&self) -> Result<(), MiniClusterError> {
         self.coordinator()?.start()
     }
 
     /// Stops the coordinator cleanly and starts it again.
-    pub fn restart_coordinator(&self) -> Result<(), ClusterError> {
+    pub fn restart_coordinator(&self) -> Result<(), MiniClusterError> {
         let mut coordinator = self.coordinator()?;
         coordinator.stop()?;
         coordinator.start()
@@ -1212,42 +1218,42 @@ impl MiniCluster {
     /// `layout_core::cluster::CLUSTER_FAILPOINTS`; needs the kit's `failpoints`
     /// feature): the next time its finalization passes it, it stops there until
     /// [`kill_coordinator_at_crash`](Self::kill_coordinator_at_crash) SIGKILLs it.
-    pub fn arm_coordinator_crash(&self, failpoint: &str) -> Result<(), ClusterError> {
+    pub fn arm_coordinator_crash(&self, failpoint: &str) -> Result<(), MiniClusterError> {
         self.coordinator()?.arm_crash(failpoint)
     }
 
     /// Waits until the coordinator stopped at its armed crash point and SIGKILLs it.
-    pub fn kill_coordinator_at_crash(&self, failpoint: &str) -> Result<(), ClusterError> {
+    pub fn kill_coordinator_at_crash(&self, failpoint: &str) -> Result<(), MiniClusterError> {
         self.coordinator()?.kill_at_crash(failpoint)
     }
 
     /// Arms a crash of child-process member `node` in its next local finalization, at
     /// [`MEMBER_FINALIZE_FAILPOINT`] (needs the kit's `failpoints` feature).
-    pub fn arm_member_crash(&self, node: &str) -> Result<(), ClusterError> {
+    pub fn arm_member_crash(&self, node: &str) -> Result<(), MiniClusterError> {
         self.find(node)?.arm_member_crash()
     }
 
     /// Waits until member `node` stopped at its armed crash point and SIGKILLs it.
-    pub fn kill_member_at_crash(&self, node: &str) -> Result<(), ClusterError> {
+    pub fn kill_member_at_crash(&self, node: &str) -> Result<(), MiniClusterError> {
         self.find(node)?.kill_at_step("member-crashpoint")
     }
 
     /// Waits until child-process node `node` reported step `step`
     /// ([`report_step`], e.g. from inside one of its actions, which
     /// may then [`block_until_killed`]) and SIGKILLs it.
-    pub fn kill_node_at_step(&self, node: &str, step: &str) -> Result<(), ClusterError> {
+    pub fn kill_node_at_step(&self, node: &str, step: &str) -> Result<(), MiniClusterError> {
         self.find(node)?.kill_at_step(step)
     }
 
     /// The errors node `node`'s member got from its heartbeats so far (this process of
     /// it), in order: refusals, an unreachable coordinator.
-    pub fn member_errors(&self, node: &str) -> Result<Vec<String>, ClusterError> {
+    pub fn member_errors(&self, node: &str) -> Result<Vec<String>, MiniClusterError> {
         self.find(node)?.member_errors()
     }
 
     /// The cluster failpoints the child-process coordinators passed, in order, and
     /// those one was killed at (empty in process).
-    pub fn coordinator_failpoints(&self) -> Result<(Vec<String>, Vec<String>), ClusterError> {
+    pub fn coordinator_failpoints(&self) -> Result<(Vec<String>, Vec<String>), MiniClusterError> {
         Ok(self.coordinator()?.failpoints())
     }
 }
@@ -1259,11 +1265,11 @@ pub(crate) fn start_coordinator(
     builder: &MiniClusterBuilder,
     infos: &[KindInfo],
     root: &Path,
-) -> Result<(Option<Mutex<CoordinatorNode>>, Option<MemberLink>), ClusterError> {
+) -> Result<(Option<Mutex<CoordinatorNode>>, Option<MemberLink>), MiniClusterError> {
     if let Some(options) = &builder.coordination {
         options.check()?;
         if infos.len() != 1 {
-            return Err(ClusterError::InvalidConfig(format!(
+            return Err(MiniClusterError::InvalidConfig(format!(
                 "a coordinated cluster runs one kind of node, not {}",
                 infos.len()
             )));
@@ -1277,7 +1283,7 @@ pub(crate) fn start_coordinator(
         return Ok((None, None));
     };
     let dir = root.join(COORDINATOR_ID);
-    std::fs::create_dir_all(&dir).map_err(|source| ClusterError::Io {
+    std::fs::create_dir_all(&dir).map_err(|source| MiniClusterError::Io {
         operation: "create",
         path: dir.clone(),
         source,

@@ -13,7 +13,7 @@ use crate::crash::CrashError;
 /// names the node (or the path) it is about.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ClusterError {
+pub enum MiniClusterError {
     /// The node's layout version manager refused to open (in-process): the start-up
     /// rules said no (disk newer than software, not initialized, damaged file, ...).
     #[error("node {node}: the layout version manager refused to open: {source}")]
@@ -64,7 +64,7 @@ pub enum ClusterError {
     },
     /// The coordinator refused the node's member as it registered (an old binary after
     /// finalization, an excluded member back with old software, ...): the refusal's
-    /// text. A child-process node reports it as [`ClusterError::Remote`] of kind
+    /// text. A child-process node reports it as [`MiniClusterError::Remote`] of kind
     /// `MemberRefused`; [`member_refusal`](Self::member_refusal) reads either.
     #[error("node {node}: the coordinator refused its member: {message}")]
     MemberRefused {
@@ -83,7 +83,7 @@ pub enum ClusterError {
     },
     /// A child-process node reported an error. `kind` names the error's variant
     /// (`DiskNewerThanSoftware`, `Finalize`, `Component`, ...), so tests check it the
-    /// same way in both modes (see [`ClusterError::layout_error_kind`]).
+    /// same way in both modes (see [`MiniClusterError::layout_error_kind`]).
     #[error("node {node}: {operation} failed in the child process ({kind}): {message}")]
     Remote {
         /// The node.
@@ -161,7 +161,7 @@ pub enum ClusterError {
     },
 }
 
-impl ClusterError {
+impl MiniClusterError {
     /// The name of the [`LayoutError`] variant behind this error, in either mode
     /// (`"DiskNewerThanSoftware"`, `"NotInitialized"`, ...); `None` for other errors.
     pub fn layout_error_kind(&self) -> Option<&str> {

@@ -30,7 +30,7 @@ pub use coordinated::{
     CoordinatedStatus, CoordinationOptions, CoordinationStore, MemberView, COORDINATOR_ID,
     COORDINATOR_ROLE, DEFAULT_CLUSTER_TOKEN, MEMBER_FINALIZE_FAILPOINT,
 };
-pub use error::ClusterError;
+pub use error::MiniClusterError;
 pub use node::Node;
 pub use observed::ObservedStore;
 pub use values::{
@@ -234,7 +234,7 @@ impl MiniClusterBuilder {
     /// [`child_processes`](Self::child_processes)) runs the real `Coordinator`, its
     /// driver and the member link on loopback, on the store `options` names; every node
     /// runs a real `Member` that registers over the link as it starts (a refused one
-    /// does not start: [`ClusterError::member_refusal`]), heartbeats, finalizes in the
+    /// does not start: [`MiniClusterError::member_refusal`]), heartbeats, finalizes in the
     /// background when the coordinator says so, and leaves when stopped cleanly. The
     /// coordinator runs the kind's new SLV (it is upgraded first) and starts at the
     /// kind's initial MLV. One kind only.
@@ -274,7 +274,7 @@ impl MiniClusterBuilder {
     }
 
     /// The kinds, with their versions resolved and checked.
-    pub fn kinds(&self) -> Result<Vec<KindInfo>, ClusterError> {
+    pub fn kinds(&self) -> Result<Vec<KindInfo>, MiniClusterError> {
         self.kinds
             .iter()
             .map(|(config, factory)| resolve(config, factory.as_ref()))
@@ -292,12 +292,12 @@ impl MiniClusterBuilder {
         name: &str,
         initial: u32,
         slv: u32,
-    ) -> Result<(), ClusterError> {
+    ) -> Result<(), MiniClusterError> {
         let (config, _) = self
             .kinds
             .iter_mut()
             .find(|(c, _)| c.name == name)
-            .ok_or_else(|| ClusterError::InvalidConfig(format!("no kind named {name}")))?;
+            .ok_or_else(|| MiniClusterError::InvalidConfig(format!("no kind named {name}")))?;
         config.initial = Some(initial);
         config.slv = Some(slv);
         Ok(())
@@ -305,14 +305,14 @@ impl MiniClusterBuilder {
 
     /// Creates the directories and starts every node (kinds in the order added, nodes in
     /// index order), pinned to their kind's initial MLV and old SLV.
-    pub fn build(self) -> Result<MiniCluster, ClusterError> {
+    pub fn build(self) -> Result<MiniCluster, MiniClusterError> {
         if self.kinds.is_empty() {
-            return Err(ClusterError::InvalidConfig(
+            return Err(MiniClusterError::InvalidConfig(
                 "a mini cluster needs at least one kind of node".to_owned(),
             ));
         }
         if self.child_test.is_some() && child::is_node_process() {
-            return Err(ClusterError::InvalidConfig(
+            return Err(MiniClusterError::InvalidConfig(
                 "this child-process node reached the test's parent half: call \
                  run_as_child_node::<C>() for every component type the cluster runs, first \
                  thing in the test"
@@ -323,13 +323,13 @@ impl MiniClusterBuilder {
         let mut names = std::collections::BTreeSet::new();
         for info in &infos {
             if !names.insert(info.name.clone()) {
-                return Err(ClusterError::InvalidConfig(format!(
+                return Err(MiniClusterError::InvalidConfig(format!(
                     "two kinds are named {}",
                     info.name
                 )));
             }
             if info.name.is_empty() || info.name.contains(char::is_whitespace) {
-                return Err(ClusterError::InvalidConfig(format!(
+                return Err(MiniClusterError::InvalidConfig(format!(
                     "kind name {:?} must be non-empty without spaces",
                     info.name
                 )));
@@ -337,7 +337,7 @@ impl MiniClusterBuilder {
         }
         let root = match &self.root {
             Some(path) => {
-                std::fs::create_dir_all(path).map_err(|source| ClusterError::Io {
+                std::fs::create_dir_all(path).map_err(|source| MiniClusterError::Io {
                     operation: "create",
                     path: path.clone(),
                     source,
@@ -348,7 +348,7 @@ impl MiniClusterBuilder {
                 tempfile::Builder::new()
                     .prefix("mini-cluster-")
                     .tempdir()
-                    .map_err(|source| ClusterError::Io {
+                    .map_err(|source| MiniClusterError::Io {
                         operation: "create a temporary directory for",
                         path: std::env::temp_dir(),
                         source,
@@ -362,7 +362,7 @@ impl MiniClusterBuilder {
             for index in 0..config.nodes {
                 let name = format!("{}-{index}", config.name);
                 let dir = root.path().join(&name);
-                std::fs::create_dir_all(&dir).map_err(|source| ClusterError::Io {
+                std::fs::create_dir_all(&dir).map_err(|source| MiniClusterError::Io {
                     operation: "create",
                     path: dir.clone(),
                     source,
@@ -422,13 +422,13 @@ impl fmt::Debug for MiniClusterBuilder {
     }
 }
 
-fn resolve(config: &KindConfig, factory: &dyn KindFactory) -> Result<KindInfo, ClusterError> {
+fn resolve(config: &KindConfig, factory: &dyn KindFactory) -> Result<KindInfo, MiniClusterError> {
     let latest = factory.latest();
     let slv = config.slv.unwrap_or(latest);
     let initial = config.initial.unwrap_or(slv);
     let upgrade_to = config.upgrade_to.unwrap_or(latest);
     let invalid = |what: String| {
-        Err(ClusterError::InvalidConfig(format!(
+        Err(MiniClusterError::InvalidConfig(format!(
             "kind {} ({}): {what}",
             config.name,
             factory.catalog()
@@ -574,16 +574,16 @@ impl MiniCluster {
     }
 
     /// The node named `name`.
-    pub fn node_dyn(&self, name: &str) -> Result<&dyn ClusterNode, ClusterError> {
+    pub fn node_dyn(&self, name: &str) -> Result<&dyn ClusterNode, MiniClusterError> {
         self.find(name).map(NodeObject::as_cluster_node)
     }
 
     /// The node named `name`, typed: it must run component type `C`.
-    pub fn node<C: TestComponent>(&self, name: &str) -> Result<&Node<C>, ClusterError> {
+    pub fn node<C: TestComponent>(&self, name: &str) -> Result<&Node<C>, MiniClusterError> {
         let node = self.find(name)?;
         let any: &dyn Any = node.as_any();
         any.downcast_ref::<Node<C>>()
-            .ok_or_else(|| ClusterError::WrongType {
+            .ok_or_else(|| MiniClusterError::WrongType {
                 name: name.to_owned(),
                 expected: std::any::type_name::<C>(),
                 actual: node.component_type(),
@@ -598,51 +598,51 @@ impl MiniCluster {
             .collect()
     }
 
-    fn find(&self, name: &str) -> Result<&dyn NodeObject, ClusterError> {
+    fn find(&self, name: &str) -> Result<&dyn NodeObject, MiniClusterError> {
         self.nodes
             .iter()
             .find(|n| n.name() == name)
             .map(AsRef::as_ref)
-            .ok_or_else(|| ClusterError::NoSuchNode {
+            .ok_or_else(|| MiniClusterError::NoSuchNode {
                 name: name.to_owned(),
                 known: self.nodes.iter().map(|n| n.name().to_owned()).collect(),
             })
     }
 
     /// Finalizes every node up to its SLV, in build order.
-    pub fn finalize_all(&self) -> Result<Vec<FinalizeSummary>, ClusterError> {
+    pub fn finalize_all(&self) -> Result<Vec<FinalizeSummary>, MiniClusterError> {
         self.nodes().map(ClusterNode::finalize).collect()
     }
 
     /// Prepares and restarts every node at its kind's new SLV, in build order.
-    pub fn upgrade_all(&self) -> Result<Vec<PrepareOutcome>, ClusterError> {
+    pub fn upgrade_all(&self) -> Result<Vec<PrepareOutcome>, MiniClusterError> {
         self.nodes().map(ClusterNode::upgrade).collect()
     }
 
     /// Prepares and restarts every node at its kind's old SLV, in build order.
-    pub fn downgrade_all(&self) -> Result<Vec<PrepareOutcome>, ClusterError> {
+    pub fn downgrade_all(&self) -> Result<Vec<PrepareOutcome>, MiniClusterError> {
         self.nodes().map(ClusterNode::downgrade).collect()
     }
 
     /// Restarts every node with its current SLV.
-    pub fn restart_all(&self) -> Result<(), ClusterError> {
+    pub fn restart_all(&self) -> Result<(), MiniClusterError> {
         self.nodes().try_for_each(ClusterNode::restart)
     }
 
     /// Starts every stopped node with its current SLV.
-    pub fn start_stopped(&self) -> Result<(), ClusterError> {
+    pub fn start_stopped(&self) -> Result<(), MiniClusterError> {
         self.nodes()
             .filter(|n| !n.is_running())
             .try_for_each(|n| n.start(StartOptions::default()))
     }
 
     /// Stops every node cleanly.
-    pub fn stop_all(&self) -> Result<(), ClusterError> {
+    pub fn stop_all(&self) -> Result<(), MiniClusterError> {
         self.nodes().try_for_each(ClusterNode::stop)
     }
 
     /// Every running node's status, in build order.
-    pub fn statuses(&self) -> Result<Vec<NodeStatus>, ClusterError> {
+    pub fn statuses(&self) -> Result<Vec<NodeStatus>, MiniClusterError> {
         self.nodes()
             .filter(|n| n.is_running())
             .map(ClusterNode::status)

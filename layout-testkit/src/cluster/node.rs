@@ -13,7 +13,7 @@ use layout_core::{
 use parking_lot::Mutex;
 
 use super::child::ChildNode;
-use super::error::ClusterError;
+use super::error::MiniClusterError;
 use super::StorageKind;
 use crate::component::{PrepareOutcome, TestComponent};
 use crate::inject::{install_quiet_panic_hook, Armed, Exclusive, Injection};
@@ -63,38 +63,38 @@ impl<C: TestComponent> Node<C> {
         }
     }
 
-    fn running(&self) -> Result<Running<C>, ClusterError> {
+    fn running(&self) -> Result<Running<C>, MiniClusterError> {
         match &self.state.lock().backend {
             Backend::Local(running) => Ok(running.clone()),
-            Backend::Child(_) => Err(ClusterError::Unsupported {
+            Backend::Child(_) => Err(MiniClusterError::Unsupported {
                 node: self.spec.name.clone(),
                 what: "the node runs in a child process: use call(), status() and finalize(), \
                        or an in-process cluster for typed access"
                     .to_owned(),
             }),
-            Backend::Stopped => Err(ClusterError::NotRunning {
+            Backend::Stopped => Err(MiniClusterError::NotRunning {
                 node: self.spec.name.clone(),
             }),
         }
     }
 
     /// The running component (in-process only).
-    pub fn component(&self) -> Result<Arc<C>, ClusterError> {
+    pub fn component(&self) -> Result<Arc<C>, MiniClusterError> {
         self.running().map(|r| r.component)
     }
 
     /// The running node's layout version manager (in-process only).
-    pub fn manager(&self) -> Result<Arc<LayoutVersionManager<C::Feature>>, ClusterError> {
+    pub fn manager(&self) -> Result<Arc<LayoutVersionManager<C::Feature>>, MiniClusterError> {
         self.running().map(|r| r.lvm)
     }
 
     /// The running node's finalizer (in-process only).
-    pub fn finalizer(&self) -> Result<Arc<UpgradeFinalizer<C::Feature, C>>, ClusterError> {
+    pub fn finalizer(&self) -> Result<Arc<UpgradeFinalizer<C::Feature, C>>, MiniClusterError> {
         self.running().map(|r| r.finalizer)
     }
 
     /// Finalizes up to `target`.
-    pub fn finalize_to(&self, target: C::Feature) -> Result<FinalizeSummary, ClusterError> {
+    pub fn finalize_to(&self, target: C::Feature) -> Result<FinalizeSummary, MiniClusterError> {
         self.finalize_to_version(target.layout_version())
     }
 
@@ -110,9 +110,9 @@ impl<C: TestComponent> Node<C> {
 
     fn with_running<T>(
         &self,
-        local: impl FnOnce(&Running<C>) -> Result<T, ClusterError>,
-        child: impl FnOnce(&mut ChildNode) -> Result<T, ClusterError>,
-    ) -> Result<T, ClusterError> {
+        local: impl FnOnce(&Running<C>) -> Result<T, MiniClusterError>,
+        child: impl FnOnce(&mut ChildNode) -> Result<T, MiniClusterError>,
+    ) -> Result<T, MiniClusterError> {
         let mut state = self.state.lock();
         match &mut state.backend {
             Backend::Local(running) => {
@@ -121,7 +121,7 @@ impl<C: TestComponent> Node<C> {
                 local(&running)
             }
             Backend::Child(process) => child(process),
-            Backend::Stopped => Err(ClusterError::NotRunning {
+            Backend::Stopped => Err(MiniClusterError::NotRunning {
                 node: self.spec.name.clone(),
             }),
         }
@@ -132,7 +132,7 @@ impl<C: TestComponent> Node<C> {
         running: &Running<C>,
         target: Option<u32>,
         injection: Injection,
-    ) -> Result<FinalizeRun, ClusterError> {
+    ) -> Result<FinalizeRun, MiniClusterError> {
         let name = &self.spec.name;
         let _exclusive = Exclusive::take(true);
         install_quiet_panic_hook();
@@ -154,7 +154,7 @@ impl<C: TestComponent> Node<C> {
                 .raise()
             },
         )
-        .map_err(|what| ClusterError::Unsupported {
+        .map_err(|what| MiniClusterError::Unsupported {
             node: name.clone(),
             what,
         })?;
@@ -219,14 +219,14 @@ impl<C: TestComponent> ClusterNode for Node<C> {
         self.spec.new_slv
     }
 
-    fn status(&self) -> Result<NodeStatus, ClusterError> {
+    fn status(&self) -> Result<NodeStatus, MiniClusterError> {
         self.with_running(|r| Ok(r.status(&self.spec.name)), ChildNode::status)
     }
 
-    fn start(&self, options: StartOptions) -> Result<(), ClusterError> {
+    fn start(&self, options: StartOptions) -> Result<(), MiniClusterError> {
         let mut state = self.state.lock();
         if !matches!(state.backend, Backend::Stopped) {
-            return Err(ClusterError::InvalidConfig(format!(
+            return Err(MiniClusterError::InvalidConfig(format!(
                 "node {} is already running; stop it first (or use restart)",
                 self.spec.name
             )));
@@ -262,14 +262,14 @@ impl<C: TestComponent> ClusterNode for Node<C> {
         Ok(())
     }
 
-    fn stop(&self) -> Result<(), ClusterError> {
+    fn stop(&self) -> Result<(), MiniClusterError> {
         let backend = std::mem::replace(&mut self.state.lock().backend, Backend::Stopped);
         match backend {
             Backend::Child(child) => child.stop(),
             Backend::Local(running) => {
                 // A clean stop makes what was acknowledged durable.
                 if let Some(unsynced) = &running.unsynced {
-                    unsynced.sync().map_err(|source| ClusterError::Layout {
+                    unsynced.sync().map_err(|source| MiniClusterError::Layout {
                         node: self.spec.name.clone(),
                         source: Box::new(source.into()),
                     })?;
@@ -281,7 +281,7 @@ impl<C: TestComponent> ClusterNode for Node<C> {
         }
     }
 
-    fn kill(&self) -> Result<(), ClusterError> {
+    fn kill(&self) -> Result<(), MiniClusterError> {
         let backend = std::mem::replace(&mut self.state.lock().backend, Backend::Stopped);
         match backend {
             Backend::Child(child) => child.kill(),
@@ -298,18 +298,18 @@ impl<C: TestComponent> ClusterNode for Node<C> {
         }
     }
 
-    fn prepare(&self) -> Result<PrepareOutcome, ClusterError> {
+    fn prepare(&self) -> Result<PrepareOutcome, MiniClusterError> {
         self.with_running(|r| r.prepare(&self.spec.name), ChildNode::prepare)
     }
 
-    fn cancel_prepare(&self) -> Result<(), ClusterError> {
+    fn cancel_prepare(&self) -> Result<(), MiniClusterError> {
         self.with_running(
             |r| r.cancel_prepare(&self.spec.name),
             ChildNode::cancel_prepare,
         )
     }
 
-    fn call(&self, operation: &str, argument: &str) -> Result<String, ClusterError> {
+    fn call(&self, operation: &str, argument: &str) -> Result<String, MiniClusterError> {
         self.with_running(
             |r| r.call(&self.spec.name, operation, argument),
             |child| child.call(operation, argument),
@@ -320,7 +320,7 @@ impl<C: TestComponent> ClusterNode for Node<C> {
         &self,
         target: Option<u32>,
         injection: Injection,
-    ) -> Result<FinalizeRun, ClusterError> {
+    ) -> Result<FinalizeRun, MiniClusterError> {
         let mut state = self.state.lock();
         match &mut state.backend {
             Backend::Local(running) => {
@@ -335,7 +335,7 @@ impl<C: TestComponent> ClusterNode for Node<C> {
                 }
                 Ok(run)
             }
-            Backend::Stopped => Err(ClusterError::NotRunning {
+            Backend::Stopped => Err(MiniClusterError::NotRunning {
                 node: self.spec.name.clone(),
             }),
         }
@@ -344,10 +344,10 @@ impl<C: TestComponent> ClusterNode for Node<C> {
 
 impl<C: TestComponent> NodeObject for Node<C> {
     #[cfg(feature = "coordination")]
-    fn arm_member_crash(&self) -> Result<(), ClusterError> {
+    fn arm_member_crash(&self) -> Result<(), MiniClusterError> {
         self.with_running(
             |_| {
-                Err(ClusterError::Unsupported {
+                Err(MiniClusterError::Unsupported {
                     node: self.spec.name.clone(),
                     what: "crashing a member in its finalization needs a child-process cluster"
                         .to_owned(),
@@ -358,7 +358,7 @@ impl<C: TestComponent> NodeObject for Node<C> {
     }
 
     #[cfg(feature = "coordination")]
-    fn member_errors(&self) -> Result<Vec<String>, ClusterError> {
+    fn member_errors(&self) -> Result<Vec<String>, MiniClusterError> {
         self.with_running(
             |r| Ok(r.member.as_ref().map(|m| m.errors()).unwrap_or_default()),
             ChildNode::member_errors,
@@ -366,10 +366,10 @@ impl<C: TestComponent> NodeObject for Node<C> {
     }
 
     #[cfg(feature = "coordination")]
-    fn kill_at_step(&self, step: &str) -> Result<(), ClusterError> {
+    fn kill_at_step(&self, step: &str) -> Result<(), MiniClusterError> {
         let mut state = self.state.lock();
         let Backend::Child(child) = &mut state.backend else {
-            return Err(ClusterError::Unsupported {
+            return Err(MiniClusterError::Unsupported {
                 node: self.spec.name.clone(),
                 what: "killing a node at a step needs a running child-process node".to_owned(),
             });

@@ -27,7 +27,7 @@
 
 use std::fmt;
 
-use super::{ClusterError, ClusterNode, MiniCluster, MiniClusterBuilder, StartOptions};
+use super::{ClusterNode, MiniCluster, MiniClusterBuilder, MiniClusterError, StartOptions};
 use crate::rng::PlanRng;
 
 /// A named point of a cluster finalization where a plan crashes a process.
@@ -330,25 +330,25 @@ impl ClusterPlanTest {
         self
     }
 
-    fn members(&self) -> Result<Vec<String>, ClusterError> {
+    fn members(&self) -> Result<Vec<String>, MiniClusterError> {
         let kinds = self.builder.kinds()?;
         let [kind] = kinds.as_slice() else {
-            return Err(ClusterError::InvalidConfig(
+            return Err(MiniClusterError::InvalidConfig(
                 "a cluster plan runs one kind of node".to_owned(),
             ));
         };
         if self.builder.coordination.is_none() {
-            return Err(ClusterError::InvalidConfig(
+            return Err(MiniClusterError::InvalidConfig(
                 "a cluster plan needs a coordinated cluster: .coordinated(..)".to_owned(),
             ));
         }
         if kind.nodes < 2 {
-            return Err(ClusterError::InvalidConfig(
+            return Err(MiniClusterError::InvalidConfig(
                 "a cluster plan needs at least two nodes (one is excluded)".to_owned(),
             ));
         }
         if kind.new_software_layout_version <= kind.old_software_layout_version {
-            return Err(ClusterError::InvalidConfig(format!(
+            return Err(MiniClusterError::InvalidConfig(format!(
                 "a cluster plan upgrades: the new SLV ({}) must be above the old one ({})",
                 kind.new_software_layout_version, kind.old_software_layout_version
             )));
@@ -359,7 +359,7 @@ impl ClusterPlanTest {
     }
 
     /// The plan of `seed`.
-    pub fn plan(&self, seed: u64) -> Result<ClusterPlan, ClusterError> {
+    pub fn plan(&self, seed: u64) -> Result<ClusterPlan, MiniClusterError> {
         Ok(ClusterPlan::generate(seed, &self.members()?, self.crashes))
     }
 
@@ -405,7 +405,7 @@ struct Run {
 
 // A `map_err` adapter: it gets the error by value.
 #[allow(clippy::needless_pass_by_value)]
-fn text(e: ClusterError) -> String {
+fn text(e: MiniClusterError) -> String {
     e.to_string()
 }
 

@@ -9,7 +9,7 @@ use layout_core::{
     LayoutVersionManager, MemoryStorage, StartIntent, UpgradeFinalizer,
 };
 
-use super::error::ClusterError;
+use super::error::MiniClusterError;
 use super::StorageKind;
 use crate::component::{NodeInfo, PrepareOutcome, TestComponent};
 
@@ -51,10 +51,10 @@ impl<C: TestComponent> Running<C> {
         slv: u32,
         intent: StartIntent,
         memory: Option<&Arc<MemoryStorage>>,
-    ) -> Result<Self, ClusterError> {
+    ) -> Result<Self, MiniClusterError> {
         let node = || spec.name.clone();
         let data_dir = spec.data_dir();
-        std::fs::create_dir_all(&data_dir).map_err(|source| ClusterError::Io {
+        std::fs::create_dir_all(&data_dir).map_err(|source| MiniClusterError::Io {
             operation: "create",
             path: data_dir.clone(),
             source,
@@ -70,7 +70,7 @@ impl<C: TestComponent> Running<C> {
         };
         let initial = (intent == StartIntent::Init).then(|| spec.initial.min(slv));
         let startup = C::startup(&info)
-            .map_err(|source| ClusterError::Component {
+            .map_err(|source| MiniClusterError::Component {
                 node: node(),
                 operation: "startup".to_owned(),
                 source,
@@ -95,24 +95,24 @@ impl<C: TestComponent> Running<C> {
             _ => startup.storage(FileStorage::new(spec.layout_dir())),
         };
         let mut started = startup.start().map_err(|e| match e {
-            StartupError::Manager(source) => ClusterError::Layout {
+            StartupError::Manager(source) => MiniClusterError::Layout {
                 node: node(),
                 source: Box::new(source),
             },
-            StartupError::Open { source, .. } => ClusterError::Component {
+            StartupError::Open { source, .. } => MiniClusterError::Component {
                 node: node(),
                 operation: "open".to_owned(),
                 source,
             },
-            StartupError::Registry(source) => ClusterError::Registry {
+            StartupError::Registry(source) => MiniClusterError::Registry {
                 node: node(),
                 source,
             },
-            StartupError::StartupActions(e) => ClusterError::StartupActions {
+            StartupError::StartupActions(e) => MiniClusterError::StartupActions {
                 node: node(),
                 message: e.to_string(),
             },
-            other => ClusterError::Component {
+            other => MiniClusterError::Component {
                 node: node(),
                 operation: "startup".to_owned(),
                 source: Box::new(other),
@@ -174,24 +174,25 @@ impl<C: TestComponent> Running<C> {
         &self,
         name: &str,
         target: Option<u32>,
-    ) -> Result<FinalizeSummary, ClusterError> {
+    ) -> Result<FinalizeSummary, MiniClusterError> {
         let from = self.lvm.metadata_layout_version();
         let mut request = FinalizeRequest::new(TESTKIT_CLIENT).with_takeover(true);
         if let Some(version) = target {
-            let feature =
-                C::Feature::from_layout_version(version).ok_or_else(|| ClusterError::Finalize {
+            let feature = C::Feature::from_layout_version(version).ok_or_else(|| {
+                MiniClusterError::Finalize {
                     node: name.to_owned(),
                     message: format!(
                         "layout version {version} is not in catalog {}",
                         C::Feature::CATALOG_NAME
                     ),
-                })?;
+                }
+            })?;
             request = request.with_target(feature);
         }
         let outcome = self
             .finalizer
             .finalize_with(request, &self.component)
-            .map_err(|e| ClusterError::Finalize {
+            .map_err(|e| MiniClusterError::Finalize {
                 node: name.to_owned(),
                 message: e.to_string(),
             })?;
@@ -213,30 +214,30 @@ impl<C: TestComponent> Running<C> {
         name: &str,
         operation: &str,
         argument: &str,
-    ) -> Result<String, ClusterError> {
+    ) -> Result<String, MiniClusterError> {
         self.component
             .call(operation, argument)
-            .map_err(|source| ClusterError::Component {
+            .map_err(|source| MiniClusterError::Component {
                 node: name.to_owned(),
                 operation: format!("call {operation}"),
                 source,
             })
     }
 
-    pub(crate) fn prepare(&self, name: &str) -> Result<PrepareOutcome, ClusterError> {
+    pub(crate) fn prepare(&self, name: &str) -> Result<PrepareOutcome, MiniClusterError> {
         self.component
             .prepare()
-            .map_err(|source| ClusterError::Component {
+            .map_err(|source| MiniClusterError::Component {
                 node: name.to_owned(),
                 operation: "prepare".to_owned(),
                 source,
             })
     }
 
-    pub(crate) fn cancel_prepare(&self, name: &str) -> Result<(), ClusterError> {
+    pub(crate) fn cancel_prepare(&self, name: &str) -> Result<(), MiniClusterError> {
         self.component
             .cancel_prepare()
-            .map_err(|source| ClusterError::Component {
+            .map_err(|source| MiniClusterError::Component {
                 node: name.to_owned(),
                 operation: "cancel_prepare".to_owned(),
                 source,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use layout_core::StartIntent;
 
-use super::error::ClusterError;
+use super::error::MiniClusterError;
 #[cfg(feature = "coordination")]
 use super::wire::{decode, encode};
 use super::StorageKind;
@@ -161,65 +161,65 @@ pub trait ClusterNode: Send + Sync + fmt::Debug {
     /// The SLV an upgrade moves the node to.
     fn new_software_layout_version(&self) -> u32;
     /// The layout status (the node must be running).
-    fn status(&self) -> Result<NodeStatus, ClusterError>;
+    fn status(&self) -> Result<NodeStatus, MiniClusterError>;
     /// The published MLV (the node must be running).
-    fn metadata_layout_version(&self) -> Result<u32, ClusterError> {
+    fn metadata_layout_version(&self) -> Result<u32, MiniClusterError> {
         self.status().map(|s| s.metadata_layout_version)
     }
     /// Starts the stopped node.
-    fn start(&self, options: StartOptions) -> Result<(), ClusterError>;
+    fn start(&self, options: StartOptions) -> Result<(), MiniClusterError>;
     /// Stops the node cleanly (a no-op when stopped).
-    fn stop(&self) -> Result<(), ClusterError>;
+    fn stop(&self) -> Result<(), MiniClusterError>;
     /// Kills the node: SIGKILL in child-process mode; in-process, everything is dropped
     /// (destructors run, so use child-process mode to show what a real `kill -9`
     /// leaves). A no-op when stopped.
-    fn kill(&self) -> Result<(), ClusterError>;
+    fn kill(&self) -> Result<(), MiniClusterError>;
     /// Stops (if running) and starts the node with `options`.
-    fn restart_with(&self, options: StartOptions) -> Result<(), ClusterError> {
+    fn restart_with(&self, options: StartOptions) -> Result<(), MiniClusterError> {
         self.stop()?;
         self.start(options)
     }
     /// Restarts the node with the same SLV.
-    fn restart(&self) -> Result<(), ClusterError> {
+    fn restart(&self) -> Result<(), MiniClusterError> {
         self.restart_with(StartOptions::default())
     }
     /// Restarts the node with another SLV: an upgrade or a downgrade of its binary. The
     /// directory is kept.
-    fn restart_with_slv(&self, software_layout_version: u32) -> Result<(), ClusterError> {
+    fn restart_with_slv(&self, software_layout_version: u32) -> Result<(), MiniClusterError> {
         self.restart_with(
             StartOptions::default().with_software_layout_version(software_layout_version),
         )
     }
     /// Prepares the node ([`TestComponent::prepare`](crate::TestComponent::prepare)).
-    fn prepare(&self) -> Result<PrepareOutcome, ClusterError>;
+    fn prepare(&self) -> Result<PrepareOutcome, MiniClusterError>;
     /// Cancels a prepare ([`TestComponent::cancel_prepare`](crate::TestComponent::cancel_prepare)).
-    fn cancel_prepare(&self) -> Result<(), ClusterError>;
+    fn cancel_prepare(&self) -> Result<(), MiniClusterError>;
     /// Prepares the node, then restarts it at its kind's new SLV ("this version").
-    fn upgrade(&self) -> Result<PrepareOutcome, ClusterError> {
+    fn upgrade(&self) -> Result<PrepareOutcome, MiniClusterError> {
         let prepared = self.prepare()?;
         self.restart_with_slv(self.new_software_layout_version())?;
         Ok(prepared)
     }
     /// Prepares the node, then restarts it at its kind's old SLV (the old binary).
-    fn downgrade(&self) -> Result<PrepareOutcome, ClusterError> {
+    fn downgrade(&self) -> Result<PrepareOutcome, MiniClusterError> {
         let prepared = self.prepare()?;
         self.restart_with_slv(self.old_software_layout_version())?;
         Ok(prepared)
     }
     /// Calls a test operation of the component ([`TestComponent::call`](crate::TestComponent::call)).
-    fn call(&self, operation: &str, argument: &str) -> Result<String, ClusterError>;
+    fn call(&self, operation: &str, argument: &str) -> Result<String, MiniClusterError>;
     /// Finalizes every feature up to the node's SLV.
-    fn finalize(&self) -> Result<FinalizeSummary, ClusterError> {
+    fn finalize(&self) -> Result<FinalizeSummary, MiniClusterError> {
         self.finalize_to_version(self.software_layout_version())
     }
     /// Finalizes every feature up to layout version `target`.
-    fn finalize_to_version(&self, target: u32) -> Result<FinalizeSummary, ClusterError> {
+    fn finalize_to_version(&self, target: u32) -> Result<FinalizeSummary, MiniClusterError> {
         match self
             .finalize_injected(Some(target), Injection::None)?
             .outcome
         {
             RunOutcome::Finalized(summary) => Ok(summary),
-            RunOutcome::Crashed { .. } => Err(ClusterError::Protocol {
+            RunOutcome::Crashed { .. } => Err(MiniClusterError::Protocol {
                 node: self.name().to_owned(),
                 answer: "crashed without an injected crash".to_owned(),
             }),
@@ -231,7 +231,7 @@ pub trait ClusterNode: Send + Sync + fmt::Debug {
         &self,
         target: Option<u32>,
         injection: Injection,
-    ) -> Result<FinalizeRun, ClusterError>;
+    ) -> Result<FinalizeRun, MiniClusterError>;
 }
 
 /// The private side of a node: downcasting to the typed handle.
@@ -240,13 +240,13 @@ pub(crate) trait NodeObject: ClusterNode {
     fn as_cluster_node(&self) -> &dyn ClusterNode;
     /// Arms a crash in the member's next local finalization (child-process nodes).
     #[cfg(feature = "coordination")]
-    fn arm_member_crash(&self) -> Result<(), ClusterError>;
+    fn arm_member_crash(&self) -> Result<(), MiniClusterError>;
     /// Waits until the child reported `step`, then SIGKILLs the node.
     #[cfg(feature = "coordination")]
-    fn kill_at_step(&self, step: &str) -> Result<(), ClusterError>;
+    fn kill_at_step(&self, step: &str) -> Result<(), MiniClusterError>;
     /// The member's heartbeat errors so far.
     #[cfg(feature = "coordination")]
-    fn member_errors(&self) -> Result<Vec<String>, ClusterError>;
+    fn member_errors(&self) -> Result<Vec<String>, MiniClusterError>;
 }
 
 #[cfg(feature = "coordination")]

@@ -4,7 +4,7 @@
 
 use layout_core::{LayoutFeature, StartIntent};
 use layout_testkit::{
-    run_as_child_node, ClusterError, ClusterNode, HookResult, Kind, MiniCluster, NodeContext,
+    run_as_child_node, ClusterNode, HookResult, Kind, MiniCluster, MiniClusterError, NodeContext,
     StartOptions, StorageKind, TestComponent,
 };
 
@@ -59,7 +59,7 @@ fn nodes_start_pinned_to_their_kinds_versions() {
 
     // Typed access checks the component type.
     let err = cluster.node::<Meta>("kv-0").unwrap_err();
-    assert!(matches!(err, ClusterError::WrongType { .. }), "{err}");
+    assert!(matches!(err, MiniClusterError::WrongType { .. }), "{err}");
     let err = cluster.node_dyn("nope").unwrap_err();
     assert!(err.to_string().contains("kv-0"), "{err}");
 
@@ -192,7 +192,7 @@ fn a_child_process_node_killed_with_sigkill_restarts_from_its_directory() {
     kv0.kill().unwrap();
     assert!(!kv0.is_running());
     let err = kv0.call("get", "k").unwrap_err();
-    assert!(matches!(err, ClusterError::NotRunning { .. }), "{err}");
+    assert!(matches!(err, MiniClusterError::NotRunning { .. }), "{err}");
 
     kv0.start(StartOptions::default().with_software_layout_version(3))
         .unwrap();

@@ -165,7 +165,7 @@ fn the_old_binary_is_refused_with_the_managers_error_in_process() {
     let err = node.restart_with_slv(1).unwrap_err();
     assert!(err.is_disk_newer_than_software(), "{err}");
     match &err {
-        layout_testkit::ClusterError::Layout { source, .. } => assert!(
+        layout_testkit::MiniClusterError::Layout { source, .. } => assert!(
             matches!(**source, LayoutError::DiskNewerThanSoftware { .. }),
             "{err}"
         ),

@@ -29,7 +29,7 @@ pub struct AdminClient {
 /// A failed admin call.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ClientError {
+pub enum AdminClientError {
     /// The endpoint is not an `http://host:port` (or, with TLS, `https://host:port`)
     /// address.
     #[error("invalid admin endpoint {endpoint:?}: {reason}")]
@@ -83,7 +83,7 @@ pub enum ClientError {
     },
 }
 
-impl ClientError {
+impl AdminClientError {
     /// The error code the endpoint sent, if it answered with one.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
@@ -105,7 +105,7 @@ impl AdminClient {
     /// A client of the endpoint at `endpoint` (`http://127.0.0.1:9868`, or just
     /// `127.0.0.1:9868`), presenting `token`, over plain HTTP with
     /// [`DEFAULT_CLIENT_TIMEOUT`]. For TLS, see [`with_config`](Self::with_config).
-    pub fn new(endpoint: &str, token: impl Into<String>) -> Result<Self, ClientError> {
+    pub fn new(endpoint: &str, token: impl Into<String>) -> Result<Self, AdminClientError> {
         Self::with_config(endpoint, token, ClientConfig::new(DEFAULT_CLIENT_TIMEOUT))
     }
 
@@ -115,8 +115,8 @@ impl AdminClient {
         endpoint: &str,
         token: impl Into<String>,
         config: ClientConfig,
-    ) -> Result<Self, ClientError> {
-        let invalid = |reason: &str| ClientError::InvalidEndpoint {
+    ) -> Result<Self, AdminClientError> {
+        let invalid = |reason: &str| AdminClientError::InvalidEndpoint {
             endpoint: endpoint.to_owned(),
             reason: reason.to_owned(),
         };
@@ -151,17 +151,17 @@ impl AdminClient {
     }
 
     /// `GET /v1/status`.
-    pub fn status(&self) -> Result<StatusResponse, ClientError> {
+    pub fn status(&self) -> Result<StatusResponse, AdminClientError> {
         self.get("status")
     }
 
     /// `GET /v1/features`.
-    pub fn features(&self) -> Result<FeaturesResponse, ClientError> {
+    pub fn features(&self) -> Result<FeaturesResponse, AdminClientError> {
         self.get("features")
     }
 
     /// `GET /v1/finalization-status`: read-only, drains nothing.
-    pub fn finalization_status(&self) -> Result<FinalizationStatusResponse, ClientError> {
+    pub fn finalization_status(&self) -> Result<FinalizationStatusResponse, AdminClientError> {
         self.get("finalization-status")
     }
 
@@ -169,22 +169,25 @@ impl AdminClient {
     pub fn finalization_status_as(
         &self,
         params: &FinalizationStatusParams,
-    ) -> Result<FinalizationStatusResponse, ClientError> {
+    ) -> Result<FinalizationStatusResponse, AdminClientError> {
         self.post("finalization-status", params)
     }
 
     /// `POST /v1/finalize`.
-    pub fn finalize(&self, params: &FinalizeParams) -> Result<FinalizeResponse, ClientError> {
+    pub fn finalize(&self, params: &FinalizeParams) -> Result<FinalizeResponse, AdminClientError> {
         self.post("finalize", params)
     }
 
     /// `POST /v1/prepare`.
-    pub fn prepare(&self, params: &PrepareParams) -> Result<PrepareResponse, ClientError> {
+    pub fn prepare(&self, params: &PrepareParams) -> Result<PrepareResponse, AdminClientError> {
         self.post("prepare", params)
     }
 
     /// `POST /v1/cancel-prepare`.
-    pub fn cancel_prepare(&self, params: &PrepareParams) -> Result<PrepareResponse, ClientError> {
+    pub fn cancel_prepare(
+        &self,
+        params: &PrepareParams,
+    ) -> Result<PrepareResponse, AdminClientError> {
         self.post("cancel-prepare", params)
     }
 
@@ -192,12 +195,12 @@ impl AdminClient {
     pub fn cancel_finalization(
         &self,
         params: &CancelFinalizationParams,
-    ) -> Result<FinalizationStatusResponse, ClientError> {
+    ) -> Result<FinalizationStatusResponse, AdminClientError> {
         self.post("cancel-finalization", params)
     }
 
     /// `GET /v1/migrations`.
-    pub fn migrations(&self) -> Result<MigrationsResponse, ClientError> {
+    pub fn migrations(&self) -> Result<MigrationsResponse, AdminClientError> {
         self.get("migrations")
     }
 
@@ -205,21 +208,21 @@ impl AdminClient {
     pub fn set_migration_settings(
         &self,
         params: &MigrationSettingsParams,
-    ) -> Result<MigrationView, ClientError> {
+    ) -> Result<MigrationView, AdminClientError> {
         self.post("migration-settings", params)
     }
 
     /// Sends `method` (`GET` or `POST`) to `path` on the endpoint's host (a path of its
     /// own, not under `/v1/`: for instance a service's `/cluster/...` routes), with a
     /// JSON `body` for a `POST`, presenting the token; the JSON answer. An error answer
-    /// is [`ClientError::Api`]; a body of the shape `{"error": {"kind", "message"}}`
+    /// is [`AdminClientError::Api`]; a body of the shape `{"error": {"kind", "message"}}`
     /// gives its message.
     pub fn request_json(
         &self,
         method: &str,
         path: &str,
         body: Option<&serde_json::Value>,
-    ) -> Result<serde_json::Value, ClientError> {
+    ) -> Result<serde_json::Value, AdminClientError> {
         let url = format!("{}/{}", self.base, path.trim_start_matches('/'));
         let started = std::time::Instant::now();
         let response = if method.eq_ignore_ascii_case("GET") {
@@ -238,7 +241,7 @@ impl AdminClient {
         self.read(method, &url, started, response)
     }
 
-    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, AdminClientError> {
         let url = format!("{}/v1/{path}", self.base);
         let started = std::time::Instant::now();
         let response = self
@@ -253,9 +256,9 @@ impl AdminClient {
         &self,
         path: &str,
         body: &B,
-    ) -> Result<T, ClientError> {
+    ) -> Result<T, AdminClientError> {
         let url = format!("{}/v1/{path}", self.base);
-        let body = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
+        let body = serde_json::to_vec(body).map_err(|e| AdminClientError::Decode {
             endpoint: self.base.clone(),
             status: 0,
             reason: format!("cannot encode the request: {e}"),
@@ -276,15 +279,15 @@ impl AdminClient {
         url: &str,
         started: std::time::Instant,
         response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<T, ClientError> {
+    ) -> Result<T, AdminClientError> {
         let transport = |source: ureq::Error| {
             let endpoint = self.base.clone();
             if never_delivered(&source) {
                 tracing::debug!(method, url, error = %source, "admin endpoint unreachable");
-                ClientError::Transport { endpoint, source }
+                AdminClientError::Transport { endpoint, source }
             } else {
                 tracing::debug!(method, url, error = %source, "admin request sent, answer lost");
-                ClientError::AnswerLost { endpoint, source }
+                AdminClientError::AnswerLost { endpoint, source }
             }
         };
         let mut response = response.map_err(transport)?;
@@ -297,16 +300,14 @@ impl AdminClient {
             "admin request answered"
         );
         // The head arrived: the request was delivered, whatever breaks now.
-        let text =
-            response
-                .body_mut()
-                .read_to_string()
-                .map_err(|source| ClientError::AnswerLost {
-                    endpoint: self.base.clone(),
-                    source,
-                })?;
+        let text = response.body_mut().read_to_string().map_err(|source| {
+            AdminClientError::AnswerLost {
+                endpoint: self.base.clone(),
+                source,
+            }
+        })?;
         if (200..300).contains(&status) {
-            return serde_json::from_str(&text).map_err(|e| ClientError::Decode {
+            return serde_json::from_str(&text).map_err(|e| AdminClientError::Decode {
                 endpoint: self.base.clone(),
                 status,
                 reason: e.to_string(),
@@ -333,7 +334,7 @@ impl AdminClient {
                 ),
             ),
         };
-        Err(ClientError::Api { status, error })
+        Err(AdminClientError::Api { status, error })
     }
 }
 

@@ -62,7 +62,7 @@ mod server;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use client::{AdminClient, ClientError, DEFAULT_CLIENT_TIMEOUT};
+pub use client::{AdminClient, AdminClientError, DEFAULT_CLIENT_TIMEOUT};
 pub use server::{admin_error_format, admin_error_response, admin_routes, AdminServer};
 
 pub use crate::http::{

@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use layout_core::admin::http::{
-    AdminClient, BearerToken, ClientError, DEFAULT_ADMIN_PORT, DEFAULT_CLIENT_TIMEOUT,
+    AdminClient, AdminClientError, BearerToken, DEFAULT_ADMIN_PORT, DEFAULT_CLIENT_TIMEOUT,
 };
 use layout_core::admin::{
     CancelFinalizationParams, ErrorCode, FeatureView, FinalizationStatusParams,
@@ -396,11 +396,11 @@ impl Failure {
     }
 }
 
-impl From<ClientError> for Failure {
-    fn from(err: ClientError) -> Self {
+impl From<AdminClientError> for Failure {
+    fn from(err: AdminClientError) -> Self {
         let code = match &err {
-            ClientError::InvalidEndpoint { .. } => exit::USAGE,
-            ClientError::Api { status, .. } => match status {
+            AdminClientError::InvalidEndpoint { .. } => exit::USAGE,
+            AdminClientError::Api { status, .. } => match status {
                 401 | 408 => exit::CONNECTION,
                 400 | 404 | 405 | 413 | 431 => exit::USAGE,
                 _ => exit::REFUSED,
@@ -413,7 +413,7 @@ impl From<ClientError> for Failure {
             http_status: err.http_status(),
             transport: matches!(
                 err,
-                ClientError::Transport { .. } | ClientError::AnswerLost { .. }
+                AdminClientError::Transport { .. } | AdminClientError::AnswerLost { .. }
             ),
             hint: None,
             message: err.to_string(),
@@ -512,7 +512,7 @@ fn run(cli: Cli) -> Result<u8, Failure> {
             };
             let state = match sent {
                 Ok(state) => state,
-                Err(lost @ ClientError::AnswerLost { .. }) => {
+                Err(lost @ AdminClientError::AnswerLost { .. }) => {
                     return after_lost_prepare(&client, &lost, prepare, json);
                 }
                 Err(e) => return Err(e.into()),
@@ -589,7 +589,7 @@ fn finalize(
     let interval = Duration::from_millis(interval_ms.max(10));
     let response = match client.finalize(&params) {
         Ok(response) => response,
-        Err(lost @ ClientError::AnswerLost { .. }) if !dry_run => {
+        Err(lost @ AdminClientError::AnswerLost { .. }) if !dry_run => {
             let follow = watch.then_some(interval);
             return after_lost_answer(client, &lost, to.as_deref(), client_id, follow, json);
         }
@@ -965,7 +965,7 @@ fn report_already_finalized(client: &AdminClient, response: &FinalizeResponse, j
 /// [`exit::UNKNOWN_OUTCOME`] with what the status says.
 fn after_lost_answer(
     client: &AdminClient,
-    lost: &ClientError,
+    lost: &AdminClientError,
     to: Option<&str>,
     client_id: &str,
     follow: Option<Duration>,
@@ -1057,7 +1057,7 @@ fn after_lost_answer(
 /// warning. Otherwise an unknown outcome (exit 6) saying where the component stands.
 fn after_lost_prepare(
     client: &AdminClient,
-    lost: &ClientError,
+    lost: &AdminClientError,
     prepare: bool,
     json: bool,
 ) -> Result<u8, Failure> {
