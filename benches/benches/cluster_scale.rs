@@ -34,8 +34,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use layout_core::cluster::{
-    Checkpoint, ClusterStore, Coordinator, CoordinatorOptions, EmbeddedStore, Instruction,
-    MemberReport,
+    ClusterStore, Coordinator, CoordinatorOptions, EmbeddedStore, FinalizationCheckpoint,
+    Instruction, MemberReport,
 };
 use layout_testkit::cluster::ObservedStore;
 use layout_testkit::etcd::EtcdServer;
@@ -312,7 +312,7 @@ fn run(
             .value
             .finalization
             .as_ref()
-            .is_some_and(|f| f.checkpoint == Checkpoint::Complete)
+            .is_some_and(|f| f.checkpoint == FinalizationCheckpoint::Complete)
         {
             break started.elapsed();
         }

@@ -159,7 +159,7 @@ pub enum StartupError<F: LayoutFeature> {
         /// The component's name.
         component: String,
         /// Why.
-        source: crate::admin::http::HttpError,
+        source: crate::http::EndpointError,
     },
 }
 

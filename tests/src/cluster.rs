@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use layout_core::action::RegistryError;
 use layout_core::cluster::{
-    Checkpoint, ClusterError, ClusterFinalizeOutcome, Coordinator, MemberRole,
+    ClusterError, ClusterFinalizeOutcome, Coordinator, FinalizationCheckpoint, MemberRole,
 };
 use layout_core::{
     ActionContext, ActionError, ActionRegistry, FileStorage, LayoutFeature, LayoutVersionManager,
@@ -268,7 +268,7 @@ pub fn rolling_upgrade_and_finalization(cluster: &mut MiniCluster) {
             &outcome,
             ClusterFinalizeOutcome::Finalized {
                 target: NEW,
-                checkpoint: Checkpoint::CoordinatorFinalized,
+                checkpoint: FinalizationCheckpoint::CoordinatorFinalized,
                 ..
             }
         ),
@@ -295,7 +295,10 @@ pub fn rolling_upgrade_and_finalization(cluster: &mut MiniCluster) {
     }
     let status = coordinator.status(KIND).unwrap();
     assert_eq!(status.cluster_layout_version, NEW);
-    assert_eq!(status.checkpoint(), Some(Checkpoint::CoordinatorFinalized));
+    assert_eq!(
+        status.checkpoint(),
+        Some(FinalizationCheckpoint::CoordinatorFinalized)
+    );
     assert_eq!(status.member(blocked).unwrap().metadata_layout_version, OLD);
 
     // Old binaries are refused now: a new member, and the killed one on the old release.

@@ -16,7 +16,7 @@ use layout_core::etcd::{EtcdConnection, EtcdOptions};
 #[cfg(feature = "etcd")]
 use layout_core::migration::EtcdDocumentStore;
 use layout_core::migration::{
-    CasOutcome, DocumentError, DocumentMigration, DocumentMigrator, DocumentStore,
+    DocumentCasOutcome, DocumentError, DocumentMigration, DocumentMigrator, DocumentStore,
     FileDocumentStore, Freshness, LoadOutcome,
 };
 use layout_testkit::crash::{report_step, ChildCommand, ChildProcess};
@@ -139,7 +139,10 @@ pub fn old_scheduler_child() {
     ));
     report_step(format!("watched {}", shared.is_watched()));
     let next = with_job(shared.document(), "old-1");
-    assert!(matches!(shared.save(next).unwrap(), CasOutcome::Stored(_)));
+    assert!(matches!(
+        shared.save(next).unwrap(),
+        DocumentCasOutcome::Stored(_)
+    ));
     report_step("saved old-1");
     let learned = shared.wait_for_change(BOUND).unwrap();
     match learned {
@@ -168,8 +171,8 @@ pub fn new_scheduler_child() {
     loop {
         let next = with_job(shared.document(), &role);
         match shared.save(next).unwrap() {
-            CasOutcome::Stored(_) => break,
-            CasOutcome::Conflict { .. } => shared.reload().unwrap(),
+            DocumentCasOutcome::Stored(_) => break,
+            DocumentCasOutcome::Conflict { .. } => shared.reload().unwrap(),
         }
     }
     report_step("saved");
@@ -184,7 +187,7 @@ pub fn run_two_releases(test: &str, shared: &Shared) {
         store
             .compare_and_swap(None, br#"{"jobs": ["seed"]}"#)
             .unwrap(),
-        CasOutcome::Stored(_)
+        DocumentCasOutcome::Stored(_)
     ));
     let spawn = |role: &str| -> ChildProcess {
         ChildCommand::new(test, role)

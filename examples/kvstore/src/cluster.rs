@@ -54,7 +54,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use layout_core::admin::http::{bearer_credentials, BearerToken};
 use layout_core::cluster::{
     BeyondSoftware, Blocker, ClusterError, ClusterFinalizeOutcome, ClusterStatus, ClusterStore,
     Coordinator, CoordinatorDriver, CoordinatorLink, CoordinatorOptions, CoordinatorServer,
@@ -62,6 +61,8 @@ use layout_core::cluster::{
     MemberFence, MemberRole, MemberStep, MovePhase, MoveReport, MovingStore, StoreError,
 };
 use layout_core::finalizer::{condition, FinalizeCondition};
+use layout_core::http::bearer_credentials;
+use layout_core::http::BearerToken;
 use layout_core::http::{ClientConfig, ClientTls, EndpointConfig, EndpointError, ServerTls};
 use layout_core::BoxError;
 use layout_core::{FinalizeRequest, LayoutFeature, LayoutVersionManager, UpgradeFinalizer};

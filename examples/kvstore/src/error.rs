@@ -4,11 +4,11 @@ use std::io;
 use std::path::PathBuf;
 
 use layout_core::action::RegistryError;
-use layout_core::admin::http::HttpError;
 use layout_core::binding::redb::RedbBindingError;
 use layout_core::binding::BindingError;
 use layout_core::cluster::{ClusterError, MemberError, Refusal};
 use layout_core::finalizer::PrefinalizeError;
+use layout_core::http::EndpointError;
 use layout_core::migration::MigrationError;
 use layout_core::prepare::WriteRejected;
 use layout_core::startup::StartupError;
@@ -123,7 +123,7 @@ pub enum KvError {
 
     /// The admin endpoint could not start.
     #[error("admin endpoint: {0}")]
-    Admin(Box<HttpError>),
+    Admin(Box<EndpointError>),
 
     /// The cluster coordinator or membership failed.
     #[error("cluster: {0}")]
@@ -175,7 +175,7 @@ pub enum KvError {
 
     /// The HTTP API's endpoint could not start (other than binding its address).
     #[error("HTTP API: {0}")]
-    HttpApi(Box<HttpError>),
+    HttpApi(Box<EndpointError>),
 
     /// The component start-up itself was misconfigured (a part missing from the
     /// `ComponentStartup`, a resume that failed).
@@ -317,8 +317,8 @@ impl From<PrefinalizeError<KvFeature>> for KvError {
     }
 }
 
-impl From<HttpError> for KvError {
-    fn from(e: HttpError) -> Self {
+impl From<EndpointError> for KvError {
+    fn from(e: EndpointError) -> Self {
         Self::Admin(Box::new(e))
     }
 }

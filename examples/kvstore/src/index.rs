@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use layout_core::migration::{
-    background::CheckedTransform, BatchCopy, BatchWrite, Checkpoint, MigrationError, MigrationSink,
+    BatchCopy, BatchWrite, CheckedTransform, MigrationCheckpoint, MigrationError, MigrationSink,
     MigrationSource, Row,
 };
 use redb::{ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -90,8 +90,8 @@ impl IndexStore {
         Ok(index_key(&value, &key_text))
     }
 
-    fn decode_checkpoint(&self, bytes: &[u8]) -> Result<Checkpoint, MigrationError> {
-        Checkpoint::from_bytes(bytes).map_err(self.err_json())
+    fn decode_checkpoint(&self, bytes: &[u8]) -> Result<MigrationCheckpoint, MigrationError> {
+        MigrationCheckpoint::from_bytes(bytes).map_err(self.err_json())
     }
 
     fn err_json(&self) -> impl FnOnce(serde_json::Error) -> MigrationError + '_ {
@@ -136,7 +136,7 @@ impl IndexStore {
     fn stored_checkpoint(
         &self,
         txn: &redb::WriteTransaction,
-    ) -> Result<Option<Checkpoint>, MigrationError> {
+    ) -> Result<Option<MigrationCheckpoint>, MigrationError> {
         let table = txn
             .open_table(CHECKPOINTS)
             .map_err(self.err("open checkpoints"))?;
@@ -165,7 +165,7 @@ impl IndexStore {
     fn store_checkpoint(
         &self,
         txn: &redb::WriteTransaction,
-        next: &Checkpoint,
+        next: &MigrationCheckpoint,
     ) -> Result<(), MigrationError> {
         let mut table = txn
             .open_table(CHECKPOINTS)
@@ -211,7 +211,7 @@ impl MigrationSink for IndexStore {
         format!("{} table kv_by_value", self.path.display())
     }
 
-    fn load_checkpoint(&self) -> Result<Option<Checkpoint>, MigrationError> {
+    fn load_checkpoint(&self) -> Result<Option<MigrationCheckpoint>, MigrationError> {
         let txn = self.db.begin_read().map_err(self.err("begin read"))?;
         let table = match txn.open_table(CHECKPOINTS) {
             Ok(t) => t,
@@ -228,9 +228,9 @@ impl MigrationSink for IndexStore {
 
     fn write_batch(
         &self,
-        expected: Option<&Checkpoint>,
+        expected: Option<&MigrationCheckpoint>,
         rows: &[Row],
-        next: &Checkpoint,
+        next: &MigrationCheckpoint,
     ) -> Result<BatchWrite, MigrationError> {
         let txn = self.db.begin_write().map_err(self.err("begin write"))?;
         let current = self.stored_checkpoint(&txn)?;
@@ -250,7 +250,7 @@ impl MigrationSink for IndexStore {
 
     fn copy_next_batch(
         &self,
-        expected: &Checkpoint,
+        expected: &MigrationCheckpoint,
         limit: usize,
         transform: Option<CheckedTransform<'_>>,
         now_ms: u64,

@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use layout_core::admin::http::{AdminServer, BearerToken, HttpConfig};
+use layout_core::admin::http::{AdminServer, HttpConfig};
 use layout_core::admin::AdminMetrics;
 use layout_core::admin::AdminService;
 use layout_core::finalizer::FinalizeHandle;
+use layout_core::http::BearerToken;
 use layout_core::http::{Registry, ServerTls};
 use layout_core::startup::{ComponentStartup, PrepareParts, StartedComponent};
 use layout_core::storage::VERSION_FILE_NAME;

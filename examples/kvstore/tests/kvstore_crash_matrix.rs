@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 
 use kvstore::{KvClient, KvFeature, KvStore};
 use layout_core::finalizer::FAILPOINTS;
-use layout_core::migration::background::CRASH_BATCH_COMMITTED;
+use layout_core::migration::CRASH_BATCH_COMMITTED;
 use layout_core::LayoutFeature;
 use layout_testkit::{
     run_as_child_node, test_name, ClusterNode, CrashMatrix, CrashMatrixReport, HookResult, Kind,

@@ -1,74 +1,4 @@
 //! How members reach the coordinator.
-//!
-//! The protocol is transport-free: [`Coordinator::register`] and
-//! [`Coordinator::heartbeat`] are plain method calls taking and returning serde types.
-//! [`CoordinatorLink`] is what a [`Member`](crate::cluster::Member) talks to; two wirings
-//! are provided:
-//!
-//! - **in process**: a [`Coordinator`] (or an `Arc` of one) *is* a link; members in the
-//!   same process (an in-process mini cluster, the example service's threads) call it
-//!   directly, with no serialization and no channel to drain;
-//! - **between processes** (feature `http`): the coordinator serves the member link on
-//!   the shared HTTP stack (`layout_core::http`) and `HttpLink` is the member's end.
-//!   `CoordinatorServer` is an endpoint of its own serving it; `member_link_routes` are
-//!   the same routes, for a node that merges them into another endpoint.
-//!
-//! # The member link on the wire
-//!
-//! | request | answer |
-//! |---|---|
-//! | `POST /v1/cluster/register`, a JSON [`MemberReport`] | 200 and a JSON [`CoordinatorAnswer`], or a JSON [`HeartbeatError`] |
-//! | `POST /v1/cluster/heartbeat`, a JSON [`MemberReport`] | the same |
-//! | `GET /metrics` (`CoordinatorServer` only) | Prometheus text: `ClusterMetrics` |
-//!
-//! Every request needs `Authorization: Bearer <cluster token>`: a `BearerToken` of the
-//! cluster, distinct from any admin token, compared in constant time before any handler
-//! runs. The statuses of a [`HeartbeatError`]:
-//!
-//! | status | error |
-//! |---|---|
-//! | 401 | [`HeartbeatError::Unauthorized`]: no cluster token, or the wrong one |
-//! | 409 | [`HeartbeatError::Refused`]: the coordinator refused the member ([`Refusal`](crate::cluster::Refusal)) |
-//! | 400, 404, 405, 413 | [`HeartbeatError::BadRequest`]: a body that is not a member report, too large, an unknown path; nothing changed |
-//! | 503, 408, 500 | [`HeartbeatError::Unavailable`]: the coordinator could not decide (its store failed, it is busy); retry |
-//!
-//! The link leaves loopback only with TLS: `CoordinatorServer::start` refuses a
-//! non-loopback address without a certificate
-//! (`EndpointError::PlaintextBeyondLoopback`).
-//!
-//! ```
-//! # #[cfg(feature = "http")] {
-//! use std::sync::Arc;
-//! use std::time::Duration;
-//! use layout_core::cluster::{
-//!     Coordinator, CoordinatorLink, CoordinatorOptions, CoordinatorServer, EmbeddedStore,
-//!     HeartbeatError, HttpLink, MemberReport,
-//! };
-//! use layout_core::http::{BearerToken, ClientConfig};
-//!
-//! let coordinator = Arc::new(Coordinator::open(
-//!     Arc::new(EmbeddedStore::in_memory()),
-//!     CoordinatorOptions::default(),
-//! )?);
-//! let token = BearerToken::new("cluster-token-0123456789")?;
-//! let server = CoordinatorServer::bind_loopback(Arc::clone(&coordinator), 0, token.clone())?;
-//!
-//! let link = HttpLink::new(&server.url(), token, ClientConfig::new(Duration::from_secs(10)))?;
-//! let answer = link.register(&MemberReport::new("datanode", "dn1", 2, 1))?;
-//! assert_eq!(answer.cluster_layout_version, 1);
-//!
-//! // Another token is refused before the coordinator sees the report.
-//! let intruder = HttpLink::new(
-//!     &server.url(),
-//!     BearerToken::new("not-the-cluster-token")?,
-//!     ClientConfig::new(Duration::from_secs(10)),
-//! )?;
-//! let refused = intruder.register(&MemberReport::new("datanode", "evil", 2, 1)).unwrap_err();
-//! assert!(matches!(refused, HeartbeatError::Unauthorized { .. }));
-//! assert!(coordinator.status("datanode")?.member("evil").is_none());
-//! # }
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
 
 use std::sync::Arc;
 
@@ -83,6 +13,80 @@ pub use self::http_link::{
 
 /// A member's way to the coordinator. Synchronous: the member's thread waits for the
 /// answer.
+///
+/// # Overview
+///
+/// How members reach the coordinator.
+///
+/// The protocol is transport-free: [`Coordinator::register`] and
+/// [`Coordinator::heartbeat`] are plain method calls taking and returning serde types.
+/// [`CoordinatorLink`] is what a [`Member`](crate::cluster::Member) talks to; two wirings
+/// are provided:
+///
+/// - **in process**: a [`Coordinator`] (or an `Arc` of one) *is* a link; members in the
+///   same process (an in-process mini cluster, the example service's threads) call it
+///   directly, with no serialization and no channel to drain;
+/// - **between processes** (feature `http`): the coordinator serves the member link on
+///   the shared HTTP stack (`layout_core::http`) and `HttpLink` is the member's end.
+///   `CoordinatorServer` is an endpoint of its own serving it; `member_link_routes` are
+///   the same routes, for a node that merges them into another endpoint.
+///
+/// ## The member link on the wire
+///
+/// | request | answer |
+/// |---|---|
+/// | `POST /v1/cluster/register`, a JSON [`MemberReport`] | 200 and a JSON [`CoordinatorAnswer`], or a JSON [`HeartbeatError`] |
+/// | `POST /v1/cluster/heartbeat`, a JSON [`MemberReport`] | the same |
+/// | `GET /metrics` (`CoordinatorServer` only) | Prometheus text: `ClusterMetrics` |
+///
+/// Every request needs `Authorization: Bearer <cluster token>`: a `BearerToken` of the
+/// cluster, distinct from any admin token, compared in constant time before any handler
+/// runs. The statuses of a [`HeartbeatError`]:
+///
+/// | status | error |
+/// |---|---|
+/// | 401 | [`HeartbeatError::Unauthorized`]: no cluster token, or the wrong one |
+/// | 409 | [`HeartbeatError::Refused`]: the coordinator refused the member ([`Refusal`](crate::cluster::Refusal)) |
+/// | 400, 404, 405, 413 | [`HeartbeatError::BadRequest`]: a body that is not a member report, too large, an unknown path; nothing changed |
+/// | 503, 408, 500 | [`HeartbeatError::Unavailable`]: the coordinator could not decide (its store failed, it is busy); retry |
+///
+/// The link leaves loopback only with TLS: `CoordinatorServer::start` refuses a
+/// non-loopback address without a certificate
+/// (`EndpointError::PlaintextBeyondLoopback`).
+///
+/// ```
+/// # #[cfg(feature = "http")] {
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use layout_core::cluster::{
+///     Coordinator, CoordinatorLink, CoordinatorOptions, CoordinatorServer, EmbeddedStore,
+///     HeartbeatError, HttpLink, MemberReport,
+/// };
+/// use layout_core::http::{BearerToken, ClientConfig};
+///
+/// let coordinator = Arc::new(Coordinator::open(
+///     Arc::new(EmbeddedStore::in_memory()),
+///     CoordinatorOptions::default(),
+/// )?);
+/// let token = BearerToken::new("cluster-token-0123456789")?;
+/// let server = CoordinatorServer::bind_loopback(Arc::clone(&coordinator), 0, token.clone())?;
+///
+/// let link = HttpLink::new(&server.url(), token, ClientConfig::new(Duration::from_secs(10)))?;
+/// let answer = link.register(&MemberReport::new("datanode", "dn1", 2, 1))?;
+/// assert_eq!(answer.cluster_layout_version, 1);
+///
+/// // Another token is refused before the coordinator sees the report.
+/// let intruder = HttpLink::new(
+///     &server.url(),
+///     BearerToken::new("not-the-cluster-token")?,
+///     ClientConfig::new(Duration::from_secs(10)),
+/// )?;
+/// let refused = intruder.register(&MemberReport::new("datanode", "evil", 2, 1)).unwrap_err();
+/// assert!(matches!(refused, HeartbeatError::Unauthorized { .. }));
+/// assert!(coordinator.status("datanode")?.member("evil").is_none());
+/// # }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait CoordinatorLink: Send + Sync {
     /// Registers the member (at start-up).
     fn register(&self, report: &MemberReport) -> Result<CoordinatorAnswer, HeartbeatError>;

@@ -1,8 +1,4 @@
-//! The layout of one component as the cluster layer sees it: [`LocalLayout`], what the
-//! coordinator finalizes first and a member finalizes when told to, with its
-//! implementations for a [`LayoutVersionManager`] and an [`UpgradeFinalizer`]
-//! ([`FinalizerLayout`]). The coordinator and the member both depend on it; it depends on
-//! neither.
+//! The layout of one component as the cluster layer sees it: [`LocalLayout`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,6 +14,14 @@ use crate::manager::LayoutVersionManager;
 ///
 /// Implemented for [`FinalizerLayout`] (an [`UpgradeFinalizer`] and its component: the
 /// actions run) and for a bare [`LayoutVersionManager`] (no actions).
+///
+/// # Overview
+///
+/// The layout of one component as the cluster layer sees it: [`LocalLayout`], what the
+/// coordinator finalizes first and a member finalizes when told to, with its
+/// implementations for a [`LayoutVersionManager`] and an [`UpgradeFinalizer`]
+/// ([`FinalizerLayout`]). The coordinator and the member both depend on it; it depends on
+/// neither.
 pub trait LocalLayout: Send + Sync {
     /// The software layout version.
     fn software_layout_version(&self) -> u32;

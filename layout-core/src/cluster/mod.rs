@@ -13,7 +13,7 @@
 //! heartbeats on the shared HTTP stack (`layout_core::http`) behind a cluster token, on
 //! loopback unless TLS is configured (`CoordinatorServer`), and `HttpLink` is the
 //! member's end. `ClusterMetrics` exports the coordinator's view to Prometheus. See
-//! [`link`].
+//! `link`.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -45,25 +45,25 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | [`protocol`] | [`MemberReport`], [`CoordinatorAnswer`], [`Instruction`], [`Refusal`], [`HeartbeatError`] |
-//! | [`state`] | what a store keeps per component kind, as separate records: [`KindRecord`] (cluster version, [`Checkpoint`]s, fencing token), [`MemberRecord`]s (with exclusions, incarnations), audit entries; [`KindState`] is all of it at once |
-//! | [`coordinator`] | [`Coordinator`]: registration, heartbeats, finalization, exclusion, status |
-//! | [`member`] | [`Member`] (its [`MemberFence`], its background finalization) and [`LocalLayout`] (a component's own layout) |
-//! | [`link`] | [`CoordinatorLink`]: in process, or over HTTP (feature `http`): `CoordinatorServer` serves the member link behind a cluster token, `HttpLink` is the member's end |
+//! | `protocol` | [`MemberReport`], [`CoordinatorAnswer`], [`Instruction`], [`Refusal`], [`HeartbeatError`] |
+//! | `state` | what a store keeps per component kind, as separate records: [`KindRecord`] (cluster version, [`FinalizationCheckpoint`]s, fencing token), [`MemberRecord`]s (with exclusions, incarnations), audit entries; [`KindState`] is all of it at once |
+//! | `coordinator` | [`Coordinator`]: registration, heartbeats, finalization, exclusion, status |
+//! | `member` | [`Member`] (its [`MemberFence`], its background finalization) and [`LocalLayout`] (a component's own layout) |
+//! | `link` | [`CoordinatorLink`]: in process, or over HTTP (feature `http`): `CoordinatorServer` serves the member link behind a cluster token, `HttpLink` is the member's end |
 //! | `metrics` | `ClusterMetrics` (feature `http`): `layout_cluster_members{kind,state}`, `layout_cluster_layout_version{kind}` for Prometheus |
-//! | [`store`] | [`ClusterStore`], [`EmbeddedStore`], `EtcdStore` (feature `etcd`, on an `etcd::EtcdConnection`), [`MovingStore`] |
+//! | `store` | [`ClusterStore`], [`EmbeddedStore`], `EtcdStore` (feature `etcd`, on an `etcd::EtcdConnection`), [`MovingStore`] |
 //!
 //! See `docs/cluster-upgrade.md` for the operator's runbook.
 
-pub mod coordinator;
-pub mod link;
-pub mod local;
-pub mod member;
+mod coordinator;
+mod link;
+mod local;
+mod member;
 #[cfg(feature = "http")]
-pub mod metrics;
-pub mod protocol;
-pub mod state;
-pub mod store;
+mod metrics;
+mod protocol;
+mod state;
+mod store;
 
 pub use coordinator::{
     Blocker, ClusterError, ClusterFinalizeOutcome, ClusterStatus, Coordinator, CoordinatorDriver,
@@ -85,12 +85,13 @@ pub use protocol::{
     PROTOCOL_VERSION,
 };
 pub use state::{
-    AuditEntry, Checkpoint, ClusterFinalization, Exclusion, KindRecord, KindState, MemberRecord,
-    MemberRole, MoveRecord, MoveRole, MoveStage, AUDIT_RETENTION, CLUSTER_STATE_FORMAT,
+    AuditEntry, ClusterFinalization, Exclusion, FinalizationCheckpoint, KindRecord, KindState,
+    MemberRecord, MemberRole, MoveRecord, MoveRole, MoveStage, AUDIT_RETENTION,
+    CLUSTER_STATE_FORMAT,
 };
 #[cfg(feature = "etcd")]
 pub use store::EtcdStore;
 pub use store::{
-    CasOutcome, ClusterStore, EmbeddedStore, FinalizerClaim, MovePhase, MoveReport, MoveStatus,
-    MovingStore, StoreError, Versioned, DEFAULT_MIRROR_CAPACITY, MOVE_STEPS,
+    ClusterStore, EmbeddedStore, FinalizerClaim, MovePhase, MoveReport, MoveStatus, MovingStore,
+    StoreCasOutcome, StoreError, Versioned, DEFAULT_MIRROR_CAPACITY, MOVE_STEPS,
 };

@@ -1,14 +1,8 @@
 //! What members and the coordinator say to each other: plain serde types, no transport.
-//!
-//! A member sends a [`MemberReport`] (its component kind, id, SLV and MLV) to
-//! [`register`](crate::cluster::CoordinatorLink::register) when it starts and to
-//! [`heartbeat`](crate::cluster::CoordinatorLink::heartbeat) periodically. The coordinator
-//! answers with a [`CoordinatorAnswer`] (the cluster's finalized version for that kind and
-//! an [`Instruction`], if any) or refuses with a [`Refusal`].
 
 use serde::{Deserialize, Serialize};
 
-use super::state::Checkpoint;
+use super::state::FinalizationCheckpoint;
 
 /// The version of this protocol; sent in every answer. A member that sees a newer one
 /// keeps working (fields are only ever added).
@@ -16,6 +10,16 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// What a member tells the coordinator about itself, at registration and in every
 /// heartbeat.
+///
+/// # Overview
+///
+/// What members and the coordinator say to each other: plain serde types, no transport.
+///
+/// A member sends a [`MemberReport`] (its component kind, id, SLV and MLV) to
+/// [`register`](crate::cluster::CoordinatorLink::register) when it starts and to
+/// [`heartbeat`](crate::cluster::CoordinatorLink::heartbeat) periodically. The coordinator
+/// answers with a [`CoordinatorAnswer`] (the cluster's finalized version for that kind and
+/// an [`Instruction`], if any) or refuses with a [`Refusal`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct MemberReport {
     /// The component kind (`datanode`, `scm`, `om`): cluster state is kept per kind.
@@ -96,7 +100,7 @@ pub struct FinalizationProgress {
     /// The version being finalized to.
     pub target: u32,
     /// Where it stands.
-    pub checkpoint: Checkpoint,
+    pub checkpoint: FinalizationCheckpoint,
 }
 
 /// Why the coordinator refused a member. Every variant names the member and the

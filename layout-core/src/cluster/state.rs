@@ -1,16 +1,4 @@
-//! The cluster state of one component kind, as kept in a
-//! [`ClusterStore`](crate::cluster::ClusterStore), in separate records so that no change
-//! rewrites more than it changes:
-//!
-//! - one small [`KindRecord`]: the cluster's finalized version, the finalization in
-//!   progress and its checkpoint, the finalizer's fencing token, the move mark;
-//! - one [`MemberRecord`] per member (with its exclusion);
-//! - the audit trail, one [`AuditEntry`] per record, append-only and bounded
-//!   ([`AUDIT_RETENTION`]).
-//!
-//! [`KindState`] is all of it at once: a snapshot for status and store moves, and the
-//! document the first release stored whole (format 1), migrated forward on open with
-//! [`upgrade_kind_document`].
+//! The cluster state of one component kind, as kept in a cluster store.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -28,7 +16,7 @@ pub const AUDIT_RETENTION: usize = 1_000;
 /// How far a cluster finalization has come. Each checkpoint is stored (one transaction)
 /// before the next step starts, so a coordinator that restarts resumes from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Checkpoint {
+pub enum FinalizationCheckpoint {
     /// Every member could follow; the target is fenced (members below it are refused);
     /// the coordinator is finalizing its own layout.
     Started,
@@ -41,7 +29,7 @@ pub enum Checkpoint {
     Complete,
 }
 
-impl fmt::Display for Checkpoint {
+impl fmt::Display for FinalizationCheckpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Started => "started",
@@ -58,14 +46,14 @@ pub struct ClusterFinalization {
     /// The version being finalized to.
     pub target: u32,
     /// Where it stands.
-    pub checkpoint: Checkpoint,
+    pub checkpoint: FinalizationCheckpoint,
     /// The client (operator, tool) that asked for it.
     pub client_id: String,
     /// The coordinator that started it.
     pub coordinator_id: String,
     /// When it started (ms since the Unix epoch).
     pub started_at_ms: u64,
-    /// When it completed, once [`Checkpoint::Complete`].
+    /// When it completed, once [`FinalizationCheckpoint::Complete`].
     pub completed_at_ms: Option<u64>,
 }
 
@@ -152,6 +140,21 @@ pub struct AuditEntry {
 
 /// The small, versioned record of one component kind: everything but the members and
 /// the audit trail. Every checkpoint of a finalization is one compare-and-swap of it.
+///
+/// # Overview
+///
+/// The cluster state of one component kind, as kept in a
+/// [`ClusterStore`](crate::cluster::ClusterStore), in separate records so that no change
+/// rewrites more than it changes:
+///
+/// - one small [`KindRecord`]: the cluster's finalized version, the finalization in
+///   progress and its checkpoint, the finalizer's fencing token, the move mark;
+/// - one [`MemberRecord`] per member (with its exclusion);
+/// - the audit trail, one [`AuditEntry`] per record, append-only and bounded
+///   ([`AUDIT_RETENTION`]).
+///
+/// [`KindState`] is all of it at once: a snapshot for status and store moves, and the
+/// document the first release stored whole (format 1), migrated forward on open.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KindRecord {
     /// [`CLUSTER_STATE_FORMAT`] of the release that wrote it.
@@ -194,7 +197,7 @@ impl KindRecord {
     pub fn finalization_in_progress(&self) -> Option<&ClusterFinalization> {
         self.finalization
             .as_ref()
-            .filter(|f| f.checkpoint != Checkpoint::Complete)
+            .filter(|f| f.checkpoint != FinalizationCheckpoint::Complete)
     }
 }
 
@@ -271,7 +274,7 @@ impl KindState {
     pub fn finalization_in_progress(&self) -> Option<&ClusterFinalization> {
         self.finalization
             .as_ref()
-            .filter(|f| f.checkpoint != Checkpoint::Complete)
+            .filter(|f| f.checkpoint != FinalizationCheckpoint::Complete)
     }
 
     /// Members that are not excluded.
@@ -287,7 +290,7 @@ impl KindState {
 /// members become [`MemberRole::Member`] with no incarnation, the claim generation
 /// starts at 0, and the audit trail keeps its newest [`AUDIT_RETENTION`] entries. A
 /// newer format is refused (the error names both).
-pub fn upgrade_kind_document(document: serde_json::Value) -> Result<KindState, String> {
+pub(crate) fn upgrade_kind_document(document: serde_json::Value) -> Result<KindState, String> {
     let migrator = crate::migration::DocumentMigrator::builder("cluster kind state")
         .version_field("format")
         .base_version(1)

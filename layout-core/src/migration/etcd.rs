@@ -5,8 +5,8 @@ use std::sync::Arc;
 use etcd_client::{Compare, CompareOp, EventType, Txn, TxnOp, TxnOpResponse, WatchOptions};
 
 use super::{
-    CasOutcome as DocumentCas, DocumentChange, DocumentStore, DocumentStoreError, DocumentWatch,
-    Revision, StoredDocument, WatchCallback, WatchEvent,
+    DocumentCasOutcome as DocumentCas, DocumentChange, DocumentStore, DocumentStoreError,
+    DocumentWatch, Revision, StoredDocument, WatchCallback, WatchEvent,
 };
 use crate::etcd::{revision_of, revision_to_etcd, EtcdConnection, EtcdError};
 

@@ -7,7 +7,7 @@ use std::ops::Bound;
 use parking_lot::Mutex;
 
 use super::background::{
-    BatchWrite, Checkpoint, MigrationError, MigrationSink, MigrationSource, Row,
+    BatchWrite, MigrationCheckpoint, MigrationError, MigrationSink, MigrationSource, Row,
 };
 use super::table::{ClearTables, KeyView, LiveWrite, MigratingStore, NewEntry, ScanView};
 
@@ -33,7 +33,7 @@ struct Inner {
     old: Table,
     new: Table,
     tombstones: BTreeSet<Vec<u8>>,
-    checkpoint: Option<Checkpoint>,
+    checkpoint: Option<MigrationCheckpoint>,
     batch_writes: u64,
 }
 
@@ -139,7 +139,7 @@ impl MemoryMigrationStore {
     }
 
     /// The stored checkpoint.
-    pub fn checkpoint(&self) -> Option<Checkpoint> {
+    pub fn checkpoint(&self) -> Option<MigrationCheckpoint> {
         self.inner.lock().checkpoint.clone()
     }
 
@@ -175,15 +175,15 @@ impl MigrationSink for MemoryMigrationStore {
         "memory".to_owned()
     }
 
-    fn load_checkpoint(&self) -> Result<Option<Checkpoint>, MigrationError> {
+    fn load_checkpoint(&self) -> Result<Option<MigrationCheckpoint>, MigrationError> {
         Ok(self.inner.lock().checkpoint.clone())
     }
 
     fn write_batch(
         &self,
-        expected: Option<&Checkpoint>,
+        expected: Option<&MigrationCheckpoint>,
         rows: &[Row],
-        next: &Checkpoint,
+        next: &MigrationCheckpoint,
     ) -> Result<BatchWrite, MigrationError> {
         let mut inner = self.inner.lock();
         if inner.checkpoint.as_ref() != expected {

@@ -1,10 +1,4 @@
 //! A [`MigratingStore`] on [redb](https://docs.rs/redb) (cargo feature `redb`).
-//!
-//! The old and the new table live in one redb database, keyed by bytes, each value a
-//! `(modified_ms, value bytes)` pair. The tombstones sit in a table of their own
-//! (`<new table>.tombstones`) and the checkpoint in `layout_core.migrations`, keyed by the
-//! migration's name. A batch and its checkpoint are one write transaction, so a crash
-//! redoes at most the batch that was not committed.
 
 use std::ops::Bound;
 use std::sync::Arc;
@@ -12,7 +6,7 @@ use std::sync::Arc;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::background::{
-    BatchCopy, BatchWrite, CheckedTransform, Checkpoint, MigrationError, MigrationSink,
+    BatchCopy, BatchWrite, CheckedTransform, MigrationCheckpoint, MigrationError, MigrationSink,
     MigrationSource, Row,
 };
 use super::table::{ClearTables, KeyView, LiveWrite, MigratingStore, NewEntry, ScanView};
@@ -24,7 +18,7 @@ const CHECKPOINTS: TableDefinition<'static, &str, &[u8]> =
 type RowDef<'a> = TableDefinition<'a, &'static [u8], (u64, &'static [u8])>;
 type TombDef<'a> = TableDefinition<'a, &'static [u8], ()>;
 
-/// Old and new table of one migration in a redb database; see the [module docs](self).
+/// Old and new table of one migration in a redb database; see the overview below.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -41,6 +35,16 @@ type TombDef<'a> = TableDefinition<'a, &'static [u8], ()>;
 /// assert_eq!(store.new_rows()?, store.old_rows()?);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+///
+/// # Overview
+///
+/// A [`MigratingStore`] on [redb](https://docs.rs/redb) (cargo feature `redb`).
+///
+/// The old and the new table live in one redb database, keyed by bytes, each value a
+/// `(modified_ms, value bytes)` pair. The tombstones sit in a table of their own
+/// (`<new table>.tombstones`) and the checkpoint in `layout_core.migrations`, keyed by the
+/// migration's name. A batch and its checkpoint are one write transaction, so a crash
+/// redoes at most the batch that was not committed.
 #[derive(Debug, Clone)]
 pub struct RedbMigrationStore {
     db: Arc<Database>,
@@ -107,8 +111,8 @@ impl RedbMigrationStore {
         move |e| MigrationError::store(self.location(), operation, e.into())
     }
 
-    fn decode(&self, bytes: &[u8]) -> Result<Checkpoint, MigrationError> {
-        Checkpoint::from_bytes(bytes).map_err(|e| MigrationError::DamagedCheckpoint {
+    fn decode(&self, bytes: &[u8]) -> Result<MigrationCheckpoint, MigrationError> {
+        MigrationCheckpoint::from_bytes(bytes).map_err(|e| MigrationError::DamagedCheckpoint {
             migration: self.migration.clone(),
             location: format!("{} (table layout_core.migrations)", self.location()),
             reason: e.to_string(),
@@ -120,7 +124,7 @@ impl RedbMigrationStore {
     fn checkpoint_in(
         &self,
         table: &impl ReadableTable<&'static str, &'static [u8]>,
-    ) -> Result<Option<Checkpoint>, MigrationError> {
+    ) -> Result<Option<MigrationCheckpoint>, MigrationError> {
         table
             .get(self.migration.as_str())
             .map_err(self.err("read checkpoint"))?
@@ -368,7 +372,7 @@ impl MigrationSink for RedbMigrationStore {
         self.location()
     }
 
-    fn load_checkpoint(&self) -> Result<Option<Checkpoint>, MigrationError> {
+    fn load_checkpoint(&self) -> Result<Option<MigrationCheckpoint>, MigrationError> {
         let txn = self.db.begin_read().map_err(self.err("begin read"))?;
         match existing(txn.open_table(CHECKPOINTS)).map_err(self.err("open checkpoints"))? {
             Some(table) => self.checkpoint_in(&table),
@@ -378,9 +382,9 @@ impl MigrationSink for RedbMigrationStore {
 
     fn write_batch(
         &self,
-        expected: Option<&Checkpoint>,
+        expected: Option<&MigrationCheckpoint>,
         rows: &[Row],
-        next: &Checkpoint,
+        next: &MigrationCheckpoint,
     ) -> Result<BatchWrite, MigrationError> {
         let txn = self.db.begin_write().map_err(self.err("begin write"))?;
         let written = {
@@ -440,7 +444,7 @@ impl MigrationSink for RedbMigrationStore {
 
     fn copy_next_batch(
         &self,
-        expected: &Checkpoint,
+        expected: &MigrationCheckpoint,
         limit: usize,
         transform: Option<CheckedTransform<'_>>,
         now_ms: u64,

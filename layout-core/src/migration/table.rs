@@ -1,30 +1,10 @@
-//! A table that keeps serving while a background migration rewrites it: the contract
-//! for requests during a migration.
-//!
-//! [`MigratingTable`] sits over a [`MigratingStore`] (the old table, the new table, the
-//! tombstones and the checkpoint of one [`BackgroundMigration`]) and speaks the *new*
-//! row format throughout:
-//!
-//! | request | before the migration | while it runs | after the feature is finalized |
-//! |---|---|---|---|
-//! | read a new or migrated key | old row, transformed | the new table | the new table |
-//! | read a key not yet migrated | old row, transformed | the old row, transformed ([`NotMigratedPolicy::ServeFromOld`]), or [`TableError::NotYetMigrated`], retryable ([`NotMigratedPolicy::RetryableError`]) | - |
-//! | add, update | old table (backported) | both tables, in one atomic step | the new table |
-//! | delete | old table | both, leaving a tombstone so the copier never brings the row back | the new table |
-//! | delete everything | old table | both, and the migration is complete (nothing is left to copy) | the new table |
-//! | search | old rows | new and migrated rows, plus not-yet-migrated ones under `ServeFromOld`; [`SearchResult::partial`] says when rows may be missing | the new table |
-//!
-//! No write is lost and no deleted or updated row comes back with its old value: see
-//! [`background`](super::background#why-concurrent-writes-never-go-stale).
-//!
-//! [`MigratingTable::update`] is atomic against every other writer of its key, the
-//! copier included: a compare-and-swap loop over [`MigratingStore::apply_if_unchanged`].
+//! A table that keeps serving while a background migration rewrites it.
 
 use std::fmt;
 use std::sync::Arc;
 
 use super::background::{
-    printable, BackgroundMigration, Checkpoint, DualWrite, MigrationError, MigrationSink,
+    printable, BackgroundMigration, DualWrite, MigrationCheckpoint, MigrationError, MigrationSink,
     MigrationSource, Row, RowTransform, WriteScope, WriteTarget,
 };
 use crate::error::StepError;
@@ -50,7 +30,7 @@ pub struct KeyView {
     /// The new table's entry.
     pub new: NewEntry,
     /// The migration's checkpoint.
-    pub checkpoint: Option<Checkpoint>,
+    pub checkpoint: Option<MigrationCheckpoint>,
 }
 
 /// A consistent view of a key prefix in both tables, from [`MigratingStore::scan`].
@@ -63,7 +43,7 @@ pub struct ScanView {
     /// The tombstones with the prefix, ascending.
     pub tombstones: Vec<Vec<u8>>,
     /// The migration's checkpoint.
-    pub checkpoint: Option<Checkpoint>,
+    pub checkpoint: Option<MigrationCheckpoint>,
 }
 
 /// A write of the component, as routed to the layouts.
@@ -227,7 +207,7 @@ pub struct SearchResult {
 }
 
 /// A table that serves adds, updates, deletes, reads and searches while a
-/// [`BackgroundMigration`] rewrites it; see the [module docs](self).
+/// [`BackgroundMigration`] rewrites it; see the overview below.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -258,6 +238,30 @@ pub struct SearchResult {
 /// assert_eq!(table.search(b"")?.rows.len(), 3);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+///
+/// # Overview
+///
+/// A table that keeps serving while a background migration rewrites it: the contract
+/// for requests during a migration.
+///
+/// [`MigratingTable`] sits over a [`MigratingStore`] (the old table, the new table, the
+/// tombstones and the checkpoint of one [`BackgroundMigration`]) and speaks the *new*
+/// row format throughout:
+///
+/// | request | before the migration | while it runs | after the feature is finalized |
+/// |---|---|---|---|
+/// | read a new or migrated key | old row, transformed | the new table | the new table |
+/// | read a key not yet migrated | old row, transformed | the old row, transformed ([`NotMigratedPolicy::ServeFromOld`]), or [`TableError::NotYetMigrated`], retryable ([`NotMigratedPolicy::RetryableError`]) | - |
+/// | add, update | old table (backported) | both tables, in one atomic step | the new table |
+/// | delete | old table | both, leaving a tombstone so the copier never brings the row back | the new table |
+/// | delete everything | old table | both, and the migration is complete (nothing is left to copy) | the new table |
+/// | search | old rows | new and migrated rows, plus not-yet-migrated ones under `ServeFromOld`; [`SearchResult::partial`] says when rows may be missing | the new table |
+///
+/// No write is lost and no deleted or updated row comes back with its old value: see
+/// the overview of [`BackgroundMigration`](super::BackgroundMigration).
+///
+/// [`MigratingTable::update`] is atomic against every other writer of its key, the
+/// copier included: a compare-and-swap loop over [`MigratingStore::apply_if_unchanged`].
 pub struct MigratingTable<F: LayoutFeature> {
     store: Arc<dyn MigratingStore>,
     routing: DualWrite<F>,

@@ -521,7 +521,8 @@ fn shutdown_stops_the_endpoint() {
 
 #[test]
 fn the_token_and_endpoint_are_checked() {
-    use layout_core::admin::http::{BearerToken, HttpConfig};
+    use layout_core::admin::http::HttpConfig;
+    use layout_core::http::BearerToken;
     assert!(HttpConfig::new("short").is_err());
     assert!(HttpConfig::new("sixteen chars no").is_err(), "spaces");
     assert!(format!("{:?}", BearerToken::new(TOKEN).unwrap()).contains("redacted"));

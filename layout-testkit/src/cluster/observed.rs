@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use layout_core::cluster::{
-    AuditEntry, CasOutcome, ClusterStore, FinalizerClaim, KindRecord, KindState, MemberRecord,
-    MoveRecord, StoreError, Versioned,
+    AuditEntry, ClusterStore, FinalizerClaim, KindRecord, KindState, MemberRecord, MoveRecord,
+    StoreCasOutcome, StoreError, Versioned,
 };
 use parking_lot::Mutex;
 
@@ -165,7 +165,7 @@ impl<S: ClusterStore> ClusterStore for ObservedStore<S> {
         kind: &str,
         expected: Option<u64>,
         record: &KindRecord,
-    ) -> Result<CasOutcome, StoreError> {
+    ) -> Result<StoreCasOutcome, StoreError> {
         self.check_up("swap a kind")?;
         self.wait_if_stalled();
         count(&self.kind_writes);
@@ -192,7 +192,7 @@ impl<S: ClusterStore> ClusterStore for ObservedStore<S> {
         expected: Option<u64>,
         kind_revision: u64,
         record: &MemberRecord,
-    ) -> Result<CasOutcome, StoreError> {
+    ) -> Result<StoreCasOutcome, StoreError> {
         self.check_up("swap a member")?;
         self.wait_if_stalled();
         let bytes =
@@ -248,7 +248,7 @@ impl<S: ClusterStore> ClusterStore for ObservedStore<S> {
         &self,
         expected: Option<u64>,
         record: &MoveRecord,
-    ) -> Result<CasOutcome, StoreError> {
+    ) -> Result<StoreCasOutcome, StoreError> {
         self.check_up("swap the move record")?;
         self.wait_if_stalled();
         count(&self.kind_writes);

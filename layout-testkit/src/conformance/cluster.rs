@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use layout_core::cluster::{
-    AuditEntry, CasOutcome, ClusterStore, Exclusion, FinalizerClaim, KindRecord, KindState,
-    MemberRecord, MemberRole, MoveRecord, MoveRole, MoveStage, StoreError, AUDIT_RETENTION,
+    AuditEntry, ClusterStore, Exclusion, FinalizerClaim, KindRecord, KindState, MemberRecord,
+    MemberRole, MoveRecord, MoveRole, MoveStage, StoreCasOutcome, StoreError, AUDIT_RETENTION,
     CLUSTER_STATE_FORMAT,
 };
 
@@ -142,10 +142,10 @@ fn audit_entry(detail: &str) -> AuditEntry {
 }
 
 #[allow(clippy::needless_pass_by_value)] // called with what a swap returns
-fn swapped(outcome: CasOutcome) -> u64 {
+fn swapped(outcome: StoreCasOutcome) -> u64 {
     match outcome {
-        CasOutcome::Swapped { revision } => revision,
-        CasOutcome::Conflict => panic!("expected the swap to be stored, it conflicted"),
+        StoreCasOutcome::Swapped { revision } => revision,
+        StoreCasOutcome::Conflict => panic!("expected the swap to be stored, it conflicted"),
     }
 }
 
@@ -178,7 +178,7 @@ fn kind_is_created_only_if_absent(store: &dyn ClusterStore) {
     other.cluster_layout_version = 4;
     assert_eq!(
         store.swap_kind(KIND, None, &other).unwrap(),
-        CasOutcome::Conflict
+        StoreCasOutcome::Conflict
     );
     let loaded = store.load_kind(KIND).unwrap().unwrap();
     assert_eq!((loaded.revision, loaded.value), (revision, record));
@@ -197,7 +197,7 @@ fn kind_swap_with_a_stale_revision_conflicts_and_changes_nothing(store: &dyn Clu
         store
             .swap_kind(KIND, Some(1), &KindRecord::new(KIND, 1))
             .unwrap(),
-        CasOutcome::Conflict,
+        StoreCasOutcome::Conflict,
         "a swap expecting a revision of an absent kind"
     );
     assert_eq!(store.load_kind(KIND).unwrap(), None);
@@ -211,7 +211,7 @@ fn kind_swap_with_a_stale_revision_conflicts_and_changes_nothing(store: &dyn Clu
         store
             .swap_kind(KIND, Some(first), &KindRecord::new(KIND, 9))
             .unwrap(),
-        CasOutcome::Conflict
+        StoreCasOutcome::Conflict
     );
     let loaded = store.load_kind(KIND).unwrap().unwrap();
     assert_eq!((loaded.revision, loaded.value), (revision, second));
@@ -226,7 +226,7 @@ fn member_swap_conflicts_on_a_stale_member_revision(store: &dyn ClusterStore) {
         store
             .swap_member(KIND, "a", None, kind_revision, &member(2, 2))
             .unwrap(),
-        CasOutcome::Conflict,
+        StoreCasOutcome::Conflict,
         "creating a member that exists"
     );
     let second = swapped(
@@ -239,13 +239,13 @@ fn member_swap_conflicts_on_a_stale_member_revision(store: &dyn ClusterStore) {
         store
             .swap_member(KIND, "a", Some(first), kind_revision, &member(3, 3))
             .unwrap(),
-        CasOutcome::Conflict
+        StoreCasOutcome::Conflict
     );
     assert_eq!(
         store
             .swap_member(KIND, "ghost", Some(second), kind_revision, &member(3, 3))
             .unwrap(),
-        CasOutcome::Conflict,
+        StoreCasOutcome::Conflict,
         "a swap expecting a revision of an absent member"
     );
     let loaded = store.load_member(KIND, "a").unwrap().unwrap();
@@ -260,7 +260,7 @@ fn member_swap_conflicts_on_a_stale_kind_revision(store: &dyn ClusterStore) {
         store
             .swap_member(KIND, "a", None, 1, &member(1, 1))
             .unwrap(),
-        CasOutcome::Conflict,
+        StoreCasOutcome::Conflict,
         "a member of a kind never stored"
     );
     let old_kind = create_kind(store);
@@ -274,13 +274,13 @@ fn member_swap_conflicts_on_a_stale_kind_revision(store: &dyn ClusterStore) {
         store
             .swap_member(KIND, "a", Some(a), old_kind, &member(2, 2))
             .unwrap(),
-        CasOutcome::Conflict
+        StoreCasOutcome::Conflict
     );
     assert_eq!(
         store
             .swap_member(KIND, "b", None, old_kind, &member(2, 2))
             .unwrap(),
-        CasOutcome::Conflict
+        StoreCasOutcome::Conflict
     );
     let loaded = store.load_member(KIND, "a").unwrap().unwrap();
     assert_eq!((loaded.revision, loaded.value), (a, member(1, 1)));
@@ -584,13 +584,13 @@ fn move_record_is_compare_and_swap(store: &dyn ClusterStore) {
     if start.is_some() {
         assert_eq!(
             store.swap_move(None, &record).unwrap(),
-            CasOutcome::Conflict
+            StoreCasOutcome::Conflict
         );
     }
     let first = swapped(store.swap_move(start, &record).unwrap());
     assert_eq!(
         store.swap_move(None, &record).unwrap(),
-        CasOutcome::Conflict
+        StoreCasOutcome::Conflict
     );
     let stored = store.load_move().unwrap().unwrap();
     assert_eq!((stored.revision, &stored.value), (first, &record));
@@ -599,7 +599,7 @@ fn move_record_is_compare_and_swap(store: &dyn ClusterStore) {
     assert_ne!(first, second);
     assert_eq!(
         store.swap_move(Some(first), &record).unwrap(),
-        CasOutcome::Conflict
+        StoreCasOutcome::Conflict
     );
     assert_eq!(store.load_move().unwrap().unwrap().value, record);
 }

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use layout_core::migration::{CasOutcome, DocumentChange, DocumentStore, Revision, WatchEvent};
+use layout_core::migration::{
+    DocumentCasOutcome, DocumentChange, DocumentStore, Revision, WatchEvent,
+};
 use parking_lot::{Condvar, Mutex};
 
 use super::{run, Clause, ConformanceReport};
@@ -67,10 +69,10 @@ pub fn document_store<S: DocumentStore + 'static>(make: impl Fn() -> S) {
     check_document_store(make).assert_ok();
 }
 
-fn stored(outcome: CasOutcome) -> Revision {
+fn stored(outcome: DocumentCasOutcome) -> Revision {
     match outcome {
-        CasOutcome::Stored(revision) => revision,
-        CasOutcome::Conflict { current } => {
+        DocumentCasOutcome::Stored(revision) => revision,
+        DocumentCasOutcome::Conflict { current } => {
             panic!("expected the compare-and-swap to store, it conflicted (current {current:?})")
         }
     }
@@ -87,7 +89,7 @@ fn create_only_if_absent(store: &dyn DocumentStore) {
     let first = stored(store.compare_and_swap(None, br#"{"a":1}"#).unwrap());
     assert_eq!(
         store.compare_and_swap(None, br#"{"a":2}"#).unwrap(),
-        CasOutcome::Conflict {
+        DocumentCasOutcome::Conflict {
             current: Some(first)
         },
         "a second create"
@@ -118,7 +120,7 @@ fn a_stale_swap_conflicts_and_changes_nothing(store: &dyn DocumentStore) {
     let second = stored(store.compare_and_swap(Some(first), br#"{"a":2}"#).unwrap());
     assert_eq!(
         store.compare_and_swap(Some(first), br#"{"a":3}"#).unwrap(),
-        CasOutcome::Conflict {
+        DocumentCasOutcome::Conflict {
             current: Some(second)
         },
         "a swap at a stale revision"

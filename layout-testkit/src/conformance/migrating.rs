@@ -3,8 +3,8 @@
 
 #[allow(unused_imports)] // the doc links name the halves
 use layout_core::migration::{
-    BatchWrite, Checkpoint, ClearTables, KeyView, LiveWrite, MigratingStore, MigrationSink,
-    MigrationSource, NewEntry, Row,
+    BatchWrite, ClearTables, KeyView, LiveWrite, MigratingStore, MigrationCheckpoint,
+    MigrationSink, MigrationSource, NewEntry, Row,
 };
 
 use super::{run, Clause, ConformanceReport};
@@ -125,8 +125,8 @@ fn delete_with_tombstone(store: &dyn MigratingStore, key: &str) {
         .unwrap();
 }
 
-fn checkpoint(last_key: &str, done: u64, complete: bool) -> Checkpoint {
-    let mut checkpoint = Checkpoint::default();
+fn checkpoint(last_key: &str, done: u64, complete: bool) -> MigrationCheckpoint {
+    let mut checkpoint = MigrationCheckpoint::default();
     checkpoint.last_key = Some(last_key.as_bytes().to_vec());
     checkpoint.done = done;
     checkpoint.batches = done;

@@ -14,7 +14,7 @@
 //! test that expects a store to break a clause (a negative control).
 //!
 //! ```
-//! use layout_core::migration::{CasOutcome, DocumentStore, DocumentStoreError, MemoryDocumentStore, Revision, StoredDocument};
+//! use layout_core::migration::{DocumentCasOutcome, DocumentStore, DocumentStoreError, MemoryDocumentStore, Revision, StoredDocument};
 //! use layout_testkit::conformance;
 //!
 //! conformance::document_store(MemoryDocumentStore::new);
@@ -25,7 +25,7 @@
 //! impl DocumentStore for Careless {
 //!     fn location(&self) -> String { self.0.location() }
 //!     fn load(&self) -> Result<Option<StoredDocument>, DocumentStoreError> { self.0.load() }
-//!     fn compare_and_swap(&self, _: Option<Revision>, bytes: &[u8]) -> Result<CasOutcome, DocumentStoreError> {
+//!     fn compare_and_swap(&self, _: Option<Revision>, bytes: &[u8]) -> Result<DocumentCasOutcome, DocumentStoreError> {
 //!         let current = self.0.load()?.map(|d| d.revision);
 //!         self.0.compare_and_swap(current, bytes)
 //!     }

@@ -7,7 +7,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
-use layout_core::migration::background::CRASH_BATCH_COMMITTED;
+use layout_core::migration::CRASH_BATCH_COMMITTED;
 use layout_testkit::{
     InterruptedFinalization, Kind, MiniCluster, MiniClusterBuilder, Stage, StageFailure,
     UpgradeReport, UpgradeTest, UpgradeTestError,

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use layout_core::finalizer::FAILPOINTS;
-use layout_core::migration::background::{CRASH_BATCH_COMMITTED, CRASH_POINTS};
+use layout_core::migration::{BACKGROUND_CRASH_POINTS as CRASH_POINTS, CRASH_BATCH_COMMITTED};
 use layout_testkit::{CrashMatrix, Kind, MiniCluster};
 
 use crate::records::{Records, CRASH_REWRITE_STARTED};

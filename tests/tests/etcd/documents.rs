@@ -6,7 +6,7 @@ use std::thread;
 
 use layout_core::migration::EtcdDocumentStore;
 use layout_core::migration::{
-    CasOutcome, DocumentMigration, DocumentMigrator, DocumentStore, LoadOutcome,
+    DocumentCasOutcome, DocumentMigration, DocumentMigrator, DocumentStore, LoadOutcome,
 };
 use layout_testkit::crash::{child_role, report_step, ChildCommand};
 use serde_json::json;
@@ -54,20 +54,21 @@ fn outcome_word(outcome: &LoadOutcome) -> &'static str {
 fn the_etcd_document_store_keeps_the_compare_and_swap_contract() {
     let store = document(server::shared().endpoint(), &server::prefix("doc-contract"));
     assert!(store.load().unwrap().is_none());
-    let CasOutcome::Stored(r1) = store.compare_and_swap(None, b"{\"a\":1}").unwrap() else {
+    let DocumentCasOutcome::Stored(r1) = store.compare_and_swap(None, b"{\"a\":1}").unwrap() else {
         panic!("the first create must win");
     };
     assert!(matches!(
         store.compare_and_swap(None, b"{}").unwrap(),
-        CasOutcome::Conflict { current: Some(r) } if r == r1
+        DocumentCasOutcome::Conflict { current: Some(r) } if r == r1
     ));
-    let CasOutcome::Stored(r2) = store.compare_and_swap(Some(r1), b"{\"a\":2}").unwrap() else {
+    let DocumentCasOutcome::Stored(r2) = store.compare_and_swap(Some(r1), b"{\"a\":2}").unwrap()
+    else {
         panic!("a swap at the current revision must win");
     };
     assert_ne!(r1, r2);
     assert!(matches!(
         store.compare_and_swap(Some(r1), b"{\"a\":3}").unwrap(),
-        CasOutcome::Conflict { current: Some(r) } if r == r2
+        DocumentCasOutcome::Conflict { current: Some(r) } if r == r2
     ));
     let stored = store.load().unwrap().unwrap();
     assert_eq!(

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 
 use layout_core::migration::EtcdDocumentStore;
-use layout_core::migration::{CasOutcome, DocumentError, DocumentStore, Freshness, LoadOutcome};
+use layout_core::migration::{
+    DocumentCasOutcome, DocumentError, DocumentStore, Freshness, LoadOutcome,
+};
 use serde_json::json;
 
 use crate::server;
@@ -37,7 +39,10 @@ fn an_older_release_learns_from_the_watch_before_writing_and_its_write_is_refuse
     assert_eq!(peer.loaded().outcome, LoadOutcome::Current { version: 2 });
     let mut doc = peer.document().clone();
     doc["queues"]["default"] = json!(["a", "peer"]);
-    assert!(matches!(peer.save(doc).unwrap(), CasOutcome::Stored(_)));
+    assert!(matches!(
+        peer.save(doc).unwrap(),
+        DocumentCasOutcome::Stored(_)
+    ));
     assert!(matches!(
         old.wait_for_change(BOUND).unwrap(),
         Freshness::ChangedByPeer { revision: Some(_) }

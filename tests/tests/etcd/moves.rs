@@ -7,9 +7,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use layout_core::cluster::{
-    Checkpoint, ClusterError, ClusterStore, Coordinator, CoordinatorOptions, EmbeddedStore,
-    Instruction, KindRecord, Member, MemberReport, MovePhase, MoveRole, MoveStage, MovingStore,
-    StoreError,
+    ClusterError, ClusterStore, Coordinator, CoordinatorOptions, EmbeddedStore,
+    FinalizationCheckpoint, Instruction, KindRecord, Member, MemberReport, MovePhase, MoveRole,
+    MoveStage, MovingStore, StoreError,
 };
 use layout_core::{LayoutVersionManager, ManagerOptions, MemoryStorage, StartIntent};
 use parking_lot::{Condvar, Mutex};
@@ -160,7 +160,7 @@ fn move_live_cluster(
     let fresh = Coordinator::open(reopen_new(), CoordinatorOptions::default()).unwrap();
     let status = fresh.status(KIND).unwrap();
     assert_eq!(status.cluster_layout_version, NEW);
-    assert_eq!(status.checkpoint(), Some(Checkpoint::Complete));
+    assert_eq!(status.checkpoint(), Some(FinalizationCheckpoint::Complete));
     assert_eq!(status.members.len(), MEMBERS);
     assert!(
         status

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use layout_core::cluster::{
-    Checkpoint, ClusterError, ClusterFinalizeOutcome, ClusterStore, Coordinator,
-    CoordinatorOptions, EtcdStore, FinalizerClaim, LocalLayout,
+    ClusterError, ClusterFinalizeOutcome, ClusterStore, Coordinator, CoordinatorOptions, EtcdStore,
+    FinalizationCheckpoint, FinalizerClaim, LocalLayout,
 };
 use layout_core::etcd::EtcdOptions;
 use layout_core::BoxError;
@@ -126,7 +126,7 @@ fn a_coordinator_restarted_with_the_same_id_takes_its_claim_back_at_once_another
             finalization.checkpoint,
             finalization.coordinator_id.as_str()
         ),
-        (Checkpoint::Started, "c1")
+        (FinalizationCheckpoint::Started, "c1")
     );
 
     // c1 restarted (a new process would open a new store): it takes its claim back and
@@ -194,11 +194,11 @@ fn kill_c1_mid_finalization(test: &str, prefix: &str, layout_dir: &Path, ttl_sec
 
 /// Waits (bounded) until the kind's finalization is complete.
 fn wait_complete(store: &dyn ClusterStore) {
-    wait_checkpoint(store, Checkpoint::Complete);
+    wait_checkpoint(store, FinalizationCheckpoint::Complete);
 }
 
 /// Waits (bounded) until the kind's finalization reaches `checkpoint`.
-fn wait_checkpoint(store: &dyn ClusterStore, checkpoint: Checkpoint) {
+fn wait_checkpoint(store: &dyn ClusterStore, checkpoint: FinalizationCheckpoint) {
     let deadline = std::time::Instant::now() + BOUND;
     loop {
         let record = store.load_kind(KIND).unwrap().unwrap().value;
@@ -272,7 +272,7 @@ fn another_coordinator_takes_over_a_finalization_once_the_dead_holders_claim_lap
     let store: Arc<dyn ClusterStore> = Arc::new(server::store(&prefix));
     let c2 = Arc::new(Coordinator::open(Arc::clone(&store), options("c2")).unwrap());
     let _driver = c2.spawn_driver(Duration::from_millis(100)).unwrap();
-    wait_checkpoint(&*store, Checkpoint::CoordinatorFinalized);
+    wait_checkpoint(&*store, FinalizationCheckpoint::CoordinatorFinalized);
     let record = store.load_kind(KIND).unwrap().unwrap().value;
     assert_eq!(record.cluster_layout_version, NEW);
     assert_eq!(record.claimed_by.as_deref(), Some("c2"));
@@ -290,7 +290,7 @@ fn another_coordinator_takes_over_a_finalization_once_the_dead_holders_claim_lap
     )
     .unwrap();
     assert_eq!(lvm.metadata_layout_version(), NEW);
-    wait_checkpoint(&*store, Checkpoint::Complete);
+    wait_checkpoint(&*store, FinalizationCheckpoint::Complete);
 }
 
 /// The coordinator's own layout: it finalizes, then runs a hook (the store goes away).

@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::thread;
 
 use layout_core::cluster::{
-    AuditEntry, CasOutcome, ClusterStore, EtcdStore, Exclusion, KindRecord, KindState,
-    MemberRecord, MemberRole, MovingStore, StoreError, AUDIT_RETENTION,
+    AuditEntry, ClusterStore, EtcdStore, Exclusion, KindRecord, KindState, MemberRecord,
+    MemberRole, MovingStore, StoreCasOutcome, StoreError, AUDIT_RETENTION,
 };
 use layout_core::etcd::EtcdOptions;
 use layout_core::migration::EtcdDocumentStore;
-use layout_core::migration::{CasOutcome as DocumentCas, DocumentStore};
+use layout_core::migration::{DocumentCasOutcome as DocumentCas, DocumentStore};
 use serde_json::{json, Value};
 
 use crate::server;
@@ -101,10 +101,10 @@ fn entry(n: usize) -> AuditEntry {
 }
 
 #[allow(clippy::needless_pass_by_value)] // takes the outcome as the store returns it
-fn swapped(outcome: CasOutcome) -> u64 {
+fn swapped(outcome: StoreCasOutcome) -> u64 {
     match outcome {
-        CasOutcome::Swapped { revision } => revision,
-        CasOutcome::Conflict => panic!("expected a swap, got a conflict"),
+        StoreCasOutcome::Swapped { revision } => revision,
+        StoreCasOutcome::Conflict => panic!("expected a swap, got a conflict"),
     }
 }
 
@@ -425,7 +425,7 @@ fn store_a_kind_created_by_this_release_gets_a_tombstone_and_a_late_format_1_doc
         store
             .swap_kind(KIND, None, &KindRecord::new(KIND, 1))
             .unwrap(),
-        CasOutcome::Conflict
+        StoreCasOutcome::Conflict
     );
     let state = store.load_state(KIND).unwrap().unwrap();
     assert_eq!((state.cluster_layout_version, state.members.len()), (3, 3));

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::thread::{self, ThreadId};
 
 use layout_core::crash_point::{self, SimulatedCrash};
-use layout_core::migration::background::{
-    CRASH_BATCH_COMMITTED, CRASH_BATCH_REPORTED, CRASH_BEFORE_BATCH, CRASH_BEFORE_FINISH,
-    CRASH_FINISHED, CRASH_POINTS,
-};
 use layout_core::migration::{BackgroundMigration, MemoryMigrationStore, Row};
+use layout_core::migration::{
+    BACKGROUND_CRASH_POINTS as CRASH_POINTS, CRASH_BATCH_COMMITTED, CRASH_BATCH_REPORTED,
+    CRASH_BEFORE_BATCH, CRASH_BEFORE_FINISH, CRASH_FINISHED,
+};
 use layout_core::{
     ActionRegistry, LayoutFeature, LayoutVersionManager, ManagerOptions, MemoryStorage,
     StartIntent, UpgradeFinalizer,

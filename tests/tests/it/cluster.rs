@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use layout_core::clock::ManualClock;
 use layout_core::cluster::{
-    AuditEntry, Checkpoint, ClusterError, ClusterFinalizeOutcome, ClusterStore, Coordinator,
-    CoordinatorOptions, EmbeddedStore, FinalizerClaim, HeartbeatError, Instruction, KindState,
-    Member, MemberReport, MovePhase, MovingStore, Refusal,
+    AuditEntry, ClusterError, ClusterFinalizeOutcome, ClusterStore, Coordinator,
+    CoordinatorOptions, EmbeddedStore, FinalizationCheckpoint, FinalizerClaim, HeartbeatError,
+    Instruction, KindState, Member, MemberReport, MovePhase, MovingStore, Refusal,
 };
 use layout_core::{LayoutVersionManager, ManagerOptions, MemoryStorage, StartIntent};
 use layout_testkit::cluster::CoordinationOptions;
@@ -170,7 +170,7 @@ fn checkpoints_advance_as_members_report_and_a_failed_coordinator_step_resumes()
         "{err}"
     );
     let status = coordinator.status(KIND).unwrap();
-    assert_eq!(status.checkpoint(), Some(Checkpoint::Started));
+    assert_eq!(status.checkpoint(), Some(FinalizationCheckpoint::Started));
     assert_eq!(status.cluster_layout_version, OLD);
     // While started, the target is fenced: an old member cannot slip in.
     assert!(matches!(
@@ -194,7 +194,7 @@ fn checkpoints_advance_as_members_report_and_a_failed_coordinator_step_resumes()
         outcome,
         ClusterFinalizeOutcome::Finalized {
             target: NEW,
-            checkpoint: Checkpoint::CoordinatorFinalized,
+            checkpoint: FinalizationCheckpoint::CoordinatorFinalized,
             pending_members: vec!["dn1".into(), "dn2".into()],
         }
     );
@@ -204,7 +204,7 @@ fn checkpoints_advance_as_members_report_and_a_failed_coordinator_step_resumes()
     assert_eq!(dn1.heartbeat(&coordinator).unwrap().finalized_to, Some(NEW));
     assert_eq!(
         coordinator.status(KIND).unwrap().checkpoint(),
-        Some(Checkpoint::CoordinatorFinalized)
+        Some(FinalizationCheckpoint::CoordinatorFinalized)
     );
     assert_eq!(dn2.heartbeat(&coordinator).unwrap().finalizing, Some(NEW));
     assert!(dn2.wait_for_finalization(BOUND));
@@ -213,7 +213,7 @@ fn checkpoints_advance_as_members_report_and_a_failed_coordinator_step_resumes()
     assert_eq!(step.finalizing, None);
     assert_eq!(step.answer.instruction, None);
     let status = coordinator.status(KIND).unwrap();
-    assert_eq!(status.checkpoint(), Some(Checkpoint::Complete));
+    assert_eq!(status.checkpoint(), Some(FinalizationCheckpoint::Complete));
     assert!(status.finalization.unwrap().completed_at_ms.is_some());
     assert_eq!(
         coordinator.finalize(KIND, None, "ops").unwrap(),
@@ -348,7 +348,7 @@ fn a_live_cluster_moves_to_another_store_without_a_wrong_answer() {
     let fresh = Coordinator::open(new, CoordinatorOptions::default()).unwrap();
     let status = fresh.status(KIND).unwrap();
     assert_eq!(status.cluster_layout_version, NEW);
-    assert_eq!(status.checkpoint(), Some(Checkpoint::Complete));
+    assert_eq!(status.checkpoint(), Some(FinalizationCheckpoint::Complete));
     assert_eq!(status.members.len(), 3);
     assert!(status.audit.iter().any(|a| a.event == "store-moved"));
     let stale = Coordinator::open(old, CoordinatorOptions::default()).unwrap();

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use layout_core::clock::ManualClock;
 use layout_core::cluster::{
-    Checkpoint, ClusterError, ClusterStore, Coordinator, CoordinatorOptions, EmbeddedStore,
-    FinalizerClaim, HeartbeatError, LocalLayout, Member, MemberReport, MemberRole, Refusal,
+    ClusterError, ClusterStore, Coordinator, CoordinatorOptions, EmbeddedStore,
+    FinalizationCheckpoint, FinalizerClaim, HeartbeatError, LocalLayout, Member, MemberReport,
+    MemberRole, Refusal,
 };
 use layout_core::BoxError;
 use layout_testkit::cluster::ObservedStore;
@@ -252,7 +253,7 @@ fn a_retried_finalize_on_the_same_coordinator_answers_in_progress_and_keeps_the_
     first.join().unwrap().unwrap();
     let status = scm.status(KIND).unwrap();
     assert_eq!(status.cluster_layout_version, NEW);
-    assert_eq!(status.checkpoint(), Some(Checkpoint::Complete));
+    assert_eq!(status.checkpoint(), Some(FinalizationCheckpoint::Complete));
 }
 
 #[test]

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use layout_core::clock::ManualClock;
 use layout_core::cluster::{
-    Checkpoint, ClusterError, ClusterFinalizeOutcome, ClusterStore, Coordinator,
-    CoordinatorOptions, EmbeddedStore, LocalLayout, MemberReport,
+    ClusterError, ClusterFinalizeOutcome, ClusterStore, Coordinator, CoordinatorOptions,
+    EmbeddedStore, FinalizationCheckpoint, LocalLayout, MemberReport,
 };
 use layout_core::BoxError;
 use layout_testkit::cluster::ObservedStore;
@@ -77,7 +77,7 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn checkpoint(store: &dyn ClusterStore) -> Option<Checkpoint> {
+fn checkpoint(store: &dyn ClusterStore) -> Option<FinalizationCheckpoint> {
     store
         .load_kind(KIND)
         .unwrap()
@@ -103,7 +103,7 @@ fn a_finalization_left_at_started_resumes_by_itself_when_its_coordinator_comes_b
     // The cause is fixed, the coordinator restarts with its driver: nobody asks again.
     local.fail.store(false, Ordering::SeqCst);
     let store: Arc<dyn ClusterStore> = Arc::new(EmbeddedStore::open(&path).unwrap());
-    assert_eq!(checkpoint(&*store), Some(Checkpoint::Started));
+    assert_eq!(checkpoint(&*store), Some(FinalizationCheckpoint::Started));
     let coordinator = Arc::new(
         Coordinator::open(
             Arc::clone(&store),
@@ -113,7 +113,7 @@ fn a_finalization_left_at_started_resumes_by_itself_when_its_coordinator_comes_b
     );
     let _driver = coordinator.spawn_driver(TICK).unwrap();
     wait_until("the coordinator finalized again", || {
-        checkpoint(&*store) == Some(Checkpoint::CoordinatorFinalized)
+        checkpoint(&*store) == Some(FinalizationCheckpoint::CoordinatorFinalized)
     });
     assert_eq!(local.metadata_layout_version(), NEW);
     // dn1 follows; the driver completes the finalization without a heartbeat to do it.
@@ -125,7 +125,7 @@ fn a_finalization_left_at_started_resumes_by_itself_when_its_coordinator_comes_b
         .heartbeat(&MemberReport::new(KIND, "dn1", NEW, NEW))
         .unwrap();
     wait_until("the finalization complete", || {
-        checkpoint(&*store) == Some(Checkpoint::Complete)
+        checkpoint(&*store) == Some(FinalizationCheckpoint::Complete)
     });
     let events: Vec<String> = coordinator
         .status(KIND)
@@ -165,7 +165,7 @@ fn a_store_outage_in_the_middle_of_a_finalization_is_resumed_when_the_store_retu
     assert!(matches!(err, ClusterError::Store(_)), "{err}");
     store.set_down(false);
     wait_until("the finalization complete", || {
-        checkpoint(&*store) == Some(Checkpoint::Complete)
+        checkpoint(&*store) == Some(FinalizationCheckpoint::Complete)
     });
     let status = coordinator.status(KIND).unwrap();
     assert_eq!(status.cluster_layout_version, NEW);
@@ -271,7 +271,7 @@ fn the_driver_backs_off_a_finalization_that_keeps_failing() {
             pair[1] - pair[0]
         );
     }
-    assert_eq!(checkpoint(&*store), Some(Checkpoint::Started));
+    assert_eq!(checkpoint(&*store), Some(FinalizationCheckpoint::Started));
 }
 
 #[test]
@@ -295,7 +295,7 @@ fn a_checkpoint_whose_audit_entry_a_crash_lost_is_recorded_late_by_the_next_driv
         .heartbeat(&MemberReport::new(KIND, "dn1", NEW, NEW))
         .unwrap();
     wait_until("the finalization complete", || {
-        checkpoint(&*first) == Some(Checkpoint::Complete)
+        checkpoint(&*first) == Some(FinalizationCheckpoint::Complete)
     });
     drop(driver);
     let mut state = first.load_state(KIND).unwrap().unwrap();

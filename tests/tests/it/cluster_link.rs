@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use layout_core::clock::ManualClock;
 use layout_core::cluster::{
-    Checkpoint, ClusterStatus, ClusterStore, Coordinator, CoordinatorLink, CoordinatorOptions,
-    CoordinatorServer, EmbeddedStore, HeartbeatError, HttpLink, LinkError, MemberReport, Refusal,
-    HEARTBEAT_PATH, LEAVE_PATH, REGISTER_PATH,
+    ClusterStatus, ClusterStore, Coordinator, CoordinatorLink, CoordinatorOptions,
+    CoordinatorServer, EmbeddedStore, FinalizationCheckpoint, HeartbeatError, HttpLink, LinkError,
+    MemberReport, Refusal, HEARTBEAT_PATH, LEAVE_PATH, REGISTER_PATH,
 };
 use layout_core::http::{BearerToken, ClientConfig, EndpointConfig, EndpointError};
 use layout_testkit::PlanRng;
@@ -499,7 +499,10 @@ fn the_cluster_metrics_follow_members_as_they_register_finalize_and_are_refused(
     assert_eq!(scrape(&agent, &server), ([0, 1, 1, 1], 2));
     link.heartbeat(&report("dn2", 2, 2)).unwrap();
     assert_eq!(scrape(&agent, &server), ([0, 1, 0, 2], 2));
-    assert_eq!(state(&coordinator).checkpoint(), Some(Checkpoint::Complete));
+    assert_eq!(
+        state(&coordinator).checkpoint(),
+        Some(FinalizationCheckpoint::Complete)
+    );
 
     // Old binaries are refused: a new member, and the excluded one back on its old
     // release (refused, while it tries).

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use layout_core::cluster::{
-    CasOutcome, ClusterStore, Coordinator, CoordinatorOptions, EmbeddedStore, KindRecord,
-    MemberRecord, MemberReport, MovePhase, MoveRole, MoveStage, MovingStore, StoreError,
+    ClusterStore, Coordinator, CoordinatorOptions, EmbeddedStore, KindRecord, MemberRecord,
+    MemberReport, MovePhase, MoveRole, MoveStage, MovingStore, StoreCasOutcome, StoreError,
     MOVE_STEPS,
 };
 use layout_testkit::cluster::ObservedStore;
@@ -141,8 +141,8 @@ fn move_a_kind_only_in_the_destination_is_removed_by_catch_up() {
         .swap_kind(KIND, None, &KindRecord::new(KIND, 0))
         .unwrap()
     {
-        CasOutcome::Swapped { revision } => revision,
-        CasOutcome::Conflict => panic!("conflict"),
+        StoreCasOutcome::Swapped { revision } => revision,
+        StoreCasOutcome::Conflict => panic!("conflict"),
     };
     old.swap_member(KIND, "dn1", None, kind_revision, &member())
         .unwrap();

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use layout_core::cluster::{
-    AuditEntry, CasOutcome, Checkpoint, ClusterFinalization, ClusterStore, EmbeddedStore,
-    Exclusion, KindRecord, KindState, MemberRecord, MemberRole, MovePhase, MovingStore, StoreError,
-    CLUSTER_STATE_FORMAT,
+    AuditEntry, ClusterFinalization, ClusterStore, EmbeddedStore, Exclusion,
+    FinalizationCheckpoint, KindRecord, KindState, MemberRecord, MemberRole, MovePhase,
+    MovingStore, StoreCasOutcome, StoreError, CLUSTER_STATE_FORMAT,
 };
 use serde_json::json;
 
@@ -28,10 +28,10 @@ fn entries(dir: &Path) -> Vec<String> {
 }
 
 #[allow(clippy::needless_pass_by_value)] // called with what a swap returns
-fn swapped(outcome: CasOutcome) -> u64 {
+fn swapped(outcome: StoreCasOutcome) -> u64 {
     match outcome {
-        CasOutcome::Swapped { revision } => revision,
-        CasOutcome::Conflict => panic!("expected the swap to be stored, it conflicted"),
+        StoreCasOutcome::Swapped { revision } => revision,
+        StoreCasOutcome::Conflict => panic!("expected the swap to be stored, it conflicted"),
     }
 }
 
@@ -265,7 +265,7 @@ fn migrated_datanode() -> KindState {
     let mut record = KindRecord::new(KIND, 2);
     record.finalization = Some(ClusterFinalization {
         target: 2,
-        checkpoint: Checkpoint::Complete,
+        checkpoint: FinalizationCheckpoint::Complete,
         client_id: "ops".to_owned(),
         coordinator_id: "scm-1".to_owned(),
         started_at_ms: 4_000,
@@ -570,7 +570,7 @@ fn cluster_store_moving_store_copies_mirrors_and_switches() {
                 &member(4, 4)
             )
             .unwrap(),
-        CasOutcome::Conflict
+        StoreCasOutcome::Conflict
     );
     // Reloaded: decided by the new store alone.
     let kind = moving.load_kind(KIND).unwrap().unwrap();

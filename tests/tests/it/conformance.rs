@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use layout_core::cluster::{
-    AuditEntry, CasOutcome, ClusterStore, EmbeddedStore, FinalizerClaim, KindRecord, KindState,
-    MemberRecord, MoveRecord, MovingStore, StoreError, Versioned,
+    AuditEntry, ClusterStore, EmbeddedStore, FinalizerClaim, KindRecord, KindState, MemberRecord,
+    MoveRecord, MovingStore, StoreCasOutcome, StoreError, Versioned,
 };
 use layout_core::migration::{
-    BatchWrite, CasOutcome as DocumentCas, Checkpoint, ClearTables, DocumentStore,
-    DocumentStoreError, FileDocumentStore, KeyView, LiveWrite, MemoryDocumentStore,
-    MemoryMigrationStore, MigratingStore, MigrationError, MigrationSink, MigrationSource, Revision,
+    BatchWrite, ClearTables, DocumentCasOutcome as DocumentCas, DocumentStore, DocumentStoreError,
+    FileDocumentStore, KeyView, LiveWrite, MemoryDocumentStore, MemoryMigrationStore,
+    MigratingStore, MigrationCheckpoint, MigrationError, MigrationSink, MigrationSource, Revision,
     Row, ScanView, StoredDocument,
 };
 use layout_core::state::LayoutState;
@@ -146,7 +146,7 @@ impl ClusterStore for BrokenCluster {
         kind: &str,
         expected: Option<u64>,
         record: &KindRecord,
-    ) -> Result<CasOutcome, StoreError> {
+    ) -> Result<StoreCasOutcome, StoreError> {
         let expected = match self.breaks {
             ClusterBreak::KindSwapIgnoresTheRevision => {
                 self.inner.load_kind(kind)?.map(|k| k.revision)
@@ -172,7 +172,7 @@ impl ClusterStore for BrokenCluster {
         expected: Option<u64>,
         kind_revision: u64,
         record: &MemberRecord,
-    ) -> Result<CasOutcome, StoreError> {
+    ) -> Result<StoreCasOutcome, StoreError> {
         let kind_revision = match self.breaks {
             ClusterBreak::MemberSwapDropsTheKindGuard => self
                 .inner
@@ -213,7 +213,7 @@ impl ClusterStore for BrokenCluster {
         &self,
         expected: Option<u64>,
         record: &MoveRecord,
-    ) -> Result<CasOutcome, StoreError> {
+    ) -> Result<StoreCasOutcome, StoreError> {
         self.inner.swap_move(expected, record)
     }
 }
@@ -371,14 +371,14 @@ impl MigrationSink for LosesTheCheckpoint {
     fn sink_location(&self) -> String {
         self.0.sink_location()
     }
-    fn load_checkpoint(&self) -> Result<Option<Checkpoint>, MigrationError> {
+    fn load_checkpoint(&self) -> Result<Option<MigrationCheckpoint>, MigrationError> {
         Ok(None)
     }
     fn write_batch(
         &self,
-        _expected: Option<&Checkpoint>,
+        _expected: Option<&MigrationCheckpoint>,
         rows: &[Row],
-        next: &Checkpoint,
+        next: &MigrationCheckpoint,
     ) -> Result<BatchWrite, MigrationError> {
         let stored = self.0.load_checkpoint()?;
         self.0.write_batch(stored.as_ref(), rows, next)

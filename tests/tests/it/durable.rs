@@ -8,8 +8,8 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 
 use layout_core::durable::{self, EnvelopeError, Step};
-use layout_core::migration::side_by_side::{Cursor, FileHighWaterMark, HighWaterMarkStore};
-use layout_core::migration::{CasOutcome, DocumentStore, FileDocumentStore};
+use layout_core::migration::{Cursor, FileHighWaterMark, HighWaterMarkStore};
+use layout_core::migration::{DocumentCasOutcome, DocumentStore, FileDocumentStore};
 
 /// The names in `dir`, sorted.
 fn names(dir: &Path) -> Vec<String> {
@@ -272,7 +272,8 @@ fn a_document_store_keeps_raw_bytes_and_clears_temporary_files_of_a_crashed_writ
     fs::write(dir.path().join(".doc.json.tmp"), b"{\"half").unwrap();
     fs::write(dir.path().join(".doc.json.4242.7.tmp"), b"{\"ha").unwrap();
     let store = FileDocumentStore::new(&path);
-    let CasOutcome::Stored(rev) = store.compare_and_swap(None, b"{\"a\":1}").unwrap() else {
+    let DocumentCasOutcome::Stored(rev) = store.compare_and_swap(None, b"{\"a\":1}").unwrap()
+    else {
         panic!("conflict on an empty store")
     };
     // The file holds the document as it is (other tools and earlier releases read it).
@@ -280,12 +281,13 @@ fn a_document_store_keeps_raw_bytes_and_clears_temporary_files_of_a_crashed_writ
     assert_eq!(store.load().unwrap().unwrap().revision, rev);
     assert_eq!(names(dir.path()), ["doc.json", "doc.json.lock"]);
     // Another content, another revision; a stale revision loses.
-    let CasOutcome::Stored(next) = store.compare_and_swap(Some(rev), b"{\"a\":2}").unwrap() else {
+    let DocumentCasOutcome::Stored(next) = store.compare_and_swap(Some(rev), b"{\"a\":2}").unwrap()
+    else {
         panic!("conflict")
     };
     assert_ne!(next, rev);
     assert!(matches!(
         store.compare_and_swap(Some(rev), b"{\"a\":3}").unwrap(),
-        CasOutcome::Conflict { current: Some(r) } if r == next
+        DocumentCasOutcome::Conflict { current: Some(r) } if r == next
     ));
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use layout_core::migration::{
-    BackgroundMigration, BatchEvent, Checkpoint, MigrationSink, RedbMigrationStore, Row,
+    BackgroundMigration, BatchEvent, MigrationCheckpoint, MigrationSink, RedbMigrationStore, Row,
 };
 use layout_core::redb;
 use layout_core::StepError;
@@ -56,7 +56,7 @@ fn migration(
         .unwrap()
 }
 
-fn checkpoint(path: &Path) -> Option<Checkpoint> {
+fn checkpoint(path: &Path) -> Option<MigrationCheckpoint> {
     open(path).load_checkpoint().unwrap()
 }
 

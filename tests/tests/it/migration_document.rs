@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use layout_core::crash_point;
-use layout_core::migration::document::{
-    CRASH_BEFORE_STORE, CRASH_POINTS, CRASH_STEP_APPLIED, CRASH_STORED,
+use layout_core::migration::{
+    ChainProblem, DocumentCasOutcome, DocumentError, DocumentMigration, DocumentMigrator,
+    DocumentStore, FileDocumentStore, Freshness, LoadOutcome, MemoryDocumentStore,
 };
 use layout_core::migration::{
-    CasOutcome, ChainProblem, DocumentError, DocumentMigration, DocumentMigrator, DocumentStore,
-    FileDocumentStore, Freshness, LoadOutcome, MemoryDocumentStore,
+    CRASH_BEFORE_STORE, CRASH_STEP_APPLIED, CRASH_STORED, DOCUMENT_CRASH_POINTS as CRASH_POINTS,
 };
 use layout_core::StepError;
 use serde::{Deserialize, Serialize};
@@ -294,12 +294,13 @@ fn typed_documents_are_encoded_stamped_and_decoded_through_the_chain() {
 fn the_file_store_replaces_atomically_and_leaves_only_the_document_and_its_lock() {
     let dir = tempfile::tempdir().unwrap();
     let store = FileDocumentStore::new(dir.path().join("nested/state.json"));
-    let CasOutcome::Stored(first) = store.compare_and_swap(None, b"{\"a\":1}").unwrap() else {
+    let DocumentCasOutcome::Stored(first) = store.compare_and_swap(None, b"{\"a\":1}").unwrap()
+    else {
         panic!("the first create must win");
     };
     assert!(matches!(
         store.compare_and_swap(Some(first), b"{\"a\":2}").unwrap(),
-        CasOutcome::Stored(_)
+        DocumentCasOutcome::Stored(_)
     ));
     // Atomic replace leaves no temporary file behind; the lock file stays.
     let names: Vec<_> = std::fs::read_dir(dir.path().join("nested"))
@@ -332,11 +333,11 @@ fn load_migrates_once_and_stores_the_result_then_loads_it_as_current() {
     doc.document["paused"] = json!(true);
     assert!(matches!(
         m.save(&store, Some(doc.revision), &doc.document).unwrap(),
-        CasOutcome::Stored(_)
+        DocumentCasOutcome::Stored(_)
     ));
     assert!(matches!(
         m.save(&store, Some(doc.revision), &doc.document).unwrap(),
-        CasOutcome::Conflict { .. }
+        DocumentCasOutcome::Conflict { .. }
     ));
 
     // Nothing stored: load says so, load_or_init creates.
@@ -481,7 +482,10 @@ fn a_fenced_document_tells_a_peers_write_from_a_newer_releases_migration() {
     let mut peer = old_release.open(Arc::clone(&store)).unwrap().unwrap();
     let mut doc = peer.document().clone();
     doc["queues"]["default"] = json!(["a", "b"]);
-    assert!(matches!(peer.save(doc).unwrap(), CasOutcome::Stored(_)));
+    assert!(matches!(
+        peer.save(doc).unwrap(),
+        DocumentCasOutcome::Stored(_)
+    ));
     assert!(old.is_stale());
     assert!(matches!(
         old.check().unwrap(),
@@ -489,7 +493,7 @@ fn a_fenced_document_tells_a_peers_write_from_a_newer_releases_migration() {
     ));
     assert!(matches!(
         old.save(old.document().clone()).unwrap(),
-        CasOutcome::Conflict { .. }
+        DocumentCasOutcome::Conflict { .. }
     ));
     assert_eq!(old.read().unwrap()["queues"]["default"], json!(["a", "b"]));
     assert_eq!(old.check().unwrap(), Freshness::Current);

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use layout_core::clock::{Clock, ManualClock};
 use layout_core::crash_point::{self, SimulatedCrash};
-use layout_core::migration::side_by_side::CRASH_POINTS;
+use layout_core::migration::SIDE_BY_SIDE_CRASH_POINTS as CRASH_POINTS;
 use layout_core::migration::{
     Entity, EntityDestination, EntitySource, FileHighWaterMark, IdPage, MemoryEntityStore,
     MergedSource, Page, PageRequest, PutOutcome, SideBySideError, SideBySideMigration, Sleeper,

@@ -62,16 +62,9 @@ mod server;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::http::{BearerToken, EndpointError};
 pub use client::{AdminClient, AdminClientError, DEFAULT_CLIENT_TIMEOUT};
 pub use server::{admin_error_format, admin_error_response, admin_routes, AdminServer};
-
-pub use crate::http::{
-    bearer_credentials, token_matches, BearerToken, MAX_TOKEN_LEN, MIN_TOKEN_LEN,
-};
-
-/// An error starting the admin endpoint, or with its token (the stack's
-/// [`EndpointError`](crate::http::EndpointError)).
-pub type HttpError = crate::http::EndpointError;
 
 /// The port the admin endpoint listens on by default (on `127.0.0.1`), and that
 /// `layoutctl` calls by default.
@@ -88,7 +81,7 @@ pub const DEFAULT_ADMIN_PORT: u16 = 9868;
 ///     .with_request_timeout(Duration::from_secs(2))
 ///     .with_max_body_bytes(16 * 1024);
 /// assert!(config.bind_addr().ip().is_loopback());
-/// # Ok::<(), layout_core::admin::http::HttpError>(())
+/// # Ok::<(), layout_core::http::EndpointError>(())
 /// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -103,7 +96,7 @@ impl HttpConfig {
     /// with the stack's defaults ([`EndpointConfig::new`](crate::http::EndpointConfig::new)):
     /// a 64 KiB body limit, a 16 KiB head limit, 5 s to send the head and 5 s the body,
     /// 16 requests in handlers at once; `/metrics` needs the token too.
-    pub fn new(token: impl Into<String>) -> Result<Self, HttpError> {
+    pub fn new(token: impl Into<String>) -> Result<Self, EndpointError> {
         Ok(Self {
             endpoint: crate::http::EndpointConfig::loopback(DEFAULT_ADMIN_PORT).with_name("admin"),
             token: BearerToken::new(token)?,

@@ -12,7 +12,7 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{HttpConfig, HttpError};
+use super::HttpConfig;
 use crate::admin::types::{AdminError, ErrorCode};
 use crate::admin::AdminService;
 use crate::http::{
@@ -31,7 +31,10 @@ pub struct AdminServer {
 impl AdminServer {
     /// Binds `config`'s address and starts serving `service`.
     #[allow(clippy::needless_pass_by_value)] // the endpoint holds the service from here on
-    pub fn start(service: Arc<AdminService>, config: HttpConfig) -> Result<Self, HttpError> {
+    pub fn start(
+        service: Arc<AdminService>,
+        config: HttpConfig,
+    ) -> Result<Self, crate::http::EndpointError> {
         let router = routes(&service, &config);
         let endpoint = Endpoint::start(
             router,

@@ -15,13 +15,14 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use layout_core::admin::http::{
-    AdminClient, AdminClientError, BearerToken, DEFAULT_ADMIN_PORT, DEFAULT_CLIENT_TIMEOUT,
+    AdminClient, AdminClientError, DEFAULT_ADMIN_PORT, DEFAULT_CLIENT_TIMEOUT,
 };
 use layout_core::admin::{
     CancelFinalizationParams, ErrorCode, FeatureView, FinalizationStatusParams,
     FinalizationStatusResponse, FinalizeParams, FinalizeResponse, MigrationSettingsParams,
     MigrationView, PrepareParams, PrepareResponse, StatusResponse, WirePrepareState,
 };
+use layout_core::http::BearerToken;
 use layout_core::http::{ClientConfig, ClientTls};
 use serde::Serialize;
 use terminal::{say, warn_line};

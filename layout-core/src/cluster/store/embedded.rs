@@ -14,7 +14,7 @@ use redb::{
 };
 use serde::Deserialize;
 
-use super::{CasOutcome, ClusterStore, FinalizerClaim, StoreError, Versioned};
+use super::{ClusterStore, FinalizerClaim, StoreCasOutcome, StoreError, Versioned};
 use crate::cluster::state::{
     upgrade_kind_document, AuditEntry, KindRecord, KindState, MemberRecord, MoveRecord,
     AUDIT_RETENTION, CLUSTER_STATE_FORMAT,
@@ -49,7 +49,7 @@ const META_FORMAT: &str = "format";
 /// this process, in memory ([`in_memory`](Self::in_memory)) or persisted to one file
 /// ([`open`](Self::open)). Every change is one redb transaction, durable when it returns.
 ///
-/// Each kind's state is kept as separate records (see [`crate::cluster::state`]): one
+/// Each kind's state is kept as separate records (see [`KindRecord`](crate::cluster::KindRecord)): one
 /// table of [`KindRecord`]s, one of [`MemberRecord`]s keyed by (kind, member id), one of
 /// audit entries keyed by (kind, sequence). Every record carries the revision of the
 /// transaction that wrote it, from one store-wide counter (like etcd's revision), so a
@@ -62,20 +62,20 @@ const META_FORMAT: &str = "format";
 ///
 /// A file written by the first release (format 1: one checksummed JSON document, header
 /// line `layout-cluster-state`) is migrated when opened: every kind is converted with
-/// [`upgrade_kind_document`], written to a new database next to it (`<file>.migrating`),
+/// the first release's document migrated forward, written to a new database next to it (`<file>.migrating`),
 /// the old file is kept as `<file>.format-1`, and the new database is renamed over
 /// `<file>`; a crash at any point leaves either the old file or the new database there.
 /// A damaged file (a checksum mismatch, a truncated or foreign database) is reported as
 /// [`StoreError::Damaged`] and left untouched.
 ///
 /// ```
-/// use layout_core::cluster::state::{KindRecord, MemberRecord, MemberRole};
-/// use layout_core::cluster::{CasOutcome, ClusterStore, EmbeddedStore};
+/// use layout_core::cluster::{KindRecord, MemberRecord, MemberRole};
+/// use layout_core::cluster::{StoreCasOutcome, ClusterStore, EmbeddedStore};
 ///
 /// let dir = tempfile::tempdir()?;
 /// let path = dir.path().join("cluster-state");
 /// let store = EmbeddedStore::open(&path)?;
-/// let CasOutcome::Swapped { revision } =
+/// let StoreCasOutcome::Swapped { revision } =
 ///     store.swap_kind("datanode", None, &KindRecord::new("datanode", 3))?
 /// else {
 ///     unreachable!("a new store holds no kind")
@@ -331,7 +331,7 @@ impl EmbeddedStore {
         expected: Option<u64>,
         bytes: &[u8],
         op: &'static str,
-    ) -> Result<CasOutcome, StoreError> {
+    ) -> Result<StoreCasOutcome, StoreError> {
         let txn = self.write()?;
         let revision = {
             let mut records = txn.open_table(table).on(&self.location, op)?;
@@ -340,7 +340,7 @@ impl EmbeddedStore {
                 .on(&self.location, op)?
                 .map(|g| g.value().0);
             if current != expected {
-                return Ok(CasOutcome::Conflict);
+                return Ok(StoreCasOutcome::Conflict);
             }
             let mut meta = txn.open_table(META).on(&self.location, op)?;
             let revision = next_revision(&mut meta).on(&self.location, op)?;
@@ -350,7 +350,7 @@ impl EmbeddedStore {
             revision
         };
         txn.commit().on(&self.location, op)?;
-        Ok(CasOutcome::Swapped { revision })
+        Ok(StoreCasOutcome::Swapped { revision })
     }
 
     fn read_kind(
@@ -485,7 +485,7 @@ impl ClusterStore for EmbeddedStore {
         kind: &str,
         expected: Option<u64>,
         record: &KindRecord,
-    ) -> Result<CasOutcome, StoreError> {
+    ) -> Result<StoreCasOutcome, StoreError> {
         let bytes = self.encode(record)?;
         self.swap_record(KINDS, kind, expected, &bytes, "swap kind")
     }
@@ -520,7 +520,7 @@ impl ClusterStore for EmbeddedStore {
         expected: Option<u64>,
         kind_revision: u64,
         record: &MemberRecord,
-    ) -> Result<CasOutcome, StoreError> {
+    ) -> Result<StoreCasOutcome, StoreError> {
         let bytes = self.encode(record)?;
         let op = "swap member";
         let txn = self.write()?;
@@ -528,7 +528,7 @@ impl ClusterStore for EmbeddedStore {
             let kinds = txn.open_table(KINDS).on(&self.location, op)?;
             let current_kind = kinds.get(kind).on(&self.location, op)?.map(|g| g.value().0);
             if current_kind != Some(kind_revision) {
-                return Ok(CasOutcome::Conflict);
+                return Ok(StoreCasOutcome::Conflict);
             }
             let mut members = txn.open_table(MEMBERS).on(&self.location, op)?;
             let current = members
@@ -536,7 +536,7 @@ impl ClusterStore for EmbeddedStore {
                 .on(&self.location, op)?
                 .map(|g| g.value().0);
             if current != expected {
-                return Ok(CasOutcome::Conflict);
+                return Ok(StoreCasOutcome::Conflict);
             }
             let mut meta = txn.open_table(META).on(&self.location, op)?;
             let revision = next_revision(&mut meta).on(&self.location, op)?;
@@ -546,7 +546,7 @@ impl ClusterStore for EmbeddedStore {
             revision
         };
         txn.commit().on(&self.location, op)?;
-        Ok(CasOutcome::Swapped { revision })
+        Ok(StoreCasOutcome::Swapped { revision })
     }
 
     fn append_audit(&self, kind: &str, entry: &AuditEntry) -> Result<(), StoreError> {
@@ -648,7 +648,7 @@ impl ClusterStore for EmbeddedStore {
         &self,
         expected: Option<u64>,
         record: &MoveRecord,
-    ) -> Result<CasOutcome, StoreError> {
+    ) -> Result<StoreCasOutcome, StoreError> {
         let bytes = self.encode(record)?;
         self.swap_record(MOVE, MOVE_KEY, expected, &bytes, "swap move record")
     }
@@ -1092,7 +1092,7 @@ mod tests {
         let store = EmbeddedStore::open(&path).unwrap();
         let mut seen = Vec::new();
         for kind in ["a", "b"] {
-            let CasOutcome::Swapped { revision } = store
+            let StoreCasOutcome::Swapped { revision } = store
                 .swap_kind(kind, None, &KindRecord::new(kind, 1))
                 .unwrap()
             else {
@@ -1102,7 +1102,7 @@ mod tests {
         }
         drop(store);
         let store = EmbeddedStore::open(&path).unwrap();
-        let CasOutcome::Swapped { revision } = store
+        let StoreCasOutcome::Swapped { revision } = store
             .swap_kind("c", None, &KindRecord::new("c", 1))
             .unwrap()
         else {

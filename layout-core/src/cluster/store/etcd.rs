@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
-use super::{CasOutcome, ClusterStore, FinalizerClaim, StoreError, Versioned};
+use super::{ClusterStore, FinalizerClaim, StoreCasOutcome, StoreError, Versioned};
 use crate::cluster::state::{
     self, AuditEntry, KindRecord, KindState, MemberRecord, MoveRecord, AUDIT_RETENTION,
     CLUSTER_STATE_FORMAT,
@@ -124,7 +124,7 @@ enum OldKey {
 /// - `P/kinds/<kind>` (the kind not escaped, as the first release wrote it): the first
 ///   release's document of the kind's whole state (format 1). [`connect`](Self::connect)
 ///   migrates every such document into the records above
-///   ([`upgrade_kind_document`](state::upgrade_kind_document)): it writes the members and
+///   (the first release's document migrated forward): it writes the members and
 ///   the audit trail (in transactions of at most 100 operations, each comparing the
 ///   document unchanged and the kind record absent), then, in one transaction comparing
 ///   the same, puts the kind record and replaces the document with a *tombstone*: a
@@ -530,7 +530,7 @@ impl EtcdStore {
     /// found there (a coordinator of the first release created the kind since this store
     /// connected) is migrated instead, and the creation reported a conflict: the caller
     /// reloads and finds the migrated record.
-    fn create_kind(&self, kind: &str, record: &KindRecord) -> Result<CasOutcome, StoreError> {
+    fn create_kind(&self, kind: &str, record: &KindRecord) -> Result<StoreCasOutcome, StoreError> {
         let kind_key = self.kind_key(kind);
         let old_key = self.old_kind_key(kind);
         let value = encode(&self.location(), record)?;
@@ -550,7 +550,7 @@ impl EtcdStore {
                 }
                 OldKey::Document { .. } => {
                     self.migrate_kind(kind)?;
-                    return Ok(CasOutcome::Conflict);
+                    return Ok(StoreCasOutcome::Conflict);
                 }
             };
             let resp = self.txn(
@@ -574,11 +574,11 @@ impl EtcdStore {
                 _ => false,
             });
             if exists {
-                return Ok(CasOutcome::Conflict);
+                return Ok(StoreCasOutcome::Conflict);
             }
             // The first release's key changed meanwhile: look again.
         }
-        Ok(CasOutcome::Conflict)
+        Ok(StoreCasOutcome::Conflict)
     }
 
     fn damaged(&self, key: &str, problem: impl std::fmt::Display) -> StoreError {
@@ -682,8 +682,8 @@ fn encode(location: &str, value: &impl Serialize) -> Result<Vec<u8>, StoreError>
 }
 
 /// The outcome of a transaction that stored: its revision.
-fn swapped(resp: &TxnResponse) -> CasOutcome {
-    CasOutcome::Swapped {
+fn swapped(resp: &TxnResponse) -> StoreCasOutcome {
+    StoreCasOutcome::Swapped {
         revision: revision_of(
             resp.header()
                 .map_or(0, etcd_client::ResponseHeader::revision),
@@ -816,7 +816,7 @@ impl ClusterStore for EtcdStore {
         kind: &str,
         expected: Option<u64>,
         record: &KindRecord,
-    ) -> Result<CasOutcome, StoreError> {
+    ) -> Result<StoreCasOutcome, StoreError> {
         let Some(expected) = expected else {
             return self.create_kind(kind, record);
         };
@@ -835,7 +835,7 @@ impl ClusterStore for EtcdStore {
         Ok(if resp.succeeded() {
             swapped(&resp)
         } else {
-            CasOutcome::Conflict
+            StoreCasOutcome::Conflict
         })
     }
 
@@ -884,7 +884,7 @@ impl ClusterStore for EtcdStore {
         expected: Option<u64>,
         kind_revision: u64,
         record: &MemberRecord,
-    ) -> Result<CasOutcome, StoreError> {
+    ) -> Result<StoreCasOutcome, StoreError> {
         let key = self.member_key(kind, member);
         let value = encode(&self.location(), record)?;
         let member_guard = match expected {
@@ -909,7 +909,7 @@ impl ClusterStore for EtcdStore {
         Ok(if resp.succeeded() {
             swapped(&resp)
         } else {
-            CasOutcome::Conflict
+            StoreCasOutcome::Conflict
         })
     }
 
@@ -1047,7 +1047,7 @@ impl ClusterStore for EtcdStore {
         &self,
         expected: Option<u64>,
         record: &MoveRecord,
-    ) -> Result<CasOutcome, StoreError> {
+    ) -> Result<StoreCasOutcome, StoreError> {
         let key = self.move_key();
         let value = encode(&self.location(), record)?;
         let compare = match expected {
@@ -1065,7 +1065,7 @@ impl ClusterStore for EtcdStore {
         Ok(if resp.succeeded() {
             swapped(&resp)
         } else {
-            CasOutcome::Conflict
+            StoreCasOutcome::Conflict
         })
     }
 

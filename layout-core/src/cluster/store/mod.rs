@@ -32,7 +32,7 @@ pub struct Versioned<T> {
 
 /// What a compare-and-swap did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CasOutcome {
+pub enum StoreCasOutcome {
     /// Stored; this is the new revision.
     Swapped {
         /// The new revision.
@@ -57,7 +57,7 @@ pub enum FinalizerClaim {
 
 /// The cluster state of every component kind, kept as separate records so that a change
 /// writes only what it changes: per kind a small [`KindRecord`], one [`MemberRecord`]
-/// per member and an append-only, bounded audit trail (see [`crate::cluster::state`]).
+/// per member and an append-only, bounded audit trail (see [`KindRecord`](crate::cluster::KindRecord)).
 /// Synchronous: callers need no async runtime. Liveness is not stored: the coordinator
 /// keeps it in memory, from heartbeats.
 ///
@@ -80,7 +80,7 @@ pub enum FinalizerClaim {
 /// - [`remove_kind`](Self::remove_kind) deletes everything stored for a kind (a move's
 ///   `catch_up` removes from the destination the kinds the source does not have).
 /// - A state written by the first release (format 1: one document per kind) is migrated
-///   forward when the store opens ([`upgrade_kind_document`](crate::cluster::state::upgrade_kind_document)).
+///   forward when the store opens (the first release's document migrated forward).
 pub trait ClusterStore: Send + Sync + fmt::Debug {
     /// Where the state lives, for messages (a path, `etcd http://127.0.0.1:2379 /prefix`).
     fn location(&self) -> String;
@@ -97,7 +97,7 @@ pub trait ClusterStore: Send + Sync + fmt::Debug {
         kind: &str,
         expected: Option<u64>,
         record: &KindRecord,
-    ) -> Result<CasOutcome, StoreError>;
+    ) -> Result<StoreCasOutcome, StoreError>;
 
     /// One member's record and revision; `Ok(None)` when never stored.
     fn load_member(
@@ -118,7 +118,7 @@ pub trait ClusterStore: Send + Sync + fmt::Debug {
         expected: Option<u64>,
         kind_revision: u64,
         record: &MemberRecord,
-    ) -> Result<CasOutcome, StoreError>;
+    ) -> Result<StoreCasOutcome, StoreError>;
 
     /// Appends an entry to `kind`'s audit trail, dropping the oldest beyond
     /// [`AUDIT_RETENTION`](crate::cluster::state::AUDIT_RETENTION).
@@ -159,7 +159,7 @@ pub trait ClusterStore: Send + Sync + fmt::Debug {
         &self,
         expected: Option<u64>,
         record: &MoveRecord,
-    ) -> Result<CasOutcome, StoreError>;
+    ) -> Result<StoreCasOutcome, StoreError>;
 
     /// The whole state of `kind` (record, members, audit) as one snapshot; `Ok(None)` when
     /// never stored. Not one transaction: each part is read as it is then.
@@ -197,7 +197,7 @@ macro_rules! forward_store {
                 kind: &str,
                 expected: Option<u64>,
                 record: &KindRecord,
-            ) -> Result<CasOutcome, StoreError> {
+            ) -> Result<StoreCasOutcome, StoreError> {
                 (**self).swap_kind(kind, expected, record)
             }
             fn load_member(
@@ -220,7 +220,7 @@ macro_rules! forward_store {
                 expected: Option<u64>,
                 kind_revision: u64,
                 record: &MemberRecord,
-            ) -> Result<CasOutcome, StoreError> {
+            ) -> Result<StoreCasOutcome, StoreError> {
                 (**self).swap_member(kind, member, expected, kind_revision, record)
             }
             fn append_audit(&self, kind: &str, entry: &AuditEntry) -> Result<(), StoreError> {
@@ -256,7 +256,7 @@ macro_rules! forward_store {
                 &self,
                 expected: Option<u64>,
                 record: &MoveRecord,
-            ) -> Result<CasOutcome, StoreError> {
+            ) -> Result<StoreCasOutcome, StoreError> {
                 (**self).swap_move(expected, record)
             }
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
-use super::{CasOutcome, ClusterStore, FinalizerClaim, StoreError, Versioned};
+use super::{ClusterStore, FinalizerClaim, StoreCasOutcome, StoreError, Versioned};
 use crate::cluster::state::{
     AuditEntry, KindRecord, KindState, MemberRecord, MoveRecord, MoveRole, MoveStage,
 };
@@ -144,7 +144,7 @@ pub const DEFAULT_MIRROR_CAPACITY: usize = 4096;
 ///
 /// ```
 /// use std::sync::Arc;
-/// use layout_core::cluster::state::KindRecord;
+/// use layout_core::cluster::KindRecord;
 /// use layout_core::cluster::{ClusterStore, EmbeddedStore, MovePhase, MovingStore};
 ///
 /// let old = Arc::new(EmbeddedStore::in_memory());
@@ -248,13 +248,13 @@ impl Mirror {
                         MirrorOp::Audit(kind, entry) => {
                             let r = next
                                 .append_audit(&kind, &entry)
-                                .map(|()| CasOutcome::Swapped { revision: 0 });
+                                .map(|()| StoreCasOutcome::Swapped { revision: 0 });
                             (kind, "audit entry", r)
                         }
                         MirrorOp::Import(kind, state) => {
                             let r = next
                                 .import(&kind, &state)
-                                .map(|()| CasOutcome::Swapped { revision: 0 });
+                                .map(|()| StoreCasOutcome::Swapped { revision: 0 });
                             (kind, "import", r)
                         }
                     };
@@ -487,7 +487,6 @@ impl MovingStore {
     /// a coordinator opened with [`open`](Self::open) or [`new`](Self::new)), or while
     /// dual publishing to the same store object, it resumes the same move: the same id,
     /// the copy redone.
-    #[allow(clippy::too_many_lines)] // the checks, then the steps, in order
     pub fn begin_as(&self, next: Arc<dyn ClusterStore>, by: &str) -> Result<(), StoreError> {
         let _writes = self.writes.lock();
         let (current, resuming) = {
@@ -516,89 +515,28 @@ impl MovingStore {
         };
         // The source: not moved, not moving elsewhere.
         let source = current.load_move()?;
-        let mut reusable_id: Option<String> = None;
-        let mut started_at_ms = crate::clock::to_ms(std::time::SystemTime::now());
-        let mut by = by.to_owned();
-        if let Some(Versioned { value: r, .. }) = &source {
-            match (r.role, r.stage) {
-                (MoveRole::Source, MoveStage::Switched) => {
-                    return Err(refuse(format!(
-                        "this store's state was moved to {} (move {}); a coordinator still \
-                         pointed at it must not move it again: point it at {}",
-                        r.to, r.id, r.to
-                    )));
-                }
-                (MoveRole::Source, MoveStage::Copying | MoveStage::DualPublishing) => {
-                    if r.to != to || resuming.as_ref().is_some_and(|id| *id != r.id) {
-                        return Err(refuse(format!(
-                            "another move ({}) to {} is {}: switch or roll it back first",
-                            r.id, r.to, r.stage
-                        )));
-                    }
-                    started_at_ms = r.started_at_ms;
-                    by.clone_from(&r.by);
-                    reusable_id = Some(r.id.clone());
-                }
-                (MoveRole::Destination, MoveStage::Copying | MoveStage::DualPublishing) => {
-                    return Err(refuse(format!(
-                        "this store is still receiving a move ({}) from {}",
-                        r.id, r.from
-                    )));
-                }
-                (MoveRole::Destination, MoveStage::RolledBack) => {
-                    return Err(refuse(format!(
-                        "this store holds the stale copy of a move ({}) from {} that was \
-                         rolled back",
-                        r.id, r.from
-                    )));
-                }
-                // A move out of this store rolled back, or a move into it finished.
-                _ => {}
-            }
-        }
-        if let Some(kind) = moved_kind(current.as_ref())? {
-            return Err(refuse(format!(
-                "this store's state was already moved ({kind} is marked as moved to {})",
-                current
-                    .load_kind(&kind)?
-                    .and_then(|k| k.value.moved_to)
-                    .unwrap_or_default()
-            )));
-        }
+        let now_ms = crate::clock::to_ms(std::time::SystemTime::now());
+        let resumed = check_move_source(
+            current.as_ref(),
+            source.as_ref(),
+            &to,
+            resuming.as_deref(),
+            &refuse,
+        )?;
         // The destination: empty, or this very move (or this source's abandoned copy).
-        let source_id = source.as_ref().map(|s| s.value.id.clone());
         let destination = next.load_move()?;
-        if let Some(Versioned { value: r, .. }) = &destination {
-            let ours = reusable_id.as_ref().is_some_and(|id| *id == r.id);
-            let abandoned = r.role == MoveRole::Destination
-                && r.stage == MoveStage::RolledBack
-                && r.from == from
-                && source_id.as_ref().is_some_and(|id| *id == r.id);
-            if !(ours || abandoned) {
-                return Err(refuse(format!(
-                    "the destination holds the record of another move ({}, {} from {} \
-                     to {}, {}): it is not empty; give it a store nobody uses",
-                    r.id,
-                    match r.role {
-                        MoveRole::Source => "source",
-                        MoveRole::Destination => "destination",
-                    },
-                    r.from,
-                    r.to,
-                    r.stage
-                )));
-            }
-        } else {
-            let kinds = next.kinds()?;
-            if !kinds.is_empty() {
-                return Err(refuse(format!(
-                    "the destination is not empty: it holds {}; give it a store nobody \
-                     uses",
-                    kinds.join(", ")
-                )));
-            }
-        }
-        let id = reusable_id.unwrap_or_else(|| new_move_id(&from, &to, started_at_ms));
+        check_move_destination(
+            next.as_ref(),
+            destination.as_ref(),
+            source.as_ref(),
+            &from,
+            resumed.as_ref().map(|r| r.id.as_str()),
+            &refuse,
+        )?;
+        let (id, started_at_ms, by) = match resumed {
+            Some(r) => (r.id, r.started_at_ms, r.by),
+            None => (new_move_id(&from, &to, now_ms), now_ms, by.to_owned()),
+        };
         let record = |role, stage| MoveRecord {
             id: id.clone(),
             role,
@@ -609,20 +547,54 @@ impl MovingStore {
             updated_at_ms: crate::clock::to_ms(std::time::SystemTime::now()),
             by: by.clone(),
         };
-        put_move(
+        self.record_move_and_copy(
             current.as_ref(),
-            source.map(|s| s.revision),
+            next.as_ref(),
+            (source.map(|s| s.revision), destination.map(|d| d.revision)),
+            &record,
+        )?;
+        self.start_dual_publishing(current.as_ref(), next, &id, &by, started_at_ms)?;
+        tracing::info!(%from, %to, %id, "cluster store move: dual publishing");
+        Ok(())
+    }
+
+    /// Records the move in both stores (at their expected move-record revisions
+    /// `revisions`, source then destination), then copies every kind's state to the
+    /// destination; a named step after each.
+    fn record_move_and_copy(
+        &self,
+        current: &dyn ClusterStore,
+        next: &dyn ClusterStore,
+        revisions: (Option<u64>, Option<u64>),
+        record: &dyn Fn(MoveRole, MoveStage) -> MoveRecord,
+    ) -> Result<(), StoreError> {
+        put_move(
+            current,
+            revisions.0,
             &record(MoveRole::Source, MoveStage::Copying),
         )?;
         self.step("begin:source-recorded");
         put_move(
-            next.as_ref(),
-            destination.map(|d| d.revision),
+            next,
+            revisions.1,
             &record(MoveRole::Destination, MoveStage::Copying),
         )?;
         self.step("begin:destination-recorded");
-        reconcile(current.as_ref(), next.as_ref())?;
+        reconcile(current, next)?;
         self.step("begin:copied");
+        Ok(())
+    }
+
+    /// Starts dual publishing to `next` (the mirror, then the phase in memory), then
+    /// records stage dual-publishing in the destination and the source.
+    fn start_dual_publishing(
+        &self,
+        current: &dyn ClusterStore,
+        next: Arc<dyn ClusterStore>,
+        id: &str,
+        by: &str,
+        started_at_ms: u64,
+    ) -> Result<(), StoreError> {
         let destination_store = Arc::clone(&next);
         {
             let mut stores = self.stores.write();
@@ -634,15 +606,14 @@ impl MovingStore {
             }
             stores.next = Some(next);
             stores.phase = MovePhase::DualPublishing;
-            stores.id = Some(id.clone());
-            stores.by.clone_from(&by);
+            stores.id = Some(id.to_owned());
+            by.clone_into(&mut stores.by);
             stores.started_at_ms = started_at_ms;
         }
-        set_stage(destination_store.as_ref(), &id, MoveStage::DualPublishing)?;
+        set_stage(destination_store.as_ref(), id, MoveStage::DualPublishing)?;
         self.step("begin:destination-dual");
-        set_stage(current.as_ref(), &id, MoveStage::DualPublishing)?;
+        set_stage(current, id, MoveStage::DualPublishing)?;
         self.step("begin:done");
-        tracing::info!(%from, %to, %id, "cluster store move: dual publishing");
         Ok(())
     }
 
@@ -879,6 +850,120 @@ impl MovingStore {
     }
 }
 
+/// The move a source store records, resumed by [`MovingStore::begin_as`].
+struct ResumedMove {
+    id: String,
+    started_at_ms: u64,
+    by: String,
+}
+
+/// Checks the source of a move to `to` (its move record `source`): not moved, not moving
+/// elsewhere, not receiving a move. Returns the move it records when it is this very move
+/// (`resuming`: the id of the move under way in memory, if any).
+fn check_move_source(
+    current: &dyn ClusterStore,
+    source: Option<&Versioned<MoveRecord>>,
+    to: &str,
+    resuming: Option<&str>,
+    refuse: &dyn Fn(String) -> StoreError,
+) -> Result<Option<ResumedMove>, StoreError> {
+    let mut resumed = None;
+    if let Some(Versioned { value: r, .. }) = source {
+        match (r.role, r.stage) {
+            (MoveRole::Source, MoveStage::Switched) => {
+                return Err(refuse(format!(
+                    "this store's state was moved to {} (move {}); a coordinator still \
+                     pointed at it must not move it again: point it at {}",
+                    r.to, r.id, r.to
+                )));
+            }
+            (MoveRole::Source, MoveStage::Copying | MoveStage::DualPublishing) => {
+                if r.to != to || resuming.is_some_and(|id| id != r.id) {
+                    return Err(refuse(format!(
+                        "another move ({}) to {} is {}: switch or roll it back first",
+                        r.id, r.to, r.stage
+                    )));
+                }
+                resumed = Some(ResumedMove {
+                    id: r.id.clone(),
+                    started_at_ms: r.started_at_ms,
+                    by: r.by.clone(),
+                });
+            }
+            (MoveRole::Destination, MoveStage::Copying | MoveStage::DualPublishing) => {
+                return Err(refuse(format!(
+                    "this store is still receiving a move ({}) from {}",
+                    r.id, r.from
+                )));
+            }
+            (MoveRole::Destination, MoveStage::RolledBack) => {
+                return Err(refuse(format!(
+                    "this store holds the stale copy of a move ({}) from {} that was \
+                     rolled back",
+                    r.id, r.from
+                )));
+            }
+            // A move out of this store rolled back, or a move into it finished.
+            _ => {}
+        }
+    }
+    if let Some(kind) = moved_kind(current)? {
+        return Err(refuse(format!(
+            "this store's state was already moved ({kind} is marked as moved to {})",
+            current
+                .load_kind(&kind)?
+                .and_then(|k| k.value.moved_to)
+                .unwrap_or_default()
+        )));
+    }
+    Ok(resumed)
+}
+
+/// Checks the destination of a move from `from` (its move record `destination`): empty,
+/// or holding this very move (`resumed_id`), or the abandoned copy of a move out of this
+/// source (whose move record is `source`).
+fn check_move_destination(
+    next: &dyn ClusterStore,
+    destination: Option<&Versioned<MoveRecord>>,
+    source: Option<&Versioned<MoveRecord>>,
+    from: &str,
+    resumed_id: Option<&str>,
+    refuse: &dyn Fn(String) -> StoreError,
+) -> Result<(), StoreError> {
+    let source_id = source.map(|s| s.value.id.clone());
+    if let Some(Versioned { value: r, .. }) = destination {
+        let ours = resumed_id.is_some_and(|id| id == r.id);
+        let abandoned = r.role == MoveRole::Destination
+            && r.stage == MoveStage::RolledBack
+            && r.from == from
+            && source_id.as_ref().is_some_and(|id| *id == r.id);
+        if !(ours || abandoned) {
+            return Err(refuse(format!(
+                "the destination holds the record of another move ({}, {} from {} \
+                 to {}, {}): it is not empty; give it a store nobody uses",
+                r.id,
+                match r.role {
+                    MoveRole::Source => "source",
+                    MoveRole::Destination => "destination",
+                },
+                r.from,
+                r.to,
+                r.stage
+            )));
+        }
+    } else {
+        let kinds = next.kinds()?;
+        if !kinds.is_empty() {
+            return Err(refuse(format!(
+                "the destination is not empty: it holds {}; give it a store nobody \
+                 uses",
+                kinds.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A new move id: unique enough across coordinators (time, process, a hash of the
 /// locations).
 fn new_move_id(from: &str, to: &str, at_ms: u64) -> String {
@@ -896,8 +981,8 @@ fn put_move(
     record: &MoveRecord,
 ) -> Result<(), StoreError> {
     match store.swap_move(expected, record)? {
-        CasOutcome::Swapped { .. } => Ok(()),
-        CasOutcome::Conflict => Err(StoreError::Move {
+        StoreCasOutcome::Swapped { .. } => Ok(()),
+        StoreCasOutcome::Conflict => Err(StoreError::Move {
             from: record.from.clone(),
             to: record.to.clone(),
             message: format!(
@@ -936,7 +1021,7 @@ fn set_stage(store: &dyn ClusterStore, id: &str, stage: MoveStage) -> Result<(),
         }
         record.stage = stage;
         record.updated_at_ms = crate::clock::to_ms(std::time::SystemTime::now());
-        if let CasOutcome::Swapped { .. } = store.swap_move(Some(stored.revision), &record)? {
+        if let StoreCasOutcome::Swapped { .. } = store.swap_move(Some(stored.revision), &record)? {
             return Ok(());
         }
     }
@@ -1007,12 +1092,12 @@ fn overwrite_kind(
     store: &dyn ClusterStore,
     kind: &str,
     record: &KindRecord,
-) -> Result<CasOutcome, StoreError> {
-    let mut outcome = CasOutcome::Conflict;
+) -> Result<StoreCasOutcome, StoreError> {
+    let mut outcome = StoreCasOutcome::Conflict;
     for _ in 0..RETRIES {
         let expected = store.load_kind(kind)?.map(|v| v.revision);
         outcome = store.swap_kind(kind, expected, record)?;
-        if let CasOutcome::Swapped { .. } = outcome {
+        if let StoreCasOutcome::Swapped { .. } = outcome {
             break;
         }
     }
@@ -1025,15 +1110,15 @@ fn overwrite_member(
     kind: &str,
     member: &str,
     record: &MemberRecord,
-) -> Result<CasOutcome, StoreError> {
-    let mut outcome = CasOutcome::Conflict;
+) -> Result<StoreCasOutcome, StoreError> {
+    let mut outcome = StoreCasOutcome::Conflict;
     for _ in 0..RETRIES {
         let Some(kind_record) = store.load_kind(kind)? else {
-            return Ok(CasOutcome::Conflict);
+            return Ok(StoreCasOutcome::Conflict);
         };
         let expected = store.load_member(kind, member)?.map(|v| v.revision);
         outcome = store.swap_member(kind, member, expected, kind_record.revision, record)?;
-        if let CasOutcome::Swapped { .. } = outcome {
+        if let StoreCasOutcome::Swapped { .. } = outcome {
             break;
         }
     }
@@ -1050,7 +1135,9 @@ fn mark_moved(store: &dyn ClusterStore, kind: &str, to: Option<&str>) -> Result<
         };
         let mut record = stored.value;
         record.moved_to = to.map(ToOwned::to_owned);
-        if let CasOutcome::Swapped { .. } = store.swap_kind(kind, Some(stored.revision), &record)? {
+        if let StoreCasOutcome::Swapped { .. } =
+            store.swap_kind(kind, Some(stored.revision), &record)?
+        {
             return Ok(());
         }
     }
@@ -1112,10 +1199,10 @@ impl MovingStore {
 
 /// Logs a mirrored write that failed (the current store decided; verify reports the gap
 /// and `catch_up` closes it); whether it landed.
-fn mirrored(kind: &str, what: &str, result: Result<CasOutcome, StoreError>) -> bool {
+fn mirrored(kind: &str, what: &str, result: Result<StoreCasOutcome, StoreError>) -> bool {
     match result {
-        Ok(CasOutcome::Swapped { .. }) => true,
-        Ok(CasOutcome::Conflict) => {
+        Ok(StoreCasOutcome::Swapped { .. }) => true,
+        Ok(StoreCasOutcome::Conflict) => {
             tracing::warn!(
                 kind,
                 what,
@@ -1154,23 +1241,23 @@ impl ClusterStore for MovingStore {
         kind: &str,
         expected: Option<u64>,
         record: &KindRecord,
-    ) -> Result<CasOutcome, StoreError> {
+    ) -> Result<StoreCasOutcome, StoreError> {
         let _writes = self.writes.lock();
         let (decider, mirror) = self.decider();
         let expected = match expected.map(|r| self.unmark(r)) {
             None => None,
             Some(Some(r)) => Some(r),
             // Read on the other side of the switch: stale.
-            Some(None) => return Ok(CasOutcome::Conflict),
+            Some(None) => return Ok(StoreCasOutcome::Conflict),
         };
         let switched = self.switched();
         let outcome = match decider.swap_kind(kind, expected, record)? {
-            CasOutcome::Swapped { revision } => CasOutcome::Swapped {
+            StoreCasOutcome::Swapped { revision } => StoreCasOutcome::Swapped {
                 revision: mark(revision, switched),
             },
-            CasOutcome::Conflict => CasOutcome::Conflict,
+            StoreCasOutcome::Conflict => StoreCasOutcome::Conflict,
         };
-        if let (CasOutcome::Swapped { .. }, true) = (&outcome, mirror) {
+        if let (StoreCasOutcome::Swapped { .. }, true) = (&outcome, mirror) {
             self.mirror(MirrorOp::Kind(kind.to_owned(), record.clone()));
         }
         Ok(outcome)
@@ -1206,25 +1293,25 @@ impl ClusterStore for MovingStore {
         expected: Option<u64>,
         kind_revision: u64,
         record: &MemberRecord,
-    ) -> Result<CasOutcome, StoreError> {
+    ) -> Result<StoreCasOutcome, StoreError> {
         let _writes = self.writes.lock();
         let (decider, mirror) = self.decider();
         let expected = match expected.map(|r| self.unmark(r)) {
             None => None,
             Some(Some(r)) => Some(r),
-            Some(None) => return Ok(CasOutcome::Conflict),
+            Some(None) => return Ok(StoreCasOutcome::Conflict),
         };
         let Some(kind_revision) = self.unmark(kind_revision) else {
-            return Ok(CasOutcome::Conflict);
+            return Ok(StoreCasOutcome::Conflict);
         };
         let switched = self.switched();
         let outcome = match decider.swap_member(kind, member, expected, kind_revision, record)? {
-            CasOutcome::Swapped { revision } => CasOutcome::Swapped {
+            StoreCasOutcome::Swapped { revision } => StoreCasOutcome::Swapped {
                 revision: mark(revision, switched),
             },
-            CasOutcome::Conflict => CasOutcome::Conflict,
+            StoreCasOutcome::Conflict => StoreCasOutcome::Conflict,
         };
-        if let (CasOutcome::Swapped { .. }, true) = (&outcome, mirror) {
+        if let (StoreCasOutcome::Swapped { .. }, true) = (&outcome, mirror) {
             self.mirror(MirrorOp::Member(
                 kind.to_owned(),
                 member.to_owned(),
@@ -1335,7 +1422,7 @@ impl ClusterStore for MovingStore {
         &self,
         expected: Option<u64>,
         record: &MoveRecord,
-    ) -> Result<CasOutcome, StoreError> {
+    ) -> Result<StoreCasOutcome, StoreError> {
         let _writes = self.writes.lock();
         self.active().swap_move(expected, record)
     }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 /// [`MigrationSink::write_batch`]: super::MigrationSink::write_batch
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
-pub struct Checkpoint {
+pub struct MigrationCheckpoint {
     /// The last key read from the source (`None` before the first batch). Every key at or
     /// below it has been copied.
     pub last_key: Option<Vec<u8>>,
@@ -50,7 +50,7 @@ pub struct Checkpoint {
     pub total: Option<u64>,
 }
 
-impl Checkpoint {
+impl MigrationCheckpoint {
     /// Whether `key` has been migrated (it lies at or below the last key copied, or the
     /// copy is complete).
     pub fn covers(&self, key: &[u8]) -> bool {
@@ -69,7 +69,7 @@ impl Checkpoint {
         last_key: Option<&[u8]>,
         batch_size: usize,
         now_ms: u64,
-    ) -> Checkpoint {
+    ) -> MigrationCheckpoint {
         let mut next = self.clone();
         next.batches += 1;
         next.done += read as u64;

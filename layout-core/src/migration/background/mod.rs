@@ -1,33 +1,6 @@
-//! Background migrations: copy (and rewrite) a large table into a new one in batches,
-//! while the component keeps serving.
-//!
-//! A [`BackgroundMigration`] reads a [`MigrationSource`] (the old table) in key order,
-//! batches of a fixed key count (default [`DEFAULT_BATCH_SIZE`]), optionally rewrites each
-//! row, and writes it to a [`MigrationSink`] (the new table) together with a
-//! [`Checkpoint`], atomically where the store allows. A restart resumes from the
-//! checkpoint, redoing at most the one batch that was not committed. Old and new data stay
-//! apart until the migration completes; rows keep their original timestamps, and the
-//! migration writes nothing of its own into them.
-//!
-//! Run as a layout feature's `OnFinalize` action
-//! ([`BackgroundMigration::run_as_action`]), the feature finalizes when the copy
-//! completes. Meanwhile the component's writes go to both layouts, decided per write by a
-//! [`DualWrite`] guard, so nothing copied earlier goes stale.
-//!
-//! # Why concurrent writes never go stale
-//!
-//! The copier writes a row into the new table only where the new table holds neither a
-//! row nor a *tombstone* for that key ("copy if absent"), atomically with the checkpoint.
-//! A write on the component's path, once the migration has started, goes to the old and
-//! the new table in one atomic step, unconditionally, and a delete leaves a tombstone in
-//! the new table until the migration completes. So whichever of the copier and a writer
-//! reaches a key last, the new table ends with the writer's value: a copy never
-//! overwrites a live write, and a deleted row is never brought back. The migration
-//! switches writers to dual-write (under a write fence: writes in flight finish first)
-//! before it reads its first batch, and the switch is persisted with the first
-//! checkpoint, so it survives a restart.
+//! Background migrations: a large table copied (and rewritten) into a new one in batches.
 
-// Where things are: `checkpoint` (Checkpoint), `error` (MigrationError), `store` (Row, the
+// Where things are: `checkpoint` (MigrationCheckpoint), `error` (MigrationError), `store` (Row, the
 // source and sink traits), `progress` (state, progress, batch events, report), `control`
 // (tuning; pause, resume, cancel), `dual_write` (write routing), `builder`, `run` (a run:
 // start, the batch loop, finish), `pacing` (between batches: pause, rate ceiling, latency
@@ -51,7 +24,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 pub use builder::BackgroundMigrationBuilder;
-pub use checkpoint::Checkpoint;
+pub use checkpoint::MigrationCheckpoint;
 pub use control::{MigrationControl, MigrationTuning, MAX_LATENCY_DELAY, MIN_LATENCY_DELAY};
 pub(crate) use dual_write::WriteFence;
 pub use dual_write::{DualWrite, WriteScope, WriteTarget};
@@ -96,7 +69,7 @@ pub const CRASH_POINTS: &[&str] = &[
 ];
 
 /// Copies a table into a new one in batches, resumable, observable, throttled; see the
-/// [module docs](self).
+/// the overview below.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -118,6 +91,37 @@ pub const CRASH_POINTS: &[&str] = &[
 /// assert_eq!(copied[3].modified_ms, 1_003); // original timestamps kept
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+///
+/// # Overview
+///
+/// Background migrations: copy (and rewrite) a large table into a new one in batches,
+/// while the component keeps serving.
+///
+/// A [`BackgroundMigration`] reads a [`MigrationSource`] (the old table) in key order,
+/// batches of a fixed key count (default [`DEFAULT_BATCH_SIZE`]), optionally rewrites each
+/// row, and writes it to a [`MigrationSink`] (the new table) together with a
+/// [`MigrationCheckpoint`], atomically where the store allows. A restart resumes from the
+/// checkpoint, redoing at most the one batch that was not committed. Old and new data stay
+/// apart until the migration completes; rows keep their original timestamps, and the
+/// migration writes nothing of its own into them.
+///
+/// Run as a layout feature's `OnFinalize` action
+/// ([`BackgroundMigration::run_as_action`]), the feature finalizes when the copy
+/// completes. Meanwhile the component's writes go to both layouts, decided per write by a
+/// [`DualWrite`] guard, so nothing copied earlier goes stale.
+///
+/// ## Why concurrent writes never go stale
+///
+/// The copier writes a row into the new table only where the new table holds neither a
+/// row nor a *tombstone* for that key ("copy if absent"), atomically with the checkpoint.
+/// A write on the component's path, once the migration has started, goes to the old and
+/// the new table in one atomic step, unconditionally, and a delete leaves a tombstone in
+/// the new table until the migration completes. So whichever of the copier and a writer
+/// reaches a key last, the new table ends with the writer's value: a copy never
+/// overwrites a live write, and a deleted row is never brought back. The migration
+/// switches writers to dual-write (under a write fence: writes in flight finish first)
+/// before it reads its first batch, and the switch is persisted with the first
+/// checkpoint, so it survives a restart.
 pub struct BackgroundMigration {
     name: String,
     source: Arc<dyn MigrationSource>,
@@ -216,7 +220,7 @@ impl BackgroundMigration {
     }
 
     /// Remembers the active time of the checkpoint just written or read.
-    fn note_checkpoint(&self, checkpoint: &Checkpoint) {
+    fn note_checkpoint(&self, checkpoint: &MigrationCheckpoint) {
         *self.active.lock() = Some((checkpoint.active_ms, checkpoint.updated_ms));
     }
 

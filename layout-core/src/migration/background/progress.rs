@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::{Checkpoint, MigrationTuning};
+use super::{MigrationCheckpoint, MigrationTuning};
 
 /// A hook called at each step of a run; see [`BackgroundMigrationBuilder::on_batch`].
 ///
@@ -73,7 +73,7 @@ pub struct MigrationProgress {
     /// The error that stopped the last run, if any.
     pub last_error: Option<String>,
     /// How long the migration has been running over all runs, downtime excluded (kept in
-    /// the checkpoint, see [`Checkpoint::active_ms`]).
+    /// the checkpoint, see [`MigrationCheckpoint::active_ms`]).
     pub elapsed: Duration,
     /// The settings in force now (changed live through [`MigrationControl`]).
     ///
@@ -112,7 +112,7 @@ pub enum BatchEvent {
     /// A run started (or resumed) from `checkpoint`.
     RunStarted {
         /// The checkpoint it resumes from, as persisted with the run's start.
-        checkpoint: Checkpoint,
+        checkpoint: MigrationCheckpoint,
     },
     /// A batch is about to be read.
     BatchStarted {

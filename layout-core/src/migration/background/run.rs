@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use super::error::printable;
 use super::pacing::Interrupt;
 use super::{
-    BackgroundMigration, BatchCopy, BatchEvent, BatchWrite, Checkpoint, MigrationError,
+    BackgroundMigration, BatchCopy, BatchEvent, BatchWrite, MigrationCheckpoint, MigrationError,
     MigrationReport, MigrationState, Reporter, Row, Running, CRASH_BATCH_COMMITTED,
     CRASH_BATCH_REPORTED, CRASH_BEFORE_BATCH, CRASH_BEFORE_FINISH, CRASH_FINISHED,
 };
@@ -16,7 +16,7 @@ use super::{
 /// between its batches.
 struct RunState {
     /// The last checkpoint stored.
-    checkpoint: Checkpoint,
+    checkpoint: MigrationCheckpoint,
     /// The rows in the source, as far as known.
     total: Option<u64>,
     /// When the run started (on the migration's clock).
@@ -41,7 +41,7 @@ enum RunStart {
     /// The copy was already complete: this report, and nothing to do.
     Complete(MigrationReport),
     /// From this checkpoint, stored with the run's start.
-    From(Checkpoint),
+    From(MigrationCheckpoint),
 }
 
 impl BackgroundMigration {
@@ -138,9 +138,9 @@ impl BackgroundMigration {
             // counted: the active time resumes from now.
             let counted = self.source.total_rows()?;
             let now_ms = self.clock.now_ms();
-            let mut next = current.clone().unwrap_or_else(|| Checkpoint {
+            let mut next = current.clone().unwrap_or_else(|| MigrationCheckpoint {
                 started_ms: now_ms,
-                ..Checkpoint::default()
+                ..MigrationCheckpoint::default()
             });
             next.runs += 1;
             next.updated_ms = now_ms;
@@ -153,7 +153,10 @@ impl BackgroundMigration {
     }
 
     /// A run over a complete copy: finishes the sink (again) and reports.
-    fn already_complete(&self, cp: &Checkpoint) -> Result<MigrationReport, MigrationError> {
+    fn already_complete(
+        &self,
+        cp: &MigrationCheckpoint,
+    ) -> Result<MigrationReport, MigrationError> {
         self.mark_complete();
         self.sink.finish()?;
         self.note_checkpoint(cp);
@@ -393,7 +396,7 @@ impl BackgroundMigration {
     /// and it supports that.
     fn copy_in_store(
         &self,
-        checkpoint: &Checkpoint,
+        checkpoint: &MigrationCheckpoint,
         batch_size: usize,
     ) -> Result<Option<BatchCopy>, MigrationError> {
         if !self.in_store {
@@ -409,7 +412,7 @@ impl BackgroundMigration {
     /// One batch: read from the source, transform, write to the sink.
     fn copy_through_source(
         &self,
-        checkpoint: &Checkpoint,
+        checkpoint: &MigrationCheckpoint,
         batch_size: usize,
     ) -> Result<BatchCopy, MigrationError> {
         let rows = self

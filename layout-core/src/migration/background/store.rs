@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Checkpoint, MigrationError};
+use super::{MigrationCheckpoint, MigrationError};
 use crate::error::StepError;
 
 /// One row of a table: key, value, and the time it was last modified (kept as it is by
@@ -54,7 +54,7 @@ pub enum BatchWrite {
     /// The stored checkpoint was not the expected one; nothing was written.
     Conflict {
         /// The checkpoint stored now.
-        current: Option<Checkpoint>,
+        current: Option<MigrationCheckpoint>,
     },
 }
 
@@ -64,14 +64,14 @@ pub enum BatchCopy {
     /// The batch and the checkpoint `next` were stored.
     Copied {
         /// The checkpoint stored.
-        next: Checkpoint,
+        next: MigrationCheckpoint,
         /// Rows written (the others were skipped or dropped).
         written: u64,
     },
     /// The stored checkpoint was not the expected one; nothing was written.
     Conflict {
         /// The checkpoint stored now.
-        current: Option<Checkpoint>,
+        current: Option<MigrationCheckpoint>,
     },
 }
 
@@ -96,21 +96,21 @@ pub trait MigrationSink: Send + Sync {
     fn sink_location(&self) -> String;
 
     /// The stored checkpoint; `None` when the migration never started (or was reset).
-    fn load_checkpoint(&self) -> Result<Option<Checkpoint>, MigrationError>;
+    fn load_checkpoint(&self) -> Result<Option<MigrationCheckpoint>, MigrationError>;
 
     /// If the stored checkpoint equals `expected`: copies `rows` (if absent, see the
     /// trait docs) and stores `next`.
     fn write_batch(
         &self,
-        expected: Option<&Checkpoint>,
+        expected: Option<&MigrationCheckpoint>,
         rows: &[Row],
-        next: &Checkpoint,
+        next: &MigrationCheckpoint,
     ) -> Result<BatchWrite, MigrationError>;
 
     /// For a sink that also holds the source table (one store, such as
     /// [`RedbMigrationStore`](crate::migration::RedbMigrationStore)): reads the batch after
     /// `expected.last_key` from its own source table and writes it, with the checkpoint
-    /// [`Checkpoint::after_batch`] gives, in one transaction, under the same contract as
+    /// [`MigrationCheckpoint::after_batch`] gives, in one transaction, under the same contract as
     /// [`write_batch`](Self::write_batch). Called only when the migration's source and
     /// sink are this same object (see [`BackgroundMigration::builder`]). `Ok(None)` (the
     /// default): not supported; the migration reads through its [`MigrationSource`].
@@ -118,7 +118,7 @@ pub trait MigrationSink: Send + Sync {
     /// [`BackgroundMigration::builder`]: super::BackgroundMigration::builder
     fn copy_next_batch(
         &self,
-        expected: &Checkpoint,
+        expected: &MigrationCheckpoint,
         limit: usize,
         transform: Option<CheckedTransform<'_>>,
         now_ms: u64,

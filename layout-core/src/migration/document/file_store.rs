@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
-use super::{CasOutcome, DocumentStore, DocumentStoreError, Revision, StoredDocument};
+use super::{DocumentCasOutcome, DocumentStore, DocumentStoreError, Revision, StoredDocument};
 use crate::durable;
 
 /// A document in a file, shared by every process that opens the same path.
@@ -23,14 +23,14 @@ use crate::durable;
 /// stored: each process computes it from the bytes it reads.
 ///
 /// ```
-/// use layout_core::migration::{CasOutcome, DocumentStore, FileDocumentStore};
+/// use layout_core::migration::{DocumentCasOutcome, DocumentStore, FileDocumentStore};
 ///
 /// let dir = tempfile::tempdir()?;
 /// let store = FileDocumentStore::new(dir.path().join("state.json"));
 /// assert!(store.load()?.is_none());
-/// let CasOutcome::Stored(rev) = store.compare_and_swap(None, b"{}")? else { panic!() };
+/// let DocumentCasOutcome::Stored(rev) = store.compare_and_swap(None, b"{}")? else { panic!() };
 /// // A stale writer loses.
-/// assert!(matches!(store.compare_and_swap(None, b"{}")?, CasOutcome::Conflict { current: Some(r) } if r == rev));
+/// assert!(matches!(store.compare_and_swap(None, b"{}")?, DocumentCasOutcome::Conflict { current: Some(r) } if r == rev));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone)]
@@ -97,7 +97,7 @@ impl DocumentStore for FileDocumentStore {
         &self,
         expected: Option<Revision>,
         bytes: &[u8],
-    ) -> Result<CasOutcome, DocumentStoreError> {
+    ) -> Result<DocumentCasOutcome, DocumentStoreError> {
         let dir = self
             .path
             .parent()
@@ -115,7 +115,7 @@ impl DocumentStore for FileDocumentStore {
         // The lock is released when `lock` is dropped (closed), also on an error.
         let current = self.read()?.map(|b| digest(&b));
         if current != expected {
-            return Ok(CasOutcome::Conflict { current });
+            return Ok(DocumentCasOutcome::Conflict { current });
         }
         // Writers are serialized by the lock: no temporary file is in use now.
         for temp in durable::remove_leftover_temp_files(&self.path).map_err(|e| self.durable(e))? {
@@ -127,7 +127,7 @@ impl DocumentStore for FileDocumentStore {
         }
         durable::replace(&self.path, bytes).map_err(|e| self.durable(e))?;
         drop(lock);
-        Ok(CasOutcome::Stored(digest(bytes)))
+        Ok(DocumentCasOutcome::Stored(digest(bytes)))
     }
 }
 

@@ -3,8 +3,8 @@
 use serde_json::Value;
 
 use super::{
-    AppliedStep, CasOutcome, DocumentError, DocumentMigrator, DocumentStore, DocumentStoreError,
-    Revision, CRASH_BEFORE_STORE, CRASH_STORED,
+    AppliedStep, DocumentCasOutcome, DocumentError, DocumentMigrator, DocumentStore,
+    DocumentStoreError, Revision, CRASH_BEFORE_STORE, CRASH_STORED,
 };
 
 /// How many compare-and-swap conflicts [`DocumentMigrator::load`] tolerates before giving
@@ -46,13 +46,13 @@ impl DocumentMigrator {
 
     /// Stores `document` (stamped with the current version) if the stored revision is
     /// still `expected` (`None`: nothing stored). On a conflict, returns
-    /// `Ok(CasOutcome::Conflict { .. })` and stores nothing: reload and retry.
+    /// `Ok(DocumentCasOutcome::Conflict { .. })` and stores nothing: reload and retry.
     pub fn save(
         &self,
         store: &dyn DocumentStore,
         expected: Option<Revision>,
         document: &Value,
-    ) -> Result<CasOutcome, DocumentError> {
+    ) -> Result<DocumentCasOutcome, DocumentError> {
         let mut document = document.clone();
         let version = self.version_of(&document)?;
         if version > self.current_version {
@@ -88,7 +88,7 @@ impl DocumentMigrator {
                     .compare_and_swap(None, &bytes)
                     .map_err(|e| self.store_error(e))?
                 {
-                    CasOutcome::Stored(revision) => {
+                    DocumentCasOutcome::Stored(revision) => {
                         crate::crash_point::hit(CRASH_STORED);
                         tracing::info!(
                             target: "layout_core::migration",
@@ -106,7 +106,7 @@ impl DocumentMigrator {
                             conflicts,
                         }));
                     }
-                    CasOutcome::Conflict { .. } => continue,
+                    DocumentCasOutcome::Conflict { .. } => continue,
                 }
             };
             let document: Value =
@@ -131,7 +131,7 @@ impl DocumentMigrator {
                 .compare_and_swap(Some(stored.revision), &bytes)
                 .map_err(|e| self.store_error(e))?
             {
-                CasOutcome::Stored(revision) => {
+                DocumentCasOutcome::Stored(revision) => {
                     crate::crash_point::hit(CRASH_STORED);
                     tracing::info!(
                         target: "layout_core::migration",
@@ -152,7 +152,7 @@ impl DocumentMigrator {
                         conflicts,
                     }));
                 }
-                CasOutcome::Conflict { .. } => {
+                DocumentCasOutcome::Conflict { .. } => {
                     tracing::info!(
                         target: "layout_core::migration",
                         document = %self.document,

@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 use parking_lot::Mutex;
 
 use super::{
-    CasOutcome, DocumentChange, DocumentStore, DocumentStoreError, DocumentWatch, Revision,
+    DocumentCasOutcome, DocumentChange, DocumentStore, DocumentStoreError, DocumentWatch, Revision,
     StoredDocument, WatchCallback, WatchEvent,
 };
 
@@ -75,12 +75,12 @@ impl DocumentStore for MemoryDocumentStore {
         &self,
         expected: Option<Revision>,
         bytes: &[u8],
-    ) -> Result<CasOutcome, DocumentStoreError> {
+    ) -> Result<DocumentCasOutcome, DocumentStoreError> {
         let (revision, watchers) = {
             let mut inner = self.inner.lock();
             let current = inner.bytes.as_ref().map(|_| Revision(inner.revision));
             if current != expected {
-                return Ok(CasOutcome::Conflict { current });
+                return Ok(DocumentCasOutcome::Conflict { current });
             }
             inner.revision += 1;
             inner.bytes = Some(bytes.to_vec());
@@ -95,7 +95,7 @@ impl DocumentStore for MemoryDocumentStore {
                 bytes: Some(bytes.to_vec()),
             }));
         }
-        Ok(CasOutcome::Stored(revision))
+        Ok(DocumentCasOutcome::Stored(revision))
     }
 
     fn watch(

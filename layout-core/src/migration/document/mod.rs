@@ -1,36 +1,4 @@
 //! Versioned documents: small persisted state (a JSON document) upgraded eagerly on load.
-//!
-//! A document carries its version in a field (default `version`); a document without
-//! one is taken as the configured base version, as state written before versioning
-//! existed. A [`DocumentMigrator`] holds an ordered chain of [`DocumentMigration`]s, each
-//! `from -> to`, checked when it is built (no gaps, no duplicates). Loading an older
-//! document applies the chain step by step, logging each; a newer one is refused, naming
-//! both versions. A step may define the way back, for a downgrade.
-//!
-//! With a shared [`DocumentStore`], [`DocumentMigrator::load`] migrates under a
-//! compare-and-swap: of several processes starting together, exactly one stores the
-//! migrated document and the others load it.
-//!
-//! ```
-//! use layout_core::migration::{DocumentMigration, DocumentMigrator, MemoryDocumentStore, LoadOutcome};
-//! use serde_json::json;
-//!
-//! let migrator = DocumentMigrator::builder("scheduler-state")
-//!     .base_version(1)
-//!     .step(DocumentMigration::new(1, 2, |mut doc| {
-//!         doc["queues"] = json!([]);
-//!         Ok(doc)
-//!     }))
-//!     .build()?;
-//! assert_eq!(migrator.current_version(), 2);
-//!
-//! // A document written before versioning existed: taken as version 1.
-//! let store = MemoryDocumentStore::with_document(br#"{"jobs": 3}"#.to_vec());
-//! let loaded = migrator.load(&store)?.expect("a document is stored");
-//! assert!(matches!(loaded.outcome, LoadOutcome::Migrated { from: 1, to: 2, .. }));
-//! assert_eq!(loaded.document, json!({"jobs": 3, "queues": [], "version": 2}));
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
 
 // Where things are: `chain` (the steps and the checks of the chain, the builder), `error`
 // (DocumentError), `migrator` (upgrade, downgrade, encode, decode), `load` (load and save
@@ -57,12 +25,48 @@ pub use memory_store::MemoryDocumentStore;
 pub use migrator::{AppliedStep, Migrated};
 pub use shared::{Freshness, SharedDocument};
 pub use store::{
-    CasOutcome, DocumentChange, DocumentStore, DocumentStoreError, DocumentWatch, Revision,
+    DocumentCasOutcome, DocumentChange, DocumentStore, DocumentStoreError, DocumentWatch, Revision,
     StoredDocument, WatchCallback, WatchEvent,
 };
 
 /// Upgrades (and, where steps allow, downgrades) versioned JSON documents along a checked
-/// chain of steps. See the [module docs](self).
+/// chain of steps. See the the overview below.
+///
+/// # Overview
+///
+/// Versioned documents: small persisted state (a JSON document) upgraded eagerly on load.
+///
+/// A document carries its version in a field (default `version`); a document without
+/// one is taken as the configured base version, as state written before versioning
+/// existed. A [`DocumentMigrator`] holds an ordered chain of [`DocumentMigration`]s, each
+/// `from -> to`, checked when it is built (no gaps, no duplicates). Loading an older
+/// document applies the chain step by step, logging each; a newer one is refused, naming
+/// both versions. A step may define the way back, for a downgrade.
+///
+/// With a shared [`DocumentStore`], [`DocumentMigrator::load`] migrates under a
+/// compare-and-swap: of several processes starting together, exactly one stores the
+/// migrated document and the others load it.
+///
+/// ```
+/// use layout_core::migration::{DocumentMigration, DocumentMigrator, MemoryDocumentStore, LoadOutcome};
+/// use serde_json::json;
+///
+/// let migrator = DocumentMigrator::builder("scheduler-state")
+///     .base_version(1)
+///     .step(DocumentMigration::new(1, 2, |mut doc| {
+///         doc["queues"] = json!([]);
+///         Ok(doc)
+///     }))
+///     .build()?;
+/// assert_eq!(migrator.current_version(), 2);
+///
+/// // A document written before versioning existed: taken as version 1.
+/// let store = MemoryDocumentStore::with_document(br#"{"jobs": 3}"#.to_vec());
+/// let loaded = migrator.load(&store)?.expect("a document is stored");
+/// assert!(matches!(loaded.outcome, LoadOutcome::Migrated { from: 1, to: 2, .. }));
+/// assert_eq!(loaded.document, json!({"jobs": 3, "queues": [], "version": 2}));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct DocumentMigrator {
     document: String,
     version_field: String,

@@ -9,8 +9,8 @@ use parking_lot::{Condvar, Mutex};
 use serde_json::Value;
 
 use super::{
-    CasOutcome, DocumentChange, DocumentError, DocumentMigrator, DocumentStore, DocumentStoreError,
-    DocumentWatch, LoadOutcome, LoadedDocument, Revision, WatchEvent,
+    DocumentCasOutcome, DocumentChange, DocumentError, DocumentMigrator, DocumentStore,
+    DocumentStoreError, DocumentWatch, LoadOutcome, LoadedDocument, Revision, WatchEvent,
 };
 
 /// How long [`SharedDocument::wait_for_change`] sleeps between reads of a store that
@@ -313,9 +313,9 @@ impl SharedDocument<'_> {
     /// Refused with [`DocumentError::MigratedByNewerRelease`] when a newer release
     /// migrated the document (known from the watch, or by reading the store first when
     /// it cannot watch, or from the conflict when the migration raced this write).
-    /// `Ok(CasOutcome::Conflict { .. })` when a peer of this release changed it first:
+    /// `Ok(DocumentCasOutcome::Conflict { .. })` when a peer of this release changed it first:
     /// [`reload`](Self::reload) and retry.
-    pub fn save(&mut self, document: Value) -> Result<CasOutcome, DocumentError> {
+    pub fn save(&mut self, document: Value) -> Result<DocumentCasOutcome, DocumentError> {
         if let Freshness::MigratedByNewerRelease { stored_version } = self.check()? {
             return Err(self.refusal(stored_version));
         }
@@ -323,7 +323,7 @@ impl SharedDocument<'_> {
             .migrator
             .save(&*self.store, Some(self.loaded.revision), &document)?;
         match outcome {
-            CasOutcome::Stored(revision) => {
+            DocumentCasOutcome::Stored(revision) => {
                 let mut document = document;
                 self.migrator
                     .set_version(&mut document, self.migrator.current_version, "save")?;
@@ -336,7 +336,7 @@ impl SharedDocument<'_> {
                     conflicts: 0,
                 };
             }
-            CasOutcome::Conflict { .. } => {
+            DocumentCasOutcome::Conflict { .. } => {
                 if let Some(stored) = self
                     .store
                     .load()

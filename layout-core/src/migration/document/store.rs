@@ -26,7 +26,7 @@ pub struct StoredDocument {
 
 /// The result of a [`DocumentStore::compare_and_swap`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CasOutcome {
+pub enum DocumentCasOutcome {
     /// Stored; the new revision.
     Stored(Revision),
     /// The stored revision was not the expected one; nothing was stored.
@@ -83,7 +83,7 @@ pub trait DocumentStore: Send + Sync + fmt::Debug {
         &self,
         expected: Option<Revision>,
         bytes: &[u8],
-    ) -> Result<CasOutcome, DocumentStoreError>;
+    ) -> Result<DocumentCasOutcome, DocumentStoreError>;
 
     /// Starts watching the document: `on_event` is called with every change stored
     /// after revision `after` (by any process), from a thread of the store's, until the
@@ -169,7 +169,7 @@ impl<S: DocumentStore + ?Sized> DocumentStore for Arc<S> {
         &self,
         expected: Option<Revision>,
         bytes: &[u8],
-    ) -> Result<CasOutcome, DocumentStoreError> {
+    ) -> Result<DocumentCasOutcome, DocumentStoreError> {
         (**self).compare_and_swap(expected, bytes)
     }
     fn watch(

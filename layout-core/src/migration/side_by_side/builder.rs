@@ -78,7 +78,7 @@ impl SideBySideBuilder {
     }
 
     /// How far before the mark each pass re-reads (default [`DEFAULT_OVERLAP_WINDOW`]);
-    /// see the [module docs](super). Zero re-reads only the mark's own millisecond.
+    /// see the overview of [`SideBySideMigration`](super::SideBySideMigration). Zero re-reads only the mark's own millisecond.
     ///
     /// [`DEFAULT_OVERLAP_WINDOW`]: super::DEFAULT_OVERLAP_WINDOW
     #[must_use]

@@ -56,7 +56,7 @@ impl HighWaterMarkStore for MemoryHighWaterMark {
 /// mark written by an earlier release (plain JSON, no envelope) is still read.
 ///
 /// ```
-/// use layout_core::migration::side_by_side::{Cursor, FileHighWaterMark, HighWaterMarkStore};
+/// use layout_core::migration::{Cursor, FileHighWaterMark, HighWaterMarkStore};
 ///
 /// let dir = tempfile::tempdir()?;
 /// let mark = FileHighWaterMark::new(dir.path().join("mark"));

@@ -1,61 +1,4 @@
-//! Side-by-side migration: fill a new deployment ("green") from an old one ("blue"),
-//! entity by entity, while blue keeps taking writes, until cut-over.
-//!
-//! A [`SideBySideMigration`] lists entities from an [`EntitySource`] in pages ordered by
-//! `(updated_ms, id)`, from its high-water mark, and hands each page to an
-//! [`EntityDestination`], optionally transformed and filtered:
-//!
-//! - **Deletes propagate.** A source lists a deleted entity as a *tombstone*
-//!   ([`Entity::tombstone`], `deleted: true`) at the time of its deletion, in the same
-//!   `(updated_ms, id)` order as live entities: a store that keeps tombstones lists them,
-//!   a store with a change feed lists its delete events. The destination applies a
-//!   tombstone the conditional way it applies a write (and keeps it, so an older write
-//!   read late cannot resurrect the entity). [`propagate_deletes(false)`](SideBySideBuilder::propagate_deletes)
-//!   counts tombstones without applying them.
-//! - **Writes are conditional.** [`EntityDestination::write`] stores a version only if
-//!   the destination holds no version of the entity at or above it (a tombstone counts),
-//!   atomically per entity; otherwise it answers [`PutOutcome::NotNewer`], counted as
-//!   `skipped`. So a rerun is idempotent and green may already take writes of its own: a
-//!   newer entity there is never overwritten.
-//! - **The high-water mark is persisted** through a [`HighWaterMarkStore`] after every
-//!   page (in the destination, a file, a document store): a copier restarted after a
-//!   crash resumes from it ([`SideBySideReport::resumed_from`]). The mark only advances
-//!   over entities handled without failure, so a failed entity is retried.
-//! - **An overlap window** ([`overlap_window`](SideBySideBuilder::overlap_window),
-//!   default [`DEFAULT_OVERLAP_WINDOW`]) makes every pass re-read from the mark minus the
-//!   window: a commit that became visible late with an earlier update time, or a source
-//!   node whose clock runs behind another's ([`MergedSource`]), is still copied; what was
-//!   copied already comes back as `skipped`. The window must exceed the worst clock skew
-//!   between source nodes plus the longest commit delay.
-//! - **Cut-over check.** [`compare`](SideBySideMigration::compare) pages both sides in id
-//!   order (memory bounded by two pages) and reports whether green equals the transform
-//!   of blue: counts, missing, extra and differing entities, and a SHA-256 digest of each
-//!   side.
-//!
-//! Every page passes the crash points of [`CRASH_POINTS`] (see [`crate::crash_point`]).
-//!
-//! ```
-//! use std::sync::Arc;
-//! use layout_core::migration::{Entity, MemoryEntityStore, SideBySideMigration};
-//! use serde_json::json;
-//!
-//! let blue = Arc::new(MemoryEntityStore::new());
-//! blue.upsert(Entity::new("job-1", 1, 100, json!({"cron": "* * * * *"})));
-//! blue.upsert(Entity::new("job-2", 1, 200, json!({"cron": "0 * * * *"})));
-//! let green = Arc::new(MemoryEntityStore::new());
-//! let migration = SideBySideMigration::builder(blue.clone(), green.clone())
-//!     .transform(|mut e| { e.data["schema"] = json!(2); Ok(e) })
-//!     .build()?;
-//! let first = migration.run_pass()?;
-//! assert_eq!((first.copied, first.transformed), (2, 2));
-//! blue.delete("job-1", 2, 300);                 // a tombstone
-//! let second = migration.run_pass()?;           // the window re-reads; nothing twice
-//! assert_eq!((second.copied, second.deleted, second.skipped), (0, 1, 1));
-//! let check = migration.compare()?;
-//! assert!(check.agree, "{check:?}");
-//! assert_eq!((check.source_count, check.destination_count), (1, 1));
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
+//! Side-by-side migration: a new deployment ("green") filled from an old one ("blue").
 
 // Where things are: `entity` (Entity, Cursor, pages, PutOutcome), `error`, `sides` (the
 // source and destination traits, MergedSource), `high_water_mark` (the mark stores),
@@ -131,7 +74,68 @@ impl StopSignal {
     }
 }
 
-/// Copies entities from an old deployment to a new one; see the [module docs](self).
+/// Copies entities from an old deployment to a new one; see the overview below.
+///
+/// # Overview
+///
+/// Side-by-side migration: fill a new deployment ("green") from an old one ("blue"),
+/// entity by entity, while blue keeps taking writes, until cut-over.
+///
+/// A [`SideBySideMigration`] lists entities from an [`EntitySource`] in pages ordered by
+/// `(updated_ms, id)`, from its high-water mark, and hands each page to an
+/// [`EntityDestination`], optionally transformed and filtered:
+///
+/// - **Deletes propagate.** A source lists a deleted entity as a *tombstone*
+///   ([`Entity::tombstone`], `deleted: true`) at the time of its deletion, in the same
+///   `(updated_ms, id)` order as live entities: a store that keeps tombstones lists them,
+///   a store with a change feed lists its delete events. The destination applies a
+///   tombstone the conditional way it applies a write (and keeps it, so an older write
+///   read late cannot resurrect the entity). [`propagate_deletes(false)`](SideBySideBuilder::propagate_deletes)
+///   counts tombstones without applying them.
+/// - **Writes are conditional.** [`EntityDestination::write`] stores a version only if
+///   the destination holds no version of the entity at or above it (a tombstone counts),
+///   atomically per entity; otherwise it answers [`PutOutcome::NotNewer`], counted as
+///   `skipped`. So a rerun is idempotent and green may already take writes of its own: a
+///   newer entity there is never overwritten.
+/// - **The high-water mark is persisted** through a [`HighWaterMarkStore`] after every
+///   page (in the destination, a file, a document store): a copier restarted after a
+///   crash resumes from it ([`SideBySideReport::resumed_from`]). The mark only advances
+///   over entities handled without failure, so a failed entity is retried.
+/// - **An overlap window** ([`overlap_window`](SideBySideBuilder::overlap_window),
+///   default [`DEFAULT_OVERLAP_WINDOW`]) makes every pass re-read from the mark minus the
+///   window: a commit that became visible late with an earlier update time, or a source
+///   node whose clock runs behind another's ([`MergedSource`]), is still copied; what was
+///   copied already comes back as `skipped`. The window must exceed the worst clock skew
+///   between source nodes plus the longest commit delay.
+/// - **Cut-over check.** [`compare`](SideBySideMigration::compare) pages both sides in id
+///   order (memory bounded by two pages) and reports whether green equals the transform
+///   of blue: counts, missing, extra and differing entities, and a SHA-256 digest of each
+///   side.
+///
+/// Every page passes the crash points of [`CRASH_POINTS`] (see [`crate::crash_point`]).
+///
+/// ```
+/// use std::sync::Arc;
+/// use layout_core::migration::{Entity, MemoryEntityStore, SideBySideMigration};
+/// use serde_json::json;
+///
+/// let blue = Arc::new(MemoryEntityStore::new());
+/// blue.upsert(Entity::new("job-1", 1, 100, json!({"cron": "* * * * *"})));
+/// blue.upsert(Entity::new("job-2", 1, 200, json!({"cron": "0 * * * *"})));
+/// let green = Arc::new(MemoryEntityStore::new());
+/// let migration = SideBySideMigration::builder(blue.clone(), green.clone())
+///     .transform(|mut e| { e.data["schema"] = json!(2); Ok(e) })
+///     .build()?;
+/// let first = migration.run_pass()?;
+/// assert_eq!((first.copied, first.transformed), (2, 2));
+/// blue.delete("job-1", 2, 300);                 // a tombstone
+/// let second = migration.run_pass()?;           // the window re-reads; nothing twice
+/// assert_eq!((second.copied, second.deleted, second.skipped), (0, 1, 1));
+/// let check = migration.compare()?;
+/// assert!(check.agree, "{check:?}");
+/// assert_eq!((check.source_count, check.destination_count), (1, 1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct SideBySideMigration {
     options: SideBySideBuilder,
 }
