@@ -159,7 +159,7 @@ impl ChildNode {
     ) -> Result<Self, MiniClusterError> {
         if spec.storage != StorageKind::File {
             return Err(MiniClusterError::InvalidConfig(
-                "child-process nodes need StorageKind::File (memory does not outlive a process)"
+                "child-process nodes need StorageKind::File (the other kinds live in the test's own process)"
                     .to_owned(),
             ));
         }

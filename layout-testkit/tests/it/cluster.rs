@@ -172,6 +172,13 @@ fn misconfigured_clusters_are_refused_with_a_reason() {
         .build()
         .unwrap_err();
     assert!(err.to_string().contains("StorageKind::File"), "{err}");
+    let err = MiniCluster::builder()
+        .kind(Kind::<Kv>::new("kv"))
+        .storage(StorageKind::Unsynced)
+        .child_processes("some::test")
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("StorageKind::File"), "{err}");
 }
 
 /// Child-process nodes: SIGKILL one mid-life, restart it with another binary; what it

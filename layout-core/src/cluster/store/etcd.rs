@@ -147,7 +147,6 @@ enum OldKey {
 /// there panics); use `spawn_blocking`.
 pub struct EtcdStore {
     connection: Arc<EtcdConnection>,
-    options: EtcdOptions,
     claims: Mutex<HashMap<String, Claim>>,
 }
 
@@ -167,7 +166,6 @@ impl EtcdStore {
     /// same migration of the first release's kinds as [`Self::connect`].
     pub fn on(connection: Arc<EtcdConnection>) -> Result<Self, StoreError> {
         let store = Self {
-            options: connection.options().clone(),
             connection,
             claims: Mutex::new(HashMap::new()),
         };
@@ -182,19 +180,23 @@ impl EtcdStore {
 
     /// The options it was connected with.
     pub fn options(&self) -> &EtcdOptions {
-        &self.options
+        self.connection.options()
     }
 
     fn kind_key(&self, kind: &str) -> String {
-        format!("{}/kind/{}", self.options.prefix, escape(kind))
+        format!("{}/kind/{}", self.connection.options().prefix, escape(kind))
     }
 
     fn kinds_prefix(&self) -> String {
-        format!("{}/kind/", self.options.prefix)
+        format!("{}/kind/", self.connection.options().prefix)
     }
 
     fn members_prefix(&self, kind: &str) -> String {
-        format!("{}/members/{}/", self.options.prefix, escape(kind))
+        format!(
+            "{}/members/{}/",
+            self.connection.options().prefix,
+            escape(kind)
+        )
     }
 
     fn member_key(&self, kind: &str, member: &str) -> String {
@@ -202,7 +204,11 @@ impl EtcdStore {
     }
 
     fn audit_prefix(&self, kind: &str) -> String {
-        format!("{}/audit/{}/", self.options.prefix, escape(kind))
+        format!(
+            "{}/audit/{}/",
+            self.connection.options().prefix,
+            escape(kind)
+        )
     }
 
     fn audit_key(&self, kind: &str, seq: u64) -> String {
@@ -211,7 +217,7 @@ impl EtcdStore {
 
     /// The first release's prefix of whole-kind documents (now tombstones).
     fn old_kinds_prefix(&self) -> String {
-        format!("{}/kinds/", self.options.prefix)
+        format!("{}/kinds/", self.connection.options().prefix)
     }
 
     /// The first release's key of `kind` (not escaped, as it wrote it).
@@ -221,11 +227,11 @@ impl EtcdStore {
 
     /// The store's move record.
     fn move_key(&self) -> String {
-        format!("{}/move", self.options.prefix)
+        format!("{}/move", self.connection.options().prefix)
     }
 
     fn finalizer_key(&self, kind: &str) -> String {
-        format!("{}/finalizer/{kind}", self.options.prefix)
+        format!("{}/finalizer/{kind}", self.connection.options().prefix)
     }
 
     /// Runs `f` with a client on the connection's runtime, bounded by the timeout.
@@ -784,7 +790,7 @@ async fn claim_txn(
 
 impl ClusterStore for EtcdStore {
     fn location(&self) -> String {
-        self.options.location()
+        self.connection.location()
     }
 
     fn kinds(&self) -> Result<Vec<String>, StoreError> {
