@@ -58,16 +58,19 @@
 //! an instance never lags behind a finalization.
 //!
 //! The map is a `hashbrown` table hashed with `foldhash`'s fast hasher (fixed seed), which
-//! keeps each registered key's hash, computed once at registration. A lookup hashes the
-//! key through its `Hash` (a string key by its text, not its address: a key decoded from a
-//! request is found like the literal it was registered with), takes the first registered
-//! key of that very hash, and confirms it with one `==`. Correctness never rests on the
-//! hash: a key that is not confirmed (an unknown key, or one of two registered keys that
-//! share a hash) is looked for again, on a cold path, comparing every key of its hash.
+//! keeps each registered key's hash, computed once at registration. In front of it, `get`
+//! reads a one-probe array: a power-of-two number of cells, at most half full, sized at
+//! registration so that (as far as a size up to 16 times larger allows) each key's hash
+//! picks a cell of its own. A lookup hashes the key through its `Hash` (a string key by its
+//! text, not its address: a key decoded from a request is found like the literal it was
+//! registered with), reads the one cell its hash picks, and confirms the key there with a
+//! compare of the stored hash and one `==`. Correctness never rests on the hash: a key
+//! that is not confirmed (an unknown key, or one that shares its cell with another) is
+//! looked for again, on a cold path, in the map, comparing every key of its hash.
 //!
 //! The hash needs no randomization: the map holds only the keys the program registered at
-//! start-up, so no request can grow it, and a lookup of any other key costs at most one
-//! probe sequence among them.
+//! start-up, so no request can grow it, and a lookup of any other key costs one cell and
+//! at most one probe sequence among them.
 //!
 //! # Registered with an attribute
 //!
@@ -123,6 +126,9 @@ pub struct LayoutVersionInstanceFactory<F: LayoutFeature, K, V> {
     width: usize,
     /// Each key, with its hash and the first table cell of its row (its slot's base).
     index: HashTable<KeyEntry<K>>,
+    /// The one-probe front of `index` that [`get`](Self::get) reads: a power-of-two number
+    /// of cells, a key's cell chosen by its hash's low bits (see [`Front`]).
+    front: Front<K>,
     /// The hasher of the keys in `index`.
     hasher: KeyBuildHasher,
     /// One row per key, in registration order.
@@ -137,11 +143,113 @@ pub struct LayoutVersionInstanceFactory<F: LayoutFeature, K, V> {
 }
 
 /// A key in the factory's key map, with its hash, computed once at registration.
+#[derive(Clone)]
 struct KeyEntry<K> {
     hash: u64,
     key: K,
     /// The first table cell of the key's row.
     base: usize,
+}
+
+/// The one-probe front of the key map: `cells.len()` is a power of two, and the key of
+/// hash `h` sits in cell `h & mask`, unless another key holds that cell. The front is at
+/// most half full; when a key added finds its cell taken, the front is rebuilt at the
+/// smallest size (from twice the number of keys) that gives every key a cell of its own,
+/// at most [`Front::MAX_GROWTH`] times that. Keys still sharing a cell then are found
+/// through the map, on the cold path.
+struct Front<K> {
+    cells: Vec<Option<KeyEntry<K>>>,
+    mask: usize,
+}
+
+impl<K: Clone> Front<K> {
+    /// How many times larger than twice the number of keys the front may grow to give
+    /// each key a cell of its own.
+    const MAX_GROWTH: usize = 16;
+
+    fn new() -> Self {
+        Self {
+            cells: vec![None],
+            mask: 0,
+        }
+    }
+
+    /// The entry in the cell of `hash`, if any.
+    #[inline]
+    fn cell(&self, hash: u64) -> Option<&KeyEntry<K>> {
+        // Truncation intended: the cell is chosen by the hash's low bits.
+        #[allow(clippy::cast_possible_truncation)]
+        let cell = hash as usize & self.mask;
+        self.cells.get(cell)?.as_ref()
+    }
+
+    /// Adds `entry`, one of `entries` (every key, `entry` included): into its cell when
+    /// that is free and the front is at most half full, else by rebuilding the front.
+    fn add<'a>(
+        &mut self,
+        entry: &KeyEntry<K>,
+        entries: impl Iterator<Item = &'a KeyEntry<K>> + Clone,
+    ) where
+        K: 'a,
+    {
+        let keys = entries.clone().count();
+        if keys.saturating_mul(2) <= self.cells.len() {
+            let may_grow = self.cells.len() < Self::largest(keys);
+            #[allow(clippy::cast_possible_truncation)]
+            match self.cells.get_mut(entry.hash as usize & self.mask) {
+                Some(cell @ None) => {
+                    *cell = Some(entry.clone());
+                    return;
+                }
+                // Taken, and the front may not grow: the key is found on the cold path.
+                Some(Some(_)) if !may_grow => return,
+                _ => {}
+            }
+        }
+        self.rebuild(keys, entries);
+    }
+
+    /// The largest front for `keys` keys.
+    fn largest(keys: usize) -> usize {
+        keys.saturating_mul(2)
+            .next_power_of_two()
+            .saturating_mul(Self::MAX_GROWTH)
+    }
+
+    /// Rebuilds the front for the `keys` keys of `entries`: the smallest size that gives
+    /// each a cell of its own, or the largest allowed (of two keys sharing a cell, the one
+    /// met first keeps it).
+    fn rebuild<'a>(&mut self, keys: usize, entries: impl Iterator<Item = &'a KeyEntry<K>> + Clone)
+    where
+        K: 'a,
+    {
+        let largest = Self::largest(keys);
+        let mut size = keys.saturating_mul(2).next_power_of_two();
+        let mut taken = Vec::new();
+        while size < largest {
+            taken.clear();
+            taken.resize(size, false);
+            let distinct = entries.clone().all(|entry| {
+                #[allow(clippy::cast_possible_truncation)]
+                let cell = entry.hash as usize & (size - 1);
+                !std::mem::replace(&mut taken[cell], true)
+            });
+            if distinct {
+                break;
+            }
+            size *= 2;
+        }
+        let mut cells: Vec<Option<KeyEntry<K>>> = vec![None; size];
+        for entry in entries {
+            #[allow(clippy::cast_possible_truncation)]
+            let cell = &mut cells[entry.hash as usize & (size - 1)];
+            if cell.is_none() {
+                *cell = Some(entry.clone());
+            }
+        }
+        self.cells = cells;
+        self.mask = size - 1;
+    }
 }
 
 /// One key's instances, ascending by layout version.
@@ -261,6 +369,7 @@ where
             software_layout_version,
             width: index_of(software_layout_version).saturating_add(1),
             index: HashTable::new(),
+            front: Front::new(),
             hasher: KeyBuildHasher::default(),
             rows: Vec::new(),
             values: Vec::new(),
@@ -299,6 +408,7 @@ where
                 key: key.clone(),
                 base,
             };
+            self.front.add(&entry, self.index.iter().chain([&entry]));
             self.index.insert_unique(hash, entry, |entry| entry.hash);
             base
         };
@@ -343,10 +453,12 @@ where
         key: &K,
     ) -> Result<&V, FactoryError<F, K>> {
         let hash = self.hasher.hash_one(key);
-        // The first key of this hash, then one comparison: two registered keys of the same
-        // hash (or an unknown key of a registered key's hash) take the cold path.
-        match self.index.find(hash, |entry| entry.hash == hash) {
-            Some(entry) if entry.key == *key => self.serve(manager, entry.base),
+        // One cell of the front, then one comparison: a key without a cell of its own (or
+        // an unknown key) takes the cold path.
+        match self.front.cell(hash) {
+            Some(entry) if entry.hash == hash && entry.key == *key => {
+                self.serve(manager, entry.base)
+            }
             _ => self.get_cold(manager, key, hash),
         }
     }

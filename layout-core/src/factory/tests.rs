@@ -158,3 +158,37 @@ fn keys_may_borrow_from_the_request_they_were_read_from() {
         ]
     );
 }
+
+#[test]
+fn every_key_of_a_large_key_set_is_found_whichever_cell_it_gets() {
+    // 2,000 keys: more than the one-probe front can give cells of their own at its largest
+    // size, so some are found through the map on the cold path. Each lookup is made after
+    // every registration, so the front is checked at each of its sizes.
+    let lvm = manager_at(0);
+    let mut factory = LayoutVersionInstanceFactory::new(&lvm);
+    let keys: Vec<String> = (0..2_000).map(|i| format!("Request{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        factory.register(key.clone(), Feature::Initial, i).unwrap();
+        assert_eq!(factory.get(&lvm, key).copied().ok(), Some(i));
+        if i % 97 == 0 {
+            for (j, earlier) in keys[..=i].iter().enumerate() {
+                assert_eq!(
+                    factory.get(&lvm, earlier).copied().ok(),
+                    Some(j),
+                    "{earlier}"
+                );
+            }
+        }
+    }
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(factory.get(&lvm, key).copied().ok(), Some(i), "{key}");
+        let slot = factory.slot(key.as_str()).unwrap();
+        assert_eq!(factory.get_slot(&lvm, slot).copied().ok(), Some(i));
+    }
+    for unknown in ["Request2000", "request1", "", "Request01"] {
+        assert!(matches!(
+            factory.get(&lvm, &unknown.to_owned()),
+            Err(FactoryError::UnknownKey { .. })
+        ));
+    }
+}
