@@ -1,7 +1,7 @@
 //! Errors of the layout version manager.
 
 use crate::feature::CatalogError;
-use crate::storage::StorageError;
+use crate::StorageError;
 
 /// An error of the [`LayoutVersionManager`](crate::LayoutVersionManager).
 ///

@@ -182,19 +182,25 @@ pub mod storage;
 // The main path, at the root: catalog, manager, options, storage, errors, actions,
 // finalizer, gate, factory, prepare (and the macros below). Everything else through its
 // module.
-pub use action::{Action, ActionContext, ActionError, ActionRegistry, Phase};
+pub use action::context::{Action, ActionContext, ActionError, Phase};
+pub use action::registry::ActionRegistry;
 pub use error::{BoxError, LayoutError, StepError};
-pub use factory::{FactoryError, LayoutVersionInstanceFactory};
+pub use factory::instances::{FactoryError, LayoutVersionInstanceFactory};
 pub use feature::{validate_catalog, CatalogError, LayoutFeature};
-pub use finalizer::{
-    FinalizationStatus, FinalizeError, FinalizeOutcome, FinalizePolicy, FinalizeRequest,
-    StatusReport, UpgradeFinalizer,
-};
+pub use finalizer::error::FinalizeError;
+pub use finalizer::policy::FinalizePolicy;
+pub use finalizer::request::FinalizeRequest;
+pub use finalizer::status::{FinalizationStatus, FinalizeOutcome, StatusReport};
+pub use finalizer::upgrade_finalizer::UpgradeFinalizer;
 pub use gate::LayoutAware;
 pub use manager::{FeatureInfo, FeatureStatus, LayoutVersionManager, StepOutcome};
 pub use options::{ManagerOptions, StartIntent};
-pub use prepare::{Preparable, PrepareController, PrepareError, PrepareState};
-pub use storage::{FileStorage, LayoutStorage, MemoryStorage, StorageError};
+pub use prepare::controller::{Preparable, PrepareController};
+pub use prepare::error::PrepareError;
+pub use prepare::state::PrepareState;
+pub use storage::contract::{LayoutStorage, StorageError};
+pub use storage::file::FileStorage;
+pub use storage::memory::MemoryStorage;
 
 /// The redb crate that `binding::redb` and the migration backend on redb are built on
 /// (feature `redb`), so users open databases with the same version.
@@ -224,11 +230,12 @@ pub use layout_macros::belongs_to_layout_version;
 /// Items the generated code (and the benchmarks) name. Not public API: no stability promise.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::action::{into_action_result, ActionFnPtr, ActionSubmission};
+    pub use crate::action::context::{into_action_result, ActionFnPtr, IntoActionError};
+    pub use crate::action::registry::ActionSubmission;
+    pub use crate::factory::instances::KeyBuildHasher;
     pub use crate::factory::registration::{
         construct_handler, FeatureRef, HandlerRegistration, RegistrableHandler,
     };
-    pub use crate::factory::KeyBuildHasher;
     pub use crate::gate::support::{
         closed, manager_of, refuse, self_manager, AnyFeature, Closed, FeatureOf, GatedReturn,
     };

@@ -10,7 +10,7 @@ use crate::error::LayoutError;
 use crate::feature::{validate_catalog, LayoutFeature};
 use crate::options::{ManagerOptions, StartIntent};
 use crate::state::{DataId, LayoutState};
-use crate::storage::LayoutStorage;
+use crate::LayoutStorage;
 
 /// The failpoint between storing a new MLV and publishing it (see
 /// [`FAILPOINTS`](crate::finalizer::FAILPOINTS)).

@@ -57,18 +57,20 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::action::{ActionRegistry, RegistryError};
+use crate::action::RegistryError;
 use crate::clock::Clock;
 use crate::error::{BoxError, LayoutError};
 use crate::feature::LayoutFeature;
 use crate::finalizer::{
-    FinalizeCondition, FinalizeGate, FinalizeHandle, FinalizePolicy, FinalizeRefusal,
-    PrefinalizeError, PrefinalizeReport, UpgradeFinalizer,
+    FinalizeCondition, FinalizeGate, FinalizeHandle, FinalizeRefusal, PrefinalizeError,
+    PrefinalizeReport,
 };
 use crate::manager::LayoutVersionManager;
 use crate::options::ManagerOptions;
-use crate::prepare::{Preparable, PrepareController};
-use crate::storage::LayoutStorage;
+use crate::ActionRegistry;
+use crate::LayoutStorage;
+use crate::{FinalizePolicy, UpgradeFinalizer};
+use crate::{Preparable, PrepareController};
 
 type OpenFn<F, C> = Box<dyn FnOnce(&Arc<LayoutVersionManager<F>>) -> Result<C, BoxError>>;
 type ActionsFn<F, C> =

@@ -15,12 +15,11 @@ use super::types::{
 use crate::clock::to_ms;
 use crate::error::LayoutError;
 use crate::feature::LayoutFeature;
-use crate::finalizer::{
-    FinalizeError, FinalizeHandle, FinalizeOutcome, FinalizeRequest, StatusReport, UpgradeFinalizer,
-};
+use crate::finalizer::FinalizeHandle;
 #[cfg(feature = "migration")]
 use crate::migration::{MigrationControl, MigrationProgress, MigrationState};
-use crate::prepare::{Preparable, PrepareController, PrepareError, PrepareState};
+use crate::{FinalizeError, FinalizeOutcome, FinalizeRequest, StatusReport, UpgradeFinalizer};
+use crate::{Preparable, PrepareController, PrepareError, PrepareState};
 
 /// How long `finalize` waits for a background finalization to end before it answers
 /// `started`, by default.

@@ -11,11 +11,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::finalizer::FinalizationStatus;
 use crate::manager::FeatureStatus;
 #[cfg(feature = "migration")]
 use crate::migration::MigrationState;
-use crate::prepare::PrepareState;
+use crate::FinalizationStatus;
+use crate::PrepareState;
 
 /// The version of the admin API this release speaks. Request bodies must carry it;
 /// responses report it. HTTP paths carry it as `/v1/...`.

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use crate::error::BoxError;
 use crate::feature::LayoutFeature;
-use crate::finalizer::{FinalizeRequest, UpgradeFinalizer};
 use crate::manager::LayoutVersionManager;
+use crate::{FinalizeRequest, UpgradeFinalizer};
 
 /// A component's own layout, as the cluster sees it: its SLV and MLV, and a way to
 /// finalize it up to a version. Used by members (finalize when instructed) and by the

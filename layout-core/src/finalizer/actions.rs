@@ -8,10 +8,11 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use super::run_state::RunState;
-use super::UpgradeFinalizer;
-use crate::action::{ActionContext, ActionError, Phase, ProgressSink};
+use crate::action::ProgressSink;
 use crate::clock::Clock;
 use crate::feature::LayoutFeature;
+use crate::UpgradeFinalizer;
+use crate::{ActionContext, ActionError, Phase};
 
 impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
     /// Runs one action in a span, turning a panic into an error.

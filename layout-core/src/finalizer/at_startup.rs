@@ -7,9 +7,9 @@ use super::error::{FinalizeError, PrefinalizeError};
 use super::handle::FinalizeHandle;
 use super::request::FinalizeRequest;
 use super::status::{FinalizeOutcome, PrefinalizeReport, StartupResume};
-use super::UpgradeFinalizer;
-use crate::action::Phase;
 use crate::feature::LayoutFeature;
+use crate::Phase;
+use crate::UpgradeFinalizer;
 
 impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
     /// Runs the start-up actions; call it once at start-up, before serving. Refuses
@@ -96,7 +96,7 @@ impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
     /// [`start_resume_interrupted`](Self::start_resume_interrupted) instead. The decision
     /// is logged (target `layout_core::finalizer`), the record counts the resume
     /// (`finalization.resumes`), and [`report_status`](Self::report_status) shows the
-    /// client and [`StatusReport::resumed_at_startup`](super::StatusReport::resumed_at_startup).
+    /// client and [`StatusReport::resumed_at_startup`](crate::StatusReport::resumed_at_startup).
     ///
     /// ```
     /// use std::sync::Arc;

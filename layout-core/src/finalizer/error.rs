@@ -3,9 +3,9 @@
 use std::fmt;
 
 use super::condition::FinalizeRefusal;
-use crate::action::ActionError;
 use crate::error::LayoutError;
 use crate::feature::LayoutFeature;
+use crate::ActionError;
 
 /// A failing finalize condition.
 #[derive(Debug, Clone, PartialEq, Eq)]

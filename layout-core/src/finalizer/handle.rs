@@ -6,8 +6,8 @@ use std::thread;
 
 use super::error::FinalizeError;
 use super::status::FinalizeOutcome;
-use super::UpgradeFinalizer;
 use crate::feature::LayoutFeature;
+use crate::UpgradeFinalizer;
 
 /// What a finalization returns.
 pub type FinalizeResult<F> = Result<FinalizeOutcome<F>, FinalizeError<F>>;

@@ -9,47 +9,42 @@
 //! | `actions` | running one upgrade action: its span, its attempt, a panic turned into an error, its reports |
 //! | `at_startup` | the start-up actions, and resuming an interrupted finalization |
 //! | `report` | the status report and the dry run |
-//! | `policy` | [`FinalizePolicy`]: automatic finalization after a soak, and its veto |
+//! | `policy` | [`FinalizePolicy`]: by an operator, or automatically after a soak |
+//! | `auto` | automatic finalization after the soak, and its veto |
 //! | `handle` | [`FinalizeHandle`]: a finalization in a background thread |
 //! | `condition` | finalize conditions, gates and [`FinalizeRefusal`] |
 //! | `status` | what the finalizer reports |
 //! | `error` | [`FinalizeError`], [`PrefinalizeError`] |
+//! | `upgrade_finalizer` | [`UpgradeFinalizer`]: what it holds, and how it is built |
+//!
+//! [`FinalizeRequest`]: crate::FinalizeRequest
+//! [`FinalizePolicy`]: crate::FinalizePolicy
+//! [`FinalizeError`]: crate::FinalizeError
+//! [`UpgradeFinalizer`]: crate::UpgradeFinalizer
 
+// The main path (`UpgradeFinalizer`, `FinalizeRequest`, `FinalizePolicy`,
+// `FinalizeError`, `FinalizeOutcome`, `FinalizationStatus`, `StatusReport`) is re-exported
+// at the crate root, and only there; this module holds the rest.
 mod actions;
 mod at_startup;
+mod auto;
 mod condition;
-mod error;
+pub(crate) mod error;
 mod handle;
-mod policy;
+pub(crate) mod policy;
 mod report;
-mod request;
+pub(crate) mod request;
 mod run;
 mod run_state;
-mod status;
-
-use std::fmt;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
-
-use parking_lot::Mutex;
+pub(crate) mod status;
+pub(crate) mod upgrade_finalizer;
 
 pub use condition::{
     condition, ConditionOverride, FinalizeCondition, FinalizeGate, FinalizeRefusal, FnCondition,
 };
-pub use error::{ConditionFailure, FinalizeError, PrefinalizeError};
+pub use error::{ConditionFailure, PrefinalizeError};
 pub use handle::{FinalizeHandle, FinalizeResult};
-pub use policy::FinalizePolicy;
-pub use request::FinalizeRequest;
-pub use status::{
-    ConditionCheck, DryRun, FinalizationStatus, FinalizeOutcome, PlannedStep, PrefinalizeReport,
-    Progress, StartupResume, StatusReport,
-};
-
-use crate::action::ActionRegistry;
-use crate::clock::{Clock, SystemClock};
-use crate::feature::LayoutFeature;
-use crate::manager::LayoutVersionManager;
-use run_state::RunState;
+pub use status::{ConditionCheck, DryRun, PlannedStep, PrefinalizeReport, Progress, StartupResume};
 
 /// The names of the finalizer's failpoints (feature `failpoints`), in the order a
 /// finalization passes them. A crash-free finalization of at least one feature passes
@@ -76,131 +71,3 @@ pub const FAILPOINTS: &[&str] = &[
 
 /// The client id automatic finalization records in the history.
 pub const AUTO_FINALIZE_CLIENT: &str = "auto-finalize";
-
-/// Runs a component's upgrade actions and finalizes its layout features.
-///
-/// ```
-/// use std::sync::Arc;
-/// use layout_core::*;
-///
-/// #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, LayoutFeature)]
-/// enum OmFeature {
-///     #[layout(version = 0, description = "Initial layout")]
-///     Initial,
-///     #[layout(version = 1, description = "Multi-tenancy tables")]
-///     MultiTenancy,
-/// }
-/// struct Om;
-///
-/// let opts = ManagerOptions::default().with_start_intent(StartIntent::Init).with_initial_layout_version(0);
-/// let lvm = Arc::new(LayoutVersionManager::<OmFeature>::open(MemoryStorage::new(), opts)?);
-/// let registry = ActionRegistry::<OmFeature, Om>::builder()
-///     .on_finalize(OmFeature::MultiTenancy, |_om, ctx| { ctx.message("tables created"); Ok(()) })
-///     .build()?;
-/// let finalizer = UpgradeFinalizer::new(Arc::clone(&lvm), registry);
-/// finalizer.run_prefinalize_actions(&Om)?;
-///
-/// let outcome = finalizer.finalize("admin", &Om)?;
-/// assert_eq!(outcome.finalized(), [OmFeature::MultiTenancy]);
-/// let status = finalizer.report_status(Some("admin"), false)?;
-/// assert_eq!(status.status, FinalizationStatus::FinalizationDone);
-/// assert!(status.messages.iter().any(|m| m == "Finalization is done."));
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-pub struct UpgradeFinalizer<F: LayoutFeature, C> {
-    lvm: Arc<LayoutVersionManager<F>>,
-    registry: ActionRegistry<F, C>,
-    conditions: Vec<Box<dyn FinalizeCondition<C>>>,
-    gates: Vec<Arc<dyn FinalizeGate>>,
-    policy: FinalizePolicy,
-    clock: Arc<dyn Clock>,
-    /// Asks the running finalization (and its action) to stop; outside the lock, because
-    /// an action polls it through
-    /// [`ActionContext::is_cancelled`](crate::ActionContext::is_cancelled).
-    cancel: AtomicBool,
-    /// Everything else about the current and last run, behind one lock.
-    run: Mutex<RunState<F>>,
-}
-
-impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
-    /// A finalizer for the component whose layout `lvm` manages, running the actions of
-    /// `registry`. Manual policy, system clock, no conditions.
-    pub fn new(lvm: Arc<LayoutVersionManager<F>>, registry: ActionRegistry<F, C>) -> Self {
-        let status = if lvm.needs_finalization() {
-            FinalizationStatus::FinalizationRequired
-        } else {
-            FinalizationStatus::AlreadyFinalized
-        };
-        // An unfinished finalization keeps its client across restarts.
-        let unfinished = lvm
-            .state()
-            .finalization
-            .filter(|r| r.finished_at_ms.is_none() && lvm.needs_finalization());
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        Self {
-            run: Mutex::new(RunState::new(status, unfinished, clock.now())),
-            clock,
-            registry,
-            conditions: Vec::new(),
-            gates: Vec::new(),
-            policy: FinalizePolicy::Manual,
-            cancel: AtomicBool::new(false),
-            lvm,
-        }
-    }
-
-    /// Adds a condition that must pass before finalization starts.
-    #[must_use]
-    pub fn with_condition(mut self, condition: impl FinalizeCondition<C> + 'static) -> Self {
-        self.conditions.push(Box::new(condition));
-        self
-    }
-
-    /// Adds a gate that can refuse finalization (the prepare controller's write gate: the
-    /// one way "prepared" refuses finalization).
-    #[must_use]
-    pub fn with_gate(mut self, gate: Arc<dyn FinalizeGate>) -> Self {
-        self.gates.push(gate);
-        self
-    }
-
-    /// Sets the policy (default [`FinalizePolicy::Manual`]).
-    #[must_use]
-    pub fn with_policy(mut self, policy: FinalizePolicy) -> Self {
-        self.policy = policy;
-        self
-    }
-
-    /// Sets the clock (default: the system clock). The soak period starts at this
-    /// clock's now.
-    #[must_use]
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.run.get_mut().soak_started = clock.now();
-        self.clock = clock;
-        self
-    }
-
-    /// The layout version manager.
-    pub fn layout_manager(&self) -> &Arc<LayoutVersionManager<F>> {
-        &self.lvm
-    }
-
-    /// The action registry.
-    pub fn registry(&self) -> &ActionRegistry<F, C> {
-        &self.registry
-    }
-}
-
-impl<F: LayoutFeature, C> fmt::Debug for UpgradeFinalizer<F, C> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UpgradeFinalizer")
-            .field("manager", &self.lvm)
-            .field("policy", &self.policy)
-            .field(
-                "conditions",
-                &self.conditions.iter().map(|c| c.name()).collect::<Vec<_>>(),
-            )
-            .field("status", &self.run.lock().status)
-            .finish_non_exhaustive()
-    }
-}

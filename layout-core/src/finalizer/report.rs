@@ -5,11 +5,11 @@ use super::error::FinalizeError;
 use super::policy::FinalizePolicy;
 use super::request::FinalizeRequest;
 use super::status::{ConditionCheck, DryRun, PlannedStep, StatusReport};
-use super::UpgradeFinalizer;
-use crate::action::Phase;
 use crate::error::LayoutError;
 use crate::feature::LayoutFeature;
 use crate::state::{HistoryEntry, HistoryEvent};
+use crate::Phase;
+use crate::UpgradeFinalizer;
 
 impl<F: LayoutFeature, C: 'static> UpgradeFinalizer<F, C> {
     /// What a finalization to `target` (default: the SLV) would do now, without doing

@@ -15,7 +15,7 @@ pub struct FinalizeRequest<F> {
     /// Failing conditions to override, each with a reason.
     pub overrides: Vec<ConditionOverride>,
     /// Set by
-    /// [`UpgradeFinalizer::resume_interrupted`](super::UpgradeFinalizer::resume_interrupted):
+    /// [`UpgradeFinalizer::resume_interrupted`](crate::UpgradeFinalizer::resume_interrupted):
     /// the run resumes an interrupted finalization at start-up, without an operator.
     pub(super) at_startup: bool,
 }

@@ -14,12 +14,13 @@ use super::handle::{Cancel, FinalizeHandle};
 use super::request::FinalizeRequest;
 use super::run_state::{claim, RunGuard};
 use super::status::{FinalizationStatus, FinalizeOutcome, Progress};
-use super::UpgradeFinalizer;
-use crate::action::{Phase, RegisteredAction};
+use crate::action::RegisteredAction;
 use crate::clock::from_ms;
 use crate::error::LayoutError;
 use crate::feature::LayoutFeature;
 use crate::state::{CancelRecord, FinalizationRecord, HistoryEntry, HistoryEvent};
+use crate::Phase;
+use crate::UpgradeFinalizer;
 
 /// What the preflight decided.
 enum Preflight<F> {

@@ -8,9 +8,9 @@ use parking_lot::Mutex;
 
 use super::error::FinalizeError;
 use super::status::{FinalizationStatus, Progress};
-use crate::action::Phase;
 use crate::feature::LayoutFeature;
 use crate::state::FinalizationRecord;
+use crate::Phase;
 
 /// At most this many undelivered status messages are kept; older ones are dropped.
 const MAX_MESSAGES: usize = 1024;

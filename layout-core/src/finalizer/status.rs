@@ -69,7 +69,7 @@ pub struct Progress<F> {
     pub elapsed: Duration,
 }
 
-/// A status snapshot, from [`UpgradeFinalizer::report_status`](super::UpgradeFinalizer::report_status).
+/// A status snapshot, from [`UpgradeFinalizer::report_status`](crate::UpgradeFinalizer::report_status).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StatusReport<F> {
@@ -105,7 +105,7 @@ pub struct StatusReport<F> {
     pub auto_finalize_at: Option<SystemTime>,
     /// Whether the current (or last) run resumed an interrupted finalization at start-up,
     /// without an operator (see
-    /// [`UpgradeFinalizer::resume_interrupted`](super::UpgradeFinalizer::resume_interrupted));
+    /// [`UpgradeFinalizer::resume_interrupted`](crate::UpgradeFinalizer::resume_interrupted));
     /// [`client_id`](Self::client_id) is the client that started it.
     pub resumed_at_startup: bool,
     /// How many times the unfinished (or last) finalization was resumed at start-up, as
@@ -116,7 +116,7 @@ pub struct StatusReport<F> {
     pub cancelled_by: Option<String>,
 }
 
-/// What [`UpgradeFinalizer::resume_interrupted`](super::UpgradeFinalizer::resume_interrupted)
+/// What [`UpgradeFinalizer::resume_interrupted`](crate::UpgradeFinalizer::resume_interrupted)
 /// did at start-up.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -135,7 +135,7 @@ pub enum StartupResume<F: crate::LayoutFeature> {
         cancelled_at_ms: u64,
     },
     /// It was resumed, as its own client; the run's result.
-    Resumed(Result<FinalizeOutcome<F>, super::FinalizeError<F>>),
+    Resumed(Result<FinalizeOutcome<F>, crate::FinalizeError<F>>),
 }
 
 /// What a successful finalization did.
@@ -178,7 +178,7 @@ impl<F> FinalizeOutcome<F> {
     }
 }
 
-/// One feature a finalization would finalize, from [`dry_run`](super::UpgradeFinalizer::dry_run).
+/// One feature a finalization would finalize, from [`dry_run`](crate::UpgradeFinalizer::dry_run).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PlannedStep<F> {
@@ -215,7 +215,7 @@ pub struct DryRun<F> {
     pub blocked_by: Option<String>,
 }
 
-/// What [`run_prefinalize_actions`](super::UpgradeFinalizer::run_prefinalize_actions) ran.
+/// What [`run_prefinalize_actions`](crate::UpgradeFinalizer::run_prefinalize_actions) ran.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PrefinalizeReport<F> {

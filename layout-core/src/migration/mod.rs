@@ -25,10 +25,10 @@ mod table;
 
 pub use background::{
     BackgroundMigration, BackgroundMigrationBuilder, BatchCopy, BatchEvent, BatchHook, BatchWrite,
-    ClockSleeper, DualWrite, MigrationCheckpoint, MigrationControl, MigrationError,
-    MigrationProgress, MigrationReport, MigrationSink, MigrationSource, MigrationState,
-    MigrationTuning, Row, RowTransform, Sleeper, ThreadSleeper, WriteScope, WriteTarget,
-    DEFAULT_BATCH_SIZE, MAX_LATENCY_DELAY, MIN_LATENCY_DELAY,
+    DualWrite, MigrationCheckpoint, MigrationControl, MigrationError, MigrationProgress,
+    MigrationReport, MigrationSink, MigrationSource, MigrationState, MigrationTuning, Row,
+    RowTransform, WriteScope, WriteTarget, DEFAULT_BATCH_SIZE, MAX_LATENCY_DELAY,
+    MIN_LATENCY_DELAY,
 };
 pub use document::{
     AppliedStep, ChainError, ChainProblem, DocumentCasOutcome, DocumentChange, DocumentError,

@@ -107,7 +107,7 @@ pub enum MarkerProblem {
     },
 }
 
-/// An error of the [`PrepareController`](super::PrepareController).
+/// An error of the [`PrepareController`](crate::PrepareController).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PrepareError {

@@ -8,8 +8,9 @@ use parking_lot::RwLockReadGuard;
 
 use super::error::WriteRejected;
 use super::state::PrepareState;
-use super::{PrepareController, REQUEST_CANCEL_PREPARE, REQUEST_PREPARE};
+use super::{REQUEST_CANCEL_PREPARE, REQUEST_PREPARE};
 use crate::finalizer::{FinalizeGate, FinalizeRefusal};
+use crate::PrepareController;
 
 /// Held while a write is appended to the log; see [`PrepareController::begin_write`].
 /// Prepare waits for every permit handed out before its gate closed.

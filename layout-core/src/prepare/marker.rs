@@ -10,40 +10,13 @@ use parking_lot::{Mutex, RwLock};
 
 use super::error::{MarkerProblem, PrepareError};
 use super::options::PrepareOptions;
+use super::record::MarkerRecord;
 use super::state::PrepareState;
-use super::{Preparable, PrepareController};
 use crate::durable;
-use crate::error::LayoutError;
 use crate::feature::LayoutFeature;
 use crate::manager::LayoutVersionManager;
 use crate::options::StartIntent;
-
-/// Where the authoritative marker lives: the layout state, through the manager.
-pub(super) trait MarkerRecord: Send + Sync {
-    fn component(&self) -> &str;
-    fn location(&self) -> String;
-    fn intent(&self) -> StartIntent;
-    fn prepare_index(&self) -> Option<u64>;
-    fn store_prepare_index(&self, index: Option<u64>) -> Result<(), LayoutError>;
-}
-
-impl<F: LayoutFeature> MarkerRecord for LayoutVersionManager<F> {
-    fn component(&self) -> &str {
-        self.component_name()
-    }
-    fn location(&self) -> String {
-        self.storage_location()
-    }
-    fn intent(&self) -> StartIntent {
-        self.start_intent()
-    }
-    fn prepare_index(&self) -> Option<u64> {
-        self.state().prepare_index
-    }
-    fn store_prepare_index(&self, index: Option<u64>) -> Result<(), LayoutError> {
-        self.update_state(|s| s.prepare_index = index)
-    }
-}
+use crate::{Preparable, PrepareController};
 
 impl PrepareController {
     /// The controller of the component whose layout `lvm` manages, its prepare state

@@ -13,7 +13,7 @@
 //! # Where the marker lives
 //!
 //! The authoritative marker is `prepare.index` in the component's `VERSION` file, stored
-//! through the [`LayoutVersionManager`](crate::manager::LayoutVersionManager) (checksummed, replaced atomically): a torn or
+//! through the [`LayoutVersionManager`] (checksummed, replaced atomically): a torn or
 //! hand-edited value there is caught as damage of the whole file and never guessed.
 //! Components that also want Apache Ozone's separate `prepareMarker` file (a file holding
 //! the index in decimal, which other tools may look for) enable it with
@@ -26,8 +26,8 @@
 //! [`Preparable::applied_index`], and [`Preparable::recorded_prepare_index`] when the
 //! component keeps one). A missing, empty, garbage, mismatching or too-high marker is an
 //! error ([`MarkerProblem`]) and nothing is written: the state is left as it was, for the
-//! operator to look at. Starting with [`StartIntent::Upgrade`](crate::options::StartIntent::Upgrade) or
-//! [`StartIntent::Downgrade`](crate::options::StartIntent::Downgrade) cancels prepare locally (the manager clears `VERSION`'s
+//! operator to look at. Starting with [`StartIntent::Upgrade`] or
+//! [`StartIntent::Downgrade`] cancels prepare locally (the manager clears `VERSION`'s
 //! marker at open, restore removes the marker file).
 //!
 //! ```
@@ -73,33 +73,40 @@
 //! assert!(prepare.check_write("CreateBucket").is_ok());
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! [`LayoutVersionManager`]: crate::LayoutVersionManager
+//! [`StartIntent::Upgrade`]: crate::StartIntent::Upgrade
+//! [`StartIntent::Downgrade`]: crate::StartIntent::Downgrade
+//! [`PrepareController::prepare`]: crate::PrepareController::prepare
+//! [`PrepareController::restore`]: crate::PrepareController::restore
+//! [`Preparable::last_snapshot_index`]: crate::Preparable::last_snapshot_index
+//! [`Preparable::applied_index`]: crate::Preparable::applied_index
+//! [`Preparable::recorded_prepare_index`]: crate::Preparable::recorded_prepare_index
 
-// What each part holds: `state` (the prepare states and steps), `error` (refused writes,
-// marker problems, prepare errors), `options` (how prepare is configured), `marker`
-// (restoring, validating and persisting the prepare marker), `gate` (the write gate and
-// its permits), `steps` (prepare and cancel-prepare).
-mod error;
+// What each part holds: `controller` (the component a controller prepares, and the
+// controller), `state` (the prepare states and steps), `error` (refused writes, marker
+// problems, prepare errors), `options` (how prepare is configured), `marker` (restoring,
+// validating and persisting the prepare marker), `record` (where the marker lives: the
+// layout state), `gate` (the write gate and its permits), `steps` (prepare and
+// cancel-prepare).
+//
+// The main path (`Preparable`, `PrepareController`, `PrepareError`, `PrepareState`) is
+// re-exported at the crate root, and only there; this module holds the rest.
+pub(crate) mod controller;
+pub(crate) mod error;
 mod gate;
 mod marker;
 mod options;
-mod state;
+mod record;
+pub(crate) mod state;
 mod steps;
 
-use std::fmt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
-
-pub use self::error::{MarkerProblem, PrepareError, WriteRejected};
+pub use self::error::{MarkerProblem, WriteRejected};
 pub use self::gate::WritePermit;
-use self::marker::MarkerRecord;
 pub use self::options::PrepareOptions;
-pub use self::state::{PrepareState, PrepareStep};
-use crate::clock::Clock;
-use crate::error::StepError;
+pub use self::state::PrepareStep;
 
 /// The name of the prepare request; always allowed through the write gate.
 pub const REQUEST_PREPARE: &str = "Prepare";
@@ -111,100 +118,6 @@ pub const REQUEST_CANCEL_PREPARE: &str = "CancelPrepare";
 /// [`PrepareOptions::with_marker_file`]).
 pub const MARKER_FILE_NAME: &str = "prepareMarker";
 
-/// How long [`PrepareController::prepare`] waits for the log to be applied and flushed by
-/// default.
+/// How long [`PrepareController::prepare`](crate::PrepareController::prepare) waits for the
+/// log to be applied and flushed by default.
 pub const DEFAULT_PREPARE_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// A component that can be prepared: it applies a log of write requests, flushes what it
-/// applied, snapshots, and purges its log.
-///
-/// Indexes are log indexes: every accepted write gets the next one. All methods are
-/// called from the thread that runs [`PrepareController::prepare`] or
-/// [`PrepareController::restore`].
-pub trait Preparable: Send + Sync {
-    /// The index of the last log entry applied to the component's state.
-    fn applied_index(&self) -> u64;
-
-    /// The index of the last log entry accepted (appended, possibly not applied yet).
-    /// Prepare waits until everything through it is applied and flushed. Defaults to
-    /// [`applied_index`](Self::applied_index), for components that apply as they accept.
-    fn last_log_index(&self) -> u64 {
-        self.applied_index()
-    }
-
-    /// Makes everything applied durable; returns the highest index now durable.
-    fn flush(&self) -> Result<u64, StepError>;
-
-    /// Takes a snapshot covering at least `index`; returns the snapshot's index.
-    fn snapshot(&self, index: u64) -> Result<u64, StepError>;
-
-    /// The index of the last snapshot taken (0 when none).
-    fn last_snapshot_index(&self) -> u64;
-
-    /// Removes log entries through `index` (they are covered by a snapshot).
-    fn purge_log(&self, index: u64) -> Result<(), StepError>;
-
-    /// The prepare index the component recorded in its own state (for example a flag in
-    /// its snapshot), if it keeps one. Restore cross-checks it against the marker: a
-    /// component that says it was prepared while no marker exists is reported. Default:
-    /// `None` (the component keeps no such record).
-    fn recorded_prepare_index(&self) -> Option<u64> {
-        None
-    }
-
-    /// Blocks until the applied index reaches `index` or `max_wait` passes, whichever
-    /// comes first (returning early is always allowed). Components with a condition
-    /// variable wait on it; the default sleeps for a fraction of a millisecond, so
-    /// prepare polls with a short, growing backoff.
-    fn wait_for_apply(&self, index: u64, max_wait: Duration) {
-        let _ = index;
-        std::thread::sleep(max_wait.min(Duration::from_millis(1)));
-    }
-}
-
-/// Drives prepare and cancel-prepare for one component, and gates its writes.
-///
-/// Not generic: it reaches the layout state through the manager it was restored with,
-/// and the component through the `&dyn Preparable` each call passes (so the component
-/// may own the controller without a reference cycle).
-pub struct PrepareController {
-    record: Arc<dyn MarkerRecord>,
-    timeout: Duration,
-    clock: Arc<dyn Clock>,
-    marker_file: Option<PathBuf>,
-    /// `true` while the write gate is up (any state but `NotPrepared`).
-    gate: AtomicBool,
-    /// Writers hold it shared while they append; prepare takes it exclusively once to
-    /// wait for writers that passed the gate before it closed.
-    writes: RwLock<()>,
-    state: Mutex<PrepareState>,
-    /// Bumped by every prepare and cancel; a prepare that sees it move was superseded.
-    generation: AtomicU64,
-    /// Serializes prepare runs.
-    run: Mutex<()>,
-    /// Why the last prepare failed, until one succeeds.
-    last_failure: Mutex<Option<String>>,
-}
-
-impl PrepareController {
-    /// The component's name.
-    pub fn component_name(&self) -> &str {
-        self.record.component()
-    }
-
-    /// The marker file, if one is kept.
-    pub fn marker_file(&self) -> Option<&Path> {
-        self.marker_file.as_deref()
-    }
-}
-
-impl fmt::Debug for PrepareController {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PrepareController")
-            .field("component", &self.record.component())
-            .field("state", &self.state())
-            .field("timeout", &self.timeout)
-            .field("marker_file", &self.marker_file)
-            .finish_non_exhaustive()
-    }
-}

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::DEFAULT_PREPARE_TIMEOUT;
 use crate::clock::{Clock, SystemClock};
 
-/// Options of [`PrepareController::restore`](super::PrepareController::restore).
+/// Options of [`PrepareController::restore`](crate::PrepareController::restore).
 ///
 /// ```
 /// use std::time::Duration;

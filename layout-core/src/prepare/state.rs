@@ -46,7 +46,7 @@ impl fmt::Display for PrepareState {
     }
 }
 
-/// A step of [`PrepareController::prepare`](super::PrepareController::prepare); a failure names it.
+/// A step of [`PrepareController::prepare`](crate::PrepareController::prepare); a failure names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PrepareStep {
     /// Waiting until the log is applied and flushed through the prepare index.

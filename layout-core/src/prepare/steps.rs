@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use super::error::PrepareError;
 use super::state::{PrepareState, PrepareStep};
-use super::{Preparable, PrepareController};
 use crate::error::StepError;
+use crate::{Preparable, PrepareController};
 
 /// The longest single wait between two checks of the applied index.
 const MAX_POLL: Duration = Duration::from_millis(10);

@@ -1,6 +1,5 @@
 //! The `VERSION` file in a component's directory.
 
-use std::fmt;
 use std::fs;
 use std::io::{self, Read as _};
 use std::os::unix::fs::MetadataExt as _;
@@ -8,10 +7,11 @@ use std::path::{Path, PathBuf};
 
 use parking_lot::Mutex;
 
+use super::contract::VersionFileChange;
 use super::format::{self, DecodeError};
-use super::{LayoutStorage, StorageError};
 use crate::durable;
 use crate::state::{LayoutState, FORMAT_VERSION};
+use crate::{LayoutStorage, StorageError};
 
 /// The name of the layout state file inside a component's directory.
 pub const VERSION_FILE_NAME: &str = "VERSION";
@@ -97,70 +97,6 @@ struct OnDisk {
     /// The file to replace: `VERSION`, or what it links to.
     target: PathBuf,
     identity: Identity,
-}
-
-/// How the `VERSION` file changed underneath a running component (see
-/// [`StorageError::ChangedUnderneath`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum VersionFileChange {
-    /// It was deleted (or the file its symlink points at was).
-    Deleted,
-    /// It did not exist when loaded, and now something is there.
-    Created,
-    /// Its bytes are not the ones last read or written (corrupted, edited, restored
-    /// in place).
-    ContentChanged,
-    /// Another file was put in its place (another device or inode).
-    Replaced,
-    /// A symlink was put in its place; it was a regular file when loaded.
-    BecameSymlink {
-        /// Where the symlink points.
-        target: PathBuf,
-    },
-    /// It was a symlink when loaded and is not one any more.
-    NoLongerSymlink,
-    /// Its symlink points somewhere else than when loaded.
-    SymlinkRetargeted {
-        /// Where it pointed.
-        was: PathBuf,
-        /// Where it points now.
-        now: PathBuf,
-    },
-    /// Something other than a regular file is there now.
-    NotAFile {
-        /// What (`directory`, `special file`).
-        kind: &'static str,
-    },
-}
-
-impl fmt::Display for VersionFileChange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Deleted => f.write_str("it was deleted"),
-            Self::Created => f.write_str("it did not exist at start-up, and now a file is there"),
-            Self::ContentChanged => f.write_str(
-                "its content is not what this process last read or wrote (corrupted, edited \
-                 or restored in place)",
-            ),
-            Self::Replaced => f.write_str("another file was put in its place"),
-            Self::BecameSymlink { target } => write!(
-                f,
-                "it was replaced by a symlink to {} (it was a regular file at start-up)",
-                target.display()
-            ),
-            Self::NoLongerSymlink => {
-                f.write_str("it was a symlink at start-up and is not one any more")
-            }
-            Self::SymlinkRetargeted { was, now } => write!(
-                f,
-                "its symlink pointed to {} at start-up and now points to {}",
-                was.display(),
-                now.display()
-            ),
-            Self::NotAFile { kind } => write!(f, "a {kind} is there now"),
-        }
-    }
 }
 
 impl FileStorage {

@@ -328,7 +328,7 @@ pub struct Inspection {
 /// ```
 /// use layout_core::storage::format::{encode, inspect};
 /// use layout_core::state::LayoutState;
-/// use layout_core::storage::Damage;
+/// use layout_core::storage::format::Damage;
 ///
 /// let mut text = encode(&LayoutState::new("om", 1, "BucketLayoutSupport")).into_bytes();
 /// assert!(inspect(&text).result.is_ok());

@@ -5,8 +5,8 @@ use std::io;
 
 use parking_lot::Mutex;
 
-use super::{LayoutStorage, StorageError};
 use crate::state::LayoutState;
+use crate::{LayoutStorage, StorageError};
 
 /// How an injected store failure behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

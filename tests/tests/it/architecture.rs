@@ -13,6 +13,11 @@
 //!   references form no cycle.
 //!
 //! `#[cfg(test)]` modules are left out: unit tests use their parent by design.
+//!
+//! The same reading checks the public surface of `layout-core`: every public item (not
+//! `#[doc(hidden)]`) is reachable by exactly one public path, either where it is defined
+//! (a `pub` item in a chain of `pub mod`s) or where it is re-exported (`pub use`), never
+//! both; and the crate root re-exports at most 40 items.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -29,10 +34,46 @@ struct Module {
     refs: Vec<Vec<String>>,
     /// Names brought into scope by `use` (alias or last segment) -> the path used.
     uses: BTreeMap<String, Vec<String>>,
+    /// Declared `pub mod` (the crate root counts as public), and not `#[doc(hidden)]`.
+    public: bool,
+    /// The items it defines (types, traits, functions, constants, statics): name -> whether
+    /// they are `pub` and not `#[doc(hidden)]`.
+    items: BTreeMap<String, bool>,
+    /// Its `pub use` names (not `#[doc(hidden)]`), each with the path it re-exports.
+    reexports: Vec<(String, Vec<String>)>,
 }
 
 struct Crate {
     modules: BTreeMap<Vec<String>, Module>,
+}
+
+fn is_doc_hidden(attrs: &[syn::Attribute]) -> bool {
+    attrs.iter().any(|a| {
+        a.path().is_ident("doc")
+            && a.parse_args::<syn::Path>()
+                .is_ok_and(|p| p.is_ident("hidden"))
+    })
+}
+
+/// `pub`, not `pub(crate)` or `pub(super)`.
+fn is_pub(vis: &syn::Visibility) -> bool {
+    matches!(vis, syn::Visibility::Public(_))
+}
+
+/// The name and attributes of an item that has a public path of its own, with its
+/// visibility.
+fn named_item(item: &syn::Item) -> Option<(String, &syn::Visibility, &[syn::Attribute])> {
+    match item {
+        syn::Item::Struct(i) => Some((i.ident.to_string(), &i.vis, &i.attrs)),
+        syn::Item::Enum(i) => Some((i.ident.to_string(), &i.vis, &i.attrs)),
+        syn::Item::Union(i) => Some((i.ident.to_string(), &i.vis, &i.attrs)),
+        syn::Item::Trait(i) => Some((i.ident.to_string(), &i.vis, &i.attrs)),
+        syn::Item::Type(i) => Some((i.ident.to_string(), &i.vis, &i.attrs)),
+        syn::Item::Fn(i) => Some((i.sig.ident.to_string(), &i.vis, &i.attrs)),
+        syn::Item::Const(i) => Some((i.ident.to_string(), &i.vis, &i.attrs)),
+        syn::Item::Static(i) => Some((i.ident.to_string(), &i.vis, &i.attrs)),
+        _ => None,
+    }
 }
 
 fn is_cfg_test(attrs: &[syn::Attribute]) -> bool {
@@ -104,22 +145,38 @@ impl Crate {
         };
         let lib = src.join("lib.rs");
         let file = parse(&lib);
-        krate.module(Vec::new(), &lib, src, &file.items);
+        krate.module(Vec::new(), true, &lib, src, &file.items);
         krate
     }
 
     /// Reads one module (its items in `items`), whose child files live in `dir`.
-    fn module(&mut self, path: Vec<String>, file: &Path, dir: &Path, items: &[syn::Item]) {
+    fn module(
+        &mut self,
+        path: Vec<String>,
+        public: bool,
+        file: &Path,
+        dir: &Path,
+        items: &[syn::Item],
+    ) {
         let mut module = Module {
             file: file.to_owned(),
+            public,
             ..Module::default()
         };
         for item in items {
+            if let Some((name, vis, attrs)) = named_item(item) {
+                module
+                    .items
+                    .insert(name, is_pub(vis) && !is_doc_hidden(attrs));
+            }
             match item {
                 syn::Item::Use(u) => {
                     let mut pairs = Vec::new();
                     flatten(&u.tree, &mut Vec::new(), &mut pairs);
                     for (name, used) in pairs {
+                        if is_pub(&u.vis) && !is_doc_hidden(&u.attrs) {
+                            module.reexports.push((name.clone(), used.clone()));
+                        }
                         module.refs.push(used.clone());
                         module.uses.insert(name, used);
                     }
@@ -128,8 +185,9 @@ impl Crate {
                     let mut child = path.clone();
                     child.push(m.ident.to_string());
                     let child_dir = dir.join(m.ident.to_string());
+                    let public = is_pub(&m.vis) && !is_doc_hidden(&m.attrs);
                     if let Some((_, inline)) = &m.content {
-                        self.module(child, file, &child_dir, inline);
+                        self.module(child, public, file, &child_dir, inline);
                     } else {
                         let flat = dir.join(format!("{}.rs", m.ident));
                         let (child_file, child_dir) = if flat.exists() {
@@ -138,7 +196,7 @@ impl Crate {
                             (child_dir.join("mod.rs"), child_dir)
                         };
                         let parsed = parse(&child_file);
-                        self.module(child, &child_file, &child_dir, &parsed.items);
+                        self.module(child, public, &child_file, &child_dir, &parsed.items);
                     }
                 }
                 syn::Item::Mod(_) => {}
@@ -208,6 +266,80 @@ impl Crate {
             break;
         }
         Some(at)
+    }
+
+    /// The item `written` (a path as written in module `from`) names, as (the module
+    /// that defines it, its name), following `use`s; `None` when it is not an item of
+    /// this crate (a module, an external name).
+    fn resolve_item(
+        &self,
+        from: &[String],
+        written: &[String],
+        depth: usize,
+    ) -> Option<(Vec<String>, String)> {
+        let (name, prefix) = written.split_last()?;
+        if depth > 16 {
+            return None;
+        }
+        let module = if prefix.is_empty() {
+            from.to_vec()
+        } else {
+            self.resolve(from, prefix, depth + 1)?
+        };
+        let found = self.modules.get(&module)?;
+        if found.items.contains_key(name) {
+            return Some((module, name.clone()));
+        }
+        let used = found.uses.get(name)?;
+        self.resolve_item(&module, used, depth + 1)
+    }
+
+    /// Whether the module and every module above it are public.
+    fn reachable(&self, path: &[String]) -> bool {
+        (0..=path.len()).all(|n| self.modules.get(&path[..n]).is_some_and(|m| m.public))
+    }
+
+    /// Every public path of every public item: (defining module, name) -> its paths.
+    fn public_paths(&self) -> BTreeMap<(Vec<String>, String), Vec<String>> {
+        let mut paths: BTreeMap<(Vec<String>, String), Vec<String>> = BTreeMap::new();
+        let spell = |module: &[String], name: &str| {
+            let mut all = vec!["crate".to_owned()];
+            all.extend(module.iter().cloned());
+            all.push(name.to_owned());
+            all.join("::")
+        };
+        for (path, module) in &self.modules {
+            if !self.reachable(path) {
+                continue;
+            }
+            for (name, &public) in &module.items {
+                if public {
+                    paths
+                        .entry((path.clone(), name.clone()))
+                        .or_default()
+                        .push(spell(path, name));
+                }
+            }
+            for (name, used) in &module.reexports {
+                let Some(target) = self.resolve_item(path, used, 0) else {
+                    continue;
+                };
+                let public = self.modules[&target.0].items[&target.1];
+                if public {
+                    paths.entry(target).or_default().push(spell(path, name));
+                }
+            }
+        }
+        paths
+    }
+
+    /// The public items with more than one public path, each with its paths.
+    fn items_with_two_paths(&self) -> Vec<String> {
+        self.public_paths()
+            .into_values()
+            .filter(|paths| paths.len() > 1)
+            .map(|paths| paths.join(" and "))
+            .collect()
     }
 
     /// The cycles between siblings, each as the edges that make it.
@@ -307,6 +439,64 @@ fn assert_acyclic(crate_dir: &str) {
 #[test]
 fn no_module_of_layout_core_uses_a_module_that_uses_it_back() {
     assert_acyclic("layout-core");
+}
+
+#[test]
+fn every_public_item_of_layout_core_has_one_public_path() {
+    let krate = Crate::read(&workspace().join("layout-core").join("src"));
+    let paths = krate.public_paths();
+    assert!(paths.len() > 150, "found only {} public items", paths.len());
+    let twice = krate.items_with_two_paths();
+    assert!(
+        twice.is_empty(),
+        "public items of layout-core reachable by two paths:\n{}",
+        twice.join("\n")
+    );
+    // The main path at the root, everything else through its module.
+    let root = paths
+        .values()
+        .flatten()
+        .filter(|path| path.matches("::").count() == 1)
+        .count();
+    assert!(
+        (30..=40).contains(&root),
+        "the crate root has {root} public items"
+    );
+}
+
+#[test]
+fn the_check_sees_an_item_with_two_public_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path();
+    std::fs::write(
+        src.join("lib.rs"),
+        "pub mod a; mod b; pub use a::A; pub use b::B; pub use b::inner::C; \
+         #[doc(hidden)] pub use a::Hidden;",
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("a.rs"),
+        "pub struct A; pub struct Hidden; pub(crate) struct Internal;",
+    )
+    .unwrap();
+    std::fs::create_dir(src.join("b")).unwrap();
+    std::fs::write(
+        src.join("b/mod.rs"),
+        "pub(crate) mod inner; pub struct B; pub use inner::C;",
+    )
+    .unwrap();
+    std::fs::write(src.join("b/inner.rs"), "pub struct C;").unwrap();
+    let krate = Crate::read(src);
+    let paths = krate.public_paths();
+    // `A` is public where it is defined and at the root; `B` and `C` only at the root
+    // (their modules are private); `Hidden` once (the hidden re-export does not count).
+    assert_eq!(
+        krate.items_with_two_paths(),
+        ["crate::A and crate::a::A"],
+        "{paths:?}"
+    );
+    assert_eq!(paths.len(), 4, "{paths:?}");
+    assert!(!paths.contains_key(&(vec!["a".to_owned()], "Internal".to_owned())));
 }
 
 #[test]

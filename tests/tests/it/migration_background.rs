@@ -6,10 +6,10 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use layout_core::clock::ManualClock;
+use layout_core::clock::{ClockSleeper, ManualClock};
 use layout_core::migration::{
-    BackgroundMigration, BatchEvent, ClockSleeper, MemoryMigrationStore, MigrationError,
-    MigrationSource, MigrationState, Row, WriteTarget,
+    BackgroundMigration, BatchEvent, MemoryMigrationStore, MigrationError, MigrationSource,
+    MigrationState, Row, WriteTarget,
 };
 use layout_core::StepError;
 use layout_core::{

@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use layout_core::clock::{Clock, ManualClock};
+use layout_core::clock::{Clock, ManualClock, Sleeper};
 use layout_core::crash_point::{self, SimulatedCrash};
 use layout_core::migration::SIDE_BY_SIDE_CRASH_POINTS as CRASH_POINTS;
 use layout_core::migration::{
     Entity, EntityDestination, EntitySource, FileHighWaterMark, IdPage, MemoryEntityStore,
-    MergedSource, Page, PageRequest, PutOutcome, SideBySideError, SideBySideMigration, Sleeper,
-    StopReason, StopSignal,
+    MergedSource, Page, PageRequest, PutOutcome, SideBySideError, SideBySideMigration, StopReason,
+    StopSignal,
 };
 use layout_core::StepError;
 use parking_lot::Mutex;

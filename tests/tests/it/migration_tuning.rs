@@ -9,10 +9,10 @@ use std::time::Duration;
 use layout_core::admin::{
     AdminService, CancelFinalizationParams, ErrorCode, MigrationSettingsParams,
 };
-use layout_core::clock::ManualClock;
+use layout_core::clock::{ClockSleeper, ManualClock};
 use layout_core::migration::{
-    BackgroundMigration, BatchEvent, ClockSleeper, MemoryMigrationStore, MigrationControl,
-    MigrationTuning, Row, MIN_LATENCY_DELAY,
+    BackgroundMigration, BatchEvent, MemoryMigrationStore, MigrationControl, MigrationTuning, Row,
+    MIN_LATENCY_DELAY,
 };
 use layout_core::{
     ActionRegistry, LayoutFeature, LayoutVersionManager, ManagerOptions, MemoryStorage,

@@ -681,7 +681,7 @@ fn a_garbage_marker_in_the_version_file_is_reported_as_damage() {
     assert!(
         matches!(
             &err,
-            LayoutError::Storage(StorageError::Damaged { damage: layout_core::storage::Damage::BadValue { key, .. }, .. })
+            LayoutError::Storage(StorageError::Damaged { damage: layout_core::storage::format::Damage::BadValue { key, .. }, .. })
                 if key == "prepare.index"
         ),
         "{err:?}"

@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use layout_core::clock::ManualClock;
+use layout_core::clock::{ClockSleeper, ManualClock};
 use layout_core::crash_point::SimulatedCrash;
 use layout_core::finalizer::StartupResume;
 use layout_core::migration::{
-    BackgroundMigration, BatchEvent, ClockSleeper, MemoryMigrationStore, MigrationState, Row,
+    BackgroundMigration, BatchEvent, MemoryMigrationStore, MigrationState, Row,
 };
 use layout_core::{
     ActionError, ActionRegistry, FinalizationStatus, LayoutFeature, LayoutVersionManager,

@@ -241,7 +241,7 @@ fn an_empty_file_is_damage_not_a_fresh_install() {
         matches!(
             err,
             LayoutError::Storage(StorageError::Damaged {
-                damage: layout_core::storage::Damage::Empty,
+                damage: layout_core::storage::format::Damage::Empty,
                 ..
             })
         ),

@@ -35,11 +35,11 @@ pub use store::{
     BatchCopy, BatchWrite, CheckedTransform, MigrationSink, MigrationSource, Row, RowTransform,
 };
 
-use crate::action::{ActionContext, ActionError};
 use crate::clock::{Clock, SystemClock};
-pub use crate::clock::{ClockSleeper, Sleeper, ThreadSleeper};
+use crate::clock::{Sleeper, ThreadSleeper};
 use crate::feature::LayoutFeature;
 use crate::manager::LayoutVersionManager;
+use crate::{ActionContext, ActionError};
 
 /// The default number of keys per batch.
 pub const DEFAULT_BATCH_SIZE: usize = 10_000;

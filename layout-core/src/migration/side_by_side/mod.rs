@@ -31,8 +31,7 @@ pub use report::{
 };
 pub use sides::{EntityDestination, EntitySource, MergedSource};
 
-use super::background::{Sleeper, ThreadSleeper};
-use crate::clock::SystemClock;
+use crate::clock::{Sleeper, SystemClock, ThreadSleeper};
 
 /// Crash point (see [`crate::crash_point`]): a page was read; none of its writes is done.
 pub const CRASH_BEFORE_PAGE_WRITES: &str = "side_by_side::before_page_writes";
