@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use layout_core::action::RegistryError;
 use layout_core::cluster::{
-    ClusterError, ClusterFinalizeOutcome, Coordinator, FinalizationCheckpoint, MemberRole,
+    AuditEvent, ClusterError, ClusterFinalizeOutcome, Coordinator, FinalizationCheckpoint,
+    MemberRole,
 };
 use layout_core::{
     ActionContext, ActionError, ActionRegistry, FileStorage, LayoutFeature, LayoutVersionManager,
@@ -425,7 +426,11 @@ pub fn exclusion_survives_a_coordinator_restart(cluster: &mut MiniCluster) {
         (shown.reason.as_str(), shown.excluded_by.as_str()),
         (reason, "ops@alice")
     );
-    let audit = status.audit.iter().find(|a| a.event == "excluded").unwrap();
+    let audit = status
+        .audit
+        .iter()
+        .find(|a| a.event == AuditEvent::Excluded)
+        .unwrap();
     assert_eq!(
         (
             audit.member_id.as_deref(),

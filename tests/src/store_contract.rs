@@ -5,7 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)] // a failed unwrap is a failed test
 
 use layout_core::cluster::{
-    AuditEntry, ClusterStore, KindState, MemberRecord, MemberRole, MoveRecord, Versioned,
+    AuditEntry, AuditEvent, ClusterStore, KindState, MemberRecord, MemberRole, MoveRecord,
+    Versioned,
 };
 
 /// A member record at `(slv, mlv)`.
@@ -26,7 +27,7 @@ pub fn audit_entry(detail: &str) -> AuditEntry {
     AuditEntry {
         at_ms: 5_000,
         actor: "contract".to_owned(),
-        event: "tested".to_owned(),
+        event: AuditEvent::Other("tested".to_owned()),
         member_id: None,
         version: Some(1),
         detail: detail.to_owned(),

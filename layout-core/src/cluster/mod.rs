@@ -85,8 +85,8 @@ pub use protocol::{
     PROTOCOL_VERSION,
 };
 pub use state::{
-    AuditEntry, ClusterFinalization, Exclusion, FinalizationCheckpoint, KindRecord, KindState,
-    MemberRecord, MemberRole, MoveRecord, MoveRole, MoveStage, AUDIT_RETENTION,
+    AuditEntry, AuditEvent, ClusterFinalization, Exclusion, FinalizationCheckpoint, KindRecord,
+    KindState, MemberRecord, MemberRole, MoveRecord, MoveRole, MoveStage, AUDIT_RETENTION,
     CLUSTER_STATE_FORMAT,
 };
 #[cfg(feature = "etcd")]

@@ -120,6 +120,101 @@ pub struct MemberRecord {
     pub excluded: Option<Exclusion>,
 }
 
+/// What an [`AuditEntry`] records. Stored (and shown in JSON) as the word each variant
+/// names; a word this release does not know (written by a newer one) reads as
+/// [`Other`](Self::Other) and is written back unchanged.
+///
+/// ```
+/// use layout_core::cluster::AuditEvent;
+///
+/// assert_eq!(AuditEvent::from_word("store-moved"), AuditEvent::StoreMoved);
+/// assert_eq!(AuditEvent::FinalizationStarted.as_str(), "finalization-started");
+/// let newer: AuditEvent = serde_json::from_str("\"members-rolled-back\"")?;
+/// assert_eq!(newer, AuditEvent::Other("members-rolled-back".to_owned()));
+/// assert_eq!(serde_json::to_string(&newer)?, "\"members-rolled-back\"");
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+#[non_exhaustive]
+pub enum AuditEvent {
+    /// An operator excluded a member (`excluded`); the detail is the reason.
+    Excluded,
+    /// An excluded member was admitted again (`readmitted`).
+    Readmitted,
+    /// A cluster finalization started (`finalization-started`).
+    FinalizationStarted,
+    /// The coordinator finalized its own layout (`coordinator-finalized`).
+    CoordinatorFinalized,
+    /// Every member reported the target version (`members-finalized`).
+    MembersFinalized,
+    /// The cluster finalization is complete (`finalization-complete`).
+    FinalizationComplete,
+    /// The cluster state moved to another store (`store-moved`).
+    StoreMoved,
+    /// A first-release key was turned into a tombstone pointing at the format-2 records
+    /// (`state-format-2`).
+    StateFormat2,
+    /// A word this release does not know, kept as it was read.
+    Other(String),
+}
+
+impl AuditEvent {
+    /// The event for a stored word; an unknown word is [`Other`](Self::Other).
+    pub fn from_word(word: &str) -> Self {
+        match word {
+            "excluded" => Self::Excluded,
+            "readmitted" => Self::Readmitted,
+            "finalization-started" => Self::FinalizationStarted,
+            "coordinator-finalized" => Self::CoordinatorFinalized,
+            "members-finalized" => Self::MembersFinalized,
+            "finalization-complete" => Self::FinalizationComplete,
+            "store-moved" => Self::StoreMoved,
+            "state-format-2" => Self::StateFormat2,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+
+    /// The stored word.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Excluded => "excluded",
+            Self::Readmitted => "readmitted",
+            Self::FinalizationStarted => "finalization-started",
+            Self::CoordinatorFinalized => "coordinator-finalized",
+            Self::MembersFinalized => "members-finalized",
+            Self::FinalizationComplete => "finalization-complete",
+            Self::StoreMoved => "store-moved",
+            Self::StateFormat2 => "state-format-2",
+            Self::Other(word) => word,
+        }
+    }
+}
+
+impl From<String> for AuditEvent {
+    fn from(word: String) -> Self {
+        match Self::from_word(&word) {
+            Self::Other(_) => Self::Other(word),
+            known => known,
+        }
+    }
+}
+
+impl From<AuditEvent> for String {
+    fn from(event: AuditEvent) -> Self {
+        match event {
+            AuditEvent::Other(word) => word,
+            known => known.as_str().to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for AuditEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// One entry of the audit trail: exclusions, readmissions, finalization checkpoints,
 /// store moves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,8 +223,8 @@ pub struct AuditEntry {
     pub at_ms: u64,
     /// Who: an operator's client id, or a coordinator's id.
     pub actor: String,
-    /// What happened (`excluded`, `readmitted`, `finalization-started`, ...).
-    pub event: String,
+    /// What happened; stored as its word (`excluded`, `finalization-started`, ...).
+    pub event: AuditEvent,
     /// The member concerned, if any.
     pub member_id: Option<String>,
     /// The layout version concerned, if any.

@@ -261,7 +261,7 @@ impl CoordinatedStatus {
                     excluded: m.excluded.as_ref().map(|e| e.reason.clone()),
                 })
                 .collect(),
-            audit: status.audit.iter().map(|a| a.event.clone()).collect(),
+            audit: status.audit.iter().map(|a| a.event.to_string()).collect(),
         }
     }
 

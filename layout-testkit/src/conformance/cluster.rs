@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use layout_core::cluster::{
-    AuditEntry, ClusterStore, Exclusion, FinalizerClaim, KindRecord, KindState, MemberRecord,
-    MemberRole, MoveRecord, MoveRole, MoveStage, StoreCasOutcome, StoreError, AUDIT_RETENTION,
-    CLUSTER_STATE_FORMAT,
+    AuditEntry, AuditEvent, ClusterStore, Exclusion, FinalizerClaim, KindRecord, KindState,
+    MemberRecord, MemberRole, MoveRecord, MoveRole, MoveStage, StoreCasOutcome, StoreError,
+    AUDIT_RETENTION, CLUSTER_STATE_FORMAT,
 };
 
 use super::{run, Clause, ConformanceReport};
@@ -134,7 +134,7 @@ fn audit_entry(detail: &str) -> AuditEntry {
     AuditEntry {
         at_ms: 5_000,
         actor: "contract".to_owned(),
-        event: "tested".to_owned(),
+        event: AuditEvent::Other("tested".to_owned()),
         member_id: None,
         version: Some(1),
         detail: detail.to_owned(),

@@ -20,7 +20,7 @@ use std::thread;
 use std::time::Duration;
 
 use layout_core::cluster::{
-    ClusterError, ClusterFinalizeOutcome, Coordinator, CoordinatorOptions, LocalLayout,
+    AuditEvent, ClusterError, ClusterFinalizeOutcome, Coordinator, CoordinatorOptions, LocalLayout,
     MemberReport,
 };
 use layout_core::BoxError;
@@ -199,7 +199,7 @@ fn two_coordinators_released_together_exactly_one_finalizes_twenty_times() {
         let started = status
             .audit
             .iter()
-            .filter(|a| a.event == "finalization-started")
+            .filter(|a| a.event == AuditEvent::FinalizationStarted)
             .count();
         assert_eq!(started, 1, "round {round}: {:?}", status.audit);
     }

@@ -7,7 +7,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use layout_core::cluster::{
-    ClusterError, ClusterStore, Coordinator, CoordinatorOptions, EmbeddedStore,
+    AuditEvent, ClusterError, ClusterStore, Coordinator, CoordinatorOptions, EmbeddedStore,
     FinalizationCheckpoint, Instruction, KindRecord, Member, MemberReport, MovePhase, MoveRole,
     MoveStage, MovingStore, StoreError,
 };
@@ -169,7 +169,10 @@ fn move_live_cluster(
             .all(|m| m.metadata_layout_version == NEW),
         "{status:?}"
     );
-    assert!(status.audit.iter().any(|a| a.event == "store-moved"));
+    assert!(status
+        .audit
+        .iter()
+        .any(|a| a.event == AuditEvent::StoreMoved));
     let stale = Coordinator::open(old, CoordinatorOptions::default()).unwrap();
     assert!(matches!(
         stale.status(KIND),

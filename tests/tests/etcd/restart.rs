@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use layout_core::cluster::{
-    ClusterError, ClusterFinalizeOutcome, ClusterStore, Coordinator, CoordinatorOptions, EtcdStore,
-    FinalizationCheckpoint, FinalizerClaim, LocalLayout,
+    AuditEvent, ClusterError, ClusterFinalizeOutcome, ClusterStore, Coordinator,
+    CoordinatorOptions, EtcdStore, FinalizationCheckpoint, FinalizerClaim, LocalLayout,
 };
 use layout_core::etcd::EtcdOptions;
 use layout_core::BoxError;
@@ -156,7 +156,7 @@ fn a_coordinator_restarted_with_the_same_id_takes_its_claim_back_at_once_another
     let started = status
         .audit
         .iter()
-        .filter(|a| a.event == "finalization-started")
+        .filter(|a| a.event == AuditEvent::FinalizationStarted)
         .count();
     assert_eq!(started, 1, "resumed, not started again: {:?}", status.audit);
 
@@ -247,7 +247,7 @@ fn a_coordinator_killed_mid_finalization_resumes_it_by_itself_when_it_restarts()
     let started = status
         .audit
         .iter()
-        .filter(|a| a.event == "finalization-started")
+        .filter(|a| a.event == AuditEvent::FinalizationStarted)
         .count();
     assert_eq!(started, 1, "resumed, not started again: {:?}", status.audit);
 }

@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::thread;
 
 use layout_core::cluster::{
-    AuditEntry, ClusterStore, EtcdStore, Exclusion, KindRecord, KindState, MemberRecord,
-    MemberRole, MovingStore, StoreCasOutcome, StoreError, AUDIT_RETENTION,
+    AuditEntry, AuditEvent, ClusterStore, EtcdStore, Exclusion, KindRecord, KindState,
+    MemberRecord, MemberRole, MovingStore, StoreCasOutcome, StoreError, AUDIT_RETENTION,
 };
 use layout_core::etcd::EtcdOptions;
 use layout_core::migration::EtcdDocumentStore;
@@ -93,7 +93,7 @@ fn entry(n: usize) -> AuditEntry {
     AuditEntry {
         at_ms: 1_000 + n as u64,
         actor: "ops".to_owned(),
-        event: "test".to_owned(),
+        event: AuditEvent::Other("test".to_owned()),
         member_id: None,
         version: None,
         detail: format!("entry {n}"),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use layout_core::clock::ManualClock;
 use layout_core::cluster::{
-    AuditEntry, ClusterError, ClusterFinalizeOutcome, ClusterStore, Coordinator,
+    AuditEntry, AuditEvent, ClusterError, ClusterFinalizeOutcome, ClusterStore, Coordinator,
     CoordinatorOptions, EmbeddedStore, FinalizationCheckpoint, FinalizerClaim, HeartbeatError,
     Instruction, KindState, Member, MemberReport, MovePhase, MovingStore, Refusal,
 };
@@ -330,7 +330,7 @@ fn a_live_cluster_moves_to_another_store_without_a_wrong_answer() {
         &AuditEntry {
             at_ms: 1,
             actor: "someone".into(),
-            event: "stray".into(),
+            event: AuditEvent::Other("stray".into()),
             member_id: None,
             version: None,
             detail: "written to the old store directly".into(),
@@ -350,7 +350,10 @@ fn a_live_cluster_moves_to_another_store_without_a_wrong_answer() {
     assert_eq!(status.cluster_layout_version, NEW);
     assert_eq!(status.checkpoint(), Some(FinalizationCheckpoint::Complete));
     assert_eq!(status.members.len(), 3);
-    assert!(status.audit.iter().any(|a| a.event == "store-moved"));
+    assert!(status
+        .audit
+        .iter()
+        .any(|a| a.event == AuditEvent::StoreMoved));
     let stale = Coordinator::open(old, CoordinatorOptions::default()).unwrap();
     assert!(matches!(
         stale.status(KIND),

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use layout_core::clock::ManualClock;
 use layout_core::cluster::{
-    ClusterError, ClusterFinalizeOutcome, ClusterStore, Coordinator, CoordinatorOptions,
-    EmbeddedStore, FinalizationCheckpoint, LocalLayout, MemberReport,
+    AuditEvent, ClusterError, ClusterFinalizeOutcome, ClusterStore, Coordinator,
+    CoordinatorOptions, EmbeddedStore, FinalizationCheckpoint, LocalLayout, MemberReport,
 };
 use layout_core::BoxError;
 use layout_testkit::cluster::ObservedStore;
@@ -127,7 +127,7 @@ fn a_finalization_left_at_started_resumes_by_itself_when_its_coordinator_comes_b
     wait_until("the finalization complete", || {
         checkpoint(&*store) == Some(FinalizationCheckpoint::Complete)
     });
-    let events: Vec<String> = coordinator
+    let events: Vec<AuditEvent> = coordinator
         .status(KIND)
         .unwrap()
         .audit
@@ -137,7 +137,7 @@ fn a_finalization_left_at_started_resumes_by_itself_when_its_coordinator_comes_b
     assert_eq!(
         events
             .iter()
-            .filter(|e| *e == "finalization-started")
+            .filter(|e| **e == AuditEvent::FinalizationStarted)
             .count(),
         1,
         "{events:?}"
@@ -318,7 +318,7 @@ fn a_checkpoint_whose_audit_entry_a_crash_lost_is_recorded_late_by_the_next_driv
             .audit(KIND)
             .unwrap()
             .iter()
-            .any(|e| e.event == "finalization-complete")
+            .any(|e| e.event == AuditEvent::FinalizationComplete)
     });
     let audit = store.audit(KIND).unwrap();
     let events: Vec<&str> = audit.iter().map(|e| e.event.as_str()).collect();

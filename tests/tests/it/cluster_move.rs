@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use layout_core::cluster::{
-    ClusterStore, Coordinator, CoordinatorOptions, EmbeddedStore, KindRecord, MemberRecord,
-    MemberReport, MovePhase, MoveRole, MoveStage, MovingStore, StoreCasOutcome, StoreError,
-    MOVE_STEPS,
+    AuditEvent, ClusterStore, Coordinator, CoordinatorOptions, EmbeddedStore, KindRecord,
+    MemberRecord, MemberReport, MovePhase, MoveRole, MoveStage, MovingStore, StoreCasOutcome,
+    StoreError, MOVE_STEPS,
 };
 use layout_testkit::cluster::ObservedStore;
 use layout_testkit::crash::{block_until_killed, child_role, report_step, ChildCommand};
@@ -336,9 +336,12 @@ fn move_a_sigkill_at_every_step_resumes() {
         );
         let mut moved = new.load_state(KIND).unwrap().unwrap();
         let last = moved.audit.pop().unwrap();
-        assert_eq!(last.event, "store-moved", "{step}");
+        assert_eq!(last.event, AuditEvent::StoreMoved, "{step}");
         assert!(
-            moved.audit.iter().all(|a| a.event != "store-moved"),
+            moved
+                .audit
+                .iter()
+                .all(|a| a.event != AuditEvent::StoreMoved),
             "{step}: one store-moved entry"
         );
         assert_eq!(moved, expected, "{step}");

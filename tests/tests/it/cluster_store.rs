@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use layout_core::cluster::{
-    AuditEntry, ClusterFinalization, ClusterStore, EmbeddedStore, Exclusion,
+    AuditEntry, AuditEvent, ClusterFinalization, ClusterStore, EmbeddedStore, Exclusion,
     FinalizationCheckpoint, KindRecord, KindState, MemberRecord, MemberRole, MovePhase,
     MovingStore, StoreCasOutcome, StoreError, CLUSTER_STATE_FORMAT,
 };
@@ -209,7 +209,7 @@ fn migrated_audit(event: &str, member_id: Option<&str>) -> AuditEntry {
     AuditEntry {
         at_ms: 3_000,
         actor: "ops".to_owned(),
-        event: event.to_owned(),
+        event: AuditEvent::from_word(event),
         member_id: member_id.map(ToOwned::to_owned),
         version: Some(2),
         detail: format!("{event} in format 1"),
@@ -559,7 +559,7 @@ fn cluster_store_moving_store_copies_mirrors_and_switches() {
         Some(new.location())
     );
     let audit = new.audit(KIND).unwrap();
-    assert_eq!(audit.last().unwrap().event, "store-moved");
+    assert_eq!(audit.last().unwrap().event, AuditEvent::StoreMoved);
     assert_eq!(
         moving
             .swap_member(

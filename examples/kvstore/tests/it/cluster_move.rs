@@ -193,7 +193,10 @@ fn cluster_move_through_the_kvstore_routes_and_layoutctl() {
     let new = EmbeddedStore::open(new_dir.join(CLUSTER_STATE_FILE)).expect("open");
     let state = new.load_state(CLUSTER_KIND).expect("load").expect("kind");
     assert!(state.members.contains_key("kv1"));
-    assert!(state.audit.iter().any(|a| a.event == "store-moved"));
+    assert!(state
+        .audit
+        .iter()
+        .any(|a| a.event == layout_core::cluster::AuditEvent::StoreMoved));
 }
 
 #[test]

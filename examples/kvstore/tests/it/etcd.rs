@@ -132,7 +132,10 @@ fn a_coordinator_node_moves_its_cluster_state_to_etcd_live_and_restarts_on_it() 
     let state = store.load_state(CLUSTER_KIND).expect("load").expect("kind");
     assert!(state.members.contains_key("kv1"), "{state:?}");
     assert!(
-        state.audit.iter().any(|a| a.event == "store-moved"),
+        state
+            .audit
+            .iter()
+            .any(|a| a.event == layout_core::cluster::AuditEvent::StoreMoved),
         "{:?}",
         state.audit
     );

@@ -11,7 +11,9 @@ use crate::cluster::protocol::{
     CoordinatorAnswer, FinalizationProgress, HeartbeatError, Instruction, MemberReport, Refusal,
     PROTOCOL_VERSION,
 };
-use crate::cluster::state::{FinalizationCheckpoint, KindRecord, MemberRecord, MemberRole};
+use crate::cluster::state::{
+    AuditEvent, FinalizationCheckpoint, KindRecord, MemberRecord, MemberRole,
+};
 use crate::cluster::store::{StoreCasOutcome, Versioned};
 
 /// How many refused members are remembered per kind; beyond it the oldest is forgotten.
@@ -314,7 +316,7 @@ impl Coordinator {
                 self.audit(
                     kind,
                     id,
-                    "readmitted",
+                    AuditEvent::Readmitted,
                     Some(id),
                     Some(report.software_layout_version),
                     detail,

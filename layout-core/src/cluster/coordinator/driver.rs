@@ -9,7 +9,7 @@ use parking_lot::{Condvar, Mutex};
 
 use super::error::ClusterError;
 use super::Coordinator;
-use crate::cluster::state::FinalizationCheckpoint;
+use crate::cluster::state::{AuditEvent, FinalizationCheckpoint};
 
 /// The longest a coordinator's driver waits before it tries again to advance a
 /// finalization that keeps failing (see [`Coordinator::spawn_driver`]).
@@ -180,7 +180,7 @@ impl Coordinator {
         let audit = self.store.audit(kind)?;
         let Some(started) = audit
             .iter()
-            .rposition(|e| e.event == "finalization-started" && e.version == Some(target))
+            .rposition(|e| e.event == AuditEvent::FinalizationStarted && e.version == Some(target))
         else {
             return Ok(());
         };
@@ -188,13 +188,16 @@ impl Coordinator {
         let expected = [
             (
                 FinalizationCheckpoint::CoordinatorFinalized,
-                "coordinator-finalized",
+                AuditEvent::CoordinatorFinalized,
             ),
             (
                 FinalizationCheckpoint::MembersFinalized,
-                "members-finalized",
+                AuditEvent::MembersFinalized,
             ),
-            (FinalizationCheckpoint::Complete, "finalization-complete"),
+            (
+                FinalizationCheckpoint::Complete,
+                AuditEvent::FinalizationComplete,
+            ),
         ]
         .into_iter()
         .filter(|(reached, _)| checkpoint >= *reached)
@@ -206,7 +209,7 @@ impl Coordinator {
             {
                 continue;
             }
-            tracing::warn!(kind = %kind, target, event, "the audit entry of a stored checkpoint is missing (the coordinator stopped between the two writes); recording it now");
+            tracing::warn!(kind = %kind, target, event = %event, "the audit entry of a stored checkpoint is missing (the coordinator stopped between the two writes); recording it now");
             self.audit(
                 kind,
                 "coordinator-driver",

@@ -3,7 +3,7 @@
 use super::error::ClusterError;
 use super::{Coordinator, MAX_ATTEMPTS};
 use crate::cluster::local::LocalLayout;
-use crate::cluster::state::Exclusion;
+use crate::cluster::state::{AuditEvent, Exclusion};
 use crate::cluster::store::{StoreCasOutcome, Versioned};
 
 impl Coordinator {
@@ -113,7 +113,7 @@ impl Coordinator {
             self.audit(
                 kind,
                 by,
-                "excluded",
+                AuditEvent::Excluded,
                 Some(member_id),
                 Some(required),
                 reason,

@@ -10,7 +10,7 @@ use parking_lot::{Condvar, Mutex};
 
 use super::error::{Blocker, ClusterError};
 use super::{Change, Coordinator, Pending};
-use crate::cluster::state::{ClusterFinalization, FinalizationCheckpoint, KindRecord};
+use crate::cluster::state::{AuditEvent, ClusterFinalization, FinalizationCheckpoint, KindRecord};
 use crate::cluster::store::{FinalizerClaim, StoreError};
 
 /// What [`Coordinator::finalize`] did.
@@ -181,7 +181,7 @@ impl Coordinator {
                 self.audit(
                     kind,
                     &actor,
-                    "members-finalized",
+                    AuditEvent::MembersFinalized,
                     None,
                     Some(target),
                     "every member not excluded reported the target",
@@ -211,7 +211,7 @@ impl Coordinator {
             self.audit(
                 kind,
                 &actor,
-                "finalization-complete",
+                AuditEvent::FinalizationComplete,
                 None,
                 Some(target),
                 "",
@@ -488,7 +488,7 @@ impl Coordinator {
             self.audit(
                 kind,
                 client_id,
-                "finalization-started",
+                AuditEvent::FinalizationStarted,
                 None,
                 Some(target),
                 format!("by coordinator {actor}"),
@@ -506,7 +506,7 @@ impl Coordinator {
             self.audit(
                 kind,
                 &actor,
-                "coordinator-finalized",
+                AuditEvent::CoordinatorFinalized,
                 None,
                 Some(target),
                 "members are told to finalize",

@@ -29,7 +29,7 @@ pub use self::finalize::{ClusterFinalizeOutcome, FinalizationJob, CLUSTER_FAILPO
 pub use self::options::CoordinatorOptions;
 pub use self::status::{ClusterStatus, MemberStatus};
 use super::state::{
-    AuditEntry, FinalizationCheckpoint, KindRecord, MemberRecord, CLUSTER_STATE_FORMAT,
+    AuditEntry, AuditEvent, FinalizationCheckpoint, KindRecord, MemberRecord, CLUSTER_STATE_FORMAT,
 };
 use super::store::{ClusterStore, StoreCasOutcome, StoreError, Versioned};
 
@@ -210,7 +210,7 @@ impl Coordinator {
         &self,
         kind: &str,
         actor: &str,
-        event: &str,
+        event: AuditEvent,
         member_id: Option<&str>,
         version: Option<u32>,
         detail: impl Into<String>,
@@ -218,7 +218,7 @@ impl Coordinator {
         let entry = AuditEntry {
             at_ms: self.now(),
             actor: actor.to_owned(),
-            event: event.to_owned(),
+            event,
             member_id: member_id.map(ToOwned::to_owned),
             version,
             detail: detail.into(),

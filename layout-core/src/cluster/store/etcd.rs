@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 
 use super::{ClusterStore, FinalizerClaim, StoreCasOutcome, StoreError, Versioned};
 use crate::cluster::state::{
-    self, AuditEntry, KindRecord, KindState, MemberRecord, MoveRecord, AUDIT_RETENTION,
+    self, AuditEntry, AuditEvent, KindRecord, KindState, MemberRecord, MoveRecord, AUDIT_RETENTION,
     CLUSTER_STATE_FORMAT,
 };
 use crate::etcd::{revision_of, revision_to_etcd, EtcdConnection, EtcdError, EtcdOptions};
@@ -508,7 +508,7 @@ impl EtcdStore {
         let note = AuditEntry {
             at_ms: now_ms(),
             actor: "layout-core".to_owned(),
-            event: "state-format-2".to_owned(),
+            event: AuditEvent::StateFormat2,
             member_id: None,
             version: None,
             detail: format!(

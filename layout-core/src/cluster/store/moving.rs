@@ -11,7 +11,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::{ClusterStore, FinalizerClaim, StoreCasOutcome, StoreError, Versioned};
 use crate::cluster::state::{
-    AuditEntry, KindRecord, KindState, MemberRecord, MoveRecord, MoveRole, MoveStage,
+    AuditEntry, AuditEvent, KindRecord, KindState, MemberRecord, MoveRecord, MoveRole, MoveStage,
 };
 
 /// Where a [`MovingStore`] stands.
@@ -733,7 +733,7 @@ impl MovingStore {
                     &AuditEntry {
                         at_ms: now,
                         actor: "store-move".to_owned(),
-                        event: "store-moved".to_owned(),
+                        event: AuditEvent::StoreMoved,
                         member_id: None,
                         version: None,
                         detail: format!("cluster state moved from {from} to {to} (move {id})"),
