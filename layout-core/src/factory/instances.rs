@@ -100,16 +100,17 @@ impl<K: Clone> Front<K> {
         self.cells.get(cell)?.as_ref()
     }
 
-    /// Adds `entry`, one of `entries` (every key, `entry` included): into its cell when
-    /// that is free and the front is at most half full, else by rebuilding the front.
+    /// Adds `entry`, one of the `keys` keys of `entries` (`entry` included): into its
+    /// cell when that is free and the front stays at most half full, else by rebuilding
+    /// the front.
     fn add<'a>(
         &mut self,
         entry: &KeyEntry<K>,
+        keys: usize,
         entries: impl Iterator<Item = &'a KeyEntry<K>> + Clone,
     ) where
         K: 'a,
     {
-        let keys = entries.clone().count();
         if keys.saturating_mul(2) <= self.cells.len() {
             let may_grow = self.cells.len() < Self::largest(keys);
             #[allow(clippy::cast_possible_truncation)]
@@ -325,7 +326,9 @@ where
                 key: key.clone(),
                 base,
             };
-            self.front.add(&entry, self.index.iter().chain([&entry]));
+            let keys = self.index.len() + 1;
+            self.front
+                .add(&entry, keys, self.index.iter().chain([&entry]));
             self.index.insert_unique(hash, entry, |entry| entry.hash);
             base
         };
@@ -380,8 +383,8 @@ where
         }
     }
 
-    /// [`get`](Self::get) of a key that is not the first registered key of its hash: an
-    /// unknown key, or one whose hash another key shares.
+    /// [`get`](Self::get) of a key the front does not hold: an unknown key, or one that
+    /// shares its cell with another key.
     #[cold]
     #[inline(never)]
     fn get_cold(

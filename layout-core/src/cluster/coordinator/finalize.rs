@@ -152,7 +152,7 @@ impl Coordinator {
                 .map(|(id, _)| id.clone())
                 .collect();
             let done = below.is_empty();
-            *self.cache(kind).pending.lock() = Some(Pending {
+            *cache.pending.lock() = Some(Pending {
                 target,
                 below,
                 checked_at: Instant::now(),
@@ -161,22 +161,12 @@ impl Coordinator {
             if !done {
                 return Ok(());
             }
-            let moved = self.update_kind::<_, ClusterError>(kind, |current| {
-                let Some(current) = current else {
-                    return Ok(Change::Keep(false));
-                };
-                let mut next = current.clone();
-                match &mut next.finalization {
-                    Some(f)
-                        if f.target == target
-                            && f.checkpoint == FinalizationCheckpoint::CoordinatorFinalized =>
-                    {
-                        f.checkpoint = FinalizationCheckpoint::MembersFinalized;
-                    }
-                    _ => return Ok(Change::Keep(false)),
-                }
-                Ok(Change::Write(next, true))
-            })?;
+            let moved = self.advance_checkpoint(
+                kind,
+                target,
+                FinalizationCheckpoint::CoordinatorFinalized,
+                FinalizationCheckpoint::MembersFinalized,
+            )?;
             if moved {
                 self.audit(
                     kind,
@@ -189,24 +179,12 @@ impl Coordinator {
                 fail::fail_point!("cluster::members_finalized");
             }
         }
-        let now = self.now();
-        let completed = self.update_kind::<_, ClusterError>(kind, |current| {
-            let Some(current) = current else {
-                return Ok(Change::Keep(false));
-            };
-            let mut next = current.clone();
-            match &mut next.finalization {
-                Some(f)
-                    if f.target == target
-                        && f.checkpoint == FinalizationCheckpoint::MembersFinalized =>
-                {
-                    f.checkpoint = FinalizationCheckpoint::Complete;
-                    f.completed_at_ms = Some(now);
-                }
-                _ => return Ok(Change::Keep(false)),
-            }
-            Ok(Change::Write(next, true))
-        })?;
+        let completed = self.advance_checkpoint(
+            kind,
+            target,
+            FinalizationCheckpoint::MembersFinalized,
+            FinalizationCheckpoint::Complete,
+        )?;
         if completed {
             self.audit(
                 kind,
@@ -218,6 +196,36 @@ impl Coordinator {
             )?;
         }
         Ok(())
+    }
+
+    /// Moves the finalization to `target` from checkpoint `from` to `to`, one
+    /// compare-and-swap of the kind record (reaching `Complete` also stamps the completion
+    /// time); `false` when the stored finalization is not at `from` for `target` (another
+    /// coordinator moved it).
+    fn advance_checkpoint(
+        &self,
+        kind: &str,
+        target: u32,
+        from: FinalizationCheckpoint,
+        to: FinalizationCheckpoint,
+    ) -> Result<bool, ClusterError> {
+        let now = self.now();
+        self.update_kind::<_, ClusterError>(kind, |current| {
+            let Some(current) = current else {
+                return Ok(Change::Keep(false));
+            };
+            let mut next = current.clone();
+            match &mut next.finalization {
+                Some(f) if f.target == target && f.checkpoint == from => {
+                    f.checkpoint = to;
+                    if to == FinalizationCheckpoint::Complete {
+                        f.completed_at_ms = Some(now);
+                    }
+                }
+                _ => return Ok(Change::Keep(false)),
+            }
+            Ok(Change::Write(next, true))
+        })
     }
 
     /// The members that keep a finalization to `target` from starting, read from the
